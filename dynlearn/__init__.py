@@ -1,0 +1,34 @@
+"""dynlearn: hybrid dynamics models, symbolic physics plus neural networks, on scipy.
+
+The public API, learnable from one page (see README.md):
+
+* describe: :class:`HybridModel`, :class:`MLP`, :class:`Network`, :class:`Parameter`
+* simulate: :func:`simulate`
+* data: :class:`Dataset`, :class:`Experiment`, :class:`InputSignal`
+* gradients: :func:`loss`, :func:`loss_and_grad` with :class:`Adjoint`,
+  :class:`ForwardSensitivity` or :class:`FiniteDifference`
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .data import Dataset, Experiment, InputSignal
+from .errors import (DataError, DynlearnError, ModelError, OptionError, ParameterError,
+                     SolveError)
+from .model import HybridModel
+from .neural import MLP, Network
+from .objective import Objective, loss, loss_and_grad
+from .parameters import Parameter
+from .sensitivity import Adjoint, FiniteDifference, ForwardSensitivity
+from .solve import Solution, simulate
+
+try:
+    __version__ = version("dynlearn")
+except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0+unknown"
+
+__all__ = [
+    "Adjoint", "DataError", "Dataset", "DynlearnError", "Experiment", "FiniteDifference",
+    "ForwardSensitivity", "HybridModel", "InputSignal", "MLP", "ModelError", "Network",
+    "Objective", "OptionError", "Parameter", "ParameterError", "Solution", "SolveError",
+    "loss", "loss_and_grad", "simulate",
+]

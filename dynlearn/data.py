@@ -1,0 +1,283 @@
+"""Measurements: experiments, datasets and input signals.
+
+A :class:`Dataset` is a list of :class:`Experiment`\\ s, each a time grid with measured
+columns (NaN = not measured). A dataset does not know any model; it is matched to one by
+column names when a loss is evaluated: columns named like an observable are data, columns
+named like an input drive the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import DataError
+
+__all__ = ["Dataset", "Experiment", "InputSignal"]
+
+
+class InputSignal:
+    """Input values between samples: zero-order hold or linear interpolation.
+
+    Parameters
+    ----------
+    t : array_like, shape (m,)
+        Sample times, strictly increasing.
+    values : array_like, shape (m, n_inputs)
+    kind : {"zoh", "linear"}
+        ``"zoh"`` holds each sample until the next (what a digital controller does);
+        ``"linear"`` interpolates. Outside the sampled range the end values are held.
+    """
+
+    def __init__(self, t, values, kind: str = "linear", names: Sequence[str] | None = None):
+        from .solve import check_times
+        self.t = check_times(t, "input time")
+        v = np.asarray(values, dtype=float)
+        if v.ndim == 1:
+            v = v[:, None]
+        if v.shape[0] != self.t.size:
+            raise DataError(f"input values have {v.shape[0]} rows but there are {self.t.size} "
+                            "input times")
+        bad = np.argwhere(~np.isfinite(v))
+        if bad.size:
+            r, c = bad[0]
+            label = names[c] if names else c
+            raise DataError(f"input '{label}' is not finite at t={self.t[r]} (row {r}); inputs "
+                            "must be known at every sample (fill or drop the row)")
+        if kind not in ("zoh", "linear"):
+            raise DataError(f"input interpolation kind must be 'zoh' or 'linear', got {kind!r}")
+        self.values = v
+        self.kind = kind
+        self.names = list(names) if names is not None else None
+        self.n_inputs = v.shape[1]
+        self._slopes = (np.diff(v, axis=0) / np.diff(self.t)[:, None]) if self.t.size > 1 else None
+
+    def __call__(self, t):
+        scalar = np.ndim(t) == 0
+        tt = np.atleast_1d(np.asarray(t, dtype=float))
+        i = np.clip(np.searchsorted(self.t, tt, side="right") - 1, 0, self.t.size - 1)
+        out = self.values[i]
+        if self.kind == "linear" and self._slopes is not None:
+            inside = (tt > self.t[0]) & (tt < self.t[-1])
+            j = np.minimum(i, self.t.size - 2)
+            lin = self.values[j] + (tt - self.t[j])[:, None] * self._slopes[j]
+            out = np.where(inside[:, None], lin, out)
+        return out[0] if scalar else out
+
+
+@dataclass
+class Experiment:
+    """One experiment: a time grid and measured columns.
+
+    Attributes
+    ----------
+    name : str
+    t : ndarray, shape (m,)
+    columns : dict name -> ndarray (m,)
+        Measured values (NaN where not measured) and input samples.
+    y0 : ndarray or None
+        A known initial state, if given.
+    """
+
+    name: str
+    t: np.ndarray
+    columns: dict
+    y0: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        from .solve import check_times
+        self.t = check_times(self.t, "t", f" in experiment '{self.name}'")
+        for k, v in self.columns.items():
+            v = np.asarray(v, dtype=float)
+            if v.shape != self.t.shape:
+                raise DataError(f"column '{k}' of experiment '{self.name}' has {v.size} values but "
+                                f"there are {self.t.size} times")
+            bad = np.flatnonzero(np.isinf(v))
+            if bad.size:
+                raise DataError(f"column '{k}' of experiment '{self.name}' is infinite at "
+                                f"t={self.t[bad[0]]} (row {bad[0]}); use NaN for a missing value")
+            self.columns[k] = v
+
+    def __len__(self) -> int:
+        return self.t.size
+
+    def to_frame(self, time: str = "t"):
+        import pandas as pd
+        return pd.DataFrame({time: self.t, **self.columns})
+
+
+def _numeric_frame(df, cols, where: str):
+    import pandas as pd
+    out = {}
+    for c in cols:
+        s = df[c]
+        num = pd.to_numeric(s, errors="coerce")
+        bad = num.isna() & s.notna() & (s.astype(str).str.strip() != "")
+        if bad.any():
+            r = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(f"{where}column '{c}', row {r + 1}: {s.iloc[r]!r} is not a number")
+        out[c] = num.to_numpy(dtype=float)
+    return out
+
+
+class Dataset:
+    """A collection of experiments.
+
+    Build one with :meth:`from_frame` or :meth:`from_csv`, or from a list of
+    :class:`Experiment`.
+    """
+
+    def __init__(self, experiments: Sequence[Experiment], time_name: str = "t"):
+        experiments = list(experiments)
+        if not experiments:
+            raise DataError("a dataset needs at least one experiment")
+        names = [e.name for e in experiments]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise DataError(f"experiment names must be unique; repeated: {sorted(dup)}")
+        self.experiments = experiments
+        self.time_name = time_name
+
+    def __len__(self) -> int:
+        return len(self.experiments)
+
+    def __iter__(self):
+        return iter(self.experiments)
+
+    def __getitem__(self, key) -> Experiment:
+        if isinstance(key, str):
+            for e in self.experiments:
+                if e.name == key:
+                    return e
+            raise KeyError(f"no experiment named {key!r}; experiments: {[e.name for e in self]}")
+        return self.experiments[key]
+
+    def __repr__(self) -> str:
+        cols = sorted({c for e in self for c in e.columns})
+        return (f"Dataset({len(self)} experiment(s), {sum(len(e) for e in self)} rows, "
+                f"columns {cols})")
+
+    @classmethod
+    def from_frame(cls, df, time: str = "t", group: str | None = None,
+                   columns: Sequence[str] | None = None, source: str = "") -> Dataset:
+        """A dataset from a wide DataFrame: a time column and one column per measured quantity.
+
+        Parameters
+        ----------
+        df : pandas.DataFrame
+        time : str
+            Name of the time column.
+        group : str, optional
+            Column whose values split rows into experiments (each with its own time grid).
+        columns : list of str, optional
+            Columns to keep (default: all but time and group).
+        """
+        import pandas as pd
+        where = f"{source}: " if source else ""
+        if not isinstance(df, pd.DataFrame):
+            raise DataError(f"expected a pandas DataFrame, got {type(df).__name__}")
+        for col, role in ((time, "time"), (group, "group")):
+            if col is not None and col not in df.columns:
+                raise DataError(f"{where}no {role} column '{col}'; columns are {list(df.columns)}")
+        if columns is None:
+            columns = [c for c in df.columns if c not in (time, group)]
+        else:
+            missing = [c for c in columns if c not in df.columns]
+            if missing:
+                raise DataError(f"{where}columns {missing} not found; columns are {list(df.columns)}")
+        columns = [str(c) for c in columns]
+        if not columns:
+            raise DataError(f"{where}no data columns besides '{time}'")
+        if len(df) == 0:
+            raise DataError(f"{where}the table has no rows")
+        tvals = _numeric_frame(df, [time], where)[time]
+        if np.isnan(tvals).any():
+            r = int(np.flatnonzero(np.isnan(tvals))[0])
+            raise DataError(f"{where}time column '{time}' is empty at row {r + 1}")
+        data = _numeric_frame(df, columns, where)
+        for c, v in data.items():
+            if np.isnan(v).all():
+                raise DataError(f"{where}column '{c}' has no values (all empty/NaN); drop it")
+        if group is None:
+            groups = [("data", np.arange(len(df)))]
+        else:
+            keys = df[group].astype(str).to_numpy()
+            groups = [(k, np.flatnonzero(keys == k)) for k in dict.fromkeys(keys)]
+        exps = []
+        for name, idx in groups:
+            t = tvals[idx]
+            d = np.diff(t)
+            if np.any(d <= 0):
+                i = int(np.flatnonzero(d <= 0)[0])
+                what = "duplicate" if d[i] == 0 else "decreasing"
+                raise DataError(f"{where}{what} time in experiment '{name}': "
+                                f"{time}={t[i + 1]} at row {idx[i + 1] + 1} follows "
+                                f"{time}={t[i]} at row {idx[i] + 1}; times must increase within "
+                                "each experiment")
+            exps.append(Experiment(name, t, {c: v[idx] for c, v in data.items()}))
+        return cls(exps, time_name=time)
+
+    @classmethod
+    def from_csv(cls, path, time: str = "t", group: str | None = None, **kwargs) -> Dataset:
+        """Read a wide CSV file (see :meth:`from_frame`); extra kwargs go to ``pandas.read_csv``."""
+        import pandas as pd
+        try:
+            df = pd.read_csv(path, **kwargs)
+        except FileNotFoundError:
+            raise DataError(f"no such file: {path}") from None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: cannot parse as CSV: {exc}") from None
+        return cls.from_frame(df, time=time, group=group, source=str(path))
+
+    def to_frame(self):
+        import pandas as pd
+        frames = []
+        for e in self:
+            f = e.to_frame(self.time_name)
+            if len(self) > 1:
+                f.insert(0, "experiment", e.name)
+            frames.append(f)
+        return pd.concat(frames, ignore_index=True)
+
+
+def as_dataset(data) -> Dataset:
+    import pandas as pd
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, Experiment):
+        return Dataset([data])
+    if isinstance(data, pd.DataFrame):
+        return Dataset.from_frame(data, time=data.columns[0])
+    raise DataError(f"expected a dl.Dataset (or a DataFrame whose first column is time), got "
+                    f"{type(data).__name__}")
+
+
+def as_input_signal(inputs, model, kind: str = "linear") -> InputSignal:
+    """An InputSignal for the model's inputs from a signal, a DataFrame (time first) or an
+    Experiment whose columns include the inputs."""
+    import pandas as pd
+    names = [u.name for u in model.inputs]
+    if isinstance(inputs, InputSignal):
+        if inputs.n_inputs != len(names):
+            raise DataError(f"the input signal has {inputs.n_inputs} inputs; the model has "
+                            f"{names}")
+        return inputs
+    if isinstance(inputs, pd.DataFrame):
+        missing = [n for n in names if n not in inputs.columns]
+        if missing:
+            raise DataError(f"inputs frame lacks column(s) {missing}; it needs a time column "
+                            f"first, then {names}")
+        return InputSignal(inputs.iloc[:, 0].to_numpy(float), inputs[names].to_numpy(float),
+                           kind=kind, names=names)
+    if isinstance(inputs, Experiment):
+        missing = [n for n in names if n not in inputs.columns]
+        if missing:
+            raise DataError(f"experiment '{inputs.name}' has no column(s) {missing} for the "
+                            "model's inputs")
+        return InputSignal(inputs.t, np.column_stack([inputs.columns[n] for n in names]),
+                           kind=kind, names=names)
+    raise DataError(f"the model has inputs {names}; pass inputs= as a DataFrame (time column "
+                    "first, then one column per input)")

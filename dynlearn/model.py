@@ -1,0 +1,368 @@
+"""Hybrid models: symbolic physics with neural-network terms.
+
+A :class:`HybridModel` is an immutable description: states, parameters, optional exogenous
+inputs, right-hand sides (sympy expressions in which network outputs such as ``nn[0]``
+appear as symbols) and observables. It compiles itself once, on first use, into the
+numerical functions the solvers and sensitivity methods need (see :mod:`dynlearn.vectorfield`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import sympy as sp
+
+from .errors import ModelError, ParameterError
+from .neural import BaseNetwork, NetworkOutput
+from .parameters import Parameter
+from .symbolic import CompiledExprs, jacobian_exprs
+
+__all__ = ["HybridModel"]
+
+
+def _as_symbol(s, what: str) -> sp.Symbol:
+    if isinstance(s, str):
+        if not s.isidentifier():
+            raise ModelError(f"{what} name {s!r} is not a valid identifier")
+        return sp.Symbol(s)
+    if isinstance(s, NetworkOutput):
+        raise ModelError(f"{what} {s} is a network output; networks cannot be {what}s")
+    if isinstance(s, sp.Symbol):
+        return s
+    raise ModelError(f"{what} must be a sympy Symbol or a name, got {s!r} ({type(s).__name__})")
+
+
+def _as_expr(e, where: str, names: Mapping[str, sp.Basic]) -> sp.Expr:
+    if isinstance(e, str):
+        from .expressions import parse_expression
+        return parse_expression(e, names, where=where)
+    if isinstance(e, (int, float, np.number)):
+        return sp.Float(e) if isinstance(e, (float, np.floating)) else sp.Integer(int(e))
+    if isinstance(e, sp.Basic):
+        if isinstance(e, (sp.MatrixBase, sp.NDimArray)):
+            raise ModelError(f"{where}: expected a scalar expression, got a matrix/array")
+        return e
+    raise ModelError(f"{where}: expected a sympy expression or a number, got {e!r}")
+
+
+class HybridModel:
+    """A dynamical system with known (symbolic) and learned (neural) parts.
+
+    Parameters
+    ----------
+    states : sequence of sympy.Symbol or str
+        State variables, in the order used for ``y``.
+    rhs : mapping state -> expression
+        ``dy/dt`` for every state. Expressions may use states, parameters, inputs, the time
+        symbol and network outputs (``nn[i]``), anywhere (sums, products, inside ``exp``).
+    params : mapping symbol -> float | Parameter | dict, optional
+        Physical parameters in declaration order. A bare number is a free, untransformed
+        parameter with that initial value; use :class:`~dynlearn.Parameter` for bounds,
+        ``fixed=True`` or ``transform="log"``.
+    inputs : sequence of sympy.Symbol or str, optional
+        Exogenous input signals (e.g. a pump voltage ``u``), supplied at solve time.
+    observables : mapping name -> expression, optional
+        What the data measures, as expressions of states, parameters, inputs and time.
+        Default: every state, observed under its own name.
+    time : sympy.Symbol, optional
+        The time symbol used in expressions (default ``t``).
+    name : str, optional
+
+    Attributes
+    ----------
+    theta0 : ndarray
+        Initial free parameters in physical units: free physical parameters in declaration
+        order, then every network's weights.
+    theta_names : list of str
+    networks : tuple of BaseNetwork
+        Networks found in the right-hand sides, by first appearance.
+
+    Examples
+    --------
+    >>> import sympy as sp, dynlearn as dl
+    >>> x, y, a, d = sp.symbols("x y alpha delta")
+    >>> nn = dl.MLP("nn", inputs=[x, y], outputs=2, hidden=[5, 5, 5], activation="rbf", seed=0)
+    >>> m = dl.HybridModel(states=[x, y], params={a: 1.3, d: 1.8},
+    ...                    rhs={x: a*x + nn[0], y: -d*y + nn[1]})
+    >>> m.theta0.shape
+    (89,)
+    """
+
+    def __init__(self, states: Sequence, rhs: Mapping, params: Mapping | None = None,
+                 inputs: Sequence | None = None, observables: Mapping | None = None,
+                 time: sp.Symbol | None = None, name: str | None = None):
+        self.name = name or "model"
+        if isinstance(states, (str, sp.Symbol)) or not isinstance(states, Sequence):
+            raise ModelError(f"states must be a list of symbols, got {states!r}")
+        if len(states) == 0:
+            raise ModelError("a model needs at least one state")
+        self.states = tuple(_as_symbol(s, "state") for s in states)
+        self.time = time if time is not None else sp.Symbol("t")
+        if not isinstance(self.time, sp.Symbol):
+            raise ModelError(f"time must be a sympy Symbol, got {self.time!r}")
+        inputs = [] if inputs is None else inputs
+        if isinstance(inputs, (str, sp.Symbol)):
+            inputs = [inputs]
+        self.inputs = tuple(_as_symbol(u, "input") for u in inputs)
+
+        params = {} if params is None else params
+        if not isinstance(params, Mapping):
+            raise ModelError(f"params must be a dict {{symbol: value}}, got {type(params).__name__}")
+        self.params: dict[sp.Symbol, Parameter] = {}
+        for k, v in params.items():
+            s = _as_symbol(k, "parameter")
+            try:
+                self.params[s] = Parameter.coerce(v, str(s))
+            except ParameterError as exc:
+                raise ParameterError(f"parameter '{s}': {exc}") from None
+        self.param_symbols = tuple(self.params)
+
+        # every declared name must be unique across roles
+        seen: dict[str, str] = {}
+        for role, syms in (("state", self.states), ("parameter", self.param_symbols),
+                           ("input", self.inputs), ("time", (self.time,))):
+            for s in syms:
+                if s.name in seen:
+                    hint = (" (pass time=sp.Symbol('time') to name time differently)"
+                            if "time" in (role, seen[s.name]) else "")
+                    raise ModelError(f"'{s.name}' is declared twice, as {seen[s.name]} and as "
+                                     f"{role}{hint}")
+                seen[s.name] = role
+        self._names = {s.name: s for s in (*self.states, *self.param_symbols, *self.inputs,
+                                            self.time)}
+
+        # right-hand sides
+        if not isinstance(rhs, Mapping):
+            raise ModelError("rhs must be a dict {state: expression}")
+        by_name = {}
+        for k, v in rhs.items():
+            key = k.name if isinstance(k, sp.Symbol) else k
+            if key not in {s.name for s in self.states}:
+                raise ModelError(f"rhs has an equation for '{key}', which is not a state; "
+                                 f"states are {[s.name for s in self.states]}")
+            by_name[key] = v
+        missing = [s.name for s in self.states if s.name not in by_name]
+        if missing:
+            raise ModelError(f"state(s) {missing} have no equation in rhs; add d{missing[0]}/dt "
+                             "(use 0 for a constant state)")
+        self.rhs = tuple(_as_expr(by_name[s.name], f"rhs of '{s.name}'", self._names)
+                         for s in self.states)
+
+        # networks, discovered from the equations
+        nets: list[BaseNetwork] = []
+        for s, e in zip(self.states, self.rhs):
+            outs = sorted((a for a in e.free_symbols if isinstance(a, NetworkOutput)),
+                          key=lambda a: (a.network.uid, a.index))
+            for a in outs:
+                if all(a.network is not n for n in nets):
+                    if any(n.name == a.network.name for n in nets):
+                        raise ModelError(f"two different networks are both named "
+                                         f"'{a.network.name}'; give each network its own name")
+                    nets.append(a.network)
+        self.networks = tuple(nets)
+        allowed = set(self.states) | set(self.param_symbols) | set(self.inputs) | {self.time}
+        for s, e in zip(self.states, self.rhs):
+            unknown = {a for a in e.free_symbols
+                       if a not in allowed and not isinstance(a, NetworkOutput)}
+            if unknown:
+                names = sorted(str(u) for u in unknown)
+                raise ModelError(f"rhs of '{s}' uses undeclared symbol(s) {names}: declare them "
+                                 "as states, params or inputs (time is "
+                                 f"'{self.time}')")
+        for net in self.networks:
+            for i, v in enumerate(net.inputs):
+                unknown = {a for a in v.free_symbols if a not in allowed}
+                if unknown:
+                    raise ModelError(f"network '{net.name}' input {i} ({v}) uses undeclared "
+                                     f"symbol(s) {sorted(map(str, unknown))}")
+
+        # observables
+        if observables is None:
+            observables = {s.name: s for s in self.states}
+        if not isinstance(observables, Mapping) or not observables:
+            raise ModelError("observables must be a non-empty dict {name: expression}")
+        self.observables: dict[str, sp.Expr] = {}
+        for k, v in observables.items():
+            key = k.name if isinstance(k, sp.Symbol) else str(k)
+            if key in self.observables:
+                raise ModelError(f"observable '{key}' is declared twice")
+            if key in {u.name for u in self.inputs} or key == self.time.name:
+                raise ModelError(f"observable '{key}' has the name of an input or of time; "
+                                 "rename it")
+            e = _as_expr(v, f"observable '{key}'", self._names)
+            bad = {a for a in e.free_symbols if a not in allowed}
+            if bad:
+                raise ModelError(f"observable '{key}' uses {sorted(map(str, bad))}, which are "
+                                 "not states, parameters, inputs or time"
+                                 + (" (observables cannot use network outputs)"
+                                    if any(isinstance(a, NetworkOutput) for a in bad) else ""))
+            self.observables[key] = e
+        self.observable_names = tuple(self.observables)
+
+        # parameter vector layout
+        self.free_params = tuple(s for s, p in self.params.items() if not p.fixed)
+        self._free_index = np.array([i for i, s in enumerate(self.param_symbols)
+                                     if not self.params[s].fixed], dtype=int)
+        self._weights = {net.name: net.weights for net in self.networks}
+        self._compiled = None
+
+    # --- parameter vector --------------------------------------------------------------
+    @property
+    def n_states(self) -> int:
+        return len(self.states)
+
+    @property
+    def n_theta(self) -> int:
+        return len(self.free_params) + sum(n.n_weights for n in self.networks)
+
+    @property
+    def theta0(self) -> np.ndarray:
+        """Free parameters in physical units, then network weights (a fresh copy)."""
+        vals = [self.params[s].value for s in self.free_params]
+        return np.concatenate([np.array(vals, dtype=float)]
+                              + [self._weights[n.name] for n in self.networks])
+
+    @property
+    def theta_names(self) -> list[str]:
+        names = [s.name for s in self.free_params]
+        for n in self.networks:
+            names += n.weight_names()
+        return names
+
+    def theta_slices(self) -> dict[str, slice]:
+        """Where each block lives in theta: ``"params"`` and one entry per network name."""
+        out = {"params": slice(0, len(self.free_params))}
+        i = len(self.free_params)
+        for n in self.networks:
+            out[n.name] = slice(i, i + n.n_weights)
+            i += n.n_weights
+        return out
+
+    def check_theta(self, theta) -> np.ndarray:
+        if theta is None:
+            return self.theta0
+        theta = np.asarray(theta, dtype=float)
+        if theta.shape != (self.n_theta,):
+            raise ParameterError(f"theta must have shape ({self.n_theta},) for this model "
+                                 f"({len(self.free_params)} free parameters + "
+                                 f"{self.n_theta - len(self.free_params)} network weights); "
+                                 f"got shape {theta.shape}")
+        if not np.all(np.isfinite(theta)):
+            bad = int(np.flatnonzero(~np.isfinite(theta))[0])
+            raise ParameterError(f"theta[{bad}] ({self.theta_names[bad]}) is {theta[bad]}; "
+                                 "theta must be finite")
+        return theta
+
+    def split_theta(self, theta) -> tuple[np.ndarray, list[np.ndarray]]:
+        """All physical parameter values (fixed included) and the weights of each network."""
+        theta = np.asarray(theta, dtype=float)
+        p = np.array([self.params[s].value for s in self.param_symbols], dtype=float)
+        nfree = len(self.free_params)
+        p[self._free_index] = theta[:nfree]
+        ws, i = [], nfree
+        for n in self.networks:
+            ws.append(theta[i:i + n.n_weights])
+            i += n.n_weights
+        return p, ws
+
+    def with_theta(self, theta) -> HybridModel:
+        """A copy whose initial values (parameters and weights) are ``theta``."""
+        theta = self.check_theta(theta)
+        new = object.__new__(HybridModel)
+        new.__dict__.update(self.__dict__)
+        p, ws = self.split_theta(theta)
+        new.params = {s: self.params[s].replace(value=float(v)) if not self.params[s].fixed
+                      else self.params[s] for s, v in zip(self.param_symbols, p)}
+        new._weights = {n.name: w.copy() for n, w in zip(self.networks, ws)}
+        return new
+
+    def with_params(self, **changes) -> HybridModel:
+        """A copy with some parameters changed: ``m.with_params(beta=dl.Parameter(0.9, fixed=True))``.
+
+        Changing which parameters are free changes the layout of theta.
+        """
+        params = dict(self.params)
+        for k, v in changes.items():
+            s = self._names.get(k)
+            if s not in self.params:
+                raise ParameterError(f"'{k}' is not a parameter of this model; parameters are "
+                                     f"{[p.name for p in self.param_symbols]}")
+            params[s] = Parameter.coerce(v, k) if not isinstance(v, (int, float)) \
+                else self.params[s].replace(value=float(v))
+        new = HybridModel(states=self.states, rhs=dict(zip(self.states, self.rhs)), params=params,
+                          inputs=self.inputs, observables=self.observables, time=self.time,
+                          name=self.name)
+        new._weights = {k: v.copy() for k, v in self._weights.items()}
+        return new
+
+    # --- compiled numerics -------------------------------------------------------------
+    @property
+    def compiled(self) -> CompiledModel:
+        if self._compiled is None:
+            self._compiled = CompiledModel(self)
+        return self._compiled
+
+    def __getstate__(self):
+        # compiled functions are rebuilt where the model is unpickled (e.g. on a dask worker)
+        state = dict(self.__dict__)
+        state["_compiled"] = None
+        return state
+
+    def __repr__(self) -> str:
+        eqs = ", ".join(f"d{s}/dt = {e}" for s, e in zip(self.states, self.rhs))
+        nets = ", ".join(n.name for n in self.networks) or "none"
+        return (f"HybridModel({eqs}; params={[s.name for s in self.param_symbols]}, "
+                f"networks: {nets})")
+
+    def equations(self) -> list[str]:
+        """Readable equations, one per state."""
+        return [f"d{s}/dt = {e}" for s, e in zip(self.states, self.rhs)]
+
+
+class CompiledModel:
+    """All compiled pieces of a model (built once per model, shared by its copies).
+
+    Argument groups are ``[t], y, p, z, u``: time, states, all physical parameters (fixed
+    included), all network outputs (concatenated over networks) and inputs.
+    """
+
+    def __init__(self, model: HybridModel):
+        self.model = model
+        Y = list(model.states)
+        P = list(model.param_symbols)
+        U = list(model.inputs)
+        Z = [o for net in model.networks for o in net.outputs]
+        T = [model.time]
+        groups = [T, Y, P, Z, U]
+        ngroups = [T, Y, P, [], U]   # network inputs and observables cannot use network outputs
+        n, npar, nz = len(Y), len(P), len(Z)
+        rhs = list(model.rhs)
+        self.n, self.np, self.nz, self.nu = n, npar, nz, len(U)
+        self.f = CompiledExprs(groups, rhs)
+        self.f_y = CompiledExprs(groups, sum(jacobian_exprs(rhs, Y), []), (n, n))
+        self.f_p = CompiledExprs(groups, sum(jacobian_exprs(rhs, P), []), (n, npar))
+        self.f_z = CompiledExprs(groups, sum(jacobian_exprs(rhs, Z), []), (n, nz))
+        self.free = model._free_index
+        # network inputs v_k = g_k(t, y, p, u)
+        self.nets = []
+        zi = 0
+        for net in model.networks:
+            g = list(net.inputs)
+            k = len(g)
+            self.nets.append(dict(
+                net=net,
+                zslice=slice(zi, zi + net.n_outputs),
+                g=CompiledExprs(ngroups, g),
+                g_y=CompiledExprs(ngroups, sum(jacobian_exprs(g, Y), []), (k, n)),
+                g_p=CompiledExprs(ngroups, sum(jacobian_exprs(g, P), []), (k, npar)),
+            ))
+            zi += net.n_outputs
+        obs = list(model.observables.values())
+        no = len(obs)
+        self.h = CompiledExprs(ngroups, obs)
+        self.h_y = CompiledExprs(ngroups, sum(jacobian_exprs(obs, Y), []), (no, n))
+        self.h_p = CompiledExprs(ngroups, sum(jacobian_exprs(obs, P), []), (no, npar))
+        # observables that are exactly a state: lets y0 default to the first data row
+        self.obs_state_index = {name: Y.index(e) if e in Y else None
+                                for name, e in model.observables.items()}

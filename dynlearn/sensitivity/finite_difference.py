@@ -1,0 +1,72 @@
+"""Finite-difference gradients: the reference the other methods are checked against."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import OptionError
+from ..solve import solve_observed
+from ..vectorfield import VectorField
+from .base import Problem, Sensitivity
+
+__all__ = ["FiniteDifference"]
+
+# central stencils: offsets and weights of the first derivative
+_STENCILS = {
+    2: (np.array([-1.0, 1.0]), np.array([-0.5, 0.5])),
+    4: (np.array([-2.0, -1.0, 1.0, 2.0]), np.array([1.0, -8.0, 8.0, -1.0]) / 12.0),
+}
+
+
+class FiniteDifference(Sensitivity):
+    """Central finite differences of the loss (2 or 4 solves per parameter).
+
+    Parameters
+    ----------
+    step : float, optional
+        Relative step ``h_i = step * max(1, |theta_i|)``. Default: ``1e-6`` for ``order=2``,
+        ``1e-3`` for ``order=4``.
+    order : {2, 4}
+        Accuracy order of the stencil. The 4th-order stencil tolerates larger steps, which
+        keeps the solver's own tolerance-level noise (it changes its steps with theta) from
+        dominating: use it, at tight solver tolerances, as the reference for other methods.
+
+    Notes
+    -----
+    Slow (``order * p`` forward solves) and noisy at the level of ``solver error / h``: for
+    checking, not for fitting.
+    """
+
+    def __init__(self, step: float | None = None, order: int = 2):
+        if order not in _STENCILS:
+            raise OptionError(f"FiniteDifference(order={order!r}): use 2 or 4")
+        self.order = order
+        self.step = step if step is not None else (1e-6 if order == 2 else 1e-3)
+
+    def loss_and_grad(self, prob: Problem, wrt_y0: bool = False):
+        vf = prob.vf
+        model, signal = vf.model, vf.inputs
+        theta = vf.theta
+        n = vf.n
+
+        def value(th, y0):
+            v = VectorField(model, th, signal)
+            Y, _ = solve_observed(v, prob.t0, prob.t_obs, y0, prob.method, prob.rtol, prob.atol,
+                                  prob.options, where=prob.where)
+            H = v.observe_batch(prob.t_obs, Y)
+            return float(prob.obs_loss(H)[0])
+
+        offsets, weights = _STENCILS[self.order]
+        x = np.concatenate([theta, prob.y0]) if wrt_y0 else theta
+        P = theta.size
+        grad = np.zeros(x.size)
+        for i in range(x.size):
+            h = self.step * max(1.0, abs(x[i]))
+            acc = 0.0
+            for o, w in zip(offsets, weights):
+                xx = x.copy()
+                xx[i] += o * h
+                acc += w * value(xx[:P], xx[P:] if wrt_y0 else prob.y0)
+            grad[i] = acc / h
+        f0 = value(theta, prob.y0)
+        return f0, grad[:P], (grad[P:P + n] if wrt_y0 else None)
