@@ -71,19 +71,31 @@ class ForwardSensitivity(Sensitivity):
         if t_obs[-1] == t0:
             return np.tile(prob.y0, (m, 1)), np.broadcast_to(S0.T, (m, n, q)).copy()
 
-        def fun(t, z):
-            y = z[:n]
-            ST = z[n:].reshape(q, n)
-            J, Jt = vf.jac_and_theta_jac(t, y)
-            dST = ST @ J.T
-            dST[:P] += Jt.T
-            return np.concatenate([vf.fun(t, y), dST.ravel()])
+        symbolic = not vf.c.nets and n * (q + 1) <= 400
+        if symbolic:
+            fsym, jsym, _ = vf.c.sensitivity_system(wrt_y0)
+            pl, inputs = vf.pl, vf.inputs
+
+            def fun(t, z):
+                return fsym([t], z.tolist(), pl, [], inputs(t).tolist() if inputs else [])
+        else:
+            def fun(t, z):
+                y = z[:n]
+                ST = z[n:].reshape(q, n)
+                J, Jt = vf.jac_and_theta_jac(t, y)
+                dST = ST @ J.T
+                dST[:P] += Jt.T
+                return np.concatenate([vf.fun(t, y), dST.ravel()])
 
         kw = dict(method=prob.method, rtol=prob.rtol, **prob.options)
         atol = np.asarray(prob.atol, dtype=float)
         # dy_i/dtheta_k shares the absolute tolerance of y_i
         kw["atol"] = np.tile(atol, q + 1) if atol.ndim else float(atol)
-        if prob.method in STIFF_METHODS:
+        if prob.method in STIFF_METHODS and symbolic and jsym is not None:
+            def jac(t, z):
+                return jsym([t], z.tolist(), pl, [], inputs(t).tolist() if inputs else [])
+            kw["jac"] = jac
+        elif prob.method in STIFF_METHODS:
             sparse = self.sparse_jacobian if self.sparse_jacobian is not None else n * (q + 1) > 60
             eye = sps.identity(q + 1, format="csc") if sparse else np.eye(q + 1)
 
