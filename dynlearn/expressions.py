@@ -1,0 +1,360 @@
+"""Safe parsing of equations written as text (model files, ``rhs={"x": "a*x"}``).
+
+How it works
+------------
+Text is parsed by Python's :func:`ast.parse` in ``"eval"`` mode, which only builds a syntax
+tree and runs nothing. The tree is then walked by :func:`parse_expression`, which knows a
+short list of node types and builds the sympy expression itself:
+
+* numbers (integers and reals; no complex numbers, strings or booleans);
+* names declared by the model (states, parameters, inputs, time, networks) and the
+  constants ``pi`` and ``E``;
+* ``+ - * / **`` and unary ``-``/``+``;
+* calls of whitelisted mathematical functions by plain name (``exp(x)``), positional
+  arguments only;
+* network outputs ``nn[0]`` where ``nn`` is a declared network and the index an integer.
+
+Anything else (attribute access, other subscripts, keyword arguments, lambdas,
+comprehensions, comparisons, strings, calls of anything but a whitelisted function) raises a
+:class:`~dynlearn.ModelError` naming the equation, the construct and its column. Nothing from
+the text is ever passed to ``eval``, ``exec`` or ``sympify``, so an equation such as
+``__import__('os').system('...')`` is refused before anything happens.
+
+Names declared by the model take precedence over the built-in constants, so a parameter may
+be called ``E`` or ``gamma`` (which ``sympify`` would turn into functions). A parameter may
+even be named like a Python keyword (``lambda``): such names are renamed token by token before
+parsing.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import keyword
+import math
+import tokenize
+from collections.abc import Callable, Mapping
+
+import sympy as sp
+
+from .errors import ModelError
+
+__all__ = ["CONSTANTS", "FUNCTIONS", "MAX_LENGTH", "parse_expression"]
+
+#: Longest equation accepted, in characters (keeps parsing and sympy work bounded).
+MAX_LENGTH = 10_000
+#: Largest absolute numeric exponent in ``a**n``; guards against ``9**9**9``.
+MAX_EXPONENT = 1_000
+
+
+def _heaviside(x):
+    # H(0) = 1/2, the convention that keeps the derivative symmetric; explicit so it never
+    # depends on the sympy version's default.
+    return sp.Heaviside(x, sp.Rational(1, 2))
+
+
+# name -> (sympy callable, allowed numbers of arguments; None = one or more)
+FUNCTIONS: dict[str, tuple[Callable, tuple[int, ...] | None]] = {
+    "exp": (sp.exp, (1,)),
+    "log": (sp.log, (1, 2)),
+    "ln": (sp.log, (1,)),
+    "sqrt": (sp.sqrt, (1,)),
+    "cbrt": (sp.cbrt, (1,)),
+    "sin": (sp.sin, (1,)),
+    "cos": (sp.cos, (1,)),
+    "tan": (sp.tan, (1,)),
+    "asin": (sp.asin, (1,)),
+    "acos": (sp.acos, (1,)),
+    "atan": (sp.atan, (1,)),
+    "atan2": (sp.atan2, (2,)),
+    "sinh": (sp.sinh, (1,)),
+    "cosh": (sp.cosh, (1,)),
+    "tanh": (sp.tanh, (1,)),
+    "asinh": (sp.asinh, (1,)),
+    "acosh": (sp.acosh, (1,)),
+    "atanh": (sp.atanh, (1,)),
+    "abs": (sp.Abs, (1,)),
+    "Abs": (sp.Abs, (1,)),
+    "sign": (sp.sign, (1,)),
+    "Heaviside": (_heaviside, (1,)),
+    "heaviside": (_heaviside, (1,)),
+    "max": (sp.Max, None),
+    "Max": (sp.Max, None),
+    "min": (sp.Min, None),
+    "Min": (sp.Min, None),
+    "erf": (sp.erf, (1,)),
+    "erfc": (sp.erfc, (1,)),
+}
+
+#: Named constants usable in equations (unless a declared name shadows them).
+CONSTANTS: dict[str, sp.Expr] = {"pi": sp.pi, "E": sp.E}
+
+_BINOPS = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+}
+
+# readable names for refused constructs
+_REFUSED = {
+    ast.Attribute: "attribute access",
+    ast.Lambda: "a lambda",
+    ast.ListComp: "a list comprehension",
+    ast.SetComp: "a set comprehension",
+    ast.DictComp: "a dict comprehension",
+    ast.GeneratorExp: "a generator expression",
+    ast.Compare: "a comparison",
+    ast.BoolOp: "a boolean operator (and/or)",
+    ast.IfExp: "a conditional expression (if/else)",
+    ast.List: "a list",
+    ast.Tuple: "a tuple",
+    ast.Set: "a set",
+    ast.Dict: "a dict",
+    ast.JoinedStr: "an f-string",
+    ast.Starred: "a starred expression",
+    ast.NamedExpr: "an assignment expression (:=)",
+    ast.Await: "await",
+    ast.Yield: "yield",
+    ast.YieldFrom: "yield",
+    ast.Slice: "a slice",
+}
+_OPNAMES = {
+    ast.Mod: "%", ast.FloorDiv: "//", ast.MatMult: "@", ast.BitXor: "^",
+    ast.BitAnd: "&", ast.BitOr: "|", ast.LShift: "<<", ast.RShift: ">>",
+    ast.Invert: "~", ast.Not: "not",
+}
+
+
+class _Refused(Exception):
+    """Internal: a construct was refused at ``node``."""
+
+    def __init__(self, message: str, node: ast.AST | None = None, col: int | None = None):
+        super().__init__(message)
+        self.col = col if col is not None else getattr(node, "col_offset", None)
+
+
+def _is_network(obj) -> bool:
+    from .neural import BaseNetwork
+    return isinstance(obj, BaseNetwork)
+
+
+def _rename_keywords(text: str, names: Mapping[str, object]) -> tuple[str, dict[str, str]]:
+    """Rename declared names that are Python keywords (``lambda`` -> ``lambda_kw_``)."""
+    kws = {n for n in names if keyword.iskeyword(n)}
+    if not kws:
+        return text, {}
+    alias = {}
+    for k in kws:
+        a = f"{k}_kw_"
+        while a in names:
+            a += "_"
+        alias[k] = a
+    try:
+        toks = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return text, {}       # let ast report the syntax error
+    out = [(t.type, alias.get(t.string, t.string) if t.type == tokenize.NAME else t.string)
+           for t in toks]
+    return tokenize.untokenize(out), {a: k for k, a in alias.items()}
+
+
+def parse_expression(text: str, names: Mapping[str, object], where: str = "expression"
+                     ) -> sp.Expr:
+    """Parse one equation into a sympy expression, allowing only declared names.
+
+    Parameters
+    ----------
+    text : str
+        The equation's right-hand side, e.g. ``"alpha*hare - beta*hare*lynx"``.
+    names : mapping str -> sympy.Basic or network
+        Declared names: states, parameters, inputs and time map to their sympy symbols;
+        a network's name maps to the network object, whose outputs are written
+        ``name[i]``.
+    where : str
+        What is being parsed, for error messages (e.g. ``"model.toml, line 3: equation of
+        'hare'"``).
+
+    Returns
+    -------
+    sympy.Expr
+
+    Raises
+    ------
+    ModelError
+        On a syntax error, an unknown name, a function outside :data:`FUNCTIONS` or any
+        construct other than arithmetic, whitelisted calls and network outputs.
+
+    Examples
+    --------
+    >>> import sympy as sp
+    >>> x, a = sp.symbols("x a")
+    >>> parse_expression("a*x - exp(-x)**2", {"x": x, "a": a})
+    a*x - exp(-2*x)
+    """
+    if not isinstance(text, str):
+        raise ModelError(f"{where}: expected the equation as a string, got {type(text).__name__}")
+    if len(text) > MAX_LENGTH:
+        raise ModelError(f"{where}: equation is {len(text)} characters long; the limit is "
+                         f"{MAX_LENGTH}")
+    if not text.strip():
+        raise ModelError(f"{where}: the equation is empty")
+    if "\n" in text.strip() or "\r" in text:
+        raise ModelError(f"{where}: an equation must fit on one line")
+    source, unalias = _rename_keywords(text.strip(), names)
+    try:
+        tree = ast.parse(source, mode="eval")
+    except SyntaxError as exc:
+        col = f" at column {exc.offset}" if exc.offset else ""
+        msg = exc.msg or "invalid syntax"
+        raise ModelError(f"{where}: {msg}{col} in {text.strip()!r}") from None
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise ModelError(f"{where}: cannot parse {text.strip()!r}: "
+                         f"{str(exc) or type(exc).__name__}") from None
+    builder = _Builder(names, unalias)
+    try:
+        expr = builder.build(tree.body)
+    except _Refused as exc:
+        col = f" (column {exc.col + 1})" if exc.col is not None else ""
+        raise ModelError(f"{where}: {exc}{col} in {text.strip()!r}") from None
+    except RecursionError:
+        raise ModelError(f"{where}: the equation is nested too deeply") from None
+    except (TypeError, ValueError, ZeroDivisionError) as exc:
+        # sympy refusing an operation, e.g. a function given a network object
+        raise ModelError(f"{where}: invalid expression {text.strip()!r}: {exc}") from None
+    if isinstance(expr, sp.Basic) and not isinstance(expr, sp.Expr):
+        raise ModelError(f"{where}: {text.strip()!r} is not a scalar expression")
+    return expr
+
+
+class _Builder:
+    """Walks an ``ast`` tree and builds the sympy expression (refusing all else)."""
+
+    def __init__(self, names: Mapping[str, object], unalias: Mapping[str, str]):
+        self.names = names
+        self.unalias = unalias
+
+    def declared(self) -> str:
+        plain = sorted(n for n, v in self.names.items() if not _is_network(v))
+        nets = sorted(n for n, v in self.names.items() if _is_network(v))
+        out = f"declared names are {plain}"
+        if nets:
+            out += f" and networks {nets} (used as {nets[0]}[0], ...)"
+        return out
+
+    def build(self, node: ast.AST):
+        method = getattr(self, f"_{type(node).__name__}", None)
+        if method is None:
+            what = _REFUSED.get(type(node), f"'{type(node).__name__}'")
+            raise _Refused(f"{what} is not allowed in an equation; use numbers, declared "
+                           "names, + - * / **, math functions and network outputs like nn[0]",
+                           node)
+        return method(node)
+
+    # leaves ------------------------------------------------------------------------------
+    def _Constant(self, node: ast.Constant):
+        v = node.value
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            kind = {str: "a string", bytes: "a bytes literal", complex: "a complex number",
+                    bool: "a boolean"}.get(type(v), repr(v))
+            raise _Refused(f"{kind} is not allowed in an equation", node)
+        return sp.Integer(v) if isinstance(v, int) else sp.Float(v)
+
+    def _Name(self, node: ast.Name):
+        name = self.unalias.get(node.id, node.id)
+        if name.startswith("__"):
+            raise _Refused(f"name '{name}' is not allowed (names starting with '__' are "
+                           "reserved)", node)
+        if name in self.names:
+            obj = self.names[name]
+            if _is_network(obj):
+                raise _Refused(f"network '{name}' must be indexed by an output, e.g. "
+                               f"{name}[0]", node)
+            return obj
+        if name in CONSTANTS:
+            return CONSTANTS[name]
+        if name in FUNCTIONS:
+            raise _Refused(f"function '{name}' must be called, e.g. {name}(x)", node)
+        raise _Refused(f"unknown name '{name}'; {self.declared()}", node)
+
+    # operators ---------------------------------------------------------------------------
+    def _BinOp(self, node: ast.BinOp):
+        op = type(node.op)
+        if op is ast.Pow:
+            base, exp_ = self.build(node.left), self.build(node.right)
+            if isinstance(exp_, sp.Number):
+                # bound sympy's exact arithmetic: 9**9**9 would otherwise run for ages
+                if abs(exp_) > MAX_EXPONENT:
+                    raise _Refused(f"exponent {exp_} is too large (limit {MAX_EXPONENT})",
+                                   node.right)
+                if (isinstance(base, sp.Number) and base != 0
+                        and float(abs(exp_)) * abs(math.log10(abs(float(base)))) > 300):
+                    raise _Refused("a number in this equation is too large (over 1e300)",
+                                   node)
+            return base ** exp_
+        if op in _BINOPS:
+            return _BINOPS[op](self.build(node.left), self.build(node.right))
+        sym = _OPNAMES.get(op, type(node.op).__name__)
+        hint = "; use ** for powers" if op is ast.BitXor else ""
+        raise _Refused(f"operator '{sym}' is not allowed{hint}", node)
+
+    def _UnaryOp(self, node: ast.UnaryOp):
+        if isinstance(node.op, ast.USub):
+            return -self.build(node.operand)
+        if isinstance(node.op, ast.UAdd):
+            return self.build(node.operand)
+        sym = _OPNAMES.get(type(node.op), type(node.op).__name__)
+        raise _Refused(f"operator '{sym}' is not allowed", node)
+
+    def _Attribute(self, node: ast.Attribute):
+        # point at the attribute's name, not at the start of the object
+        col = node.end_col_offset - len(node.attr) if node.end_col_offset else None
+        raise _Refused(f"attribute access ('.{node.attr}') is not allowed in an equation",
+                       node, col)
+
+    # calls and network outputs -----------------------------------------------------------
+    def _Call(self, node: ast.Call):
+        if isinstance(node.func, ast.Attribute):
+            return self._Attribute(node.func)
+        if not isinstance(node.func, ast.Name):
+            what = _REFUSED.get(type(node.func), "an expression")
+            raise _Refused(f"only whitelisted functions may be called, by name; calling "
+                           f"{what} is not allowed", node.func)
+        name = self.unalias.get(node.func.id, node.func.id)
+        if name in self.names:
+            raise _Refused(f"'{name}' is a declared {'network' if _is_network(self.names[name]) else 'symbol'}"
+                           ", not a function; it cannot be called", node)
+        if name not in FUNCTIONS:
+            raise _Refused(f"function '{name}' is not allowed; allowed functions are "
+                           f"{sorted(FUNCTIONS)}", node)
+        if node.keywords:
+            raise _Refused(f"keyword arguments are not allowed (in the call of '{name}')",
+                           node.keywords[0].value)
+        fun, nargs = FUNCTIONS[name]
+        n = len(node.args)
+        if (nargs is None and n < 1) or (nargs is not None and n not in nargs):
+            want = "at least 1" if nargs is None else " or ".join(map(str, nargs))
+            raise _Refused(f"function '{name}' takes {want} argument(s), got {n}", node)
+        return fun(*[self.build(a) for a in node.args])
+
+    def _Subscript(self, node: ast.Subscript):
+        if not isinstance(node.value, ast.Name):
+            raise _Refused("only network outputs may be indexed, as name[i]", node)
+        name = self.unalias.get(node.value.id, node.value.id)
+        obj = self.names.get(name)
+        if not _is_network(obj):
+            what = "a declared symbol, not a network" if name in self.names else "not a network"
+            raise _Refused(f"'{name}' is {what}; only network outputs can be indexed, as "
+                           "nn[0]", node)
+        idx = node.slice
+        sign = 1
+        if isinstance(idx, ast.UnaryOp) and isinstance(idx.op, ast.USub):
+            sign, idx = -1, idx.operand
+        if not (isinstance(idx, ast.Constant) and type(idx.value) is int):
+            raise _Refused(f"network '{name}' must be indexed by an integer, e.g. {name}[0]",
+                           node.slice)
+        i = sign * idx.value
+        if not -obj.n_outputs <= i < obj.n_outputs:
+            raise _Refused(f"network '{name}' has {obj.n_outputs} output(s) (indices 0.."
+                           f"{obj.n_outputs - 1}); index {i} is out of range", node.slice)
+        return obj[i]
