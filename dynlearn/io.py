@@ -1,0 +1,695 @@
+"""Model files: a whole problem (model, data mapping, fit settings) in one TOML file.
+
+A model file is read with :mod:`tomllib` and checked key by key; every error names the file
+and, where it can be found, the line. Equations are parsed by
+:func:`dynlearn.expressions.parse_expression`, never evaluated.
+
+Layout
+------
+.. code-block:: toml
+
+    [model]
+    name = "lynx-hare"                     # optional
+    states = ["hare", "lynx"]
+    time = "t"                             # symbol used for time in equations (default "t")
+    inputs = []                            # exogenous inputs, supplied by CSV columns
+    equations = { hare = "alpha*hare - beta*hare*lynx", lynx = "delta*hare*lynx - gamma*lynx" }
+
+    [model.params]
+    alpha = { value = 0.5, min = 0.0, transform = "log" }
+    beta = 0.02                            # a bare number: free, untransformed
+
+    [model.networks.nn]                    # outputs used in equations as nn[0], nn[1], ...
+    inputs = ["hare", "lynx"]              # expressions of states, time and inputs
+    outputs = 2
+    hidden = [8, 8]
+    activation = "tanh"
+    seed = 0
+    scale = 0.1                            # shrink the initial output layer
+
+    [model.observables]                    # optional; default: every state, by name
+    pelts = "0.1*hare"
+
+    [initial]                              # optional; default: the first data row
+    values = { hare = 30.0, lynx = 4.0 }   # the initial state
+    estimate = true                        # let the fit estimate it (from values or row 1)
+
+    [data]
+    file = "data.csv"                      # optional default CSV, relative to this file
+    time = "year"
+    group = "run"                          # optional column splitting experiments
+    columns = ["hare", "lynx"]             # optional: the CSV columns to use
+    rename = { in_bed = "I" }              # optional: CSV column -> model name
+    interpolation = "linear"               # inputs between samples: "linear" | "zoh"
+
+    [noise]
+    sigma = { hare = 5.0, lynx = 3.0 }     # per observable, a number for all, or "estimate"
+    sigma_columns = { hare = "hare_sd" }   # or per-row sigma read from CSV columns
+
+    [fit]                                  # passed to dl.fit
+    loss = "log"                           # "ls" | "gaussian" | "log"
+    method = "RK45"
+    sensitivity = "forward"                # "forward" | "adjoint" | "finite-difference"
+    optimizer = "lbfgs"                    # or a list of stages, see below
+    maxiter = 200
+    seed = 0
+
+    [simulate]                             # defaults for `dynlearn simulate`
+    t = "0:20:0.1"                         # start:stop:step, or a list of times
+
+Stages are written as an array of tables, e.g. ``[[fit.stages]]`` with ``optimizer = "adam"``,
+``maxiter = 200``, ``lr = 0.01``, then another with ``optimizer = "lbfgs"``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import sympy as sp
+
+from .errors import DataError, ModelError, OptionError, ParameterError
+
+__all__ = ["ModelFile", "load_model_file", "parse_model_text", "parse_time_grid"]
+
+# allowed keys of each table; None marks a table whose keys are user names
+_TOP = {"model", "initial", "data", "noise", "fit", "simulate"}
+_MODEL = {"name", "states", "time", "inputs", "equations", "params", "networks", "observables"}
+_PARAM = {"value", "min", "max", "fixed", "transform"}
+_NETWORK = {"inputs", "outputs", "hidden", "activation", "seed", "scale", "type"}
+_INITIAL = {"values", "estimate", "t0"}
+_DATA = {"file", "time", "group", "columns", "rename", "interpolation"}
+_NOISE = {"sigma", "sigma_columns"}
+_FIT = {"loss", "method", "rtol", "atol", "sensitivity", "optimizer", "maxiter", "seed",
+        "stages", "n_starts", "l2", "options", "progress"}
+_STAGE = {"optimizer", "maxiter", "lr", "options"}
+_SIMULATE = {"t", "method", "rtol", "atol", "y0"}
+LOSSES = ("ls", "gaussian", "log")
+SENSITIVITIES = ("forward", "adjoint", "finite-difference")
+
+
+class _Lines:
+    """Best-effort line numbers of keys in TOML text (tomllib keeps none after parsing).
+
+    Tracks ``[table]`` and ``[[array]]`` headers and ``key = value`` lines, including the
+    keys of one-line inline tables, so ``where(("model", "equations", "hare"))`` finds the
+    line where that equation is written.
+    """
+
+    _header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+    _key = re.compile(r"^\s*((?:[A-Za-z0-9_\-]+|\"[^\"]*\"|'[^']*')"
+                      r"(?:\s*\.\s*(?:[A-Za-z0-9_\-]+|\"[^\"]*\"|'[^']*'))*)\s*=")
+    _inline_key = re.compile(r"[{,]\s*([A-Za-z0-9_\-]+|\"[^\"]*\"|'[^']*')\s*=")
+
+    def __init__(self, text: str):
+        self.lines: dict[tuple[str, ...], int] = {}
+        table: tuple[str, ...] = ()
+        for no, line in enumerate(text.splitlines(), start=1):
+            m = self._header.match(line)
+            if m:
+                table = self._split(m.group(1))
+                self.lines.setdefault(table, no)
+                continue
+            m = self._key.match(line)
+            if m:
+                key = table + self._split(m.group(1))
+                self.lines.setdefault(key, no)
+                rest = line[m.end():]
+                for k in self._inline_key.findall(rest):
+                    self.lines.setdefault(key + (self._unquote(k),), no)
+
+    @staticmethod
+    def _unquote(k: str) -> str:
+        k = k.strip()
+        return k[1:-1] if k[:1] in "\"'" and k[-1:] == k[:1] else k
+
+    def _split(self, dotted: str) -> tuple[str, ...]:
+        parts = re.findall(r"\"[^\"]*\"|'[^']*'|[^.]+", dotted)
+        return tuple(self._unquote(p) for p in parts if p.strip())
+
+    def line(self, path: tuple[str, ...]) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return None
+
+
+@dataclass
+class ModelFile:
+    """A parsed model file.
+
+    Attributes
+    ----------
+    path : pathlib.Path or None
+        The file (``None`` for text parsed with :func:`parse_model_text`).
+    model : HybridModel
+    networks : dict name -> MLP
+    initial : dict
+        ``values`` (dict state -> float, possibly empty), ``estimate`` (bool), ``t0`` (float or
+        None).
+    data : dict
+        ``file`` (Path or None), ``time``, ``group``, ``columns``, ``rename``,
+        ``interpolation``.
+    noise : dict
+        ``sigma`` (None, a float, ``"estimate"`` or a dict observable -> float) and
+        ``sigma_columns`` (dict observable -> CSV column).
+    fit : dict
+        The ``[fit]`` table, checked (``loss``, ``method``, ``stages``, ...).
+    simulate : dict
+        The ``[simulate]`` table (``t`` already turned into an array when given).
+    raw : dict
+        The TOML document as read.
+    """
+
+    path: Path | None
+    model: object
+    networks: dict
+    initial: dict
+    data: dict
+    noise: dict
+    fit: dict
+    simulate: dict
+    raw: dict = field(repr=False, default_factory=dict)
+    _lines: _Lines | None = field(repr=False, default=None)
+
+    @property
+    def source(self) -> str:
+        return str(self.path) if self.path is not None else "<model file>"
+
+    def where(self, *path: str) -> str:
+        """``"file.toml, line N"`` for a key path, as precise as the file allows."""
+        line = self._lines.line(tuple(path)) if self._lines is not None else None
+        return f"{self.source}, line {line}" if line else self.source
+
+    def y0(self):
+        """The initial-state setting for :func:`dynlearn.fit`: ``"first"``, ``"estimate"``
+        or an array (states in model order)."""
+        values = self.initial["values"]
+        if values:
+            y = np.array([values[s.name] for s in self.model.states], dtype=float)
+            return y
+        return "estimate" if self.initial["estimate"] else "first"
+
+    def read_data(self, csv=None):
+        """Read the measurements: ``csv`` or the file named by ``[data] file``.
+
+        Returns
+        -------
+        Dataset
+            Columns renamed to model names, restricted to ``[data] columns`` when given.
+        """
+        import pandas as pd
+
+        from .data import Dataset
+        path = Path(csv) if csv is not None else self.data["file"]
+        if path is None:
+            raise DataError(f"{self.where('data')}: no data file: pass DATA.csv on the command "
+                            "line or set `file` in [data]")
+        d = self.data
+        try:
+            df = pd.read_csv(path, skipinitialspace=True)
+        except FileNotFoundError:
+            raise DataError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise DataError(f"{path}: is a directory, not a CSV file") from None
+        except pd.errors.EmptyDataError:
+            raise DataError(f"{path}: the file is empty") from None
+        except pd.errors.ParserError as exc:
+            msg = str(exc).strip().splitlines()[-1]
+            m = re.search(r"line (\d+)", msg)
+            at = f", line {m.group(1)}" if m else ""
+            raise DataError(f"{path}{at}: cannot read as CSV: {msg}") from None
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not a text CSV file ({exc.reason} at byte {exc.start})"
+                            ) from None
+        df.columns = [str(c).strip() for c in df.columns]
+        keep = d["columns"]
+        needed = [c for c in (d["time"], d["group"]) if c]
+        for c in list(d["rename"]) + (keep or []) + needed:
+            if c not in df.columns:
+                raise DataError(f"{path}: no column '{c}' (named in {self.where('data')}); the "
+                                f"columns are {list(df.columns)}")
+        if keep is not None:
+            df = df[needed + [c for c in keep if c not in needed]]
+        extra_sigma = [c for c in self.noise["sigma_columns"].values()]
+        for c in extra_sigma:
+            if c not in df.columns:
+                raise DataError(f"{path}: no sigma column '{c}' (named in "
+                                f"{self.where('noise', 'sigma_columns')}); the columns are "
+                                f"{list(df.columns)}")
+        df = df.rename(columns=d["rename"])
+        m = self.model
+        known = set(m.observable_names) | {u.name for u in m.inputs}
+        # columns the model does not know (a date, a comment) are dropped unless named
+        if keep is None:
+            unused = [c for c in df.columns if c not in known and c not in needed
+                      and c not in extra_sigma]
+            df = df.drop(columns=unused)
+        data_cols = [c for c in df.columns if c not in needed and c not in extra_sigma]
+        if not [c for c in data_cols if c in m.observable_names]:
+            raise DataError(f"{path}: no column matches an observable of the model "
+                            f"{list(m.observable_names)}; map CSV columns with `rename` in "
+                            f"[data] ({self.source})")
+        return Dataset.from_frame(df[[c for c in df.columns if c not in extra_sigma]],
+                                  time=d["time"], group=d["group"], source=str(path))
+
+
+# --- helpers -------------------------------------------------------------------------------
+class _Checker:
+    """Type checks that raise ModelError naming the file and line of the offending key."""
+
+    def __init__(self, source: str, lines: _Lines):
+        self.source = source
+        self.lines = lines
+
+    def where(self, *path: str) -> str:
+        line = self.lines.line(tuple(path))
+        return f"{self.source}, line {line}" if line else self.source
+
+    def fail(self, path: tuple[str, ...], message: str, cls=ModelError):
+        key = "[" + ".".join(path[:-1]) + "] " + path[-1] if len(path) > 1 else path[0]
+        raise cls(f"{self.where(*path)}: {key}: {message}")
+
+    def table(self, value, path: tuple[str, ...], allowed: set | None = None) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(path, f"expected a table, got {_tname(value)} {value!r}")
+        if allowed is not None:
+            unknown = sorted(set(value) - allowed)
+            if unknown:
+                k = unknown[0]
+                self.fail(path + (k,), f"unknown key '{k}'; allowed keys are "
+                          f"{sorted(allowed)}")
+        return value
+
+    def string(self, value, path, choices=None) -> str:
+        if not isinstance(value, str):
+            self.fail(path, f"expected a string, got {_tname(value)} {value!r}")
+        if choices is not None and value not in choices:
+            self.fail(path, f"{value!r} is not one of {list(choices)}")
+        return value
+
+    def strings(self, value, path) -> list[str]:
+        if isinstance(value, str) or not isinstance(value, list) or \
+                not all(isinstance(v, str) for v in value):
+            self.fail(path, f"expected a list of strings, got {value!r}")
+        return list(value)
+
+    def number(self, value, path, integer=False, positive=False):
+        ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok:
+            self.fail(path, f"expected {'an integer' if integer else 'a number'}, got "
+                      f"{_tname(value)} {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            self.fail(path, f"must be finite, got {value}")
+        if positive and value <= 0:
+            self.fail(path, f"must be positive, got {value}")
+        return value
+
+    def boolean(self, value, path) -> bool:
+        if not isinstance(value, bool):
+            self.fail(path, f"expected true or false, got {value!r}")
+        return value
+
+    def identifier(self, name: str, path, what: str) -> str:
+        if not isinstance(name, str) or not name.isidentifier() or name.startswith("__"):
+            self.fail(path, f"{what} name {name!r} is not a valid name (letters, digits and "
+                      "underscores, not starting with a digit or '__')")
+        return name
+
+
+def _tname(v) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
+            list: "a list", dict: "a table"}.get(type(v), type(v).__name__)
+
+
+def parse_time_grid(spec, where: str = "t") -> np.ndarray:
+    """Output times from ``"start:stop:step"`` (stop included when on the grid), a list of
+    numbers, or a ``{start, stop, step}``/``{start, stop, n}`` table.
+
+    Raises
+    ------
+    OptionError
+        With ``where`` in the message.
+    """
+    def bad(msg):
+        raise OptionError(f"{where}: {msg}")
+
+    if isinstance(spec, str):
+        parts = spec.split(":")
+        if len(parts) not in (2, 3):
+            bad(f"{spec!r} is not a time grid; write start:stop:step, e.g. 0:10:0.1")
+        try:
+            vals = [float(p) for p in parts]
+        except ValueError:
+            bad(f"{spec!r} is not a time grid; start, stop and step must be numbers "
+                "(start:stop:step, e.g. 0:10:0.1)")
+        start, stop = vals[0], vals[1]
+        step = vals[2] if len(vals) == 3 else (stop - start) / 100.0
+        if not all(math.isfinite(v) for v in vals):
+            bad(f"{spec!r}: start, stop and step must be finite")
+        if step <= 0 or stop <= start:
+            bad(f"{spec!r}: need stop > start and a positive step")
+        n = math.floor((stop - start) / step + 1e-9) + 1
+        if n > 10_000_000:
+            bad(f"{spec!r} has {n} points; use a larger step")
+        return start + step * np.arange(n)
+    if isinstance(spec, dict):
+        try:
+            start, stop = float(spec["start"]), float(spec["stop"])
+            if "n" in spec:
+                return np.linspace(start, stop, int(spec["n"]))
+            return parse_time_grid(f"{start}:{stop}:{float(spec['step'])}", where)
+        except (KeyError, TypeError, ValueError):
+            bad(f"{spec!r}: a time table needs start, stop and step (or n)")
+    if isinstance(spec, (list, tuple, np.ndarray)):
+        from .solve import check_times
+        try:
+            return check_times(spec, "t")
+        except DataError as exc:
+            bad(str(exc))
+    bad(f"expected start:stop:step or a list of times, got {spec!r}")
+
+
+# --- parsing ---------------------------------------------------------------------------------
+def load_model_file(path) -> ModelFile:
+    """Read and check a TOML model file.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+
+    Returns
+    -------
+    ModelFile
+
+    Raises
+    ------
+    ModelError
+        Malformed TOML (with line and column), unknown keys, wrong types, equations that do
+        not parse or use undeclared names; every message names the file and, where known, the
+        line.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ModelError(f"{path}: is a directory, not a model file") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ModelError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
+    return parse_model_text(text, source=path)
+
+
+def parse_model_text(text: str, source=None) -> ModelFile:
+    """Parse model-file text (see :func:`load_model_file`).
+
+    Parameters
+    ----------
+    text : str
+    source : str or pathlib.Path, optional
+        The file the text came from, for messages and for relative data paths.
+    """
+    from .model import HybridModel
+    from .neural import MLP
+    from .parameters import Parameter
+
+    src = Path(source) if source is not None else None
+    name = str(src) if src is not None else "<model file>"
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message ends with "(at line L, column C)"
+        msg = str(exc)
+        m = re.search(r"\(at line (\d+), column (\d+)\)$", msg)
+        if m:
+            msg = msg[:m.start()].strip()
+            raise ModelError(f"{name}, line {m.group(1)}, column {m.group(2)}: malformed "
+                             f"TOML: {msg}") from None
+        raise ModelError(f"{name}: malformed TOML: {msg}") from None
+    lines = _Lines(text)
+    ck = _Checker(name, lines)
+    unknown = sorted(set(doc) - _TOP)
+    if unknown:
+        ck.fail((unknown[0],), f"unknown table; a model file has {sorted(_TOP)}")
+    if "model" not in doc:
+        raise ModelError(f"{name}: no [model] table; a model file needs [model] with states "
+                         "and equations")
+
+    # [model] -------------------------------------------------------------------------
+    mt = ck.table(doc["model"], ("model",), _MODEL)
+    for req in ("states", "equations"):
+        if req not in mt:
+            raise ModelError(f"{ck.where('model')}: [model] needs `{req}`")
+    states = ck.strings(mt["states"], ("model", "states"))
+    if not states:
+        ck.fail(("model", "states"), "at least one state is needed")
+    time_name = ck.string(mt.get("time", "t"), ("model", "time"))
+    inputs = ck.strings(mt.get("inputs", []), ("model", "inputs"))
+    params_t = ck.table(mt.get("params"), ("model", "params"))
+    for n in states:
+        ck.identifier(n, ("model", "states"), "state")
+    for n in inputs:
+        ck.identifier(n, ("model", "inputs"), "input")
+    ck.identifier(time_name, ("model", "time"), "time")
+
+    seen: dict[str, str] = {}
+
+    def declare(n, role, path):
+        ck.identifier(n, path, role)
+        if n in seen:
+            ck.fail(path, f"'{n}' is declared twice, as {seen[n]} and as {role}")
+        seen[n] = role
+
+    for n in states:
+        declare(n, "state", ("model", "states"))
+    for n in inputs:
+        declare(n, "input", ("model", "inputs"))
+    declare(time_name, "time", ("model", "time"))
+    symbols: dict[str, sp.Symbol] = {n: sp.Symbol(n) for n in seen}
+
+    params = {}
+    for pname, spec in params_t.items():
+        path = ("model", "params", pname)
+        declare(pname, "parameter", path)
+        symbols[pname] = sp.Symbol(pname)
+        if isinstance(spec, dict):
+            ck.table(spec, path, _PARAM)
+            if "value" not in spec:
+                ck.fail(path, "a parameter table needs `value`")
+            kw = {}
+            for k, v in spec.items():
+                if k in ("value", "min", "max"):
+                    kw[k] = ck.number(v, path + (k,))
+                elif k == "fixed":
+                    kw[k] = ck.boolean(v, path + (k,))
+                else:
+                    kw[k] = ck.string(v, path + (k,), ("identity", "log"))
+        else:
+            kw = {"value": ck.number(spec, path)}
+        try:
+            params[symbols[pname]] = Parameter(**kw)
+        except ParameterError as exc:   # bounds, transform
+            ck.fail(path, str(exc))
+
+    plain_names = dict(symbols)
+    networks = {}
+    nets_t = ck.table(mt.get("networks"), ("model", "networks"))
+    for nname, spec in nets_t.items():
+        path = ("model", "networks", nname)
+        declare(nname, "network", path)
+        spec = ck.table(spec, path, _NETWORK)
+        for req in ("inputs", "outputs"):
+            if req not in spec:
+                ck.fail(path, f"a network needs `{req}`")
+        if spec.get("type", "mlp") != "mlp":
+            ck.fail(path + ("type",), f"unknown network type {spec['type']!r}; only 'mlp'")
+        nin = [_parse(ck, e, plain_names, path + ("inputs",), f"input of network '{nname}'")
+               for e in ck.strings(spec["inputs"], path + ("inputs",))]
+        hidden = spec.get("hidden", [16, 16])
+        if not isinstance(hidden, list) or not all(isinstance(h, int) and not isinstance(h, bool)
+                                                   and h > 0 for h in hidden):
+            ck.fail(path + ("hidden",), f"expected a list of positive integers, got {hidden!r}")
+        kw = {"outputs": ck.number(spec["outputs"], path + ("outputs",), integer=True,
+                                   positive=True),
+              "hidden": hidden,
+              "activation": ck.string(spec.get("activation", "tanh"), path + ("activation",))}
+        if "seed" in spec:
+            kw["seed"] = ck.number(spec["seed"], path + ("seed",), integer=True)
+        if "scale" in spec:
+            kw["scale"] = float(ck.number(spec["scale"], path + ("scale",)))
+        try:
+            networks[nname] = MLP(nname, inputs=nin, **kw)
+        except ModelError as exc:
+            ck.fail(path, str(exc))
+
+    all_names = {**plain_names, **networks}
+    eqs = ck.table(mt["equations"], ("model", "equations"))
+    for k in eqs:
+        if k not in states:
+            ck.fail(("model", "equations", k), f"equation for '{k}', which is not a state; "
+                    f"states are {states}")
+    missing = [s for s in states if s not in eqs]
+    if missing:
+        ck.fail(("model", "equations"), f"no equation for state(s) {missing}")
+    rhs = {}
+    for s in states:
+        path = ("model", "equations", s)
+        e = eqs[s]
+        if isinstance(e, (int, float)) and not isinstance(e, bool):
+            e = repr(e)
+        rhs[symbols[s]] = _parse(ck, ck.string(e, path), all_names, path, f"equation of '{s}'")
+    unused = [n for n in networks if not any(
+        n == getattr(getattr(a, "network", None), "name", None)
+        for e in rhs.values() for a in e.free_symbols)]
+    if unused:
+        ck.fail(("model", "networks", unused[0]), f"network '{unused[0]}' is not used in any "
+                "equation; use its outputs as " + f"{unused[0]}[0], ... or remove it")
+
+    observables = None
+    obs_t = ck.table(mt.get("observables"), ("model", "observables"))
+    if obs_t:
+        observables = {}
+        for k, e in obs_t.items():
+            path = ("model", "observables", k)
+            ck.identifier(k, path, "observable")
+            observables[k] = _parse(ck, ck.string(e, path), plain_names, path,
+                                    f"observable '{k}'")
+    try:
+        model = HybridModel(states=[symbols[s] for s in states], rhs=rhs, params=params,
+                            inputs=[symbols[u] for u in inputs], observables=observables,
+                            time=symbols[time_name],
+                            name=ck.string(mt.get("name", src.stem if src else "model"),
+                                           ("model", "name")))
+    except ModelError as exc:
+        raise ModelError(f"{ck.where('model')}: {exc}") from None
+
+    # [initial] ---------------------------------------------------------------------------
+    it = ck.table(doc.get("initial"), ("initial",), _INITIAL)
+    values = ck.table(it.get("values"), ("initial", "values"))
+    for k, v in values.items():
+        if k not in states:
+            ck.fail(("initial", "values", k), f"'{k}' is not a state; states are {states}")
+        ck.number(v, ("initial", "values", k))
+    if values and len(values) != len(states):
+        ck.fail(("initial", "values"), f"give a value for every state {states} (missing "
+                f"{[s for s in states if s not in values]})")
+    initial = {"values": {k: float(v) for k, v in values.items()},
+               "estimate": ck.boolean(it.get("estimate", False), ("initial", "estimate")),
+               "t0": (float(ck.number(it["t0"], ("initial", "t0"))) if "t0" in it else None)}
+
+    # [data] ------------------------------------------------------------------------------
+    dt = ck.table(doc.get("data"), ("data",), _DATA)
+    file_ = dt.get("file")
+    if file_ is not None:
+        file_ = Path(ck.string(file_, ("data", "file")))
+        if not file_.is_absolute() and src is not None:
+            file_ = src.parent / file_
+    data = {
+        "file": file_,
+        "time": ck.string(dt.get("time", "t"), ("data", "time")),
+        "group": ck.string(dt["group"], ("data", "group")) if "group" in dt else None,
+        "columns": ck.strings(dt["columns"], ("data", "columns")) if "columns" in dt else None,
+        "rename": {k: ck.string(v, ("data", "rename", k))
+                   for k, v in ck.table(dt.get("rename"), ("data", "rename")).items()},
+        "interpolation": ck.string(dt.get("interpolation", "linear"), ("data", "interpolation"),
+                                   ("linear", "zoh")),
+    }
+
+    # [noise] -----------------------------------------------------------------------------
+    nt = ck.table(doc.get("noise"), ("noise",), _NOISE)
+    sigma = nt.get("sigma")
+    obs_names = list(model.observable_names)
+    if isinstance(sigma, dict):
+        for k, v in sigma.items():
+            if k not in obs_names:
+                ck.fail(("noise", "sigma", k), f"'{k}' is not an observable; observables are "
+                        f"{obs_names}")
+            ck.number(v, ("noise", "sigma", k), positive=True)
+        sigma = {k: float(v) for k, v in sigma.items()}
+    elif isinstance(sigma, str):
+        ck.string(sigma, ("noise", "sigma"), ("estimate",))
+    elif sigma is not None:
+        sigma = float(ck.number(sigma, ("noise", "sigma"), positive=True))
+    sigma_columns = {k: ck.string(v, ("noise", "sigma_columns", k))
+                     for k, v in ck.table(nt.get("sigma_columns"),
+                                          ("noise", "sigma_columns")).items()}
+    for k in sigma_columns:
+        if k not in obs_names:
+            ck.fail(("noise", "sigma_columns", k), f"'{k}' is not an observable; observables "
+                    f"are {obs_names}")
+    noise = {"sigma": sigma, "sigma_columns": sigma_columns}
+
+    # [fit] ---------------------------------------------------------------------------------
+    ft = dict(ck.table(doc.get("fit"), ("fit",), _FIT))
+    if "loss" in ft:
+        ck.string(ft["loss"], ("fit", "loss"), LOSSES)
+    if "sensitivity" in ft:
+        ck.string(ft["sensitivity"], ("fit", "sensitivity"), SENSITIVITIES)
+    if "method" in ft:
+        from .solve import METHODS
+        ck.string(ft["method"], ("fit", "method"), METHODS)
+    for k in ("rtol", "atol", "l2"):
+        if k in ft:
+            ck.number(ft[k], ("fit", k), positive=k != "l2")
+    for k in ("maxiter", "seed", "n_starts"):
+        if k in ft:
+            ck.number(ft[k], ("fit", k), integer=True, positive=k != "seed")
+    if "progress" in ft:
+        ck.boolean(ft["progress"], ("fit", "progress"))
+    if "optimizer" in ft:
+        ck.string(ft["optimizer"], ("fit", "optimizer"))
+    if "options" in ft:
+        ck.table(ft["options"], ("fit", "options"))
+    if "stages" in ft:
+        st = ft["stages"]
+        if not isinstance(st, list) or not st:
+            ck.fail(("fit", "stages"), "expected a non-empty array of tables [[fit.stages]]")
+        for i, s in enumerate(st):
+            ck.table(s, ("fit", "stages"), _STAGE)
+            if "optimizer" not in s:
+                ck.fail(("fit", "stages"), f"stage {i + 1} needs `optimizer`")
+            ck.string(s["optimizer"], ("fit", "stages", "optimizer"))
+            if "maxiter" in s:
+                ck.number(s["maxiter"], ("fit", "stages", "maxiter"), integer=True,
+                          positive=True)
+            if "lr" in s:
+                ck.number(s["lr"], ("fit", "stages", "lr"), positive=True)
+
+    # [simulate] ----------------------------------------------------------------------------
+    smt = dict(ck.table(doc.get("simulate"), ("simulate",), _SIMULATE))
+    if "t" in smt:
+        smt["t"] = parse_time_grid(smt["t"], f"{ck.where('simulate', 't')}: [simulate] t")
+    if "method" in smt:
+        from .solve import METHODS
+        ck.string(smt["method"], ("simulate", "method"), METHODS)
+    for k in ("rtol", "atol"):
+        if k in smt:
+            ck.number(smt[k], ("simulate", k), positive=True)
+    if "y0" in smt:
+        y0 = ck.table(smt["y0"], ("simulate", "y0"))
+        for k, v in y0.items():
+            if k not in states:
+                ck.fail(("simulate", "y0", k), f"'{k}' is not a state; states are {states}")
+            ck.number(v, ("simulate", "y0", k))
+        if len(y0) != len(states):
+            ck.fail(("simulate", "y0"), f"give a value for every state {states}")
+        smt["y0"] = {k: float(v) for k, v in y0.items()}
+
+    return ModelFile(path=src, model=model, networks=networks, initial=initial, data=data,
+                     noise=noise, fit=ft, simulate=smt, raw=doc, _lines=lines)
+
+
+def _parse(ck: _Checker, text: str, names: Mapping, path: tuple[str, ...], what: str):
+    from .expressions import parse_expression
+    return parse_expression(text, names, where=f"{ck.where(*path)}: {what}")
