@@ -379,12 +379,15 @@ def parse_time_grid(spec, where: str = "t") -> np.ndarray:
 
 
 # --- parsing ---------------------------------------------------------------------------------
-def load_model_file(path) -> ModelFile:
+def load_model_file(path, default_seed: int | None = None) -> ModelFile:
     """Read and check a TOML model file.
 
     Parameters
     ----------
     path : str or pathlib.Path
+    default_seed : int, optional
+        Seed of networks whose table gives none (default 0, so that a model file always
+        describes the same initial network).
 
     Returns
     -------
@@ -408,10 +411,10 @@ def load_model_file(path) -> ModelFile:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ModelError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
-    return parse_model_text(text, source=path)
+    return parse_model_text(text, source=path, default_seed=default_seed)
 
 
-def parse_model_text(text: str, source=None) -> ModelFile:
+def parse_model_text(text: str, source=None, default_seed: int | None = None) -> ModelFile:
     """Parse model-file text (see :func:`load_model_file`).
 
     Parameters
@@ -419,6 +422,8 @@ def parse_model_text(text: str, source=None) -> ModelFile:
     text : str
     source : str or pathlib.Path, optional
         The file the text came from, for messages and for relative data paths.
+    default_seed : int, optional
+        See :func:`load_model_file`.
     """
     from .model import HybridModel
     from .neural import MLP
@@ -524,8 +529,8 @@ def parse_model_text(text: str, source=None) -> ModelFile:
                                    positive=True),
               "hidden": hidden,
               "activation": ck.string(spec.get("activation", "tanh"), path + ("activation",))}
-        if "seed" in spec:
-            kw["seed"] = ck.number(spec["seed"], path + ("seed",), integer=True)
+        kw["seed"] = (ck.number(spec["seed"], path + ("seed",), integer=True) if "seed" in spec
+                      else (0 if default_seed is None else int(default_seed)))
         if "scale" in spec:
             kw["scale"] = float(ck.number(spec["scale"], path + ("scale",)))
         try:

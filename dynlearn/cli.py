@@ -1,0 +1,548 @@
+"""The ``dynlearn`` command: fit, simulate, recover, check-gradients and demo.
+
+Every command reads a TOML model file (see :mod:`dynlearn.io`) and, where it needs one, a
+CSV of measurements. A user error (missing file, malformed TOML, unknown symbol, bad CSV,
+bad option) prints one line ``error: ...`` naming the file and the line, row or column where
+known, and exits with status 2; ``--debug`` shows the traceback instead. Outputs are written
+to a temporary file in the destination folder and renamed, so a folder never holds a
+half-written file.
+
+Run ``dynlearn --help`` or ``dynlearn COMMAND --help`` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DynlearnError, OptionError
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+# demo budget: small enough to finish well within a minute on a laptop
+DEMO_MAXITER = 60
+
+
+class UsageError(DynlearnError):
+    """A bad command line (unknown option, missing argument)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error raises instead of printing usage and exiting, so that
+    ``main`` prints it as one ``error:`` line like every other user error."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+# --- output helpers -------------------------------------------------------------------------
+class Console:
+    """Messages for the user: results on stdout, notes on stderr, silenced by ``--quiet``."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+
+    def out(self, text: str = "") -> None:
+        print(text, file=sys.stdout, flush=True)
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(console: Console):
+    """Show warnings as one ``warning: ...`` line each (no source lines), once."""
+    seen = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = _one_line(message)
+        if text not in seen and not console.quiet:
+            seen.add(text)
+            print(f"warning: {text}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
+
+
+def _prepare_out_dir(path) -> Path:
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OptionError(f"--out {out}: cannot create the folder: {exc.strerror}") from None
+    return out
+
+
+def _write_csv(frame, path, index: bool = False) -> None:
+    from .report import write_text_atomic
+    write_text_atomic(path, frame.to_csv(index=index, float_format="%.10g"))
+
+
+# --- argument parsing -----------------------------------------------------------------------
+def _common(parser: argparse.ArgumentParser) -> None:
+    """Options every command accepts (before or after the command name)."""
+    g = parser.add_argument_group("common options")
+    g.add_argument("--seed", type=int, default=argparse.SUPPRESS,
+                   help="random seed (network initialisation, multi-start, optimizer)")
+    g.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                   help="no progress bar and no notes; results and errors only")
+    g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the full traceback on errors")
+
+
+def _scale_out(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("scale-out")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="parallel workers for experiments and multi-start (default: serial)")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="address of a running Dask scheduler (default: a local cluster when "
+                        "--workers is given)")
+
+
+def _fit_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("fit settings (override the model file's [fit] table)")
+    g.add_argument("--loss", choices=["ls", "gaussian", "log"], default=None)
+    g.add_argument("--maxiter", type=int, default=None, metavar="N",
+                   help="iteration budget of the optimizer")
+    g.add_argument("--method", default=None, metavar="METHOD",
+                   help="solve_ivp method: RK45, RK23, DOP853, Radau, BDF, LSODA")
+    g.add_argument("--no-plots", action="store_true", help="skip the figures and the report")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``dynlearn`` command."""
+    from . import __version__
+    p = _Parser(prog="dynlearn",
+                description="Fit hybrid dynamical models (equations plus small neural "
+                            "networks) to measured time series.",
+                epilog="Start with 'dynlearn demo'. Model files are TOML; see "
+                       "examples/models/ and 'dynlearn fit --help'.")
+    p.add_argument("--version", action="version", version=f"dynlearn {__version__}")
+    _common(p)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    f = sub.add_parser("fit", help="fit a model file to a CSV and write results, plots and "
+                                   "a report",
+                       description="Fit MODEL.toml to DATA.csv and write into DIR: params.csv, "
+                                   "summary.txt, predictions.csv, result.json, fit.png, "
+                                   "residuals.png, loss.png, learned_terms.png (hybrid "
+                                   "models) and report.html.")
+    f.add_argument("model", metavar="MODEL.toml")
+    f.add_argument("data", metavar="DATA.csv", nargs="?",
+                   help="measurements (default: [data] file in the model file)")
+    f.add_argument("--out", "-o", metavar="DIR", default=None,
+                   help="output folder (default: ./<model name>-fit)")
+    f.add_argument("--resume", action="store_true",
+                   help="continue an interrupted fit from the checkpoint in DIR")
+    _fit_options(f)
+    _scale_out(f)
+    _common(f)
+
+    s = sub.add_parser("simulate", help="simulate a model file and write a CSV",
+                       description="Integrate MODEL.toml and write states and observables "
+                                   "as CSV (to stdout without --out).")
+    s.add_argument("model", metavar="MODEL.toml")
+    s.add_argument("--t", dest="t", default=None, metavar="START:STOP:STEP",
+                   help="output times, e.g. 0:10:0.1 (default: [simulate] t)")
+    s.add_argument("--params", default=None, metavar="result.json",
+                   help="use fitted parameters (and initial state) from a fit result")
+    s.add_argument("--y0", default=None, metavar="NAME=VALUE,...",
+                   help="initial state, e.g. hare=30,lynx=4")
+    s.add_argument("--set", dest="set_", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a parameter value (repeatable)")
+    s.add_argument("--inputs", default=None, metavar="INPUTS.csv",
+                   help="input signals: a CSV whose first column is time")
+    s.add_argument("--method", default=None, metavar="METHOD")
+    s.add_argument("--rtol", type=float, default=None)
+    s.add_argument("--atol", type=float, default=None)
+    s.add_argument("--out", "-o", default=None, metavar="FILE.csv")
+    _common(s)
+
+    r = sub.add_parser("recover", help="recover equations for the networks of a fitted "
+                                       "hybrid model",
+                       description="Sparse regression of the trained networks in DIR (written "
+                                   "by 'dynlearn fit') onto a library of candidate terms.")
+    r.add_argument("dir", metavar="DIR")
+    r.add_argument("--library", default="poly3", metavar="LIB",
+                   help="candidate terms: poly1..poly5 (polynomials of the network inputs' "
+                        "symbols up to that degree), optionally '+trig' or '+exp'")
+    r.add_argument("--threshold", type=float, default=None,
+                   help="sparsity threshold (default: chosen automatically)")
+    _common(r)
+
+    c = sub.add_parser("check-gradients",
+                       help="compare forward-sensitivity, adjoint and finite-difference "
+                            "gradients",
+                       description="Evaluate the gradient of the sum-of-squares loss of "
+                                   "MODEL.toml against DATA.csv with forward sensitivities, "
+                                   "the adjoint and 4th-order finite differences, and print "
+                                   "them side by side. Exit status 1 if they disagree.")
+    c.add_argument("model", metavar="MODEL.toml")
+    c.add_argument("data", metavar="DATA.csv", nargs="?")
+    c.add_argument("--params", default=None, metavar="result.json",
+                   help="evaluate at fitted parameters instead of the initial ones")
+    c.add_argument("--method", default="RK45", metavar="METHOD")
+    c.add_argument("--rtol", type=float, default=1e-9)
+    c.add_argument("--atol", type=float, default=1e-11)
+    c.add_argument("--tol", type=float, default=1e-3,
+                   help="largest accepted relative difference (default 1e-3)")
+    c.add_argument("--fd-max", type=int, default=40, metavar="N",
+                   help="finite differences on at most N parameters (default 40)")
+    c.add_argument("--rows", type=int, default=20, metavar="N",
+                   help="print at most N parameters (default 20)")
+    _common(c)
+
+    d = sub.add_parser("demo", help="fit the bundled lynx-hare data end to end",
+                       description="Fit the Lotka-Volterra model to the Hudson's Bay lynx and "
+                                   "hare pelt records (bundled) with a small budget and write "
+                                   "the results, figures and report.")
+    d.add_argument("--out", "-o", metavar="DIR", default="dynlearn-demo",
+                   help="output folder (default: ./dynlearn-demo)")
+    d.add_argument("--resume", action="store_true")
+    d.add_argument("--maxiter", type=int, default=None, metavar="N")
+    _scale_out(d)
+    _common(d)
+    return p
+
+
+# --- shared steps ---------------------------------------------------------------------------
+def _parse_assignments(text: str | Sequence[str], what: str) -> dict[str, float]:
+    items = text if not isinstance(text, str) else text.split(",")
+    out = {}
+    for item in items:
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise OptionError(f"{what}: expected NAME=VALUE, got {item!r}") from None
+    return out
+
+
+def _load_result(path):
+    """A saved fit result (``dl.load_result``), with a clear error when it is not one."""
+    import dynlearn as dl
+    path = Path(path)
+    if path.is_dir():
+        path = path / "result.json"
+    if not path.exists():
+        raise OptionError(f"{path}: no such file (expected a result.json written by "
+                          "'dynlearn fit')")
+    load = getattr(dl, "load_result", None)
+    if load is None:
+        raise OptionError("reading fit results needs dl.load_result, which this version of "
+                          "dynlearn does not have")
+    return load(path)
+
+
+def _model_from_file(args):
+    from .io import load_model_file
+    return load_model_file(args.model, default_seed=getattr(args, "seed", None))
+
+
+# --- commands -------------------------------------------------------------------------------
+def cmd_simulate(args, console: Console) -> int:
+    """``dynlearn simulate``."""
+    import pandas as pd
+
+    from .io import parse_time_grid
+    from .solve import simulate
+    mf = _model_from_file(args)
+    model = mf.model
+    states = [s.name for s in model.states]
+    theta = None
+    y0 = None
+    if args.params:
+        res = _load_result(args.params)
+        theta, y0 = _theta_y0_from_result(res, model)
+    if args.set_:
+        changes = _parse_assignments(args.set_, "--set")
+        try:
+            model = model.with_params(**changes) if theta is None else \
+                model.with_theta(theta).with_params(**changes)
+        except DynlearnError as exc:
+            raise OptionError(f"--set: {exc}") from None
+        theta = None
+    if args.t is not None:
+        t = parse_time_grid(args.t, "--t")
+    elif "t" in mf.simulate:
+        t = mf.simulate["t"]
+    else:
+        raise OptionError(f"no output times: pass --t START:STOP:STEP or set t in "
+                          f"[simulate] of {mf.source}")
+    if args.y0 is not None:
+        vals = _parse_assignments(args.y0, "--y0")
+        unknown = [k for k in vals if k not in states]
+        missing = [s for s in states if s not in vals]
+        if unknown or missing:
+            raise OptionError(f"--y0: give one value per state {states}"
+                              + (f"; unknown {unknown}" if unknown else "")
+                              + (f"; missing {missing}" if missing else ""))
+        y0 = np.array([vals[s] for s in states])
+    elif y0 is None and "y0" in mf.simulate:
+        y0 = np.array([mf.simulate["y0"][s] for s in states])
+    elif y0 is None and mf.initial["values"]:
+        y0 = np.array([mf.initial["values"][s] for s in states])
+    if y0 is None:
+        raise OptionError(f"no initial state: pass --y0 {','.join(s + '=...' for s in states)}"
+                          f", --params result.json, or set y0 in [simulate] of {mf.source}")
+    inputs = None
+    if model.inputs:
+        if args.inputs is None:
+            raise OptionError(f"the model has inputs {[u.name for u in model.inputs]}: pass "
+                              "--inputs INPUTS.csv (time first, then one column per input)")
+        try:
+            inputs = pd.read_csv(args.inputs)
+        except FileNotFoundError:
+            raise OptionError(f"--inputs {args.inputs}: no such file") from None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise OptionError(f"--inputs {args.inputs}: cannot read as CSV: "
+                              f"{_one_line(exc)}") from None
+    kw = {k: v for k, v in (("method", args.method or mf.simulate.get("method")),
+                            ("rtol", args.rtol or mf.simulate.get("rtol")),
+                            ("atol", args.atol or mf.simulate.get("atol"))) if v is not None}
+    sol = simulate(model, t, y0, theta=theta, inputs=inputs, **kw)
+    frame = sol.to_frame()
+    if args.out is None:
+        sys.stdout.write(frame.to_csv(index=False, float_format="%.10g"))
+    else:
+        out = Path(args.out)
+        if out.parent and not out.parent.exists():
+            raise OptionError(f"--out {out}: the folder {out.parent} does not exist")
+        _write_csv(frame, out)
+        console.note(f"wrote {len(frame)} rows to {out}")
+    return EXIT_OK
+
+
+def _theta_y0_from_result(res, model):
+    """Fitted theta and the first experiment's initial state from a FitResult."""
+    theta = getattr(res, "theta", None)
+    if theta is None:
+        raise OptionError("the fit result has no parameter vector (theta)")
+    theta = np.asarray(theta, dtype=float)
+    if theta.shape != (model.n_theta,):
+        raise OptionError(f"the fit result has {theta.size} parameters but the model file has "
+                          f"{model.n_theta}; was it fitted with this model file?")
+    y0 = getattr(res, "y0", None)
+    if isinstance(y0, dict):
+        y0 = next(iter(y0.values()), None)
+    elif isinstance(y0, (list, tuple)) or (isinstance(y0, np.ndarray) and y0.ndim == 2):
+        y0 = y0[0] if len(y0) else None
+    return theta, (None if y0 is None else np.asarray(y0, dtype=float))
+
+
+def cmd_check_gradients(args, console: Console) -> int:
+    """``dynlearn check-gradients``."""
+    from .objective import Objective
+    from .sensitivity import Adjoint, ForwardSensitivity
+    mf = _model_from_file(args)
+    model = mf.model
+    data = mf.read_data(args.data)
+    theta = None
+    if args.params:
+        theta, _ = _theta_y0_from_result(_load_result(args.params), model)
+    theta = model.check_theta(theta)
+    y0 = mf.y0()
+    y0 = None if isinstance(y0, str) else y0
+    # finite differences cost 4 solves per parameter: on hybrid models check all physical
+    # parameters and a random sample of the network weights
+    n_phys = len(model.free_params)
+    idx = np.arange(model.n_theta)
+    if model.n_theta > args.fd_max:
+        rng = np.random.default_rng(getattr(args, "seed", None) or 0)
+        pick = rng.choice(np.arange(n_phys, model.n_theta),
+                          size=max(args.fd_max - n_phys, 0), replace=False)
+        idx = np.concatenate([np.arange(n_phys), np.sort(pick)])
+    grads, vals, times = {}, {}, {}
+    for name, sens in (("forward", ForwardSensitivity()), ("adjoint", Adjoint())):
+        obj = Objective(model, data, y0=y0, method=args.method, rtol=args.rtol,
+                        atol=args.atol, sensitivity=sens)
+        t0 = time.perf_counter()
+        vals[name], g = obj.value_and_grad(theta)
+        times[name] = time.perf_counter() - t0
+        grads[name] = g[idx]
+    t0 = time.perf_counter()
+    grads["finite-diff"] = _central_differences(obj, theta, idx)
+    times["finite-diff"] = time.perf_counter() - t0
+    ref = grads["finite-diff"]
+    scale = max(float(np.max(np.abs(ref))), 1e-300)
+    # relative to each entry, floored at 1e-6 of the largest entry so that near-zero
+    # components do not report huge relative errors from solver noise
+    denom = np.maximum(np.abs(ref), 1e-6 * scale)
+    err = {k: np.abs(grads[k] - ref) / denom for k in ("forward", "adjoint")}
+    worst = np.maximum(err["forward"], err["adjoint"])
+    names = [model.theta_names[i] for i in idx]
+    order = np.argsort(-worst) if len(names) > args.rows else np.arange(len(names))
+    shown = sorted(order[:args.rows])
+    w = max(12, *(len(names[i]) for i in shown))
+    console.out(f"loss (sum of squares) = {vals['forward']:.10g} at "
+                f"{'fitted' if args.params else 'initial'} parameters; method={args.method}, "
+                f"rtol={args.rtol:g}, atol={args.atol:g}")
+    console.out(f"{'parameter':<{w}}  {'forward':>14}  {'adjoint':>14}  {'finite-diff':>14}"
+                f"  {'max rel.diff':>12}")
+    for i in shown:
+        console.out(f"{names[i]:<{w}}  {grads['forward'][i]:>14.7g}  "
+                    f"{grads['adjoint'][i]:>14.7g}  {ref[i]:>14.7g}  {worst[i]:>12.2e}")
+    if len(names) > args.rows:
+        console.out(f"... {len(names) - args.rows} more parameters not shown (the "
+                    f"{args.rows} largest differences are); --rows N shows more")
+    if len(idx) < model.n_theta:
+        console.out(f"finite differences on {len(idx)} of {model.n_theta} parameters "
+                    f"(all physical ones and a random sample of network weights; --fd-max N "
+                    "checks more)")
+    console.out("time: " + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in times.items()))
+    bad = float(worst.max()) if worst.size else 0.0
+    if bad > args.tol:
+        console.out(f"DISAGREE: largest relative difference {bad:.2e} > tolerance {args.tol:g}")
+        return EXIT_FAILED
+    console.out(f"OK: forward and adjoint agree with finite differences to {bad:.1e} "
+                f"(tolerance {args.tol:g})")
+    return EXIT_OK
+
+
+def _central_differences(obj, theta, idx, rel_step: float = 1e-4) -> np.ndarray:
+    """4th-order central differences of ``obj.value`` in the coordinates ``idx``.
+
+    The step is relative (``rel_step * max(1, |theta_i|)``): at solver tolerances near 1e-9
+    it balances truncation (~h^4) against the solver's own noise (~tol / h).
+    """
+    g = np.empty(len(idx))
+    for k, i in enumerate(idx):
+        h = rel_step * max(1.0, abs(theta[i]))
+        f = []
+        for c in (-2.0, -1.0, 1.0, 2.0):
+            th = theta.copy()
+            th[i] += c * h
+            f.append(obj.value(th))
+        g[k] = (f[0] - 8.0 * f[1] + 8.0 * f[2] - f[3]) / (12.0 * h)
+    return g
+
+
+def cmd_fit(args, console: Console) -> int:
+    """``dynlearn fit``."""
+    from .io import load_model_file
+    mf = load_model_file(args.model, default_seed=getattr(args, "seed", None))
+    data = mf.read_data(args.data)
+    out = _prepare_out_dir(args.out or f"{mf.model.name}-fit")
+    return _run_fit(mf, data, out, args, console)
+
+
+def cmd_demo(args, console: Console) -> int:
+    """``dynlearn demo``: the bundled lynx-hare fit."""
+    from .io import load_model_file
+    src = Path(__file__).with_name("data") / "lynx_hare.toml"
+    if not src.exists():
+        raise OptionError(f"the demo's model file is missing from the installation ({src}); "
+                          "reinstall dynlearn")
+    mf = load_model_file(src, default_seed=getattr(args, "seed", None))
+    data = mf.read_data()
+    if args.maxiter is None:
+        args.maxiter = DEMO_MAXITER
+    args.loss = args.method = None
+    args.no_plots = False
+    out = _prepare_out_dir(args.out)
+    console.note(f"dynlearn demo: Lotka-Volterra fit to the Hudson's Bay lynx and hare pelts "
+                 f"(1900-1920), {len(data.experiments[0])} years")
+    code = _run_fit(mf, data, out, args, console)
+    console.out(f"Results are in {out.resolve()}; open {out.resolve() / 'report.html'} in a "
+                "browser.")
+    return code
+
+
+def _run_fit(mf, data, out: Path, args, console: Console) -> int:
+    import dynlearn as dl
+    if getattr(dl, "fit", None) is None:
+        raise OptionError("fitting is not available in this version of dynlearn")
+    raise NotImplementedError
+
+
+def cmd_recover(args, console: Console) -> int:
+    """``dynlearn recover``."""
+    import dynlearn as dl
+    if getattr(dl, "recover", None) is None:
+        raise OptionError("symbolic recovery is not available in this version of dynlearn")
+    raise NotImplementedError
+
+
+COMMANDS = {"fit": cmd_fit, "simulate": cmd_simulate, "recover": cmd_recover,
+            "check-gradients": cmd_check_gradients, "demo": cmd_demo}
+
+
+# --- entry point ----------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``dynlearn`` command and return its exit status.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments without the program name (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 on success, 1 when a check fails, 2 on a user error, 130 when interrupted.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:        # --help and --version exit through argparse
+            return int(exc.code or 0)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        args.quiet = getattr(args, "quiet", False)
+        args.debug = getattr(args, "debug", False)
+        console = Console(args.quiet)
+        with _warnings_as_lines(console):
+            return COMMANDS[args.command](args, console)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted; a fit can be continued with --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except UsageError as exc:
+        if debug:
+            raise
+        cmd = next((a for a in argv if a in COMMANDS), None)
+        prog = f"dynlearn {cmd}" if cmd else "dynlearn"
+        print(f"error: {_one_line(exc)} (see '{prog} --help')", file=sys.stderr)
+        return EXIT_USAGE
+    except (DynlearnError, OSError) as exc:
+        if debug:
+            raise
+        msg = str(exc)
+        if isinstance(exc, OSError) and exc.filename is not None:
+            msg = f"{exc.filename}: {exc.strerror or msg}"
+        print(f"error: {_one_line(msg)}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"error: internal error ({type(exc).__name__}: {_one_line(exc)}); run again "
+              "with --debug for the traceback and please report it", file=sys.stderr)
+        return EXIT_FAILED
