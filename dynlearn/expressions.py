@@ -307,8 +307,8 @@ class _Builder:
         raise _Refused(f"operator '{sym}' is not allowed", node)
 
     def _Attribute(self, node: ast.Attribute):
-        # point at the attribute's name, not at the start of the object
-        col = node.end_col_offset - len(node.attr) if node.end_col_offset else None
+        # point at the dot before the attribute, not at the start of the object
+        col = node.end_col_offset - len(node.attr) - 1 if node.end_col_offset else None
         raise _Refused(f"attribute access ('.{node.attr}') is not allowed in an equation",
                        node, col)
 
