@@ -1,0 +1,238 @@
+"""Model files: parsing, checks with file and line in every message, data mapping."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dynlearn as dl
+from dynlearn.io import load_model_file, parse_model_text, parse_time_grid
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "models"
+
+LV = """\
+[model]
+states = ["hare", "lynx"]
+equations = { hare = "alpha*hare - beta*hare*lynx", lynx = "delta*hare*lynx - gamma*lynx" }
+
+[model.params]
+alpha = { value = 0.5, min = 0.0, transform = "log" }
+beta  = 0.02
+gamma = { value = 0.8, fixed = false }
+delta = { value = 0.02, fixed = true }
+
+[data]
+time = "year"
+
+[fit]
+loss = "log"
+"""
+
+
+def write(tmp_path, text, name="model.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_issue_example_parses(tmp_path):
+    mf = load_model_file(write(tmp_path, LV))
+    m = mf.model
+    assert [s.name for s in m.states] == ["hare", "lynx"]
+    assert [s.name for s in m.free_params] == ["alpha", "beta", "gamma"]
+    alpha = m.param_symbols[0]
+    assert m.params[alpha].transform == "log" and m.params[alpha].min == 0.0
+    assert mf.fit == {"loss": "log"}
+    assert mf.data["time"] == "year"
+    assert mf.y0() == "first"
+    assert m.name == "model"
+
+
+@pytest.mark.parametrize("name", ["lynx_hare", "sir_influenza", "lv_ude"])
+def test_examples_parse_and_simulate(name):
+    mf = load_model_file(EXAMPLES / f"{name}.toml")
+    y0 = [mf.simulate["y0"][s.name] for s in mf.model.states]
+    sol = dl.simulate(mf.model, mf.simulate["t"][:20], y0)
+    assert np.all(np.isfinite(sol.y))
+
+
+def test_network_table(tmp_path):
+    text = """
+[model]
+states = ["x", "y"]
+equations = { x = "a*x + nn[0]", y = "-y + nn[1]*exp(-t)" }
+params = { a = 1.0 }
+[model.networks.nn]
+inputs = ["x/10", "y**3"]
+outputs = 2
+hidden = [4]
+activation = "rbf"
+seed = 3
+"""
+    mf = load_model_file(write(tmp_path, text))
+    nn = mf.networks["nn"]
+    assert nn.hidden == (4,) and nn.activation == "rbf" and nn.seed == 3
+    assert mf.model.networks == (nn,)
+    assert mf.model.n_theta == 1 + nn.n_weights
+    # a network without a seed is seeded (0 by default, or default_seed)
+    text2 = text.replace("seed = 3\n", "")
+    assert load_model_file(write(tmp_path, text2)).networks["nn"].seed == 0
+    assert load_model_file(write(tmp_path, text2), default_seed=7).networks["nn"].seed == 7
+
+
+def test_observables_initial_noise(tmp_path):
+    text = """
+[model]
+states = ["S", "I", "R"]
+equations = { S = "-beta*S*I/N", I = "beta*S*I/N - gamma*I", R = "gamma*I" }
+params = { beta = 1.0, gamma = 0.5, N = { value = 763, fixed = true } }
+observables = { in_bed = "I", total = "S + I + R" }
+[initial]
+values = { S = 760, I = 3, R = 0 }
+[noise]
+sigma = { in_bed = 5.0 }
+[data]
+time = "day"
+rename = { bed = "in_bed" }
+"""
+    mf = load_model_file(write(tmp_path, text))
+    assert mf.model.observable_names == ("in_bed", "total")
+    np.testing.assert_array_equal(mf.y0(), [760.0, 3.0, 0.0])
+    assert mf.noise["sigma"] == {"in_bed": 5.0}
+    csv = write(tmp_path, "date,day,bed,other\n2020-01-01,1,3,x\n2020-01-02,2,8,y\n", "d.csv")
+    data = mf.read_data(csv)
+    e = data.experiments[0]
+    assert list(e.columns) == ["in_bed"]           # date and unknown columns dropped
+    np.testing.assert_array_equal(e.t, [1.0, 2.0])
+
+
+def test_data_file_relative_to_model_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    write(tmp_path, "t,x\n0,1\n1,2\n", "sub/data.csv")
+    text = '[model]\nstates=["x"]\nequations={x="-k*x"}\nparams={k=1.0}\n[data]\nfile="data.csv"\n'
+    mf = load_model_file(write(tmp_path, text, "sub/m.toml"))
+    assert len(mf.read_data().experiments[0]) == 2
+
+
+def test_keyword_parameter_name(tmp_path):
+    text = '[model]\nstates=["x"]\nequations={x="-lambda*x"}\nparams={lambda=1.0}\n'
+    mf = load_model_file(write(tmp_path, text))
+    assert mf.model.param_symbols[0].name == "lambda"
+
+
+# --- errors, each naming file and line ------------------------------------------------------
+@pytest.mark.parametrize("text, match", [
+    ("[model\nstates = []", r"line 1, column \d+: malformed TOML"),
+    ("[model]\nstates = [\"x\"]\nequations = { x = \"-k*x\" \n", r"line 3, column \d+: malformed TOML"),
+    ("[model]\nstates = [\"x\"]\n", r"model\.toml, line 1: \[model\] needs `equations`"),
+    ("[modle]\n", r"line 1: modle: unknown table"),
+    ("[fit]\nloss='log'\n", r"no \[model\] table"),
+    ('[model]\nstates = ["x"]\nequations = { x = "-k*x" }\n',
+     r"line 3: equation of 'x': unknown name 'k'; declared names are \['t', 'x'\]"),
+    ('[model]\nstates = ["x"]\nequation = { x = "-x" }\n',
+     r"line 3: \[model\] equation: unknown key 'equation'"),
+    ('[model]\nstates = ["x"]\n\nequations = { x = "x.__class__" }\n',
+     r"line 4: equation of 'x': attribute access"),
+    ('[model]\nstates = ["x"]\nequations = { x = "__import__(\'os\').system(\'ls\')" }\n',
+     r"line 3: equation of 'x': attribute access \('\.system'\)"),
+    ('[model]\nstates = ["x"]\nequations = { x = "-x", y = "1" }\n',
+     r"line 3: .*equation for 'y', which is not a state"),
+    ('[model]\nstates = ["x", "y"]\nequations = { x = "-x" }\n',
+     r"line 3: .*no equation for state\(s\) \['y'\]"),
+    ('[model]\nstates = "x"\nequations = { x = "-x" }\n',
+     r"line 2: \[model\] states: expected a list of strings"),
+    ('[model]\nstates = ["x"]\nequations = { x = "-k*x" }\n[model.params]\nk = "fast"\n',
+     r"line 5: \[model.params\] k: expected a number, got a string"),
+    (('[model]\nstates = ["x"]\nequations = { x = "-k*x" }\n[model.params]\n'
+     'k = { value = -1, transform = "log" }\n'), r"line 5: .*log-transformed parameter must be positive"),
+    (('[model]\nstates = ["x"]\nequations = { x = "-k*x" }\n[model.params]\n'
+     'k = { value = 1, transform = "sqrt" }\n'), r"line 5: .*'sqrt' is not one of"),
+    (('[model]\nstates = ["x"]\nequations = { x = "-k*x" }\n[model.params]\n'
+     'k = { value = 1, lower = 0 }\n'), r"line 5: .*unknown key 'lower'"),
+    ('[model]\nstates = ["x"]\nequations = { x = "-x" }\n[model.params]\nx = 1.0\n',
+     r"line 5: .*'x' is declared twice, as state and as parameter"),
+    (('[model]\nstates = ["x"]\nequations = { x = "-x + nn[0]" }\n[model.networks.nn]\n'
+     'inputs = ["x"]\n'), r"line 4: .*a network needs `outputs`"),
+    (('[model]\nstates = ["x"]\nequations = { x = "-x + nn[2]" }\n[model.networks.nn]\n'
+     'inputs = ["x"]\noutputs = 1\n'), r"line 3: .*index 2 is out of range"),
+    (('[model]\nstates = ["x"]\nequations = { x = "-x" }\n[model.networks.nn]\n'
+     'inputs = ["x"]\noutputs = 1\n'), r"line 4: .*network 'nn' is not used"),
+    (('[model]\nstates = ["x"]\nequations = { x = "-x + nn[0]" }\n[model.networks.nn]\n'
+     'inputs = ["x", "q"]\noutputs = 1\n'), r"line 5: input of network 'nn': unknown name 'q'"),
+    (('[model]\nstates = ["x"]\nequations = { x = "-x + nn[0]" }\n[model.networks.nn]\n'
+     'inputs = ["x"]\noutputs = 1\nactivation = "magic"\n'), r"line 4: .*unknown activation"),
+    ('[model]\nstates = ["x"]\nequations = { x = "-x" }\n[fit]\nloss = "l1"\n',
+     r"line 5: \[fit\] loss: 'l1' is not one of \['ls', 'gaussian', 'log'\]"),
+    ('[model]\nstates = ["x"]\nequations = { x = "-x" }\n[fit]\nmaxiter = 0\n',
+     r"line 5: .*must be positive"),
+    ('[model]\nstates = ["x"]\nequations = { x = "-x" }\n[initial]\nvalues = { y = 1 }\n',
+     r"line 5: .*'y' is not a state"),
+    ('[model]\nstates = ["x"]\nequations = { x = "-x" }\n[noise]\nsigma = { z = 1 }\n',
+     r"line 5: .*'z' is not an observable"),
+    ('[model]\nstates = ["x"]\nequations = { x = "-x" }\n[simulate]\nt = "0:x:1"\n',
+     r"line 5: \[simulate\] t: '0:x:1' is not a time grid"),
+    ('[model]\nstates = ["x"]\nequations = { x = "-x" }\nobservables = { o = "x.imag" }\n',
+     r"line 4: observable 'o': attribute access"),
+    ('[model]\nstates = ["1x"]\nequations = { 1x = "-1" }\n', r"line 2: .*not a valid name"),
+])
+def test_errors_name_file_and_line(tmp_path, text, match):
+    with pytest.raises(dl.DynlearnError, match=match) as info:
+        load_model_file(write(tmp_path, text))
+    assert str(info.value).startswith(str(tmp_path / "model.toml"))
+    assert "\n" not in str(info.value)
+
+
+def test_missing_and_binary_files(tmp_path):
+    with pytest.raises(dl.ModelError, match=r"nope\.toml: no such file"):
+        load_model_file(tmp_path / "nope.toml")
+    with pytest.raises(dl.ModelError, match="is a directory"):
+        load_model_file(tmp_path)
+    (tmp_path / "bin.toml").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(dl.ModelError, match="not a UTF-8 text file"):
+        load_model_file(tmp_path / "bin.toml")
+
+
+@pytest.mark.parametrize("csv, match", [
+    (None, r"no such file"),
+    ("", r"the file is empty"),
+    ("year,hare,lynx\n1900,1,2\n1901,x,3\n", r"column 'hare', row 2: 'x' is not a number"),
+    ("year,hare,lynx\n1900,1,2\n1900,2,3\n", r"duplicate time .*row 2"),
+    ("yr,hare,lynx\n1900,1,2\n", r"no column 'year'"),
+    ("year,rabbit\n1900,1\n", r"no column matches an observable"),
+    ('year,hare,lynx\n1900,1,2\n1901,"2,3\n', r"cannot read as CSV"),
+])
+def test_csv_errors(tmp_path, csv, match):
+    mf = load_model_file(write(tmp_path, LV))
+    path = tmp_path / "data.csv"
+    if csv is not None:
+        path.write_text(csv)
+    with pytest.raises(dl.DataError, match=match):
+        mf.read_data(path)
+
+
+def test_no_data_file(tmp_path):
+    mf = load_model_file(write(tmp_path, LV))
+    with pytest.raises(dl.DataError, match="no data file"):
+        mf.read_data()
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("0:1:0.25", [0, 0.25, 0.5, 0.75, 1.0]),
+    ("0:0.3:0.1", [0, 0.1, 0.2, 0.3]),
+    ([0, 2, 5], [0, 2, 5]),
+    ({"start": 0, "stop": 1, "n": 3}, [0, 0.5, 1]),
+])
+def test_time_grid(spec, expected):
+    np.testing.assert_allclose(parse_time_grid(spec), expected)
+
+
+@pytest.mark.parametrize("spec", ["1:0:0.1", "0:1:-1", "0:1:0", "a:b", "0", [3, 1], "0:1e12:1e-6"])
+def test_time_grid_errors(spec):
+    with pytest.raises(dl.OptionError):
+        parse_time_grid(spec, "--t")
+
+
+def test_parse_model_text_without_file():
+    mf = parse_model_text('[model]\nstates=["x"]\nequations={x="-x"}\n')
+    assert mf.path is None and mf.source == "<model file>"
