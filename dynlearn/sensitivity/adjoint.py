@@ -70,7 +70,8 @@ class Adjoint(Sensitivity):
         Discrete: keep every K-th solver state. Continuous: number of observation intervals
         per checkpoint segment. ``None`` (default) stores the whole forward pass.
     backward_method : str, optional
-        Method of the continuous backward solve (default: the forward method).
+        Method of the continuous backward solve (default: the forward method; Radau when the
+        forward method is BDF).
     """
 
     def __init__(self, kind: str = "auto", checkpoint_every: int | None = None,
@@ -129,7 +130,10 @@ class Adjoint(Sensitivity):
         value, Gy, g = observation_cotangents(vf, t_obs, Y, prob.obs_loss)
         seg_states = [y0] + [res.y.T[np.searchsorted(res.t, b)] for b in bounds[1:-1]]
 
-        method = self.backward_method or prob.method
+        # scipy's BDF fails to start the backward pass of stiff adjoints at tight absolute
+        # tolerances (Robertson at atol=1e-14: Newton failures down to the float spacing);
+        # Radau solves the same backward problem reliably, so it serves BDF's backward pass.
+        method = self.backward_method or ("Radau" if prob.method == "BDF" else prob.method)
         bmethod = _SCIPY_METHODS[method]
         stiff = method in STIFF_METHODS
         atol = np.asarray(prob.atol, dtype=float)
