@@ -108,7 +108,8 @@ class HybridModel:
 
         params = {} if params is None else params
         if not isinstance(params, Mapping):
-            raise ModelError(f"params must be a dict {{symbol: value}}, got {type(params).__name__}")
+            raise ModelError("params must be a dict {symbol: value}, got "
+                             f"{type(params).__name__}")
         self.params: dict[sp.Symbol, Parameter] = {}
         for k, v in params.items():
             s = _as_symbol(k, "parameter")
@@ -151,7 +152,7 @@ class HybridModel:
 
         # networks, discovered from the equations
         nets: list[BaseNetwork] = []
-        for s, e in zip(self.states, self.rhs):
+        for e in self.rhs:
             outs = sorted((a for a in e.free_symbols if isinstance(a, NetworkOutput)),
                           key=lambda a: (a.network.uid, a.index))
             for a in outs:
@@ -278,7 +279,9 @@ class HybridModel:
         return new
 
     def with_params(self, **changes) -> HybridModel:
-        """A copy with some parameters changed: ``m.with_params(beta=dl.Parameter(0.9, fixed=True))``.
+        """A copy with some parameters changed.
+
+        Example: ``m.with_params(beta=dl.Parameter(0.9, fixed=True))``.
 
         Changing which parameters are free changes the layout of theta.
         """

@@ -19,7 +19,7 @@ Both share the interface of :class:`BaseNetwork` that the rest of dynlearn relie
 
 from __future__ import annotations
 
-import itertools
+import uuid
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -28,9 +28,6 @@ import sympy as sp
 from .errors import ModelError, ParameterError
 
 __all__ = ["BaseNetwork", "MLP", "Network", "NetworkOutput", "ACTIVATIONS"]
-
-_uid = itertools.count()
-
 
 class NetworkOutput(sp.Symbol):
     """The sympy symbol standing for output ``index`` of ``network`` (printed ``nn[0]``).
@@ -174,9 +171,10 @@ class BaseNetwork:
         if not isinstance(name, str) or not name.isidentifier():
             raise ModelError(f"network name must be a Python identifier such as 'nn', got {name!r}")
         if not isinstance(outputs, (int, np.integer)) or outputs < 1:
-            raise ModelError(f"network '{name}': outputs must be a positive integer, got {outputs!r}")
+            raise ModelError(f"network '{name}': outputs must be a positive integer, "
+                             f"got {outputs!r}")
         self.name = name
-        self.uid = next(_uid)
+        self.uid = uuid.uuid4().hex  # identity that survives pickling (dask workers)
         self.inputs = _as_input_exprs(name, inputs)
         self.n_inputs = len(self.inputs)
         self.n_outputs = int(outputs)
@@ -185,10 +183,12 @@ class BaseNetwork:
     # sympy-facing -------------------------------------------------------------------------
     def __getitem__(self, i: int) -> NetworkOutput:
         if not isinstance(i, (int, np.integer)):
-            raise ModelError(f"network '{self.name}' is indexed by an integer output index, got {i!r}")
+            raise ModelError(f"network '{self.name}' is indexed by an integer output index, "
+                             f"got {i!r}")
         if not -self.n_outputs <= i < self.n_outputs:
             raise ModelError(
-                f"network '{self.name}' has {self.n_outputs} outputs (indices 0..{self.n_outputs - 1}); "
+                f"network '{self.name}' has {self.n_outputs} outputs "
+                f"(indices 0..{self.n_outputs - 1}); "
                 f"index {i} is out of range. Increase outputs= or use a valid index.")
         return self.outputs[i]
 
@@ -201,6 +201,17 @@ class BaseNetwork:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.name!r}, inputs={list(self.inputs)}, "
                 f"outputs={self.n_outputs}, n_weights={self.n_weights})")
+
+    def __getstate__(self):
+        # outputs refer back to the network: rebuild them on unpickling instead of storing a
+        # cycle that pickle would resolve with a half-built network
+        state = dict(self.__dict__)
+        state.pop("outputs", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.outputs = tuple(NetworkOutput(self, i) for i in range(self.n_outputs))
 
     # numerics (all accept a leading batch axis on v: shape (..., n_inputs)) ----------------
     @property
@@ -272,7 +283,8 @@ class MLP(BaseNetwork):
         self._init_common(name, inputs, outputs)
         hidden = [int(h) for h in hidden]
         if any(h < 1 for h in hidden):
-            raise ModelError(f"network '{name}': hidden layer widths must be positive, got {hidden}")
+            raise ModelError(f"network '{name}': hidden layer widths must be positive, "
+                             f"got {hidden}")
         if activation not in ACTIVATIONS:
             raise ModelError(f"network '{name}': unknown activation {activation!r}; "
                              f"choose one of {sorted(ACTIVATIONS)}")
@@ -431,8 +443,8 @@ class Network(BaseNetwork):
         return J.reshape(v.shape[:-1] + (self.n_outputs, self.n_inputs))
 
     def weight_vjp(self, w, v, cot):
-        from autograd import grad
         import autograd.numpy as anp
+        from autograd import grad
         cot = np.asarray(cot, dtype=float)
         return grad(lambda ww: anp.sum(self.fun(ww, v) * cot))(w)
 
@@ -440,5 +452,5 @@ class Network(BaseNetwork):
         from autograd import jacobian
         v = np.asarray(v, dtype=float)
         flat = v.reshape(-1, self.n_inputs)
-        J = np.stack([jacobian(lambda ww: self.fun(ww, x[None, :])[0])(w) for x in flat])
+        J = np.stack([jacobian(lambda ww, x=x: self.fun(ww, x[None, :])[0])(w) for x in flat])
         return J.reshape(v.shape[:-1] + (self.n_outputs, self.n_weights))

@@ -38,7 +38,8 @@ SOLVER_OPTIONS = {"first_step", "max_step", "min_step", "lband", "uband", "vecto
 
 def check_method(method: str) -> str:
     if method not in METHODS:
-        raise OptionError(f"method={method!r} is not a solve_ivp method; use one of {list(METHODS)}")
+        raise OptionError(f"method={method!r} is not a solve_ivp method; "
+                          f"use one of {list(METHODS)}")
     return method
 
 
@@ -57,7 +58,8 @@ def check_times(t, what: str = "t", where: str = "") -> np.ndarray:
     except (TypeError, ValueError) as exc:
         raise DataError(f"`{what}`{where} must be numeric: {exc}") from None
     if t.ndim != 1 or t.size < 1:
-        raise DataError(f"`{what}`{where} must be a non-empty 1-D array of times, got shape {t.shape}")
+        raise DataError(f"`{what}`{where} must be a non-empty 1-D array of times, "
+                        f"got shape {t.shape}")
     bad = np.flatnonzero(~np.isfinite(t))
     if bad.size:
         raise DataError(f"`{what}`{where} must be finite; {what}[{bad[0]}]={t[bad[0]]}")
@@ -100,7 +102,8 @@ def solve_observed(vf: VectorField, t0: float, t_obs: np.ndarray, y0: np.ndarray
     res = solve_ivp(vf.fun, (t0, t_end), y0, t_eval=t_obs, dense_output=dense,
                     **solver_kwargs(vf, method, rtol, atol, options))
     if res.status != 0:
-        raise SolveError(f"the {method} solver failed{where} at t={res.t[-1] if res.t.size else t0}: "
+        t_fail = res.t[-1] if res.t.size else t0
+        raise SolveError(f"the {method} solver failed{where} at t={t_fail}: "
                          f"{res.message} Try a stiff method (Radau, BDF, LSODA), looser "
                          "tolerances, or check the parameters for blow-up.",
                          status=res.status, t=float(res.t[-1]) if res.t.size else t0,

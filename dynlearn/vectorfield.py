@@ -100,7 +100,7 @@ class VectorField:
         J = c.f_y(tl, yl, self.pl, zl, ul)
         if parts:
             Fz = c.f_z(tl, yl, self.pl, zl, ul)
-            for d, w, v, Nv in parts:
+            for d, _w, _v, Nv in parts:
                 J += Fz[:, d["zslice"]] @ (Nv @ d["g_y"](tl, yl, self.pl, [], ul))
         return J
 
@@ -158,7 +158,7 @@ class VectorField:
         Z, parts = self._batch_nets(m, Tg, Yg, U, with_jac=True)
         J = np.moveaxis(c.f_y.batch(m, Tg, Yg, p, Z, U), -1, 0)
         Fz = np.moveaxis(c.f_z.batch(m, Tg, Yg, p, Z, U), -1, 0) if parts else None
-        for d, w, V, Nv in parts:
+        for d, _w, _V, Nv in parts:
             Gy = np.moveaxis(d["g_y"].batch(m, Tg, Yg, p, [], U), -1, 0)   # (m, k, n)
             J += Fz[:, :, d["zslice"]] @ (Nv @ Gy)
         ctx = (m, Tg, Yg, U, Z, Fz, parts)

@@ -11,8 +11,14 @@ import pytest
 import sympy as sp
 
 import dynlearn as dl
-from dynlearn.testing import (check_gradient, lotka_volterra_problem, lv_ude_problem,
-                              relative_error, robertson_problem, spiral_problem)
+from dynlearn.testing import (
+    check_gradient,
+    lotka_volterra_problem,
+    lv_ude_problem,
+    relative_error,
+    robertson_problem,
+    spiral_problem,
+)
 
 TOL = dict(rtol=1e-10, atol=1e-10)
 ADJOINTS = [dl.Adjoint(), dl.Adjoint(kind="continuous"), dl.Adjoint(checkpoint_every=7),

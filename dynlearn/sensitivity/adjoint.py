@@ -80,7 +80,8 @@ class Adjoint(Sensitivity):
             raise OptionError(f"Adjoint(kind={kind!r}): use 'auto', 'discrete' or 'continuous'")
         if checkpoint_every is not None and (not isinstance(checkpoint_every, (int, np.integer))
                                              or checkpoint_every < 1):
-            raise OptionError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+            raise OptionError("checkpoint_every must be a positive integer, "
+                              f"got {checkpoint_every!r}")
         self.kind = kind
         self.checkpoint_every = checkpoint_every
         self.backward_method = backward_method

@@ -76,7 +76,7 @@ class _Recording:
 
 
 class RecordingRK45(_Recording, RK45):
-    """``scipy.integrate.RK45`` recording its accepted steps; usable as ``solve_ivp(method=...)``."""
+    """``scipy.integrate.RK45`` recording its accepted steps (a valid ``solve_ivp`` method)."""
 
 
 class RecordingRK23(_Recording, RK23):
@@ -179,7 +179,8 @@ def _segment_backward(cls, vf, rec, t_obs, Gy, yb_end, grad):
     return yb
 
 
-def discrete_loss_and_grad(prob: Problem, wrt_y0: bool = False, checkpoint_every: int | None = None):
+def discrete_loss_and_grad(prob: Problem, wrt_y0: bool = False,
+                           checkpoint_every: int | None = None):
     """Loss and its exact discrete gradient for one experiment (explicit RK45/RK23).
 
     Parameters
