@@ -14,10 +14,14 @@ from importlib.metadata import PackageNotFoundError, version
 from .data import Dataset, Experiment, InputSignal
 from .errors import (DataError, DynlearnError, ModelError, OptionError, ParameterError,
                      SolveError)
+from .fit import fit
 from .model import HybridModel
 from .neural import MLP, Network
 from .objective import Objective, loss, loss_and_grad
+from .optimizers import (LBFGSB, Adam, GaussNewton, LevenbergMarquardt, MultipleShooting,
+                         Optimizer, Staged)
 from .parameters import Parameter
+from .results import FitResult, load_result
 from .sensitivity import Adjoint, FiniteDifference, ForwardSensitivity
 from .solve import Solution, simulate
 
@@ -31,4 +35,7 @@ __all__ = [
     "ForwardSensitivity", "HybridModel", "InputSignal", "MLP", "ModelError", "Network",
     "Objective", "OptionError", "Parameter", "ParameterError", "Solution", "SolveError",
     "loss", "loss_and_grad", "simulate",
+    # fitting (issue 3)
+    "Adam", "FitResult", "GaussNewton", "LBFGSB", "LevenbergMarquardt", "MultipleShooting",
+    "Optimizer", "Staged", "fit", "load_result",
 ]

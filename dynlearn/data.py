@@ -123,6 +123,71 @@ def _numeric_frame(df, cols, where: str):
     return out
 
 
+def _did_you_mean(name: str, choices) -> str:
+    import difflib
+    choices = [str(c) for c in choices]
+    low = {c.lower(): c for c in choices}
+    if name.lower() in low:
+        return f" (did you mean '{low[name.lower()]}'? names are case-sensitive)"
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _long_to_wide(df, time, group, observable, value, sigma, where):
+    """Pivot a long table (time, observable, value[, sigma]) into wide columns."""
+    import pandas as pd
+    for col, role in ((observable, "observable"), (value, "value")):
+        if col not in df.columns:
+            raise DataError(f"{where}long format needs a '{col}' column ({role} name)"
+                            f"{_did_you_mean(col, df.columns)}; columns are {list(df.columns)}. "
+                            f"Pass {role}=<column name>")
+    known = {time, group, observable, value, sigma}
+    extra = [c for c in df.columns if c not in known]
+    if extra:
+        raise DataError(f"{where}unexpected column(s) {extra} in a long table; expected "
+                        f"'{time}', '{observable}', '{value}'[, '{sigma}'"
+                        f"{', ' + repr(group) if group else ''}]")
+    names = df[observable]
+    if names.isna().any():
+        r = int(np.flatnonzero(names.isna().to_numpy())[0])
+        raise DataError(f"{where}column '{observable}', row {r + 1}: the name is empty")
+    keys = [time, observable] + ([group] if group else [])
+    dup = df.duplicated(subset=keys, keep="first").to_numpy()
+    if dup.any():
+        r = int(np.flatnonzero(dup)[0])
+        raise DataError(f"{where}duplicate measurement at row {r + 1}: '{df[observable].iloc[r]}' "
+                        f"at {time}={df[time].iloc[r]} appears twice"
+                        + (f" in group '{df[group].iloc[r]}'" if group else ""))
+    val = _numeric_frame(df, [value], where)[value]
+    cols = {value: val}
+    if sigma in df.columns:
+        cols[sigma] = _numeric_frame(df, [sigma], where)[sigma]
+    tv = _numeric_frame(df, [time], where)[time]
+    if np.isnan(tv).any():
+        r = int(np.flatnonzero(np.isnan(tv))[0])
+        raise DataError(f"{where}time column '{time}' is empty at row {r + 1}")
+    work = pd.DataFrame({"_t": tv, "_o": names.astype(str).str.strip(), **cols})
+    work["_g"] = df[group].astype(str).to_numpy() if group else "data"
+    wide = work.pivot(index=["_g", "_t"], columns="_o", values=value)
+    wide.columns = [str(c) for c in wide.columns]
+    if sigma in df.columns:
+        sg = work.pivot(index=["_g", "_t"], columns="_o", values=sigma)
+        for c in sg.columns:
+            if sg[c].notna().any():
+                wide[f"{c}_sigma"] = sg[c]
+    # keep the groups in order of first appearance
+    order = {g: i for i, g in enumerate(dict.fromkeys(work["_g"]))}
+    wide = wide.reset_index()
+    wide["_order"] = wide["_g"].map(order)
+    wide = wide.sort_values(["_order", "_t"], kind="stable").drop(columns="_order")
+    wide = wide.rename(columns={"_t": time})
+    if group:
+        wide = wide.rename(columns={"_g": group})
+    else:
+        wide = wide.drop(columns="_g")
+    return wide.reset_index(drop=True)
+
+
 class Dataset:
     """A collection of experiments.
 
@@ -162,8 +227,10 @@ class Dataset:
 
     @classmethod
     def from_frame(cls, df, time: str = "t", group: str | None = None,
-                   columns: Sequence[str] | None = None, source: str = "") -> Dataset:
-        """A dataset from a wide DataFrame: a time column and one column per measured quantity.
+                   columns: Sequence[str] | None = None, source: str = "",
+                   format: str = "auto", observable: str = "observable", value: str = "value",
+                   sigma: str = "sigma", input_kind: str = "linear") -> Dataset:
+        """A dataset from a DataFrame in wide or long (tidy) format.
 
         Parameters
         ----------
@@ -171,28 +238,58 @@ class Dataset:
         time : str
             Name of the time column.
         group : str, optional
-            Column whose values split rows into experiments (each with its own time grid).
+            Column whose values split rows into experiments (each with its own time grid,
+            initial state and inputs).
         columns : list of str, optional
-            Columns to keep (default: all but time and group).
+            Wide format: the columns to keep (default: all but time and group).
+        format : {"auto", "wide", "long"}
+            ``"wide"``: one column per measured quantity (observables, inputs, and optional
+            noise levels ``<observable>_sigma``). ``"long"``: one row per measurement with
+            columns ``time``, ``observable``, ``value`` and optionally ``sigma``; inputs in
+            long format are rows like any other quantity. ``"auto"``: long when both the
+            ``observable`` and ``value`` columns exist.
+        observable, value, sigma : str
+            Long format: names of the quantity, value and (optional) noise-level columns.
+        input_kind : {"linear", "zoh"}
+            How input columns are interpolated between samples (linear, or zero-order hold
+            as produced by a digital controller). ``dl.fit(..., input_kind=...)`` overrides.
+
+        Notes
+        -----
+        Empty cells and NaN are "not measured" and are not fitted. A column named
+        ``<name>_sigma`` gives the noise standard deviation of ``<name>`` row by row.
         """
         import pandas as pd
         where = f"{source}: " if source else ""
         if not isinstance(df, pd.DataFrame):
             raise DataError(f"expected a pandas DataFrame, got {type(df).__name__}")
+        if format not in ("auto", "wide", "long"):
+            raise DataError(f"format must be 'auto', 'wide' or 'long', got {format!r}")
+        if input_kind not in ("zoh", "linear"):
+            raise DataError(f"input_kind must be 'zoh' or 'linear', got {input_kind!r}")
+        df = df.rename(columns=lambda c: str(c).strip())
         for col, role in ((time, "time"), (group, "group")):
             if col is not None and col not in df.columns:
-                raise DataError(f"{where}no {role} column '{col}'; columns are {list(df.columns)}")
+                raise DataError(f"{where}no {role} column '{col}'{_did_you_mean(col, df.columns)}; "
+                                f"columns are {list(df.columns)}. Pass {role}=<column name>")
+        if len(df) == 0:
+            raise DataError(f"{where}the table has no rows")
+        long = format == "long" or (format == "auto" and observable in df.columns
+                                    and value in df.columns)
+        if long:
+            df = _long_to_wide(df, time, group, observable, value, sigma, where)
+            columns = None
         if columns is None:
             columns = [c for c in df.columns if c not in (time, group)]
         else:
             missing = [c for c in columns if c not in df.columns]
             if missing:
-                raise DataError(f"{where}columns {missing} not found; columns are {list(df.columns)}")
+                hints = "".join(_did_you_mean(c, df.columns) for c in missing)
+                raise DataError(f"{where}columns {missing} not found{hints}; columns are "
+                                f"{list(df.columns)}")
         columns = [str(c) for c in columns]
         if not columns:
             raise DataError(f"{where}no data columns besides '{time}'")
-        if len(df) == 0:
-            raise DataError(f"{where}the table has no rows")
         tvals = _numeric_frame(df, [time], where)[time]
         if np.isnan(tvals).any():
             r = int(np.flatnonzero(np.isnan(tvals))[0])
@@ -201,10 +298,20 @@ class Dataset:
         for c, v in data.items():
             if np.isnan(v).all():
                 raise DataError(f"{where}column '{c}' has no values (all empty/NaN); drop it")
+            if c.endswith("_sigma"):
+                bad = np.flatnonzero(v <= 0)
+                if bad.size:
+                    r = int(bad[0])
+                    raise DataError(f"{where}column '{c}', row {r + 1}: noise level {v[r]} must "
+                                    "be positive (leave the cell empty to use the default)")
         if group is None:
             groups = [("data", np.arange(len(df)))]
         else:
-            keys = df[group].astype(str).to_numpy()
+            gcol = df[group]
+            if gcol.isna().any():
+                r = int(np.flatnonzero(gcol.isna().to_numpy())[0])
+                raise DataError(f"{where}group column '{group}' is empty at row {r + 1}")
+            keys = gcol.astype(str).to_numpy()
             groups = [(k, np.flatnonzero(keys == k)) for k in dict.fromkeys(keys)]
         exps = []
         for name, idx in groups:
@@ -216,13 +323,26 @@ class Dataset:
                 raise DataError(f"{where}{what} time in experiment '{name}': "
                                 f"{time}={t[i + 1]} at row {idx[i + 1] + 1} follows "
                                 f"{time}={t[i]} at row {idx[i] + 1}; times must increase within "
-                                "each experiment")
-            exps.append(Experiment(name, t, {c: v[idx] for c, v in data.items()}))
+                                "each experiment" + ("" if group else
+                                                     " (several experiments? pass group=)"))
+            cols = {c: v[idx] for c, v in data.items()}
+            measured = [c for c in cols if not c.endswith("_sigma")]
+            if measured and all(np.isnan(cols[c]).all() for c in measured):
+                raise DataError(f"{where}experiment '{name}' has no measured values (every cell "
+                                "is empty); drop its rows")
+            exps.append(Experiment(name, t, cols, meta={"input_kind": input_kind}))
         return cls(exps, time_name=time)
 
     @classmethod
-    def from_csv(cls, path, time: str = "t", group: str | None = None, **kwargs) -> Dataset:
-        """Read a wide CSV file (see :meth:`from_frame`); extra kwargs go to ``pandas.read_csv``."""
+    def from_csv(cls, path, time: str = "t", group: str | None = None, format: str = "auto",
+                 observable: str = "observable", value: str = "value", sigma: str = "sigma",
+                 input_kind: str = "linear", columns: Sequence[str] | None = None,
+                 **kwargs) -> Dataset:
+        """Read a CSV file in wide or long format (see :meth:`from_frame`).
+
+        Extra keyword arguments go to ``pandas.read_csv``. Row numbers in error messages
+        count data rows from 1 (the header is row 0).
+        """
         import pandas as pd
         try:
             df = pd.read_csv(path, **kwargs)
@@ -230,7 +350,9 @@ class Dataset:
             raise DataError(f"no such file: {path}") from None
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise DataError(f"{path}: cannot parse as CSV: {exc}") from None
-        return cls.from_frame(df, time=time, group=group, source=str(path))
+        return cls.from_frame(df, time=time, group=group, columns=columns, source=str(path),
+                              format=format, observable=observable, value=value, sigma=sigma,
+                              input_kind=input_kind)
 
     def to_frame(self):
         import pandas as pd

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .errors import ParameterError
 
-__all__ = ["Parameter"]
+__all__ = ["Parameter", "ParameterSpace"]
 
 _TRANSFORMS = ("identity", "log")
 
@@ -62,6 +62,23 @@ class Parameter:
         if self.transform == "log" and self.min < 0:
             object.__setattr__(self, "min", 0.0)
 
+    # --- optimizer space ---------------------------------------------------------------
+    def to_internal(self, value: float) -> float:
+        """The optimizer's coordinate of a physical value (``log(value)`` for log)."""
+        return math.log(value) if self.transform == "log" else float(value)
+
+    def from_internal(self, z: float) -> float:
+        """The physical value of an optimizer coordinate."""
+        return math.exp(z) if self.transform == "log" else float(z)
+
+    def internal_bounds(self) -> tuple[float, float]:
+        """Bounds in the optimizer's coordinate (``(-inf, inf)`` when unbounded)."""
+        if self.transform == "log":
+            lo = math.log(self.min) if self.min > 0 else -math.inf
+            hi = math.log(self.max) if math.isfinite(self.max) else math.inf
+            return lo, hi
+        return self.min, self.max
+
     def replace(self, **changes) -> Parameter:
         """A copy with some fields changed."""
         fields = {k: getattr(self, k) for k in ("value", "min", "max", "fixed", "transform")}
@@ -83,3 +100,106 @@ class Parameter:
         except (TypeError, ValueError) as exc:
             raise ParameterError(f"parameter '{name}' must be a number, a dict or a dl.Parameter, "
                                  f"got {spec!r}") from exc
+
+
+class ParameterSpace:
+    """The optimizer's vector ``x`` and its map to physical values.
+
+    ``x`` holds, in order: the model's free physical parameters (in their transformed
+    coordinate, e.g. ``log(k)``), every network weight (untransformed), then the free
+    initial states of every experiment. Optimizers only see ``x`` and box bounds on it;
+    everything reported to users is mapped back to physical units.
+
+    Parameters
+    ----------
+    model : HybridModel
+    y0 : list of list of Parameter
+        Per experiment, one :class:`Parameter` per state; ``fixed`` ones are known.
+    experiments : list of str
+        Experiment names (used in the names of initial states).
+
+    Attributes
+    ----------
+    names : list of str
+        Free-parameter names in ``x`` order; initial states read ``y0[<state>]``, or
+        ``y0[<state>]@<experiment>`` with several experiments.
+    n_theta : int
+        Length of the model's theta (the first entries of ``x``).
+    """
+
+    def __init__(self, model, y0: list, experiments: list):
+        import numpy as np
+        self.model = model
+        self.experiments = list(experiments)
+        self.y0 = [list(row) for row in y0]
+        self.n_theta = model.n_theta
+        states = [s.name for s in model.states]
+        entries = [(s.name, model.params[s], "param") for s in model.free_params]
+        n_phys = len(entries)
+        entries += [(nm, None, "weight") for nm in model.theta_names[n_phys:]]
+        multi = len(self.experiments) > 1
+        self.y0_index = []  # per experiment: (state index, x index) of free states
+        for name, row in zip(self.experiments, self.y0):
+            idx = []
+            for i, p in enumerate(row):
+                if not p.fixed:
+                    idx.append((i, len(entries)))
+                    label = f"y0[{states[i]}]" + (f"@{name}" if multi else "")
+                    entries.append((label, p, "y0"))
+            self.y0_index.append(idx)
+        self.names = [e[0] for e in entries]
+        self.kinds = np.array([e[2] for e in entries])
+        self.params = [e[1] for e in entries]
+        self.size = len(entries)
+        self.is_log = np.array([p is not None and p.transform == "log" for p in self.params],
+                               dtype=bool)
+        theta0 = model.theta0
+        x0 = np.empty(self.size)
+        lo = np.full(self.size, -np.inf)
+        hi = np.full(self.size, np.inf)
+        for k, p in enumerate(self.params):
+            if p is None:
+                x0[k] = theta0[k]
+            else:
+                x0[k] = p.to_internal(p.value)
+                lo[k], hi[k] = p.internal_bounds()
+        self.x0, self.lower, self.upper = x0, lo, hi
+        self.is_weight = self.kinds == "weight"
+
+    def physical(self, x):
+        """Physical values of all entries of ``x``."""
+        import numpy as np
+        x = np.asarray(x, dtype=float)
+        with np.errstate(over="ignore"):
+            return np.where(self.is_log, np.exp(np.where(self.is_log, x, 0.0)), x)
+
+    def dphysical(self, x):
+        """``d physical / d x`` (the transform is elementwise, so this is a diagonal)."""
+        import numpy as np
+        x = np.asarray(x, dtype=float)
+        with np.errstate(over="ignore"):
+            return np.where(self.is_log, np.exp(np.where(self.is_log, x, 0.0)), 1.0)
+
+    def internal(self, values):
+        """``x`` from physical values (inverse of :meth:`physical`)."""
+        import numpy as np
+        v = np.asarray(values, dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.is_log, np.log(np.where(self.is_log, v, 1.0)), v)
+
+    def clip(self, x):
+        import numpy as np
+        return np.clip(x, self.lower, self.upper)
+
+    def unpack(self, x):
+        """``(theta, [y0 per experiment])`` in physical units."""
+        import numpy as np
+        v = self.physical(x)
+        theta = v[:self.n_theta]
+        y0s = []
+        for row, idx in zip(self.y0, self.y0_index):
+            y = np.array([p.value for p in row], dtype=float)
+            for i, k in idx:
+                y[i] = v[k]
+            y0s.append(y)
+        return theta, y0s

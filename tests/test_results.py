@@ -1,0 +1,143 @@
+"""FitResult: parameter table, covariance, summary, predict with bands, residuals,
+save/load without pickle."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import sympy as sp
+
+import dynlearn as dl
+
+x, y, k, a, b, c, d = sp.symbols("x y k alpha beta gamma delta")
+
+
+@pytest.fixture(scope="module")
+def lv_fit():
+    model = dl.HybridModel(states=[x, y], rhs={x: a * x - b * x * y, y: c * x * y - d * y},
+                           params={a: dl.Parameter(1.0, min=0, transform="log"), b: 1.0,
+                                   c: dl.Parameter(0.8, fixed=True), d: 1.5})
+    truth = model.with_params(alpha=1.3, beta=0.9, delta=1.8)
+    t = np.linspace(0, 8, 33)
+    sol = dl.simulate(truth, t, [0.44, 4.6])
+    rng = np.random.default_rng(0)
+    Y = sol.y + 0.05 * rng.standard_normal(sol.y.shape)
+    data = dl.Dataset.from_frame(pd.DataFrame({"t": t, "x": Y[:, 0], "y": Y[:, 1]}))
+    return model, data, dl.fit(model, data, y0="estimate", progress=False)
+
+
+def test_params_table(lv_fit):
+    _, _, r = lv_fit
+    p = r.params
+    assert list(p.index) == ["alpha", "beta", "gamma", "delta", "y0[x]", "y0[y]"]
+    for col in ("value", "stderr", "ci_lower", "ci_upper", "initial", "min", "max", "fixed",
+                "transform"):
+        assert col in p.columns
+    assert p.loc["gamma", "fixed"] and np.isnan(p.loc["gamma", "stderr"])
+    assert p.loc["alpha", "initial"] == 1.0
+    # a log parameter's interval is asymmetric around the value and positive
+    lo, v, hi = p.loc["alpha", ["ci_lower", "value", "ci_upper"]]
+    assert 0 < lo < v < hi and (hi - v) > (v - lo)
+    # stderr in physical units (delta method)
+    assert p.loc["alpha", "stderr"] == pytest.approx((hi - lo) / (2 * 1.96), rel=0.05)
+    assert r.covariance.shape == (5, 5)
+    assert r.correlation.loc["alpha", "alpha"] == pytest.approx(1.0)
+    assert np.allclose(np.sqrt(np.diag(r.covariance)), p.loc[r.covariance.index, "stderr"])
+
+
+def test_stderr_matches_finite_difference_covariance(lv_fit):
+    """Standard errors agree with s^2 (J^T J)^-1 built from a finite-difference Jacobian in
+    physical units."""
+    model, data, r = lv_fit
+    names = ["alpha", "beta", "delta"]
+    vals = r.params.loc[names, "value"].to_numpy()
+    y0 = r.y0["data"]
+
+    def resid(v):
+        m = model.with_params(**dict(zip(names, v)))
+        sol = dl.simulate(m, data[0].t, y0, rtol=1e-10, atol=1e-12)
+        return (sol.y - np.column_stack([data[0].columns["x"], data[0].columns["y"]])).ravel()
+    J = np.column_stack([(resid(vals + h) - resid(vals - h)) / (2e-6)
+                         for h in np.eye(3) * 1e-6])
+    rr = resid(vals)
+    # y0 is also free in the fit: include its columns by finite differences too
+    def resid_y0(yy):
+        m = model.with_params(**dict(zip(names, vals)))
+        sol = dl.simulate(m, data[0].t, yy, rtol=1e-10, atol=1e-12)
+        return (sol.y - np.column_stack([data[0].columns["x"], data[0].columns["y"]])).ravel()
+    Jy = np.column_stack([(resid_y0(y0 + h) - resid_y0(y0 - h)) / 2e-6
+                          for h in np.eye(2) * 1e-6])
+    JJ = np.hstack([J, Jy])
+    s2 = rr @ rr / (rr.size - 5)
+    se = np.sqrt(np.diag(s2 * np.linalg.inv(JJ.T @ JJ)))[:3]
+    np.testing.assert_allclose(r.params.loc[names, "stderr"], se, rtol=2e-3)
+
+
+def test_summary_and_information_criteria(lv_fit):
+    _, _, r = lv_fit
+    s = r.summary()
+    assert "success" in s and "alpha" in s and "(fixed)" in s and "y0[x]" in s
+    assert np.isfinite(r.aic) and r.bic > r.aic   # n = 66 > e^2: BIC penalises more
+    assert r.history[-1][1] == pytest.approx(r.loss, rel=1e-9)
+    assert all(h1[1] >= h2[1] for h1, h2 in zip(r.history, r.history[1:]))
+
+
+def test_predict_with_bands(lv_fit):
+    _, data, r = lv_fit
+    t = np.linspace(0, 12, 25)
+    p = r.predict(t)
+    assert list(p.columns[:3]) == ["t", "x", "y"]
+    assert {"x_lower", "x_upper", "y_lower", "y_upper"} <= set(p.columns)
+    assert np.all(p["x_lower"] <= p["x"]) and np.all(p["x"] <= p["x_upper"])
+    assert np.all(p["x_upper"] - p["x_lower"] > 0)
+    # the default start is the fitted initial state
+    assert p["x"].iloc[0] == pytest.approx(r.y0["data"][0])
+    q = r.predict(t, y0=[1.0, 1.0], bands=False)
+    assert q["x"].iloc[0] == 1.0 and "x_lower" not in q.columns
+    with pytest.raises(dl.DataError, match="no experiment named 'zz'"):
+        r.predict(t, experiment="zz")
+
+
+def test_residuals_frame(lv_fit):
+    _, data, r = lv_fit
+    res = r.residuals()
+    assert list(res.columns) == ["experiment", "t", "observable", "data", "fitted", "residual",
+                                 "scaled"]
+    assert len(res) == 66
+    assert (res["residual"] ** 2).sum() == pytest.approx(r.loss, rel=1e-9)
+
+
+def test_save_load_roundtrip_without_pickle(lv_fit, tmp_path):
+    model, _, r = lv_fit
+    jpath, npath = r.save(tmp_path / "fit")
+    meta = json.loads(open(jpath).read())
+    assert meta["model"]["rhs"]["x"] and meta["params"]["index"][0] == "alpha"
+    with np.load(npath, allow_pickle=False) as z:     # arrays only
+        assert "x" in z.files
+    r2 = dl.load_result(tmp_path / "fit")             # the model is rebuilt from text
+    pd.testing.assert_frame_equal(r.params.astype({"fixed": bool}),
+                                  r2.params.astype({"fixed": bool}), check_dtype=False)
+    t = np.linspace(0, 5, 6)
+    pd.testing.assert_frame_equal(r.predict(t), r2.predict(t), rtol=1e-9)
+    pd.testing.assert_frame_equal(r.residuals(), r2.residuals())
+    r3 = dl.load_result(jpath, model=model)
+    assert r3.loss == r.loss
+    # a tampered equation cannot run code
+    meta["model"]["rhs"]["x"] = "__import__('os').system('echo hacked')"
+    open(jpath, "w").write(json.dumps(meta))
+    with pytest.raises(dl.ModelError):
+        dl.load_result(tmp_path / "fit")
+
+
+def test_save_load_network_model(tmp_path):
+    nn = dl.MLP("nn", inputs=[x], outputs=1, hidden=[3], activation="tanh", seed=1, scale=0.1)
+    model = dl.HybridModel(states=[x], rhs={x: -k * x + nn[0]}, params={k: 0.5})
+    t = np.linspace(0, 2, 8)
+    data = dl.Dataset.from_frame(pd.DataFrame({"t": t, "x": np.exp(-t)}))
+    r = dl.fit(model, data, optimizer=dl.LevenbergMarquardt(max_iter=5), progress=False)
+    r.save(tmp_path / "net")
+    r2 = dl.load_result(tmp_path / "net")
+    np.testing.assert_allclose(r2.weights["nn"], r.weights["nn"])
+    np.testing.assert_allclose(r2.predict(t)["x"], r.predict(t)["x"])
+    assert "network nn" in r.summary()
