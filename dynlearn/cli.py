@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 import warnings
@@ -471,11 +472,272 @@ def cmd_demo(args, console: Console) -> int:
     return code
 
 
+CHECKPOINT = "checkpoint"      # dl.fit writes checkpoint.json + checkpoint.npz
+
+
+def _fit_kwargs(mf, args, out: Path) -> dict:
+    """Keyword arguments of :func:`dynlearn.fit` from the model file and the command line
+    (the command line wins). Settings that were not given are left to ``dl.fit``."""
+    import dynlearn as dl
+    ft = mf.fit
+    kw: dict = {}
+    for key in ("loss", "method", "rtol", "atol", "seed", "n_starts", "l2", "max_time"):
+        if key in ft:
+            kw[key] = ft[key]
+    if mf.noise["sigma"] == "estimate":
+        kw.setdefault("loss", "gaussian")
+    elif mf.noise["sigma"] is not None:
+        kw["sigma"] = mf.noise["sigma"]
+    if "sensitivity" in ft:
+        kw["sensitivity"] = {"forward": dl.ForwardSensitivity, "adjoint": dl.Adjoint,
+                             "finite-difference": dl.FiniteDifference}[ft["sensitivity"]]()
+    optimizer = mf.optimizer(maxiter=getattr(args, "maxiter", None))
+    if optimizer is not None:
+        kw["optimizer"] = optimizer
+    kw["y0"] = mf.y0()
+    if mf.y0_init() is not None:
+        kw["y0_init"] = mf.y0_init()
+    for key in ("loss", "method", "seed", "max_time"):
+        v = getattr(args, key, None)
+        if v is not None:
+            kw[key] = v
+    kw.update(ft.get("options", {}))
+    kw["progress"] = not args.quiet and ft.get("progress", True)
+    kw["checkpoint"] = str(out / CHECKPOINT)
+    kw["resume"] = bool(getattr(args, "resume", False))
+    return kw
+
+
+@contextlib.contextmanager
+def _dask_client(args, console: Console):
+    """A Dask client for ``--workers``/``--scheduler`` (None without them)."""
+    workers, address = getattr(args, "workers", None), getattr(args, "scheduler", None)
+    if workers is None and address is None:
+        yield None
+        return
+    if workers is not None and workers < 1:
+        raise OptionError(f"--workers must be a positive integer, got {workers}")
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise OptionError("--workers and --scheduler need Dask: pip install "
+                          "'dynlearn[dist]'") from None
+    if address is not None:
+        try:
+            client = Client(address, timeout="10s")
+        except OSError as exc:
+            raise OptionError(f"--scheduler {address}: cannot connect: {_one_line(exc)}"
+                              ) from None
+        cluster = None
+    else:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+    console.note(f"running on Dask: {client.scheduler_info().get('address', address)} "
+                 f"({len(client.scheduler_info().get('workers', {}))} workers)")
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
 def _run_fit(mf, data, out: Path, args, console: Console) -> int:
     import dynlearn as dl
-    if getattr(dl, "fit", None) is None:
-        raise OptionError("fitting is not available in this version of dynlearn")
-    raise NotImplementedError
+    kw = _fit_kwargs(mf, args, out)
+    model = mf.model
+    nrows = sum(len(e) for e in data.experiments)
+    console.note(f"fitting '{model.name}': {model.n_theta} parameters "
+                 f"({len(model.free_params)} physical"
+                 + (f", {model.n_theta - len(model.free_params)} network weights" if
+                    model.networks else "")
+                 + f") to {nrows} rows in {len(data.experiments)} experiment(s)"
+                 + (f"; resuming from {out / CHECKPOINT}.json" if kw["resume"] else ""))
+    with _dask_client(args, console) as client:
+        if client is not None:
+            kw["client"] = client
+        result = dl.fit(model, data, **kw)
+    if result.status == 3:           # interrupted: the checkpoint is written, stop here
+        raise KeyboardInterrupt
+    written = write_fit_outputs(result, mf, data, out, plots=not args.no_plots,
+                                console=console)
+    status = "converged" if result.success else "did not converge"
+    console.note(f"fit {status} in {result.elapsed:.1f} s ({result.nfev} solves): "
+                 f"{result.message}")
+    console.out(f"wrote {', '.join(written)} to {out}")
+    # a fit that ran out of budget still produced results; only a failed one is an error
+    return EXIT_FAILED if result.status == 1 else EXIT_OK
+
+
+def _prediction_frames(result, data, n: int = 300):
+    """Model predictions on a fine grid per experiment (plus the data times)."""
+    import pandas as pd
+    frames = []
+    for exp in data.experiments:
+        t = np.union1d(np.linspace(exp.t[0], exp.t[-1], n), exp.t)
+        df = result.predict(t, experiment=exp.name)
+        if len(data.experiments) > 1:
+            df.insert(0, "experiment", exp.name)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _bands(prediction, observables) -> dict:
+    """Columns of a prediction frame that hold a band per observable, if any."""
+    out = {}
+    for o in observables:
+        for lo, hi in ((f"{o}_lower", f"{o}_upper"), (f"{o}_lo", f"{o}_hi"),
+                       (f"{o}_low", f"{o}_high")):
+            if lo in prediction.columns and hi in prediction.columns:
+                out[o] = (lo, hi)
+                break
+    return out
+
+
+def write_fit_outputs(result, mf, data, out: Path, plots: bool = True,
+                      console: Console | None = None, elapsed: float | None = None
+                      ) -> list[str]:
+    """Write a fit's tables, figures and report into ``out`` (each file atomically).
+
+    Returns
+    -------
+    list of str
+        The names of the files written.
+    """
+    from .report import write_text_atomic
+    console = console or Console(quiet=True)
+    written = []
+    model = mf.model
+    tname = data.time_name
+
+    params = result.params
+    _write_csv(params, out / "params.csv", index=True)
+    written.append("params.csv")
+    summary = result.summary()
+    write_text_atomic(out / "summary.txt", summary if summary.endswith("\n") else summary + "\n")
+    written.append("summary.txt")
+    pred = _prediction_frames(result, data)
+    if model.time.name in pred.columns and model.time.name != tname:
+        pred = pred.rename(columns={model.time.name: tname})
+    _write_csv(pred, out / "predictions.csv")
+    written.append("predictions.csv")
+    _save_result(result, out)
+    written += ["result.json", "result.npz"]
+    if mf.path is not None:
+        write_text_atomic(out / "model.toml", mf.path.read_text(encoding="utf-8"))
+        written.append("model.toml")
+    if not plots:
+        return written
+    try:
+        images = _write_plots(result, mf, data, pred, out)
+    except ImportError as exc:     # matplotlib missing: everything else is written
+        console.note(f"warning: no figures or report: {_one_line(exc)}")
+        return written
+    written += [p.name for p in images]
+    _write_report(result, mf, data, out, images, elapsed)
+    written.append("report.html")
+    return written
+
+
+def _save_result(result, out: Path) -> None:
+    """``result.save`` (``result.json`` + ``result.npz``) under temporary names in ``out``,
+    then renamed: the arrays first, the JSON last, so whoever finds ``result.json`` finds
+    a complete result."""
+    import secrets
+    base = out / f".result-{secrets.token_hex(6)}"
+    tmp_json, tmp_npz = Path(f"{base}.json"), Path(f"{base}.npz")
+    try:
+        result.save(base)
+        os.replace(tmp_npz, out / "result.npz")
+        os.replace(tmp_json, out / "result.json")
+    except BaseException:
+        for p in (tmp_json, tmp_npz):
+            with contextlib.suppress(OSError):
+                p.unlink()
+        raise
+
+
+def _residual_frame(result, data, loss: str):
+    """Residuals in wide form (time, one column per observable[, experiment]): on the log
+    scale for ``loss="log"``, in data units otherwise."""
+    r = result.residuals()
+    if not len(r):
+        return None
+    tname = data.time_name
+    if loss == "log":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r["value"] = np.log(r["data"]) - np.log(r["fitted"])
+    else:
+        r["value"] = r["residual"]
+    wide = r.pivot_table(index=["experiment", tname], columns="observable", values="value",
+                         sort=False).reset_index()
+    wide.columns = [str(c) for c in wide.columns]
+    return wide
+
+
+def _write_plots(result, mf, data, pred, out: Path) -> list[Path]:
+    from . import plotting as P
+    model = mf.model
+    tname = data.time_name
+    obs = list(model.observable_names)
+    dframe = data.to_frame()
+    exp_col = "experiment" if len(data.experiments) > 1 else None
+    images = []
+    fig = P.fit_figure(dframe, pred, obs, tname, bands=_bands(pred, obs),
+                       experiment_col=exp_col)
+    P.save_figure(fig, out / "fit.png")
+    images.append(out / "fit.png")
+    loss = result.config.get("loss", "ls")
+    res = _residual_frame(result, data, loss)
+    if res is not None:
+        label = "log residual" if loss == "log" else "residual"
+        P.save_figure(P.residuals_figure(res, obs, tname, exp_col, ylabel=label),
+                      out / "residuals.png")
+        images.append(out / "residuals.png")
+    if len(result.history):
+        P.save_figure(P.loss_figure(np.asarray(result.history, dtype=float),
+                                    ylabel=f"loss ({loss})"), out / "loss.png")
+        images.append(out / "loss.png")
+    if model.networks:
+        e0 = data.experiments[0]
+        traj = result.predict(np.linspace(e0.t[0], e0.t[-1], 400), bands=False)
+        fig = P.learned_terms_figure(result.model, result.model.theta0, traj)
+        if fig is not None:
+            P.save_figure(fig, out / "learned_terms.png")
+            images.append(out / "learned_terms.png")
+    return images
+
+
+def _write_report(result, mf, data, out: Path, images, elapsed) -> None:
+    from .report import Report
+    model = mf.model
+    ok = getattr(result, "success", True)
+    rep = Report(f"dynlearn fit: {model.name}",
+                 subtitle=f"model file {mf.source}; "
+                          f"{sum(len(e) for e in data.experiments)} data rows in "
+                          f"{len(data.experiments)} experiment(s)"
+                          + (f"; {elapsed:.1f} s" if elapsed is not None else ""))
+    rep.paragraph(f"{'Converged' if ok else 'Did not converge'}: "
+                  f"{getattr(result, 'message', '')}", "ok" if ok else "bad")
+    rep.heading("Model")
+    rep.items(model.equations(), code=True)
+    if list(model.observable_names) != [s.name for s in model.states]:
+        rep.items([f"{k} = {v}" for k, v in model.observables.items()], code=True)
+    rep.heading("Parameters")
+    rep.table(result.params)
+    captions = {"fit": "Data (circles) and the fitted model (line) with its band.",
+                "residuals": "Residuals against time; the grey band is plus or minus two "
+                             "standard deviations.",
+                "loss": "Loss against optimizer iteration.",
+                "learned_terms": "What each network output learned, against its inputs, "
+                                 "with the fitted trajectory."}
+    rep.heading("Figures")
+    for p in images:
+        rep.image(p, captions.get(p.stem, ""))
+    rep.heading("Summary")
+    rep.preformatted(result.summary())
+    rep.write(out / "report.html")
 
 
 def cmd_recover(args, console: Console) -> int:

@@ -31,8 +31,9 @@ Layout
     pelts = "0.1*hare"
 
     [initial]                              # optional; default: the first data row
-    values = { hare = 30.0, lynx = 4.0 }   # the initial state
-    estimate = true                        # let the fit estimate it (from values or row 1)
+    values = { hare = 30.0, lynx = 4.0 }   # the initial state (at the first data time)
+    estimate = true                        # let the fit estimate it (starting from values,
+                                           # or from the first row)
 
     [data]
     file = "data.csv"                      # optional default CSV, relative to this file
@@ -43,22 +44,32 @@ Layout
     interpolation = "linear"               # inputs between samples: "linear" | "zoh"
 
     [noise]
-    sigma = { hare = 5.0, lynx = 3.0 }     # per observable, a number for all, or "estimate"
-    sigma_columns = { hare = "hare_sd" }   # or per-row sigma read from CSV columns
+    sigma = { hare = 5.0, lynx = 3.0 }     # known noise per observable, one number for all,
+                                           # or "estimate" (Gaussian likelihood)
+    sigma_columns = { hare = "hare_sd" }   # or row-by-row noise levels from CSV columns
 
     [fit]                                  # passed to dl.fit
     loss = "log"                           # "ls" | "gaussian" | "log"
-    method = "RK45"
-    sensitivity = "forward"                # "forward" | "adjoint" | "finite-difference"
-    optimizer = "lbfgs"                    # or a list of stages, see below
-    maxiter = 200
+    method = "RK45"                        # any solve_ivp method
+    rtol = 1e-6
+    atol = 1e-8
+    sensitivity = "adjoint"                # "forward" | "adjoint" | "finite-difference"
+    optimizer = "lm"                       # "lm" | "gauss-newton" | "lbfgs" | "adam" |
+                                           # "multiple-shooting" (default: chosen by dl.fit)
+    maxiter = 200                          # iteration budget of the optimizer
+    lr = 0.01                              # Adam's learning rate
+    n_starts = 1                           # multi-start
+    l2 = 0.0                               # L2 penalty on network weights
+    max_time = 600                         # seconds; the best point so far is kept
     seed = 0
+    options = { max_step = 0.5 }           # other dl.fit keywords (solver options, ...)
 
     [simulate]                             # defaults for `dynlearn simulate`
     t = "0:20:0.1"                         # start:stop:step, or a list of times
 
 Stages are written as an array of tables, e.g. ``[[fit.stages]]`` with ``optimizer = "adam"``,
-``maxiter = 200``, ``lr = 0.01``, then another with ``optimizer = "lbfgs"``.
+``maxiter = 200``, ``lr = 0.01``, then another with ``optimizer = "lbfgs"``; a stage's
+``options`` table goes to the optimizer's constructor (e.g. ``{ ftol = 1e-12 }``).
 """
 
 from __future__ import annotations
@@ -82,15 +93,25 @@ _TOP = {"model", "initial", "data", "noise", "fit", "simulate"}
 _MODEL = {"name", "states", "time", "inputs", "equations", "params", "networks", "observables"}
 _PARAM = {"value", "min", "max", "fixed", "transform"}
 _NETWORK = {"inputs", "outputs", "hidden", "activation", "seed", "scale", "type"}
-_INITIAL = {"values", "estimate", "t0"}
+_INITIAL = {"values", "estimate"}
 _DATA = {"file", "time", "group", "columns", "rename", "interpolation"}
 _NOISE = {"sigma", "sigma_columns"}
 _FIT = {"loss", "method", "rtol", "atol", "sensitivity", "optimizer", "maxiter", "seed",
-        "stages", "n_starts", "l2", "options", "progress"}
+        "stages", "n_starts", "l2", "options", "progress", "lr", "max_time"}
 _STAGE = {"optimizer", "maxiter", "lr", "options"}
 _SIMULATE = {"t", "method", "rtol", "atol", "y0"}
 LOSSES = ("ls", "gaussian", "log")
 SENSITIVITIES = ("forward", "adjoint", "finite-difference")
+#: optimizer names in model files -> (class name in dynlearn, keyword of the iteration budget)
+OPTIMIZERS = {
+    "lm": ("LevenbergMarquardt", "max_iter"),
+    "levenberg-marquardt": ("LevenbergMarquardt", "max_iter"),
+    "gauss-newton": ("GaussNewton", "max_iter"),
+    "lbfgs": ("LBFGSB", "max_iter"),
+    "l-bfgs-b": ("LBFGSB", "max_iter"),
+    "adam": ("Adam", "iterations"),
+    "multiple-shooting": ("MultipleShooting", "max_iter"),
+}
 
 
 class _Lines:
@@ -151,8 +172,7 @@ class ModelFile:
     model : HybridModel
     networks : dict name -> MLP
     initial : dict
-        ``values`` (dict state -> float, possibly empty), ``estimate`` (bool), ``t0`` (float or
-        None).
+        ``values`` (dict state -> float, possibly empty) and ``estimate`` (bool).
     data : dict
         ``file`` (Path or None), ``time``, ``group``, ``columns``, ``rename``,
         ``interpolation``.
@@ -191,10 +211,61 @@ class ModelFile:
         """The initial-state setting for :func:`dynlearn.fit`: ``"first"``, ``"estimate"``
         or an array (states in model order)."""
         values = self.initial["values"]
+        if self.initial["estimate"]:
+            return "estimate"
         if values:
-            y = np.array([values[s.name] for s in self.model.states], dtype=float)
-            return y
-        return "estimate" if self.initial["estimate"] else "first"
+            return np.array([values[s.name] for s in self.model.states], dtype=float)
+        return "first"
+
+    def y0_init(self):
+        """Starting guesses of estimated initial states (``[initial] values``), or None."""
+        values = self.initial["values"]
+        if self.initial["estimate"] and values:
+            return np.array([values[s.name] for s in self.model.states], dtype=float)
+        return None
+
+    def optimizer(self, maxiter: int | None = None):
+        """The optimizer object described by ``[fit]`` (None: dl.fit's default).
+
+        Parameters
+        ----------
+        maxiter : int, optional
+            Overrides the iteration budget of every stage (``--maxiter``). With no optimizer
+            named in the file, it applies to ``dl.fit``'s default optimizer.
+        """
+        import dynlearn as dl
+        ft = self.fit
+        if "stages" in ft:
+            specs = [(("fit", "stages"), st) for st in ft["stages"]]
+        elif "optimizer" in ft or "maxiter" in ft or "lr" in ft or maxiter is not None:
+            spec = {k: ft[k] for k in ("optimizer", "maxiter", "lr") if k in ft}
+            specs = [(("fit",), spec)]
+        else:
+            return None
+        built = []
+        for path, spec in specs:
+            name = spec.get("optimizer")
+            if name is None:
+                default = dl.optimizers.default_optimizer(self.model)
+                cls_name = type(default).__name__
+                budget_kw = next(v[1] for v in OPTIMIZERS.values() if v[0] == cls_name)
+            else:
+                cls_name, budget_kw = OPTIMIZERS[name]
+            kw = dict(spec.get("options", {}))
+            budget = maxiter if maxiter is not None else spec.get("maxiter")
+            if budget is not None:
+                kw[budget_kw] = int(budget)
+            if "lr" in spec:
+                if cls_name != "Adam":
+                    raise OptionError(f"{self.where(*path, 'lr')}: lr is the learning rate "
+                                      "of the 'adam' optimizer only")
+                kw["lr"] = float(spec["lr"])
+            try:
+                built.append(getattr(dl, cls_name)(**kw))
+            except TypeError as exc:
+                raise OptionError(f"{self.where(*path, 'options')}: optimizer "
+                                  f"'{name or cls_name}': {exc}") from None
+        return built[0] if len(built) == 1 else dl.Staged(built)
 
     def read_data(self, csv=None):
         """Read the measurements: ``csv`` or the file named by ``[data] file``.
@@ -237,27 +308,28 @@ class ModelFile:
                                 f"columns are {list(df.columns)}")
         if keep is not None:
             df = df[needed + [c for c in keep if c not in needed]]
-        extra_sigma = [c for c in self.noise["sigma_columns"].values()]
-        for c in extra_sigma:
+        sigma_cols = self.noise["sigma_columns"]
+        for c in sigma_cols.values():
             if c not in df.columns:
                 raise DataError(f"{path}: no sigma column '{c}' (named in "
                                 f"{self.where('noise', 'sigma_columns')}); the columns are "
                                 f"{list(df.columns)}")
-        df = df.rename(columns=d["rename"])
+        sig = pd.DataFrame({f"{o}_sigma": df[c] for o, c in sigma_cols.items()})
+        df = df.drop(columns=list(set(sigma_cols.values()))).rename(columns=d["rename"])
         m = self.model
         known = set(m.observable_names) | {u.name for u in m.inputs}
+        known |= {f"{o}_sigma" for o in m.observable_names}
         # columns the model does not know (a date, a comment) are dropped unless named
         if keep is None:
-            unused = [c for c in df.columns if c not in known and c not in needed
-                      and c not in extra_sigma]
-            df = df.drop(columns=unused)
-        data_cols = [c for c in df.columns if c not in needed and c not in extra_sigma]
-        if not [c for c in data_cols if c in m.observable_names]:
+            df = df.drop(columns=[c for c in df.columns if c not in known and c not in needed])
+        if not [c for c in df.columns if c in m.observable_names]:
             raise DataError(f"{path}: no column matches an observable of the model "
                             f"{list(m.observable_names)}; map CSV columns with `rename` in "
                             f"[data] ({self.source})")
-        return Dataset.from_frame(df[[c for c in df.columns if c not in extra_sigma]],
-                                  time=d["time"], group=d["group"], source=str(path))
+        for c in sig.columns:
+            df[c] = sig[c]
+        return Dataset.from_frame(df, time=d["time"], group=d["group"], source=str(path),
+                                  input_kind=d["interpolation"])
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -590,8 +662,7 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
         ck.fail(("initial", "values"), f"give a value for every state {states} (missing "
                 f"{[s for s in states if s not in values]})")
     initial = {"values": {k: float(v) for k, v in values.items()},
-               "estimate": ck.boolean(it.get("estimate", False), ("initial", "estimate")),
-               "t0": (float(ck.number(it["t0"], ("initial", "t0"))) if "t0" in it else None)}
+               "estimate": ck.boolean(it.get("estimate", False), ("initial", "estimate"))}
 
     # [data] ------------------------------------------------------------------------------
     dt = ck.table(doc.get("data"), ("data",), _DATA)
@@ -650,10 +721,19 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
     for k in ("maxiter", "seed", "n_starts"):
         if k in ft:
             ck.number(ft[k], ("fit", k), integer=True, positive=k != "seed")
+    for k in ("lr", "max_time"):
+        if k in ft:
+            ck.number(ft[k], ("fit", k), positive=True)
+    if isinstance(sigma, str) and ft.get("loss", "gaussian") != "gaussian":
+        ck.fail(("noise", "sigma"), f"sigma = \"estimate\" needs loss = \"gaussian\" in [fit] "
+                f"(the file says loss = {ft['loss']!r})")
     if "progress" in ft:
         ck.boolean(ft["progress"], ("fit", "progress"))
     if "optimizer" in ft:
-        ck.string(ft["optimizer"], ("fit", "optimizer"))
+        ck.string(ft["optimizer"], ("fit", "optimizer"), list(OPTIMIZERS))
+    if "stages" in ft and ("optimizer" in ft or "lr" in ft or "maxiter" in ft):
+        ck.fail(("fit", "stages"), "give either [[fit.stages]] or optimizer/maxiter/lr in "
+                "[fit], not both")
     if "options" in ft:
         ck.table(ft["options"], ("fit", "options"))
     if "stages" in ft:
@@ -664,7 +744,9 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
             ck.table(s, ("fit", "stages"), _STAGE)
             if "optimizer" not in s:
                 ck.fail(("fit", "stages"), f"stage {i + 1} needs `optimizer`")
-            ck.string(s["optimizer"], ("fit", "stages", "optimizer"))
+            ck.string(s["optimizer"], ("fit", "stages", "optimizer"), list(OPTIMIZERS))
+            if "options" in s:
+                ck.table(s["options"], ("fit", "stages", "options"))
             if "maxiter" in s:
                 ck.number(s["maxiter"], ("fit", "stages", "maxiter"), integer=True,
                           positive=True)

@@ -199,13 +199,15 @@ def plot_residuals(t, r, name: str = "", time_name: str = "t", ax=None, color=No
 
 
 def plot_loss(history, ax=None, stages: Sequence[tuple[int, str]] | None = None,
-              ylabel: str = "loss"):
-    """Loss against iteration on a log scale (a symlog scale if the loss goes negative).
+              ylabel: str = "loss", xlabel: str | None = None):
+    """Loss against iteration (or evaluation) on a log scale (symlog if it goes negative).
 
     Parameters
     ----------
-    history : array_like, shape (n_iterations,)
-    stages : list of (start iteration, label), optional
+    history : array_like, shape (n,) or (n, 2)
+        Loss values per iteration, or ``(evaluation, best loss)`` pairs as in
+        ``FitResult.history`` (drawn as a staircase: the best loss so far).
+    stages : list of (start, label), optional
         Stage boundaries (e.g. Adam then L-BFGS) drawn as vertical lines.
 
     Returns
@@ -215,22 +217,37 @@ def plot_loss(history, ax=None, stages: Sequence[tuple[int, str]] | None = None,
     ax = _new_ax(ax)
     with style():
         h = np.asarray(history, dtype=float)
-        it = np.arange(h.size)
-        ok = np.isfinite(h)
-        ax.plot(it[ok], h[ok], color=COLORS[0], lw=1.2, label="loss")
+        if h.ndim == 2 and h.shape[1] == 2:
+            x, y = h[:, 0], h[:, 1]
+            ok = np.isfinite(y)
+            ax.step(x[ok], y[ok], where="post", color=COLORS[0], lw=1.4, label="best loss")
+            ax.plot(x[ok], y[ok], "o", color=COLORS[0], ms=2.5)
+            xlabel = xlabel or "loss evaluations"
+        else:
+            x, y = np.arange(h.size), h
+            ok = np.isfinite(y)
+            ax.plot(x[ok], y[ok], color=COLORS[0], lw=1.2, label="loss")
+            if ok.any():
+                best = np.minimum.accumulate(np.where(ok, y, np.inf))
+                ax.plot(x, best, color=COLORS[1], lw=1.0, ls="--", label="best so far")
+            xlabel = xlabel or "iteration"
         if ok.any():
-            best = np.minimum.accumulate(np.where(ok, h, np.inf))
-            ax.plot(it, best, color=COLORS[1], lw=1.0, ls="--", label="best so far")
-            if np.all(h[ok] > 0):
+            if np.all(y[ok] > 0):
                 ax.set_yscale("log")
+                if np.max(y[ok]) / np.min(y[ok]) < 1e3:
+                    # few decades: label 1-2-5 steps in plain numbers, not 3x10^1
+                    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+                    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+                    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                    ax.yaxis.set_minor_formatter(NullFormatter())
             else:
-                ax.set_yscale("symlog", linthresh=max(1e-12, float(np.min(np.abs(h[ok])) or 1)))
+                ax.set_yscale("symlog", linthresh=max(1e-12, float(np.min(np.abs(y[ok])) or 1)))
         for start, label in stages or ():
             ax.axvline(start, color="0.5", lw=0.8, ls=":")
             ax.annotate(label, (start, 1.0), xycoords=("data", "axes fraction"),
                         xytext=(3, -3), textcoords="offset points", va="top", fontsize=7,
                         color="0.3")
-        ax.set_xlabel("iteration")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.legend(loc="upper right")
     return ax
@@ -272,12 +289,20 @@ def plot_learned_term(inputs, output, input_names: Sequence[str], output_name: s
             ax.set_ylabel(output_name)
         elif n_in == 2 and grid is not None:
             X, Y, Z = grid
-            lim = float(np.nanmax(np.abs(Z))) or 1.0
-            cs = ax.contourf(X, Y, Z, levels=15, cmap="RdBu_r", vmin=-lim, vmax=lim)
-            ax.contour(X, Y, Z, levels=[0.0], colors="0.2", linewidths=0.8)
-            ax.figure.colorbar(cs, ax=ax, label=output_name, shrink=0.9)
+            lo, hi = float(np.nanmin(Z)), float(np.nanmax(Z))
+            if lo < 0.0 < hi:
+                # changes sign: a diverging map centred on zero, with the zero contour
+                from matplotlib.colors import TwoSlopeNorm
+                cs = ax.contourf(X, Y, Z, levels=15, cmap="RdBu_r",
+                                 norm=TwoSlopeNorm(0.0, lo, hi))
+                ax.contour(X, Y, Z, levels=[0.0], colors="0.2", linewidths=0.8,
+                           linestyles="--")
+            else:
+                cs = ax.contourf(X, Y, Z, levels=15, cmap="viridis")
+            ax.figure.colorbar(cs, ax=ax, shrink=0.9)
+            ax.plot(v[:, 0], v[:, 1], color="white", lw=2.2)      # halo for contrast
             ax.plot(v[:, 0], v[:, 1], color="0.1", lw=1.0, label="fitted trajectory")
-            ax.plot(v[0, 0], v[0, 1], "o", color="0.1", ms=4)
+            ax.plot(v[0, 0], v[0, 1], "o", color="0.1", mec="white", ms=5)
             ax.set_xlabel(input_names[0])
             ax.set_ylabel(input_names[1])
             ax.set_title(output_name)
@@ -358,7 +383,7 @@ def residuals_figure(residuals, observables: Sequence[str], time_name: str = "t"
         groups = list(residuals.groupby(experiment_col, sort=False))
     with style():
         for i, o in enumerate(obs):
-            for k, (e, g) in enumerate(groups):
+            for k, (_, g) in enumerate(groups):
                 color = COLORS[(i if len(groups) == 1 else k) % len(COLORS)]
                 plot_residuals(g[time_name], g[o], o, time_name, ax=axes[i], color=color,
                                ylabel=f"{ylabel}\n{o}")
