@@ -447,7 +447,8 @@ def cmd_fit(args, console: Console) -> int:
     mf = load_model_file(args.model, default_seed=getattr(args, "seed", None))
     data = mf.read_data(args.data)
     out = _prepare_out_dir(args.out or f"{mf.model.name}-fit")
-    return _run_fit(mf, data, out, args, console)
+    csv = Path(args.data) if args.data is not None else mf.data["file"]
+    return _run_fit(mf, data, out, args, console, csv)
 
 
 def cmd_demo(args, console: Console) -> int:
@@ -466,7 +467,7 @@ def cmd_demo(args, console: Console) -> int:
     out = _prepare_out_dir(args.out)
     console.note(f"dynlearn demo: Lotka-Volterra fit to the Hudson's Bay lynx and hare pelts "
                  f"(1900-1920), {len(data.experiments[0])} years")
-    code = _run_fit(mf, data, out, args, console)
+    code = _run_fit(mf, data, out, args, console, mf.data["file"])
     console.out(f"Results are in {out.resolve()}; open {out.resolve() / 'report.html'} in a "
                 "browser.")
     return code
@@ -543,7 +544,7 @@ def _dask_client(args, console: Console):
             cluster.close()
 
 
-def _run_fit(mf, data, out: Path, args, console: Console) -> int:
+def _run_fit(mf, data, out: Path, args, console: Console, csv: Path | None = None) -> int:
     import dynlearn as dl
     kw = _fit_kwargs(mf, args, out)
     model = mf.model
@@ -561,10 +562,13 @@ def _run_fit(mf, data, out: Path, args, console: Console) -> int:
     if result.status == 3:           # interrupted: the checkpoint is written, stop here
         raise KeyboardInterrupt
     written = write_fit_outputs(result, mf, data, out, plots=not args.no_plots,
-                                console=console)
+                                console=console, csv=csv,
+                                command=["dynlearn", *getattr(args, "argv", [])])
     status = "converged" if result.success else "did not converge"
     console.note(f"fit {status} in {result.elapsed:.1f} s ({result.nfev} solves): "
                  f"{result.message}")
+    if not args.quiet:
+        console.out(result.summary().rstrip() + "\n")
     console.out(f"wrote {', '.join(written)} to {out}")
     # a fit that ran out of budget still produced results; only a failed one is an error
     return EXIT_FAILED if result.status == 1 else EXIT_OK
@@ -596,9 +600,13 @@ def _bands(prediction, observables) -> dict:
 
 
 def write_fit_outputs(result, mf, data, out: Path, plots: bool = True,
-                      console: Console | None = None, elapsed: float | None = None
-                      ) -> list[str]:
+                      console: Console | None = None, csv: Path | None = None,
+                      command: list[str] | None = None) -> list[str]:
     """Write a fit's tables, figures and report into ``out`` (each file atomically).
+
+    Besides the results, ``run.json`` records where the model file and the data came from
+    (absolute paths), the dynlearn version and the time, for ``dynlearn recover`` and for
+    whoever reads the folder later.
 
     Returns
     -------
@@ -627,6 +635,8 @@ def write_fit_outputs(result, mf, data, out: Path, plots: bool = True,
     if mf.path is not None:
         write_text_atomic(out / "model.toml", mf.path.read_text(encoding="utf-8"))
         written.append("model.toml")
+    write_text_atomic(out / "run.json", _run_record(mf, csv, result, command))
+    written.append("run.json")
     if not plots:
         return written
     try:
@@ -635,9 +645,23 @@ def write_fit_outputs(result, mf, data, out: Path, plots: bool = True,
         console.note(f"warning: no figures or report: {_one_line(exc)}")
         return written
     written += [p.name for p in images]
-    _write_report(result, mf, data, out, images, elapsed)
+    _write_report(result, mf, data, out, images)
     written.append("report.html")
     return written
+
+
+def _run_record(mf, csv, result, command) -> str:
+    import datetime as dt
+    import json
+
+    from . import __version__
+    rec = {"dynlearn": __version__,
+           "finished": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+           "model_file": str(mf.path.resolve()) if mf.path is not None else None,
+           "data_file": str(Path(csv).resolve()) if csv is not None else None,
+           "command": command,
+           "success": bool(result.success), "message": result.message}
+    return json.dumps(rec, indent=1) + "\n"
 
 
 def _save_result(result, out: Path) -> None:
@@ -709,43 +733,176 @@ def _write_plots(result, mf, data, pred, out: Path) -> list[Path]:
     return images
 
 
-def _write_report(result, mf, data, out: Path, images, elapsed) -> None:
+def _params_display(params):
+    """The parameter table as shown in the report: value, stderr, interval, start."""
+    import pandas as pd
+    rows = {}
+    for name, r in params.iterrows():
+        fixed = bool(r.get("fixed", False))
+        lo, hi = r.get("ci_lower", np.nan), r.get("ci_upper", np.nan)
+        rows[name] = {
+            "value": f"{r['value']:.6g}",
+            "stderr": "fixed" if fixed else (f"{r['stderr']:.3g}"
+                                             if np.isfinite(r.get("stderr", np.nan)) else "n/a"),
+            "95% interval": (f"[{lo:.5g}, {hi:.5g}]" if np.isfinite(lo) and np.isfinite(hi)
+                             else ""),
+            "start": f"{r['initial']:.6g}" if "initial" in r else "",
+            "kind": str(r.get("kind", "")) + (" (fixed)" if fixed else ""),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _write_report(result, mf, data, out: Path, images) -> None:
     from .report import Report
     model = mf.model
-    ok = getattr(result, "success", True)
+    ok = result.success
+    cfg = result.config
     rep = Report(f"dynlearn fit: {model.name}",
-                 subtitle=f"model file {mf.source}; "
-                          f"{sum(len(e) for e in data.experiments)} data rows in "
-                          f"{len(data.experiments)} experiment(s)"
-                          + (f"; {elapsed:.1f} s" if elapsed is not None else ""))
-    rep.paragraph(f"{'Converged' if ok else 'Did not converge'}: "
-                  f"{getattr(result, 'message', '')}", "ok" if ok else "bad")
+                 subtitle=f"model file {mf.source}; {sum(len(e) for e in data.experiments)} "
+                          f"data rows in {len(data.experiments)} experiment(s); fitted in "
+                          f"{result.elapsed:.1f} s")
+    rep.paragraph(("Fit converged: " if ok else "Fit did not converge: ") + result.message,
+                  "ok" if ok else "bad")
     rep.heading("Model")
     rep.items(model.equations(), code=True)
     if list(model.observable_names) != [s.name for s in model.states]:
+        rep.paragraph("Observables:")
         rep.items([f"{k} = {v}" for k, v in model.observables.items()], code=True)
+    for net in model.networks:
+        rep.paragraph(f"Network {net.name}: inputs {', '.join(map(str, net.inputs))}; "
+                      f"{net.n_outputs} outputs; {net.n_weights} weights"
+                      + (f"; hidden layers {list(net.hidden)}, {net.activation}"
+                         if hasattr(net, "hidden") else ""))
     rep.heading("Parameters")
-    rep.table(result.params)
-    captions = {"fit": "Data (circles) and the fitted model (line) with its band.",
-                "residuals": "Residuals against time; the grey band is plus or minus two "
-                             "standard deviations.",
-                "loss": "Loss against optimizer iteration.",
-                "learned_terms": "What each network output learned, against its inputs, "
-                                 "with the fitted trajectory."}
+    rep.table(_params_display(result.params))
+    opt = result.optimizer.to_dict() if result.optimizer is not None else {}
+    rep.paragraph(f"Loss: {cfg.get('loss')}; optimizer: {opt.get('type', 'default')}; "
+                  f"solver: {cfg.get('method')} (rtol={cfg.get('rtol'):g}, "
+                  f"atol={cfg.get('atol'):g}); {result.nfev} solves, {result.nit} iterations; "
+                  f"AIC {result.aic:.4g}, BIC {result.bic:.4g}.")
+    captions = {"fit": "Data (circles) and the fitted model (line); shaded: pointwise 95% "
+                       "confidence band of the prediction from the parameter covariance.",
+                "residuals": ("Residuals on the log scale" if cfg.get("loss") == "log" else
+                              "Residuals (data minus model)")
+                             + " against time; grey: plus or minus two standard deviations.",
+                "loss": "Best loss so far against the number of loss evaluations.",
+                "learned_terms": "What each network output learned, over the region of its "
+                                 "inputs the fit visited, with the fitted trajectory."}
     rep.heading("Figures")
     for p in images:
         rep.image(p, captions.get(p.stem, ""))
     rep.heading("Summary")
     rep.preformatted(result.summary())
+    rep.heading("Files")
+    rep.items(sorted(p.name for p in out.iterdir() if not p.name.startswith(".")
+                     and p.name != "report.html") + ["report.html"], code=True)
     rep.write(out / "report.html")
 
 
-def cmd_recover(args, console: Console) -> int:
-    """``dynlearn recover``."""
+def parse_library(spec: str):
+    """A candidate library from a short text: ``poly3``, ``poly2+trig``, ``poly1+exp``.
+
+    ``polyN``: all monomials up to degree N of the variables the networks see; ``trig``:
+    sine and cosine of them; ``exp``: exponentials ``exp(x)``, ``exp(-x)``.
+    """
+    import re
+
     import dynlearn as dl
-    if getattr(dl, "recover", None) is None:
-        raise OptionError("symbolic recovery is not available in this version of dynlearn")
-    raise NotImplementedError
+    parts = [p.strip() for p in str(spec).split("+")]
+    lib = None
+    for p in parts:
+        m = re.fullmatch(r"poly(\d)", p)
+        if m:
+            piece = dl.polynomial_library(int(m.group(1)))
+        elif p in ("trig", "trigonometric"):
+            piece = dl.trigonometric_library()
+        elif p in ("exp", "exponential"):
+            piece = dl.exponential_library()
+        else:
+            raise OptionError(f"--library {spec!r}: unknown part {p!r}; use polyN (N = 0..9), "
+                              "trig or exp, joined by '+', e.g. poly2+trig")
+        lib = piece if lib is None else lib + piece
+    return lib
+
+
+def _recorded_data_file(out: Path) -> str | None:
+    """The data file a fit in ``out`` used, from its run.json (None if unknown)."""
+    import json
+    try:
+        rec = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    f = rec.get("data_file") if isinstance(rec, dict) else None
+    return f if isinstance(f, str) and Path(f).exists() else None
+
+
+def cmd_recover(args, console: Console) -> int:
+    """``dynlearn recover``: sparse regression of the trained networks in DIR."""
+    import dynlearn as dl
+
+    from .io import load_model_file, model_to_toml
+    from .report import write_text_atomic
+    out = Path(args.dir)
+    if not out.is_dir():
+        raise OptionError(f"{out}: not a folder; pass the --out folder of 'dynlearn fit'")
+    result = _load_result(out)
+    if not result.model.networks:
+        raise OptionError(f"{out}: the fitted model has no networks, so there is nothing to "
+                          "recover; recovery turns a trained network into equations")
+    library = parse_library(args.library)
+    kw = {"library": library, "seed": getattr(args, "seed", None) or 0}
+    if args.threshold is not None:
+        if args.threshold < 0:
+            raise OptionError(f"--threshold must be >= 0, got {args.threshold}")
+        kw["optimizer"] = dl.STLSQ(threshold=args.threshold)
+    rec = dl.recover(result, **kw)
+    eqs = rec.equations()
+    score = rec.score
+    console.out("recovered terms (" + args.library + " library):")
+    for line in eqs:
+        console.out(f"  {line}")
+    console.out(score.to_string(float_format=lambda v: f"{v:.4g}"))
+    model = rec.to_model()
+    console.out("recovered model:")
+    for line in model.equations():
+        console.out(f"  {line}")
+    # a model file for the refit: the recovered model plus the original data and fit settings
+    tables = {}
+    src = out / "model.toml"
+    if src.exists():
+        try:
+            orig = load_model_file(src)
+        except DynlearnError:
+            orig = None
+        if orig is not None:
+            d = {k: v for k, v in (("time", orig.data["time"]), ("group", orig.data["group"]))
+                 if v is not None}
+            data_file = _recorded_data_file(out)
+            if data_file is not None:
+                d = {"file": data_file, **d}
+            if orig.data["columns"] is not None:
+                d["columns"] = orig.data["columns"]
+            if orig.data["rename"]:
+                d["rename"] = orig.data["rename"]
+            tables["data"] = d
+            if orig.initial["estimate"] or orig.initial["values"]:
+                tables["initial"] = {k: v for k, v in (("values", orig.initial["values"]),
+                                                       ("estimate", orig.initial["estimate"]))
+                                     if v}
+            tables["fit"] = {k: v for k, v in orig.fit.items()
+                             if k in ("loss", "method", "rtol", "atol", "seed")}
+    text = model_to_toml(model, tables,
+                         comment=f"Recovered by 'dynlearn recover {out} --library "
+                                 f"{args.library}' from the fitted hybrid model.\n"
+                                 + "\n".join(eqs) + "\nRefit it: dynlearn fit "
+                                 f"{out / 'recovered.toml'} --out {out}-refit")
+    write_text_atomic(out / "recovered.toml", text)
+    _write_csv(rec.coefficients, out / "recovery_coefficients.csv", index=True)
+    write_text_atomic(out / "recovery.txt", "\n".join(eqs) + "\n\n"
+                      + score.to_string(float_format=lambda v: f"{v:.4g}") + "\n")
+    console.out(f"wrote recovery.txt, recovery_coefficients.csv, recovered.toml to {out}; "
+                f"refit with: dynlearn fit {out / 'recovered.toml'} --out {out}-refit")
+    return EXIT_OK
 
 
 COMMANDS = {"fit": cmd_fit, "simulate": cmd_simulate, "recover": cmd_recover,
@@ -777,6 +934,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
+        args.argv = argv
         args.quiet = getattr(args, "quiet", False)
         args.debug = getattr(args, "debug", False)
         console = Console(args.quiet)

@@ -86,7 +86,7 @@ import sympy as sp
 
 from .errors import DataError, ModelError, OptionError, ParameterError
 
-__all__ = ["ModelFile", "load_model_file", "parse_model_text", "parse_time_grid"]
+__all__ = ["ModelFile", "load_model_file", "model_to_toml", "parse_model_text", "parse_time_grid"]
 
 # allowed keys of each table; None marks a table whose keys are user names
 _TOP = {"model", "initial", "data", "noise", "fit", "simulate"}
@@ -780,3 +780,109 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
 def _parse(ck: _Checker, text: str, names: Mapping, path: tuple[str, ...], what: str):
     from .expressions import parse_expression
     return parse_expression(text, names, where=f"{ck.where(*path)}: {what}")
+
+
+# --- writing ---------------------------------------------------------------------------------
+def _toml_value(v) -> str:
+    import json
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        if math.isnan(v):
+            return "nan"
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)          # a TOML basic string uses JSON's escapes
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) \
+            + " }"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _toml_key(k: str) -> str:
+    import json
+    return k if re.fullmatch(r"[A-Za-z0-9_\-]+", k) else json.dumps(k)
+
+
+def model_to_toml(model, tables: Mapping[str, Mapping] | None = None, comment: str = "") -> str:
+    """A model file (TOML text) describing ``model``, readable by :func:`load_model_file`.
+
+    Parameters
+    ----------
+    model : HybridModel
+        Equations are written with sympy's printer (``**`` powers, ``exp``, ``Abs``, ...),
+        which :func:`dynlearn.expressions.parse_expression` reads back.
+    tables : dict, optional
+        Further top-level tables (``data``, ``fit``, ``initial``, ...) written as given.
+    comment : str
+        Written at the top, each line prefixed with ``#``.
+
+    Notes
+    -----
+    Trained network weights are not part of a model file: networks are written with their
+    architecture and seed, so they start from their initial weights when the file is read.
+    """
+    from .neural import MLP
+    out = [f"# {line}".rstrip() for line in comment.splitlines()]
+    if out:
+        out.append("")
+    out.append("[model]")
+    out.append(f"name = {_toml_value(model.name)}")
+    out.append(f"states = {_toml_value([s.name for s in model.states])}")
+    if model.time.name != "t":
+        out.append(f"time = {_toml_value(model.time.name)}")
+    if model.inputs:
+        out.append(f"inputs = {_toml_value([u.name for u in model.inputs])}")
+    out.append("")
+    out.append("[model.equations]")
+    for s, e in zip(model.states, model.rhs):
+        out.append(f"{_toml_key(s.name)} = {_toml_value(str(e))}")
+    if model.params:
+        out.append("")
+        out.append("[model.params]")
+        for s, p in model.params.items():
+            spec = {"value": p.value}
+            if p.transform != "identity":
+                spec["transform"] = p.transform
+            if p.min != -math.inf and not (p.transform == "log" and p.min == 0.0):
+                spec["min"] = p.min
+            if p.max != math.inf:
+                spec["max"] = p.max
+            if p.fixed:
+                spec["fixed"] = True
+            value = _toml_value(spec) if len(spec) > 1 else _toml_value(p.value)
+            out.append(f"{_toml_key(s.name)} = {value}")
+    for net in model.networks:
+        if not isinstance(net, MLP):
+            raise ModelError(f"network '{net.name}' is a custom dl.Network; only MLPs can be "
+                             "written to a model file")
+        out.append("")
+        out.append(f"[model.networks.{net.name}]")
+        out.append(f"inputs = {_toml_value([str(v) for v in net.inputs])}")
+        out.append(f"outputs = {net.n_outputs}")
+        out.append(f"hidden = {_toml_value(list(net.hidden))}")
+        out.append(f"activation = {_toml_value(net.activation)}")
+        if net.seed is not None:
+            out.append(f"seed = {int(net.seed)}")
+        if getattr(net, "scale", None) not in (None, 1.0):
+            out.append(f"scale = {_toml_value(float(net.scale))}")
+    if dict(model.observables) != {s.name: s for s in model.states}:
+        out.append("")
+        out.append("[model.observables]")
+        for k, e in model.observables.items():
+            out.append(f"{_toml_key(k)} = {_toml_value(str(e))}")
+    for name, table in (tables or {}).items():
+        if not table:
+            continue
+        out.append("")
+        out.append(f"[{name}]")
+        for k, v in table.items():
+            out.append(f"{_toml_key(k)} = {_toml_value(v)}")
+    return "\n".join(out) + "\n"
