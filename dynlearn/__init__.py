@@ -12,14 +12,36 @@ The public API, learnable from one page (see README.md):
 from importlib.metadata import PackageNotFoundError, version
 
 from .data import Dataset, Experiment, InputSignal
-from .errors import (DataError, DynlearnError, ModelError, OptionError, ParameterError,
-                     SolveError)
+from .discovery import (
+    STLSQ,
+    DiscoveryError,
+    DiscoveryWarning,
+    Library,
+    Recovery,
+    compare_extrapolation,
+    exponential_library,
+    physics_only,
+    polynomial_library,
+    recover,
+    sindy_baseline,
+    sparse_regression,
+    stlsq,
+    trigonometric_library,
+)
+from .errors import DataError, DynlearnError, ModelError, OptionError, ParameterError, SolveError
 from .fit import fit
 from .model import HybridModel
 from .neural import MLP, Network
 from .objective import Objective, loss, loss_and_grad
-from .optimizers import (LBFGSB, Adam, GaussNewton, LevenbergMarquardt, MultipleShooting,
-                         Optimizer, Staged)
+from .optimizers import (
+    LBFGSB,
+    Adam,
+    GaussNewton,
+    LevenbergMarquardt,
+    MultipleShooting,
+    Optimizer,
+    Staged,
+)
 from .parameters import Parameter
 from .results import FitResult, load_result
 from .sensitivity import Adjoint, FiniteDifference, ForwardSensitivity
@@ -38,4 +60,8 @@ __all__ = [
     # fitting (issue 3)
     "Adam", "FitResult", "GaussNewton", "LBFGSB", "LevenbergMarquardt", "MultipleShooting",
     "Optimizer", "Staged", "fit", "load_result",
+    # equations out: symbolic recovery of learned terms (issue 4)
+    "DiscoveryError", "DiscoveryWarning", "Library", "Recovery", "STLSQ",
+    "compare_extrapolation", "exponential_library", "physics_only", "polynomial_library",
+    "recover", "sindy_baseline", "sparse_regression", "stlsq", "trigonometric_library",
 ]
