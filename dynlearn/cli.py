@@ -125,6 +125,9 @@ def _fit_options(parser: argparse.ArgumentParser) -> None:
                    help="iteration budget of the optimizer")
     g.add_argument("--method", default=None, metavar="METHOD",
                    help="solve_ivp method: RK45, RK23, DOP853, Radau, BDF, LSODA")
+    g.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
+                   help="stop after this long, keeping the best point (and a checkpoint "
+                        "for --resume)")
     g.add_argument("--no-plots", action="store_true", help="skip the figures and the report")
 
 
@@ -204,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rtol", type=float, default=1e-9)
     c.add_argument("--atol", type=float, default=1e-11)
     c.add_argument("--tol", type=float, default=1e-3,
-                   help="largest accepted relative difference (default 1e-3)")
+                   help="largest accepted relative difference (default 1e-3): relative to "
+                        "the gradient or, near an optimum, to the gradient change of a 0.1%% "
+                        "change of the parameter")
     c.add_argument("--fd-max", type=int, default=40, metavar="N",
                    help="finite differences on at most N parameters (default 40)")
     c.add_argument("--rows", type=int, default=20, metavar="N",
@@ -338,19 +343,16 @@ def cmd_simulate(args, console: Console) -> int:
 
 
 def _theta_y0_from_result(res, model):
-    """Fitted theta and the first experiment's initial state from a FitResult."""
-    theta = getattr(res, "theta", None)
-    if theta is None:
-        raise OptionError("the fit result has no parameter vector (theta)")
-    theta = np.asarray(theta, dtype=float)
-    if theta.shape != (model.n_theta,):
-        raise OptionError(f"the fit result has {theta.size} parameters but the model file has "
-                          f"{model.n_theta}; was it fitted with this model file?")
-    y0 = getattr(res, "y0", None)
-    if isinstance(y0, dict):
-        y0 = next(iter(y0.values()), None)
-    elif isinstance(y0, (list, tuple)) or (isinstance(y0, np.ndarray) and y0.ndim == 2):
-        y0 = y0[0] if len(y0) else None
+    """Fitted theta and the first experiment's initial state from a FitResult, checked
+    against the model file's layout."""
+    theta = np.asarray(res.model.theta0, dtype=float)
+    if theta.shape != (model.n_theta,) or res.model.theta_names != model.theta_names:
+        raise OptionError(f"the fit result has parameters {res.model.theta_names[:6]}"
+                          f"{'...' if len(res.model.theta_names) > 6 else ''} but the model "
+                          f"file has {model.theta_names[:6]}"
+                          f"{'...' if len(model.theta_names) > 6 else ''}; was it fitted with "
+                          "this model file?")
+    y0 = next(iter(res.y0.values()), None) if res.y0 else None
     return theta, (None if y0 is None else np.asarray(y0, dtype=float))
 
 
@@ -385,13 +387,16 @@ def cmd_check_gradients(args, console: Console) -> int:
         times[name] = time.perf_counter() - t0
         grads[name] = g[idx]
     t0 = time.perf_counter()
-    grads["finite-diff"] = _central_differences(obj, theta, idx)
+    grads["finite-diff"], curv = _central_differences(obj, theta, idx)
     times["finite-diff"] = time.perf_counter() - t0
     ref = grads["finite-diff"]
     scale = max(float(np.max(np.abs(ref))), 1e-300)
-    # relative to each entry, floored at 1e-6 of the largest entry so that near-zero
-    # components do not report huge relative errors from solver noise
-    denom = np.maximum(np.abs(ref), 1e-6 * scale)
+    # Relative to each entry, except where the gradient is nearly zero (at an optimum, or
+    # a parameter the loss hardly depends on): there the scale is 1e-3 of the curvature
+    # times the parameter, the gradient a 0.1% change of the parameter makes.
+    denom = np.maximum.reduce([np.abs(ref),
+                               1e-3 * np.abs(curv) * np.maximum(np.abs(theta[idx]), 1e-8),
+                               np.full(ref.shape, 1e-9 * scale)])
     err = {k: np.abs(grads[k] - ref) / denom for k in ("forward", "adjoint")}
     worst = np.maximum(err["forward"], err["adjoint"])
     names = [model.theta_names[i] for i in idx]
@@ -423,13 +428,16 @@ def cmd_check_gradients(args, console: Console) -> int:
     return EXIT_OK
 
 
-def _central_differences(obj, theta, idx, rel_step: float = 1e-4) -> np.ndarray:
-    """4th-order central differences of ``obj.value`` in the coordinates ``idx``.
+def _central_differences(obj, theta, idx, rel_step: float = 1e-4):
+    """4th-order central differences of ``obj.value`` in the coordinates ``idx``, and the
+    diagonal curvature ``d2L/dtheta_i^2`` from the same evaluations.
 
     The step is relative (``rel_step * max(1, |theta_i|)``): at solver tolerances near 1e-9
     it balances truncation (~h^4) against the solver's own noise (~tol / h).
     """
+    f0 = obj.value(theta)
     g = np.empty(len(idx))
+    curv = np.empty(len(idx))
     for k, i in enumerate(idx):
         h = rel_step * max(1.0, abs(theta[i]))
         f = []
@@ -438,7 +446,8 @@ def _central_differences(obj, theta, idx, rel_step: float = 1e-4) -> np.ndarray:
             th[i] += c * h
             f.append(obj.value(th))
         g[k] = (f[0] - 8.0 * f[1] + 8.0 * f[2] - f[3]) / (12.0 * h)
-    return g
+        curv[k] = (-f[0] + 16.0 * f[1] - 30.0 * f0 + 16.0 * f[2] - f[3]) / (12.0 * h * h)
+    return g, curv
 
 
 def cmd_fit(args, console: Console) -> int:
@@ -502,6 +511,12 @@ def _fit_kwargs(mf, args, out: Path) -> dict:
         v = getattr(args, key, None)
         if v is not None:
             kw[key] = v
+    if "method" in kw:       # checked here so that a bad --method fails before any output
+        from .solve import check_method
+        check_method(kw["method"])
+    workers = getattr(args, "workers", None)
+    if workers is not None and workers < 1:
+        raise OptionError(f"--workers must be a positive integer, got {workers}")
     kw.update(ft.get("options", {}))
     kw["progress"] = not args.quiet and ft.get("progress", True)
     kw["checkpoint"] = str(out / CHECKPOINT)

@@ -252,3 +252,271 @@ def test_python_dash_m(decay, tmp_path):
                        check=False)
     assert r.returncode == 2
     assert r.stderr == "error: missing.toml: no such file\n"
+
+
+# --- fit, demo, resume, atomic outputs ------------------------------------------------------
+UDE = """\
+[model]
+name = "decay-ude"
+states = ["x"]
+equations = { x = "-k*x + nn[0]" }
+
+[model.params]
+k = { value = 0.5, min = 0.0, transform = "log" }
+
+[model.networks.nn]
+inputs = ["x"]
+outputs = 1
+hidden = [3]
+activation = "tanh"
+seed = 1
+scale = 0.1
+
+[data]
+time = "t"
+
+[fit]
+loss = "ls"
+maxiter = 5
+"""
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def no_temp_files(folder: Path) -> bool:
+    return not [p for p in folder.iterdir() if p.name.startswith(".")]
+
+
+@needs_fit
+def test_fit_end_to_end(capsys, decay, tmp_path):
+    model, csv = decay
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "fit", model, csv, "--out", out, "--seed", "0")
+    assert code == 0, err
+    for name in ("params.csv", "summary.txt", "predictions.csv", "result.json", "result.npz",
+                 "model.toml", "run.json", "fit.png", "residuals.png", "loss.png",
+                 "report.html"):
+        assert (out / name).stat().st_size > 0, name
+    for png in ("fit.png", "residuals.png", "loss.png"):
+        assert (out / png).read_bytes()[:8] == PNG
+    assert not (out / "learned_terms.png").exists()      # no network
+    assert no_temp_files(out)
+    params = pd.read_csv(out / "params.csv", index_col=0)
+    assert params.loc["k", "value"] == pytest.approx(0.8, rel=0.05)
+    assert {"value", "stderr"} <= set(params.columns)
+    res = dl.load_result(out / "result.json")
+    assert res.params.loc["k", "value"] == pytest.approx(params.loc["k", "value"])
+    pred = pd.read_csv(out / "predictions.csv")
+    assert {"t", "x", "x_lower", "x_upper"} <= set(pred.columns)
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3
+    assert "<script" not in html and 'src="http' not in html
+    assert "Fit of decay" in (out / "summary.txt").read_text()
+    assert "wrote params.csv" in stdout
+
+
+@needs_fit
+def test_fit_quiet_and_data_from_model_file(capsys, decay, tmp_path):
+    model, csv = decay
+    model.write_text(DECAY.replace('time = "t"', f'time = "t"\nfile = "{csv.name}"'))
+    out = tmp_path / "q"
+    code, stdout, err = run(capsys, "fit", model, "--out", out, "--quiet", "--no-plots")
+    assert code == 0
+    assert err == ""
+    assert stdout.startswith("wrote params.csv")
+    assert not (out / "fit.png").exists() and (out / "result.json").exists()
+
+
+@needs_fit
+def test_fit_hybrid_writes_learned_terms(capsys, decay, tmp_path):
+    _, csv = decay
+    model = tmp_path / "ude.toml"
+    model.write_text(UDE)
+    out = tmp_path / "ude"
+    code, _, err = run(capsys, "fit", model, csv, "--out", out, "-q")
+    assert code == 0, err
+    assert (out / "learned_terms.png").read_bytes()[:8] == PNG
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+
+
+@needs_fit
+def test_demo(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = run(capsys, "demo", "--quiet")
+    assert code == 0, err
+    out = tmp_path / "dynlearn-demo"
+    assert f"Results are in {out}" in stdout
+    params = pd.read_csv(out / "params.csv", index_col=0)
+    # Lotka-Volterra on the pelt data (log residuals): the values of the Stan case study
+    assert params.loc["alpha", "value"] == pytest.approx(0.55, rel=0.1)
+    assert params.loc["gamma", "value"] == pytest.approx(0.80, rel=0.1)
+    assert (out / "fit.png").stat().st_size > 10_000
+
+
+@needs_fit
+def test_simulate_and_check_gradients_with_fitted_params(capsys, decay, tmp_path):
+    model, csv = decay
+    out = tmp_path / "out"
+    assert run(capsys, "fit", model, csv, "--out", out, "-q", "--no-plots")[0] == 0
+    k = pd.read_csv(out / "params.csv", index_col=0).loc["k", "value"]
+    code, stdout, err = run(capsys, "simulate", model, "--params", out / "result.json",
+                            "--t", "0:1:0.5", "--y0", "x=1")
+    assert code == 0, err
+    sim = pd.read_csv(__import__("io").StringIO(stdout))
+    np.testing.assert_allclose(sim["x"], np.exp(-k * sim["t"]), rtol=1e-4)
+    code, stdout, _ = run(capsys, "check-gradients", model, csv, "--params", out)
+    assert code == 0 and "at fitted parameters" in stdout
+
+
+@needs_fit
+def test_interrupted_fit_resumes(capsys, decay, tmp_path, monkeypatch):
+    """Ctrl-C mid-fit: exit 130, a checkpoint but no half-written results; --resume
+    continues from it to the same optimum as an uninterrupted fit."""
+    import importlib
+    fitmod = importlib.import_module("dynlearn.fit")   # the module, not dl.fit the function
+    model, csv = decay
+    out = tmp_path / "out"
+    calls = {"n": 0}
+    original = fitmod.Tracker.count
+
+    def interrupt_after_four(self, what):
+        calls["n"] += 1
+        if calls["n"] > 4:
+            raise KeyboardInterrupt
+        return original(self, what)
+
+    monkeypatch.setattr(fitmod.Tracker, "count", interrupt_after_four)
+    code, _, err = run(capsys, "fit", model, csv, "--out", out, "-q")
+    assert code == 130
+    assert one_error_line(err).startswith("error: interrupted")
+    assert (out / "checkpoint.json").exists() and (out / "checkpoint.npz").exists()
+    assert not (out / "params.csv").exists() and not (out / "result.json").exists()
+    assert no_temp_files(out)
+    monkeypatch.setattr(fitmod.Tracker, "count", original)
+    code, _, err = run(capsys, "fit", model, csv, "--out", out, "--resume", "-q")
+    assert code == 0, err
+    resumed = pd.read_csv(out / "params.csv", index_col=0).loc["k", "value"]
+    fresh = tmp_path / "fresh"
+    assert run(capsys, "fit", model, csv, "--out", fresh, "-q", "--no-plots")[0] == 0
+    assert resumed == pytest.approx(pd.read_csv(fresh / "params.csv", index_col=0)
+                                    .loc["k", "value"], rel=1e-4)
+
+
+@needs_fit
+def test_failure_mid_write_leaves_nothing_half_written(capsys, decay, tmp_path, monkeypatch):
+    """A crash while a figure is being written (disk full): one error line, no partial
+    fit.png and no temporary files; the files completed before it are whole."""
+    from matplotlib.figure import Figure
+    model, csv = decay
+    out = tmp_path / "out"
+
+    def broken_savefig(self, fh, **kw):
+        fh.write(PNG + b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", broken_savefig)
+    code, _, err = run(capsys, "fit", model, csv, "--out", out, "-q")
+    assert code == 2
+    assert "No space left on device" in one_error_line(err)
+    assert not (out / "fit.png").exists()
+    assert no_temp_files(out)
+    pd.read_csv(out / "params.csv")                          # complete
+    dl.load_result(out / "result.json")                      # complete
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    from dynlearn.report import write_text_atomic
+    target = tmp_path / "summary.txt"
+    target.write_text("old\n")
+
+    def fail(*a, **k):
+        raise OSError("rename failed")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError):
+        write_text_atomic(target, "new\n")
+    assert target.read_text() == "old\n"
+    assert no_temp_files(tmp_path)
+
+
+@needs_fit
+def test_fit_errors(capsys, decay, tmp_path):
+    model, csv = decay
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (["--out", tmp_path / "file"], "exists and is not a folder"),
+        (["--method", "Euler"], "method='Euler'"),
+        (["--loss", "l1"], "invalid choice: 'l1'"),
+        (["--workers", "0"], "--workers must be a positive integer"),
+    ]
+    for extra, match in cases:
+        code, _, err = run(capsys, "fit", model, csv, *extra)
+        assert code == 2, extra
+        assert match in one_error_line(err)
+
+
+def test_missing_matplotlib_is_a_clear_error(monkeypatch):
+    from dynlearn import plotting
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(plotting.MissingDependencyError, match=r"pip install 'dynlearn\[plot\]'"):
+        plotting.fit_figure(pd.DataFrame({"t": [0, 1], "x": [1, 2]}),
+                            pd.DataFrame({"t": [0, 1], "x": [1, 2]}), ["x"])
+
+
+@needs_fit
+def test_fit_without_matplotlib_still_writes_results(capsys, decay, tmp_path, monkeypatch):
+    model, csv = decay
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "fit", model, csv, "--out", out)
+    assert code == 0
+    assert "warning: no figures or report" in err and "dynlearn[plot]" in err
+    assert (out / "result.json").exists() and not (out / "fit.png").exists()
+
+
+# --- recover ----------------------------------------------------------------------------------
+@needs_fit
+@needs_recover
+def test_recover(capsys, decay, tmp_path):
+    from dynlearn.io import load_model_file
+    _, csv = decay
+    model = tmp_path / "ude.toml"
+    model.write_text(UDE)
+    out = tmp_path / "ude"
+    assert run(capsys, "fit", model, csv, "--out", out, "-q", "--no-plots")[0] == 0
+    code, stdout, err = run(capsys, "recover", out, "--library", "poly1", "-q")
+    assert code == 0, err
+    assert "nn[0] =" in stdout
+    for name in ("recovery.txt", "recovery_coefficients.csv", "recovered.toml"):
+        assert (out / name).stat().st_size > 0
+    mf = load_model_file(out / "recovered.toml")       # a valid model file, without networks
+    assert not mf.model.networks
+    assert mf.data["file"] == csv.resolve()
+    code, _, err = run(capsys, "fit", out / "recovered.toml", "--out", tmp_path / "refit",
+                       "-q", "--no-plots")
+    assert code == 0, err
+
+
+@needs_fit
+@needs_recover
+def test_recover_errors(capsys, decay, tmp_path):
+    model, csv = decay
+    code, _, err = run(capsys, "recover", tmp_path / "none")
+    assert code == 2 and "not a folder" in one_error_line(err)
+    code, _, err = run(capsys, "recover", tmp_path)
+    assert code == 2 and "no such file (expected a result.json" in one_error_line(err)
+    out = tmp_path / "phys"
+    assert run(capsys, "fit", model, csv, "--out", out, "-q", "--no-plots")[0] == 0
+    code, _, err = run(capsys, "recover", out)
+    assert code == 2 and "has no networks" in one_error_line(err)
+    code, _, err = run(capsys, "recover", out, "--library", "cubic")
+    assert code == 2
+
+
+def test_parse_library():
+    from dynlearn.cli import parse_library
+    if not HAS_RECOVER:
+        pytest.skip("dl.recover is not available yet")
+    assert parse_library("poly2+trig") is not None
+    with pytest.raises(dl.OptionError, match="unknown part 'cubic'"):
+        parse_library("poly2+cubic")
