@@ -322,8 +322,9 @@ class _Builder:
                            f"{what} is not allowed", node.func)
         name = self.unalias.get(node.func.id, node.func.id)
         if name in self.names:
-            raise _Refused(f"'{name}' is a declared {'network' if _is_network(self.names[name]) else 'symbol'}"
-                           ", not a function; it cannot be called", node)
+            role = "network" if _is_network(self.names[name]) else "symbol"
+            raise _Refused(f"'{name}' is a declared {role}, not a function; it cannot be "
+                           "called", node)
         if name not in FUNCTIONS:
             raise _Refused(f"function '{name}' is not allowed; allowed functions are "
                            f"{sorted(FUNCTIONS)}", node)

@@ -22,8 +22,8 @@ from .errors import DynlearnError
 
 __all__ = [
     "COLORS", "MissingDependencyError", "fit_figure", "learned_terms_figure", "loss_figure",
-    "plot_learned_term", "plot_loss", "plot_observable", "plot_residuals", "residuals_figure",
-    "save_figure", "style",
+    "plot_learned_term", "plot_loss", "plot_observable", "plot_residuals", "plot_result",
+    "residuals_figure", "save_figure", "style",
 ]
 
 #: Okabe & Ito (2008) colour-blind-safe palette, without black.
@@ -338,7 +338,7 @@ def fit_figure(data, prediction, observables: Sequence[str], time_name: str = "t
         exps = list(dict.fromkeys(data[experiment_col]))
     obs = [o for o in observables if o in data.columns or o in prediction.columns]
     fig, axes = _figure(len(obs), len(exps), width=6.0 if len(exps) == 1 else 3.4 * len(exps),
-                        sharex="col")
+                        height=3.2 if len(obs) == 1 else 2.2, sharex="col")
     with style():
         for j, e in enumerate(exps):
             d = data if e is None else data[data[experiment_col] == e]
@@ -377,7 +377,7 @@ def residuals_figure(residuals, observables: Sequence[str], time_name: str = "t"
     matplotlib.figure.Figure
     """
     obs = [o for o in observables if o in residuals.columns]
-    fig, axes = _figure(max(len(obs), 1), 1, width=6.0, height=1.8)
+    fig, axes = _figure(max(len(obs), 1), 1, width=6.0, height=2.6 if len(obs) == 1 else 1.8)
     groups = [(None, residuals)]
     if experiment_col and experiment_col in residuals.columns:
         groups = list(residuals.groupby(experiment_col, sort=False))
@@ -397,6 +397,35 @@ def loss_figure(history, stages=None, ylabel: str = "loss"):
     fig, axes = _figure(1, 1, width=5.0, height=3.0)
     plot_loss(history, ax=axes[0], stages=stages, ylabel=ylabel)
     return fig
+
+
+def _learned_samples(model, theta, net, k: int, trajectory, grid_points: int = 60):
+    """Inputs and output ``k`` of ``net`` along a trajectory, and a grid for the curve (one
+    input) or contour (two inputs) over the visited region."""
+    import sympy as sp
+    p, ws = model.split_theta(np.asarray(theta, dtype=float))
+    w = ws[list(model.networks).index(net)]
+    syms = [model.time, *model.states, *model.param_symbols, *model.inputs]
+    tname = model.time.name
+    tt = trajectory[tname].to_numpy(float)
+    m = tt.size
+    args = [tt, *[trajectory[s.name].to_numpy(float) for s in model.states], *p,
+            *[trajectory[u.name].to_numpy(float) for u in model.inputs]]
+    V = np.column_stack([np.broadcast_to(np.asarray(sp.lambdify(syms, e, modules="numpy")(*args),
+                                                    dtype=float), (m,))
+                         for e in net.inputs])
+    Z = net.forward(w, V)[:, k]
+    grid = None
+    if net.n_inputs == 1:
+        x = np.linspace(V[:, 0].min(), V[:, 0].max(), 200)
+        grid = (x, net.forward(w, x[:, None])[:, k])
+    elif net.n_inputs == 2:
+        lo, hi = V.min(axis=0), V.max(axis=0)
+        pad = 0.1 * np.where(hi > lo, hi - lo, 1.0)
+        X, Y = np.meshgrid(np.linspace(lo[0] - pad[0], hi[0] + pad[0], grid_points),
+                           np.linspace(lo[1] - pad[1], hi[1] + pad[1], grid_points))
+        grid = (X, Y, net.forward(w, np.stack([X, Y], axis=-1))[..., k])
+    return V, Z, grid
 
 
 def learned_terms_figure(model, theta, trajectory, grid_points: int = 60):
@@ -420,40 +449,96 @@ def learned_terms_figure(model, theta, trajectory, grid_points: int = 60):
     """
     if not model.networks:
         return None
-    import sympy as sp
-    p, ws = model.split_theta(np.asarray(theta, dtype=float))
-    subs_syms = [model.time, *model.states, *model.param_symbols, *model.inputs]
-    tname = model.time.name
-    cols = {tname: trajectory[tname].to_numpy(float)}
-    for s in (*model.states, *model.inputs):
-        cols[s.name] = trajectory[s.name].to_numpy(float)
-    m = cols[tname].size
-    panels = [(net, k, w) for net, w in zip(model.networks, ws) for k in range(net.n_outputs)]
+    panels = [(net, k) for net in model.networks for k in range(net.n_outputs)]
     ncols = min(2, len(panels))
     nrows = -(-len(panels) // ncols)
     fig, axes = _figure(nrows, ncols, width=3.3 * ncols, height=2.9, sharex=False)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    for i, (net, k, w) in enumerate(panels):
-        fns = [sp.lambdify(subs_syms, e, modules="numpy") for e in net.inputs]
-        args = [cols[tname], *[cols[s.name] for s in model.states], *p,
-                *[cols[u.name] for u in model.inputs]]
-        V = np.column_stack([np.broadcast_to(np.asarray(f(*args), dtype=float), (m,))
-                             for f in fns])
-        Z = net.forward(w, V)[:, k]
-        names = [str(e) for e in net.inputs]
-        grid = None
-        if net.n_inputs == 1:
-            x = np.linspace(V[:, 0].min(), V[:, 0].max(), 200)
-            grid = (x, net.forward(w, x[:, None])[:, k])
-        elif net.n_inputs == 2:
-            lo, hi = V.min(axis=0), V.max(axis=0)
-            pad = 0.1 * np.where(hi > lo, hi - lo, 1.0)
-            xs = np.linspace(lo[0] - pad[0], hi[0] + pad[0], grid_points)
-            ys = np.linspace(lo[1] - pad[1], hi[1] + pad[1], grid_points)
-            X, Y = np.meshgrid(xs, ys)
-            Zg = net.forward(w, np.stack([X, Y], axis=-1))[..., k]
-            grid = (X, Y, Zg)
-        plot_learned_term(V, Z, names, f"{net.name}[{k}]", grid=grid, ax=axes[i],
-                          time=cols[tname], color=COLORS[i % len(COLORS)])
+    tt = trajectory[model.time.name].to_numpy(float)
+    for i, (net, k) in enumerate(panels):
+        V, Z, grid = _learned_samples(model, theta, net, k, trajectory, grid_points)
+        plot_learned_term(V, Z, [str(e) for e in net.inputs], f"{net.name}[{k}]", grid=grid,
+                          ax=axes[i], time=tt, color=COLORS[i % len(COLORS)])
     return fig
+
+
+# --- from a fit result ---------------------------------------------------------------------
+def plot_result(result, kind: str = "fit", observable: str | None = None,
+                experiment: str | None = None, output: str | None = None, ax=None,
+                n: int = 300):
+    """One panel of a fitted result, drawn into ``ax`` (what ``result.plot(...)`` shows).
+
+    Parameters
+    ----------
+    result : FitResult
+    kind : {"fit", "residuals", "loss", "learned"}
+        ``"fit"``: data and prediction with its band for one observable; ``"residuals"``:
+        residuals of one observable (log scale for ``loss="log"``); ``"loss"``: the loss
+        history; ``"learned"``: one network output against its inputs.
+    observable : str, optional
+        Default: the first observable.
+    experiment : str, optional
+        Default: the first experiment.
+    output : str, optional
+        For ``kind="learned"``: the network output, e.g. ``"nn[1]"`` (default: the first).
+    ax : matplotlib.axes.Axes, optional
+    n : int
+        Points of the prediction grid.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+
+    Examples
+    --------
+    >>> ax = plot_result(result, "fit", observable="lynx")          # doctest: +SKIP
+    """
+    model = result.model
+    obs = observable or model.observable_names[0]
+    if obs not in model.observable_names:
+        from .errors import OptionError
+        raise OptionError(f"observable {obs!r} is not one of {list(model.observable_names)}")
+    data = result.data
+    exp = data[experiment] if experiment is not None else data.experiments[0]
+    tname = data.time_name
+    if kind == "fit":
+        t = np.union1d(np.linspace(exp.t[0], exp.t[-1], n), exp.t)
+        pred = result.predict(t, experiment=exp.name)
+        lo = pred.get(f"{obs}_lower")
+        hi = pred.get(f"{obs}_upper")
+        return plot_observable(exp.t, exp.columns.get(obs), t, pred[obs].to_numpy(),
+                               None if lo is None else lo.to_numpy(),
+                               None if hi is None else hi.to_numpy(), name=obs,
+                               time_name=tname, ax=ax)
+    if kind == "residuals":
+        r = result.residuals()
+        r = r[(r["observable"] == obs) & (r["experiment"] == exp.name)]
+        if result.config.get("loss") == "log":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                vals = np.log(r["data"].to_numpy()) - np.log(r["fitted"].to_numpy())
+            label = f"log residual {obs}"
+        else:
+            vals, label = r["residual"].to_numpy(), f"residual {obs}"
+        return plot_residuals(r[tname].to_numpy(), vals, obs, tname, ax=ax, ylabel=label)
+    if kind == "loss":
+        return plot_loss(np.asarray(result.history, dtype=float), ax=ax,
+                         ylabel=f"loss ({result.config.get('loss', 'ls')})")
+    if kind == "learned":
+        if not model.networks:
+            from .errors import OptionError
+            raise OptionError("the model has no networks; kind='learned' shows network outputs")
+        outs = [(net, k) for net in model.networks for k in range(net.n_outputs)]
+        names = [f"{net.name}[{k}]" for net, k in outs]
+        name = output or names[0]
+        if name not in names:
+            from .errors import OptionError
+            raise OptionError(f"output {name!r} is not one of {names}")
+        net, k = outs[names.index(name)]
+        traj = result.predict(np.linspace(exp.t[0], exp.t[-1], n), experiment=exp.name,
+                              bands=False)
+        V, Z, grid = _learned_samples(model, model.theta0, net, k, traj)
+        return plot_learned_term(V, Z, [str(e) for e in net.inputs], name, grid=grid, ax=ax,
+                                 time=traj[model.time.name].to_numpy())
+    from .errors import OptionError
+    raise OptionError(f"kind={kind!r}: use 'fit', 'residuals', 'loss' or 'learned'")

@@ -226,7 +226,7 @@ def test_check_gradients(capsys, decay):
 
 
 def test_check_gradients_hybrid_subsamples(capsys):
-    code, out, err = run(capsys, "check-gradients", EXAMPLES / "lv_ude.toml", LYNX_CSV,
+    code, out, err = run(capsys, "check-gradients", EXAMPLES / "lv_ude.toml",
                          "--fd-max", "6", "--rows", "4")
     assert code == 0, out + err
     assert "finite differences on 6 of" in out
@@ -520,3 +520,29 @@ def test_parse_library():
     assert parse_library("poly2+trig") is not None
     with pytest.raises(dl.OptionError, match="unknown part 'cubic'"):
         parse_library("poly2+cubic")
+
+
+# --- plotting from Python ---------------------------------------------------------------------
+@needs_fit
+def test_plot_functions_return_their_axes(decay, tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dynlearn import plotting
+    model, csv = decay
+    out = tmp_path / "out"
+    assert main(["fit", str(model), str(csv), "--out", str(out), "-q", "--no-plots"]) == 0
+    res = dl.load_result(out / "result.json")
+    fig, axes = plt.subplots(1, 3)
+    for ax, kind in zip(axes, ("fit", "residuals", "loss")):
+        assert plotting.plot_result(res, kind, ax=ax) is ax
+        assert ax.has_data()
+    assert plotting.plot_result(res, "fit").has_data()        # makes its own axes
+    with pytest.raises(dl.OptionError, match="no networks"):
+        plotting.plot_result(res, "learned")
+    with pytest.raises(dl.OptionError, match="kind='pie'"):
+        plotting.plot_result(res, "pie")
+    with pytest.raises(dl.OptionError, match="observable 'z'"):
+        plotting.plot_result(res, "fit", observable="z")
+    plt.close("all")

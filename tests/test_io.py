@@ -124,7 +124,8 @@ def test_keyword_parameter_name(tmp_path):
 # --- errors, each naming file and line ------------------------------------------------------
 @pytest.mark.parametrize("text, match", [
     ("[model\nstates = []", r"line 1, column \d+: malformed TOML"),
-    ("[model]\nstates = [\"x\"]\nequations = { x = \"-k*x\" \n", r"line 3, column \d+: malformed TOML"),
+    ("[model]\nstates = [\"x\"]\nequations = { x = \"-k*x\" \n",
+     r"line 3, column \d+: malformed TOML"),
     ("[model]\nstates = [\"x\"]\n", r"model\.toml, line 1: \[model\] needs `equations`"),
     ("[modle]\n", r"line 1: modle: unknown table"),
     ("[fit]\nloss='log'\n", r"no \[model\] table"),
@@ -145,7 +146,8 @@ def test_keyword_parameter_name(tmp_path):
     ('[model]\nstates = ["x"]\nequations = { x = "-k*x" }\n[model.params]\nk = "fast"\n',
      r"line 5: \[model.params\] k: expected a number, got a string"),
     (('[model]\nstates = ["x"]\nequations = { x = "-k*x" }\n[model.params]\n'
-     'k = { value = -1, transform = "log" }\n'), r"line 5: .*log-transformed parameter must be positive"),
+     'k = { value = -1, transform = "log" }\n'),
+     r"line 5: .*log-transformed parameter must be positive"),
     (('[model]\nstates = ["x"]\nequations = { x = "-k*x" }\n[model.params]\n'
      'k = { value = 1, transform = "sqrt" }\n'), r"line 5: .*'sqrt' is not one of"),
     (('[model]\nstates = ["x"]\nequations = { x = "-k*x" }\n[model.params]\n'
