@@ -359,6 +359,9 @@ class CompiledModel:
                 g=CompiledExprs(ngroups, g),
                 g_y=CompiledExprs(ngroups, sum(jacobian_exprs(g, Y), []), (k, n)),
                 g_p=CompiledExprs(ngroups, sum(jacobian_exprs(g, P), []), (k, npar)),
+                # inputs that are plain states are read from y without a compiled call
+                state_index=(np.array([Y.index(e) for e in g]) if all(e in Y for e in g)
+                             else None),
             ))
             zi += net.n_outputs
         obs = list(model.observables.values())

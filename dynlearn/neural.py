@@ -231,6 +231,11 @@ class BaseNetwork:
     def forward(self, w, v):  # pragma: no cover - interface
         raise NotImplementedError
 
+    def point_function(self, w):
+        """A function ``v -> N(v; w)`` for one input vector, specialised to fixed weights
+        (the solver's hot path calls it once per right-hand-side evaluation)."""
+        return lambda v: self.forward(w, v)
+
     def input_jacobian(self, w, v):  # pragma: no cover - interface
         """dN/dv, shape (..., n_outputs, n_inputs)."""
         raise NotImplementedError
@@ -334,6 +339,19 @@ class MLP(BaseNetwork):
             a = self._act(a @ W + b)
         W, b = layers[-1]
         return a @ W + b
+
+    def point_function(self, w):
+        layers = [(np.ascontiguousarray(W), b.copy()) for W, b in self.unflatten(w)]
+        hidden, (W_out, b_out) = layers[:-1], layers[-1]
+        act = self._act
+        dot = np.dot
+
+        def fwd(v):
+            a = v
+            for W, b in hidden:
+                a = act(dot(a, W) + b)
+            return dot(a, W_out) + b_out
+        return fwd
 
     def _trace(self, w, v):
         """Forward pass keeping activations and activation derivatives."""

@@ -60,25 +60,21 @@ class VectorField:
             self._wslices.append(slice(off, off + net.n_weights))
             off += net.n_weights
         self._has_p_in_nets = any(not d["g_p"].is_zero for d in c.nets)
+        self._point = [d["net"].point_function(w) for d, w in zip(c.nets, ws)]
 
     # --- single point ----------------------------------------------------------------
     def _u(self, t):
         return self.inputs(t).tolist() if self.inputs is not None else []
 
-    def _zs(self, tl, yl, ul):
-        """Network outputs (flat list) and per-network inputs at one point."""
-        zl, vs = [], []
-        for d, w in zip(self.c.nets, self.ws):
-            v = d["g"](tl, yl, self.pl, [], ul)
-            vs.append(v)
-            zl.extend(d["net"].forward(w, v).tolist())
-        return zl, vs
-
     def fun(self, t, y):
         """dy/dt at one point; ``y`` has shape (n,)."""
         self.nfev += 1
         tl, yl, ul = [t], y.tolist(), self._u(t)
-        zl = self._zs(tl, yl, ul)[0] if self.c.nets else []
+        zl = []
+        for d, fwd in zip(self.c.nets, self._point):
+            idx = d["state_index"]
+            v = y[idx] if idx is not None else d["g"](tl, yl, self.pl, [], ul)
+            zl.extend(fwd(v).tolist())
         return self.c.f(tl, yl, self.pl, zl, ul)
 
     def _jac_parts(self, t, y):
