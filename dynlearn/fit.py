@@ -33,7 +33,7 @@ import numpy as np
 from .data import as_dataset
 from .errors import DataError, DynlearnError, OptionError, ParameterError
 from .objective import LOSSES, FitObjective, Rejected, bind_data
-from .optimizers import Optimizer, Staged, default_optimizer
+from .optimizers import Optimizer, default_optimizer
 from .parameters import Parameter, ParameterSpace
 from .sensitivity import Sensitivity
 from .solve import check_method, check_options
@@ -458,7 +458,7 @@ def _fit_one(spec: dict) -> _StartOutcome:
     between rounds; interruption-safe."""
     obj = FitObjective(**spec["settings"])
     optimizer = spec["optimizer"]
-    stages = optimizer.stages() if isinstance(optimizer, Staged) else [optimizer]
+    stages = optimizer.stages()
     desc = "fit" if spec["n_starts"] == 1 else f"fit (start {spec['start'] + 1}/{spec['n_starts']})"
     tracker = Tracker(obj, spec["progress"], spec["callback"], spec["max_time"],
                       spec["checkpoint"], spec["checkpoint_interval"],

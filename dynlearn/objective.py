@@ -265,6 +265,30 @@ def theta_jacobian_batch(vf: VectorField, T, Y):
 def discrete_observable_jacobian(prob: Problem, wrt_y0: bool = False):
     """Observables and their exact Jacobian for the discrete RK45/RK23 solve.
 
+    See :func:`discrete_state_jacobian`; this maps its result through the observables.
+
+    Returns
+    -------
+    H : ndarray, shape (m, n_obs)
+    dH : ndarray, shape (m, n_obs, q)
+        ``q = n_theta (+ n when wrt_y0)``.
+    """
+    Y, S = discrete_state_jacobian(prob, wrt_y0)
+    return observe_with_jacobian(prob.vf, prob.t_obs, Y, S)
+
+
+def observe_with_jacobian(vf: VectorField, t, Y, S):
+    """Observables and ``d observables / d[theta, y0]`` from states and their sensitivities."""
+    H, Hy, Hp = vf.observe_batch(t, Y, derivatives=True)
+    dH = Hy @ S
+    if vf.n_free:
+        dH[:, :, :vf.n_free] += Hp
+    return H, dH
+
+
+def discrete_state_jacobian(prob: Problem, wrt_y0: bool = False):
+    """States and their exact sensitivities for the discrete RK45/RK23 solve.
+
     The tangent-linear (forward-mode) counterpart of the discrete adjoint in
     :mod:`dynlearn.sensitivity.discrete`: one recorded forward solve, then the stage
     derivatives of all steps at once. With ``S_j = dy_j/dtheta`` and stage derivatives
@@ -285,9 +309,9 @@ def discrete_observable_jacobian(prob: Problem, wrt_y0: bool = False):
 
     Returns
     -------
-    H : ndarray, shape (m, n_obs)
-    dH : ndarray, shape (m, n_obs, q)
-        ``q = n_theta (+ n when wrt_y0)``.
+    Y : ndarray, shape (m, n)
+    S : ndarray, shape (m, n, q)
+        ``dy/d[theta, y0]`` with ``q = n_theta (+ n when wrt_y0)``.
     """
     from .sensitivity.discrete import (
         DISCRETE_METHODS,
@@ -341,11 +365,7 @@ def discrete_observable_jacobian(prob: Problem, wrt_y0: bool = False):
         dKs = J[jj, s] @ S[jj + 1] + Fq[jj, s]                               # (mo, n, q)
         Sobs[later] = (S[jj] + hj * np.einsum("mi,mibq->mbq", w[:, :s], dK)
                        + hj * w[:, s, None, None] * dKs)
-    H, Hy, Hp = vf.observe_batch(t_obs, Yobs, derivatives=True)
-    dH = Hy @ Sobs
-    if vf.n_free:
-        dH[:, :, :vf.n_free] += Hp
-    return H, dH
+    return Yobs, Sobs
 
 
 # --- the objective of a fit ---------------------------------------------------------------

@@ -411,21 +411,36 @@ class MultipleShooting(Optimizer):
 
     Parameters
     ----------
-    segments : int
-        Pieces per experiment.
+    segments : int, optional
+        Pieces per experiment. Default: pieces of ``points`` observation times each (so
+        consecutive pieces share one time), at most ``max_segments``.
+    points : int
+        Observation times per piece when ``segments`` is not given.
+    max_segments : int
     continuity_weight : float
         Weight of the continuity residuals, relative to a residual of one noise level.
     max_iter : int
         Levenberg-Marquardt iterations on the multiple-shooting problem.
+    init : {"data", "simulation"}
+        Segment states from the data where all states are measured (default: robust far
+        from a fit), or from a simulation at the current point (to refine a fit).
     polish : Optimizer or None
         Final single-shooting optimizer (default :class:`LevenbergMarquardt`).
     """
 
     least_squares = True
 
-    def __init__(self, segments: int = 4, continuity_weight: float = 10.0, max_iter: int = 100,
+    def __init__(self, segments: int | None = None, points: int = 3, max_segments: int = 50,
+                 continuity_weight: float = 10.0, max_iter: int = 100, init: str = "data",
                  polish: Optimizer | None = "default"):
-        self.segments = _check_positive_int(segments, "segments")
+        if init not in ("data", "simulation"):
+            raise OptionError(f"init={init!r}: use 'data' or 'simulation'")
+        self.init = init
+        self.segments = None if segments is None else _check_positive_int(segments, "segments")
+        self.points = _check_positive_int(points, "points")
+        if self.points < 2:
+            raise OptionError("points must be >= 2 (each piece spans at least one interval)")
+        self.max_segments = _check_positive_int(max_segments, "max_segments")
         self.continuity_weight = float(continuity_weight)
         self.max_iter = _check_positive_int(max_iter, "max_iter")
         self.polish = LevenbergMarquardt() if polish == "default" else polish
@@ -434,14 +449,216 @@ class MultipleShooting(Optimizer):
         return [self] + ([] if self.polish is None else self.polish.stages())
 
     def run(self, obj, x0, state=None):
-        from .shooting import ShootingObjective
-        ms = ShootingObjective(obj, self.segments, self.continuity_weight)
-        z0 = ms.initial(x0)
+        ms = ShootingObjective(obj, self.segments, self.continuity_weight, self.points,
+                               self.max_segments)
+        z0 = ms.initial(np.asarray(x0, dtype=float), use_data=self.init == "data")
         out = LevenbergMarquardt(max_iter=self.max_iter).run(ms, z0)
-        x = ms.project(out.x)
-        return OptimizeOutcome(x, float(obj.best_cost), out.success,
-                               f"multiple shooting ({self.segments} segments): {out.message}",
+        z = ms.best_x if ms.best_x is not None else out.x
+        x = z[:obj.space.size]
+        try:
+            cost = obj.cost(x)
+            obj.report(x, cost)
+        except Rejected:
+            cost = np.inf
+        return OptimizeOutcome(x, cost, out.success and np.isfinite(cost),
+                               f"multiple shooting ({ms.n_segments} segments): {out.message}",
                                out.nit)
+
+
+class _Box:
+    """The bounds of a shooting problem's unknowns (what optimizers read from ``space``)."""
+
+    def __init__(self, lower, upper, size):
+        self.lower, self.upper, self.size = lower, upper, size
+
+
+class ShootingObjective:
+    """The multiple-shooting least-squares problem built on a :class:`FitObjective`.
+
+    Unknowns ``z = [x, s_1, s_2, ...]``: the fit's own vector, then the initial state of
+    every segment after the first of each experiment. Residuals: the data residuals of
+    every segment (scaled exactly as in the single-shooting fit), then the continuity
+    defects ``w (y_j(T_{j+1}) - s_{j+1}) / scale`` with ``scale`` a typical size of each
+    state. Derivatives come from the same state sensitivities as the single-shooting
+    Jacobian (discrete tangent for RK45/RK23, forward sensitivities otherwise).
+    """
+
+    def __init__(self, obj, segments: int | None, weight: float, points: int = 3,
+                 max_segments: int = 50):
+        self.obj = obj
+        self.weight = weight
+        sp_ = obj.space
+        n = obj.model.n_states
+        self.n = n
+        self.plan = []   # per experiment: (first obs, end obs, offset of s in z or None)
+        off = sp_.size
+        for b in obj.bound:
+            m = b.t.size
+            k = segments if segments is not None else min(
+                max_segments, max(1, int(np.ceil((m - 1) / (points - 1)))))
+            cuts = np.unique(np.linspace(0, m - 1, min(k, max(m - 1, 1)) + 1).round()
+                             .astype(int))
+            segs = []
+            for j in range(len(cuts) - 1):
+                a, e = int(cuts[j]), int(cuts[j + 1])
+                last = j == len(cuts) - 2
+                segs.append((a, e + 1 if last else e, None if j == 0 else off))
+                if j > 0:
+                    off += n
+            self.plan.append(segs)
+        self.size = off
+        self.n_segments = max(len(segs) for segs in self.plan)
+        lo = np.concatenate([sp_.lower, np.full(off - sp_.size, -np.inf)])
+        hi = np.concatenate([sp_.upper, np.full(off - sp_.size, np.inf)])
+        self.space = _Box(lo, hi, off)
+        self.scale = np.ones(n)
+        self.best_x, self.best_cost = None, np.inf
+
+    # --- set-up ------------------------------------------------------------------------------
+    def initial(self, x0, use_data: bool = True):
+        """Segment states from a simulation at ``x0``, replaced by the measured states where
+        ``use_data`` (or where the simulation fails)."""
+        from .solve import solve_observed
+        from .vectorfield import VectorField
+        obj = self.obj
+        theta, y0s = obj.space.unpack(x0)
+        z = np.concatenate([x0, np.zeros(self.size - x0.size)])
+        idx = obj.model.compiled.obs_state_index
+        states = []
+        for b, y0, segs in zip(obj.bound, y0s, self.plan):
+            try:
+                vf = VectorField(obj.model, theta, b.inputs)
+                with np.errstate(all="ignore"):
+                    Y, _ = solve_observed(vf, b.t0, b.t, y0, obj.method, obj.rtol, obj.atol,
+                                          obj.options)
+                if not np.all(np.isfinite(Y)):
+                    raise ValueError
+            except Exception:  # noqa: BLE001 - fall back to the data, then to y0
+                Y = np.tile(y0, (b.t.size, 1))
+                use_data = True
+            # measured states override the simulation (the point of multiple shooting)
+            for k, name in enumerate(obj.obs):
+                i = idx.get(name)
+                if i is not None and use_data:
+                    col = b.Y[:, k]
+                    Y[:, i] = np.where(np.isfinite(col), col, Y[:, i])
+            for a, _, off in segs:
+                if off is not None:
+                    z[off:off + self.n] = Y[a]
+            states.append(Y)
+        allY = np.vstack(states)
+        self.scale = np.maximum(np.mean(np.abs(allY), axis=0), 1e-8)
+        return z
+
+    # --- evaluation ----------------------------------------------------------------------------
+    def _evaluate(self, z, jac: bool):
+        from .objective import discrete_state_jacobian, observe_with_jacobian
+        from .sensitivity import ForwardSensitivity, Problem
+        from .sensitivity.discrete import DISCRETE_METHODS
+        from .solve import solve_observed
+        from .vectorfield import VectorField
+        obj = self.obj
+        sp_ = obj.space
+        P = sp_.n_theta
+        n = self.n
+        x = z[:sp_.size]
+        theta, y0s = sp_.unpack(x)
+        dphys = sp_.dphysical(x)
+        rows, jrows = [], []
+        for b, sc, y0, segs, y0idx in zip(obj.bound, obj.scales, y0s, self.plan, sp_.y0_index):
+            for j, (a, e, off) in enumerate(segs):
+                last = j == len(segs) - 1
+                t_obs = b.t[a:e] if last else b.t[a:e + 1]
+                t0 = b.t0 if j == 0 else b.t[a]
+                start = y0 if off is None else z[off:off + n]
+                if not np.all(np.isfinite(start)):
+                    raise Rejected("non-finite segment state")
+                try:
+                    vf = VectorField(obj.model, theta, b.inputs)
+                    prob = Problem(vf, t0, t_obs, start, None, obj.method, obj.rtol, obj.atol,
+                                   obj.options, b.name)
+                    with np.errstate(all="ignore"):
+                        if not jac:
+                            Y, _ = solve_observed(vf, t0, t_obs, start, obj.method, obj.rtol,
+                                                  obj.atol, obj.options)
+                            S = None
+                        elif obj.method in DISCRETE_METHODS:
+                            Y, S = discrete_state_jacobian(prob, wrt_y0=True)
+                        else:
+                            Y, S = ForwardSensitivity().trajectories(prob, wrt_y0=True)
+                except Exception as exc:  # noqa: BLE001 - any failure rejects the point
+                    if isinstance(exc, (KeyboardInterrupt,)):
+                        raise
+                    raise Rejected(str(exc)) from None
+                if not np.all(np.isfinite(Y)):
+                    raise Rejected("non-finite segment solution")
+                nd = e - a
+                mask = b.mask[a:e]
+                scs = sc[a:e]
+                D = np.where(mask, b.Y[a:e], 1.0)
+                if jac:
+                    H, dH = observe_with_jacobian(vf, t_obs[:nd], Y[:nd], S[:nd])
+                else:
+                    H, dH = vf.observe_batch(t_obs[:nd], Y[:nd]), None
+                gH = obj._g(H, _Masked(mask))
+                r = ((gH - obj._g(D, _Masked(mask))) * scs)[mask]
+                rows.append(r)
+                if jac:
+                    fac = scs / np.where(mask, H, 1.0) if obj.loss == "log" else scs
+                    dR = (dH * fac[:, :, None])[mask]
+                    Jd = np.zeros((r.size, self.size))
+                    Jd[:, :P] = dR[:, :P] * dphys[:P]
+                    self._place_start(Jd, dR[:, P:], off, y0idx, dphys)
+                    jrows.append(Jd)
+                if not last:
+                    nxt = segs[j + 1][2]
+                    w = self.weight / self.scale
+                    rows.append(w * (Y[-1] - z[nxt:nxt + n]))
+                    if jac:
+                        Jc = np.zeros((n, self.size))
+                        Jc[:, :P] = (w[:, None] * S[-1][:, :P]) * dphys[:P]
+                        self._place_start(Jc, w[:, None] * S[-1][:, P:], off, y0idx, dphys)
+                        Jc[:, nxt:nxt + n] -= np.diag(w)
+                        jrows.append(Jc)
+        if obj.n_reg:
+            rows.append(obj._reg(x))
+            if jac:
+                Jr = np.zeros((obj.n_reg, self.size))
+                Jr[np.arange(obj.n_reg), np.flatnonzero(sp_.is_weight)] = np.sqrt(obj.l2)
+                jrows.append(Jr)
+        r = np.concatenate(rows)
+        return (r, np.vstack(jrows)) if jac else r
+
+    @staticmethod
+    def _place_start(J, dstart, off, y0idx, dphys):
+        """Columns of the segment's initial state: its own unknowns, or the experiment's
+        (free) initial states for the first segment."""
+        if off is not None:
+            J[:, off:off + dstart.shape[1]] += dstart
+        else:
+            for i, k in y0idx:
+                J[:, k] += dstart[:, i] * dphys[k]
+
+    def residuals(self, z):
+        self.obj._count("nfev")
+        return self._evaluate(z, False)
+
+    def jacobian(self, z):
+        self.obj._count("njev")
+        return self._evaluate(z, True)
+
+    def report(self, z, cost, iteration: bool = False):
+        if z is not None and cost is not None and np.isfinite(cost) and cost < self.best_cost:
+            self.best_x, self.best_cost = np.array(z), float(cost)
+        if iteration and self.obj.tracker is not None:
+            self.obj.tracker.report(None, None, iteration=True)
+
+
+class _Masked:
+    """The part of a bound experiment that ``FitObjective._g`` reads (its mask)."""
+
+    def __init__(self, mask):
+        self.mask = mask
 
 
 def default_optimizer(model) -> Optimizer:

@@ -1,0 +1,138 @@
+"""End-to-end fit of the LV-UDE (issue 3): dynlearn against diffrax+optax and torchdiffeq.
+
+The problem: Lotka-Volterra data (t = 0:0.25:5, 5% noise, seed 0) and a hybrid model with
+the known terms ``alpha*x`` and ``-delta*y`` plus a 2-5-5-5-2 rbf network (87 weights; 89
+parameters with alpha and delta). Every implementation starts from the same weights
+(dynlearn's MLP initialisation, seed 0), fits all 89 parameters with the sum of squared
+errors at rtol = atol = 1e-6, and is scored by its final loss against the noise floor (the
+sum of squares of the added noise).
+
+* dynlearn, default optimizer for this model (what ``dl.fit`` picks by itself);
+* dynlearn with the peers' recipe: 200 Adam steps (lr 0.01) then 300 L-BFGS iterations;
+* the peers (``benchmarks/peers/*_peer.py --problem lv_ude_fit``), run in their own
+  virtualenv ``benchmarks/.venv-peers`` (skipped with a message when it is absent).
+
+Usage::
+
+    python benchmarks/bench_fit.py [--repeats N] [--no-peers] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import dynlearn as dl
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT / "benchmarks" / "peers"
+PEER_PY = ROOT / "benchmarks" / ".venv-peers" / "bin" / "python"
+RTOL = ATOL = 1e-6
+
+
+def _example():
+    spec = importlib.util.spec_from_file_location("lv_ude", ROOT / "examples" / "lv_ude.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT / "examples"))
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def write_npz(path, ex, data, model):
+    e = data[0]
+    net = model.networks[0]
+    theta = model.theta0
+    w = theta[len(model.free_params):]
+    arrays = {"t": e.t, "y0": np.asarray(ex.Y0), "yobs": np.column_stack([e.columns["x"],
+                                                                          e.columns["y"]]),
+              "rtol": RTOL, "atol": ATOL, "alpha": theta[0], "delta": theta[1]}
+    for i, (W, b) in enumerate(net.unflatten(w)):
+        arrays[f"W{i}"], arrays[f"b{i}"] = W, b
+    np.savez(path, **arrays)
+
+
+def run_dynlearn(ex, data, optimizer):
+    model = ex.hybrid_model()
+    t0 = time.perf_counter()
+    res = dl.fit(model, data, y0=ex.Y0, rtol=RTOL, atol=ATOL, optimizer=optimizer,
+                 progress=False)
+    total = time.perf_counter() - t0
+    final = dl.loss(res.model, data, y0=ex.Y0, rtol=RTOL, atol=ATOL)
+    return {"total_s": total, "n_evals": res.nfev + res.njev + res.ngev, "final_loss": final,
+            "detail": f"{res.nfev} solves + {res.njev} Jacobians + {res.ngev} gradients",
+            "message": res.message}
+
+
+def run_peer(name, npz):
+    script = PEERS / f"{name}_peer.py"
+    if not PEER_PY.exists():
+        return {"skipped": f"no peer virtualenv at {PEER_PY} (run benchmarks/setup_peers.sh)"}
+    proc = subprocess.run([str(PEER_PY), str(script), "--problem", "lv_ude_fit", "--input",
+                           str(npz)], capture_output=True, text=True, cwd=PEERS, timeout=1800)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("{")]
+    if not lines:
+        return {"error": proc.stderr.strip().splitlines()[-1:] or "no output"}
+    return json.loads(lines[-1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=1, help="dynlearn repeats (median time)")
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    args = ap.parse_args(argv)
+    ex = _example()
+    data, floor, _ = ex.make_data()
+    rows = {}
+    for label, opt in (("dynlearn (default optimizer)", None),
+                       ("dynlearn (Adam 200 + L-BFGS 300)",
+                        dl.Staged([dl.Adam(200, lr=0.01), dl.LBFGSB(300, max_fun=600)]))):
+        runs = [run_dynlearn(ex, data, opt) for _ in range(args.repeats)]
+        best = dict(runs[0])
+        best["total_s"] = statistics.median(r["total_s"] for r in runs)
+        rows[label] = best
+    if not args.no_peers:
+        with tempfile.TemporaryDirectory() as tmp:
+            npz = Path(tmp) / "lv_ude_fit.npz"
+            write_npz(npz, ex, data, ex.hybrid_model())
+            for peer, label in (("diffrax", "diffrax 0.7 + optax (Adam 200 + L-BFGS 300)"),
+                                ("torchdiffeq", "torchdiffeq (Adam 200 + LBFGS 300)")):
+                rows[label] = run_peer(peer, npz)
+    ref = rows["dynlearn (default optimizer)"]["total_s"]
+    header = ["implementation", "total time (s)", "evaluations", "final loss / noise floor",
+              "time vs dynlearn default"]
+    table = []
+    for label, r in rows.items():
+        if "total_s" not in r:
+            table.append([label, "-", "-", "-", str(r.get("skipped") or r.get("error"))])
+            continue
+        table.append([label, f"{r['total_s']:.2f}", str(int(r["n_evals"])),
+                      f"{r['final_loss'] / floor:.2f}", f"{r['total_s'] / ref:.1f}x"])
+    print(f"noise floor (sum of squares of the added noise): {floor:.4f}")
+    if args.markdown:
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for row in table:
+            print("| " + " | ".join(row) + " |")
+    else:
+        widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
+        print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+        for row in table:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    for label, r in rows.items():
+        if "detail" in r:
+            print(f"{label}: {r['detail']}; {r['message']}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
