@@ -518,7 +518,8 @@ def _fit_kwargs(mf, args, out: Path) -> dict:
     if workers is not None and workers < 1:
         raise OptionError(f"--workers must be a positive integer, got {workers}")
     kw.update(ft.get("options", {}))
-    kw["progress"] = not args.quiet and ft.get("progress", True)
+    # a progress bar only on a terminal: redirected to a file or a CI log it is noise
+    kw["progress"] = bool(not args.quiet and ft.get("progress", True) and sys.stderr.isatty())
     kw["checkpoint"] = str(out / CHECKPOINT)
     kw["resume"] = bool(getattr(args, "resume", False))
     return kw
@@ -564,15 +565,15 @@ def _run_fit(mf, data, out: Path, args, console: Console, csv: Path | None = Non
     kw = _fit_kwargs(mf, args, out)
     model = mf.model
     nrows = sum(len(e) for e in data.experiments)
-    console.note(f"fitting '{model.name}': {model.n_theta} parameters "
-                 f"({len(model.free_params)} physical"
-                 + (f", {model.n_theta - len(model.free_params)} network weights" if
-                    model.networks else "")
-                 + f") to {nrows} rows in {len(data.experiments)} experiment(s)"
-                 + (f"; resuming from {out / CHECKPOINT}.json" if kw["resume"] else ""))
     with _dask_client(args, console) as client:
         if client is not None:
             kw["client"] = client
+        console.note(f"fitting '{model.name}': {model.n_theta} parameters "
+                     f"({len(model.free_params)} physical"
+                     + (f", {model.n_theta - len(model.free_params)} network weights" if
+                        model.networks else "")
+                     + f") to {nrows} rows in {len(data.experiments)} experiment(s)"
+                     + (f"; resuming from {out / CHECKPOINT}.json" if kw["resume"] else ""))
         result = dl.fit(model, data, **kw)
     if result.status == 3:           # interrupted: the checkpoint is written, stop here
         raise KeyboardInterrupt

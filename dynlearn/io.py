@@ -32,8 +32,8 @@ Layout
 
     [initial]                              # optional; default: the first data row
     values = { hare = 30.0, lynx = 4.0 }   # the initial state (at the first data time)
-    estimate = true                        # let the fit estimate it (starting from values,
-                                           # or from the first row)
+    estimate = true                        # let the fit estimate it, starting from values
+                                           # (states without one start from the first row)
 
     [data]
     file = "data.csv"                      # optional default CSV, relative to this file
@@ -42,6 +42,10 @@ Layout
     columns = ["hare", "lynx"]             # optional: the CSV columns to use
     rename = { in_bed = "I" }              # optional: CSV column -> model name
     interpolation = "linear"               # inputs between samples: "linear" | "zoh"
+    format = "wide"                        # or "long": one row per measurement, with
+    observable = "observable"              #   these columns naming the quantity,
+    value = "value"                        #   its value
+    sigma = "sigma"                        #   and (optionally) its noise level
 
     [noise]
     sigma = { hare = 5.0, lynx = 3.0 }     # known noise per observable, one number for all,
@@ -94,7 +98,8 @@ _MODEL = {"name", "states", "time", "inputs", "equations", "params", "networks",
 _PARAM = {"value", "min", "max", "fixed", "transform"}
 _NETWORK = {"inputs", "outputs", "hidden", "activation", "seed", "scale", "type"}
 _INITIAL = {"values", "estimate"}
-_DATA = {"file", "time", "group", "columns", "rename", "interpolation"}
+_DATA = {"file", "time", "group", "columns", "rename", "interpolation", "format", "observable",
+         "value", "sigma"}
 _NOISE = {"sigma", "sigma_columns"}
 _FIT = {"loss", "method", "rtol", "atol", "sensitivity", "optimizer", "maxiter", "seed",
         "stages", "n_starts", "l2", "options", "progress", "lr", "max_time"}
@@ -218,10 +223,11 @@ class ModelFile:
         return "first"
 
     def y0_init(self):
-        """Starting guesses of estimated initial states (``[initial] values``), or None."""
+        """Starting guesses of estimated initial states (``[initial] values``, all states or
+        some of them; the others start from the first data row), or None."""
         values = self.initial["values"]
         if self.initial["estimate"] and values:
-            return np.array([values[s.name] for s in self.model.states], dtype=float)
+            return dict(values)
         return None
 
     def optimizer(self, maxiter: int | None = None):
@@ -300,6 +306,8 @@ class ModelFile:
             raise DataError(f"{path}: not a text CSV file ({exc.reason} at byte {exc.start})"
                             ) from None
         df.columns = [str(c).strip() for c in df.columns]
+        if d["format"] == "long":
+            return self._read_long(df, path)
         keep = d["columns"]
         needed = [c for c in (d["time"], d["group"]) if c]
         for c in list(d["rename"]) + (keep or []) + needed:
@@ -329,6 +337,27 @@ class ModelFile:
         for c in sig.columns:
             df[c] = sig[c]
         return Dataset.from_frame(df, time=d["time"], group=d["group"], source=str(path),
+                                  input_kind=d["interpolation"])
+
+
+    def _read_long(self, df, path):
+        """A long table (time, observable, value[, sigma]): ``rename`` maps observable names,
+        ``columns`` selects them."""
+        from .data import Dataset
+        d = self.data
+        for c in (d["time"], d["group"], d["observable"], d["value"]):
+            if c and c not in df.columns:
+                raise DataError(f"{path}: no column '{c}' (long format, {self.where('data')}); "
+                                f"the columns are {list(df.columns)}")
+        names = df[d["observable"]].astype(str).str.strip().replace(d["rename"])
+        df = df.assign(**{d["observable"]: names})
+        if d["columns"] is not None:
+            df = df[names.isin(d["columns"])]
+        keep = [c for c in (d["time"], d["group"], d["observable"], d["value"], d["sigma"])
+                if c and c in df.columns]
+        return Dataset.from_frame(df[keep], time=d["time"], group=d["group"], format="long",
+                                  observable=d["observable"], value=d["value"],
+                                  sigma=d["sigma"], source=str(path),
                                   input_kind=d["interpolation"])
 
 
@@ -658,11 +687,12 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
         if k not in states:
             ck.fail(("initial", "values", k), f"'{k}' is not a state; states are {states}")
         ck.number(v, ("initial", "values", k))
-    if values and len(values) != len(states):
+    estimate = ck.boolean(it.get("estimate", False), ("initial", "estimate"))
+    if values and len(values) != len(states) and not estimate:
         ck.fail(("initial", "values"), f"give a value for every state {states} (missing "
-                f"{[s for s in states if s not in values]})")
-    initial = {"values": {k: float(v) for k, v in values.items()},
-               "estimate": ck.boolean(it.get("estimate", False), ("initial", "estimate"))}
+                f"{[s for s in states if s not in values]}), or set estimate = true to use "
+                "them as starting guesses")
+    initial = {"values": {k: float(v) for k, v in values.items()}, "estimate": estimate}
 
     # [data] ------------------------------------------------------------------------------
     dt = ck.table(doc.get("data"), ("data",), _DATA)
@@ -678,6 +708,10 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
         "columns": ck.strings(dt["columns"], ("data", "columns")) if "columns" in dt else None,
         "rename": {k: ck.string(v, ("data", "rename", k))
                    for k, v in ck.table(dt.get("rename"), ("data", "rename")).items()},
+        "format": ck.string(dt.get("format", "wide"), ("data", "format"), ("wide", "long")),
+        "observable": ck.string(dt.get("observable", "observable"), ("data", "observable")),
+        "value": ck.string(dt.get("value", "value"), ("data", "value")),
+        "sigma": ck.string(dt.get("sigma", "sigma"), ("data", "sigma")),
         "interpolation": ck.string(dt.get("interpolation", "linear"), ("data", "interpolation"),
                                    ("linear", "zoh")),
     }

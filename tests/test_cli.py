@@ -546,3 +546,32 @@ def test_plot_functions_return_their_axes(decay, tmp_path):
     with pytest.raises(dl.OptionError, match="observable 'z'"):
         plotting.plot_result(res, "fit", observable="z")
     plt.close("all")
+
+
+@needs_fit
+def test_model_with_inputs(capsys, tmp_path):
+    """Input columns drive the model (zero-order hold here); simulate needs --inputs."""
+    model = tmp_path / "tank.toml"
+    model.write_text('[model]\nstates = ["h"]\ninputs = ["u"]\n'
+                     'equations = { h = "-k*h + b*u" }\n'
+                     '[model.params]\nk = { value = 0.3, min = 0, transform = "log" }\n'
+                     'b = { value = 0.5, min = 0, transform = "log" }\n'
+                     '[data]\ntime = "t"\ninterpolation = "zoh"\n')
+    t = np.arange(0.0, 20.0, 0.5)
+    u = np.where((t // 5) % 2 == 0, 1.0, 0.2)
+    truth = dl.HybridModel(["h"], {"h": "-k*h + b*u"}, params={"k": 0.4, "b": 0.3},
+                           inputs=["u"])
+    sol = dl.simulate(truth, t, [1.0], inputs=dl.InputSignal(t, u, kind="zoh"), rtol=1e-9)
+    csv = tmp_path / "tank.csv"
+    pd.DataFrame({"t": t, "u": u, "h": sol.y[:, 0]}).to_csv(csv, index=False)
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "fit", model, csv, "--out", out, "-q")
+    assert code == 0, err
+    p = pd.read_csv(out / "params.csv", index_col=0)["value"]
+    assert p["k"] == pytest.approx(0.4, rel=1e-3) and p["b"] == pytest.approx(0.3, rel=1e-3)
+    code, _, err = run(capsys, "simulate", model, "--t", "0:5:1", "--y0", "h=1")
+    assert code == 2 and "pass --inputs INPUTS.csv" in one_error_line(err)
+    code, stdout, err = run(capsys, "simulate", model, "--t", "0:5:1", "--y0", "h=1",
+                            "--inputs", csv, "--params", out / "result.json")
+    assert code == 0, err
+    assert len(stdout.strip().splitlines()) == 7

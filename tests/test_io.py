@@ -238,3 +238,61 @@ def test_time_grid_errors(spec):
 def test_parse_model_text_without_file():
     mf = parse_model_text('[model]\nstates=["x"]\nequations={x="-x"}\n')
     assert mf.path is None and mf.source == "<model file>"
+
+
+def test_long_format_with_rename_and_sigma(tmp_path):
+    text = LV + '\n'.join(['', '[model.observables]', 'hare = "hare"', 'lynx = "lynx"'])
+    text = text.replace('[data]\ntime = "year"',
+                        '[data]\ntime = "year"\nformat = "long"\nrename = { H = "hare" }\n'
+                        'observable = "what"\nvalue = "count"')
+    mf = load_model_file(write(tmp_path, text))
+    csv = write(tmp_path, "year,what,count,sigma\n1900,H,30,3\n1900,lynx,4,1\n1901,H,47,\n"
+                          "1901,lynx,6,1\n", "long.csv")
+    e = mf.read_data(csv).experiments[0]
+    np.testing.assert_array_equal(e.t, [1900, 1901])
+    np.testing.assert_array_equal(e.columns["hare"], [30, 47])
+    assert "hare_sigma" in e.columns
+
+
+def test_sigma_columns_and_partial_initial_guess(tmp_path):
+    text = LV.replace('[data]', '[noise]\nsigma_columns = { hare = "hare_sd" }\n\n'
+                                '[initial]\nestimate = true\nvalues = { hare = 31.0 }\n\n[data]')
+    mf = load_model_file(write(tmp_path, text))
+    assert mf.y0() == "estimate" and mf.y0_init() == {"hare": 31.0}
+    csv = write(tmp_path, "year,hare,lynx,hare_sd\n1900,30,4,2\n1901,47,6,3\n", "d.csv")
+    e = mf.read_data(csv).experiments[0]
+    np.testing.assert_array_equal(e.columns["hare_sigma"], [2, 3])
+    with pytest.raises(dl.ModelError, match="give a value for every state"):
+        load_model_file(write(tmp_path, LV.replace('[data]', '[initial]\nvalues = { hare = 1 }'
+                                                             '\n[data]')))
+
+
+def test_optimizer_settings(tmp_path):
+    text = LV.replace('loss = "log"', 'loss = "log"\noptimizer = "lbfgs"\nmaxiter = 7')
+    opt = load_model_file(write(tmp_path, text)).optimizer()
+    assert isinstance(opt, dl.LBFGSB) and opt.max_iter == 7
+    staged = LV + ('\n[[fit.stages]]\noptimizer = "adam"\nmaxiter = 5\nlr = 0.1\n'
+                   '[[fit.stages]]\noptimizer = "lm"\noptions = { ftol = 1e-8 }\n')
+    opt = load_model_file(write(tmp_path, staged)).optimizer(maxiter=3)
+    assert isinstance(opt, dl.Staged)
+    adam, lm = opt.stages()
+    assert adam.iterations == 3 and adam.lr == 0.1 and lm.max_iter == 3
+    with pytest.raises(dl.DynlearnError, match=r"line 16: \[fit\] optimizer: 'bfgs' is not"):
+        load_model_file(write(tmp_path, LV.replace('loss = "log"',
+                                                   'loss = "log"\noptimizer = "bfgs"')))
+    bad = LV.replace('loss = "log"', 'loss = "log"\noptimizer = "lm"\nlr = 0.1')
+    with pytest.raises(dl.OptionError, match="lr is the learning rate of the 'adam'"):
+        load_model_file(write(tmp_path, bad)).optimizer()
+    assert load_model_file(write(tmp_path, LV)).optimizer() is None
+
+
+def test_model_to_toml_round_trip(tmp_path):
+    from dynlearn.io import model_to_toml
+    for name in ("lynx_hare", "sir_influenza", "lv_ude", "cascaded_tanks"):
+        m = load_model_file(EXAMPLES / f"{name}.toml").model
+        text = model_to_toml(m, {"data": {"time": "t"}}, comment="round trip")
+        m2 = parse_model_text(text).model
+        assert [str(e) for e in m2.rhs] == [str(e) for e in m.rhs]
+        assert m2.params == m.params
+        assert [str(e) for e in m2.observables.values()] == [str(e) for e in m.observables.values()]
+        assert m2.inputs == m.inputs
