@@ -587,7 +587,11 @@ def _run_fit(mf, data, out: Path, args, console: Console, csv: Path | None = Non
         console.out(result.summary().rstrip() + "\n")
     console.out(f"wrote {', '.join(written)} to {out}")
     # a fit that ran out of budget still produced results; only a failed one is an error
-    return EXIT_FAILED if result.status == 1 else EXIT_OK
+    if result.status == 1:
+        print(f"error: the fit failed: {_one_line(result.message)} (results of the starting "
+              f"point are in {out})", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _prediction_frames(result, data, n: int = 300):

@@ -575,3 +575,29 @@ def test_model_with_inputs(capsys, tmp_path):
                             "--inputs", csv, "--params", out / "result.json")
     assert code == 0, err
     assert len(stdout.strip().splitlines()) == 7
+
+
+@needs_fit
+def test_failed_fit_exits_1(capsys, decay, tmp_path):
+    """A fit that cannot even start (predictions of a log loss go negative) says so and
+    exits with status 1."""
+    model, csv = decay
+    model.write_text(DECAY.replace('"-k*x"', '"-k"').replace('loss = "ls"', 'loss = "log"')
+                     .replace("value = 0.5", "value = 1.0"))
+    code, _, err = run(capsys, "fit", model, csv, "--out", tmp_path / "out", "-q")
+    assert code == 1
+    assert one_error_line(err).startswith("error: the fit failed: ")
+
+
+@needs_fit
+@pytest.mark.slow
+def test_workers_run_multistart_on_dask(capsys, decay, tmp_path):
+    pytest.importorskip("dask.distributed")
+    model, csv = decay
+    model.write_text(DECAY.replace("maxiter = 20", "maxiter = 20\nn_starts = 2"))
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "fit", model, csv, "--out", out, "--workers", "2",
+                            "--no-plots")
+    assert code == 0, err
+    assert "running on Dask" in err
+    assert "2 starts" in stdout
