@@ -7,6 +7,10 @@ known, and exits with status 2; ``--debug`` shows the traceback instead. Outputs
 to a temporary file in the destination folder and renamed, so a folder never holds a
 half-written file.
 
+Exit status: 0 success; 1 a fit that failed or gradients that disagree
+(``check-gradients``); 2 a user error; 130 interrupted (a fit keeps its checkpoint, and
+``--resume`` continues it).
+
 Run ``dynlearn --help`` or ``dynlearn COMMAND --help`` for the options.
 """
 
@@ -120,7 +124,9 @@ def _scale_out(parser: argparse.ArgumentParser) -> None:
 
 def _fit_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("fit settings (override the model file's [fit] table)")
-    g.add_argument("--loss", choices=["ls", "gaussian", "log"], default=None)
+    g.add_argument("--loss", choices=["ls", "gaussian", "log"], default=None,
+                   help="least squares, Gaussian likelihood (noise estimated) or log-scale "
+                        "residuals (positive counts)")
     g.add_argument("--maxiter", type=int, default=None, metavar="N",
                    help="iteration budget of the optimizer")
     g.add_argument("--method", default=None, metavar="METHOD",
@@ -145,11 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fit", help="fit a model file to a CSV and write results, plots and "
                                    "a report",
-                       description="Fit MODEL.toml to DATA.csv and write into DIR: params.csv, "
-                                   "summary.txt, predictions.csv, result.json, fit.png, "
+                       description="Fit MODEL.toml to DATA.csv and write into DIR: "
+                                   "params.csv, summary.txt, predictions.csv, result.json "
+                                   "(+ result.npz; dl.load_result reads them), fit.png, "
                                    "residuals.png, loss.png, learned_terms.png (hybrid "
-                                   "models) and report.html.")
-    f.add_argument("model", metavar="MODEL.toml")
+                                   "models), report.html, run.json (provenance) and a copy "
+                                   "of the model file. An interrupted fit leaves "
+                                   "checkpoint.json/.npz in DIR; --resume continues it.")
+    f.add_argument("model", metavar="MODEL.toml",
+                   help="the model file (TOML; see examples/models/)")
     f.add_argument("data", metavar="DATA.csv", nargs="?",
                    help="measurements (default: [data] file in the model file)")
     f.add_argument("--out", "-o", metavar="DIR", default=None,
