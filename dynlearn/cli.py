@@ -527,7 +527,20 @@ def _fit_kwargs(mf, args, out: Path) -> dict:
     workers = getattr(args, "workers", None)
     if workers is not None and workers < 1:
         raise OptionError(f"--workers must be a positive integer, got {workers}")
-    kw.update(ft.get("options", {}))
+    options = ft.get("options", {})
+    if options:
+        import inspect
+
+        from .solve import SOLVER_OPTIONS
+        known = set(inspect.signature(dl.fit).parameters) | SOLVER_OPTIONS
+        known -= {"model", "data", "options", "client", "callback", "progress", "checkpoint",
+                  "resume"}
+        for key in options:
+            if key not in known:
+                raise OptionError(f"{mf.where('fit', 'options', key)}: [fit.options] {key}: "
+                                  f"dl.fit has no option '{key}'; options are "
+                                  f"{sorted(known)}")
+        kw.update(options)
     # a progress bar only on a terminal: redirected to a file or a CI log it is noise
     kw["progress"] = bool(not args.quiet and ft.get("progress", True) and sys.stderr.isatty())
     kw["checkpoint"] = str(out / CHECKPOINT)
