@@ -383,12 +383,28 @@ def residuals_figure(residuals, observables: Sequence[str], time_name: str = "t"
         groups = list(residuals.groupby(experiment_col, sort=False))
     with style():
         for i, o in enumerate(obs):
-            for k, (_, g) in enumerate(groups):
-                color = COLORS[(i if len(groups) == 1 else k) % len(COLORS)]
-                plot_residuals(g[time_name], g[o], o, time_name, ax=axes[i], color=color,
-                               ylabel=f"{ylabel}\n{o}")
+            ax = axes[i]
+            if len(groups) == 1:
+                plot_residuals(residuals[time_name], residuals[o], o, time_name, ax=ax,
+                               color=COLORS[i % len(COLORS)], ylabel=f"{ylabel}\n{o}")
+            else:
+                # several experiments: one colour each, a shared +-2 sd band, no stems
+                r = residuals[o].to_numpy(dtype=float)
+                ok = np.isfinite(r)
+                ax.axhline(0.0, color="0.4", lw=0.8, zorder=1)
+                if ok.sum() > 1:
+                    sd = float(np.std(r[ok], ddof=1))
+                    ax.axhspan(-2 * sd, 2 * sd, color="0.92", zorder=0, lw=0)
+                for k, (e, g) in enumerate(groups):
+                    ax.plot(g[time_name], g[o], "o", color=COLORS[k % len(COLORS)],
+                            label=str(e), zorder=3)
+                _integer_ticks(ax, residuals[time_name])
+                ax.set_ylabel(f"{ylabel}\n{o}")
+                ax.set_xlabel(time_name)
+                if i == 0:
+                    ax.legend(loc="upper right", ncols=min(len(groups), 4))
             if i < len(obs) - 1:
-                axes[i].set_xlabel("")
+                ax.set_xlabel("")
     return fig
 
 

@@ -633,3 +633,19 @@ def test_fit_settings_from_model_file(tmp_path):
         _fit_kwargs(load_model_file(m), args, tmp_path)
     m.write_text(DECAY.replace('[fit]', '[noise]\nsigma = 0.1\n[fit]'))
     assert _fit_kwargs(load_model_file(m), args, tmp_path)["sigma"] == 0.1
+
+
+@needs_fit
+def test_fit_several_experiments(capsys, decay, tmp_path):
+    model, _ = decay
+    model.write_text(DECAY.replace('time = "t"', 'time = "t"\ngroup = "run"'))
+    rows = [(g, t, x0 * np.exp(-0.8 * t)) for g, x0 in (("a", 1.0), ("b", 2.0))
+            for t in np.linspace(0, 4, 6)]
+    csv = tmp_path / "multi.csv"
+    pd.DataFrame(rows, columns=["run", "t", "x"]).to_csv(csv, index=False)
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "fit", model, csv, "--out", out, "-q")
+    assert code == 0, err
+    pred = pd.read_csv(out / "predictions.csv")
+    assert list(pred["experiment"].unique()) == ["a", "b"]
+    assert (out / "fit.png").stat().st_size > 0 and (out / "residuals.png").stat().st_size > 0
