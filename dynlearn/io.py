@@ -13,11 +13,17 @@ Layout
     states = ["hare", "lynx"]
     time = "t"                             # symbol used for time in equations (default "t")
     inputs = []                            # exogenous inputs, supplied by CSV columns
-    equations = { hare = "alpha*hare - beta*hare*lynx", lynx = "delta*hare*lynx - gamma*lynx" }
+
+    [model.equations]                      # or inline: equations = { hare = "...", ... }
+    hare = "alpha*hare - beta*hare*lynx + nn[0]"
+    lynx = "delta*hare*lynx - gamma*lynx + nn[1]"
 
     [model.params]
     alpha = { value = 0.5, min = 0.0, transform = "log" }
     beta = 0.02                            # a bare number: free, untransformed
+    gamma = { value = 0.8, fixed = true }  # a known constant
+    delta = { value = 0.02, min = 0.0, max = 1.0 }
+    rho = { value = 1.0, fixed = true }
 
     [model.networks.nn]                    # outputs used in equations as nn[0], nn[1], ...
     inputs = ["hare", "lynx"]              # expressions of states, time and inputs
@@ -28,7 +34,8 @@ Layout
     scale = 0.1                            # shrink the initial output layer
 
     [model.observables]                    # optional; default: every state, by name
-    pelts = "0.1*hare"
+    hare = "hare"
+    lynx = "rho*lynx"                      # e.g. a reporting rate (declare rho in params)
 
     [initial]                              # optional; default: the first data row
     values = { hare = 30.0, lynx = 4.0 }   # the initial state (at the first data time)
@@ -61,7 +68,6 @@ Layout
     optimizer = "lm"                       # "lm" | "gauss-newton" | "lbfgs" | "adam" |
                                            # "multiple-shooting" (default: chosen by dl.fit)
     maxiter = 200                          # iteration budget of the optimizer
-    lr = 0.01                              # Adam's learning rate
     n_starts = 1                           # multi-start
     l2 = 0.0                               # L2 penalty on network weights
     max_time = 600                         # seconds; the best point so far is kept
@@ -70,10 +76,12 @@ Layout
 
     [simulate]                             # defaults for `dynlearn simulate`
     t = "0:20:0.1"                         # start:stop:step, or a list of times
+    y0 = { hare = 30.0, lynx = 4.0 }
 
-Stages are written as an array of tables, e.g. ``[[fit.stages]]`` with ``optimizer = "adam"``,
-``maxiter = 200``, ``lr = 0.01``, then another with ``optimizer = "lbfgs"``; a stage's
-``options`` table goes to the optimizer's constructor (e.g. ``{ ftol = 1e-12 }``).
+``lr = 0.01`` sets Adam's learning rate (with ``optimizer = "adam"``). Stages are written as
+an array of tables, e.g. ``[[fit.stages]]`` with ``optimizer = "adam"``, ``maxiter = 200``,
+``lr = 0.01``, then another with ``optimizer = "lbfgs"``; a stage's ``options`` table goes to
+the optimizer's constructor (e.g. ``{ ftol = 1e-12 }``).
 """
 
 from __future__ import annotations

@@ -296,3 +296,13 @@ def test_model_to_toml_round_trip(tmp_path):
         assert m2.params == m.params
         assert [str(e) for e in m2.observables.values()] == [str(e) for e in m.observables.values()]
         assert m2.inputs == m.inputs
+
+
+def test_documented_layout_parses(tmp_path):
+    import dynlearn.io as dio
+    doc = dio.__doc__
+    block = doc.split(".. code-block:: toml")[1].split("\n\n``lr")[0]
+    text = "\n".join(line[4:] for line in block.splitlines())
+    mf = load_model_file(write(tmp_path, text))
+    assert mf.model.observable_names == ("hare", "lynx")
+    assert mf.optimizer().max_iter == 200
