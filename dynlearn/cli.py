@@ -550,37 +550,45 @@ def _fit_kwargs(mf, args, out: Path) -> dict:
 
 @contextlib.contextmanager
 def _dask_client(args, console: Console):
-    """A Dask client for ``--workers``/``--scheduler`` (None without them)."""
+    """A Dask client for ``--workers N`` (a new local cluster on loopback, closed at the end)
+    or ``--scheduler ADDRESS`` (an existing cluster); None without either, and then Dask is
+    not imported."""
+    import importlib
     workers, address = getattr(args, "workers", None), getattr(args, "scheduler", None)
     if workers is None and address is None:
         yield None
         return
+    if workers is not None and address is not None:
+        raise OptionError("give either --workers (a local cluster) or --scheduler (an "
+                          "existing one), not both")
     if workers is not None and workers < 1:
         raise OptionError(f"--workers must be a positive integer, got {workers}")
     try:
-        from dask.distributed import Client, LocalCluster
+        from dask.distributed import Client
     except ImportError:
         raise OptionError("--workers and --scheduler need Dask: pip install "
                           "'dynlearn[dist]'") from None
     if address is not None:
         try:
             client = Client(address, timeout="10s")
-        except OSError as exc:
+        except (OSError, TimeoutError) as exc:
             raise OptionError(f"--scheduler {address}: cannot connect: {_one_line(exc)}"
                               ) from None
-        cluster = None
     else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
-        client = Client(cluster)
-    console.note(f"running on Dask: {client.scheduler_info().get('address', address)} "
-                 f"({len(client.scheduler_info().get('workers', {}))} workers)")
+        try:        # dynlearn's own helper (loopback, processes) when the module has it
+            local_client = importlib.import_module("dynlearn.parallel").local_client
+        except (ImportError, AttributeError):
+            def local_client(n):
+                return Client(n_workers=n, threads_per_worker=1, processes=True,
+                              host="127.0.0.1", dashboard_address=None)
+        client = local_client(workers)
+    info = client.scheduler_info()
+    console.note(f"running on Dask: scheduler {info.get('address', address)}, "
+                 f"{len(info.get('workers', {}))} workers")
     try:
         yield client
     finally:
         client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def _run_fit(mf, data, out: Path, args, console: Console, csv: Path | None = None) -> int:
