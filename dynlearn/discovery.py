@@ -1370,8 +1370,10 @@ def _regress(Theta, Z, terms, names, opt: STLSQ, n_eff, samples, on_traj, seed,
                          threshold=float(res["thresholds"][j]), stable=bool(stable[j])))
         if r2 < 0.9:
             warnings.warn(f"the recovered expression for {name} explains only R^2 = {r2:.3f} of "
-                          "the learned term: the library lacks the right terms (or the threshold "
-                          "is too high); do not trust it", DiscoveryWarning, stacklevel=3)
+                          "the learned term: the library lacks the right terms, the threshold is "
+                          "too high, or the network has not learned a clean term (check that the "
+                          "hybrid fit reaches the noise level). Refit the recovered model before "
+                          "trusting it", DiscoveryWarning, stacklevel=3)
     if cond > 1e6:
         warnings.warn(f"the library columns are nearly collinear on the samples (condition "
                       f"number {cond:.2g}): terms can stand in for each other and the selected "
