@@ -259,14 +259,22 @@ class ModelFile:
         built = []
         for path, spec in specs:
             name = spec.get("optimizer")
-            if name is None:
-                default = dl.optimizers.default_optimizer(self.model)
-                cls_name = type(default).__name__
-                budget_kw = next(v[1] for v in OPTIMIZERS.values() if v[0] == cls_name)
-            else:
-                cls_name, budget_kw = OPTIMIZERS[name]
-            kw = dict(spec.get("options", {}))
             budget = maxiter if maxiter is not None else spec.get("maxiter")
+            if name is None:
+                # dl.fit's own choice for this model, keeping its tuning; only the budget
+                # changes
+                import copy
+                default = copy.deepcopy(dl.optimizers.default_optimizer(self.model))
+                if budget is not None:
+                    for o in [default, *default.stages()]:
+                        for attr in ("max_iter", "iterations"):
+                            if hasattr(o, attr):
+                                setattr(o, attr, int(budget))
+                                break
+                built.append(default)
+                continue
+            cls_name, budget_kw = OPTIMIZERS[name]
+            kw = dict(spec.get("options", {}))
             if budget is not None:
                 kw[budget_kw] = int(budget)
             if "lr" in spec:
