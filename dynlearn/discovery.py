@@ -826,6 +826,14 @@ class Recovery:
         collinear and the choice between them is arbitrary.
     model : HybridModel or None
         The fitted hybrid model the terms came from.
+    data : Dataset or None
+        The data of the fit the terms came from (the default for :meth:`refit`).
+    stderr : ndarray or None, shape (n_terms, n_outputs)
+        Standard errors of the coefficients, after :meth:`refit` (NaN for dropped terms).
+    fit : FitResult or None
+        The final refit, after :meth:`refit`.
+    dropped : list of dict
+        Terms removed by :meth:`refit` as not significant: output, term, value, stderr.
     """
 
     outputs: list
@@ -842,6 +850,13 @@ class Recovery:
     optimizer: STLSQ | None = None
     library: Library | None = None
     kind: str = "network"                         # "network" or "derivative"
+    data: object = None
+    fit_settings: dict = field(default_factory=dict)
+    stderr: np.ndarray | None = None
+    fit: object = None
+    dropped: list = field(default_factory=list)
+    # relative size of each term on the samples: rms(theta_i) / rms(target_j), (k, q)
+    scale: np.ndarray | None = field(default=None, repr=False)
 
     # --- views ---------------------------------------------------------------------------
     @property
@@ -866,16 +881,29 @@ class Recovery:
         return {name: [str(t) for t, c in zip(self.terms, self.coef[:, j]) if c != 0]
                 for j, name in enumerate(self.outputs)}
 
-    def equations(self, precision: int = 3) -> list[str]:
+    def equations(self, precision: int = 3, uncertainty: bool = False) -> list[str]:
         """Readable equations, e.g. ``['nn[0] = -0.901*x*y', 'nn[1] = 0.802*x*y']``.
 
         Parameters
         ----------
         precision : int
             Significant digits of the coefficients.
+        uncertainty : bool
+            After :meth:`refit`, write each coefficient with its standard error:
+            ``nn[0] = (-0.9 ± 0.0018)*x*y``.
         """
-        return [f"{name} = {_format_sum(self.terms, self.coef[:, j], precision)}"
-                for j, name in enumerate(self.outputs)]
+        if uncertainty and self.stderr is None:
+            raise OptionError("no standard errors yet: call rec.refit(...) first")
+        out = []
+        for j, name in enumerate(self.outputs):
+            if not uncertainty:
+                out.append(f"{name} = {_format_sum(self.terms, self.coef[:, j], precision)}")
+                continue
+            parts = [f"({_format_number(c, precision)} ± {_format_number(se, 2)})"
+                     + ("" if t == 1 else f"*{t}")
+                     for t, c, se in zip(self.terms, self.coef[:, j], self.stderr[:, j]) if c != 0]
+            out.append(f"{name} = " + (" + ".join(parts) if parts else "0"))
+        return out
 
     def print(self, precision: int = 3) -> None:
         """Print the equations, one per line (PySINDy's ``model.print()``)."""
@@ -991,6 +1019,118 @@ class Recovery:
         new._weights = {n.name: m._weights[n.name].copy() for n in new.networks}
         return new
 
+    def refit(self, data=None, *, prune: bool = True, z: float = 2.0,
+              min_contribution: float | None = None, max_rounds: int = 20,
+              **fit_kwargs) -> Recovery:
+        """Refit the recovered model to the data, dropping terms that are not significant.
+
+        Fits :meth:`to_model` with :func:`dynlearn.fit`. With ``prune``, a kept term is
+        weak when its coefficient is not significant, :math:`|c| < z\\,\\mathrm{se}(c)`,
+        or when its refitted contribution to the learned term is negligible (below
+        ``min_contribution`` of its size, measured on the recovery's samples as in
+        :func:`stlsq`); the weak term with the smallest :math:`|c|/\\mathrm{se}(c)` is
+        dropped and the rest refitted, until no term is weak (backward elimination). A
+        network trained past the noise level can hand over small spurious terms that the
+        regression cannot tell from real ones; against the data they come out
+        indistinguishable from zero, or too small to matter.
+
+        Parameters
+        ----------
+        data : Dataset or DataFrame, optional
+            Default: the data of the fit the recovery came from.
+        prune : bool
+            Drop insignificant terms (default) or just refit once.
+        z : float
+            Significance: ``|value| >= z * stderr`` keeps a term (2 ~ 95 %).
+        min_contribution : float, optional
+            Smallest relative contribution kept (default: the optimizer's
+            ``min_threshold``, 1 %).
+        max_rounds : int
+            At most this many terms are dropped.
+        **fit_kwargs
+            Passed to :func:`dynlearn.fit`. Defaults follow the original fit when the
+            recovery came from a fit result (``loss``, ``method``, ``rtol``, ``atol``, and
+            ``y0``: estimated again if it was estimated, otherwise the initial states it
+            used); ``progress=False``.
+
+        Returns
+        -------
+        Recovery
+            With the refitted coefficients, their standard errors (:attr:`stderr`), the
+            final fit result (:attr:`fit`) and the dropped terms (:attr:`dropped`).
+
+        Examples
+        --------
+        >>> refined = rec.refit()                           # doctest: +SKIP
+        >>> refined.equations(uncertainty=True)             # doctest: +SKIP
+        ['nn[0] = (-0.9 ± 0.0018)*x*y', 'nn[1] = (0.802 ± 0.0037)*x*y']
+        >>> refined.fit.params.loc["c_nn0_xy", ["value", "stderr"]]   # doctest: +SKIP
+        """
+        from .fit import fit as _fit
+        data = self.data if data is None else data
+        if data is None:
+            raise DataError("refit() needs data=: this recovery did not come from a fit result")
+        if not (isinstance(z, (int, float)) and z >= 0):
+            raise OptionError(f"z must be a number >= 0, got {z!r}")
+        kwargs = {"progress": False, **self.fit_settings, **fit_kwargs}
+        cutoff = (self.optimizer.min_threshold if self.optimizer is not None else 0.01) \
+            if min_contribution is None else float(min_contribution)
+        current = self
+        dropped = list(self.dropped)
+        last_good = None
+        for _ in range(max_rounds + 1):
+            names = current.parameter_names()
+            result = _fit(current.to_model(), data, **kwargs)
+            if not np.isfinite(result.loss) and current is not self:
+                # the warm start (previous refit minus the dropped term) cannot be solved:
+                # start the remaining terms from the regression's values instead
+                restart = np.where(current.coef != 0, self.coef, 0.0)
+                result = _fit(current._replace(coef=restart).to_model(), data, **kwargs)
+            if not np.isfinite(result.loss):
+                warnings.warn(f"the refit failed ({result.message}); returning the last "
+                              "successful refit" if last_good is not None else
+                              f"the refit failed ({result.message})", DiscoveryWarning,
+                              stacklevel=2)
+                if last_good is not None:
+                    return last_good
+            table = result.params
+            coef = np.zeros_like(current.coef)
+            se = np.full_like(current.coef, np.nan)
+            for (o, t), name in names.items():
+                i, j = current._term_index(t), current.outputs.index(o)
+                coef[i, j] = float(table.loc[name, "value"])
+                se[i, j] = float(table.loc[name, "stderr"])
+            current = current._replace(coef=coef, stderr=se, fit=result, dropped=dropped)
+            if not prune or not np.isfinite(result.loss):
+                break
+            last_good = current
+            kept = coef != 0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                tval = np.where(kept, np.abs(coef) / se, np.inf)
+            tval = np.where(np.isnan(tval), np.inf, tval)
+            weak = kept & (tval < z)
+            if self.scale is not None:
+                weak |= kept & (np.abs(coef) * self.scale < cutoff)
+            if not np.any(np.isfinite(se[kept])):
+                warnings.warn("the refit has no standard errors (singular covariance); only "
+                              "negligible terms are pruned", DiscoveryWarning, stacklevel=2)
+            if not weak.any() or len(dropped) - len(self.dropped) >= max_rounds:
+                break
+            i, j = np.unravel_index(np.argmin(np.where(weak, tval, np.inf)), tval.shape)
+            dropped = dropped + [dict(output=current.outputs[j], term=str(current.terms[i]),
+                                      value=float(coef[i, j]), stderr=float(se[i, j]))]
+            coef = coef.copy()
+            coef[i, j] = 0.0
+            current = current._replace(coef=coef, dropped=dropped)
+        return current
+
+    def _term_index(self, term: str) -> int:
+        return [str(t) for t in self.terms].index(term)
+
+    def _replace(self, **changes) -> Recovery:
+        import dataclasses
+        return dataclasses.replace(self, **changes)
+
 
 # =====================================================================================
 # Sampling and evaluation
@@ -1096,6 +1236,21 @@ def _source_parts(source, data, y0):
     if y0 is None:
         y0 = getattr(source, "y0", None)
     return model, data, y0
+
+
+def _fit_settings(source, y0) -> dict:
+    """Defaults for Recovery.refit: the original fit's loss, solver and initial states."""
+    cfg = getattr(source, "config", None)
+    out = {}
+    if isinstance(cfg, Mapping):
+        out = {k: cfg[k] for k in ("loss", "method", "rtol", "atol") if cfg.get(k) is not None}
+        if cfg.get("y0") == "estimate":
+            out["y0"] = "estimate"
+        elif y0 is not None:
+            out["y0"] = y0
+    elif y0 is not None:
+        out["y0"] = y0
+    return out
 
 
 def _trajectories(model, data, t, y0, inputs, n_trajectory, method, rtol, atol):
@@ -1266,6 +1421,7 @@ def recover(source, library=None, *, optimizer: STLSQ | None = None, data=None, 
     >>> refit = dl.fit(rec.to_model(), result.data)                        # doctest: +SKIP
     """
     model, data, y0 = _source_parts(source, data, y0)
+    settings = _fit_settings(source, y0)
     if not model.networks:
         raise ModelError(f"model '{model.name}' has no networks: there is no learned term to "
                          "recover. recover() turns a fitted network back into equations; for "
@@ -1327,7 +1483,8 @@ def recover(source, library=None, *, optimizer: STLSQ | None = None, data=None, 
     n_eff = n_rows if n_effective is None else float(n_effective)
     return _regress(Theta, Z, terms, [o.name for o in outs], opt, n_eff, samples,
                     source_tag == "trajectory", seed, model=model, output_symbols=list(outs),
-                    library=_as_library(library), check_stability=region != "trajectory")
+                    library=_as_library(library), check_stability=region != "trajectory",
+                    data=data, fit_settings=settings)
 
 
 def _regress(Theta, Z, terms, names, opt: STLSQ, n_eff, samples, on_traj, seed,
@@ -1379,12 +1536,15 @@ def _regress(Theta, Z, terms, names, opt: STLSQ, n_eff, samples, on_traj, seed,
                       f"number {cond:.2g}): terms can stand in for each other and the selected "
                       "ones may be arbitrary. Spread the samples (region='hull'), add "
                       "experiments or shrink the library", DiscoveryWarning, stacklevel=3)
+    zrms = np.sqrt(np.mean(Z * Z, axis=0))
+    scale = s[:, None] / np.where(zrms > 0, zrms, 1.0)[None, :]
     score = pd.DataFrame(rows, index=pd.Index(names, name="output"))
     path = pd.DataFrame([dict(output=name, **row) for name, p in zip(names, res["path"])
                          for row in p])
     return Recovery(outputs=list(names), terms=list(terms), coef=coef,
                     thresholds=np.asarray(res["thresholds"]), score=score, path=path,
-                    samples=samples, condition_number=cond, optimizer=opt, **extra)
+                    samples=samples, condition_number=cond, optimizer=opt, scale=scale,
+                    **extra)
 
 
 def _r2(z, zh) -> float:

@@ -356,6 +356,51 @@ def test_refit_round_trip_recovers_parameters():
     assert 0 < table.loc["c_nn0_xy", "stderr"] < 0.1
 
 
+def spurious_network(c_y=0.1):
+    """nn[0] = -0.85 x y + c_y y (a spurious y term), nn[1] = 0.8 x y."""
+    import autograd.numpy as anp
+
+    def fun(w, v):
+        xy = v[..., 0] * v[..., 1]
+        return anp.stack([w[0] * xy + w[1] * v[..., 1], w[2] * xy], axis=-1)
+    return dl.Network("nn", inputs=[x, y], outputs=2, fun=fun, weights=[-0.85, c_y, 0.8])
+
+
+def test_refit_prunes_a_spurious_term():
+    _, data, _ = lv_ude_problem(noise=0.05, seed=3)
+    rec = dl.recover(lv_hybrid(spurious_network()), data=data, y0=LV_Y0)
+    assert rec.support() == {"nn[0]": ["y", "x*y"], "nn[1]": ["x*y"]}
+    with pytest.raises(dl.OptionError, match="call rec.refit"):
+        rec.equations(uncertainty=True)
+    refined = rec.refit(y0=np.array(LV_Y0))
+    assert refined.support() == {"nn[0]": ["x*y"], "nn[1]": ["x*y"]}
+    assert [(d["output"], d["term"]) for d in refined.dropped] == [("nn[0]", "y")]
+    assert abs(refined.dropped[0]["value"]) < 2 * refined.dropped[0]["stderr"]
+    assert refined.coefficients.loc["x*y", "nn[0]"] == pytest.approx(-BETA, rel=0.02)
+    assert refined.fit.success and refined.stderr[4, 0] < 0.01
+    eq = refined.equations(uncertainty=True, precision=2)
+    assert eq[0].startswith("nn[0] = (-0.9 ± 0.0") and eq[0].endswith(")*x*y")
+    # without pruning the term stays, indistinguishable from zero
+    once = rec.refit(y0=np.array(LV_Y0), prune=False)
+    assert once.support()["nn[0]"] == ["y", "x*y"] and once.dropped == []
+
+
+def test_recover_from_a_fit_result_uses_its_data_and_settings():
+    _, data, _ = lv_ude_problem(noise=0.05, seed=4)
+    # a linear 'network' of the inputs x*y and y (identity activation): fast to fit exactly
+    w = np.concatenate([np.eye(2).ravel(), [0, 0], [-0.8, 0.7, 0.05, 0.0], [0, 0]])
+    nn = dl.MLP("nn", inputs=[x * y, y], outputs=2, hidden=[2], activation="identity",
+                weights=w)
+    result = dl.fit(lv_hybrid(nn), data, y0=np.array(LV_Y0), progress=False)
+    assert result.success
+    rec = dl.recover(result, dl.polynomial_library(2))
+    assert rec.data is result.data
+    assert rec.fit_settings["loss"] == "ls" and set(rec.fit_settings["y0"]) == {"data"}
+    refined = rec.refit()
+    assert refined.support() == {"nn[0]": ["x*y"], "nn[1]": ["x*y"]}
+    assert refined.coefficients.loc["x*y", "nn[1]"] == pytest.approx(GAMMA, rel=0.05)
+
+
 # --- baseline and extrapolation -----------------------------------------------------------
 def test_sindy_baseline_noise_free_dense_data():
     truth = lotka_volterra_model()
