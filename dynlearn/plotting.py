@@ -291,10 +291,10 @@ def plot_learned_term(inputs, output, input_names: Sequence[str], output_name: s
             X, Y, Z = grid
             lo, hi = float(np.nanmin(Z)), float(np.nanmax(Z))
             if lo < 0.0 < hi:
-                # changes sign: a diverging map centred on zero, with the zero contour
-                from matplotlib.colors import TwoSlopeNorm
-                cs = ax.contourf(X, Y, Z, levels=15, cmap="RdBu_r",
-                                 norm=TwoSlopeNorm(0.0, lo, hi))
+                # changes sign: a diverging map centred on zero with the same scale on both
+                # sides (a small positive bump stays pale), and the zero contour
+                lim = max(-lo, hi)
+                cs = ax.contourf(X, Y, Z, levels=15, cmap="RdBu_r", vmin=-lim, vmax=lim)
                 ax.contour(X, Y, Z, levels=[0.0], colors="0.2", linewidths=0.8,
                            linestyles="--")
             else:
