@@ -696,7 +696,8 @@ def write_fit_outputs(result, mf, data, out: Path, plots: bool = True,
         console.note(f"warning: no figures or report: {_one_line(exc)}")
         return written
     written += [p.name for p in images]
-    _write_report(result, mf, data, out, images)
+    _write_report(result, mf, data, out, images,
+                  has_bands=bool(_bands(pred, list(mf.model.observable_names))))
     written.append("report.html")
     return written
 
@@ -803,7 +804,7 @@ def _params_display(params):
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def _write_report(result, mf, data, out: Path, images) -> None:
+def _write_report(result, mf, data, out: Path, images, has_bands: bool = True) -> None:
     from .report import Report
     model = mf.model
     ok = result.success
@@ -831,8 +832,11 @@ def _write_report(result, mf, data, out: Path, images) -> None:
                   f"solver: {cfg.get('method')} (rtol={cfg.get('rtol'):g}, "
                   f"atol={cfg.get('atol'):g}); {result.nfev} solves, {result.nit} iterations; "
                   f"AIC {result.aic:.4g}, BIC {result.bic:.4g}.")
-    captions = {"fit": "Data (circles) and the fitted model (line); shaded: pointwise 95% "
-                       "confidence band of the prediction from the parameter covariance.",
+    captions = {"fit": "Data (circles) and the fitted model (line)"
+                       + ("; shaded: pointwise 95% confidence band of the prediction from the "
+                          "parameter covariance." if has_bands else
+                          " (no confidence band: the parameter covariance is not available, "
+                          "e.g. more parameters than data)."),
                 "residuals": ("Residuals on the log scale" if cfg.get("loss") == "log" else
                               "Residuals (data minus model)")
                              + " against time; grey: plus or minus two standard deviations.",
