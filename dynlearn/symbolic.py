@@ -78,7 +78,15 @@ class CompiledExprs:
         """Evaluate at one point; arguments are lists (or 1-D arrays) per group."""
         if self.size == 0:
             return np.zeros(self.shape)
-        out = np.array(self._scalar(*args), dtype=float)
+        try:
+            out = np.array(self._scalar(*args), dtype=float)
+        except (ValueError, OverflowError, ZeroDivisionError):
+            # the math module raises where numpy returns nan/inf (sqrt of a state that a
+            # trial step pushed below zero, 1/0): evaluate with numpy so the solver sees a
+            # non-finite value and rejects the step instead of the whole solve crashing
+            with np.errstate(all="ignore"):
+                vals = self._batch(*[np.asarray(a, dtype=float) for a in args])
+                out = np.array([float(v) for v in vals], dtype=float)
         return out.reshape(self.shape) if len(self.shape) > 1 else out
 
     def batch(self, m: int, *args) -> np.ndarray:

@@ -309,3 +309,19 @@ def test_loss_unknown_keyword_and_sensitivity():
         dl.loss_and_grad(m, data, sensitivity="adjoint")
     with pytest.raises(dl.OptionError, match="kind='discrete'"):
         dl.loss_and_grad(m, data, method="Radau", sensitivity=dl.Adjoint(kind="discrete"))
+
+
+def test_domain_errors_become_rejected_steps_not_crashes():
+    # sqrt of a state that an overshooting trial step may push below zero: Torricelli outflow
+    k = sp.Symbol("k")
+    m = dl.HybridModel(states=[x], params={k: 1.0}, rhs={x: -k * sp.sqrt(x)})
+    from dynlearn.vectorfield import VectorField
+    vf = VectorField(m, None)
+    assert np.isnan(vf.fun(0.0, np.array([-1.0]))[0])
+    # the tank empties at t = 2; trial steps past it make x < 0. The solve must end as a
+    # Solution (success or a solver status), never with a math domain error from inside
+    sol = dl.simulate(m, [0, 1, 3], [1.0], rtol=1e-6, atol=1e-9, throw=False)
+    assert isinstance(sol, dl.Solution)
+    assert sol.success or sol.status == -1
+    sol = dl.simulate(m, [0, 1, 1.5], [1.0], rtol=1e-10, atol=1e-12)
+    assert sol.y[-1, 0] == pytest.approx((1 - 0.75) ** 2, rel=1e-6)
