@@ -110,7 +110,8 @@ def _as_term(e, where: str) -> sp.Expr:
     if any(isinstance(s, NetworkOutput) for s in e.free_symbols):
         raise ModelError(f"{where}: term {e} uses a network output; library terms are built "
                          "from states, inputs, time and parameters")
-    return e
+    # a numeric factor does not change the column's span: 2*x*y is the candidate x*y
+    return e.as_coeff_Mul()[1]
 
 
 def _dedupe(terms: Iterable[sp.Expr]) -> list[sp.Expr]:
@@ -242,6 +243,9 @@ class Library:
     def names(self, variables: Sequence | None = None) -> list[str]:
         """``str`` of each term (``'x*y'``, ``'x**2'``, ``'1'``)."""
         return [str(e) for e in self.terms(variables)]
+
+    def __bool__(self) -> bool:
+        return bool(self._parts)
 
     def __len__(self) -> int:
         try:

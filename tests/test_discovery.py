@@ -83,6 +83,10 @@ def test_trigonometric_and_exponential_libraries():
                                                                   sp.exp(sp.Float(0.5) * x)]
 
 
+def test_numeric_factors_are_dropped_from_terms():
+    assert dl.Library([2 * x * y, -x, 0.5 * x * y, 3]).names() == ["x*y", "x", "1"]
+
+
 def test_combining_libraries_drops_duplicates():
     lib = dl.polynomial_library(2) + dl.polynomial_library(1) + [sp.sin(x), x * y]
     assert lib.names([x, y]) == ["1", "x", "y", "x**2", "x*y", "y**2", "sin(x)"]
@@ -293,8 +297,8 @@ def test_recover_trained_mlp_gets_the_support():
         r = nn.forward(w, V) - target
         return (r * r).mean(), 2 * nn.weight_vjp(w, V, r) / r.size
 
-    w = minimize(f, nn.weights, jac=True, method="L-BFGS-B",
-                 options=dict(maxiter=1000)).x
+    w = minimize(f, nn.weights, jac=True, method="BFGS",
+                 options=dict(maxiter=500)).x
     model = lv_hybrid(nn)
     model = model.with_theta(w)
     rec = dl.recover(model, dl.polynomial_library(2), t=sol.t, y0=LV_Y0)
@@ -312,6 +316,23 @@ def test_recover_only_selected_outputs_keeps_the_rest_of_the_network(lv_data):
     assert sym.networks == (net,)
     np.testing.assert_allclose(dl.simulate(sym, [0, 1, 2], LV_Y0).y,
                                dl.simulate(model, [0, 1, 2], LV_Y0).y, rtol=1e-7)
+
+
+def test_recover_with_an_exogenous_input():
+    """x' = -k x + nn[0](x, u) with nn[0] = 0.5 u x and a measured input u."""
+    u, k = sp.symbols("u k")
+    net = dl.Network("nn", inputs=[x, u], outputs=1,
+                     fun=lambda w, v: (w[0] * v[..., 0] * v[..., 1])[..., None], weights=[0.5])
+    model = dl.HybridModel(states=[x], inputs=[u], params={k: 1.0}, rhs={x: -k * x + net[0]})
+    t = np.linspace(0, 4, 41)
+    frame = pd.DataFrame({"t": t, "x": np.full(t.size, 1.0), "u": 1 + np.sin(2 * t)})
+    rec = dl.recover(model, dl.polynomial_library(2), data=frame, y0=[1.0])
+    assert rec.equations() == ["nn[0] = 0.5*u*x"]
+    assert set(rec.samples.source) == {"trajectory", "region"}
+    assert rec.samples.u.between(-0.05, 2.05).all()   # the tube reaches 2 % past the range
+    sym = rec.to_model()
+    assert [s.name for s in sym.inputs] == ["u"]
+    assert sym.rhs[0] == -k * x + sp.Symbol("c_nn0_ux") * u * x
 
 
 def test_library_with_parameters_and_time(lv_data):
