@@ -14,24 +14,31 @@ sum of squares of the added noise).
 
 Usage::
 
-    python benchmarks/bench_fit.py [--repeats N] [--no-peers] [--markdown]
+    python benchmarks/bench_fit.py [--repeats N] [--no-peers] [--markdown] [--init peers]
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
-import json
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
+import os
 
-import numpy as np
+# The matrices here are tiny (~50 x 100): OpenBLAS threads only add synchronisation, which
+# costs 10-100x on a busy 2-core machine (a 60x107 SVD: 0.5 ms single-threaded, up to
+# 120 ms with threads under load). Set before numpy is imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import dynlearn as dl
+import argparse  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import dynlearn as dl  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / "benchmarks" / "peers"
@@ -60,8 +67,19 @@ def write_npz(path, ex, data, model):
     np.savez(path, **arrays)
 
 
-def run_dynlearn(ex, data, optimizer):
-    model = ex.hybrid_model()
+def peer_style_weights(seed: int = 0) -> np.ndarray:
+    """Initial weights as the peers' own test-input generator draws them
+    (``benchmarks/peers/make_test_inputs.py``: every W and b ~ 0.1 N(0, 1))."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for n_in, n_out in zip((2, 5, 5, 5), (5, 5, 5, 2)):
+        parts += [0.1 * rng.standard_normal((n_in, n_out)).ravel(),
+                  0.1 * rng.standard_normal(n_out)]
+    return np.concatenate(parts)
+
+
+def run_dynlearn(ex, data, optimizer, weights=None):
+    model = ex.hybrid_model(weights=weights)
     t0 = time.perf_counter()
     res = dl.fit(model, data, y0=ex.Y0, rtol=RTOL, atol=ATOL, optimizer=optimizer,
                  progress=False)
@@ -76,8 +94,10 @@ def run_peer(name, npz):
     script = PEERS / f"{name}_peer.py"
     if not PEER_PY.exists():
         return {"skipped": f"no peer virtualenv at {PEER_PY} (run benchmarks/setup_peers.sh)"}
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}  # peers' defaults
     proc = subprocess.run([str(PEER_PY), str(script), "--problem", "lv_ude_fit", "--input",
-                           str(npz)], capture_output=True, text=True, cwd=PEERS, timeout=1800)
+                           str(npz)], capture_output=True, text=True, cwd=PEERS, timeout=1800,
+                          env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("{")]
     if not lines:
         return {"error": proc.stderr.strip().splitlines()[-1:] or "no output"}
@@ -89,21 +109,25 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=1, help="dynlearn repeats (median time)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    ap.add_argument("--init", choices=["glorot", "peers"], default="glorot",
+                    help="initial weights: dynlearn's MLP default (Glorot uniform, seed 0) or "
+                         "the peers' generator (0.1 N(0,1), seed 0)")
     args = ap.parse_args(argv)
     ex = _example()
+    weights = peer_style_weights() if args.init == "peers" else None
     data, floor, _ = ex.make_data()
     rows = {}
     for label, opt in (("dynlearn (default optimizer)", None),
                        ("dynlearn (Adam 200 + L-BFGS 300)",
                         dl.Staged([dl.Adam(200, lr=0.01), dl.LBFGSB(300, max_fun=600)]))):
-        runs = [run_dynlearn(ex, data, opt) for _ in range(args.repeats)]
+        runs = [run_dynlearn(ex, data, opt, weights) for _ in range(args.repeats)]
         best = dict(runs[0])
         best["total_s"] = statistics.median(r["total_s"] for r in runs)
         rows[label] = best
     if not args.no_peers:
         with tempfile.TemporaryDirectory() as tmp:
             npz = Path(tmp) / "lv_ude_fit.npz"
-            write_npz(npz, ex, data, ex.hybrid_model())
+            write_npz(npz, ex, data, ex.hybrid_model(weights=weights))
             for peer, label in (("diffrax", "diffrax 0.7 + optax (Adam 200 + L-BFGS 300)"),
                                 ("torchdiffeq", "torchdiffeq (Adam 200 + LBFGS 300)")):
                 rows[label] = run_peer(peer, npz)
@@ -113,11 +137,15 @@ def main(argv=None):
     table = []
     for label, r in rows.items():
         if "total_s" not in r:
-            table.append([label, "-", "-", "-", str(r.get("skipped") or r.get("error"))])
+            why = str(r.get("skipped") or r.get("error"))
+            if "maximum number of solver steps" in why:
+                why = "failed: max_steps reached at a trial point (the fit is aborted)"
+            table.append([label, "-", "-", "-", why.splitlines()[0][:120]])
             continue
         table.append([label, f"{r['total_s']:.2f}", str(int(r["n_evals"])),
                       f"{r['final_loss'] / floor:.2f}", f"{r['total_s'] / ref:.1f}x"])
-    print(f"noise floor (sum of squares of the added noise): {floor:.4f}")
+    print(f"noise floor (sum of squares of the added noise): {floor:.4f}; initial weights: "
+          f"{args.init}")
     if args.markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))

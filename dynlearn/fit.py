@@ -332,9 +332,11 @@ def fit(model, data, loss: str = "ls", y0="first", optimizer: Optimizer | None =
     throw : bool
         Raise :class:`~dynlearn.DynlearnError` when the fit fails instead of returning a result
         with ``success=False``.
-    client : optional
-        A ``map``-like executor for multi-start (a Dask client's ``map`` + ``gather``); starts
-        run serially by default.
+    client : dask.distributed.Client or dl.Parallel, optional
+        Run on Dask (see :mod:`dynlearn.parallel`): with ``n_starts > 1`` every start is a
+        task; with one start and several experiments, every evaluation is split over batches
+        of experiments. Default: the client of an enclosing ``with dl.parallel(...)`` block,
+        else in-process and serial. A ``map``-like callable is also accepted for the starts.
     **options
         Solver options (``max_step``, ``first_step``, ...).
 
@@ -409,13 +411,9 @@ def fit(model, data, loss: str = "ls", y0="first", optimizer: Optimizer | None =
 
 
 def _mapper(client):
-    if client is None:
-        return map
-    if hasattr(client, "map") and hasattr(client, "gather"):
-        return lambda f, xs: client.gather(client.map(f, list(xs)))
-    if callable(client):
-        return client
-    raise OptionError("client must be a dask.distributed Client (or a map-like callable)")
+    # Dask lives in dynlearn.parallel (imported lazily: no client, no dask import)
+    from .parallel import start_mapper
+    return start_mapper(client)
 
 
 def _run_starts(specs: Sequence[dict], mapper=map) -> list[_StartOutcome]:
@@ -456,7 +454,8 @@ def _start_points(space: ParameterSpace, n_starts: int, seed) -> list[np.ndarray
 def _fit_one(spec: dict) -> _StartOutcome:
     """One start: every stage of the optimizer in turn, with the Gaussian noise re-estimated
     between rounds; interruption-safe."""
-    obj = FitObjective(**spec["settings"])
+    # "make_objective": dynlearn.parallel fans the experiments of a start out over Dask
+    obj = spec.get("make_objective", FitObjective)(**spec["settings"])
     optimizer = spec["optimizer"]
     stages = optimizer.stages()
     desc = "fit" if spec["n_starts"] == 1 else f"fit (start {spec['start'] + 1}/{spec['n_starts']})"

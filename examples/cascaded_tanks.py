@@ -40,8 +40,10 @@ def physics_model():
     return dl.HybridModel(
         states=[x1, x2], inputs=[u],
         rhs={x1: -k1 * sp.sqrt(x1) + k4 * u, x2: k2 * sp.sqrt(x1) - k3 * sp.sqrt(x2)},
+        # only the lower level is measured, so the upper level's scale is free: fixing the
+        # pump gain k4 fixes it (otherwise k1, k2, k4 and x1(0) are not identifiable)
         params={k1: dl.Parameter(0.05, **pos), k2: dl.Parameter(0.05, **pos),
-                k3: dl.Parameter(0.05, **pos), k4: dl.Parameter(0.03, **pos)},
+                k3: dl.Parameter(0.05, **pos), k4: dl.Parameter(0.04, fixed=True)},
         observables={"y": x2}, name="cascaded tanks (Torricelli)")
 
 
@@ -54,7 +56,8 @@ def hybrid_model(physics: dl.FitResult):
         states=[x1, x2], inputs=[u],
         rhs={x1: -k1 * sp.sqrt(x1) + k4 * u + nn[0] / 10,
              x2: k2 * sp.sqrt(x1) - k3 * sp.sqrt(x2) + nn[1] / 10},
-        params={k: dl.Parameter(float(vals[k.name]), **pos) for k in (k1, k2, k3, k4)},
+        params={**{k: dl.Parameter(float(vals[k.name]), **pos) for k in (k1, k2, k3)},
+                k4: dl.Parameter(float(vals["k4"]), fixed=True)},
         observables={"y": x2}, name="cascaded tanks (hybrid)")
 
 

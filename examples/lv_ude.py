@@ -37,8 +37,10 @@ def make_data(seed: int = 0, noise: float = 0.05):
         float(np.sum(err ** 2)), truth
 
 
-def hybrid_model(seed: int = 0):
-    nn = dl.MLP("nn", inputs=[x, y], outputs=2, hidden=[5, 5, 5], activation="rbf", seed=seed)
+def hybrid_model(seed: int = 0, weights=None):
+    """The UDE; ``weights`` (flat, MLP layout) overrides the seeded initialisation."""
+    nn = dl.MLP("nn", inputs=[x, y], outputs=2, hidden=[5, 5, 5], activation="rbf", seed=seed,
+                weights=weights)
     return dl.HybridModel(states=[x, y], params={alpha: 1.3, delta: 1.8},
                           rhs={x: alpha * x + nn[0], y: -delta * y + nn[1]}, name="LV-UDE")
 

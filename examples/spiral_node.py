@@ -37,7 +37,8 @@ def main():
         opt = dl.MultipleShooting(segments=5, max_iter=2, polish=dl.LevenbergMarquardt(max_iter=2))
     else:
         opt = dl.MultipleShooting(segments=25, max_iter=60,
-                                  polish=dl.LevenbergMarquardt(max_iter=60))
+                                  polish=dl.LevenbergMarquardt(max_iter=300, patience=20,
+                                                               ptol=0.01))
     res = dl.fit(model, data, y0=[2.0, 0.0], optimizer=opt, rtol=1e-7, atol=1e-9,
                  progress=not quick())
     print(res.summary())

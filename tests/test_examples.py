@@ -14,7 +14,7 @@ SCRIPTS = ["lynx_hare.py", "influenza_sir.py", "lv_ude.py", "spiral_node.py",
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_example_runs_quick(script):
-    env = dict(os.environ, DYNLEARN_QUICK="1", PYTHONWARNINGS="ignore")
+    env = dict(os.environ, DYNLEARN_QUICK="1", PYTHONWARNINGS="ignore", OPENBLAS_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(EXAMPLES / script), "--quick"], cwd=EXAMPLES,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
