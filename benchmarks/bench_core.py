@@ -30,8 +30,13 @@ from pathlib import Path
 import numpy as np
 
 import dynlearn as dl
-from dynlearn.testing import (lotka_volterra_problem, lv_ude_problem, relative_error,
-                              robertson_problem, spiral_problem)
+from dynlearn.testing import (
+    lotka_volterra_problem,
+    lv_ude_problem,
+    relative_error,
+    robertson_problem,
+    spiral_problem,
+)
 
 HERE = Path(__file__).resolve().parent
 PEER_PY = Path(os.environ.get("DYNLEARN_PEER_PYTHON", HERE / ".venv-peers" / "bin" / "python"))
@@ -105,6 +110,32 @@ def first_gradient_seconds() -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def network_peers(problem, model, data, theta, tol, ref, reps, tmp) -> dict:
+    """Run torchdiffeq and diffrax on a network problem; print their rows; return figures."""
+    npz = tmp / f"{problem}.npz"
+    network_npz(model, data, theta, npz, tol["rtol"], tol["atol"])
+    out = {}
+    t = run_peer("torchdiffeq", problem, npz, max(3, reps // 4))
+    if "grad_ms" in t:
+        row("torchdiffeq odeint backprop", t["forward_ms"], t["grad_ms"],
+            relative_error(t["grad"], ref))
+        row("torchdiffeq odeint_adjoint", t["forward_ms"], t["grad_adjoint_ms"],
+            relative_error(t["grad_adjoint"], ref))
+        out["torch_grad"] = t["grad_ms"]
+    else:
+        print("  torchdiffeq:", t)
+    j = run_peer("diffrax", problem, npz, reps)
+    if "grad_ms" in j:
+        row("diffrax recursive checkpoint (after jit)", j["forward_ms"], j["grad_ms"],
+            relative_error(j["grad"], ref), f"first gradient {j['first_grad_s']:.2f} s")
+        row("diffrax backsolve adjoint (after jit)", j["forward_ms"], j["grad_backsolve_ms"],
+            relative_error(j["grad_backsolve"], ref))
+        out["diffrax_grad"], out["diffrax_first_s"] = j["grad_ms"], j["first_grad_s"]
+    else:
+        print("  diffrax:", j)
+    return out
+
+
 def bench_lv_ude(reps, peers, tmp):
     model, data, theta = lv_ude_problem()
     tol = dict(rtol=1e-6, atol=1e-6)
@@ -128,26 +159,7 @@ def bench_lv_ude(reps, peers, tmp):
     out = {"dynlearn_fwd": fwd, "dynlearn_grad": res["dynlearn discrete adjoint (default)"],
            "dynlearn_first_s": first}
     if peers:
-        npz = tmp / "lv_ude.npz"
-        network_npz(model, data, theta, npz, 1e-6, 1e-6)
-        t = run_peer("torchdiffeq", "lv_ude", npz, max(5, reps // 4))
-        if "grad_ms" in t:
-            row("torchdiffeq odeint backprop", t["forward_ms"], t["grad_ms"],
-                relative_error(t["grad"], ref))
-            row("torchdiffeq odeint_adjoint", t["forward_ms"], t["grad_adjoint_ms"],
-                relative_error(t["grad_adjoint"], ref))
-            out["torch_grad"] = t["grad_ms"]
-        else:
-            print("  torchdiffeq:", t)
-        j = run_peer("diffrax", "lv_ude", npz, reps)
-        if "grad_ms" in j:
-            row("diffrax recursive checkpoint (after jit)", j["forward_ms"], j["grad_ms"],
-                relative_error(j["grad"], ref), f"first gradient {j['first_grad_s']:.2f} s")
-            row("diffrax backsolve adjoint (after jit)", j["forward_ms"], j["grad_backsolve_ms"],
-                relative_error(j["grad_backsolve"], ref))
-            out["diffrax_grad"], out["diffrax_first_s"] = j["grad_ms"], j["first_grad_s"]
-        else:
-            print("  diffrax:", j)
+        out.update(network_peers("lv_ude", model, data, theta, tol, ref, reps, tmp))
     g = out["dynlearn_grad"]
     print(f"  -> dynlearn loss+gradient / forward solve: {g / fwd:.2f} (target <= 1.5)")
     if "torch_grad" in out:
@@ -177,24 +189,7 @@ def bench_spiral(reps, peers, tmp):
     row("dynlearn continuous adjoint (1000 jumps)", fwd,
         median_ms(lambda: o2.value_and_grad(theta), 2), relative_error(g2, ref))
     if peers:
-        npz = tmp / "spiral.npz"
-        network_npz(model, data, theta, npz, 1e-7, 1e-9)
-        t = run_peer("torchdiffeq", "spiral", npz, max(3, reps // 4))
-        if "grad_ms" in t:
-            row("torchdiffeq odeint backprop", t["forward_ms"], t["grad_ms"],
-                relative_error(t["grad"], ref))
-            row("torchdiffeq odeint_adjoint", t["forward_ms"], t["grad_adjoint_ms"],
-                relative_error(t["grad_adjoint"], ref))
-        else:
-            print("  torchdiffeq:", t)
-        j = run_peer("diffrax", "spiral", npz, reps)
-        if "grad_ms" in j:
-            row("diffrax recursive checkpoint (after jit)", j["forward_ms"], j["grad_ms"],
-                relative_error(j["grad"], ref), f"first gradient {j['first_grad_s']:.2f} s")
-            row("diffrax backsolve adjoint (after jit)", j["forward_ms"], j["grad_backsolve_ms"],
-                relative_error(j["grad_backsolve"], ref))
-        else:
-            print("  diffrax:", j)
+        network_peers("spiral", model, data, theta, tol, ref, reps, tmp)
     print(f"  -> dynlearn gradient / forward solve with 1000 observation times: {grad / fwd:.2f} "
           "(target <= 5)")
 
