@@ -648,7 +648,7 @@ class STLSQ:
         # information criterion rewards tiny terms that fit the network's own error.
         return np.geomspace(self.min_threshold, 1.01 * top, self.n_path)
 
-    def _fit_one(self, A, b, n_eff: float, rng) -> dict:
+    def _fit_one(self, A, b, n_eff: float) -> dict:
         m, k = A.shape
         active = np.einsum("ij,ij->j", A, A) > 0
         grid = self._grid(A, b, active)
@@ -695,7 +695,7 @@ class STLSQ:
                 err[f, i] = np.mean((A[test] @ xi - b[test]) ** 2)
         return err.mean(0), err.std(0, ddof=1) / math.sqrt(self.n_folds)
 
-    def fit(self, Theta, Z, n_effective: float | None = None, seed: int | None = 0) -> dict:
+    def fit(self, Theta, Z, n_effective: float | None = None) -> dict:
         """Fit every column of ``Z``; returns coefficients and the threshold path.
 
         Parameters
@@ -717,12 +717,11 @@ class STLSQ:
         Z = np.asarray(Z, float)
         m = Theta.shape[0]
         n_eff = float(m if n_effective is None else n_effective)
-        rng = np.random.default_rng(seed)
         coef = np.zeros((Theta.shape[1], Z.shape[1]))
         thresholds, paths = [], []
         for j in range(Z.shape[1]):
             s, zs, _ = _scales(Theta, Z[:, j], self.normalize)
-            r = self._fit_one(Theta / s, Z[:, j] / zs, n_eff, rng)
+            r = self._fit_one(Theta / s, Z[:, j] / zs, n_eff)
             coef[:, j] = r["xi"] * zs / s
             thresholds.append(r["threshold"])
             paths.append(r["path"])
@@ -1486,25 +1485,25 @@ def recover(source, library=None, *, optimizer: STLSQ | None = None, data=None, 
     samples = pd.DataFrame(cols)
     n_eff = n_rows if n_effective is None else float(n_effective)
     return _regress(Theta, Z, terms, [o.name for o in outs], opt, n_eff, samples,
-                    source_tag == "trajectory", seed, model=model, output_symbols=list(outs),
+                    source_tag == "trajectory", model=model, output_symbols=list(outs),
                     library=_as_library(library), check_stability=region != "trajectory",
                     data=data, fit_settings=settings)
 
 
-def _regress(Theta, Z, terms, names, opt: STLSQ, n_eff, samples, on_traj, seed,
+def _regress(Theta, Z, terms, names, opt: STLSQ, n_eff, samples, on_traj,
              check_stability: bool = False, **extra):
     import pandas as pd
     m = Theta.shape[0]
     if m <= len(terms):
         warnings.warn(f"only {m} samples for {len(terms)} candidate terms; the regression is "
                       "underdetermined", DiscoveryWarning, stacklevel=3)
-    res = opt.fit(Theta, Z, n_effective=n_eff, seed=seed)
+    res = opt.fit(Theta, Z, n_effective=n_eff)
     coef = res["coef"]
     stable = np.ones(len(names), bool)
     if check_stability and on_traj.sum() > len(terms):
         # the same regression on the trajectory samples alone: if the kept terms differ,
         # the answer depends on where the network is sampled and should not be trusted
-        alone = opt.fit(Theta[on_traj], Z[on_traj], n_effective=n_eff, seed=seed)["coef"]
+        alone = opt.fit(Theta[on_traj], Z[on_traj], n_effective=n_eff)["coef"]
         stable = np.all((alone != 0) == (coef != 0), axis=0)
         for j in np.flatnonzero(~stable):
             other = [str(t) for t, c in zip(terms, alone[:, j]) if c != 0]
@@ -1560,8 +1559,8 @@ def _r2(z, zh) -> float:
 
 
 def sparse_regression(samples, targets, library=None, *, variables: Sequence | None = None,
-                      optimizer: STLSQ | None = None, n_effective: float | None = None,
-                      seed: int | None = 0) -> Recovery:
+                      optimizer: STLSQ | None = None,
+                      n_effective: float | None = None) -> Recovery:
     """Sparse regression of given targets onto a library: the core of :func:`recover`.
 
     Parameters
@@ -1619,12 +1618,12 @@ def sparse_regression(samples, targets, library=None, *, variables: Sequence | N
     frame = pd.DataFrame({**{v.name: X[i] for i, v in enumerate(variables)},
                           **{n: Z[:, i] for i, n in enumerate(names)}})
     return _regress(Theta, Z, terms, names, _as_optimizer(optimizer),
-                    m if n_effective is None else n_effective, frame, np.ones(m, bool), seed,
+                    m if n_effective is None else n_effective, frame, np.ones(m, bool),
                     library=_as_library(library))
 
 
 def sindy_baseline(data, library=None, *, states: Sequence | None = None,
-                   optimizer: STLSQ | None = None, seed: int | None = 0) -> Recovery:
+                   optimizer: STLSQ | None = None) -> Recovery:
     """Plain SINDy: regress finite-difference derivatives of the data onto a library.
 
     This is the baseline the UDE workflow is measured against: with noisy, sparse
@@ -1685,7 +1684,7 @@ def sindy_baseline(data, library=None, *, states: Sequence | None = None,
     frame = pd.DataFrame({data.time_name: T, **{s.name: X[:, i] for i, s in enumerate(states)},
                           **{o: dX[:, i] for i, o in enumerate(outs)}})
     return _regress(Theta, dX, terms, outs, _as_optimizer(optimizer), m, frame,
-                    np.ones(m, bool), seed, states=list(states), kind="derivative",
+                    np.ones(m, bool), states=list(states), kind="derivative",
                     library=_as_library(library))
 
 

@@ -146,6 +146,8 @@ def pipeline(noise_seed: int = 0, verbose: bool = True) -> dict:
         and rec.coefficients.loc["x*y", "nn[0]"] < 0 < rec.coefficients.loc["x*y", "nn[1]"],
         spurious=n_spurious(rec.support(), TRUE_SUPPORT),
         refined_exact=refined.support() == TRUE_SUPPORT,
+        refined_beta_err=abs(100 * (-refined.coefficients.loc["x*y", "nn[0]"] / 0.9 - 1)),
+        refined_gamma_err=abs(100 * (refined.coefficients.loc["x*y", "nn[1]"] / 0.8 - 1)),
         beta_err=abs(table.loc["beta", "UDE error %"]),
         gamma_err=abs(table.loc["gamma", "UDE error %"]),
         stderr_ok=bool(np.all(np.isfinite(refit.params.loc[
