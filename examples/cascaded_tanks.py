@@ -16,6 +16,12 @@ on the estimation record only, then simulate the test record from its input, sta
 from the initial state estimated on the estimation record (both records start from the same
 state), and report the RMSE in volts over all 1024 test samples. The test record is never
 used for tuning.
+
+Measured: physics only, test RMSE 0.695 V; hybrid (50 network weights, L2 1e-3, 150
+Levenberg-Marquardt iterations, ~10 minutes on a busy 2-core machine), estimation RMS error
+0.085 V and test RMSE 0.239 V. Published for orientation (Forgione & Piga 2021 and works
+cited there): best linear approximation 0.75, neural continuous-time models 0.33-0.40,
+grey-box with a physical overflow model 0.18.
 """
 
 import numpy as np
