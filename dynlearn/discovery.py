@@ -837,6 +837,9 @@ class Recovery:
         The final refit, after :meth:`refit`.
     dropped : list of dict
         Terms removed by :meth:`refit` as not significant: output, term, value, stderr.
+    regression : Recovery or None
+        After :meth:`refit` (which :func:`recover` runs by default), the sparse regression
+        of the network before the refit: what the network alone says.
     """
 
     outputs: list
@@ -858,8 +861,11 @@ class Recovery:
     stderr: np.ndarray | None = None
     fit: object = None
     dropped: list = field(default_factory=list)
+    regression: Recovery | None = field(default=None, repr=False)
     # relative size of each term on the samples: rms(theta_i) / rms(target_j), (k, q)
     scale: np.ndarray | None = field(default=None, repr=False)
+    # (library at the samples, targets, trajectory-sample mask), to rescore refits
+    arrays: tuple | None = field(default=None, repr=False)
 
     # --- views ---------------------------------------------------------------------------
     @property
@@ -1076,6 +1082,7 @@ class Recovery:
         if not (isinstance(z, (int, float)) and z >= 0):
             raise OptionError(f"z must be a number >= 0, got {z!r}")
         kwargs = {"progress": False, **self.fit_settings, **fit_kwargs}
+        regression = self.regression if self.regression is not None else self
         cutoff = (self.optimizer.min_threshold if self.optimizer is not None else 0.01) \
             if min_contribution is None else float(min_contribution)
         current = self
@@ -1095,7 +1102,7 @@ class Recovery:
                               f"the refit failed ({result.message})", DiscoveryWarning,
                               stacklevel=2)
                 if last_good is not None:
-                    return last_good
+                    return last_good._rescored()
             table = result.params
             coef = np.zeros_like(current.coef)
             se = np.full_like(current.coef, np.nan)
@@ -1103,7 +1110,8 @@ class Recovery:
                 i, j = current._term_index(t), current.outputs.index(o)
                 coef[i, j] = float(table.loc[name, "value"])
                 se[i, j] = float(table.loc[name, "stderr"])
-            current = current._replace(coef=coef, stderr=se, fit=result, dropped=dropped)
+            current = current._replace(coef=coef, stderr=se, fit=result, dropped=dropped,
+                                       regression=regression)
             if not prune or not np.isfinite(result.loss):
                 break
             last_good = current
@@ -1125,7 +1133,16 @@ class Recovery:
             coef = coef.copy()
             coef[i, j] = 0.0
             current = current._replace(coef=coef, dropped=dropped)
-        return current
+        return current._rescored()
+
+    def _rescored(self) -> Recovery:
+        """The same recovery with :attr:`score` recomputed for its coefficients."""
+        if self.arrays is None:
+            return self
+        Theta, Z, on_traj = self.arrays
+        score = _score(Theta, Z, self.coef, on_traj, self.outputs, self.thresholds,
+                       self.score["stable"].to_numpy())
+        return self._replace(score=score)
 
     def _term_index(self, term: str) -> int:
         return [str(t) for t in self.terms].index(term)
@@ -1344,8 +1361,8 @@ _REGIONS = ("tube", "hull", "box", "trajectory")
 def recover(source, library=None, *, optimizer: STLSQ | None = None, data=None, t=None,
             y0=None, inputs=None, outputs=None, region: str = "tube", radius: float = 0.02,
             n_trajectory: int = 200, n_region: int = 200, n_effective: float | None = None,
-            seed: int | None = 0, method: str = "RK45", rtol: float = 1e-8,
-            atol: float = 1e-10) -> Recovery:
+            refit: bool = True, z: float = 2.0, seed: int | None = 0, method: str = "RK45",
+            rtol: float = 1e-8, atol: float = 1e-10) -> Recovery:
     """Recover equations for the learned network terms of a fitted hybrid model.
 
     Parameters
@@ -1387,6 +1404,15 @@ def recover(source, library=None, *, optimizer: STLSQ | None = None, data=None, 
     n_effective : float, optional
         Sample size of the information criteria; default the number of measured time
         points, since that is how much information the network learned from.
+    refit : bool
+        When the data are known (a fit result, or ``data=``), refit the recovered terms to
+        the data and drop those the data do not support (:meth:`Recovery.refit`, with
+        significance ``z`` and the original fit's settings). The regression reads the
+        network, which carries its own errors (an over-fitted network hands over small
+        spurious terms); the refit asks the data. The bare regression stays available as
+        ``rec.regression``. ``refit=False`` returns the regression alone.
+    z : float
+        Significance for the refit: terms with ``|value| < z * stderr`` are dropped.
     seed : int, optional
         Seeds the region samples.
     method, rtol, atol
@@ -1412,15 +1438,19 @@ def recover(source, library=None, *, optimizer: STLSQ | None = None, data=None, 
     For every network output :math:`z_i = N_i(g(t, y, u; p); w)` the samples
     :math:`(X_s, z_i(X_s))` are regressed onto the library :math:`\\Theta(X_s)` with STLSQ
     (see the module docstring for the scaling). The samples are the fitted trajectories
-    at ``n_trajectory`` times per experiment plus ``n_region`` points inside the region
-    they cover (Latin hypercube, rejected outside the convex hull); for those points time
-    is drawn uniformly over the data's span.
+    at ``n_trajectory`` times per experiment plus ``n_region`` points of the chosen region
+    (Latin hypercube in the scaled bounding box, rejected outside the tube or the convex
+    hull); for those points time is drawn uniformly over the data's span. Then, with
+    ``refit``, the recovered model is refitted to the data with backward elimination of
+    unsupported terms (:meth:`Recovery.refit`).
 
     Examples
     --------
     >>> rec = dl.recover(result, library=dl.polynomial_library(degree=2))  # doctest: +SKIP
-    >>> rec.equations()                                                     # doctest: +SKIP
-    ['nn[0] = -0.901*x*y', 'nn[1] = 0.797*x*y']
+    >>> rec.equations(uncertainty=True)                                     # doctest: +SKIP
+    ['nn[0] = (-0.9 ± 0.0018)*x*y', 'nn[1] = (0.802 ± 0.0037)*x*y']
+    >>> rec.regression.equations()        # the network alone               # doctest: +SKIP
+    ['nn[0] = -0.945*x*y', 'nn[1] = 0.839*x*y']
     >>> refit = dl.fit(rec.to_model(), result.data)                        # doctest: +SKIP
     """
     model, data, y0 = _source_parts(source, data, y0)
@@ -1484,10 +1514,13 @@ def recover(source, library=None, *, optimizer: STLSQ | None = None, data=None, 
     cols["source"] = source_tag
     samples = pd.DataFrame(cols)
     n_eff = n_rows if n_effective is None else float(n_effective)
-    return _regress(Theta, Z, terms, [o.name for o in outs], opt, n_eff, samples,
-                    source_tag == "trajectory", model=model, output_symbols=list(outs),
-                    library=_as_library(library), check_stability=region != "trajectory",
-                    data=data, fit_settings=settings)
+    rec = _regress(Theta, Z, terms, [o.name for o in outs], opt, n_eff, samples,
+                   source_tag == "trajectory", model=model, output_symbols=list(outs),
+                   library=_as_library(library), check_stability=region != "trajectory",
+                   data=data, fit_settings=settings)
+    if refit and data is not None and rec.coef.any():
+        rec = rec.refit(z=z)
+    return rec
 
 
 def _regress(Theta, Z, terms, names, opt: STLSQ, n_eff, samples, on_traj,
@@ -1517,17 +1550,8 @@ def _regress(Theta, Z, terms, names, opt: STLSQ, n_eff, samples, on_traj,
     live = s > 0
     sv = np.linalg.svd(Theta[:, live] / s[live], compute_uv=False) if live.any() else [1.0]
     cond = float(sv[0] / sv[-1]) if sv[-1] > 0 else math.inf
-    pred = Theta @ coef
-    rows = []
-    for j, name in enumerate(names):
-        z, zh = Z[:, j], pred[:, j]
-        r2 = _r2(z, zh)
-        rms = float(np.sqrt(np.mean(z * z)))
-        rmse = float(np.sqrt(np.mean((z - zh) ** 2)))
-        rows.append(dict(r2=r2, rmse=rmse, nrmse=rmse / rms if rms > 0 else 0.0,
-                         r2_trajectory=_r2(z[on_traj], zh[on_traj]) if on_traj.any() else np.nan,
-                         n_terms=int(np.count_nonzero(coef[:, j])),
-                         threshold=float(res["thresholds"][j]), stable=bool(stable[j])))
+    score = _score(Theta, Z, coef, on_traj, names, res["thresholds"], stable)
+    for name, r2 in zip(names, score["r2"]):
         if r2 < 0.9:
             warnings.warn(f"the recovered expression for {name} explains only R^2 = {r2:.3f} of "
                           "the learned term: the library lacks the right terms, the threshold is "
@@ -1537,17 +1561,32 @@ def _regress(Theta, Z, terms, names, opt: STLSQ, n_eff, samples, on_traj,
     if cond > 1e6:
         warnings.warn(f"the library columns are nearly collinear on the samples (condition "
                       f"number {cond:.2g}): terms can stand in for each other and the selected "
-                      "ones may be arbitrary. Spread the samples (region='hull'), add "
+                      "ones may be arbitrary. Spread the samples (a wider region='tube'), add "
                       "experiments or shrink the library", DiscoveryWarning, stacklevel=3)
     zrms = np.sqrt(np.mean(Z * Z, axis=0))
     scale = s[:, None] / np.where(zrms > 0, zrms, 1.0)[None, :]
-    score = pd.DataFrame(rows, index=pd.Index(names, name="output"))
     path = pd.DataFrame([dict(output=name, **row) for name, p in zip(names, res["path"])
                          for row in p])
     return Recovery(outputs=list(names), terms=list(terms), coef=coef,
                     thresholds=np.asarray(res["thresholds"]), score=score, path=path,
                     samples=samples, condition_number=cond, optimizer=opt, scale=scale,
-                    **extra)
+                    arrays=(Theta, Z, on_traj), **extra)
+
+
+def _score(Theta, Z, coef, on_traj, names, thresholds, stable):
+    """Fit quality per output of ``Theta @ coef`` against the sampled targets ``Z``."""
+    import pandas as pd
+    pred = Theta @ coef
+    rows = []
+    for j in range(len(names)):
+        z, zh = Z[:, j], pred[:, j]
+        rms = float(np.sqrt(np.mean(z * z)))
+        rmse = float(np.sqrt(np.mean((z - zh) ** 2)))
+        rows.append(dict(r2=_r2(z, zh), rmse=rmse, nrmse=rmse / rms if rms > 0 else 0.0,
+                         r2_trajectory=_r2(z[on_traj], zh[on_traj]) if on_traj.any() else np.nan,
+                         n_terms=int(np.count_nonzero(coef[:, j])),
+                         threshold=float(thresholds[j]), stable=bool(stable[j])))
+    return pd.DataFrame(rows, index=pd.Index(list(names), name="output"))
 
 
 def _r2(z, zh) -> float:

@@ -44,7 +44,7 @@ def lv_data():
 @pytest.fixture(scope="module")
 def exact_recovery(lv_data):
     model = lv_hybrid(exact_network())
-    return model, dl.recover(model, dl.polynomial_library(2), data=lv_data)
+    return model, dl.recover(model, dl.polynomial_library(2), data=lv_data, refit=False)
 
 
 # --- libraries --------------------------------------------------------------------------
@@ -310,7 +310,7 @@ def test_recover_trained_mlp_gets_the_support():
 def test_recover_only_selected_outputs_keeps_the_rest_of_the_network(lv_data):
     net = exact_network()
     model = lv_hybrid(net)
-    rec = dl.recover(model, data=lv_data, outputs=["nn[1]"], region="trajectory")
+    rec = dl.recover(model, data=lv_data, outputs=["nn[1]"], region="trajectory", refit=False)
     assert rec.outputs == ["nn[1]"]
     sym = rec.to_model()
     assert sym.networks == (net,)
@@ -326,7 +326,7 @@ def test_recover_with_an_exogenous_input():
     model = dl.HybridModel(states=[x], inputs=[u], params={k: 1.0}, rhs={x: -k * x + net[0]})
     t = np.linspace(0, 4, 41)
     frame = pd.DataFrame({"t": t, "x": np.full(t.size, 1.0), "u": 1 + np.sin(2 * t)})
-    rec = dl.recover(model, dl.polynomial_library(2), data=frame, y0=[1.0])
+    rec = dl.recover(model, dl.polynomial_library(2), data=frame, y0=[1.0], refit=False)
     assert rec.equations() == ["nn[0] = 0.5*u*x"]
     assert set(rec.samples.source) == {"trajectory", "region"}
     assert rec.samples.u.between(-0.05, 2.05).all()   # the tube reaches 2 % past the range
@@ -338,7 +338,7 @@ def test_recover_with_an_exogenous_input():
 def test_library_with_parameters_and_time(lv_data):
     model = lv_hybrid(exact_network())
     t = model.time
-    rec = dl.recover(model, [x * y, alpha * x, sp.sin(t)], data=lv_data)
+    rec = dl.recover(model, [x * y, alpha * x, sp.sin(t)], data=lv_data, refit=False)
     assert rec.support() == {"nn[0]": ["x*y"], "nn[1]": ["x*y"]}
 
 
@@ -389,7 +389,7 @@ def spurious_network(c_y=0.1):
 
 def test_refit_prunes_a_spurious_term():
     _, data, _ = lv_ude_problem(noise=0.05, seed=3)
-    rec = dl.recover(lv_hybrid(spurious_network()), data=data, y0=LV_Y0)
+    rec = dl.recover(lv_hybrid(spurious_network()), data=data, y0=LV_Y0, refit=False)
     assert rec.support() == {"nn[0]": ["y", "x*y"], "nn[1]": ["x*y"]}
     with pytest.raises(dl.OptionError, match="call rec.refit"):
         rec.equations(uncertainty=True)
@@ -404,6 +404,11 @@ def test_refit_prunes_a_spurious_term():
     # without pruning the term stays, indistinguishable from zero
     once = rec.refit(y0=np.array(LV_Y0), prune=False)
     assert once.support()["nn[0]"] == ["y", "x*y"] and once.dropped == []
+    # recover() refits and prunes by default; the bare regression stays available
+    default = dl.recover(lv_hybrid(spurious_network()), data=data, y0=LV_Y0)
+    assert default.support() == refined.support() and default.stderr is not None
+    assert default.regression.support() == rec.support()
+    assert default.score.loc["nn[0]", "r2"] < rec.score.loc["nn[0]", "r2"]  # vs the network
 
 
 def test_recover_from_a_fit_result_uses_its_data_and_settings():
@@ -414,12 +419,13 @@ def test_recover_from_a_fit_result_uses_its_data_and_settings():
                 weights=w)
     result = dl.fit(lv_hybrid(nn), data, y0=np.array(LV_Y0), progress=False)
     assert result.success
-    rec = dl.recover(result, dl.polynomial_library(2))
+    rec = dl.recover(result, dl.polynomial_library(2), refit=False)
     assert rec.data is result.data
     assert rec.fit_settings["loss"] == "ls" and set(rec.fit_settings["y0"]) == {"data"}
     refined = rec.refit()
     assert refined.support() == {"nn[0]": ["x*y"], "nn[1]": ["x*y"]}
     assert refined.coefficients.loc["x*y", "nn[1]"] == pytest.approx(GAMMA, rel=0.05)
+    assert refined.fit.model0.name == "lv-ude-recovered"
 
 
 # --- baseline and extrapolation -----------------------------------------------------------
