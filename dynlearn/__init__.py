@@ -42,6 +42,7 @@ from .optimizers import (
     Optimizer,
     Staged,
 )
+from .parallel import Bootstrap, Ensemble, Parallel, TaskError, bootstrap, ensemble, parallel
 from .parameters import Parameter
 from .results import FitResult, load_result
 from .sensitivity import Adjoint, FiniteDifference, ForwardSensitivity
@@ -64,4 +65,6 @@ __all__ = [
     "DiscoveryError", "DiscoveryWarning", "Library", "Recovery", "STLSQ",
     "compare_extrapolation", "exponential_library", "physics_only", "polynomial_library",
     "recover", "sindy_baseline", "sparse_regression", "stlsq", "trigonometric_library",
+    # scale-out on Dask distributed (issue 6); dynlearn.parallel imports dask only when used
+    "Bootstrap", "Ensemble", "Parallel", "TaskError", "bootstrap", "ensemble", "parallel",
 ]

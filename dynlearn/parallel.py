@@ -1,0 +1,1038 @@
+"""Scale-out on Dask distributed: experiments, multi-start fits, bootstrap and ensembles.
+
+The same code runs on a laptop and on a cluster: pass a ``dask.distributed.Client`` (or
+open a :func:`parallel` context) and dynlearn sends its independent pieces of work to the
+workers; without one, everything runs in-process and serially and Dask is never imported.
+
+How it works
+------------
+Work is fanned out at two levels.
+
+* **Independent fits**: the starts of a multi-start fit (``dl.fit(..., n_starts=K,
+  client=client)``), bootstrap refits (:func:`bootstrap`) and ensemble members
+  (:func:`ensemble`) run one per task. What they share (model, bound data, fit settings) is
+  scattered to every worker once (``client.scatter(..., broadcast=True)``); each task gets it
+  by reference, so only a few numbers (a start point, a seed, resampling indices) travel per
+  task. Results are collected with ``as_completed`` as they finish.
+* **Experiments inside one fit** (``n_starts=1``, several experiments): the fit's objective
+  is scattered once; every residual, Jacobian or gradient evaluation then sends ``x`` to one
+  task per *batch* of experiments and sums (or stacks) what comes back. Batching keeps the
+  per-task overhead (a few ms to a few tens of ms per round trip) small against the solves.
+  Only the non-zero columns of each experiment's Jacobian block travel back.
+
+The model travels without its compiled functions (:meth:`HybridModel.__getstate__`); a worker
+compiles it on first use and keeps it with the scattered object, so it is compiled once per
+worker, not once per task.
+
+Results are those of the serial run: residuals and Jacobians are stacked in the serial order
+(bit-identical); gradients and losses are sums whose order of summation differs (equal to
+rounding); independent fits are computed by the same code from the same inputs and seeds.
+
+Faults. When a worker dies, the scheduler re-runs its tasks elsewhere (up to
+``distributed.scheduler.allowed-failures`` times); scattered inputs survive on the other
+workers (they were broadcast). Tasks that raise are retried ``retries`` times (for transient
+failures such as a lost connection), then the error is raised on the client as a
+:class:`TaskError` naming the experiment, start, replicate or member and the worker. A trial
+point where the ODE solver fails is not an error: it is rejected, exactly as in a serial fit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+import traceback
+import uuid
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError, DynlearnError, OptionError
+
+__all__ = [
+    "Bootstrap",
+    "Ensemble",
+    "Parallel",
+    "TaskError",
+    "bootstrap",
+    "ensemble",
+    "local_client",
+    "parallel",
+]
+
+OVER = ("auto", "starts", "experiments")
+_CURRENT: contextvars.ContextVar[Parallel | None] = contextvars.ContextVar("dynlearn_parallel",
+                                                                          default=None)
+
+
+class TaskError(DynlearnError):
+    """A task failed on a Dask worker.
+
+    Attributes
+    ----------
+    where : str
+        What failed, e.g. ``"experiment 'run3'"``, ``"start 2"``, ``"bootstrap replicate 17"``.
+    worker : str
+        Address of the worker ("" when unknown).
+    remote_traceback : str
+        The traceback on the worker.
+    """
+
+    def __init__(self, message: str, where: str = "", worker: str = "",
+                 remote_traceback: str = ""):
+        super().__init__(message)
+        self.where, self.worker, self.remote_traceback = where, worker, remote_traceback
+
+    def __reduce__(self):  # keep the attributes when the error travels back from a worker
+        return (type(self), (str(self), self.where, self.worker, self.remote_traceback))
+
+
+# --- configuration ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Parallel:
+    """How dynlearn uses a Dask client; pass it as ``client=`` or open :func:`parallel`.
+
+    Parameters
+    ----------
+    client : dask.distributed.Client
+    over : {"auto", "starts", "experiments"}
+        What a fit fans out. ``"starts"``: one task per start of a multi-start fit (each start
+        evaluates its experiments serially). ``"experiments"``: every evaluation of the
+        objective is split over batches of experiments (starts run one after another).
+        ``"auto"`` (default): starts when ``n_starts > 1``, else experiments.
+    batch_size : int, optional
+        Experiments per task when fanning out experiments. Default: split the experiments
+        into as many batches as the cluster has worker threads (fewest round trips; pass a
+        smaller size when experiments differ much in cost, to balance the load).
+    retries : int
+        How many times a task that raised is re-run before its error is reported (default
+        1). Tasks lost with a dead worker are re-run by the scheduler regardless.
+    """
+
+    client: Any
+    over: str = "auto"
+    batch_size: int | None = None
+    retries: int = 1
+
+    def __post_init__(self):
+        if self.over not in OVER:
+            raise OptionError(f"over={self.over!r}: use one of {list(OVER)}")
+        if self.batch_size is not None and (not isinstance(self.batch_size, (int, np.integer))
+                                            or self.batch_size < 1):
+            raise OptionError(f"batch_size must be a positive integer or None, got "
+                              f"{self.batch_size!r}")
+        if not isinstance(self.retries, (int, np.integer)) or self.retries < 0:
+            raise OptionError(f"retries must be a non-negative integer, got {self.retries!r}")
+        _check_client(self.client)
+
+    @property
+    def n_threads(self) -> int:
+        """Worker threads in the cluster now (at least 1)."""
+        try:
+            return max(1, sum(self.client.nthreads().values()))
+        except Exception:  # noqa: BLE001 - a client that cannot tell: assume one
+            return 1
+
+
+def _check_client(client) -> None:
+    if not all(hasattr(client, a) for a in ("submit", "gather", "scatter")):
+        raise OptionError(f"client must be a dask.distributed.Client (or dl.Parallel(client)), "
+                          f"got {type(client).__name__}; create one with "
+                          "dynlearn.parallel.local_client(n_workers) or "
+                          "Client('tcp://scheduler:8786')")
+    if getattr(client, "asynchronous", False):
+        raise OptionError("client is asynchronous; dynlearn needs a synchronous Client")
+
+
+def _resolve(client) -> Parallel | None:
+    """The :class:`Parallel` configuration for a ``client=`` argument (``None``: the one of
+    the enclosing :func:`parallel` context, if any)."""
+    if client is None:
+        return _CURRENT.get()
+    if isinstance(client, Parallel):
+        return client
+    return Parallel(client)
+
+
+def local_client(n_workers: int = 2, threads_per_worker: int = 1, **cluster_kwargs):
+    """A client of a new local cluster on this machine (loopback only).
+
+    The cluster runs ``n_workers`` worker processes with ``threads_per_worker`` threads each
+    and listens on 127.0.0.1 only; closing the client closes the cluster.
+
+    Parameters
+    ----------
+    n_workers : int
+        Worker processes; the number of cores is the useful maximum (dynlearn's work is
+        CPU-bound Python, so processes, not threads, give parallelism).
+    threads_per_worker : int
+    **cluster_kwargs
+        Passed to ``dask.distributed.LocalCluster`` (e.g. ``memory_limit="2GiB"``).
+
+    Returns
+    -------
+    dask.distributed.Client
+
+    Examples
+    --------
+    >>> from dynlearn.parallel import local_client          # doctest: +SKIP
+    >>> with local_client(2) as client:                     # doctest: +SKIP
+    ...     result = dl.fit(model, data, n_starts=8, seed=0, client=client)
+    """
+    if not isinstance(n_workers, (int, np.integer)) or n_workers < 1:
+        raise OptionError(f"n_workers must be a positive integer, got {n_workers!r}")
+    try:
+        from distributed import Client
+    except ImportError:
+        raise OptionError("running on Dask needs dask.distributed: pip install "
+                          "'dynlearn[dist]'") from None
+    kw = dict(n_workers=int(n_workers), threads_per_worker=int(threads_per_worker),
+              processes=True, host="127.0.0.1", dashboard_address=None)
+    kw.update(cluster_kwargs)
+    # without an address, Client starts a LocalCluster that it owns and closes with itself
+    return Client(**kw)
+
+
+@contextlib.contextmanager
+def parallel(client=None, *, workers: int | None = None, over: str = "auto",
+             batch_size: int | None = None, retries: int = 1) -> Iterator[Parallel]:
+    """Run dynlearn's fits inside the block on Dask.
+
+    ``dl.fit``, :func:`bootstrap` and :func:`ensemble` called without ``client=`` inside the
+    block use this client.
+
+    Parameters
+    ----------
+    client : dask.distributed.Client, optional
+        An existing client (left open at the end of the block).
+    workers : int, optional
+        Without ``client``: start a local cluster with this many worker processes for the
+        block and close it afterwards.
+    over, batch_size, retries
+        See :class:`Parallel`.
+
+    Yields
+    ------
+    Parallel
+
+    Examples
+    --------
+    >>> with dl.parallel(workers=2):                              # doctest: +SKIP
+    ...     result = dl.fit(model, data, n_starts=8, seed=0)
+    """
+    own = None
+    if client is None:
+        if workers is None:
+            raise OptionError("dl.parallel() needs a client (a dask.distributed.Client) or "
+                              "workers=N to start a local cluster")
+        client = own = local_client(workers)
+    try:
+        par = client if isinstance(client, Parallel) else Parallel(client, over, batch_size,
+                                                                  retries)
+        token = _CURRENT.set(par)
+        try:
+            yield par
+        finally:
+            _CURRENT.reset(token)
+    finally:
+        if own is not None:
+            own.close()
+
+
+# --- running tasks ---------------------------------------------------------------------------
+def _worker_address() -> str:
+    try:
+        from distributed import get_worker
+        return get_worker().address
+    except Exception:  # noqa: BLE001 - not on a worker
+        return ""
+
+
+def _task(fn: Callable, label: str, item, **shared):
+    """Run ``fn(item, **shared)`` on a worker; an error names ``label`` and the worker."""
+    try:
+        return fn(item, **shared)
+    except Exception as exc:
+        worker = _worker_address()
+        raise TaskError(f"{label} failed on worker {worker or '?'}: {type(exc).__name__}: {exc}",
+                        label, worker, traceback.format_exc()) from None
+
+
+def _as_task_error(exc: BaseException, label: str) -> TaskError:
+    if isinstance(exc, TaskError):
+        return exc
+    return TaskError(f"{label} failed: {type(exc).__name__}: {exc}", label)
+
+
+def _note(exc: BaseException, text: str) -> None:
+    if hasattr(exc, "add_note"):  # Python >= 3.11
+        exc.add_note(text)
+
+
+def _progress_bar(progress: bool, total: int, desc: str):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit="task", leave=False, dynamic_ncols=True)
+
+
+def _run_tasks(par: Parallel | None, fn: Callable, items: Sequence, labels: Sequence[str],
+               shared: Mapping[str, Any], progress: bool = False, desc: str = "tasks",
+               on_result: Callable | None = None) -> list:
+    """``[fn(item, **shared) for item in items]``: serially without ``par``, else one Dask
+    task per item, with ``shared`` scattered to every worker once. Results in item order."""
+    bar = _progress_bar(progress, len(items), desc)
+    try:
+        if par is None:
+            out = []
+            for item, label in zip(items, labels):
+                try:
+                    out.append(fn(item, **shared))
+                except Exception as exc:
+                    _note(exc, f"(in {label})")
+                    raise
+                if bar is not None:
+                    bar.update(1)
+                    if on_result is not None:
+                        on_result(bar, out[-1])
+            return out
+        return _run_on_dask(par, fn, items, labels, shared, bar, desc, on_result)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _scatter(client, obj):
+    """Send ``obj`` to every worker once; its future. (Wrapped in a list: ``scatter`` would
+    split a dict or list into one future per element.)"""
+    return client.scatter([obj], broadcast=True, hash=False)[0]
+
+
+def _run_on_dask(par, fn, items, labels, shared, bar, desc, on_result) -> list:
+    from distributed import as_completed
+    client = par.client
+    token = uuid.uuid4().hex[:10]
+    remote = {k: _scatter(client, v) for k, v in shared.items()}
+    futures = [client.submit(_task, fn, label, item, key=f"dynlearn-{desc}-{token}-{i}",
+                             retries=par.retries, pure=False, **remote)
+               for i, (item, label) in enumerate(zip(items, labels))]
+    index = {f.key: i for i, f in enumerate(futures)}
+    results: list = [None] * len(futures)
+    try:
+        for fut in as_completed(futures):
+            i = index[fut.key]
+            if fut.status != "finished":
+                raise _as_task_error(fut.exception(), labels[i])
+            results[i] = fut.result()
+            fut.release()
+            if bar is not None:
+                bar.update(1)
+                if on_result is not None:
+                    on_result(bar, results[i])
+    except BaseException:
+        client.cancel(futures)
+        raise
+    finally:
+        client.cancel(list(remote.values()))
+    return results
+
+
+# --- multi-start fits (the hook used by dl.fit) ------------------------------------------------
+def start_mapper(client) -> Callable:
+    """The ``map``-like function :func:`dynlearn.fit` runs its starts with.
+
+    ``client`` is ``None`` (the enclosing :func:`parallel` context, else builtin ``map``), a
+    Dask client, a :class:`Parallel`, or any ``map``-like callable (used as is).
+    """
+    if client is not None and callable(client) and not hasattr(client, "submit"):
+        return client
+    par = _resolve(client)
+    if par is None:
+        return map
+    return lambda f, specs: _map_starts(par, f, list(specs))
+
+
+def _map_starts(par: Parallel, f: Callable, specs: list) -> list:
+    if not specs:
+        return []
+    settings = specs[0]["settings"]
+    n_exp = len(settings["bound"])
+    over = par.over
+    if over == "auto":
+        over = "starts" if len(specs) > 1 else "experiments"
+    if over == "experiments":
+        if n_exp < 2:       # nothing to split: one experiment evaluates fastest in-process
+            return [f(s) for s in specs]
+        out = []
+        for s in specs:
+            made: list = []
+
+            def make(made=made, **kw):
+                made.append(_FannedObjective(par, **kw))
+                return made[-1]
+            try:
+                out.append(f({**s, "make_objective": make}))
+            finally:
+                for obj in made:
+                    obj.close()
+        return out
+    if any(s["settings"] is not settings for s in specs):  # pragma: no cover - fit shares one
+        raise DynlearnError("internal: the starts of a fit must share their settings")
+    light = [{k: v for k, v in s.items() if k != "settings"} | {"progress": False}
+             for s in specs]
+    best = [math.inf]
+
+    def show(bar, outcome):
+        best[0] = min(best[0], outcome.cost)
+        bar.set_postfix(loss=f"{best[0]:.6g}", refresh=False)
+    return _run_tasks(par, _start_task, [(f, s) for s in light],
+                      [f"start {s['start']}" for s in specs], {"settings": settings},
+                      progress=any(s.get("progress") for s in specs), desc="starts",
+                      on_result=show)
+
+
+def _start_task(item, settings):
+    f, spec = item
+    return f({**spec, "settings": settings})
+
+
+# --- experiments of one fit --------------------------------------------------------------------
+def _batches(n: int, batch_size: int | None, n_threads: int) -> list[tuple[int, ...]]:
+    """Contiguous, near-equal batches of ``range(n)`` (contiguous keeps the serial order)."""
+    n_tasks = min(n, n_threads) if batch_size is None else math.ceil(n / batch_size)
+    return [tuple(int(i) for i in b) for b in np.array_split(np.arange(n), max(1, n_tasks))
+            if b.size]
+
+
+class _SubSpace:
+    """A :class:`~dynlearn.parameters.ParameterSpace` seen by one experiment: the same ``x``,
+    only that experiment's initial states."""
+
+    def __init__(self, space, i: int):
+        self._space, self._i = space, i
+        self.y0_index = [space.y0_index[i]]
+
+    def unpack(self, x):
+        theta, y0s = self._space.unpack(x)
+        return theta, [y0s[self._i]]
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("_space", "_i"):  # e.g. while unpickling
+            raise AttributeError(name)
+        return getattr(self._space, name)
+
+
+def _experiment_view(obj, i: int):
+    """The objective restricted to experiment ``i``, without the L2 term.
+
+    Relies on FitObjective keeping per-experiment lists ``bound``, ``known`` and ``scales``
+    and its L2 size in ``n_reg``; tests/test_parallel.py compares every evaluation with the
+    serial one, so a change there shows up at once.
+    """
+    import copy
+    view = copy.copy(obj)
+    view.bound, view.known = [obj.bound[i]], [obj.known[i]]
+    view.space = _SubSpace(obj.space, i)
+    view.n_reg = 0
+    view.tracker = None
+    view.sigma_hat = np.array(obj.sigma_hat, dtype=float)
+    view._refresh_scales()
+    return view
+
+
+# per-worker cache: scattered objective -> {experiment index: view}; entries go with the object
+_VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class _RejectedAt:
+    message: str
+
+
+def _experiment_task(obj, batch: tuple[int, ...], what: str, x, sigma_hat):
+    """Evaluate ``what`` for the experiments in ``batch`` (runs on a worker).
+
+    ``obj`` is the scattered objective: it lives in the worker's memory across tasks, so its
+    model is compiled once and the per-experiment views are built once (kept beside it, not
+    in it, so that the object stays as scattered if the worker hands it to another).
+    """
+    from .objective import Rejected
+    views = _VIEWS.get(obj)
+    if views is None:
+        views = _VIEWS[obj] = {}
+    out = []
+    for i in batch:
+        view = views.get(i)
+        if view is None:
+            view = views[i] = _experiment_view(obj, i)
+        if not np.array_equal(view.sigma_hat, sigma_hat):
+            view.set_sigma(np.array(sigma_hat, dtype=float))
+        try:
+            if what == "residuals":
+                out.append(view._residuals(x))
+            elif what == "jacobian":
+                r, J = view._jacobian(x)
+                cols = _jacobian_columns(obj.space, i)
+                out.append((r, J[:, cols]))
+            else:
+                out.append(view._cost_and_grad(x))
+        except Rejected as exc:   # a failed solve rejects the trial point; not an error
+            return _RejectedAt(str(exc))
+        except Exception as exc:
+            worker = _worker_address()
+            name = obj.bound[i].name
+            raise TaskError(f"experiment '{name}' failed on worker {worker or '?'} while "
+                            f"computing the {what}: {type(exc).__name__}: {exc}",
+                            f"experiment '{name}'", worker, traceback.format_exc()) from None
+    return out
+
+
+def _jacobian_columns(space, i: int) -> np.ndarray:
+    """Columns of ``x`` an experiment's residuals depend on: theta and its own initial
+    states (the rest of its Jacobian block is zero and need not travel)."""
+    return np.r_[np.arange(space.n_theta), np.array([k for _, k in space.y0_index[i]],
+                                                    dtype=int)].astype(int)
+
+
+def _fanned_objective_class():
+    from .objective import FitObjective, Rejected
+
+    class FannedObjective(FitObjective):
+        """A :class:`~dynlearn.objective.FitObjective` whose residuals, Jacobian and
+        gradient are evaluated on Dask, one task per batch of experiments."""
+
+        def __init__(self, par: Parallel, **settings):
+            super().__init__(**settings)
+            self._client = par.client
+            self._retries = par.retries
+            self._remote = _scatter(par.client, FitObjective(**settings))
+            self._batches = _batches(len(self.bound), par.batch_size, par.n_threads)
+            self._token = uuid.uuid4().hex[:10]
+            self._calls = 0
+
+        def close(self):
+            if self._remote is not None:
+                self._client.cancel([self._remote])
+                self._remote = None
+
+        def _evaluate(self, what: str, x) -> list:
+            self._calls += 1
+            client = self._client
+            x = np.asarray(x, dtype=float)
+            futures = [client.submit(_experiment_task, self._remote, b, what, x, self.sigma_hat,
+                                     key=f"dynlearn-{what}-{self._token}-{self._calls}-{k}",
+                                     retries=self._retries, pure=False)
+                       for k, b in enumerate(self._batches)]
+            try:
+                parts = client.gather(futures)
+            except TaskError:
+                raise
+            except Exception as exc:
+                first = self.bound[self._batches[0][0]].name
+                raise TaskError(f"evaluating the {what} on Dask failed: "
+                                f"{type(exc).__name__}: {exc}",
+                                f"experiments from '{first}'") from exc
+            except BaseException:
+                client.cancel(futures)
+                raise
+            for p in parts:
+                if isinstance(p, _RejectedAt):
+                    raise Rejected(p.message)
+            return [v for p in parts for v in p]
+
+        def _residuals(self, x):
+            parts = self._evaluate("residuals", x)
+            parts.append(self._reg(x))
+            return np.concatenate(parts)
+
+        def _jacobian(self, x):
+            sp_ = self.space
+            parts = self._evaluate("jacobian", x)
+            n_rows = sum(r.size for r, _ in parts) + self.n_reg
+            J = np.zeros((n_rows, sp_.size))
+            rs, row = [], 0
+            for i, (r, Jc) in enumerate(parts):
+                J[row:row + r.size, _jacobian_columns(sp_, i)] = Jc
+                rs.append(r)
+                row += r.size
+            if self.n_reg:
+                rs.append(self._reg(x))
+                J[row + np.arange(self.n_reg), np.flatnonzero(sp_.is_weight)] = (
+                    np.sqrt(self.l2) * sp_.dphysical(x)[sp_.is_weight])
+            return np.concatenate(rs), J
+
+        def _cost_and_grad(self, x):
+            sp_ = self.space
+            total, g = 0.0, np.zeros(sp_.size)
+            for v, gi in self._evaluate("cost_and_grad", x):
+                total += v
+                g += gi
+            if self.n_reg:
+                w = x[sp_.is_weight]
+                total += self.l2 * float(w @ w)
+                g[sp_.is_weight] += 2.0 * self.l2 * w * sp_.dphysical(x)[sp_.is_weight]
+            return float(total), g
+
+    return FannedObjective
+
+
+_FANNED = None
+
+
+def _FannedObjective(par: Parallel, **settings):
+    # the class derives from FitObjective; built on first use so that importing this module
+    # stays light (objective.py imports the solvers)
+    global _FANNED
+    if _FANNED is None:
+        _FANNED = _fanned_objective_class()
+    return _FANNED(par, **settings)
+
+
+# --- bootstrap ---------------------------------------------------------------------------------
+_BASE_ONLY = ("n_starts", "callback", "checkpoint", "checkpoint_interval", "resume", "throw")
+
+
+@dataclass
+class Bootstrap:
+    """Bootstrap refits of a model: the spread of the estimates.
+
+    Attributes
+    ----------
+    fit : FitResult
+        The fit to the original data (the replicates start from it).
+    estimates : pandas.DataFrame
+        One row per replicate (index ``replicate``): ``loss``, ``success``, ``message``,
+        ``nfev``, then the value of every fitted physical parameter (and initial state).
+    thetas : ndarray, shape (n, n_theta)
+        Every replicate's model parameters and network weights (``model.with_theta``).
+    kind : str
+        ``"experiments"`` or ``"residuals"``.
+    """
+
+    fit: Any
+    estimates: Any
+    thetas: np.ndarray
+    kind: str
+    seed: int | None = None
+
+    @property
+    def names(self) -> list[str]:
+        skip = {"loss", "success", "message", "nfev"}
+        return [c for c in self.estimates.columns if c not in skip]
+
+    def summary(self, level: float = 0.95, successful_only: bool = True):
+        """Per parameter: the fitted value, the bootstrap mean and standard deviation, and
+        the percentile interval at ``level``.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Index: parameter; columns ``value``, ``mean``, ``std``, ``ci_lower``,
+            ``ci_upper``, ``n`` (replicates used).
+        """
+        import pandas as pd
+        if not 0 < level < 1:
+            raise OptionError(f"level must be between 0 and 1, got {level}")
+        est = self.estimates
+        if successful_only:
+            est = est[est["success"] & np.isfinite(est["loss"].astype(float))]
+        rows = {}
+        q = [(1 - level) / 2, (1 + level) / 2]
+        for name in self.names:
+            v = est[name].astype(float).dropna().to_numpy()
+            value = (float(self.fit.params.loc[name, "value"]) if name in self.fit.params.index
+                     else np.nan)
+            if v.size:
+                lo, hi = np.quantile(v, q)
+                rows[name] = dict(value=value, mean=v.mean(), std=v.std(ddof=1) if v.size > 1
+                                  else np.nan, ci_lower=lo, ci_upper=hi, n=v.size)
+            else:
+                rows[name] = dict(value=value, mean=np.nan, std=np.nan, ci_lower=np.nan,
+                                  ci_upper=np.nan, n=0)
+        return pd.DataFrame.from_dict(rows, orient="index")
+
+    def __repr__(self) -> str:
+        ok = int(self.estimates["success"].sum())
+        return (f"Bootstrap(kind={self.kind!r}, {len(self.estimates)} replicates, {ok} "
+                f"converged)")
+
+
+@dataclass
+class _Replicate:
+    index: int
+    loss: float
+    success: bool
+    message: str
+    nfev: int
+    values: dict
+    theta: np.ndarray
+
+
+class _ExperimentResampler:
+    """Draws experiments with replacement (repeats renamed ``name#2``, ``name#3``, ...)."""
+
+    kind = "experiments"
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def draw(self, rng) -> np.ndarray:
+        n = len(self.dataset)
+        return rng.integers(0, n, size=n)
+
+    def make(self, idx):
+        from dataclasses import replace
+
+        from .data import Dataset
+        seen: dict[str, int] = {}
+        exps = []
+        for i in idx:
+            e = self.dataset[int(i)]
+            seen[e.name] = seen.get(e.name, 0) + 1
+            name = e.name if seen[e.name] == 1 else f"{e.name}#{seen[e.name]}"
+            exps.append(replace(e, name=name, columns=dict(e.columns)))
+        return Dataset(exps, self.dataset.time_name)
+
+    def original_name(self, name: str) -> str:
+        return name.split("#", 1)[0]
+
+
+class _ResidualResampler:
+    """Adds resampled residuals of the fit to its predictions.
+
+    Residuals are taken on the scale the loss sees them (``(g(data) - g(fit)) * scale``,
+    ``g = log`` for ``loss="log"``), pooled per observable, drawn with replacement and
+    mapped back through each point's own scale, so noise levels and weights are respected.
+    """
+
+    kind = "residuals"
+
+    def __init__(self, result):
+        obj = result.objective()
+        frame = result.residuals()
+        self.dataset = result.data
+        self.log = obj.loss == "log"
+        self.obs = list(obj.obs)
+        self.fitted, self.scales, self.masks = [], [], []
+        pos = 0
+        pools: dict[int, list] = {k: [] for k in range(len(self.obs))}
+        self.slots = []   # per experiment: (row, observable, position in the pool)
+        for b, sc in zip(obj.bound, obj.scales):
+            rows = np.argwhere(b.mask)
+            H = np.full(b.Y.shape, np.nan)
+            H[b.mask] = frame["fitted"].to_numpy()[pos:pos + len(rows)]
+            scaled = frame["scaled"].to_numpy()[pos:pos + len(rows)]
+            pos += len(rows)
+            self.fitted.append(H)
+            self.scales.append(np.asarray(sc, dtype=float))
+            self.masks.append(b.mask)
+            for (_, k), s in zip(rows, scaled):
+                pools[int(k)].append(float(s))
+        self.pools = [np.asarray(pools[k]) for k in range(len(self.obs))]
+
+    def draw(self, rng) -> list[np.ndarray]:
+        out = []
+        for M in self.masks:
+            draws = np.full(M.shape, np.nan)
+            for k in range(len(self.obs)):
+                m = M[:, k]
+                if m.any():
+                    draws[m, k] = self.pools[k][rng.integers(0, self.pools[k].size,
+                                                             size=int(m.sum()))]
+            out.append(draws)
+        return out
+
+    def make(self, draws):
+        from dataclasses import replace
+
+        from .data import Dataset
+        exps = []
+        for e, H, sc, M, d in zip(self.dataset, self.fitted, self.scales, self.masks, draws):
+            cols = dict(e.columns)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                step = d / sc
+                new = H * np.exp(step) if self.log else H + step
+            for k, o in enumerate(self.obs):
+                if o in cols:
+                    cols[o] = np.where(M[:, k], new[:, k], np.nan)
+            exps.append(replace(e, columns=cols))
+        return Dataset(exps, self.dataset.time_name)
+
+    def original_name(self, name: str) -> str:
+        return name
+
+
+def _refit_task(item, model, resampler, fit_kwargs):
+    from .fit import fit
+    index, draw = item
+    data = resampler.make(draw)
+    kw = dict(fit_kwargs)
+    y0 = kw.get("y0")
+    if isinstance(y0, Mapping) and y0 and set(y0) <= {e.name for e in resampler.dataset}:
+        kw["y0"] = {e.name: y0[resampler.original_name(e.name)] for e in data}
+    r = fit(model, data, progress=False, **kw)
+    values = {name: float(v) for name, v, fixed in
+              zip(r.params.index, r.params["value"], r.params["fixed"]) if not fixed}
+    return _Replicate(index, float(r.loss), bool(r.success), r.message,
+                      int(r.nfev + r.njev + r.ngev), values, r.model.theta0)
+
+
+def _check_count(n, what: str) -> int:
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise OptionError(f"{what} must be a positive integer, got {n!r}")
+    return int(n)
+
+
+def _split_kwargs(fit_kwargs: dict) -> tuple[dict, dict]:
+    """(kwargs of the fit to the original data, kwargs of the refits)."""
+    for bad in ("client", "progress", "seed"):
+        if bad in fit_kwargs:  # pragma: no cover - they are named arguments
+            raise OptionError(f"pass {bad}= directly")
+    refit = {k: v for k, v in fit_kwargs.items() if k not in _BASE_ONLY}
+    return dict(fit_kwargs), refit
+
+
+def bootstrap(model, data, n: int = 100, *, kind: str = "auto", seed: int | None = 0,
+              client=None, progress: bool = True, **fit_kwargs) -> Bootstrap:
+    """Bootstrap the fit of a model: refit it to ``n`` resampled datasets.
+
+    Every refit is an independent task: with a Dask ``client`` (or inside
+    :func:`parallel`) they run on the cluster, otherwise one after another. The same
+    ``seed`` gives the same replicates either way.
+
+    Parameters
+    ----------
+    model : HybridModel
+    data : Dataset or DataFrame
+    n : int
+        Number of replicates.
+    kind : {"auto", "experiments", "residuals"}
+        ``"experiments"``: resample whole experiments with replacement (the right choice when
+        experiments are independent units: patients, batches, runs). ``"residuals"``: add
+        resampled residuals of the fit to its predictions (for one or a few long
+        experiments). ``"auto"``: experiments when there are at least 8, else residuals.
+    seed : int or None
+        Seed of the resampling (and of the random starts of the first fit).
+    client : dask.distributed.Client or Parallel, optional
+    progress : bool
+        Progress bars for the first fit and the replicates.
+    **fit_kwargs
+        Passed to :func:`dynlearn.fit` (loss, y0, optimizer, sigma, l2, ...). ``n_starts``,
+        ``callback``, ``checkpoint`` and ``resume`` apply to the first fit only; every refit
+        starts from its optimum.
+
+    Returns
+    -------
+    Bootstrap
+
+    Notes
+    -----
+    The percentile intervals of :meth:`Bootstrap.summary` need no linearisation of the
+    model (unlike the standard errors of a fit), at the price of ``n`` fits.
+
+    Examples
+    --------
+    >>> boot = dl.bootstrap(model, data, n=200, client=client)      # doctest: +SKIP
+    >>> boot.summary()                                                # doctest: +SKIP
+    """
+    import pandas as pd
+
+    from .data import as_dataset
+    from .fit import fit
+    n = _check_count(n, "n")
+    if kind not in ("auto", "experiments", "residuals"):
+        raise OptionError(f"kind={kind!r}: use 'auto', 'experiments' or 'residuals'")
+    dataset = as_dataset(data)
+    if kind == "auto":
+        kind = "experiments" if len(dataset) >= 8 else "residuals"
+    if kind == "experiments" and len(dataset) < 2:
+        raise DataError("kind='experiments' resamples experiments, but the data has only one; "
+                        "use kind='residuals'")
+    base_kw, refit_kw = _split_kwargs(fit_kwargs)
+    par = _resolve(client)
+    base = fit(model, dataset, seed=seed, client=par, progress=progress, **base_kw)
+    resampler = (_ExperimentResampler(dataset) if kind == "experiments"
+                 else _ResidualResampler(base))
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(n)]
+    items = [(i, resampler.draw(rng)) for i, rng in enumerate(rngs)]
+    reps = _run_tasks(par, _refit_task, items, [f"bootstrap replicate {i}" for i in range(n)],
+                      {"model": base.model, "resampler": resampler, "fit_kwargs": refit_kw},
+                      progress=progress, desc="bootstrap")
+    names = [nm for nm, fixed in zip(base.params.index, base.params["fixed"]) if not fixed]
+    rows = []
+    for r in reps:
+        row = {"replicate": r.index, "loss": r.loss, "success": r.success,
+               "message": r.message, "nfev": r.nfev}
+        row.update({nm: r.values.get(nm, np.nan) for nm in names})
+        rows.append(row)
+    estimates = pd.DataFrame(rows).set_index("replicate")
+    return Bootstrap(base, estimates, np.array([r.theta for r in reps]), kind, seed)
+
+
+# --- ensembles ---------------------------------------------------------------------------------
+@dataclass
+class Ensemble:
+    """Fits of one model from differently initialised networks.
+
+    Attributes
+    ----------
+    members : list of FitResult
+        One fit per member, in member order.
+    table : pandas.DataFrame
+        One row per member (index ``member``): ``loss``, ``success``, ``nfev``, then the
+        fitted physical parameters.
+    """
+
+    members: list
+    table: Any
+    seed: int | None = None
+    _names: list = field(default_factory=list, repr=False)
+
+    @property
+    def best(self):
+        """The member with the lowest loss."""
+        return min(self.members, key=lambda r: (not np.isfinite(r.loss), r.loss))
+
+    def predict(self, t, experiment: str | None = None, y0=None, inputs=None,
+                level: float = 0.9, successful_only: bool = True):
+        """The members' predictions: mean, standard deviation and a central interval.
+
+        Parameters
+        ----------
+        t, experiment, y0, inputs
+            As in :meth:`FitResult.predict`.
+        level : float
+            Probability of the central interval across members.
+        successful_only : bool
+            Use only members whose fit converged (all when none did).
+
+        Returns
+        -------
+        pandas.DataFrame
+            The time column, then for every state and observable ``<name>_mean``,
+            ``<name>_std``, ``<name>_lower`` and ``<name>_upper``.
+        """
+        import pandas as pd
+        if not 0 < level < 1:
+            raise OptionError(f"level must be between 0 and 1, got {level}")
+        use = [r for r in self.members if r.success] if successful_only else list(self.members)
+        use = use or list(self.members)
+        frames = [r.predict(t, y0=y0, inputs=inputs, experiment=experiment, bands=False)
+                  for r in use]
+        tname = frames[0].columns[0]
+        out = {tname: frames[0][tname].to_numpy()}
+        q = [(1 - level) / 2, (1 + level) / 2]
+        for c in frames[0].columns[1:]:
+            A = np.stack([f[c].to_numpy() for f in frames])
+            out[f"{c}_mean"] = A.mean(axis=0)
+            out[f"{c}_std"] = A.std(axis=0, ddof=1) if len(A) > 1 else np.zeros(A.shape[1])
+            lo, hi = np.quantile(A, q, axis=0)
+            out[f"{c}_lower"], out[f"{c}_upper"] = lo, hi
+        return pd.DataFrame(out)
+
+    def __repr__(self) -> str:
+        ok = sum(bool(r.success) for r in self.members)
+        return f"Ensemble({len(self.members)} members, {ok} converged)"
+
+
+def _redraw_weights(model, rng) -> np.ndarray:
+    """The model's theta with every network's weights drawn afresh.
+
+    MLPs are re-initialised with their own scheme (Glorot uniform, zero biases), keeping the
+    root-mean-square size of the given output layer (relative to Glorot's) so that a network
+    built with a small output ``scale`` (a model that starts close to its physics) gives
+    members that do too. Other networks get their weights scaled by ``1 + 0.5 N(0, 1)``.
+    """
+    from .neural import MLP
+    theta = model.theta0
+    slices = model.theta_slices()
+    for net in model.networks:
+        w = theta[slices[net.name]]
+        if isinstance(net, MLP):
+            W = net.unflatten(w)[-1][0]
+            n_in, n_out = W.shape
+            glorot_rms = math.sqrt(6.0 / (n_in + n_out)) / math.sqrt(3.0)
+            scale = min(1.0, float(np.sqrt(np.mean(W * W))) / glorot_rms)
+            fresh = MLP(net.name, net.inputs, net.n_outputs, hidden=net.hidden,
+                        activation=net.activation, seed=rng, scale=scale)
+            theta[slices[net.name]] = fresh.weights
+        else:
+            theta[slices[net.name]] = w * (1 + 0.5 * rng.standard_normal(w.shape))
+    return theta
+
+
+def _member_task(item, model, data, fit_kwargs):
+    from .fit import fit
+    _, theta = item
+    r = fit(model.with_theta(theta), data, progress=False, **fit_kwargs)
+    obj = getattr(r, "_obj", None)
+    if obj is not None:
+        obj.tracker = None   # holds the progress bar and the callback: not needed any more
+    return r
+
+
+def ensemble(model, data, n: int = 5, *, seed: int | None = 0, client=None,
+             progress: bool = True, **fit_kwargs) -> Ensemble:
+    """Fit ``n`` copies of a hybrid model whose networks start from different weights.
+
+    The spread of the members' predictions away from the data shows how much the data pin
+    down the learned terms. Each member is an independent task: with a Dask ``client`` (or
+    inside :func:`parallel`) they run on the cluster, otherwise one after another; the same
+    ``seed`` gives the same members either way.
+
+    Parameters
+    ----------
+    model : HybridModel
+        Must contain at least one network. Physical parameters start from the model's
+        values in every member.
+    data : Dataset or DataFrame
+    n : int
+        Number of members.
+    seed : int or None
+        Seed of the weight initialisations.
+    client : dask.distributed.Client or Parallel, optional
+    progress : bool
+    **fit_kwargs
+        Passed to :func:`dynlearn.fit` for every member (loss, l2, optimizer, ...).
+
+    Returns
+    -------
+    Ensemble
+
+    Examples
+    --------
+    >>> ens = dl.ensemble(model, data, n=8, l2=1e-4, client=client)    # doctest: +SKIP
+    >>> band = ens.predict(np.linspace(0, 10, 200))                      # doctest: +SKIP
+    """
+    import pandas as pd
+
+    from .data import as_dataset
+    from .model import HybridModel
+    n = _check_count(n, "n")
+    if not isinstance(model, HybridModel):
+        raise OptionError(f"model must be a dl.HybridModel, got {type(model).__name__}")
+    if not model.networks:
+        raise OptionError("ensemble() varies the initial network weights, but this model has "
+                          "no network; use dl.fit(..., n_starts=N) or dl.bootstrap instead")
+    for bad in ("n_starts", "checkpoint", "resume"):
+        if bad in fit_kwargs:
+            raise OptionError(f"{bad}= is not supported by ensemble(): every member is one fit")
+    dataset = as_dataset(data)
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(n)]
+    items = [(i, _redraw_weights(model, rng)) for i, rng in enumerate(rngs)]
+    par = _resolve(client)
+    members = _run_tasks(par, _member_task, items, [f"ensemble member {i}" for i in range(n)],
+                         {"model": model, "data": dataset, "fit_kwargs": dict(fit_kwargs)},
+                         progress=progress, desc="ensemble")
+    rows = []
+    for i, r in enumerate(members):
+        row = {"member": i, "loss": float(r.loss), "success": bool(r.success),
+               "nfev": int(r.nfev + r.njev + r.ngev)}
+        p = r.params
+        row.update({nm: float(v) for nm, v, fixed in zip(p.index, p["value"], p["fixed"])
+                    if not fixed})
+        rows.append(row)
+    return Ensemble(members, pd.DataFrame(rows).set_index("member"), seed)

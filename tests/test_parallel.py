@@ -1,0 +1,269 @@
+"""Scale-out on Dask (issue 6): every path against the serial run, faults, errors.
+
+One local cluster (2 worker processes, 127.0.0.1 only) serves the module and is closed at
+the end. Problems are small: the point is equality with the serial results, not speed
+(see benchmarks/scale_out.py for that).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import sympy as sp
+
+import dynlearn as dl
+
+distributed = pytest.importorskip("distributed")
+
+from dynlearn.parallel import local_client  # noqa: E402
+
+x, y = sp.symbols("x y")
+k, a, b, c, d = sp.symbols("k alpha beta gamma delta")
+LV_TRUE = {"alpha": 1.3, "beta": 0.9, "gamma": 0.8, "delta": 1.8}
+
+
+def lv_model():
+    return dl.HybridModel(states=[x, y], rhs={x: a * x - b * x * y, y: c * x * y - d * y},
+                          params={a: dl.Parameter(1.0, min=0, transform="log"), b: 1.0,
+                                  c: dl.Parameter(1.0, transform="log"), d: 1.5})
+
+
+def lv_data(n_exp=3, seed=0, n_t=25):
+    truth = lv_model().with_params(**LV_TRUE)
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 6, n_t)
+    frames = []
+    for i in range(n_exp):
+        y0 = rng.uniform([0.3, 2.0], [2.0, 5.0])
+        Y = dl.simulate(truth, t, y0).y
+        Y = Y + 0.05 * rng.standard_normal(Y.shape)
+        frames.append(pd.DataFrame({"run": f"r{i}", "t": t, "x": Y[:, 0], "y": Y[:, 1]}))
+    return dl.Dataset.from_frame(pd.concat(frames), group="run")
+
+
+def hybrid_decay(seed=0):
+    nn = dl.MLP("nn", inputs=[x], outputs=1, hidden=[4], seed=seed, scale=0.1)
+    return dl.HybridModel(states=[x], rhs={x: -k * x + nn[0]},
+                          params={k: dl.Parameter(0.5, min=0, transform="log")})
+
+
+def decay_data(n_exp=2):
+    t = np.linspace(0, 4, 15)
+    frames = [pd.DataFrame({"run": f"d{i}", "t": t, "x": (1.0 + i) * np.exp(-0.8 * t)
+                            + 0.1 * np.sin(3 * t)}) for i in range(n_exp)]
+    return dl.Dataset.from_frame(pd.concat(frames), group="run")
+
+
+@pytest.fixture(scope="module")
+def client():
+    cl = local_client(2)
+    yield cl
+    cl.close()
+
+
+def dask_keys(client, fn, prefix):
+    """Run ``fn()`` and return (its result, keys of the tasks it ran whose name starts with
+    ``prefix``)."""
+    with distributed.get_task_stream(client) as ts:
+        out = fn()
+    keys = [t["key"] for t in ts.data]
+    keys = [str(k if isinstance(k, str) else k[0]) for k in keys]
+    return out, [k_ for k_ in keys if k_.startswith(prefix)]
+
+
+def test_no_dask_import_without_a_client():
+    code = ("import sys, numpy as np, pandas as pd, dynlearn as dl; import sympy as sp\n"
+            "x, k = sp.symbols('x k')\n"
+            "m = dl.HybridModel(states=[x], rhs={x: -k*x}, params={k: 0.5})\n"
+            "t = np.linspace(0, 2, 9)\n"
+            "data = pd.DataFrame({'t': t, 'x': np.exp(-0.7*t)})\n"
+            "r = dl.fit(m, data, n_starts=2, seed=0, progress=False)\n"
+            "assert r.success\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_multistart_runs_starts_as_tasks_and_matches_serial(client):
+    model, data = lv_model(), lv_data()
+    serial = dl.fit(model, data, n_starts=3, seed=0, progress=False)
+    par, keys = dask_keys(client, lambda: dl.fit(model, data, n_starts=3, seed=0,
+                                                 progress=False, client=client),
+                          "dynlearn-starts")
+    assert len(keys) == 3
+    pd.testing.assert_frame_equal(par.starts, serial.starts, rtol=1e-10)
+    assert {"loss", "success", "alpha", "gamma"} <= set(par.starts.columns)
+    np.testing.assert_allclose(par.x, serial.x, rtol=1e-10)
+    assert par.loss == pytest.approx(serial.loss, rel=1e-10)
+    for name, v in LV_TRUE.items():
+        assert par.params.loc[name, "value"] == pytest.approx(v, rel=0.1)
+
+
+def test_one_start_fans_experiments_out_and_matches_serial(client):
+    model, data = lv_model(), lv_data(n_exp=4)
+    serial = dl.fit(model, data, y0="estimate", progress=False)
+    par, keys = dask_keys(client, lambda: dl.fit(model, data, y0="estimate", progress=False,
+                                                 client=dl.Parallel(client, batch_size=3)),
+                          "dynlearn-")
+    assert any(k_.startswith("dynlearn-jacobian") for k_ in keys)
+    # residuals and Jacobians are stacked in the serial order: the same fit, bit for bit
+    np.testing.assert_array_equal(par.x, serial.x)
+    assert par.nfev == serial.nfev and par.njev == serial.njev
+
+
+def test_fanned_objective_equals_serial_everywhere(client):
+    """Residuals, Jacobian and gradient (network weights, log parameters, estimated initial
+    states, L2) against the serial objective, batch by batch."""
+    from dynlearn.fit import _bind, _y0_parameters
+    from dynlearn.objective import FitObjective
+    from dynlearn.parallel import Parallel, _FannedObjective
+    from dynlearn.parameters import ParameterSpace
+    model, data = hybrid_decay(), decay_data(n_exp=3)
+    bound = _bind(model, data, "estimate", None)
+    space = ParameterSpace(model, _y0_parameters(model, data, bound, "estimate", None),
+                           [e.name for e in data])
+    settings = dict(model=model, bound=bound, space=space, loss="gaussian", l2=0.1)
+    serial = FitObjective(**settings)
+    fanned = _FannedObjective(Parallel(client, batch_size=2), **settings)
+    try:
+        xs = space.x0 + 0.05 * np.random.default_rng(1).standard_normal(space.size)
+        for obj in (serial, fanned):
+            obj.set_sigma(np.array([0.3]))
+        np.testing.assert_array_equal(fanned.residuals(xs), serial.residuals(xs))
+        r1, J1 = fanned.jacobian(xs)
+        r0, J0 = serial.jacobian(xs)
+        np.testing.assert_array_equal(r1, r0)
+        np.testing.assert_array_equal(J1, J0)
+        v1, g1 = fanned.cost_and_grad(xs)
+        v0, g0 = serial.cost_and_grad(xs)
+        assert v1 == pytest.approx(v0, rel=1e-13)
+        np.testing.assert_allclose(g1, g0, rtol=1e-12, atol=1e-14 * np.abs(g0).max())
+    finally:
+        fanned.close()
+
+
+def test_a_failing_experiment_is_named(client):
+    def fun(w, v):
+        if np.any(np.asarray(getattr(v, "_value", v)) > 5):
+            raise ValueError("input outside the calibrated range")
+        return w[0] * v
+    nn = dl.Network("nn", inputs=[x], outputs=1, fun=fun, weights=[0.0])
+    model = dl.HybridModel(states=[x], rhs={x: -k * x + nn[0]}, params={k: 0.5})
+    t = np.linspace(0, 1, 6)
+    data = dl.Dataset.from_frame(pd.DataFrame({
+        "run": ["cold"] * 6 + ["hot"] * 6, "t": np.r_[t, t],
+        "x": np.r_[np.exp(-0.5 * t), 9 * np.exp(-0.5 * t)]}), group="run")
+    with pytest.raises(dl.TaskError, match="experiment 'hot' failed on worker tcp://127.0.0.1"
+                                           ".*ValueError: input outside the calibrated range"):
+        dl.fit(model, data, progress=False, client=dl.Parallel(client, batch_size=1,
+                                                               retries=0))
+    with pytest.raises(ValueError, match="input outside"):  # serially: the error itself
+        dl.fit(model, data, progress=False)
+
+
+def test_a_rejected_point_is_not_an_error():
+    from dynlearn.objective import FitObjective
+    from dynlearn.parallel import _experiment_task, _RejectedAt
+    model, data = lv_model(), lv_data(n_exp=2)
+    r = dl.fit(model, data, progress=False, optimizer=dl.LevenbergMarquardt(max_iter=1))
+    obj = FitObjective(model=model, bound=r.objective().bound, space=r.objective().space)
+    x_bad = r.x.copy()
+    x_bad[0] = np.nan        # as after a diverged step: rejected, like in a serial fit
+    out = _experiment_task(obj, (0, 1), "residuals", x_bad, obj.sigma_hat)
+    assert isinstance(out, _RejectedAt)
+    good = _experiment_task(obj, (0, 1), "residuals", r.x, obj.sigma_hat)
+    np.testing.assert_array_equal(np.concatenate(good), obj.residuals(r.x))
+
+
+def test_bootstrap_on_dask_matches_serial(client):
+    model, data = lv_model(), lv_data(n_exp=1, n_t=31)
+    kw = dict(n=3, seed=2, progress=False)
+    serial = dl.bootstrap(model, data, **kw)
+    par, keys = dask_keys(client, lambda: dl.bootstrap(model, data, client=client, **kw),
+                          "dynlearn-bootstrap")
+    assert serial.kind == par.kind == "residuals" and len(keys) == 3
+    pd.testing.assert_frame_equal(par.estimates, serial.estimates, rtol=1e-9)
+    np.testing.assert_allclose(par.thetas, serial.thetas, rtol=1e-9)
+    summ = par.summary()
+    assert {"value", "mean", "std", "ci_lower", "ci_upper", "n"} <= set(summ.columns)
+    assert (summ.loc["alpha", "ci_lower"] <= summ.loc["alpha", "ci_upper"])
+    # resampling experiments: repeated experiments get their own names
+    boot = dl.bootstrap(model, lv_data(n_exp=3), n=2, kind="experiments", seed=0,
+                        progress=False)
+    assert len(boot.estimates) == 2 and boot.kind == "experiments"
+
+
+def test_ensemble_on_dask_matches_serial(client):
+    model, data = hybrid_decay(), decay_data(n_exp=1)
+    kw = dict(n=2, seed=3, progress=False, l2=1e-3,
+              optimizer=dl.LevenbergMarquardt(max_iter=15))
+    serial = dl.ensemble(model, data, **kw)
+    with dl.parallel(client):           # the context supplies the client
+        par, keys = dask_keys(client, lambda: dl.ensemble(model, data, **kw),
+                              "dynlearn-ensemble")
+    assert len(keys) == 2
+    pd.testing.assert_frame_equal(par.table, serial.table, rtol=1e-9)
+    # members start from different weights
+    w = [m.model0.theta0[1:] for m in par.members]
+    assert not np.allclose(w[0], w[1])
+    band = par.predict(np.linspace(0, 4, 9))
+    assert {"x_mean", "x_std", "x_lower", "x_upper"} <= set(band.columns)
+    assert np.all(band["x_lower"] <= band["x_upper"])
+
+
+def test_options_are_checked(client):
+    with pytest.raises(dl.OptionError, match="client must be a dask.distributed.Client"):
+        dl.fit(lv_model(), lv_data(n_exp=1), client=object(), progress=False)
+    with pytest.raises(dl.OptionError, match="needs a client"):
+        with dl.parallel():
+            pass
+    with pytest.raises(dl.OptionError, match="over='everything'"):
+        dl.Parallel(client, over="everything")
+    with pytest.raises(dl.OptionError, match="no network"):
+        dl.ensemble(lv_model(), lv_data(n_exp=1), n=2)
+
+
+def _worker_running(client, prefix, timeout=60.0):
+    """The address of a worker that is running a task named ``prefix...``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for addr, keys in client.processing().items():
+            if any(str(k_).startswith(prefix) for k_ in keys):
+                return addr
+        time.sleep(0.05)
+    raise AssertionError(f"no task {prefix}* seen running")
+
+
+def test_a_worker_killed_mid_fit_does_not_lose_it(client):
+    model, data = lv_model(), lv_data(n_exp=2)
+    serial = dl.fit(model, data, n_starts=4, seed=0, progress=False)
+
+    def slow(info):           # slows every iteration down; changes nothing else
+        time.sleep(0.1)
+    box = {}
+
+    def run():
+        try:
+            box["result"] = dl.fit(model, data, n_starts=4, seed=0, progress=False,
+                                   client=client, callback=slow)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            box["error"] = exc
+    pids = client.run(os.getpid)
+    thread = threading.Thread(target=run)
+    thread.start()
+    victim = _worker_running(client, "dynlearn-starts")
+    os.kill(pids[victim], signal.SIGKILL)
+    thread.join(timeout=180)
+    assert not thread.is_alive()
+    assert "error" not in box, box.get("error")
+    r = box["result"]
+    assert victim not in client.run(os.getpid)   # the worker really died
+    pd.testing.assert_frame_equal(r.starts, serial.starts, rtol=1e-10)
+    np.testing.assert_allclose(r.x, serial.x, rtol=1e-10)
+    client.wait_for_workers(2, timeout=120)      # the nanny restarts it for later tests
