@@ -1788,8 +1788,9 @@ def compare_extrapolation(models: Mapping[str, HybridModel], t, y0, reference, *
     -------
     pandas.DataFrame
         One row per model: ``rmse_within``, ``rmse_beyond``, ``max_error_beyond``,
-        ``relative_beyond`` (RMSE over the RMS of the reference beyond ``t_split``) and
-        ``t_reached`` (where the solver stopped, if it failed). RMSEs are over every
+        ``relative_beyond`` (RMSE over the RMS of the reference beyond ``t_split``),
+        ``t_reached`` (the last output time reached: earlier than ``t[-1]`` when the model
+        blows up) and ``success``. Times not reached count as infinite errors. RMSEs are over every
         compared column (states and observables present in the reference). The simulated
         trajectories are in ``df.attrs["trajectories"]``.
     """

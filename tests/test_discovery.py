@@ -463,6 +463,36 @@ def test_compare_extrapolation(exact_recovery):
     assert table2.loc["recovered", "rmse_beyond"] < 1e-5
 
 
+def test_compare_extrapolation_reports_a_blow_up():
+    grow = dl.HybridModel(states=[x], rhs={x: x ** 2}, name="blow-up")     # x = 1/(1 - t)
+    decay = dl.HybridModel(states=[x], rhs={x: -x}, name="decay")
+    t = np.linspace(0, 2, 21)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = dl.compare_extrapolation({"grow": grow, "decay": decay}, t, [1.0],
+                                         reference=decay, t_split=0.5)
+    assert not table.loc["grow", "success"] and table.loc["grow", "t_reached"] <= 1.0
+    assert table.loc["grow", "rmse_beyond"] == np.inf
+    assert table.loc["decay", "success"] and table.loc["decay", "rmse_beyond"] < 1e-6
+
+
+def test_recover_over_several_experiments():
+    model = lv_hybrid(exact_network())
+    truth = lotka_volterra_model()
+    t = np.linspace(0, 4, 17)
+    frames = []
+    for name, y0 in (("a", LV_Y0), ("b", (2.0, 1.0))):
+        f = dl.simulate(truth, t, y0).to_frame()
+        f.insert(0, "run", name)
+        frames.append(f)
+    data = dl.Dataset.from_frame(pd.concat(frames), group="run")
+    rec = dl.recover(model, data=data, refit=False)
+    assert rec.equations() == ["nn[0] = -0.9*x*y", "nn[1] = 0.8*x*y"]
+    assert (rec.samples.source == "trajectory").sum() == 400
+    assert rec.samples.x[:200].iloc[0] == pytest.approx(LV_Y0[0])
+    assert rec.samples.x[200:400].iloc[0] == pytest.approx(2.0)
+
+
 # --- errors -------------------------------------------------------------------------------
 def test_error_model_without_networks(lv_data):
     with pytest.raises(dl.ModelError, match="has no networks"):
