@@ -5,14 +5,17 @@ the equations. This module turns them back into equations, following the univers
 differential equation (UDE) workflow of Rackauckas et al. (2020):
 
 1. evaluate the learned terms ``nn[i]`` of the fitted model along its trajectories and on
-   points spread over the state region the data cover (:func:`recover`);
+   points spread over the state region the data cover, by default a narrow tube around
+   the trajectories (:func:`recover`);
 2. regress them sparsely onto a library of sympy candidate terms (:class:`Library`,
    :func:`polynomial_library`, ...) with sequentially thresholded least squares
    (:class:`STLSQ`), the threshold fixed or chosen by an information criterion or by
    cross-validation;
 3. replace each network by the recovered terms, whose coefficients become named free
-   parameters (:meth:`Recovery.to_model`), and refit that pure-symbolic model with
-   :func:`dynlearn.fit` to get the coefficients with standard errors;
+   parameters (:meth:`Recovery.to_model`), and refit that pure-symbolic model to the data
+   with :func:`dynlearn.fit`, dropping terms the data do not support
+   (:meth:`Recovery.refit`, run by :func:`recover` by default): the coefficients come
+   with standard errors;
 4. check that the recovered model extrapolates (:func:`compare_extrapolation`).
 
 :func:`sindy_baseline` runs the same regression on finite-difference derivatives of the
@@ -1374,13 +1377,18 @@ def recover(source, library=None, *, optimizer: STLSQ | None = None, data=None, 
         Candidate terms (default ``polynomial_library(2)`` of the variables the networks
         see). Terms may use the model's states, inputs, time and parameters (evaluated at
         their fitted values).
-    optimizer : STLSQ, optional
-        Sparse regression settings; default ``STLSQ(threshold="auto", criterion="bic")``.
+    optimizer : STLSQ or float, optional
+        Sparse regression settings; default ``STLSQ(threshold="auto", criterion="bic")``. A
+        number is a fixed threshold.
     data : Dataset or DataFrame, optional
         Experiments whose time spans and initial states define the trajectories (default:
         the fit result's data).
-    t, y0 : array_like, optional
-        Instead of ``data``: times and the initial state of one trajectory.
+    t : array_like, optional
+        Instead of ``data``: the times of one trajectory (then ``y0`` is required).
+    y0 : array_like or dict, optional
+        Initial state of that trajectory; with ``data``, the initial state of every
+        experiment or a dict per experiment (default: the fit result's initial states, else
+        each experiment's first row).
     inputs : InputSignal or DataFrame, optional
         Input values for a model with inputs, when ``t`` is given.
     outputs : list of str, optional
