@@ -54,6 +54,14 @@ class InputSignal:
         self.n_inputs = v.shape[1]
         self._slopes = (np.diff(v, axis=0) / np.diff(self.t)[:, None]) if self.t.size > 1 else None
 
+    def breakpoints(self, t0: float, t1: float) -> np.ndarray:
+        """Times in ``(t0, t1)`` where the signal jumps (zero-order hold samples), at which
+        the solvers restart instead of stepping across a discontinuous right-hand side."""
+        if self.kind != "zoh":
+            return np.empty(0)
+        jumps = self.t[1:][np.any(np.diff(self.values, axis=0) != 0, axis=1)]
+        return jumps[(jumps > t0) & (jumps < t1)]
+
     def __call__(self, t):
         scalar = np.ndim(t) == 0
         tt = np.atleast_1d(np.asarray(t, dtype=float))

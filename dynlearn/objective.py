@@ -145,12 +145,15 @@ class Objective:
         Default :class:`~dynlearn.Adjoint`.
     obs_loss_factory : callable, optional
         ``factory(bound_experiment) -> obs_loss``; default: squared error.
+    input_kind : {"linear", "zoh"}, optional
+        How inputs are interpolated between samples (default: the dataset's setting, else
+        linear). With ``"zoh"`` the solvers restart at every input jump.
     **options : solver options
     """
 
     def __init__(self, model, data, y0=None, method: str = "RK45", rtol: float = 1e-6,
                  atol: float = 1e-8, sensitivity: Sensitivity | None = None,
-                 obs_loss_factory=None, **options):
+                 obs_loss_factory=None, input_kind: str | None = None, **options):
         self.model = model
         self.method = check_method(method)
         self.options = check_options(options, "loss")
@@ -162,7 +165,7 @@ class Objective:
                               f"dl.FiniteDifference(), got {sensitivity!r}")
         self.sensitivity = sensitivity
         self.data = as_dataset(data) if not isinstance(data, Dataset) else data
-        self.bound = bind_data(model, self.data, y0)
+        self.bound = bind_data(model, self.data, y0, input_kind)
         factory = obs_loss_factory or (lambda b: squared_error(b.Y, b.mask))
         self.obs_losses = [factory(b) for b in self.bound]
 
@@ -316,9 +319,9 @@ def discrete_state_jacobian(prob: Problem, wrt_y0: bool = False):
     from .sensitivity.discrete import (
         DISCRETE_METHODS,
         _locate,
-        _run,
         _square_A,
         _stage_points,
+        record_solve,
     )
     vf = prob.vf
     cls = DISCRETE_METHODS[prob.method]
@@ -333,9 +336,7 @@ def discrete_state_jacobian(prob: Problem, wrt_y0: bool = False):
     Sobs = np.broadcast_to(S0, (m, n, q)).copy()
     later = np.flatnonzero(t_obs > t0)
     if later.size:
-        solver = cls(vf.fun, t0, y0, t_obs[-1], rtol=prob.rtol, atol=prob.atol, **prob.options)
-        _run(solver, prob.where)
-        T0, Hs, Y0, K = solver.record()
+        T0, Hs, Y0, K = record_solve(prob)
         N, s = T0.size, cls.n_stages
         Tp, Yp = _stage_points(cls, T0, Hs, Y0, K)
         J, Ft = theta_jacobian_batch(vf, Tp.reshape(-1), Yp.reshape(-1, n))

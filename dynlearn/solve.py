@@ -93,13 +93,64 @@ def solver_kwargs(vf: VectorField, method: str, rtol, atol, options: dict) -> di
     return kw
 
 
+class PiecewiseSolution:
+    """Dense output made of consecutive ``OdeSolution`` segments (restarts at breakpoints)."""
+
+    def __init__(self, sols):
+        self.sols = sols
+        self.ts = np.concatenate([sols[0].ts] + [s.ts[1:] for s in sols[1:]])
+        self._ends = np.array([s.t_max for s in sols])
+
+    def __call__(self, t):
+        k = min(int(np.searchsorted(self._ends, t, side="left")), len(self.sols) - 1)
+        return self.sols[k](t)
+
+
+def integrate(fun, t_span, y0, t_eval, breaks=(), dense: bool = False, **kw):
+    """``solve_ivp`` restarted at each breakpoint (a discontinuity of the right-hand side).
+
+    Stepping across a jump (a zero-order-hold input) makes the error control reject steps
+    until it straddles the jump with tiny ones, and loses accuracy there; restarting costs
+    one initial-step selection per segment. Returns a ``solve_ivp``-like result whose ``y``
+    holds the values at ``t_eval`` and whose ``sol`` (if ``dense``) covers all segments.
+    """
+    from scipy.optimize import OptimizeResult
+    t0, t1 = t_span
+    breaks = np.asarray(breaks, dtype=float)
+    if breaks.size == 0:
+        return solve_ivp(fun, t_span, y0, t_eval=t_eval, dense_output=dense, **kw)
+    bounds = np.concatenate([[t0], breaks, [t1]])
+    t_eval = np.asarray(t_eval, dtype=float)
+    Ys, Ts, sols = [], [], []
+    stats = dict(nfev=0, njev=0, nlu=0)
+    y = np.asarray(y0, dtype=float)
+    res = None
+    for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        inside = t_eval[((t_eval >= a) if k == 0 else (t_eval > a)) & (t_eval <= b)]
+        te = np.union1d(inside, [b])
+        res = solve_ivp(fun, (a, b), y, t_eval=te, dense_output=dense, **kw)
+        for key in stats:
+            stats[key] += getattr(res, key, 0)
+        keep = np.isin(res.t, inside)
+        Ts.append(res.t[keep])
+        Ys.append(res.y[:, keep])
+        if dense and res.sol is not None:
+            sols.append(res.sol)
+        if res.status != 0:
+            break
+        y = res.y[:, -1]
+    return OptimizeResult(t=np.concatenate(Ts), y=np.concatenate(Ys, axis=1), status=res.status,
+                          message=res.message, success=res.status == 0,
+                          sol=PiecewiseSolution(sols) if dense and sols else None, **stats)
+
+
 def solve_observed(vf: VectorField, t0: float, t_obs: np.ndarray, y0: np.ndarray, method: str,
                    rtol, atol, options: dict, dense: bool = False, where: str = ""):
     """Integrate from ``t0`` and return ``(Y at t_obs, scipy result)``; raise SolveError."""
     t_end = t_obs[-1]
     if t_end == t0:
         return np.tile(y0, (t_obs.size, 1)), None
-    res = solve_ivp(vf.fun, (t0, t_end), y0, t_eval=t_obs, dense_output=dense,
+    res = integrate(vf.fun, (t0, t_end), y0, t_obs, vf.breakpoints(t0, t_end), dense,
                     **solver_kwargs(vf, method, rtol, atol, options))
     if res.status != 0:
         t_fail = res.t[-1] if res.t.size else t0
@@ -201,7 +252,7 @@ def simulate(model, t, y0, theta=None, method: str = "RK45", rtol: float = 1e-6,
         Y = np.tile(y0, (t.size, 1))
         res = None
     else:
-        res = solve_ivp(vf.fun, (t0, t[-1]), y0, t_eval=t,
+        res = integrate(vf.fun, (t0, t[-1]), y0, t, vf.breakpoints(t0, t[-1]),
                         **solver_kwargs(vf, method, rtol, atol, options))
         if res.status != 0 and throw:
             raise SolveError(f"the {method} solver failed at t={res.t[-1] if res.t.size else t0}: "

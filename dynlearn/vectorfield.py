@@ -62,6 +62,12 @@ class VectorField:
         self._has_p_in_nets = any(not d["g_p"].is_zero for d in c.nets)
         self._point = [d["net"].point_function(w) for d, w in zip(c.nets, ws)]
 
+    def breakpoints(self, t0: float, t1: float) -> np.ndarray:
+        """Discontinuities of the right-hand side in ``(t0, t1)`` (from the inputs)."""
+        if self.inputs is None or not hasattr(self.inputs, "breakpoints"):
+            return np.empty(0)
+        return self.inputs.breakpoints(t0, t1)
+
     # --- single point ----------------------------------------------------------------
     def _u(self, t):
         return self.inputs(t).tolist() if self.inputs is not None else []

@@ -48,11 +48,10 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sps
-from scipy.integrate import solve_ivp
 from scipy.integrate._ivp.ivp import METHODS as _SCIPY_METHODS
 
 from ..errors import OptionError, SolveError
-from ..solve import STIFF_METHODS
+from ..solve import STIFF_METHODS, integrate
 from .base import Problem, Sensitivity, observation_cotangents
 from .discrete import DISCRETE_METHODS, discrete_loss_and_grad
 
@@ -121,8 +120,9 @@ class Adjoint(Sensitivity):
             bounds = [t0] + list(t_obs[later][K - 1::K])
             if bounds[-1] != t_obs[-1]:
                 bounds.append(t_obs[-1])
-        res = solve_ivp(vf.fun, (t0, t_obs[-1]), y0, t_eval=np.union1d(t_obs[later], bounds[1:]),
-                        dense_output=K is None, **kw)
+        jumps = vf.breakpoints(t0, t_obs[-1])
+        res = integrate(vf.fun, (t0, t_obs[-1]), y0, np.union1d(t_obs[later], bounds[1:]), jumps,
+                        dense=K is None, **kw)
         self._check(res, prob, "forward")
         Y = np.empty((t_obs.size, n))
         Y[t_obs <= t0] = y0
@@ -149,7 +149,8 @@ class Adjoint(Sensitivity):
             if K is None:
                 sol = res.sol
             else:
-                r = solve_ivp(vf.fun, (ta, tb), seg_states[si], dense_output=True, **kw)
+                r = integrate(vf.fun, (ta, tb), seg_states[si], [tb],
+                              jumps[(jumps > ta) & (jumps < tb)], dense=True, **kw)
                 self._check(r, prob, "forward (checkpoint segment)")
                 sol = r.sol
 
@@ -167,7 +168,9 @@ class Adjoint(Sensitivity):
 
             # jumps at the observations inside (ta, tb], processed from tb down to ta
             inside = np.flatnonzero((t_obs > ta) & (t_obs <= tb))
-            stops = [tb] + [t_obs[i] for i in inside[::-1] if t_obs[i] < tb] + [ta]
+            # the backward solve also restarts at the inputs' discontinuities
+            inner = np.union1d(t_obs[inside], jumps[(jumps > ta) & (jumps < tb)])
+            stops = [tb] + [s for s in inner[::-1] if s < tb] + [ta]
             stops = list(dict.fromkeys(stops))
             for a, b in zip(stops[:-1], stops[1:]):
                 lam = lam + Gy[(t_obs == a)].sum(axis=0)

@@ -47,7 +47,8 @@ from scipy.integrate import RK23, RK45
 from ..errors import SolveError
 from .base import Problem, observation_cotangents
 
-__all__ = ["RecordingRK45", "RecordingRK23", "DISCRETE_METHODS", "discrete_loss_and_grad"]
+__all__ = ["RecordingRK45", "RecordingRK23", "DISCRETE_METHODS", "Stepper", "record_solve",
+           "discrete_loss_and_grad"]
 
 
 class _Recording:
@@ -86,17 +87,73 @@ class RecordingRK23(_Recording, RK23):
 DISCRETE_METHODS = {"RK45": RecordingRK45, "RK23": RecordingRK23}
 
 
-def _run(solver, where: str, n_steps: int | None = None):
-    k = 0
-    while solver.status == "running" and (n_steps is None or k < n_steps):
-        solver.step()
-        k += 1
-    if solver.status == "failed":
-        raise SolveError(f"the {type(solver).__mro__[2].__name__} solver failed{where} at "
-                         f"t={solver.t}: Required step size is less than spacing between "
-                         "numbers. Try a stiff method (Radau, BDF, LSODA) or check the "
-                         "parameters for blow-up.", status=-1, t=float(solver.t),
-                         solver_message="Required step size is less than spacing between numbers.")
+class Stepper:
+    """Runs a recording solver from ``t0`` to ``t_end``, restarting it at breakpoints
+    (discontinuities of the right-hand side), and hands out the recorded steps.
+
+    A restart keeps the proposed step size, so a run resumed from :meth:`state` takes
+    exactly the same steps as the original one: checkpointing relies on that.
+    """
+
+    def __init__(self, cls, fun, t0, y0, t_end, kw: dict, breaks=(), where: str = "",
+                 h_abs: float | None = None):
+        self.cls, self.fun, self.kw, self.where = cls, fun, kw, where
+        self.t_end = t_end
+        self.bounds = np.append(np.asarray(breaks, dtype=float), t_end)
+        self.rec = ([], [], [], [])
+        self._start(t0, y0, h_abs)
+
+    def _start(self, t, y, h_abs):
+        tb = self.bounds[np.searchsorted(self.bounds, t, side="right")]
+        kw = dict(self.kw)
+        if h_abs is not None:
+            kw["first_step"] = min(h_abs, tb - t)
+        self.solver = self.cls(self.fun, t, y, tb, **kw)
+
+    @property
+    def done(self) -> bool:
+        return self.solver.status != "running"
+
+    def state(self):
+        """``(t, y, h_abs)``: enough to restart and retrace the same steps."""
+        return self.solver.t, self.solver.y, self.solver.h_abs
+
+    def run(self, n_steps: int | None = None) -> None:
+        k = 0
+        while not self.done and (n_steps is None or k < n_steps):
+            s = self.solver
+            s.step()
+            k += 1
+            if s.status == "failed":
+                raise SolveError(
+                    f"the {s.__class__.__mro__[2].__name__} solver failed{self.where} at "
+                    f"t={s.t}: Required step size is less than spacing between numbers. Try a "
+                    "stiff method (Radau, BDF, LSODA) or check the parameters for blow-up.",
+                    status=-1, t=float(s.t),
+                    solver_message="Required step size is less than spacing between numbers.")
+            for lst, new in zip(self.rec, (s.rec_t, s.rec_h, s.rec_y, s.rec_K)):
+                lst.extend(new)
+            s.clear_record()
+            if s.status == "finished" and s.t < self.t_end:
+                self._start(s.t, s.y, s.h_abs)
+
+    def record(self, clear: bool = True):
+        """``(t_j, h_j, y_j, K_j)`` of the steps recorded since the last call."""
+        out = tuple(np.array(x) for x in self.rec)
+        if clear:
+            self.rec = ([], [], [], [])
+        return out
+
+
+def record_solve(prob: Problem):
+    """All steps of the discrete solve of one problem: ``(t_j, h_j, y_j, K_j)``."""
+    cls = DISCRETE_METHODS[prob.method]
+    t_end = prob.t_obs[-1]
+    stepper = Stepper(cls, prob.vf.fun, prob.t0, prob.y0, t_end,
+                      dict(rtol=prob.rtol, atol=prob.atol, **prob.options),
+                      prob.vf.breakpoints(prob.t0, t_end), prob.where)
+    stepper.run()
+    return stepper.record()
 
 
 def _locate(t_obs, T0, H, P):
@@ -208,18 +265,18 @@ def discrete_loss_and_grad(prob: Problem, wrt_y0: bool = False,
         value, Gy, gdir = observation_cotangents(vf, t_obs, Y, prob.obs_loss)
         return value, gdir, Gy.sum(axis=0) if wrt_y0 else None
     kw = dict(rtol=prob.rtol, atol=prob.atol, **prob.options)
-    solver = cls(vf.fun, t0, y0, t_obs[-1], **kw)
+    breaks = vf.breakpoints(t0, t_obs[-1])
+    stepper = Stepper(cls, vf.fun, t0, y0, t_obs[-1], kw, breaks, prob.where)
     Y = np.empty((t_obs.size, n))
     Y[at_start] = y0
     later = np.flatnonzero(~at_start)
     checkpoints = []   # (t, y, h_abs, number of steps, obs indices)
     segments = []
     k = checkpoint_every
-    while solver.status == "running":
-        start = (solver.t, solver.y, solver.h_abs)
-        _run(solver, prob.where, k)
-        rec = solver.record()
-        solver.clear_record()
+    while not stepper.done:
+        start = stepper.state()
+        stepper.run(k)
+        rec = stepper.record()
         if rec[0].size == 0:
             break
         T0, H, Y0, K = rec
@@ -240,10 +297,9 @@ def discrete_loss_and_grad(prob: Problem, wrt_y0: bool = False,
             yb = _segment_backward(cls, vf, rec, t_obs[idx], Gy[idx], yb, grad)
     else:
         for (t_s, y_s, h_abs), n_steps, idx in reversed(checkpoints):
-            kw_s = dict(kw)
-            kw_s["first_step"] = min(h_abs, t_obs[-1] - t_s)
-            seg = cls(vf.fun, t_s, y_s, t_obs[-1], **kw_s)
-            _run(seg, prob.where, n_steps)
+            seg = Stepper(cls, vf.fun, t_s, y_s, t_obs[-1], kw, breaks[breaks > t_s],
+                          prob.where, h_abs)
+            seg.run(n_steps)
             yb = _segment_backward(cls, vf, seg.record(), t_obs[idx], Gy[idx], yb, grad)
     yb = yb + Gy[at_start].sum(axis=0)
     return value, grad, (yb if wrt_y0 else None)

@@ -28,10 +28,9 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sps
-from scipy.integrate import solve_ivp
 
 from ..errors import SolveError
-from ..solve import STIFF_METHODS
+from ..solve import STIFF_METHODS, integrate
 from .base import Problem, Sensitivity, observation_cotangents
 
 __all__ = ["ForwardSensitivity"]
@@ -103,7 +102,7 @@ class ForwardSensitivity(Sensitivity):
                 J = vf.jac(t, z[:n])
                 return sps.kron(eye, J, format="csc") if sparse else np.kron(eye, J)
             kw["jac"] = jac
-        res = solve_ivp(fun, (t0, t_obs[-1]), z0, t_eval=t_obs, **kw)
+        res = integrate(fun, (t0, t_obs[-1]), z0, t_obs, vf.breakpoints(t0, t_obs[-1]), **kw)
         if res.status != 0:
             raise SolveError(f"the {prob.method} solver failed{prob.where} while integrating "
                              f"sensitivities at t={res.t[-1] if res.t.size else t0}: {res.message}",
