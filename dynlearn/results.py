@@ -198,6 +198,17 @@ class FitResult:
         return self._obj
 
     # --- residuals ----------------------------------------------------------------------------
+    def plot(self, kind: str = "fit", **kwargs):
+        """Draw one panel of this fit and return the matplotlib axes.
+
+        ``kind`` is ``"fit"`` (data, prediction and band), ``"residuals"``, ``"loss"`` or
+        ``"learned"`` (a network output against its inputs); keyword arguments
+        (``observable=``, ``experiment=``, ``output=``, ``ax=``) go to
+        :func:`dynlearn.plotting.plot_result`. Needs matplotlib (the ``plot`` extra).
+        """
+        from .plotting import plot_result
+        return plot_result(self, kind, **kwargs)
+
     def residuals(self):
         """A long DataFrame of residuals at the optimum.
 

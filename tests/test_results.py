@@ -141,3 +141,16 @@ def test_save_load_network_model(tmp_path):
     np.testing.assert_allclose(r2.weights["nn"], r.weights["nn"])
     np.testing.assert_allclose(r2.predict(t)["x"], r.predict(t)["x"])
     assert "network nn" in r.summary()
+
+
+def test_result_plot_returns_axes():
+    import matplotlib
+    matplotlib.use("Agg")
+    x, k = sp.symbols("x k")
+    model = dl.HybridModel(states=[x], params={k: 0.3}, rhs={x: -k * x})
+    t = np.linspace(0, 4, 9)
+    data = dl.Dataset.from_frame(pd.DataFrame({"t": t, "x": np.exp(-0.5 * t)}))
+    result = dl.fit(model, data, progress=False)
+    for kind in ("fit", "residuals", "loss"):
+        ax = result.plot(kind)
+        assert ax.has_data()
