@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import time
 import traceback
 import uuid
 import weakref
@@ -512,19 +513,42 @@ def _fanned_objective_class():
             self._batches = _batches(len(self.bound), par.batch_size, par.n_threads)
             self._token = uuid.uuid4().hex[:10]
             self._calls = 0
+            self._slots_cache: list[str] = []
+            self._slots_time = -math.inf
 
         def close(self):
             if self._remote is not None:
                 self._client.cancel([self._remote])
                 self._remote = None
 
+        def _slots(self) -> list[str]:
+            """One worker address per worker thread, refreshed every few seconds.
+
+            Batches are placed round-robin on these (loosely: a batch still runs elsewhere
+            if its worker is gone). Left to itself, the scheduler sometimes queues both
+            batches of a round on the same worker (every worker holds the objective, so
+            data locality does not separate them), which serialises the round.
+            """
+            now = time.monotonic()
+            if now - self._slots_time > 5.0:
+                try:
+                    self._slots_cache = [w for w, n in sorted(self._client.nthreads().items())
+                                         for _ in range(n)]
+                except Exception:  # noqa: BLE001 - placement is only a hint
+                    self._slots_cache = []
+                self._slots_time = now
+            return self._slots_cache
+
         def _evaluate(self, what: str, x) -> list:
             self._calls += 1
             client = self._client
             x = np.asarray(x, dtype=float)
+            slots = self._slots()
             futures = [client.submit(_experiment_task, self._remote, b, what, x, self.sigma_hat,
                                      key=f"dynlearn-{what}-{self._token}-{self._calls}-{k}",
-                                     retries=self._retries, pure=False)
+                                     retries=self._retries, pure=False,
+                                     workers=[slots[k % len(slots)]] if slots else None,
+                                     allow_other_workers=True)
                        for k, b in enumerate(self._batches)]
             try:
                 parts = client.gather(futures)

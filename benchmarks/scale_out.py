@@ -1,0 +1,207 @@
+"""Scale-out on Dask (issue 6): serial against a local cluster, and the per-task overhead.
+
+The problem: a hybrid Lotka-Volterra model (the four mass-action terms with unknown rates,
+bounded to +-25% of the truth, plus a 2-5-5-5-2 rbf network correcting both equations,
+started small: 91 parameters) fitted to 32 experiments, each from its own initial state
+(drawn uniformly in [1, 2.5] x [1, 2.5], around the equilibrium (2.25, 1.44); seed 0),
+sampled every 0.1 up to t = 10 with 5% multiplicative noise; RK45 at rtol = atol = 1e-8.
+
+Measured, serially (in-process) and on a ``LocalCluster`` of ``--workers`` processes with one
+thread each (``dynlearn.parallel.local_client``):
+
+* one residual Jacobian (what Levenberg-Marquardt needs per iteration) and one loss
+  gradient (adjoint; what L-BFGS and Adam need), the experiments split into one batch per
+  worker; the median of ``--repeats`` after a warm-up;
+* a whole fit, ``dl.fit(..., optimizer=dl.LevenbergMarquardt(max_iter=--fit-iters))``, end
+  to end (scattering the objective and compiling the model on the workers included);
+* multi-start, ``n_starts = 2 x workers`` with the same optimizer, each start a task;
+* the per-task overhead of the cluster: the round trip of an empty task, the cost per task
+  of a burst of empty tasks, and the overhead per evaluation round in the Jacobian
+  measurement (``dask time - serial time / workers``).
+
+Usage::
+
+    python benchmarks/scale_out.py [--experiments 32] [--workers 2] [--repeats 5]
+                                   [--fit-iters 5] [--markdown]
+
+The machine should be otherwise idle: the load average is printed first, and speedups
+measured next to other jobs are meaningless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+import pandas as pd
+import sympy as sp
+
+import dynlearn as dl
+
+RTOL = ATOL = 1e-8
+
+
+def problem(n_exp: int = 32, n_t: int = 101, t_end: float = 10.0, seed: int = 0):
+    """The hybrid model and a dataset of ``n_exp`` experiments."""
+    x, y = sp.symbols("x y")
+    a, b, c, d = sp.symbols("alpha beta gamma delta")
+    nn = dl.MLP("nn", inputs=[x, y], outputs=2, hidden=[5, 5, 5], activation="rbf", seed=0,
+                scale=0.1)
+    # rates within +-25% of the truth, log-transformed: random starts are drawn in there
+    rates = {a: 1.3, b: 0.9, c: 0.8, d: 1.8}
+    params = {s: dl.Parameter(v, min=0.75 * v, max=1.25 * v, transform="log")
+              for s, v in rates.items()}
+    model = dl.HybridModel(states=[x, y],
+                           rhs={x: a * x - b * x * y + nn[0], y: c * x * y - d * y + nn[1]},
+                           params=params, name="lv-hybrid")
+    truth = dl.HybridModel(states=[x, y], rhs={x: a * x - b * x * y, y: c * x * y - d * y},
+                           params=rates)
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, t_end, n_t)
+    frames = []
+    for i in range(n_exp):
+        y0 = rng.uniform([1.0, 1.0], [2.5, 2.5])
+        Y = dl.simulate(truth, t, y0, rtol=1e-10, atol=1e-10).y
+        Y = Y * (1 + 0.05 * rng.standard_normal(Y.shape))
+        frames.append(pd.DataFrame({"run": f"e{i:02d}", "t": t, "x": Y[:, 0], "y": Y[:, 1]}))
+    return model, dl.Dataset.from_frame(pd.concat(frames), group="run")
+
+
+def objective_settings(model, data):
+    """The settings ``dl.fit`` builds its objective from (y0 from the first rows)."""
+    from dynlearn.fit import _bind, _y0_parameters
+    from dynlearn.parameters import ParameterSpace
+    bound = _bind(model, data, "first", None)
+    space = ParameterSpace(model, _y0_parameters(model, data, bound, "first", None),
+                           [e.name for e in data])
+    return dict(model=model, bound=bound, space=space, l2=1e-3, rtol=RTOL, atol=ATOL)
+
+
+def median_time(f, repeats: int) -> float:
+    f()  # warm-up: compilation, caches, first transfer
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _noop(i):
+    return i
+
+
+def task_overhead(client, n_round_trips: int = 50, burst: int = 200) -> dict:
+    """Round trip of one empty task, and time per task in a burst of empty tasks."""
+    client.submit(_noop, -1, pure=False).result()
+    rt = []
+    for i in range(n_round_trips):
+        t0 = time.perf_counter()
+        client.submit(_noop, i, pure=False).result()
+        rt.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    client.gather(client.map(_noop, range(burst), pure=False))
+    per_task = (time.perf_counter() - t0) / burst
+    return {"round_trip_ms": 1e3 * statistics.median(rt), "burst_per_task_ms": 1e3 * per_task}
+
+
+def run(args) -> dict:
+    from dynlearn.objective import FitObjective
+    from dynlearn.parallel import Parallel, _FannedObjective, local_client
+    model, data = problem(args.experiments)
+    settings = objective_settings(model, data)
+    x0 = settings["space"].x0
+    serial = FitObjective(**settings)
+    rows, extra = [], {}
+    client = local_client(args.workers)
+    try:
+        client.wait_for_workers(args.workers)
+        fanned = _FannedObjective(Parallel(client), **settings)
+        try:
+            for what, label in (("jacobian", "residual Jacobian (LM step)"),
+                                ("cost_and_grad", "loss gradient (adjoint)")):
+                f_s, f_p = getattr(serial, what), getattr(fanned, what)
+                ts = median_time(lambda f=f_s: f(x0), args.repeats)
+                tp = median_time(lambda f=f_p: f(x0), args.repeats)
+                a_s, a_p = f_s(x0), f_p(x0)
+                err = max(float(np.max(np.abs(p - s)) / max(np.max(np.abs(s)), 1e-300))
+                          for s, p in zip(a_s, a_p))
+                rows.append([f"{label}, {args.experiments} experiments", ts, tp,
+                             f"max rel. diff {err:.1e}"])
+                if what == "jacobian":
+                    extra["round_overhead_ms"] = 1e3 * (tp - ts / args.workers)
+            extra["batches"] = len(fanned._batches)
+        finally:
+            fanned.close()
+
+        opt = dl.LevenbergMarquardt(max_iter=args.fit_iters)
+        kw = dict(optimizer=opt, rtol=RTOL, atol=ATOL, l2=1e-3, progress=False)
+        t0 = time.perf_counter()
+        r_s = dl.fit(model, data, **kw)
+        ts = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        r_p = dl.fit(model, data, client=client, **kw)
+        tp = time.perf_counter() - t0
+        same = "identical x" if np.array_equal(r_s.x, r_p.x) else \
+            f"max |dx| {np.max(np.abs(r_s.x - r_p.x)):.1e}"
+        rows.append([f"fit, LM {args.fit_iters} iterations ({r_s.njev} Jacobians, "
+                     f"{r_s.nfev} solves)", ts, tp, same])
+
+        k = 2 * args.workers
+        sub = dl.Dataset(data.experiments[:args.starts_experiments])
+        t0 = time.perf_counter()
+        m_s = dl.fit(model, sub, n_starts=k, seed=0, **kw)
+        ts = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        m_p = dl.fit(model, sub, n_starts=k, seed=0, client=client, **kw)
+        tp = time.perf_counter() - t0
+        same = "identical starts" if m_s.starts.equals(m_p.starts) else "starts differ"
+        rows.append([f"multi-start, {k} starts x {args.starts_experiments} experiments",
+                     ts, tp, same])
+        extra.update(task_overhead(client))
+    finally:
+        client.close()
+    return {"rows": rows, **extra}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--experiments", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--fit-iters", type=int, default=5)
+    ap.add_argument("--starts-experiments", type=int, default=8,
+                    help="experiments in the multi-start measurement")
+    ap.add_argument("--markdown", action="store_true")
+    args = ap.parse_args(argv)
+    load = os.getloadavg()[0]
+    print(f"{os.cpu_count()} cores; load average (1 min) before the run: {load:.2f}")
+    if load > 0.5:
+        print("warning: the machine is busy; speedups will be understated")
+    out = run(args)
+    header = ["task", "serial (s)", f"Dask, {args.workers} workers (s)", "speedup", "check"]
+    table = [[r[0], f"{r[1]:.3f}", f"{r[2]:.3f}", f"{r[1] / r[2]:.2f}x", r[3]]
+             for r in out["rows"]]
+    if args.markdown:
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for row in table:
+            print("| " + " | ".join(row) + " |")
+    else:
+        widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
+        print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+        for row in table:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    print(f"per-task overhead: {out['round_trip_ms']:.1f} ms round trip of an empty task; "
+          f"{out['burst_per_task_ms']:.2f} ms per task in a burst of 200; "
+          f"{out['round_overhead_ms']:.0f} ms per evaluation round beyond an ideal split "
+          f"({out['batches']} batches of {args.experiments // out['batches']} experiments)")
+    print(f"load average (1 min) after the run: {os.getloadavg()[0]:.2f}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
