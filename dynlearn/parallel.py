@@ -46,7 +46,7 @@ import traceback
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -810,15 +810,6 @@ def _check_count(n, what: str) -> int:
     return int(n)
 
 
-def _split_kwargs(fit_kwargs: dict) -> tuple[dict, dict]:
-    """(kwargs of the fit to the original data, kwargs of the refits)."""
-    for bad in ("client", "progress", "seed"):
-        if bad in fit_kwargs:  # pragma: no cover - they are named arguments
-            raise OptionError(f"pass {bad}= directly")
-    refit = {k: v for k, v in fit_kwargs.items() if k not in _BASE_ONLY}
-    return dict(fit_kwargs), refit
-
-
 def bootstrap(model, data, n: int = 100, *, kind: str = "auto", seed: int | None = 0,
               client=None, progress: bool = True, **fit_kwargs) -> Bootstrap:
     """Bootstrap the fit of a model: refit it to ``n`` resampled datasets.
@@ -875,9 +866,9 @@ def bootstrap(model, data, n: int = 100, *, kind: str = "auto", seed: int | None
     if kind == "experiments" and len(dataset) < 2:
         raise DataError("kind='experiments' resamples experiments, but the data has only one; "
                         "use kind='residuals'")
-    base_kw, refit_kw = _split_kwargs(fit_kwargs)
+    refit_kw = {k_: v for k_, v in fit_kwargs.items() if k_ not in _BASE_ONLY}
     par = _resolve(client)
-    base = fit(model, dataset, seed=seed, client=par, progress=progress, **base_kw)
+    base = fit(model, dataset, seed=seed, client=par, progress=progress, **fit_kwargs)
     resampler = (_ExperimentResampler(dataset) if kind == "experiments"
                  else _ResidualResampler(base))
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(n)]
@@ -913,7 +904,6 @@ class Ensemble:
     members: list
     table: Any
     seed: int | None = None
-    _names: list = field(default_factory=list, repr=False)
 
     @property
     def best(self):

@@ -267,3 +267,23 @@ def test_a_worker_killed_mid_fit_does_not_lose_it(client):
     pd.testing.assert_frame_equal(r.starts, serial.starts, rtol=1e-10)
     np.testing.assert_allclose(r.x, serial.x, rtol=1e-10)
     client.wait_for_workers(2, timeout=120)      # the nanny restarts it for later tests
+
+
+def test_a_worker_killed_while_experiments_are_split(client):
+    """The objective was scattered to both workers: the survivor carries the fit on."""
+    model, data = lv_model(), lv_data(n_exp=4)
+    serial = dl.fit(model, data, progress=False)
+    pids = client.run(os.getpid)
+    killed = []
+
+    def kill_once(info):      # runs on the client between evaluations
+        if info["iteration"] == 2 and not killed:
+            victim = sorted(pids)[0]
+            os.kill(pids[victim], signal.SIGKILL)
+            killed.append(victim)
+    r = dl.fit(model, data, progress=False, callback=kill_once,
+               client=dl.Parallel(client, batch_size=1))
+    assert killed and killed[0] not in client.run(os.getpid)
+    np.testing.assert_array_equal(r.x, serial.x)   # recomputed batches give the same numbers
+    assert r.success and r.njev == serial.njev
+    client.wait_for_workers(2, timeout=120)
