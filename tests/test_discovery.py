@@ -395,7 +395,8 @@ def test_refit_prunes_a_spurious_term():
         rec.equations(uncertainty=True)
     refined = rec.refit(y0=np.array(LV_Y0))
     assert refined.support() == {"nn[0]": ["x*y"], "nn[1]": ["x*y"]}
-    assert [(d["output"], d["term"]) for d in refined.dropped] == [("nn[0]", "y")]
+    assert [(d["output"], d["term"], d["reason"]) for d in refined.dropped] == \
+        [("nn[0]", "y", "not significant")]
     assert abs(refined.dropped[0]["value"]) < 2 * refined.dropped[0]["stderr"]
     assert refined.coefficients.loc["x*y", "nn[0]"] == pytest.approx(-BETA, rel=0.02)
     assert refined.fit.success and refined.stderr[4, 0] < 0.01
@@ -409,6 +410,20 @@ def test_refit_prunes_a_spurious_term():
     assert default.support() == refined.support() and default.stderr is not None
     assert default.regression.support() == rec.support()
     assert default.score.loc["nn[0]", "r2"] < rec.score.loc["nn[0]", "r2"]  # vs the network
+
+
+def test_path_supports_are_the_regressions_candidate_models():
+    _, data, _ = lv_ude_problem(noise=0.05, seed=3)
+    rec = dl.recover(lv_hybrid(spurious_network()), data=data, y0=LV_Y0, refit=False)
+    found = {(rec.outputs[j], tuple(np.array(rec.terms, dtype=object)[sup].astype(str)))
+             for j, sup, _ in rec._path_supports()}
+    assert ("nn[0]", ("y", "x*y")) in found and ("nn[0]", ("x*y",)) in found
+    for _, sup, xi in rec._path_supports():
+        assert np.all((xi != 0) == sup)
+    # step 2 of the elimination can be switched off or use AIC
+    assert rec.refit(y0=np.array(LV_Y0), criterion=None).support()["nn[0]"] == ["x*y"]
+    with pytest.raises(dl.OptionError, match="criterion must be"):
+        rec.refit(criterion="r2")
 
 
 def test_recover_from_a_fit_result_uses_its_data_and_settings():
