@@ -1185,18 +1185,31 @@ class Recovery:
                 if self.scale is not None else np.zeros_like(kept)
             weak = (kept & (tval < z)) | negligible
             if weak.any():
-                i, j = np.unravel_index(np.argmin(np.where(weak, tval, np.inf)), tval.shape)
-                reason = "negligible" if negligible[i, j] and tval[i, j] >= z \
-                    else "not significant"
-                trial, dropped = without(current, i, j, reason)
-                nxt, result = refitted(trial, dropped)
+                # the least significant weak term first; if the model without it cannot be
+                # solved (e.g. it was holding another spurious term in check), the next one,
+                # then all weak terms together
+                order = [np.unravel_index(f, tval.shape) for f in
+                         np.argsort(np.where(weak, tval, np.inf), axis=None)[:int(weak.sum())]]
+                nxt = None
+                why = np.where(negligible & (tval >= z), "negligible", "not significant")
+                for i, j in order:
+                    trial, dropped = without(current, i, j, str(why[i, j]))
+                    nxt, result = refitted(trial, dropped)
+                    if nxt is not None:
+                        break
+                if nxt is None and len(order) > 1:
+                    trial, dropped = current, current.dropped
+                    for i, j in order:
+                        trial, dropped = without(trial._replace(dropped=dropped), i, j,
+                                                 str(why[i, j]))
+                    nxt, result = refitted(trial, dropped)
                 if nxt is None:
-                    warnings.warn(f"the refit without {current.terms[i]} in "
-                                  f"{current.outputs[j]} failed ({result.message}); stopping "
-                                  "the elimination", DiscoveryWarning, stacklevel=2)
+                    warnings.warn(f"no refit without the weak terms could be solved "
+                                  f"({result.message}); stopping the elimination",
+                                  DiscoveryWarning, stacklevel=2)
                     break
+                n_dropped += len(nxt.dropped) - len(current.dropped)
                 current = nxt
-                n_dropped += 1
                 continue
             if criterion is None:
                 break

@@ -119,7 +119,8 @@ def pipeline(noise_seed: int = 0, verbose: bool = True) -> dict:
     say("after refitting those terms to the data and dropping the unsupported ones:")
     say("\n".join("  " + e for e in rec.equations(uncertainty=True)))
     for d in rec.dropped:
-        say(f"  dropped {d['term']} from {d['output']}: {d['value']:.3g} +- {d['stderr']:.2g}")
+        say(f"  dropped {d['term']} from {d['output']} ({d['reason']}): {d['value']:.3g} "
+            f"+- {d['stderr']:.2g}")
     say(rec.score.to_string(float_format=lambda v: f"{v:.4g}"))
 
     say("\n3. the recovered model, refitted: dl.fit(rec.to_model(), data)")
