@@ -366,20 +366,19 @@ class MLP(BaseNetwork):
         return layers, acts, ders
 
     def input_jacobian(self, w, v):
-        layers, _, ders = self._trace(w, v)
-        # forward mode: J_{l+1} = diag(d_l) W_l^T J_l, starting from W_0^T.
-        J = ders[0][..., :, None] * layers[0][0].T
-        for (W, _), d in zip(layers[1:-1], ders[1:]):
-            J = d[..., :, None] * (W.T @ J)
-        return layers[-1][0].T @ J
+        return self.forward_and_input_jacobian(w, v)[1]
 
     def forward_and_input_jacobian(self, w, v):
         layers, acts, ders = self._trace(w, v)
-        J = ders[0][..., :, None] * layers[0][0].T
-        for (W, _), d in zip(layers[1:-1], ders[1:]):
-            J = d[..., :, None] * (W.T @ J)
         W, b = layers[-1]
-        return acts[-1] @ W + b, W.T @ J
+        z = acts[-1] @ W + b
+        if not ders:  # no hidden layer: a linear map
+            return z, np.broadcast_to(W.T, np.shape(v)[:-1] + W.T.shape).copy()
+        # forward mode: J_{l+1} = diag(d_l) W_l^T J_l, starting from W_0^T.
+        J = ders[0][..., :, None] * layers[0][0].T
+        for (Wl, _), d in zip(layers[1:-1], ders[1:]):
+            J = d[..., :, None] * (Wl.T @ J)
+        return z, W.T @ J
 
     def weight_vjp(self, w, v, cot):
         layers, acts, ders = self._trace(w, v)

@@ -162,7 +162,7 @@ def test_vector_field_jacobian_is_exact():
 
 
 @settings(max_examples=25, deadline=None)
-@given(hidden=st.lists(st.integers(1, 6), min_size=1, max_size=3),
+@given(hidden=st.lists(st.integers(1, 6), min_size=0, max_size=3),
        n_in=st.integers(1, 3), n_out=st.integers(1, 3),
        activation=st.sampled_from(["tanh", "rbf", "sigmoid", "softplus", "swish"]),
        seed=st.integers(0, 1000))

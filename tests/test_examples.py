@@ -9,7 +9,7 @@ import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SCRIPTS = ["lynx_hare.py", "influenza_sir.py", "lv_ude.py", "spiral_node.py",
-           "cascaded_tanks.py"]
+           "cascaded_tanks.py", "lv_ude_recovery.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
