@@ -11,35 +11,45 @@ thread each (``dynlearn.parallel.local_client``):
 
 * one residual Jacobian (what Levenberg-Marquardt needs per iteration) and one loss
   gradient (adjoint; what L-BFGS and Adam need), the experiments split into one batch per
-  worker; the median of ``--repeats`` after a warm-up;
+  worker; the median of ``--repeats``, serial and Dask runs alternating, after a warm-up;
 * a whole fit, ``dl.fit(..., optimizer=dl.LevenbergMarquardt(max_iter=--fit-iters))``, end
   to end (scattering the objective and compiling the model on the workers included);
-* multi-start, ``n_starts = 2 x workers`` with the same optimizer, each start a task;
+* multi-start, ``n_starts = 4 x workers`` with the same optimizer, each start a task;
+* the ceiling: the same split of the same evaluations over plain processes
+  (``multiprocessing``, no Dask), alternating with the serial run: what the machine itself
+  allows (on a shared virtual machine, two busy processes do not always get two cores);
 * the per-task overhead of the cluster: the round trip of an empty task, the cost per task
   of a burst of empty tasks, and the overhead per evaluation round in the Jacobian
   measurement (``dask time - serial time / workers``).
 
 Usage::
 
-    python benchmarks/scale_out.py [--experiments 32] [--workers 2] [--repeats 5]
+    python benchmarks/scale_out.py [--experiments 32] [--workers 2] [--repeats 9]
                                    [--fit-iters 5] [--markdown]
 
-The machine should be otherwise idle: the load average is printed first, and speedups
-measured next to other jobs are meaningless.
+The machine should be otherwise idle: the script reports the CPU time other processes
+took during the run, and speedups measured next to other jobs are meaningless.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
-import time
 
-import numpy as np
-import pandas as pd
-import sympy as sp
+# Dask's nanny starts workers with one BLAS thread (distributed.nanny.pre-spawn-environ);
+# the serial side gets the same, so that both run the same code the same way (threads
+# only add synchronisation on these tiny matrices). Set before numpy is imported.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
-import dynlearn as dl
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import sympy as sp  # noqa: E402
+
+import dynlearn as dl  # noqa: E402
 
 RTOL = ATOL = 1e-8
 
@@ -80,14 +90,96 @@ def objective_settings(model, data):
     return dict(model=model, bound=bound, space=space, l2=1e-3, rtol=RTOL, atol=ATOL)
 
 
-def median_time(f, repeats: int) -> float:
-    f()  # warm-up: compilation, caches, first transfer
-    times = []
+def paired_times(f_serial, f_dask, repeats: int) -> tuple[float, float]:
+    """Median times of two functions, run alternately after a warm-up of each (alternating
+    spreads the machine's slow spells over both sides)."""
+    f_serial(), f_dask()  # warm-up: compilation, caches, first transfer
+    ts, tp = [], []
     for _ in range(repeats):
+        for f, out in ((f_serial, ts), (f_dask, tp)):
+            t0 = time.perf_counter()
+            f()
+            out.append(time.perf_counter() - t0)
+    return statistics.median(ts), statistics.median(tp)
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds used by the whole machine, by this process and its children) so far.
+
+    Their difference over a run is what other jobs took: on a shared 2-core machine it is
+    the difference between a speedup and a measurement of the neighbours.
+    """
+    import psutil  # a dependency of dask.distributed
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    me = psutil.Process()
+    t = me.cpu_times()
+    own = t.children_user + t.children_system   # workers that have exited already
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            own += t.user + t.system
+        except psutil.Error:
+            pass
+    return busy, own
+
+
+def _ceiling_worker(n_exp, batch, what, repeats, barrier, results):
+    from dynlearn.objective import FitObjective
+    from dynlearn.parallel import _experiment_task
+    model, data = problem(n_exp)
+    settings = objective_settings(model, data)
+    x0 = settings["space"].x0
+    obj = FitObjective(**settings)
+    _experiment_task(obj, "c", batch, what, x0, obj.sigma_hat)   # warm-up, fills the cache
+    for _ in range(repeats + 1):
+        barrier.wait()
         t0 = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        _experiment_task("c", "c", batch, what, x0, obj.sigma_hat)
+        results.put(time.perf_counter() - t0)
+
+
+def ceiling(n_exp: int, workers: int, what: str, repeats: int) -> tuple[float, float]:
+    """The same split of the same evaluation over plain processes (multiprocessing, no Dask),
+    alternating with the serial evaluation: median (serial, parallel wall) times.
+
+    This is the speedup the machine itself allows; on a shared virtual machine two busy
+    processes do not always get two cores' worth.
+    """
+    import multiprocessing as mp
+
+    from dynlearn.objective import FitObjective
+    from dynlearn.parallel import _batches
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(workers + 1), ctx.Queue()
+    procs = [ctx.Process(target=_ceiling_worker, args=(n_exp, b, what, repeats, barrier,
+                                                       results), daemon=True)
+             for b in _batches(n_exp, None, workers)]
+    for p in procs:
+        p.start()
+    model, data = problem(n_exp)
+    settings = objective_settings(model, data)
+    x0 = settings["space"].x0
+    f = getattr(FitObjective(**settings), what)
+    f(x0)
+    ts, tp = [], []
+    try:
+        for r in range(repeats + 1):
+            t0 = time.perf_counter()
+            f(x0)                          # the children wait at the barrier meanwhile
+            t_serial = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            barrier.wait()
+            for _ in procs:
+                results.get(timeout=600)
+            if r:                          # round 0 waits for the children to start
+                ts.append(t_serial)
+                tp.append(time.perf_counter() - t0)
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+    return statistics.median(ts), statistics.median(tp)
 
 
 def _noop(i):
@@ -124,8 +216,7 @@ def run(args) -> dict:
             for what, label in (("jacobian", "residual Jacobian (LM step)"),
                                 ("cost_and_grad", "loss gradient (adjoint)")):
                 f_s, f_p = getattr(serial, what), getattr(fanned, what)
-                ts = median_time(lambda f=f_s: f(x0), args.repeats)
-                tp = median_time(lambda f=f_p: f(x0), args.repeats)
+                ts, tp = paired_times(lambda f=f_s: f(x0), lambda f=f_p: f(x0), args.repeats)
                 a_s, a_p = f_s(x0), f_p(x0)
                 err = max(float(np.max(np.abs(p - s)) / max(np.max(np.abs(s)), 1e-300))
                           for s, p in zip(a_s, a_p))
@@ -136,6 +227,12 @@ def run(args) -> dict:
             extra["batches"] = len(fanned._batches)
         finally:
             fanned.close()
+
+        for what, label in (("jacobian", "residual Jacobian"), ("cost_and_grad",
+                                                                  "loss gradient")):
+            ts, tp = ceiling(args.experiments, args.workers, what, args.repeats)
+            rows.append([f"  same split over {args.workers} plain processes, no Dask: "
+                         f"the machine's ceiling ({label})", ts, tp, ""])
 
         opt = dl.LevenbergMarquardt(max_iter=args.fit_iters)
         kw = dict(optimizer=opt, rtol=RTOL, atol=ATOL, l2=1e-3, progress=False)
@@ -150,7 +247,7 @@ def run(args) -> dict:
         rows.append([f"fit, LM {args.fit_iters} iterations ({r_s.njev} Jacobians, "
                      f"{r_s.nfev} solves)", ts, tp, same])
 
-        k = 2 * args.workers
+        k = 4 * args.workers
         sub = dl.Dataset(data.experiments[:args.starts_experiments])
         t0 = time.perf_counter()
         m_s = dl.fit(model, sub, n_starts=k, seed=0, **kw)
@@ -171,17 +268,20 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--experiments", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--fit-iters", type=int, default=5)
     ap.add_argument("--starts-experiments", type=int, default=8,
                     help="experiments in the multi-start measurement")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args(argv)
-    load = os.getloadavg()[0]
-    print(f"{os.cpu_count()} cores; load average (1 min) before the run: {load:.2f}")
-    if load > 0.5:
-        print("warning: the machine is busy; speedups will be understated")
+    print(f"{os.cpu_count()} cores; load average (1 min) before the run: "
+          f"{os.getloadavg()[0]:.2f}")
+    busy0, own0 = cpu_seconds()
+    t0 = time.perf_counter()
     out = run(args)
+    wall = time.perf_counter() - t0
+    busy1, own1 = cpu_seconds()
+    foreign = max(0.0, (busy1 - busy0) - (own1 - own0))
     header = ["task", "serial (s)", f"Dask, {args.workers} workers (s)", "speedup", "check"]
     table = [[r[0], f"{r[1]:.3f}", f"{r[2]:.3f}", f"{r[1] / r[2]:.2f}x", r[3]]
              for r in out["rows"]]
@@ -199,7 +299,10 @@ def main(argv=None):
           f"{out['burst_per_task_ms']:.2f} ms per task in a burst of 200; "
           f"{out['round_overhead_ms']:.0f} ms per evaluation round beyond an ideal split "
           f"({out['batches']} batches of {args.experiments // out['batches']} experiments)")
-    print(f"load average (1 min) after the run: {os.getloadavg()[0]:.2f}")
+    print(f"other processes used {foreign:.1f} CPU-seconds during the {wall:.0f} s run "
+          f"({100 * foreign / wall:.0f}% of one core)"
+          + ("; rerun on an idle machine" if foreign > 0.05 * wall else ""))
+    out["foreign_cpu_s"], out["wall_s"] = foreign, wall
     return out
 
 

@@ -144,6 +144,8 @@ def test_fanned_objective_equals_serial_everywhere(client):
         v0, g0 = serial.cost_and_grad(xs)
         assert v1 == pytest.approx(v0, rel=1e-13)
         np.testing.assert_allclose(g1, g0, rtol=1e-12, atol=1e-14 * np.abs(g0).max())
+        # both workers now cache the objective: later rounds send only its token
+        assert len(fanned._holders) == 2
     finally:
         fanned.close()
 
@@ -169,16 +171,19 @@ def test_a_failing_experiment_is_named(client):
 
 def test_a_rejected_point_is_not_an_error():
     from dynlearn.objective import FitObjective
-    from dynlearn.parallel import _experiment_task, _RejectedAt
+    from dynlearn.parallel import _CacheMiss, _experiment_task, _forget, _RejectedAt
     model, data = lv_model(), lv_data(n_exp=2)
     r = dl.fit(model, data, progress=False, optimizer=dl.LevenbergMarquardt(max_iter=1))
     obj = FitObjective(model=model, bound=r.objective().bound, space=r.objective().space)
     x_bad = r.x.copy()
     x_bad[0] = np.nan        # as after a diverged step: rejected, like in a serial fit
-    out = _experiment_task(obj, (0, 1), "residuals", x_bad, obj.sigma_hat)
+    assert isinstance(_experiment_task("tok", "tok", (0,), "residuals", r.x, obj.sigma_hat),
+                      _CacheMiss)     # only a token, and nothing cached under it
+    out = _experiment_task(obj, "tok", (0, 1), "residuals", x_bad, obj.sigma_hat)
     assert isinstance(out, _RejectedAt)
-    good = _experiment_task(obj, (0, 1), "residuals", r.x, obj.sigma_hat)
+    _, good = _experiment_task("tok", "tok", (0, 1), "residuals", r.x, obj.sigma_hat)
     np.testing.assert_array_equal(np.concatenate(good), obj.residuals(r.x))
+    _forget(["tok"])
 
 
 def test_bootstrap_on_dask_matches_serial(client):
