@@ -552,7 +552,7 @@ def _starts_frame(space, outcomes):
             if space.kinds[k] != "weight":
                 row[name] = v[k]
         rows.append(row)
-    return pd.DataFrame(rows).set_index("start")
+    return pd.DataFrame(rows)   # "start" is a column, as the public contract says
 
 
 def _known_sigma(obj, o):

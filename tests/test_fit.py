@@ -208,6 +208,7 @@ def test_multistart_and_mapper():
     assert len(r.starts) == 3
     assert r.loss == pytest.approx(r.starts["loss"].min())
     assert "alpha" in r.starts.columns
+    assert list(r.starts["start"]) == [0, 1, 2]
 
 
 def test_solver_failure_mid_fit_is_rejected_and_fit_completes(monkeypatch):
