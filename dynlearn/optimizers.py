@@ -135,9 +135,10 @@ class LevenbergMarquardt(Optimizer):
     def _step(self, d, U, s, Vt, r, lam):
         return -(Vt.T @ (s / (s * s + lam) * (U.T @ r))) / d
 
-    def run(self, obj, x0, state=None):
-        lo, hi = obj.space.lower, obj.space.upper
-        x = np.clip(np.asarray(x0, dtype=float), lo, hi)
+    @staticmethod
+    def _start(obj, x0):
+        """``(x, r, J, cost)`` at the clipped starting point, or a failed outcome."""
+        x = np.clip(np.asarray(x0, dtype=float), obj.space.lower, obj.space.upper)
         try:
             r, J = obj.jacobian(x)
         except Rejected as exc:
@@ -145,6 +146,23 @@ class LevenbergMarquardt(Optimizer):
                                    f"starting point: {exc}")
         cost = float(r @ r)
         obj.report(x, cost)
+        return x, r, J, cost
+
+    @staticmethod
+    def _trial_cost(obj, x) -> float:
+        """Sum of squares at a trial point; inf where the model cannot be solved."""
+        try:
+            r = obj.residuals(x)
+        except Rejected:
+            return np.inf
+        return float(r @ r)
+
+    def run(self, obj, x0, state=None):
+        lo, hi = obj.space.lower, obj.space.upper
+        start = self._start(obj, x0)
+        if isinstance(start, OptimizeOutcome):
+            return start
+        x, r, J, cost = start
         d = np.zeros(x.size)
         lam_rel, nu = self.damping, 2.0
         costs = [cost]
@@ -169,11 +187,7 @@ class LevenbergMarquardt(Optimizer):
                 if np.linalg.norm(step) <= self.xtol * (self.xtol + np.linalg.norm(x)):
                     break
                 pred = cost - float(np.sum((r + J @ step) ** 2))
-                try:
-                    rn = obj.residuals(xn)
-                    cn = float(rn @ rn)
-                except Rejected:
-                    cn = np.inf
+                cn = self._trial_cost(obj, xn)
                 rho = (cost - cn) / pred if pred > 0 and np.isfinite(cn) else -1.0
                 if rho > 1e-4:
                     accepted = True
@@ -223,14 +237,10 @@ class GaussNewton(LevenbergMarquardt):
 
     def run(self, obj, x0, state=None):
         lo, hi = obj.space.lower, obj.space.upper
-        x = np.clip(np.asarray(x0, dtype=float), lo, hi)
-        try:
-            r, J = obj.jacobian(x)
-        except Rejected as exc:
-            return OptimizeOutcome(x, np.inf, False, f"the model cannot be solved at the "
-                                   f"starting point: {exc}")
-        cost = float(r @ r)
-        obj.report(x, cost)
+        start = self._start(obj, x0)
+        if isinstance(start, OptimizeOutcome):
+            return start
+        x, r, J, cost = start
         message, success = f"maximum number of iterations ({self.max_iter}) reached", False
         it = 0
         while it < self.max_iter:
@@ -243,11 +253,7 @@ class GaussNewton(LevenbergMarquardt):
             alpha, accepted = 1.0, False
             for _ in range(30):
                 xn = np.clip(x + alpha * full, lo, hi)
-                try:
-                    rn = obj.residuals(xn)
-                    cn = float(rn @ rn)
-                except Rejected:
-                    cn = np.inf
+                cn = self._trial_cost(obj, xn)
                 if cn < cost:
                     accepted = True
                     break
