@@ -103,7 +103,6 @@ class FitResult:
     @classmethod
     def from_fit(cls, model0, dataset, obj: FitObjective, best, outcomes, optimizer, elapsed,
                  config, level: float = 0.95) -> FitResult:
-        import pandas as pd
         space: ParameterSpace = obj.space
         x = np.asarray(best.x, dtype=float)
         theta, y0s = space.unpack(x)
@@ -116,14 +115,7 @@ class FitResult:
             pass
         loss = _final_loss(obj, x, r_data)
         table = _params_table(model0, space, x, cov_x, dof, scaled, level)
-        cov_df = corr_df = None
-        keep = [k for k in range(space.size) if space.kinds[k] != "weight"]
-        if cov_x is not None and keep:
-            D = space.dphysical(x)[keep]
-            C = cov_x[np.ix_(keep, keep)] * np.outer(D, D)
-            names = [space.names[k] for k in keep]
-            cov_df = pd.DataFrame(C, index=names, columns=names)
-            corr_df = pd.DataFrame(correlation_from_covariance(C), index=names, columns=names)
+        cov_df, corr_df = _covariance_frames(space, x, cov_x)
         fitted = model0.with_theta(theta)
         weights = {net.name: w.copy() for net, w in zip(model0.networks,
                                                         model0.split_theta(theta)[1])}
@@ -425,14 +417,7 @@ def load_result(path, model=None) -> FitResult:
     params = pd.DataFrame([[_unjson(v) for v in row] for row in meta["params"]["data"]],
                           index=meta["params"]["index"], columns=meta["params"]["columns"])
     cov_x = arrays.get("cov_x")
-    keep = [k for k in range(space.size) if space.kinds[k] != "weight"]
-    cov_df = corr_df = None
-    if cov_x is not None and keep:
-        D = space.dphysical(x)[keep]
-        C = cov_x[np.ix_(keep, keep)] * np.outer(D, D)
-        names = [space.names[k] for k in keep]
-        cov_df = pd.DataFrame(C, index=names, columns=names)
-        corr_df = pd.DataFrame(correlation_from_covariance(C), index=names, columns=names)
+    cov_df, corr_df = _covariance_frames(space, x, cov_x)
     hist = [(int(a), float(b)) for a, b in arrays.get("history", np.zeros((0, 2)))]
     weights = {n.name: w for n, w in zip(model.networks, model.split_theta(theta)[1])}
 
@@ -539,6 +524,20 @@ def _params_table(model, space: ParameterSpace, x, cov_x, dof, scaled, level):
                                         ci_upper=hi[k], initial=p.value, min=p.min, max=p.max,
                                         fixed=False, transform=p.transform, kind="initial state")
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _covariance_frames(space, x, cov_x):
+    """Covariance and correlation of the non-network parameters in physical units
+    (the optimizer's covariance mapped through the transforms), or ``(None, None)``."""
+    import pandas as pd
+    keep = [k for k in range(space.size) if space.kinds[k] != "weight"]
+    if cov_x is None or not keep:
+        return None, None
+    D = space.dphysical(x)[keep]
+    C = cov_x[np.ix_(keep, keep)] * np.outer(D, D)
+    names = [space.names[k] for k in keep]
+    return (pd.DataFrame(C, index=names, columns=names),
+            pd.DataFrame(correlation_from_covariance(C), index=names, columns=names))
 
 
 def _starts_frame(space, outcomes):
