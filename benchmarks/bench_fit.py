@@ -37,6 +37,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _table import print_table  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 import dynlearn as dl  # noqa: E402
 
@@ -146,16 +147,7 @@ def main(argv=None):
                       f"{r['final_loss'] / floor:.2f}", f"{r['total_s'] / ref:.1f}x"])
     print(f"noise floor (sum of squares of the added noise): {floor:.4f}; initial weights: "
           f"{args.init}")
-    if args.markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "---|" * len(header))
-        for row in table:
-            print("| " + " | ".join(row) + " |")
-    else:
-        widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
-        print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-        for row in table:
-            print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    print_table(header, table, args.markdown)
     for label, r in rows.items():
         if "detail" in r:
             print(f"{label}: {r['detail']}; {r['message']}")

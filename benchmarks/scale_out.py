@@ -48,6 +48,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import sympy as sp  # noqa: E402
+from _table import print_table  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 import dynlearn as dl  # noqa: E402
 
@@ -285,16 +286,7 @@ def main(argv=None):
     header = ["task", "serial (s)", f"Dask, {args.workers} workers (s)", "speedup", "check"]
     table = [[r[0], f"{r[1]:.3f}", f"{r[2]:.3f}", f"{r[1] / r[2]:.2f}x", r[3]]
              for r in out["rows"]]
-    if args.markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "---|" * len(header))
-        for row in table:
-            print("| " + " | ".join(row) + " |")
-    else:
-        widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
-        print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-        for row in table:
-            print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    print_table(header, table, args.markdown)
     print(f"per-task overhead: {out['round_trip_ms']:.1f} ms round trip of an empty task; "
           f"{out['burst_per_task_ms']:.2f} ms per task in a burst of 200; "
           f"{out['round_overhead_ms']:.0f} ms per evaluation round beyond an ideal split "
