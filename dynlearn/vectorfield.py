@@ -59,7 +59,6 @@ class VectorField:
         for net in model.networks:
             self._wslices.append(slice(off, off + net.n_weights))
             off += net.n_weights
-        self._has_p_in_nets = any(not d["g_p"].is_zero for d in c.nets)
         self._point = [d["net"].point_function(w) for d, w in zip(c.nets, ws)]
 
     def breakpoints(self, t0: float, t1: float) -> np.ndarray:
@@ -72,15 +71,18 @@ class VectorField:
     def _u(self, t):
         return self.inputs(t).tolist() if self.inputs is not None else []
 
+    def _net_input(self, d, y, tl, yl, ul):
+        """A network's input vector at one point (plain states are read without a call)."""
+        idx = d["state_index"]
+        return y[idx] if idx is not None else d["g"](tl, yl, self.pl, [], ul)
+
     def fun(self, t, y):
         """dy/dt at one point; ``y`` has shape (n,)."""
         self.nfev += 1
         tl, yl, ul = [t], y.tolist(), self._u(t)
         zl = []
         for d, fwd in zip(self.c.nets, self._point):
-            idx = d["state_index"]
-            v = y[idx] if idx is not None else d["g"](tl, yl, self.pl, [], ul)
-            zl.extend(fwd(v).tolist())
+            zl.extend(fwd(self._net_input(d, y, tl, yl, ul)).tolist())
         return self.c.f(tl, yl, self.pl, zl, ul)
 
     def _jac_parts(self, t, y):
@@ -88,7 +90,7 @@ class VectorField:
         c = self.c
         zl, parts = [], []
         for d, w in zip(c.nets, self.ws):
-            v = d["g"](tl, yl, self.pl, [], ul)
+            v = self._net_input(d, y, tl, yl, ul)
             z, Nv = d["net"].forward_and_input_jacobian(w, v)
             zl.extend(z.tolist())
             parts.append((d, w, v, Nv))
