@@ -48,7 +48,10 @@ def fisher_covariance(J: np.ndarray, scale: float = 1.0, rcond: float = 1e-12):
     p = J.shape[1]
     if p == 0:
         return np.zeros((0, 0)), True
-    _, s, Vt = np.linalg.svd(J, full_matrices=True)
+    # Only V is needed: the thin SVD is O(n p^2) where the full one builds an n x n U (seconds
+    # and gigabytes for a few thousand residuals). Fewer rows than columns: the full V holds
+    # the null directions the thin one leaves out.
+    _, s, Vt = np.linalg.svd(J, full_matrices=J.shape[0] < p)
     r = int(np.sum(s > rcond * s[0])) if s.size and s[0] > 0 else 0
     Vr = Vt[:r].T
     cov = scale * (Vr / s[:r] ** 2) @ Vr.T

@@ -154,3 +154,29 @@ def test_result_plot_returns_axes():
     for kind in ("fit", "residuals", "loss"):
         ax = result.plot(kind)
         assert ax.has_data()
+
+
+def test_fisher_covariance_tall_deficient_and_wide():
+    from dynlearn.uncertainty import fisher_covariance
+    rng = np.random.default_rng(1)
+    # tall, full rank: the inverse of J^T J
+    J = rng.standard_normal((500, 6))
+    cov, full = fisher_covariance(J, scale=2.0)
+    assert full
+    np.testing.assert_allclose(cov, 2.0 * np.linalg.inv(J.T @ J), rtol=1e-10, atol=1e-14)
+    # tall, rank deficient: columns 4 and 5 enter only as their sum
+    Jd = J.copy()
+    Jd[:, 5] = Jd[:, 4]
+    cov, full = fisher_covariance(Jd)
+    assert not full
+    assert np.isinf(cov[4, 4]) and np.isinf(cov[5, 5])
+    assert np.all(np.isfinite(cov[:4, :4]))
+    # the determined block is that of the model with the two columns merged into one
+    np.testing.assert_allclose(cov[:4, :4], np.linalg.inv(J[:, :5].T @ J[:, :5])[:4, :4],
+                               rtol=1e-8)
+    # wide (fewer residuals than parameters): every parameter touching the null space is
+    # undetermined, which the thin SVD alone would not show
+    Jw = rng.standard_normal((3, 5))
+    cov, full = fisher_covariance(Jw)
+    assert not full and np.all(np.isinf(np.diag(cov)))
+
