@@ -64,6 +64,9 @@ class _StartOutcome:
     elapsed: float
     x0: np.ndarray = field(default=None)
     rejected: int = 0
+    # (residuals, Jacobian) at x when the optimizer left them behind (single-start fits;
+    # the result's covariance needs them, and they are a solve of every experiment)
+    final: tuple | None = field(default=None, repr=False)
 
 
 class Tracker:
@@ -533,7 +536,8 @@ def _fit_one(spec: dict) -> _StartOutcome:
                          status, tracker.counts["nfev"], tracker.counts["njev"],
                          tracker.counts["ngev"], tracker.nit, list(tracker.history),
                          obj.sigma_hat.copy(), time.perf_counter() - tracker.t_start,
-                         np.asarray(spec["x0"]), tracker.counts["rejected"])
+                         np.asarray(spec["x0"]), tracker.counts["rejected"],
+                         obj.last_jacobian(x) if spec["n_starts"] == 1 else None)
 
 
 def _safe_cost(obj, x) -> float:

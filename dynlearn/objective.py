@@ -465,6 +465,7 @@ class FitObjective:
     def set_sigma(self, sigma_hat):
         self.sigma_hat = np.asarray(sigma_hat, dtype=float)
         self._refresh_scales()
+        self._memo = None
 
     def estimate_sigma(self, x) -> np.ndarray:
         """Maximum-likelihood noise levels of the estimated observables at ``x``:
@@ -538,14 +539,38 @@ class FitObjective:
     def _reg(self, x):
         return np.sqrt(self.l2) * x[self.space.is_weight] if self.n_reg else np.zeros(0)
 
+    # The last evaluation is remembered: an optimizer asks again for what it already has
+    # (the cost at the accepted trial point, the Jacobian there for the covariance), and
+    # each of those is a solve of every experiment. Arrays handed out are read-only, so
+    # the remembered ones cannot be changed behind the memo's back.
+    _memo = None   # (x, residuals, Jacobian or None)
+
+    def _recall(self, x, need_jacobian: bool):
+        m = self._memo
+        if m is not None and (m[2] is not None or not need_jacobian) and \
+                np.array_equal(m[0], x):
+            return m
+        return None
+
+    def _remember(self, x, r, J=None):
+        r.setflags(write=False)
+        if J is not None:
+            J.setflags(write=False)
+        self._memo = (np.array(x, dtype=float), r, J)
+
     def residuals(self, x) -> np.ndarray:
         """All residuals at ``x`` (data, then L2 terms); raises :class:`Rejected`."""
+        m = self._recall(x, False)
+        if m is not None:
+            return m[1]
         self._count("nfev")
         try:
-            return self._residuals(x)
+            r = self._residuals(x)
         except Rejected:
             self._count("rejected")
             raise
+        self._remember(x, r)
+        return r
 
     def _residuals(self, x) -> np.ndarray:
         theta, y0s = self.space.unpack(x)
@@ -558,12 +583,22 @@ class FitObjective:
 
     def jacobian(self, x):
         """``(residuals, d residuals / d x)``; raises :class:`Rejected`."""
+        m = self._recall(x, True)
+        if m is not None:
+            return m[1], m[2]
         self._count("njev")
         try:
-            return self._jacobian(x)
+            r, J = self._jacobian(x)
         except Rejected:
             self._count("rejected")
             raise
+        self._remember(x, r, J)
+        return r, J
+
+    def last_jacobian(self, x):
+        """The remembered ``(residuals, Jacobian)`` at ``x``, or ``None``."""
+        m = self._recall(x, True)
+        return None if m is None else (m[1], m[2])
 
     def _jacobian(self, x):
         sp_ = self.space

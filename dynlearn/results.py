@@ -108,7 +108,7 @@ class FitResult:
         theta, y0s = space.unpack(x)
         cov_x, r_data, dof, scaled = None, None, None, False
         try:
-            r, J = obj.jacobian(x)
+            r, J = best.final if best.final is not None else obj.jacobian(x)
             r_data = r[:obj.n_data]
             cov_x, dof, scaled = _covariance(obj, r, J)
         except Rejected:

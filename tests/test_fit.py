@@ -349,3 +349,45 @@ def test_multiple_shooting_jacobian_matches_finite_differences():
     fd = np.column_stack([(ms.residuals(z + h) - ms.residuals(z - h)) / 2e-6
                           for h in np.eye(z.size) * 1e-6])
     assert np.abs(J - fd).max() < 1e-4 * np.abs(J).max()
+
+
+def test_objective_remembers_its_last_evaluation_only():
+    """An optimizer asks again for what it has (the cost at the accepted point, the Jacobian
+    there for the covariance); the objective answers from memory, with read-only arrays,
+    and forgets when x or the noise levels change."""
+    from dynlearn.fit import _bind, _y0_parameters
+    from dynlearn.objective import FitObjective
+    from dynlearn.parameters import ParameterSpace
+    model, data = lv_model(), lv_data()
+    bound = _bind(model, data, "first", None)
+    space = ParameterSpace(model, _y0_parameters(model, data, bound, "first", None),
+                           [e.name for e in data])
+    obj = FitObjective(model=model, bound=bound, space=space)
+    solves = []
+    for name in ("_residuals", "_jacobian"):
+        f = getattr(obj, name)
+        setattr(obj, name, lambda x, f=f, name=name: solves.append(name) or f(x))
+    x0 = space.x0
+    r, J = obj.jacobian(x0)
+    assert obj.residuals(x0.copy()) is r and obj.jacobian(x0)[1] is J
+    assert solves == ["_jacobian"]
+    with pytest.raises(ValueError):
+        J[0, 0] = 1.0                       # nobody can change what is remembered
+    x1 = x0 + 1e-3
+    r1 = obj.residuals(x1)
+    assert not np.array_equal(r1, r)
+    obj.jacobian(x1)                        # residuals alone do not make a Jacobian
+    assert solves == ["_jacobian", "_residuals", "_jacobian"]
+    obj.set_sigma(2.0 * obj.sigma_hat)      # new scales: forget
+    np.testing.assert_allclose(obj.residuals(x1), 0.5 * r1, rtol=1e-12)
+    assert solves[-1] == "_residuals"
+
+
+def test_fit_reuses_the_final_jacobian_for_the_covariance(monkeypatch):
+    from dynlearn.objective import FitObjective
+    made = []
+    jac = FitObjective._jacobian
+    monkeypatch.setattr(FitObjective, "_jacobian", lambda self, x: made.append(1) or jac(self, x))
+    res = dl.fit(lv_model(), lv_data(), progress=False)
+    assert res.success and np.all(np.isfinite(res.params["stderr"]))
+    assert len(made) == res.njev        # none extra for the covariance
