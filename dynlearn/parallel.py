@@ -373,23 +373,59 @@ def _scatter(client, obj):
     return client.scatter([obj], broadcast=True, hash=False)[0]
 
 
+def _lost_inputs(exc: BaseException | None) -> bool:
+    """Whether a task was cancelled because its scattered inputs died with a worker.
+
+    Scattered data is broadcast, but Dask's active memory manager trims the replicas no task
+    is waiting for; when the worker holding the last one dies, the tasks that need it are
+    cancelled ("lost dependencies") rather than re-run. The cure is to scatter again.
+    """
+    from concurrent.futures import CancelledError
+    return isinstance(exc, CancelledError) and "lost dependencies" in str(exc)
+
+
+_RESCATTERS = 3   # times the inputs of one piece of work are re-sent after being lost
+
+
 def _run_on_dask(par, fn, items, labels, shared, bar, desc, on_result) -> list:
     from distributed import as_completed
     client = par.client
     token = uuid.uuid4().hex[:10]
     remote = {k: _scatter(client, v) for k, v in shared.items()}
+    # the cache token stays that of the first scatter, also when the inputs are re-sent
     tokens = {k: str(f.key) for k, f in remote.items()}
-    futures = [client.submit(_task, fn, label, item, _tokens=tokens,
-                             key=f"dynlearn-{desc}-{token}-{i}", retries=par.retries,
-                             pure=False, **remote)
-               for i, (item, label) in enumerate(zip(items, labels))]
+    sent = [0]
+
+    def submit(i):
+        sent[0] += 1
+        return client.submit(_task, fn, labels[i], items[i], _tokens=tokens,
+                             key=f"dynlearn-{desc}-{token}-{i}-{sent[0]}",
+                             retries=par.retries, pure=False, **remote)
+    futures = [submit(i) for i in range(len(items))]
     index = {f.key: i for i, f in enumerate(futures)}
     results: list = [None] * len(futures)
+    rescatters = 0
     try:
-        for fut in as_completed(futures):
+        pending = as_completed(futures)
+        for fut in pending:
             i = index[fut.key]
+            if futures[i] is not fut:       # superseded by a resubmission
+                continue
             if fut.status != "finished":
-                raise _as_task_error(fut.exception(), labels[i])
+                exc = fut.exception() if fut.status == "error" else _cancel_reason(fut)
+                if _lost_inputs(exc) and rescatters < _RESCATTERS:
+                    rescatters += 1
+                    old = list(remote.values())
+                    remote = {k: _scatter(client, v) for k, v in shared.items()}
+                    client.cancel(old)
+                    lost = [j for j, f in enumerate(futures)
+                            if results[j] is None and f.status == "cancelled"]
+                    for j in lost:
+                        futures[j] = submit(j)
+                        index[futures[j].key] = j
+                        pending.add(futures[j])
+                    continue
+                raise _as_task_error(exc, labels[i])
             results[i] = fut.result()
             fut.release()
             if bar is not None:
@@ -403,6 +439,15 @@ def _run_on_dask(par, fn, items, labels, shared, bar, desc, on_result) -> list:
         client.cancel(list(remote.values()))
         _forget_everywhere(client, list(tokens.values()))
     return results
+
+
+def _cancel_reason(fut) -> BaseException:
+    """The exception a cancelled future would raise (it carries the reason)."""
+    try:
+        fut.result()        # returns at once: the future is done (a timeout here is racy)
+    except BaseException as exc:  # noqa: BLE001 - the reason is the point
+        return exc
+    return RuntimeError(f"task {fut.key} was cancelled")  # pragma: no cover
 
 
 # --- multi-start fits (the hook used by dl.fit) ------------------------------------------------
@@ -517,6 +562,10 @@ class _CacheMiss:
     """The worker has no cached objective for the token: resend the objective."""
 
 
+class _InputsLost(Exception):
+    """The scattered objective died with a worker: scatter it again (see _lost_inputs)."""
+
+
 def _experiment_task(source, token: str, batch: tuple[int, ...], what: str, x, sigma_hat):
     """Evaluate ``what`` for the experiments in ``batch`` (runs on a worker).
 
@@ -577,8 +626,9 @@ def _fanned_objective_class():
             super().__init__(**settings)
             self._client = par.client
             self._retries = par.retries
-            self._remote = _scatter(par.client, FitObjective(**settings))
-            self._key = str(self._remote.key)
+            self._shipped = FitObjective(**settings)
+            self._remote = _scatter(par.client, self._shipped)
+            self._key = str(self._remote.key)   # the cache token, kept when re-sent
             self._holders: set[str] = set()   # workers known to cache the objective
             self._batches = _batches(len(self.bound), par.batch_size, par.n_threads)
             self._token = uuid.uuid4().hex[:10]
@@ -615,7 +665,8 @@ def _fanned_objective_class():
             slots = self._slots()
             todo = list(range(len(self._batches)))
             parts: list = [None] * len(todo)
-            for attempt in range(2):
+            rescatters = 0
+            for attempt in range(2 + _RESCATTERS):
                 futures = []
                 for k in todo:
                     w = slots[k % len(slots)] if slots else None
@@ -627,7 +678,14 @@ def _fanned_objective_class():
                         _experiment_task, src, self._key, self._batches[k], what, x,
                         self.sigma_hat, key=f"dynlearn-{what}-{self._token}-{self._calls}",
                         retries=self._retries, pure=False, **where))
-                for k, p in zip(todo, self._gather(futures, what)):
+                try:
+                    got = self._gather(futures, what, can_rescatter=rescatters < _RESCATTERS)
+                except _InputsLost:
+                    rescatters += 1
+                    old, self._remote = self._remote, _scatter(self._client, self._shipped)
+                    self._client.cancel([old])
+                    continue
+                for k, p in zip(todo, got):
                     parts[k] = p
                 todo = [k for k in todo if isinstance(parts[k], _CacheMiss)]
                 if not todo:
@@ -641,12 +699,15 @@ def _fanned_objective_class():
                 out += values
             return out
 
-        def _gather(self, futures, what: str) -> list:
+        def _gather(self, futures, what: str, can_rescatter: bool = False) -> list:
             try:
                 return self._client.gather(futures)
             except TaskError:
                 raise
             except Exception as exc:
+                if can_rescatter and _lost_inputs(exc):
+                    self._client.cancel(futures)
+                    raise _InputsLost() from exc
                 raise TaskError(f"evaluating the {what} on Dask failed: "
                                 f"{type(exc).__name__}: {exc}", "experiments") from exc
             except BaseException:

@@ -292,3 +292,36 @@ def test_a_worker_killed_while_experiments_are_split(client):
     np.testing.assert_array_equal(r.x, serial.x)   # recomputed batches give the same numbers
     assert r.success and r.njev == serial.njev
     client.wait_for_workers(2, timeout=120)
+
+
+@pytest.mark.parametrize("n_starts", [1, 3])
+def test_scattered_inputs_lost_with_their_worker_are_sent_again(client, monkeypatch, n_starts):
+    """Dask's memory manager may leave a scattered input on one worker only; when that
+    worker dies, the tasks needing it are cancelled ("lost dependencies"). The fit sends
+    the input again and completes: reproduced here by scattering the first copy to one
+    worker and killing it before any task runs."""
+    par = sys.modules["dynlearn.parallel"]
+    scatter, lost = par._scatter, []
+
+    def scatter_then_lose(cl, obj):
+        if lost:
+            return scatter(cl, obj)
+        pids = cl.run(os.getpid)
+        victim = sorted(pids)[0]
+        fut = cl.scatter([obj], workers=[victim], broadcast=False, hash=False)[0]
+        os.kill(pids[victim], signal.SIGKILL)
+        end = time.monotonic() + 60
+        while victim in cl.scheduler_info()["workers"] and time.monotonic() < end:
+            time.sleep(0.05)
+        lost.append(victim)
+        return fut
+    monkeypatch.setattr(par, "_scatter", scatter_then_lose)
+    model, data = lv_model(), lv_data(n_exp=4)
+    serial = dl.fit(model, data, n_starts=n_starts, seed=0, progress=False)
+    try:
+        r = dl.fit(model, data, n_starts=n_starts, seed=0, progress=False, client=client)
+    finally:
+        client.wait_for_workers(2, timeout=120)
+    assert lost and lost[0] not in client.run(os.getpid)
+    np.testing.assert_array_equal(r.x, serial.x)
+    pd.testing.assert_frame_equal(r.starts, serial.starts, rtol=1e-12)
