@@ -86,7 +86,7 @@ class LevenbergMarquardt(Optimizer):
     Parameters
     ----------
     max_iter : int
-        Maximum number of Jacobian evaluations (iterations).
+        Maximum number of iterations (accepted steps).
     ftol : float
         Stop when an accepted step reduces the cost by less than ``ftol`` relatively and the
         model predicted no more.
@@ -102,13 +102,18 @@ class LevenbergMarquardt(Optimizer):
         ``patience`` iterations: for over-parameterised fits (networks) that keep creeping
         below the noise level, where the classical tolerances never trigger.
     ptol : float
+    jacobian_at_trial : bool
+        Evaluate a trial point together with its Jacobian while first trials keep being
+        accepted (default): an accepted step then costs one solve-with-sensitivities instead
+        of a forward solve followed by one. After a rejected trial, trial points get a
+        forward solve only, until a first trial is accepted again.
 
     Notes
     -----
     Columns are scaled by their norms (kept at the running maximum, as MINPACK does), so
     the method is invariant to parameter units. One SVD of the scaled Jacobian per
-    iteration gives the step for any damping, so rejected trial points cost one forward
-    solve each and no linear algebra. Damping follows Nielsen's rule: after a step with
+    iteration gives the step for any damping, so a rejected trial point costs a solve
+    and no linear algebra. Damping follows Nielsen's rule: after a step with
     gain ratio ``rho`` the damping is multiplied by ``max(1/3, 1 - (2 rho - 1)^3)``; after a
     rejected step (including one where the solver fails) by 2, 4, 8, ...
 
@@ -126,8 +131,9 @@ class LevenbergMarquardt(Optimizer):
 
     def __init__(self, max_iter: int = 200, ftol: float = 1e-10, xtol: float = 1e-10,
                  gtol: float = 1e-10, damping: float = 1.0, patience: int | None = None,
-                 ptol: float = 0.05):
+                 ptol: float = 0.05, jacobian_at_trial: bool = True):
         self.max_iter = _check_positive_int(max_iter, "max_iter")
+        self.jacobian_at_trial = bool(jacobian_at_trial)
         self.ftol, self.xtol, self.gtol, self.damping = ftol, xtol, gtol, damping
         self.patience = None if patience is None else _check_positive_int(patience, "patience")
         self.ptol = float(ptol)
@@ -149,10 +155,13 @@ class LevenbergMarquardt(Optimizer):
         return x, r, J, cost
 
     @staticmethod
-    def _trial_cost(obj, x) -> float:
-        """Sum of squares at a trial point; inf where the model cannot be solved."""
+    def _trial_cost(obj, x, with_jacobian: bool = False) -> float:
+        """Sum of squares at a trial point; inf where the model cannot be solved.
+
+        ``with_jacobian``: evaluate the Jacobian too (the objective remembers it, so that
+        accepting the point costs nothing more)."""
         try:
-            r = obj.residuals(x)
+            r = obj.jacobian(x)[0] if with_jacobian else obj.residuals(x)
         except Rejected:
             return np.inf
         return float(r @ r)
@@ -164,6 +173,7 @@ class LevenbergMarquardt(Optimizer):
             return start
         x, r, J, cost = start
         d = np.zeros(x.size)
+        optimistic = self.jacobian_at_trial
         lam_rel, nu = self.damping, 2.0
         costs = [cost]
         message, success = f"maximum number of iterations ({self.max_iter}) reached", False
@@ -178,8 +188,9 @@ class LevenbergMarquardt(Optimizer):
             if np.max(np.abs(g)) <= self.gtol * max(cost, 1e-300) ** 0.5 * smax2 ** 0.5:
                 message, success = "converged: gradient below gtol", True
                 break
-            accepted = False
+            accepted, tries = False, 0
             while True:
+                tries += 1
                 lam = lam_rel * smax2
                 step = self._step(ds, U, s, Vt, r, lam)
                 xn = np.clip(x + step, lo, hi)
@@ -187,11 +198,12 @@ class LevenbergMarquardt(Optimizer):
                 if np.linalg.norm(step) <= self.xtol * (self.xtol + np.linalg.norm(x)):
                     break
                 pred = cost - float(np.sum((r + J @ step) ** 2))
-                cn = self._trial_cost(obj, xn)
+                cn = self._trial_cost(obj, xn, optimistic)
                 rho = (cost - cn) / pred if pred > 0 and np.isfinite(cn) else -1.0
                 if rho > 1e-4:
                     accepted = True
                     break
+                optimistic = False
                 lam_rel *= nu
                 nu *= 2.0
                 if lam_rel > 1e16:
@@ -205,10 +217,13 @@ class LevenbergMarquardt(Optimizer):
             nu = 2.0
             x_old, cost_old = x, cost
             x = xn
-            try:
+            try:                  # remembered by obj when the trial came with its Jacobian
                 r, J = obj.jacobian(x)
-            except Rejected:  # the forward solve just worked; retry the same point once
+            except Rejected:      # the forward solve just worked; retry the same point once
                 r, J = obj.jacobian(x)
+            # while first trials are accepted, evaluate trial points with their Jacobian
+            # (one solve per iteration instead of two); after a rejection, residuals only
+            optimistic = self.jacobian_at_trial and tries == 1
             cost = float(r @ r)
             obj.report(x, cost, iteration=True)
             if (cost_old - cost) <= self.ftol * cost_old and pred <= self.ftol * cost_old * 2:
@@ -228,11 +243,15 @@ class LevenbergMarquardt(Optimizer):
 
 class GaussNewton(LevenbergMarquardt):
     """Gauss-Newton steps with a backtracking line search (a tiny fixed damping keeps
-    the step defined when the Jacobian is rank deficient)."""
+    the step defined when the Jacobian is rank deficient).
+
+    ``jacobian_at_trial``: the full step is evaluated with its Jacobian while full steps
+    keep being accepted (see :class:`LevenbergMarquardt`)."""
 
     def __init__(self, max_iter: int = 100, ftol: float = 1e-10, xtol: float = 1e-10,
-                 gtol: float = 1e-10):
-        super().__init__(max_iter, ftol, xtol, gtol, damping=1e-12)
+                 gtol: float = 1e-10, jacobian_at_trial: bool = True):
+        super().__init__(max_iter, ftol, xtol, gtol, damping=1e-12,
+                         jacobian_at_trial=jacobian_at_trial)
         self.patience = None
 
     def run(self, obj, x0, state=None):
@@ -241,6 +260,7 @@ class GaussNewton(LevenbergMarquardt):
         if isinstance(start, OptimizeOutcome):
             return start
         x, r, J, cost = start
+        optimistic = self.jacobian_at_trial
         message, success = f"maximum number of iterations ({self.max_iter}) reached", False
         it = 0
         while it < self.max_iter:
@@ -253,17 +273,19 @@ class GaussNewton(LevenbergMarquardt):
             alpha, accepted = 1.0, False
             for _ in range(30):
                 xn = np.clip(x + alpha * full, lo, hi)
-                cn = self._trial_cost(obj, xn)
+                cn = self._trial_cost(obj, xn, optimistic)
                 if cn < cost:
                     accepted = True
                     break
                 alpha *= 0.5
+                optimistic = False
             if not accepted:
                 message, success = "converged: no step along the Gauss-Newton direction " \
                     "reduces the cost", True
                 break
             x_old, cost_old, x = x, cost, xn
             r, J = obj.jacobian(x)
+            optimistic = self.jacobian_at_trial and alpha == 1.0
             cost = float(r @ r)
             obj.report(x, cost, iteration=True)
             if cost_old - cost <= self.ftol * cost_old:

@@ -214,19 +214,21 @@ def test_multistart_and_mapper():
 def test_solver_failure_mid_fit_is_rejected_and_fit_completes(monkeypatch):
     """Trial points where the solver fails are rejected; the optimizer backs off."""
     import dynlearn.objective as objective
-    real = objective.solve_observed
     calls = {"n": 0}
 
-    def flaky(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] in (3, 4, 5, 9):
-            raise dl.SolveError("simulated failure: step size too small", status=-1)
-        return real(*args, **kwargs)
-    monkeypatch.setattr(objective, "solve_observed", flaky)
+    def flaky(real):      # forward solves and solves with sensitivities alike
+        def solve(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] in (3, 4, 5, 9):
+                raise dl.SolveError("simulated failure: step size too small", status=-1)
+            return real(*args, **kwargs)
+        return solve
+    for name in ("solve_observed", "discrete_observable_jacobian"):
+        monkeypatch.setattr(objective, name, flaky(getattr(objective, name)))
     r = dl.fit(lv_model(), lv_data(seed=9), progress=False)
     assert r.success, r.message
     assert r.rejected >= 3
-    monkeypatch.setattr(objective, "solve_observed", real)
+    monkeypatch.undo()
     clean = dl.fit(lv_model(), lv_data(seed=9), progress=False)
     assert clean.rejected == 0
     assert r.loss == pytest.approx(clean.loss, rel=1e-6)
