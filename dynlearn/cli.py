@@ -553,7 +553,6 @@ def _dask_client(args, console: Console):
     """A Dask client for ``--workers N`` (a new local cluster on loopback, closed at the end)
     or ``--scheduler ADDRESS`` (an existing cluster); None without either, and then Dask is
     not imported."""
-    import importlib
     workers, address = getattr(args, "workers", None), getattr(args, "scheduler", None)
     if workers is None and address is None:
         yield None
@@ -575,12 +574,7 @@ def _dask_client(args, console: Console):
             raise OptionError(f"--scheduler {address}: cannot connect: {_one_line(exc)}"
                               ) from None
     else:
-        try:        # dynlearn's own helper (loopback, processes) when the module has it
-            local_client = importlib.import_module("dynlearn.parallel").local_client
-        except (ImportError, AttributeError):
-            def local_client(n):
-                return Client(n_workers=n, threads_per_worker=1, processes=True,
-                              host="127.0.0.1", dashboard_address=None)
+        from .parallel import local_client
         client = local_client(workers)
     info = client.scheduler_info()
     console.note(f"running on Dask: scheduler {info.get('address', address)}, "
