@@ -378,7 +378,70 @@ class Rejected(Exception):
     non-positive prediction under the log loss). Optimizers reject the point and back off."""
 
 
-class FitObjective:
+class LeastSquaresProblem:
+    """Residuals and their Jacobian at ``x``, with a memory of the last point.
+
+    An optimizer asks again for what it already has (the cost at the accepted trial point,
+    the Jacobian there for the covariance), and each of those is a solve of every
+    experiment: the last evaluation is remembered. Arrays handed out are read-only, so
+    the remembered ones cannot change behind the memory's back. Subclasses define
+    ``_residuals(x)``, ``_jacobian(x) -> (r, J)`` and ``_count(kind)``, and call
+    :meth:`forget` when anything but ``x`` changes what they compute.
+    """
+
+    _memo = None   # (x, residuals, Jacobian or None)
+
+    def forget(self) -> None:
+        self._memo = None
+
+    def _recall(self, x, need_jacobian: bool):
+        m = self._memo
+        if m is not None and (m[2] is not None or not need_jacobian) and \
+                np.array_equal(m[0], x):
+            return m
+        return None
+
+    def _remember(self, x, r, J=None):
+        r.setflags(write=False)
+        if J is not None:
+            J.setflags(write=False)
+        self._memo = (np.array(x, dtype=float), r, J)
+
+    def residuals(self, x) -> np.ndarray:
+        """All residuals at ``x``; raises :class:`Rejected`."""
+        m = self._recall(x, False)
+        if m is not None:
+            return m[1]
+        self._count("nfev")
+        try:
+            r = self._residuals(x)
+        except Rejected:
+            self._count("rejected")
+            raise
+        self._remember(x, r)
+        return r
+
+    def jacobian(self, x):
+        """``(residuals, d residuals / d x)``; raises :class:`Rejected`."""
+        m = self._recall(x, True)
+        if m is not None:
+            return m[1], m[2]
+        self._count("njev")
+        try:
+            r, J = self._jacobian(x)
+        except Rejected:
+            self._count("rejected")
+            raise
+        self._remember(x, r, J)
+        return r, J
+
+    def last_jacobian(self, x):
+        """The remembered ``(residuals, Jacobian)`` at ``x``, or ``None``."""
+        m = self._recall(x, True)
+        return None if m is None else (m[1], m[2])
+
+
+class FitObjective(LeastSquaresProblem):
     """Residuals, Jacobians and gradients of a fit, in the optimizer's coordinates ``x``.
 
     The residual of observation ``i`` of observable ``k`` is
@@ -415,6 +478,9 @@ class FitObjective:
         self.model, self.bound, self.space, self.loss = model, bound, space, loss
         self.method, self.rtol, self.atol = method, rtol, atol
         self.options = dict(options or {})
+        from .sensitivity.discrete import DISCRETE_METHODS
+        # the discrete Jacobian costs 1.1-2 forward solves; forward sensitivities far more
+        self.cheap_jacobian = method in DISCRETE_METHODS
         self.sensitivity = sensitivity if sensitivity is not None else Adjoint()
         self.l2 = float(l2)
         if self.l2 < 0:
@@ -465,7 +531,7 @@ class FitObjective:
     def set_sigma(self, sigma_hat):
         self.sigma_hat = np.asarray(sigma_hat, dtype=float)
         self._refresh_scales()
-        self._memo = None
+        self.forget()
 
     def estimate_sigma(self, x) -> np.ndarray:
         """Maximum-likelihood noise levels of the estimated observables at ``x``:
@@ -539,39 +605,6 @@ class FitObjective:
     def _reg(self, x):
         return np.sqrt(self.l2) * x[self.space.is_weight] if self.n_reg else np.zeros(0)
 
-    # The last evaluation is remembered: an optimizer asks again for what it already has
-    # (the cost at the accepted trial point, the Jacobian there for the covariance), and
-    # each of those is a solve of every experiment. Arrays handed out are read-only, so
-    # the remembered ones cannot be changed behind the memo's back.
-    _memo = None   # (x, residuals, Jacobian or None)
-
-    def _recall(self, x, need_jacobian: bool):
-        m = self._memo
-        if m is not None and (m[2] is not None or not need_jacobian) and \
-                np.array_equal(m[0], x):
-            return m
-        return None
-
-    def _remember(self, x, r, J=None):
-        r.setflags(write=False)
-        if J is not None:
-            J.setflags(write=False)
-        self._memo = (np.array(x, dtype=float), r, J)
-
-    def residuals(self, x) -> np.ndarray:
-        """All residuals at ``x`` (data, then L2 terms); raises :class:`Rejected`."""
-        m = self._recall(x, False)
-        if m is not None:
-            return m[1]
-        self._count("nfev")
-        try:
-            r = self._residuals(x)
-        except Rejected:
-            self._count("rejected")
-            raise
-        self._remember(x, r)
-        return r
-
     def _residuals(self, x) -> np.ndarray:
         theta, y0s = self.space.unpack(x)
         out = []
@@ -580,25 +613,6 @@ class FitObjective:
             out.append(((self._g(H, b) - self._g(np.where(b.mask, b.Y, 1.0), b)) * sc)[b.mask])
         out.append(self._reg(x))
         return np.concatenate(out)
-
-    def jacobian(self, x):
-        """``(residuals, d residuals / d x)``; raises :class:`Rejected`."""
-        m = self._recall(x, True)
-        if m is not None:
-            return m[1], m[2]
-        self._count("njev")
-        try:
-            r, J = self._jacobian(x)
-        except Rejected:
-            self._count("rejected")
-            raise
-        self._remember(x, r, J)
-        return r, J
-
-    def last_jacobian(self, x):
-        """The remembered ``(residuals, Jacobian)`` at ``x``, or ``None``."""
-        m = self._recall(x, True)
-        return None if m is None else (m[1], m[2])
 
     def _jacobian(self, x):
         sp_ = self.space

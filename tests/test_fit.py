@@ -393,3 +393,26 @@ def test_fit_reuses_the_final_jacobian_for_the_covariance(monkeypatch):
     res = dl.fit(lv_model(), lv_data(), progress=False)
     assert res.success and np.all(np.isfinite(res.params["stderr"]))
     assert len(made) == res.njev        # none extra for the covariance
+
+
+def test_jacobian_at_trial_changes_the_cost_not_the_iterates():
+    """LM may evaluate trial points with their Jacobian (one solve per accepted step
+    instead of two); the iterates are those of the plain method."""
+    data = lv_data(seed=3)
+    runs = {}
+    for setting in ("auto", False, True):
+        opt = dl.LevenbergMarquardt(jacobian_at_trial=setting)
+        runs[setting] = dl.fit(lv_model(), data, optimizer=opt, progress=False)
+    plain, auto = runs[False], runs["auto"]
+    np.testing.assert_allclose(auto.x, plain.x, rtol=1e-10)
+    assert auto.nit == plain.nit
+    # RK45's discrete Jacobians are cheap: "auto" evaluates most steps once
+    assert auto.nfev + auto.njev < plain.nfev + plain.njev
+    assert auto.nfev < plain.nfev / 2
+    np.testing.assert_array_equal(runs[True].x, auto.x)
+    # forward sensitivities are dear: "auto" keeps to forward solves for trials
+    lsoda = [dl.fit(lv_model(), data, method="LSODA", progress=False,
+                    optimizer=dl.LevenbergMarquardt(jacobian_at_trial=s)) for s in ("auto", False)]
+    assert (lsoda[0].nfev, lsoda[0].njev) == (lsoda[1].nfev, lsoda[1].njev)
+    with pytest.raises(dl.OptionError, match="jacobian_at_trial"):
+        dl.LevenbergMarquardt(jacobian_at_trial="yes")
