@@ -374,14 +374,16 @@ def _scatter(client, obj):
 
 
 def _lost_inputs(exc: BaseException | None) -> bool:
-    """Whether a task was cancelled because its scattered inputs died with a worker.
+    """Whether a task was cancelled by the cluster, as when its scattered inputs died.
 
     Scattered data is broadcast, but Dask's active memory manager trims the replicas no task
     is waiting for; when the worker holding the last one dies, the tasks that need it are
-    cancelled ("lost dependencies") rather than re-run. The cure is to scatter again.
+    cancelled ("lost dependencies", or "already forgotten" when the client asks after the
+    scheduler has dropped them) rather than re-run. The cure is to scatter again and
+    resubmit (a bounded number of times: a cancellation for any other reason then surfaces).
     """
     from concurrent.futures import CancelledError
-    return isinstance(exc, CancelledError) and "lost dependencies" in str(exc)
+    return isinstance(exc, CancelledError)
 
 
 _RESCATTERS = 3   # times the inputs of one piece of work are re-sent after being lost
@@ -511,10 +513,23 @@ def _start_task(item, settings):
 
 # --- experiments of one fit --------------------------------------------------------------------
 def _batches(n: int, batch_size: int | None, n_threads: int) -> list[tuple[int, ...]]:
-    """Contiguous, near-equal batches of ``range(n)`` (contiguous keeps the serial order)."""
+    """Contiguous, near-equal batches of ``range(n)``."""
     n_tasks = min(n, n_threads) if batch_size is None else math.ceil(n / batch_size)
     return [tuple(int(i) for i in b) for b in np.array_split(np.arange(n), max(1, n_tasks))
             if b.size]
+
+
+def _balanced_batches(costs: np.ndarray, n_tasks: int) -> list[tuple[int, ...]]:
+    """``n_tasks`` batches of experiments with near-equal total cost (longest first, each
+    to the least loaded batch: within 4/3 of the best split, and close to it when there are
+    many more experiments than tasks). Experiments keep their order inside a batch."""
+    loads = np.zeros(max(1, min(n_tasks, costs.size)))
+    members: list[list[int]] = [[] for _ in loads]
+    for i in np.argsort(-costs, kind="stable"):
+        k = int(np.argmin(loads))
+        loads[k] += costs[i]
+        members[k].append(int(i))
+    return [tuple(sorted(m)) for m in members if m]
 
 
 class _SubSpace:
@@ -573,16 +588,17 @@ def _experiment_task(source, token: str, batch: tuple[int, ...], what: str, x, s
     to hold it in its cache (no transfer at all then). The cached objective keeps its
     compiled model and its per-experiment views across tasks.
 
-    Returns ``(worker address, [per-experiment results])``, or a :class:`_RejectedAt` when
-    a trial point cannot be solved, or a :class:`_CacheMiss`.
+    Returns ``(worker address, [per-experiment results], [per-experiment seconds])``, or a
+    :class:`_RejectedAt` when a trial point cannot be solved, or a :class:`_CacheMiss`.
     """
     from .objective import Rejected
     entry = _cached(token, None if isinstance(source, str) else source)
     if entry is None:
         return _CacheMiss()
     obj, views = entry["obj"], entry["views"]
-    out = []
+    out, seconds = [], []
     for i in batch:
+        t0 = time.perf_counter()
         view = views.get(i)
         if view is None:
             view = views[i] = _experiment_view(obj, i)
@@ -605,7 +621,8 @@ def _experiment_task(source, token: str, batch: tuple[int, ...], what: str, x, s
             raise TaskError(f"experiment '{name}' failed on worker {worker or '?'} while "
                             f"computing the {what}: {type(exc).__name__}: {exc}",
                             f"experiment '{name}'", worker, traceback.format_exc()) from None
-    return _worker_address(), out
+        seconds.append(time.perf_counter() - t0)
+    return _worker_address(), out, seconds
 
 
 def _jacobian_columns(space, i: int) -> np.ndarray:
@@ -631,6 +648,10 @@ def _fanned_objective_class():
             self._key = str(self._remote.key)   # the cache token, kept when re-sent
             self._holders: set[str] = set()   # workers known to cache the objective
             self._batches = _batches(len(self.bound), par.batch_size, par.n_threads)
+            # without a batch size, batches are re-cut from the measured cost of each
+            # experiment (solves of different experiments can differ several-fold)
+            self._balance = par.batch_size is None and len(self._batches) > 1
+            self._seconds = np.full(len(self.bound), np.nan)
             self._token = uuid.uuid4().hex[:10]
             self._calls = 0
             self._slots_cache: list[str] = []
@@ -660,10 +681,17 @@ def _fanned_objective_class():
                 self._slots_time = now
             return self._slots_cache
 
+        def _plan(self) -> list[tuple[int, ...]]:
+            if self._balance and np.all(np.isfinite(self._seconds)):
+                self._batches = _balanced_batches(self._seconds, len(self._batches))
+            return self._batches
+
         def _evaluate(self, what: str, x) -> list:
+            """Per-experiment results of ``what`` at ``x``, in the experiments' order."""
             x = np.asarray(x, dtype=float)
             slots = self._slots()
-            todo = list(range(len(self._batches)))
+            batches = self._plan()
+            todo = list(range(len(batches)))
             parts: list = [None] * len(todo)
             rescatters = 0
             for attempt in range(2 + _RESCATTERS):
@@ -675,7 +703,7 @@ def _fanned_objective_class():
                     self._calls += 1
                     where = {} if w is None else {"workers": [w], "allow_other_workers": True}
                     futures.append(self._client.submit(
-                        _experiment_task, src, self._key, self._batches[k], what, x,
+                        _experiment_task, src, self._key, batches[k], what, x,
                         self.sigma_hat, key=f"dynlearn-{what}-{self._token}-{self._calls}",
                         retries=self._retries, pure=False, **where))
                 try:
@@ -690,13 +718,16 @@ def _fanned_objective_class():
                 todo = [k for k in todo if isinstance(parts[k], _CacheMiss)]
                 if not todo:
                     break
-            out = []
-            for p in parts:
+            out: list = [None] * len(self.bound)
+            for batch, p in zip(batches, parts):
                 if isinstance(p, _RejectedAt):
                     raise Rejected(p.message)
-                worker, values = p
+                worker, values, seconds = p
                 self._holders.add(worker)
-                out += values
+                for i, v, sec in zip(batch, values, seconds):
+                    out[i] = v
+                    old = self._seconds[i]
+                    self._seconds[i] = sec if not np.isfinite(old) else 0.5 * (old + sec)
             return out
 
         def _gather(self, futures, what: str, can_rescatter: bool = False) -> list:

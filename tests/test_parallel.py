@@ -5,6 +5,7 @@ the end. Problems are small: the point is equality with the serial results, not 
 (see benchmarks/scale_out.py for that).
 """
 
+import itertools
 import os
 import signal
 import subprocess
@@ -16,6 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import sympy as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import dynlearn as dl
 
@@ -181,9 +184,61 @@ def test_a_rejected_point_is_not_an_error():
                       _CacheMiss)     # only a token, and nothing cached under it
     out = _experiment_task(obj, "tok", (0, 1), "residuals", x_bad, obj.sigma_hat)
     assert isinstance(out, _RejectedAt)
-    _, good = _experiment_task("tok", "tok", (0, 1), "residuals", r.x, obj.sigma_hat)
+    _, good, seconds = _experiment_task("tok", "tok", (0, 1), "residuals", r.x, obj.sigma_hat)
     np.testing.assert_array_equal(np.concatenate(good), obj.residuals(r.x))
+    assert len(seconds) == 2 and min(seconds) > 0
     _forget(["tok"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.0, 100.0), min_size=1, max_size=60), st.integers(1, 8))
+def test_balanced_batches_cover_every_experiment_once_and_balance(costs, n_tasks):
+    from dynlearn.parallel import _balanced_batches
+    costs = np.array(costs)
+    batches = _balanced_batches(costs, n_tasks)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(costs.size))           # each experiment once
+    assert all(list(b) == sorted(b) for b in batches)         # in order inside a batch
+    assert len(batches) <= min(n_tasks, costs.size)
+    worst = max(costs[list(b)].sum() for b in batches)
+    m = min(n_tasks, costs.size)
+    # any greedy list schedule: at most the mean load plus (1 - 1/m) of the dearest one
+    assert worst <= costs.sum() / m + (1 - 1 / m) * costs.max() + 1e-9
+    if costs.size <= 8 and m <= 3:   # longest-first is within 4/3 of the best split
+        best = min(np.bincount(a, costs, m).max()
+                   for a in itertools.product(range(m), repeat=costs.size))
+        assert worst <= 4 / 3 * best + 1e-9
+
+
+def test_batches_follow_the_measured_cost_of_experiments(client):
+    """Experiments of very different cost: after one evaluation, the batches are re-cut so
+    that the workers' loads are near equal; results stay in the serial order."""
+    from dynlearn.objective import FitObjective
+    from dynlearn.parallel import Parallel, _FannedObjective
+    model = lv_model()
+    t_long = np.linspace(0, 80, 400)       # experiment 0 is far dearer than the others
+    Y = dl.simulate(model.with_params(**LV_TRUE), t_long, [1.0, 3.0]).y
+    long = pd.DataFrame({"experiment": "long", "t": t_long, "x": Y[:, 0], "y": Y[:, 1]})
+    data = dl.Dataset.from_frame(pd.concat([long, lv_data(n_exp=5).to_frame()]),
+                                 group="experiment")
+    fit = dl.fit(model, data, progress=False, optimizer=dl.LevenbergMarquardt(max_iter=1))
+    settings = dict(model=model, bound=fit.objective().bound, space=fit.objective().space)
+    serial = FitObjective(**settings)
+    fanned = _FannedObjective(Parallel(client), **settings)
+    try:
+        assert fanned._batches == [(0, 1, 2), (3, 4, 5)]
+        np.testing.assert_array_equal(fanned._residuals(fit.x), serial._residuals(fit.x))
+        r, J = fanned._jacobian(fit.x)
+        assert sorted(map(len, fanned._batches)) == [1, 5]      # the long one alone
+        r_s, J_s = serial._jacobian(fit.x)
+        np.testing.assert_array_equal(r, r_s)
+        np.testing.assert_array_equal(J, J_s)
+        v, g = fanned._cost_and_grad(fit.x)
+        v_s, g_s = serial._cost_and_grad(fit.x)
+        assert v == pytest.approx(v_s, rel=1e-14)    # sums: equal to rounding
+        np.testing.assert_allclose(g, g_s, rtol=1e-12)
+    finally:
+        fanned.close()
 
 
 def test_bootstrap_on_dask_matches_serial(client):
