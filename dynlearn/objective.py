@@ -536,6 +536,15 @@ class FitObjective(LeastSquaresProblem):
     def estimate_sigma(self, x) -> np.ndarray:
         """Maximum-likelihood noise levels of the estimated observables at ``x``:
         ``sigma_k^2 = SSR_k / n_k`` on the unscaled residuals."""
+        ssr, cnt = self._sigma_stats(x)
+        out = self.sigma_hat.copy()
+        ok = self.estimated & (cnt > 0)
+        out[ok] = np.sqrt(np.maximum(ssr[ok] / cnt[ok], 1e-300))
+        return out
+
+    def _sigma_stats(self, x):
+        """Per observable: the weighted sum of squared unscaled residuals over the data
+        whose noise is estimated, and how many such data there are."""
         ssr = np.zeros(len(self.obs))
         cnt = np.zeros(len(self.obs))
         theta, y0s = self.space.unpack(x)
@@ -545,10 +554,7 @@ class FitObjective(LeastSquaresProblem):
             d = np.where(free, self._g(H, b) - self._g(np.where(b.mask, b.Y, 1.0), b), 0.0)
             ssr += (d * d).sum(axis=0) * self.weights
             cnt += free.sum(axis=0)
-        out = self.sigma_hat.copy()
-        ok = self.estimated & (cnt > 0)
-        out[ok] = np.sqrt(np.maximum(ssr[ok] / cnt[ok], 1e-300))
-        return out
+        return ssr, cnt
 
     def _g(self, H, b):
         if self.loss != "log":

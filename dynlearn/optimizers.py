@@ -599,6 +599,7 @@ class ShootingObjective(LeastSquaresProblem):
                  max_segments: int = 50):
         self.obj = obj
         self.weight = weight
+        self.segments, self.points, self.max_segments = segments, points, max_segments
         sp_ = obj.space
         n = obj.model.n_states
         self.n = n
@@ -664,7 +665,16 @@ class ShootingObjective(LeastSquaresProblem):
         return z
 
     # --- evaluation ----------------------------------------------------------------------------
-    def _evaluate(self, z, jac: bool):
+    def columns(self, i: int) -> np.ndarray:
+        """Columns of ``z`` experiment ``i``'s rows depend on: the fit's own vector and the
+        experiment's segment states (the rest of its Jacobian rows is zero)."""
+        offs = [off for _, _, off in self.plan[i] if off is not None]
+        own = np.arange(offs[0], offs[-1] + self.n) if offs else np.zeros(0, dtype=int)
+        return np.r_[np.arange(self.obj.space.size), own].astype(int)
+
+    def experiment(self, i: int, z, jac: bool):
+        """Residual rows of experiment ``i`` (data of every segment, continuity defects) and,
+        with ``jac``, their derivatives in the columns :meth:`columns` lists."""
         from .objective import discrete_state_jacobian, observe_with_jacobian
         from .sensitivity import ForwardSensitivity, Problem
         from .sensitivity.discrete import DISCRETE_METHODS
@@ -677,70 +687,97 @@ class ShootingObjective(LeastSquaresProblem):
         x = z[:sp_.size]
         theta, y0s = sp_.unpack(x)
         dphys = sp_.dphysical(x)
+        b, sc, y0, segs, y0idx = (obj.bound[i], obj.scales[i], y0s[i], self.plan[i],
+                                  sp_.y0_index[i])
+        cols = self.columns(i)
+        # segment offsets inside the compact columns
+        shift = sp_.size - (cols[sp_.size] if cols.size > sp_.size else sp_.size)
         rows, jrows = [], []
-        for b, sc, y0, segs, y0idx in zip(obj.bound, obj.scales, y0s, self.plan, sp_.y0_index):
-            for j, (a, e, off) in enumerate(segs):
-                last = j == len(segs) - 1
-                t_obs = b.t[a:e] if last else b.t[a:e + 1]
-                t0 = b.t0 if j == 0 else b.t[a]
-                start = y0 if off is None else z[off:off + n]
-                if not np.all(np.isfinite(start)):
-                    raise Rejected("non-finite segment state")
-                try:
-                    vf = VectorField(obj.model, theta, b.inputs)
-                    prob = Problem(vf, t0, t_obs, start, None, obj.method, obj.rtol, obj.atol,
-                                   obj.options, b.name)
-                    with np.errstate(all="ignore"):
-                        if not jac:
-                            Y, _ = solve_observed(vf, t0, t_obs, start, obj.method, obj.rtol,
-                                                  obj.atol, obj.options)
-                            S = None
-                        elif obj.method in DISCRETE_METHODS:
-                            Y, S = discrete_state_jacobian(prob, wrt_y0=True)
-                        else:
-                            Y, S = ForwardSensitivity().trajectories(prob, wrt_y0=True)
-                except Exception as exc:  # noqa: BLE001 - any failure rejects the point
-                    if isinstance(exc, (KeyboardInterrupt,)):
-                        raise
-                    raise Rejected(str(exc)) from None
-                if not np.all(np.isfinite(Y)):
-                    raise Rejected("non-finite segment solution")
-                nd = e - a
-                mask = b.mask[a:e]
-                scs = sc[a:e]
-                D = np.where(mask, b.Y[a:e], 1.0)
-                if jac:
-                    H, dH = observe_with_jacobian(vf, t_obs[:nd], Y[:nd], S[:nd])
-                else:
-                    H, dH = vf.observe_batch(t_obs[:nd], Y[:nd]), None
-                gH = obj._g(H, _Masked(mask))
-                r = ((gH - obj._g(D, _Masked(mask))) * scs)[mask]
-                rows.append(r)
-                if jac:
-                    fac = scs / np.where(mask, H, 1.0) if obj.loss == "log" else scs
-                    dR = (dH * fac[:, :, None])[mask]
-                    Jd = np.zeros((r.size, self.size))
-                    Jd[:, :P] = dR[:, :P] * dphys[:P]
-                    self._place_start(Jd, dR[:, P:], off, y0idx, dphys)
-                    jrows.append(Jd)
-                if not last:
-                    nxt = segs[j + 1][2]
-                    w = self.weight / self.scale
-                    rows.append(w * (Y[-1] - z[nxt:nxt + n]))
-                    if jac:
-                        Jc = np.zeros((n, self.size))
-                        Jc[:, :P] = (w[:, None] * S[-1][:, :P]) * dphys[:P]
-                        self._place_start(Jc, w[:, None] * S[-1][:, P:], off, y0idx, dphys)
-                        Jc[:, nxt:nxt + n] -= np.diag(w)
-                        jrows.append(Jc)
-        if obj.n_reg:
-            rows.append(obj._reg(x))
+        for j, (a, e, off) in enumerate(segs):
+            last = j == len(segs) - 1
+            t_obs = b.t[a:e] if last else b.t[a:e + 1]
+            t0 = b.t0 if j == 0 else b.t[a]
+            start = y0 if off is None else z[off:off + n]
+            if not np.all(np.isfinite(start)):
+                raise Rejected("non-finite segment state")
+            try:
+                vf = VectorField(obj.model, theta, b.inputs)
+                prob = Problem(vf, t0, t_obs, start, None, obj.method, obj.rtol, obj.atol,
+                               obj.options, b.name)
+                with np.errstate(all="ignore"):
+                    if not jac:
+                        Y, _ = solve_observed(vf, t0, t_obs, start, obj.method, obj.rtol,
+                                              obj.atol, obj.options)
+                        S = None
+                    elif obj.method in DISCRETE_METHODS:
+                        Y, S = discrete_state_jacobian(prob, wrt_y0=True)
+                    else:
+                        Y, S = ForwardSensitivity().trajectories(prob, wrt_y0=True)
+            except Exception as exc:  # noqa: BLE001 - any failure rejects the point
+                if isinstance(exc, (KeyboardInterrupt,)):
+                    raise
+                raise Rejected(str(exc)) from None
+            if not np.all(np.isfinite(Y)):
+                raise Rejected("non-finite segment solution")
+            nd = e - a
+            mask = b.mask[a:e]
+            scs = sc[a:e]
+            D = np.where(mask, b.Y[a:e], 1.0)
             if jac:
-                Jr = np.zeros((obj.n_reg, self.size))
-                Jr[np.arange(obj.n_reg), np.flatnonzero(sp_.is_weight)] = np.sqrt(obj.l2)
-                jrows.append(Jr)
+                H, dH = observe_with_jacobian(vf, t_obs[:nd], Y[:nd], S[:nd])
+            else:
+                H, dH = vf.observe_batch(t_obs[:nd], Y[:nd]), None
+            gH = obj._g(H, _Masked(mask))
+            r = ((gH - obj._g(D, _Masked(mask))) * scs)[mask]
+            rows.append(r)
+            o = None if off is None else off + shift
+            if jac:
+                fac = scs / np.where(mask, H, 1.0) if obj.loss == "log" else scs
+                dR = (dH * fac[:, :, None])[mask]
+                Jd = np.zeros((r.size, cols.size))
+                Jd[:, :P] = dR[:, :P] * dphys[:P]
+                self._place_start(Jd, dR[:, P:], o, y0idx, dphys)
+                jrows.append(Jd)
+            if not last:
+                nxt = segs[j + 1][2]
+                w = self.weight / self.scale
+                rows.append(w * (Y[-1] - z[nxt:nxt + n]))
+                if jac:
+                    Jc = np.zeros((n, cols.size))
+                    Jc[:, :P] = (w[:, None] * S[-1][:, :P]) * dphys[:P]
+                    self._place_start(Jc, w[:, None] * S[-1][:, P:], o, y0idx, dphys)
+                    Jc[:, nxt + shift:nxt + shift + n] -= np.diag(w)
+                    jrows.append(Jc)
         r = np.concatenate(rows)
         return (r, np.vstack(jrows)) if jac else r
+
+    def spec(self) -> tuple:
+        """What a Dask worker needs to rebuild this problem around its copy of the fit's
+        objective (see ``dynlearn.parallel``)."""
+        return (self.segments, self.points, self.max_segments, self.weight, self.scale)
+
+    def _evaluate(self, z, jac: bool):
+        obj = self.obj
+        sp_ = obj.space
+        x = z[:sp_.size]
+        # a fit on Dask evaluates the experiments on its workers
+        fan = getattr(obj, "map_shooting", None)
+        parts = fan(self, z, jac) if fan is not None else \
+            [self.experiment(i, z, jac) for i in range(len(obj.bound))]
+        rs = [p[0] if jac else p for p in parts]
+        if obj.n_reg:
+            rs.append(obj._reg(x))
+        r = np.concatenate(rs)
+        if not jac:
+            return r
+        J = np.zeros((r.size, self.size))
+        row = 0
+        for i, (ri, Ji) in enumerate(parts):
+            J[row:row + ri.size, self.columns(i)] = Ji
+            row += ri.size
+        if obj.n_reg:
+            J[row + np.arange(obj.n_reg), np.flatnonzero(sp_.is_weight)] = np.sqrt(obj.l2)
+        return r, J
 
     @staticmethod
     def _place_start(J, dstart, off, y0idx, dphys):

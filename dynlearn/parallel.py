@@ -597,16 +597,23 @@ def _experiment_task(source, token: str, batch: tuple[int, ...], what: str, x, s
         return _CacheMiss()
     obj, views = entry["obj"], entry["views"]
     out, seconds = [], []
+    shooting = _shooting_problem(entry, what[1:], sigma_hat) if isinstance(what, tuple) \
+        else None
     for i in batch:
         t0 = time.perf_counter()
-        view = views.get(i)
-        if view is None:
-            view = views[i] = _experiment_view(obj, i)
-        if not np.array_equal(view.sigma_hat, sigma_hat):
-            view.set_sigma(np.array(sigma_hat, dtype=float))
+        if shooting is None:
+            view = views.get(i)
+            if view is None:
+                view = views[i] = _experiment_view(obj, i)
+            if not np.array_equal(view.sigma_hat, sigma_hat):
+                view.set_sigma(np.array(sigma_hat, dtype=float))
         try:
-            if what == "residuals":
+            if shooting is not None:
+                out.append(shooting.experiment(i, x, what[0] == "shooting-jacobian"))
+            elif what == "residuals":
                 out.append(view._residuals(x))
+            elif what == "sigma-stats":
+                out.append(view._sigma_stats(x))
             elif what == "jacobian":
                 r, J = view._jacobian(x)
                 cols = _jacobian_columns(obj.space, i)
@@ -618,11 +625,29 @@ def _experiment_task(source, token: str, batch: tuple[int, ...], what: str, x, s
         except Exception as exc:
             worker = _worker_address()
             name = obj.bound[i].name
+            label = what if isinstance(what, str) else what[0].replace("-", " ")
             raise TaskError(f"experiment '{name}' failed on worker {worker or '?'} while "
-                            f"computing the {what}: {type(exc).__name__}: {exc}",
+                            f"computing the {label}: {type(exc).__name__}: {exc}",
                             f"experiment '{name}'", worker, traceback.format_exc()) from None
         seconds.append(time.perf_counter() - t0)
     return _worker_address(), out, seconds
+
+
+def _shooting_problem(entry: dict, spec: tuple, sigma_hat):
+    """The multiple-shooting problem around a worker's cached objective (kept with it;
+    weight, state scales and noise levels as the client has them now)."""
+    from .optimizers import ShootingObjective
+    segments, points, max_segments, weight, scale = spec
+    obj = entry["obj"]
+    if not np.array_equal(obj.sigma_hat, sigma_hat):
+        obj.set_sigma(np.array(sigma_hat, dtype=float))
+    key = ("shooting", segments, points, max_segments)
+    ms = entry["views"].get(key)
+    if ms is None:
+        ms = entry["views"][key] = ShootingObjective(obj, segments, weight, points,
+                                                     max_segments)
+    ms.weight, ms.scale = weight, np.asarray(scale, dtype=float)
+    return ms
 
 
 def _jacobian_columns(space, i: int) -> np.ndarray:
@@ -689,6 +714,7 @@ def _fanned_objective_class():
         def _evaluate(self, what: str, x) -> list:
             """Per-experiment results of ``what`` at ``x``, in the experiments' order."""
             x = np.asarray(x, dtype=float)
+            label = what if isinstance(what, str) else what[0]
             slots = self._slots()
             batches = self._plan()
             todo = list(range(len(batches)))
@@ -704,10 +730,10 @@ def _fanned_objective_class():
                     where = {} if w is None else {"workers": [w], "allow_other_workers": True}
                     futures.append(self._client.submit(
                         _experiment_task, src, self._key, batches[k], what, x,
-                        self.sigma_hat, key=f"dynlearn-{what}-{self._token}-{self._calls}",
+                        self.sigma_hat, key=f"dynlearn-{label}-{self._token}-{self._calls}",
                         retries=self._retries, pure=False, **where))
                 try:
-                    got = self._gather(futures, what, can_rescatter=rescatters < _RESCATTERS)
+                    got = self._gather(futures, label, can_rescatter=rescatters < _RESCATTERS)
                 except _InputsLost:
                     rescatters += 1
                     old, self._remote = self._remote, _scatter(self._client, self._shipped)
@@ -744,6 +770,19 @@ def _fanned_objective_class():
             except BaseException:
                 self._client.cancel(futures)
                 raise
+
+        def map_shooting(self, ms, z, jac: bool) -> list:
+            """Per-experiment rows of a multiple-shooting problem built on this objective
+            (see :meth:`dynlearn.optimizers.ShootingObjective.experiment`)."""
+            kind = "shooting-jacobian" if jac else "shooting-residuals"
+            return self._evaluate((kind, *ms.spec()), z)
+
+        def _sigma_stats(self, x):
+            ssr, cnt = np.zeros(len(self.obs)), np.zeros(len(self.obs))
+            for a, c in self._evaluate("sigma-stats", x):
+                ssr += a
+                cnt += c
+            return ssr, cnt
 
         def _residuals(self, x):
             parts = self._evaluate("residuals", x)

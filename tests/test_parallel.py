@@ -120,6 +120,44 @@ def test_one_start_fans_experiments_out_and_matches_serial(client):
     assert par.nfev == serial.nfev and par.njev == serial.njev
 
 
+def test_multiple_shooting_segments_run_on_the_workers(client):
+    """The default optimizer of a network model (multiple shooting, then a single-shooting
+    polish): both phases evaluate their experiments on Dask, and the fit is the serial one,
+    bit for bit."""
+    model = hybrid_decay()
+    data = decay_data(n_exp=4)
+    serial = dl.fit(model, data, progress=False, l2=1e-4)
+    par, keys = dask_keys(client, lambda: dl.fit(model, data, progress=False, l2=1e-4,
+                                                 client=client), "dynlearn-")
+    assert any(k_.startswith("dynlearn-shooting-jacobian") for k_ in keys)
+    assert any(k_.startswith("dynlearn-jacobian") for k_ in keys)      # the polish
+    np.testing.assert_array_equal(par.x, serial.x)
+    assert (par.nfev, par.njev) == (serial.nfev, serial.njev)
+
+
+def test_a_failing_segment_is_named(client):
+    from dynlearn.parallel import Parallel, _FannedObjective
+    from dynlearn.optimizers import ShootingObjective
+    model, data = hybrid_decay(), decay_data(n_exp=2)
+    fit = dl.fit(model, data, progress=False, optimizer=dl.LevenbergMarquardt(max_iter=1))
+    settings = dict(model=model, bound=fit.objective().bound, space=fit.objective().space)
+    fanned = _FannedObjective(Parallel(client, batch_size=1), **settings)
+    try:
+        ms = ShootingObjective(fanned, None, 10.0)
+        z = ms.initial(fit.x)
+        serial = ShootingObjective(dl.objective.FitObjective(**settings), None, 10.0)
+        serial.initial(fit.x)
+        r, J = ms.jacobian(z)
+        r_s, J_s = serial.jacobian(z)
+        np.testing.assert_array_equal(r, r_s)
+        np.testing.assert_array_equal(J, J_s)
+        ms.scale = np.ones(3)                # one scale per state expected: the task fails
+        with pytest.raises(dl.TaskError, match="experiment 'd[01]' failed .* while computing the shooting jacobian"):
+            ms._evaluate(z + 1e-3, True)
+    finally:
+        fanned.close()
+
+
 def test_fanned_objective_equals_serial_everywhere(client):
     """Residuals, Jacobian and gradient (network weights, log parameters, estimated initial
     states, L2) against the serial objective, batch by batch."""
@@ -147,6 +185,10 @@ def test_fanned_objective_equals_serial_everywhere(client):
         v0, g0 = serial.cost_and_grad(xs)
         assert v1 == pytest.approx(v0, rel=1e-13)
         np.testing.assert_allclose(g1, g0, rtol=1e-12, atol=1e-14 * np.abs(g0).max())
+        # the Gaussian loss's noise estimate, summed over the workers' experiments
+        s1, s0 = fanned.estimate_sigma(xs), serial.estimate_sigma(xs)
+        np.testing.assert_allclose(s1, s0, rtol=1e-14)
+        assert not np.allclose(s0, 0.3)
         # both workers now cache the objective: later rounds send only its token
         assert len(fanned._holders) == 2
     finally:
