@@ -510,6 +510,11 @@ class MultipleShooting(Optimizer):
     points : int
         Observation times per piece when ``segments`` is not given.
     max_segments : int
+    max_states : int
+        At most this many segment-state unknowns over all experiments when ``segments`` is
+        not given (default 600): with many experiments the pieces lengthen, all by the same
+        factor. Each Levenberg-Marquardt iteration takes an SVD of a Jacobian with one
+        column per unknown, which grows with the square of their number.
     continuity_weight : float or sequence of float
         Weight of the continuity residuals (a gap of one typical state size costs as much as
         a data residual of this size). A sequence is a continuation: ``max_iter``
@@ -529,7 +534,9 @@ class MultipleShooting(Optimizer):
 
     def __init__(self, segments: int | None = None, points: int = 3, max_segments: int = 50,
                  continuity_weight=(10.0, 100.0), max_iter: int = 100, init: str = "data",
-                 patience: int | None = None, polish: Optimizer | None = "default"):
+                 patience: int | None = None, polish: Optimizer | None = "default",
+                 max_states: int = 600):
+        self.max_states = _check_positive_int(max_states, "max_states")
         if init not in ("data", "simulation"):
             raise OptionError(f"init={init!r}: use 'data' or 'simulation'")
         self.init = init
@@ -550,7 +557,7 @@ class MultipleShooting(Optimizer):
     def run(self, obj, x0, state=None):
         weights = np.atleast_1d(np.asarray(self.continuity_weight, dtype=float))
         ms = ShootingObjective(obj, self.segments, float(weights[0]), self.points,
-                               self.max_segments)
+                               self.max_segments, self.max_states)
         z = ms.initial(np.asarray(x0, dtype=float), use_data=self.init == "data")
         msgs, ok, nit = [], True, 0
         best_x, best_cost = np.asarray(x0, dtype=float), np.inf
@@ -596,19 +603,26 @@ class ShootingObjective(LeastSquaresProblem):
     """
 
     def __init__(self, obj, segments: int | None, weight: float, points: int = 3,
-                 max_segments: int = 50):
+                 max_segments: int = 50, max_states: int | None = None):
         self.obj = obj
         self.weight = weight
         self.segments, self.points, self.max_segments = segments, points, max_segments
+        self.max_states = max_states
         sp_ = obj.space
         n = obj.model.n_states
         self.n = n
+        sizes = np.array([b.t.size for b in obj.bound])
+        if segments is not None:
+            ks = np.full(sizes.size, segments)
+        else:
+            ks = np.minimum(max_segments, np.maximum(1, np.ceil((sizes - 1) / (points - 1))))
+            extra = n * np.sum(ks - 1)
+            if max_states is not None and extra > max_states:   # lengthen every piece alike
+                ks = 1 + np.floor((ks - 1) * max_states / extra)
         self.plan = []   # per experiment: (first obs, end obs, offset of s in z or None)
         off = sp_.size
-        for b in obj.bound:
+        for b, k in zip(obj.bound, ks.astype(int)):
             m = b.t.size
-            k = segments if segments is not None else min(
-                max_segments, max(1, int(np.ceil((m - 1) / (points - 1)))))
             cuts = np.unique(np.linspace(0, m - 1, min(k, max(m - 1, 1)) + 1).round()
                              .astype(int))
             segs = []
@@ -754,7 +768,8 @@ class ShootingObjective(LeastSquaresProblem):
     def spec(self) -> tuple:
         """What a Dask worker needs to rebuild this problem around its copy of the fit's
         objective (see ``dynlearn.parallel``)."""
-        return (self.segments, self.points, self.max_segments, self.weight, self.scale)
+        return (self.segments, self.points, self.max_segments, self.max_states, self.weight,
+                self.scale)
 
     def _evaluate(self, z, jac: bool):
         obj = self.obj

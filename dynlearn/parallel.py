@@ -637,15 +637,16 @@ def _shooting_problem(entry: dict, spec: tuple, sigma_hat):
     """The multiple-shooting problem around a worker's cached objective (kept with it;
     weight, state scales and noise levels as the client has them now)."""
     from .optimizers import ShootingObjective
-    segments, points, max_segments, weight, scale = spec
+    *layout, weight, scale = spec
     obj = entry["obj"]
     if not np.array_equal(obj.sigma_hat, sigma_hat):
         obj.set_sigma(np.array(sigma_hat, dtype=float))
-    key = ("shooting", segments, points, max_segments)
+    key = ("shooting", *layout)
     ms = entry["views"].get(key)
     if ms is None:
+        segments, points, max_segments, max_states = layout
         ms = entry["views"][key] = ShootingObjective(obj, segments, weight, points,
-                                                     max_segments)
+                                                     max_segments, max_states)
     ms.weight, ms.scale = weight, np.asarray(scale, dtype=float)
     return ms
 

@@ -416,3 +416,32 @@ def test_jacobian_at_trial_changes_the_cost_not_the_iterates():
     assert (lsoda[0].nfev, lsoda[0].njev) == (lsoda[1].nfev, lsoda[1].njev)
     with pytest.raises(dl.OptionError, match="jacobian_at_trial"):
         dl.LevenbergMarquardt(jacobian_at_trial="yes")
+
+
+def test_multiple_shooting_caps_its_segment_states():
+    """Many experiments: the pieces lengthen so that the segment states stay within
+    max_states (the Jacobian's columns); one experiment keeps its pieces of 3 times."""
+    from dynlearn.fit import _bind, _y0_parameters
+    from dynlearn.objective import FitObjective
+    from dynlearn.optimizers import ShootingObjective
+    from dynlearn.parameters import ParameterSpace
+    one = lv_data().to_frame()
+    many = pd.concat([one.assign(run=f"r{i}") for i in range(20)])
+    model = lv_model()
+    for frame, group in ((one, None), (many, "run")):
+        data = dl.Dataset.from_frame(frame, group=group)
+        bound = _bind(model, data, "first", None)
+        space = ParameterSpace(model, _y0_parameters(model, data, bound, "first", None),
+                               [e.name for e in data])
+        obj = FitObjective(model, bound, space)
+        ms = ShootingObjective(obj, None, 10.0, 3, 50, max_states=600)
+        free = ShootingObjective(obj, None, 10.0, 3, 50)
+        states = ms.size - space.size
+        if group is None:
+            assert states == free.size - space.size == 2 * 19   # 20 pieces of 3 times
+        else:
+            assert free.size - space.size == 20 * 2 * 19        # 760 without the cap
+            assert 0.8 * 600 <= states <= 600
+            assert len({len(p) for p in ms.plan}) == 1          # every piece alike
+        z = ms.initial(space.x0)
+        assert ms.residuals(z).size == ms.jacobian(z)[1].shape[0]
