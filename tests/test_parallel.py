@@ -136,8 +136,8 @@ def test_multiple_shooting_segments_run_on_the_workers(client):
 
 
 def test_a_failing_segment_is_named(client):
-    from dynlearn.parallel import Parallel, _FannedObjective
     from dynlearn.optimizers import ShootingObjective
+    from dynlearn.parallel import Parallel, _FannedObjective
     model, data = hybrid_decay(), decay_data(n_exp=2)
     fit = dl.fit(model, data, progress=False, optimizer=dl.LevenbergMarquardt(max_iter=1))
     settings = dict(model=model, bound=fit.objective().bound, space=fit.objective().space)
@@ -152,7 +152,8 @@ def test_a_failing_segment_is_named(client):
         np.testing.assert_array_equal(r, r_s)
         np.testing.assert_array_equal(J, J_s)
         ms.scale = np.ones(3)                # one scale per state expected: the task fails
-        with pytest.raises(dl.TaskError, match="experiment 'd[01]' failed .* while computing the shooting jacobian"):
+        with pytest.raises(dl.TaskError, match="experiment 'd[01]' failed .* while "
+                                               "computing the shooting jacobian"):
             ms._evaluate(z + 1e-3, True)
     finally:
         fanned.close()
