@@ -855,11 +855,11 @@ def default_optimizer(model) -> Optimizer:
     Why, measured on the LV-UDE of the benchmark (89 parameters, 42 residuals): single
     shooting with LM from the initial network stalls in local minima (110x the noise
     floor after 900 evaluations), as Adam + L-BFGS does (the peers end at 27x-213x);
-    multiple shooting with the continuation reaches the noise floor in 260-280
-    evaluations for 3 of 4 network initialisations (seeds 0-3; seed 3 stalls at ~23x).
-    One iteration costs a forward solve plus the exact residual Jacobian from the
-    recorded Runge-Kutta steps (about 1.5 forward solves; forward sensitivities cost ~5
-    here, and grow during training as they take part in the step-size control).
+    multiple shooting with the continuation reaches the noise floor in 173-251
+    evaluations for 3 of 4 network initialisations (seeds 0-3; seed 3 stalls at ~38x).
+    An iteration usually costs one exact residual Jacobian from the recorded Runge-Kutta
+    steps, evaluated at the trial point (about 1.5-2 forward solves; forward sensitivities
+    cost ~5 here, and grow during training as they take part in the step-size control).
     """
     if not model.networks:
         return LevenbergMarquardt()
