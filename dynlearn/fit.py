@@ -64,8 +64,9 @@ class _StartOutcome:
     elapsed: float
     x0: np.ndarray = field(default=None)
     rejected: int = 0
-    # (residuals, Jacobian) at x when the optimizer left them behind (single-start fits;
-    # the result's covariance needs them, and they are a solve of every experiment)
+    # (residuals, A with A^T A = J^T J) at x when the optimizer left them behind (single-
+    # start fits; the result's covariance needs them, and they are a solve of every
+    # experiment)
     final: tuple | None = field(default=None, repr=False)
 
 
@@ -537,7 +538,7 @@ def _fit_one(spec: dict) -> _StartOutcome:
                          tracker.counts["ngev"], tracker.nit, list(tracker.history),
                          obj.sigma_hat.copy(), time.perf_counter() - tracker.t_start,
                          np.asarray(spec["x0"]), tracker.counts["rejected"],
-                         obj.last_jacobian(x) if spec["n_starts"] == 1 else None)
+                         obj.last_system(x) if spec["n_starts"] == 1 else None)
 
 
 def _safe_cost(obj, x) -> float:

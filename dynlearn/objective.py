@@ -381,64 +381,83 @@ class Rejected(Exception):
 class LeastSquaresProblem:
     """Residuals and their Jacobian at ``x``, with a memory of the last point.
 
+    :meth:`system` gives what a Gauss-Newton-type step needs: ``(r, A, b)`` with
+    ``A^T A = J^T J``, ``A^T b = J^T r`` and ``|b + A s|^2 = |r + J s|^2 - c`` for every step
+    ``s`` (``c`` constant). By default that is ``(r, J, r)``; an objective evaluated in
+    pieces (on Dask) returns the triangular factor of a QR decomposition of ``[J r]``
+    instead, which is far smaller than ``J``.
+
     An optimizer asks again for what it already has (the cost at the accepted trial point,
     the Jacobian there for the covariance), and each of those is a solve of every
     experiment: the last evaluation is remembered. Arrays handed out are read-only, so
     the remembered ones cannot change behind the memory's back. Subclasses define
-    ``_residuals(x)``, ``_jacobian(x) -> (r, J)`` and ``_count(kind)``, and call
-    :meth:`forget` when anything but ``x`` changes what they compute.
+    ``_residuals(x)``, ``_jacobian(x) -> (r, J)`` and ``_count(kind)`` (and may define
+    ``_system``), and call :meth:`forget` when anything but ``x`` changes what they compute.
     """
 
-    _memo = None   # (x, residuals, Jacobian or None)
+    _memo = None   # (x, residuals, A or None, b or None); A is the Jacobian when b is r
 
     def forget(self) -> None:
         self._memo = None
 
-    def _recall(self, x, need_jacobian: bool):
+    def _recall(self, x, need: str):
+        """The memory at ``x`` if it holds what ``need`` asks: "r", "system" or "J"."""
         m = self._memo
-        if m is not None and (m[2] is not None or not need_jacobian) and \
-                np.array_equal(m[0], x):
-            return m
-        return None
+        if m is None or not np.array_equal(m[0], x):
+            return None
+        if need == "system" and m[2] is None or need == "J" and m[3] is not m[1]:
+            return None
+        return m
 
-    def _remember(self, x, r, J=None):
-        r.setflags(write=False)
-        if J is not None:
-            J.setflags(write=False)
-        self._memo = (np.array(x, dtype=float), r, J)
+    def _remember(self, x, r, A=None, b=None):
+        for a in (r, A, b):
+            if a is not None:
+                a.setflags(write=False)
+        self._memo = (np.array(x, dtype=float), r, A, b)
 
     def residuals(self, x) -> np.ndarray:
         """All residuals at ``x``; raises :class:`Rejected`."""
-        m = self._recall(x, False)
+        m = self._recall(x, "r")
         if m is not None:
             return m[1]
-        self._count("nfev")
-        try:
-            r = self._residuals(x)
-        except Rejected:
-            self._count("rejected")
-            raise
+        r = self._evaluated("nfev", self._residuals, x)
         self._remember(x, r)
         return r
 
     def jacobian(self, x):
         """``(residuals, d residuals / d x)``; raises :class:`Rejected`."""
-        m = self._recall(x, True)
+        m = self._recall(x, "J")
         if m is not None:
             return m[1], m[2]
-        self._count("njev")
+        r, J = self._evaluated("njev", self._jacobian, x)
+        self._remember(x, r, J, r)
+        return r, J
+
+    def system(self, x):
+        """``(r, A, b)`` at ``x`` (see the class notes); raises :class:`Rejected`."""
+        m = self._recall(x, "system")
+        if m is not None:
+            return m[1], m[2], m[3]
+        r, A, b = self._evaluated("njev", self._system, x)
+        self._remember(x, r, A, b)
+        return r, A, b
+
+    def _system(self, x):
+        r, J = self._jacobian(x)
+        return r, J, r
+
+    def last_system(self, x):
+        """The remembered ``(residuals, A)`` at ``x`` (``A^T A = J^T J``), or ``None``."""
+        m = self._recall(x, "system")
+        return None if m is None else (m[1], m[2])
+
+    def _evaluated(self, kind: str, f, x):
+        self._count(kind)
         try:
-            r, J = self._jacobian(x)
+            return f(x)
         except Rejected:
             self._count("rejected")
             raise
-        self._remember(x, r, J)
-        return r, J
-
-    def last_jacobian(self, x):
-        """The remembered ``(residuals, Jacobian)`` at ``x``, or ``None``."""
-        m = self._recall(x, True)
-        return None if m is None else (m[1], m[2])
 
 
 class FitObjective(LeastSquaresProblem):

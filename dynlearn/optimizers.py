@@ -110,11 +110,11 @@ class _TrialPolicy:
         self.first_accepted += bool(accepted)
 
     @staticmethod
-    def jacobian(obj, x):
-        """``(r, J)`` at an accepted point (remembered by ``obj`` when the trial came with
-        its Jacobian), or None where the sensitivities cannot be solved."""
+    def system(obj, x):
+        """``obj.system(x)`` at an accepted point (remembered by ``obj`` when the trial came
+        with it), or None where the sensitivities cannot be solved."""
         try:
-            return obj.jacobian(x)
+            return obj.system(x)
         except Rejected:
             return None
 
@@ -122,7 +122,7 @@ class _TrialPolicy:
     def trial(obj, x, with_jacobian: bool) -> float:
         """The cost at a trial point; inf where the model cannot be solved."""
         try:
-            r = obj.jacobian(x)[0] if with_jacobian else obj.residuals(x)
+            r = obj.system(x)[0] if with_jacobian else obj.residuals(x)
         except Rejected:
             return np.inf
         return float(r @ r)
@@ -191,21 +191,26 @@ class LevenbergMarquardt(Optimizer):
         self.patience = None if patience is None else _check_positive_int(patience, "patience")
         self.ptol = float(ptol)
 
-    def _step(self, d, U, s, Vt, r, lam):
-        return -(Vt.T @ (s / (s * s + lam) * (U.T @ r))) / d
+    def _step(self, d, U, s, Vt, b, lam):
+        return -(Vt.T @ (s / (s * s + lam) * (U.T @ b))) / d
 
     @staticmethod
     def _start(obj, x0):
-        """``(x, r, J, cost)`` at the clipped starting point, or a failed outcome."""
+        """``(x, r, A, b, cost)`` at the clipped starting point, or a failed outcome.
+
+        ``A, b`` stand for the Jacobian and the residuals in every formula (see
+        :meth:`dynlearn.objective.LeastSquaresProblem.system`): ``J`` and ``r`` themselves
+        in-process, the triangular factor of ``[J r]`` when the experiments run on Dask.
+        """
         x = np.clip(np.asarray(x0, dtype=float), obj.space.lower, obj.space.upper)
         try:
-            r, J = obj.jacobian(x)
+            r, A, b = obj.system(x)
         except Rejected as exc:
             return OptimizeOutcome(x, np.inf, False, f"the model cannot be solved at the "
                                    f"starting point: {exc}")
         cost = float(r @ r)
         obj.report(x, cost)
-        return x, r, J, cost
+        return x, r, A, b, cost
 
     def run(self, obj, x0, state=None):
         lo, hi = obj.space.lower, obj.space.upper
@@ -213,7 +218,7 @@ class LevenbergMarquardt(Optimizer):
         start = self._start(obj, x0)
         if isinstance(start, OptimizeOutcome):
             return start
-        x, r, J, cost = start
+        x, r, A, b, cost = start
         d = np.zeros(x.size)
         lam_rel, nu = self.damping, 2.0
         costs = [cost]
@@ -221,11 +226,12 @@ class LevenbergMarquardt(Optimizer):
         it = 0
         while it < self.max_iter:
             it += 1
-            d = np.maximum(d, np.linalg.norm(J, axis=0))
+            d = np.maximum(d, np.linalg.norm(A, axis=0))
             ds = np.where(d > 0, d, 1.0)
-            U, s, Vt = np.linalg.svd(J / ds, full_matrices=False)
+            U, s, Vt = np.linalg.svd(A / ds, full_matrices=False)
             smax2 = float(s[0] ** 2) if s.size and s[0] > 0 else 1.0
-            g = (J / ds).T @ r
+            g = (A / ds).T @ b
+            bb = float(b @ b)     # = cost when A, b are J, r
             if np.max(np.abs(g)) <= self.gtol * max(cost, 1e-300) ** 0.5 * smax2 ** 0.5:
                 message, success = "converged: gradient below gtol", True
                 break
@@ -234,12 +240,12 @@ class LevenbergMarquardt(Optimizer):
                 tries += 1
                 with_jac = tries == 1 and policy.choose()
                 lam = lam_rel * smax2
-                step = self._step(ds, U, s, Vt, r, lam)
+                step = self._step(ds, U, s, Vt, b, lam)
                 xn = np.clip(x + step, lo, hi)
                 step = xn - x
                 if np.linalg.norm(step) <= self.xtol * (self.xtol + np.linalg.norm(x)):
                     break
-                pred = cost - float(np.sum((r + J @ step) ** 2))
+                pred = bb - float(np.sum((b + A @ step) ** 2))
                 cn = policy.trial(obj, xn, with_jac)
                 rho = (cost - cn) / pred if pred > 0 and np.isfinite(cn) else -1.0
                 if tries == 1:
@@ -255,13 +261,13 @@ class LevenbergMarquardt(Optimizer):
                 message, success = ("converged: no step reduces the cost (relative step "
                                     "below xtol)"), True
                 break
-            at = policy.jacobian(obj, xn)
+            at = policy.system(obj, xn)
             if at is None:        # solved, but not with sensitivities: a failed trial
                 lam_rel *= nu
                 nu *= 2.0
                 continue
             x_old, cost_old = x, cost
-            x, (r, J) = xn, at
+            x, (r, A, b) = xn, at
             cost = float(r @ r)
             # the damping follows the residuals of the Jacobian's solve, whichever solve
             # decided the acceptance: the iterates do not depend on the policy's choices
@@ -304,16 +310,16 @@ class GaussNewton(LevenbergMarquardt):
         start = self._start(obj, x0)
         if isinstance(start, OptimizeOutcome):
             return start
-        x, r, J, cost = start
+        x, r, A, b, cost = start
         message, success = f"maximum number of iterations ({self.max_iter}) reached", False
         it = 0
         while it < self.max_iter:
             it += 1
-            d = np.linalg.norm(J, axis=0)
+            d = np.linalg.norm(A, axis=0)
             ds = np.where(d > 0, d, 1.0)
-            U, s, Vt = np.linalg.svd(J / ds, full_matrices=False)
+            U, s, Vt = np.linalg.svd(A / ds, full_matrices=False)
             lam = self.damping * (float(s[0] ** 2) if s.size else 1.0)
-            full = self._step(ds, U, s, Vt, r, lam)
+            full = self._step(ds, U, s, Vt, b, lam)
             alpha, accepted = 1.0, False
             for tries in range(1, 31):
                 xn = np.clip(x + alpha * full, lo, hi)
@@ -328,13 +334,13 @@ class GaussNewton(LevenbergMarquardt):
                 message, success = "converged: no step along the Gauss-Newton direction " \
                     "reduces the cost", True
                 break
-            at = policy.jacobian(obj, xn)
+            at = policy.system(obj, xn)
             if at is None:        # solved, but not with sensitivities: stop at x
                 message, success = ("stopped: the Jacobian cannot be computed at the next "
                                     "point"), False
                 break
             x_old, cost_old = x, cost
-            x, (r, J) = xn, at
+            x, (r, A, b) = xn, at
             cost = float(r @ r)
             obj.report(x, cost, iteration=True)
             if cost_old - cost <= self.ftol * cost_old:

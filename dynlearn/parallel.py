@@ -396,17 +396,20 @@ def _run_on_dask(par, fn, items, labels, shared, bar, desc, on_result) -> list:
     remote = {k: _scatter(client, v) for k, v in shared.items()}
     # the cache token stays that of the first scatter, also when the inputs are re-sent
     tokens = {k: str(f.key) for k, f in remote.items()}
+    scattered = list(remote.values())      # every copy sent, released at the end only:
+    generation = 0                         # cancelling one would cancel the tasks using it
+    used = [0] * len(items)                # the generation of inputs each task was sent
     sent = [0]
 
     def submit(i):
         sent[0] += 1
+        used[i] = generation
         return client.submit(_task, fn, labels[i], items[i], _tokens=tokens,
                              key=f"dynlearn-{desc}-{token}-{i}-{sent[0]}",
                              retries=par.retries, pure=False, **remote)
     futures = [submit(i) for i in range(len(items))]
     index = {f.key: i for i, f in enumerate(futures)}
     results: list = [None] * len(futures)
-    rescatters = 0
     try:
         pending = as_completed(futures)
         for fut in pending:
@@ -415,19 +418,17 @@ def _run_on_dask(par, fn, items, labels, shared, bar, desc, on_result) -> list:
                 continue
             if fut.status != "finished":
                 exc = fut.exception() if fut.status == "error" else _cancel_reason(fut)
-                if _lost_inputs(exc) and rescatters < _RESCATTERS:
-                    rescatters += 1
-                    old = list(remote.values())
+                if not _lost_inputs(exc) or (used[i] == generation
+                                             and generation >= _RESCATTERS):
+                    raise _as_task_error(exc, labels[i])
+                if used[i] == generation:   # the current copy is lost: send another
+                    generation += 1
                     remote = {k: _scatter(client, v) for k, v in shared.items()}
-                    client.cancel(old)
-                    lost = [j for j, f in enumerate(futures)
-                            if results[j] is None and f.status == "cancelled"]
-                    for j in lost:
-                        futures[j] = submit(j)
-                        index[futures[j].key] = j
-                        pending.add(futures[j])
-                    continue
-                raise _as_task_error(exc, labels[i])
+                    scattered += remote.values()
+                futures[i] = submit(i)      # (tasks sent an older copy come here in turn)
+                index[futures[i].key] = i
+                pending.add(futures[i])
+                continue
             results[i] = fut.result()
             fut.release()
             if bar is not None:
@@ -438,7 +439,7 @@ def _run_on_dask(par, fn, items, labels, shared, bar, desc, on_result) -> list:
         client.cancel(futures)
         raise
     finally:
-        client.cancel(list(remote.values()))
+        client.cancel(scattered)
         _forget_everywhere(client, list(tokens.values()))
     return results
 
@@ -614,7 +615,7 @@ def _experiment_task(source, token: str, batch: tuple[int, ...], what: str, x, s
                 out.append(view._residuals(x))
             elif what == "sigma-stats":
                 out.append(view._sigma_stats(x))
-            elif what == "jacobian":
+            elif what in ("jacobian", "system"):
                 r, J = view._jacobian(x)
                 cols = _jacobian_columns(obj.space, i)
                 out.append((r, J[:, cols]))
@@ -630,7 +631,27 @@ def _experiment_task(source, token: str, batch: tuple[int, ...], what: str, x, s
                             f"computing the {label}: {type(exc).__name__}: {exc}",
                             f"experiment '{name}'", worker, traceback.format_exc()) from None
         seconds.append(time.perf_counter() - t0)
-    return _worker_address(), out, seconds
+    if what == "system":     # the batch's rows of [J r], reduced to their triangular factor
+        return _worker_address(), [r for r, _ in out], seconds, _triangular(obj.space, batch,
+                                                                            out)
+    return _worker_address(), out, seconds, None
+
+
+def _triangular(space, batch, parts) -> np.ndarray:
+    """``R`` of a QR decomposition of the stacked rows ``[J_i r_i]`` of some experiments.
+
+    ``R^T R`` is their ``[J r]^T [J r]``: all a Gauss-Newton-type step needs of them, in
+    ``(p + 1)^2`` numbers instead of ``n_rows (p + 1)`` (tall-and-skinny QR: the factors of
+    several blocks stacked and factored again give the factor of the whole).
+    """
+    p = space.size
+    block = np.zeros((sum(r.size for r, _ in parts), p + 1))
+    row = 0
+    for i, (r, Jc) in zip(batch, parts):
+        block[row:row + r.size, _jacobian_columns(space, i)] = Jc
+        block[row:row + r.size, p] = r
+        row += r.size
+    return np.linalg.qr(block, mode="r")
 
 
 def _shooting_problem(entry: dict, spec: tuple, sigma_hat):
@@ -746,10 +767,12 @@ def _fanned_objective_class():
                 if not todo:
                     break
             out: list = [None] * len(self.bound)
+            self._reduced = []
             for batch, p in zip(batches, parts):
                 if isinstance(p, _RejectedAt):
                     raise Rejected(p.message)
-                worker, values, seconds = p
+                worker, values, seconds, reduced = p
+                self._reduced.append(reduced)
                 self._holders.add(worker)
                 for i, v, sec in zip(batch, values, seconds):
                     out[i] = v
@@ -784,6 +807,25 @@ def _fanned_objective_class():
                 ssr += a
                 cnt += c
             return ssr, cnt
+
+        def _system(self, x):
+            """``(r, R[:, :p], R[:, p])`` with ``R`` the triangular factor of ``[J r]``: each
+            batch's rows are reduced on its worker (only ``(p+1)^2`` numbers per batch
+            travel back) and the stacked factors once more here."""
+            sp_ = self.space
+            p = sp_.size
+            rs = self._evaluate("system", x)
+            blocks = list(self._reduced)
+            if self.n_reg:
+                reg = self._reg(x)
+                Jr = np.zeros((self.n_reg, p + 1))
+                Jr[np.arange(self.n_reg), np.flatnonzero(sp_.is_weight)] = (
+                    np.sqrt(self.l2) * sp_.dphysical(x)[sp_.is_weight])
+                Jr[:, p] = reg
+                rs.append(reg)
+                blocks.append(Jr)
+            R = np.linalg.qr(np.vstack(blocks), mode="r")
+            return np.concatenate(rs), R[:, :p], R[:, p]
 
         def _residuals(self, x):
             parts = self._evaluate("residuals", x)

@@ -114,10 +114,15 @@ def test_one_start_fans_experiments_out_and_matches_serial(client):
     par, keys = dask_keys(client, lambda: dl.fit(model, data, y0="estimate", progress=False,
                                                  client=dl.Parallel(client, batch_size=3)),
                           "dynlearn-")
-    assert any(k_.startswith("dynlearn-jacobian") for k_ in keys)
-    # residuals and Jacobians are stacked in the serial order: the same fit, bit for bit
-    np.testing.assert_array_equal(par.x, serial.x)
-    assert par.nfev == serial.nfev and par.njev == serial.njev
+    assert any(k_.startswith("dynlearn-system") for k_ in keys)
+    # On Dask, Levenberg-Marquardt works on the triangular factor of [J r] (reduced on the
+    # workers), whose normal equations equal the serial ones to rounding (see
+    # test_fanned_objective_equals_serial_everywhere); the fits then agree to the
+    # optimizer's tolerance, not bit for bit.
+    assert par.success and par.loss == pytest.approx(serial.loss, rel=1e-10)
+    np.testing.assert_allclose(par.x, serial.x, rtol=1e-6)
+    # the covariance comes from the same factor: the standard errors agree too
+    np.testing.assert_allclose(par.params["stderr"], serial.params["stderr"], rtol=1e-5)
 
 
 def test_multiple_shooting_segments_run_on_the_workers(client):
@@ -130,9 +135,11 @@ def test_multiple_shooting_segments_run_on_the_workers(client):
     par, keys = dask_keys(client, lambda: dl.fit(model, data, progress=False, l2=1e-4,
                                                  client=client), "dynlearn-")
     assert any(k_.startswith("dynlearn-shooting-jacobian") for k_ in keys)
-    assert any(k_.startswith("dynlearn-jacobian") for k_ in keys)      # the polish
-    np.testing.assert_array_equal(par.x, serial.x)
-    assert (par.nfev, par.njev) == (serial.nfev, serial.njev)
+    assert any(k_.startswith("dynlearn-system") for k_ in keys)      # the polish
+    # the shooting phase stacks the workers' rows as the serial run does (bit for bit); the
+    # polish works on the triangular factor (equal to rounding): see the test above
+    assert par.loss == pytest.approx(serial.loss, rel=1e-9)
+    np.testing.assert_allclose(par.x, serial.x, rtol=1e-6)
 
 
 def test_a_failing_segment_is_named(client):
@@ -186,6 +193,18 @@ def test_fanned_objective_equals_serial_everywhere(client):
         v0, g0 = serial.cost_and_grad(xs)
         assert v1 == pytest.approx(v0, rel=1e-13)
         np.testing.assert_allclose(g1, g0, rtol=1e-12, atol=1e-14 * np.abs(g0).max())
+        # what Levenberg-Marquardt asks on Dask: the triangular factor of [J r], reduced
+        # batch by batch on the workers; the same normal equations and predicted decreases
+        r2, A, b = fanned._system(xs)
+        np.testing.assert_array_equal(r2, r0)
+        assert A.shape[1] == J0.shape[1] and A.shape[0] <= J0.shape[1] + 1
+        scale = np.abs(J0.T @ J0).max()
+        np.testing.assert_allclose(A.T @ A, J0.T @ J0, rtol=1e-11, atol=1e-13 * scale)
+        np.testing.assert_allclose(A.T @ b, J0.T @ r0, rtol=1e-11,
+                                   atol=1e-13 * np.abs(J0.T @ r0).max())
+        step = 0.01 * np.random.default_rng(2).standard_normal(space.size)
+        assert (b + A @ step) @ (b + A @ step) - b @ b == pytest.approx(
+            (r0 + J0 @ step) @ (r0 + J0 @ step) - r0 @ r0, rel=1e-10)
         # the Gaussian loss's noise estimate, summed over the workers' experiments
         s1, s0 = fanned.estimate_sigma(xs), serial.estimate_sigma(xs)
         np.testing.assert_allclose(s1, s0, rtol=1e-14)
@@ -227,7 +246,8 @@ def test_a_rejected_point_is_not_an_error():
                       _CacheMiss)     # only a token, and nothing cached under it
     out = _experiment_task(obj, "tok", (0, 1), "residuals", x_bad, obj.sigma_hat)
     assert isinstance(out, _RejectedAt)
-    _, good, seconds = _experiment_task("tok", "tok", (0, 1), "residuals", r.x, obj.sigma_hat)
+    _, good, seconds, _ = _experiment_task("tok", "tok", (0, 1), "residuals", r.x,
+                                           obj.sigma_hat)
     np.testing.assert_array_equal(np.concatenate(good), obj.residuals(r.x))
     assert len(seconds) == 2 and min(seconds) > 0
     _forget(["tok"])
@@ -387,8 +407,8 @@ def test_a_worker_killed_while_experiments_are_split(client):
     r = dl.fit(model, data, progress=False, callback=kill_once,
                client=dl.Parallel(client, batch_size=1))
     assert killed and killed[0] not in client.run(os.getpid)
-    np.testing.assert_array_equal(r.x, serial.x)   # recomputed batches give the same numbers
-    assert r.success and r.njev == serial.njev
+    assert r.success and r.loss == pytest.approx(serial.loss, rel=1e-10)
+    np.testing.assert_allclose(r.x, serial.x, rtol=1e-6)
     client.wait_for_workers(2, timeout=120)
 
 
@@ -421,5 +441,7 @@ def test_scattered_inputs_lost_with_their_worker_are_sent_again(client, monkeypa
     finally:
         client.wait_for_workers(2, timeout=120)
     assert lost and lost[0] not in client.run(os.getpid)
-    np.testing.assert_array_equal(r.x, serial.x)
-    pd.testing.assert_frame_equal(r.starts, serial.starts, rtol=1e-12)
+    assert r.loss == pytest.approx(serial.loss, rel=1e-10)
+    np.testing.assert_allclose(r.x, serial.x, rtol=1e-6)
+    if n_starts > 1:     # each start runs in-process on a worker: the serial computation
+        pd.testing.assert_frame_equal(r.starts, serial.starts, rtol=1e-12)
