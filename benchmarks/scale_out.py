@@ -9,9 +9,11 @@ sampled every 0.1 up to t = 10 with 5% multiplicative noise; RK45 at rtol = atol
 Measured, serially (in-process) and on a ``LocalCluster`` of ``--workers`` processes with one
 thread each (``dynlearn.parallel.local_client``):
 
-* one residual Jacobian (what Levenberg-Marquardt needs per iteration) and one loss
-  gradient (adjoint; what L-BFGS and Adam need), the experiments split into one batch per
-  worker; the median of ``--repeats``, serial and Dask runs alternating, after a warm-up;
+* one residual Jacobian, stacked; what a Levenberg-Marquardt iteration needs (serially the
+  Jacobian, on Dask the triangular factor of ``[J r]``, each worker reducing its rows by a
+  QR decomposition); and one loss gradient (adjoint; what L-BFGS and Adam need); the
+  experiments split into one batch per worker; the median of ``--repeats``, serial and Dask
+  runs alternating, after a warm-up;
 * a whole fit, ``dl.fit(..., optimizer=dl.LevenbergMarquardt(max_iter=--fit-iters))``, end
   to end (scattering the objective and compiling the model on the workers included);
 * multi-start, ``n_starts = 4 x workers`` with the same optimizer, each start a task;
@@ -25,7 +27,7 @@ thread each (``dynlearn.parallel.local_client``):
 Usage::
 
     python benchmarks/scale_out.py [--experiments 32] [--workers 2] [--repeats 9]
-                                   [--fit-iters 5] [--markdown]
+                                   [--fit-iters 20] [--markdown]
 
 The machine should be otherwise idle: the script reports the CPU time other processes
 took during the run, and speedups measured next to other jobs are meaningless.
@@ -214,17 +216,27 @@ def run(args) -> dict:
         client.wait_for_workers(args.workers)
         fanned = _FannedObjective(Parallel(client), **settings)
         try:
-            for what, label in (("jacobian", "residual Jacobian (LM step)"),
-                                ("cost_and_grad", "loss gradient (adjoint)")):
-                # the raw evaluations: the public methods remember their last point
-                f_s, f_p = getattr(serial, "_" + what), getattr(fanned, "_" + what)
+            # the raw evaluations (the public methods remember their last point). An LM step
+            # needs the Jacobian serially, and on Dask the triangular factor of [J r], which
+            # the workers reduce their rows to: compared through the normal equations
+            rel = lambda a, b: float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))  # noqa: E731
+            for (ws, wp), label in ((("_jacobian", "_jacobian"), "residual Jacobian"),
+                                    (("_jacobian", "_system"), "LM step's system (Dask: "
+                                                               "QR-reduced on the workers)"),
+                                    (("_cost_and_grad", "_cost_and_grad"),
+                                     "loss gradient (adjoint)")):
+                f_s, f_p = getattr(serial, ws), getattr(fanned, wp)
                 ts, tp = paired_times(lambda f=f_s: f(x0), lambda f=f_p: f(x0), args.repeats)
                 a_s, a_p = f_s(x0), f_p(x0)
-                err = max(float(np.max(np.abs(p - s)) / max(np.max(np.abs(s)), 1e-300))
-                          for s, p in zip(a_s, a_p))
-                rows.append([f"{label}, {args.experiments} experiments", ts, tp,
-                             f"max rel. diff {err:.1e}"])
-                if what == "jacobian":
+                if wp == "_system":
+                    (r, J), (_, A, b) = a_s, a_p
+                    err = max(rel(A.T @ A, J.T @ J), rel(A.T @ b, J.T @ r))
+                    check = f"normal equations: max rel. diff {err:.1e}"
+                else:
+                    err = max(rel(p, s) for s, p in zip(a_s, a_p))
+                    check = f"max rel. diff {err:.1e}"
+                rows.append([f"{label}, {args.experiments} experiments", ts, tp, check])
+                if wp == "_jacobian":
                     extra["round_overhead_ms"] = 1e3 * (tp - ts / args.workers)
             extra["batches"] = len(fanned._batches)
         finally:
@@ -271,7 +283,7 @@ def main(argv=None):
     ap.add_argument("--experiments", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=9)
-    ap.add_argument("--fit-iters", type=int, default=5)
+    ap.add_argument("--fit-iters", type=int, default=20)
     ap.add_argument("--starts-experiments", type=int, default=8,
                     help="experiments in the multi-start measurement")
     ap.add_argument("--markdown", action="store_true")

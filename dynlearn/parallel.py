@@ -18,7 +18,11 @@ Work is fanned out at two levels.
   is scattered once; every residual, Jacobian or gradient evaluation then sends ``x`` to one
   task per *batch* of experiments and sums (or stacks) what comes back. Batching keeps the
   per-task overhead (a few ms to a few tens of ms per round trip) small against the solves.
-  Only the non-zero columns of each experiment's Jacobian block travel back.
+  Batches are re-cut after each round from the measured cost of every experiment. Only the
+  non-zero columns of each experiment's Jacobian block travel back, and for a
+  Levenberg-Marquardt step not even those: each batch's rows ``[J r]`` are reduced to their
+  triangular QR factor on the worker (``system``). Multiple-shooting segments and the
+  Gaussian loss's noise estimate are split the same way.
 
 The model travels without its compiled functions (:meth:`HybridModel.__getstate__`); a worker
 compiles it on first use and keeps it with the scattered object, so it is compiled once per
@@ -26,14 +30,18 @@ worker, not once per task.
 
 Results are those of the serial run: residuals and Jacobians are stacked in the serial order
 (bit-identical); gradients and losses are sums whose order of summation differs (equal to
-rounding); independent fits are computed by the same code from the same inputs and seeds.
+rounding), and so is the QR-reduced system (a Levenberg-Marquardt fit ends at the same
+point to the optimizer's tolerance); independent fits are computed by the same code from
+the same inputs and seeds.
 
 Faults. When a worker dies, the scheduler re-runs its tasks elsewhere (up to
 ``distributed.scheduler.allowed-failures`` times); scattered inputs survive on the other
-workers (they were broadcast). Tasks that raise are retried ``retries`` times (for transient
-failures such as a lost connection), then the error is raised on the client as a
-:class:`TaskError` naming the experiment, start, replicate or member and the worker. A trial
-point where the ODE solver fails is not an error: it is rejected, exactly as in a serial fit.
+workers (they were broadcast), and where Dask's memory manager had left the only copy on
+the dead worker, the cancelled tasks are sent again with a fresh copy. Tasks that raise
+are retried ``retries`` times (for transient failures such as a lost connection), then the
+error is raised on the client as a :class:`TaskError` naming the experiment, start,
+replicate or member and the worker. A trial point where the ODE solver fails is not an
+error: it is rejected, exactly as in a serial fit.
 """
 
 from __future__ import annotations
