@@ -156,7 +156,8 @@ class LevenbergMarquardt(Optimizer):
         solve with sensitivities instead of a forward solve followed by one (LM fits 1.4-1.8x
         faster on the benchmark problems). ``"auto"`` (default): only where Jacobians are
         cheap against solves (the discrete Jacobians of RK45/RK23). The iterates are the
-        same either way.
+        same either way (the two solves' costs differ by rounding, which could only tip an
+        acceptance decided within rounding).
 
     Notes
     -----
