@@ -44,6 +44,7 @@ from .optimizers import (
 )
 from .parallel import Bootstrap, Ensemble, Parallel, TaskError, bootstrap, ensemble, parallel
 from .parameters import Parameter
+from .profile import Profile, profile
 from .results import FitResult, load_result
 from .sensitivity import Adjoint, FiniteDifference, ForwardSensitivity
 from .solve import Solution, simulate
@@ -60,7 +61,7 @@ __all__ = [
     "loss", "loss_and_grad", "simulate",
     # fitting (issue 3)
     "Adam", "FitResult", "GaussNewton", "LBFGSB", "LevenbergMarquardt", "MultipleShooting",
-    "Optimizer", "Staged", "fit", "load_result",
+    "Optimizer", "Profile", "Staged", "fit", "load_result", "profile",
     # equations out: symbolic recovery of learned terms (issue 4)
     "DiscoveryError", "DiscoveryWarning", "Library", "Recovery", "STLSQ",
     "compare_extrapolation", "exponential_library", "physics_only", "polynomial_library",

@@ -409,6 +409,9 @@ def fit(model, data, loss: str = "ls", y0="first", optimizer: Optimizer | None =
                                      method=method, rtol=rtol, atol=atol, l2=l2, seed=seed,
                                      n_starts=n_starts, options=options,
                                      input_kind=input_kind))
+    result._refit = dict(loss=loss, y0=y0, sensitivity=sensitivity, method=method, rtol=rtol,
+                         atol=atol, sigma=sigma, weights=weights, l2=l2,
+                         input_kind=input_kind, y0_init=y0_init, **options)
     if throw and not result.success:
         raise DynlearnError(f"the fit failed: {result.message}")
     return result

@@ -98,6 +98,9 @@ class FitResult:
     data: object = field(repr=False, default=None)
     optimizer: object = field(repr=False, default=None)
     _obj: object = field(repr=False, default=None)
+    # the keyword arguments of the dl.fit call that made this result (refits such as
+    # profiles reuse them; not saved with the result)
+    _refit: dict | None = field(repr=False, default=None)
 
     # --- construction ---------------------------------------------------------------------
     @classmethod
@@ -200,6 +203,12 @@ class FitResult:
         """
         from .plotting import plot_result
         return plot_result(self, kind, **kwargs)
+
+    def profile(self, name: str, **kwargs):
+        """The likelihood profile and profile-likelihood interval of one parameter (refits
+        with it held fixed); see :func:`dynlearn.profile`."""
+        from .profile import profile
+        return profile(self, name, **kwargs)
 
     def residuals(self):
         """A long DataFrame of residuals at the optimum.

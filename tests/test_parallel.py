@@ -322,6 +322,17 @@ def test_bootstrap_on_dask_matches_serial(client):
     assert len(boot.estimates) == 2 and boot.kind == "experiments"
 
 
+def test_profile_refits_run_as_tasks_and_match_serial(client):
+    model, data = lv_model(), lv_data(n_exp=2)
+    res = dl.fit(model, data, progress=False)
+    serial = res.profile("beta", n=4)
+    par, keys = dask_keys(client, lambda: res.profile("beta", n=4, client=client),
+                          "dynlearn-profile")
+    assert len(keys) == 4
+    pd.testing.assert_frame_equal(par.frame, serial.frame)
+    assert par.interval == serial.interval
+
+
 def test_ensemble_on_dask_matches_serial(client):
     model, data = hybrid_decay(), decay_data(n_exp=1)
     kw = dict(n=2, seed=3, progress=False, l2=1e-3,

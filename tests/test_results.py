@@ -180,3 +180,56 @@ def test_fisher_covariance_tall_deficient_and_wide():
     cov, full = fisher_covariance(Jw)
     assert not full and np.all(np.isinf(np.diag(cov)))
 
+
+
+def test_profile_likelihood_agrees_with_wald_on_a_nearly_linear_fit(lv_fit):
+    """Small noise, many points: the profile-likelihood interval is the Wald one (the
+    small-sample threshold makes them equal for a linear model)."""
+    model, data, res = lv_fit
+    for name in ("alpha", "beta"):                       # log-transformed and plain
+        prof = res.profile(name)
+        lo, hi = prof.interval
+        w_lo, w_hi = prof.wald
+        assert abs(lo - w_lo) < 0.03 * (w_hi - w_lo) and abs(hi - w_hi) < 0.03 * (w_hi - w_lo)
+        f = prof.frame
+        assert len(f) == 11 and f["success"].all()
+        i = int(np.argmin(f["deviance"]))
+        assert f["value"][i] == pytest.approx(prof.estimate) and f["deviance"][i] == 0
+        assert np.all(np.diff(f["deviance"][i:]) > 0) and np.all(np.diff(f["deviance"][:i + 1]) < 0)
+        assert f["value"].min() < lo < prof.estimate < hi < f["value"].max()
+
+
+def test_profile_interval_of_a_nonlinear_fit_ends_where_the_deviance_reaches_the_threshold():
+    """Few noisy points of an exponential decay: the profile of the rate is asymmetric, and
+    a refit at each end of the interval has the threshold's deviance."""
+    k = sp.Symbol("k")
+    model = dl.HybridModel(states=[x], rhs={x: -k * x}, params={k: 0.5})
+    t = np.linspace(0, 3, 6)
+    rng = np.random.default_rng(4)
+    data = dl.Dataset.from_frame(pd.DataFrame(
+        {"t": t, "x": np.exp(-1.5 * t) + 0.08 * rng.standard_normal(t.size)}))
+    res = dl.fit(model, data, y0="estimate", progress=False)
+    prof = res.profile("k", n=16, span=3.0)
+    lo, hi = prof.interval
+    w_lo, w_hi = prof.wald
+    assert (hi - prof.estimate) / (prof.estimate - lo) > 1.1 * (w_hi - prof.estimate) / (
+        prof.estimate - w_lo)                                    # skewed to larger rates
+    from dynlearn.profile import _deviance, _refit_at
+    for end in (lo, hi):
+        loss, ok = _refit_at(end, res.model, data, "k", dict(res._refit, progress=False))
+        assert ok
+        assert _deviance(res, np.array([loss]))[0] == pytest.approx(prof.threshold, rel=0.05)
+
+
+def test_profile_errors(lv_fit, tmp_path):
+    model, data, res = lv_fit
+    with pytest.raises(dl.OptionError, match="not a parameter"):
+        res.profile("omega")
+    with pytest.raises(dl.OptionError, match="fixed"):
+        res.profile("gamma")
+    res.save(tmp_path / "r")
+    with pytest.raises(dl.OptionError, match="made in this session"):
+        dl.load_result(tmp_path / "r").profile("beta")
+    with pytest.warns(UserWarning, match="does not reach"):
+        prof = res.profile("beta", values=[0.9, 0.8951, 0.8952])
+    assert prof.interval == (-np.inf, np.inf)
