@@ -128,6 +128,92 @@ class _TrialPolicy:
         return float(r @ r)
 
 
+class _DenseSteps:
+    """Minimisers ``d`` of ``|b + A d|^2 + lam |ds * d|^2`` for any ``lam`` from one SVD of
+    ``A / ds`` (each further ``lam`` costs no linear algebra)."""
+
+    def __init__(self, A, b, ds):
+        As = A / ds
+        self.U, self.s, self.Vt = np.linalg.svd(As, full_matrices=False)
+        self.smax2 = float(self.s[0] ** 2) if self.s.size and self.s[0] > 0 else 1.0
+        self.g = As.T @ b
+        self.b, self.ds = b, ds
+
+    def step(self, lam: float) -> np.ndarray:
+        s = self.s
+        return -(self.Vt.T @ (s / (s * s + lam) * (self.U.T @ self.b))) / self.ds
+
+
+class _BlockSteps:
+    """The same steps when the rows of ``A`` fall into blocks that share the first ``p``
+    columns and each own a few more (multiple shooting: the segment states of one
+    experiment), other rows using the shared columns only.
+
+    Each block's own columns are eliminated by a QR factorisation (a Schur complement,
+    done orthogonally), leaving a ``p``-column problem: ``O(rows (c + p)^2)`` work per
+    damping value instead of an SVD of the whole matrix, ``O(rows n^2)`` with ``n``, all
+    columns, far above ``p`` when there are many experiments. The largest singular value
+    (the scale of the damping) is estimated by power iteration.
+    """
+
+    def __init__(self, A, b, ds, p: int, blocks):
+        As = A / ds
+        self.p, self.ds, self.n = p, ds, A.shape[1]
+        self.g = As.T @ b
+        v = np.random.default_rng(0).standard_normal(self.n)
+        for _ in range(12):   # power iteration on As^T As (no need for more accuracy)
+            v = As.T @ (As @ v)
+            nv = np.linalg.norm(v)
+            if nv == 0:
+                break
+            v /= nv
+        self.smax2 = float(np.linalg.norm(As @ v) ** 2) or 1.0
+        used = np.zeros(A.shape[0], dtype=bool)
+        self.blocks = []
+        for rows, own in blocks:   # the undamped factor of each block's [S X b]
+            used[rows] = True
+            R0 = np.linalg.qr(np.hstack([As[rows][:, own], As[rows, :p], b[rows, None]]),
+                              mode="r")
+            self.blocks.append((own, R0))
+        shared = np.hstack([As[~used][:, :p], b[~used, None]])
+        self.shared = np.linalg.qr(shared, mode="r") if shared.shape[0] else shared
+
+    def step(self, lam: float) -> np.ndarray:
+        from scipy.linalg import solve_triangular
+        p, sl = self.p, np.sqrt(lam)
+        reduced, backs = [self.shared], []
+        for own, R0 in self.blocks:
+            c = own.size
+            if c == 0:                            # a block of one segment: nothing to own
+                reduced.append(R0)
+                continue
+            damp = np.zeros((c, R0.shape[1]))
+            damp[:, :c] = sl * np.eye(c)
+            R = np.linalg.qr(np.vstack([R0, damp]), mode="r")
+            backs.append((own, R[:c]))            # [R_c  T  t]: own columns from x's step
+            reduced.append(R[c:, c:])              # [X~ b~]: what is left for the shared ones
+        damp = np.zeros((p, p + 1))
+        damp[:, :p] = sl * np.eye(p)
+        Rr = np.linalg.qr(np.vstack([*reduced, damp]), mode="r")
+        u = -solve_triangular(Rr[:p, :p], Rr[:p, p])
+        d = np.zeros(self.n)
+        d[:p] = u
+        for own, top in backs:
+            c = own.size
+            d[own] = -solve_triangular(top[:, :c], top[:, c + p] + top[:, c:c + p] @ u)
+        return d / self.ds
+
+
+def _steps(obj, A, b, ds):
+    """The step solver for ``A``: by blocks where the objective has them and the matrix is
+    wide enough for it to pay, else one dense SVD."""
+    blocks = getattr(obj, "blocks", None)
+    p = getattr(obj, "n_shared", None)
+    if blocks is not None and p is not None and A.shape[1] > max(200, 3 * p):
+        return _BlockSteps(A, b, ds, p, blocks())
+    return _DenseSteps(A, b, ds)
+
+
 class LevenbergMarquardt(Optimizer):
     """Levenberg-Marquardt on the residual Jacobian, with bounds by projection.
 
@@ -192,9 +278,6 @@ class LevenbergMarquardt(Optimizer):
         self.patience = None if patience is None else _check_positive_int(patience, "patience")
         self.ptol = float(ptol)
 
-    def _step(self, d, U, s, Vt, b, lam):
-        return -(Vt.T @ (s / (s * s + lam) * (U.T @ b))) / d
-
     @staticmethod
     def _start(obj, x0):
         """``(x, r, A, b, cost)`` at the clipped starting point, or a failed outcome.
@@ -229,9 +312,8 @@ class LevenbergMarquardt(Optimizer):
             it += 1
             d = np.maximum(d, np.linalg.norm(A, axis=0))
             ds = np.where(d > 0, d, 1.0)
-            U, s, Vt = np.linalg.svd(A / ds, full_matrices=False)
-            smax2 = float(s[0] ** 2) if s.size and s[0] > 0 else 1.0
-            g = (A / ds).T @ b
+            steps = _steps(obj, A, b, ds)
+            smax2, g = steps.smax2, steps.g
             bb = float(b @ b)     # = cost when A, b are J, r
             if np.max(np.abs(g)) <= self.gtol * max(cost, 1e-300) ** 0.5 * smax2 ** 0.5:
                 message, success = "converged: gradient below gtol", True
@@ -241,7 +323,7 @@ class LevenbergMarquardt(Optimizer):
                 tries += 1
                 with_jac = tries == 1 and policy.choose()
                 lam = lam_rel * smax2
-                step = self._step(ds, U, s, Vt, b, lam)
+                step = steps.step(lam)
                 xn = np.clip(x + step, lo, hi)
                 step = xn - x
                 if np.linalg.norm(step) <= self.xtol * (self.xtol + np.linalg.norm(x)):
@@ -318,9 +400,8 @@ class GaussNewton(LevenbergMarquardt):
             it += 1
             d = np.linalg.norm(A, axis=0)
             ds = np.where(d > 0, d, 1.0)
-            U, s, Vt = np.linalg.svd(A / ds, full_matrices=False)
-            lam = self.damping * (float(s[0] ** 2) if s.size else 1.0)
-            full = self._step(ds, U, s, Vt, b, lam)
+            steps = _steps(obj, A, b, ds)
+            full = steps.step(self.damping * steps.smax2)
             alpha, accepted = 1.0, False
             for tries in range(1, 31):
                 xn = np.clip(x + alpha * full, lo, hi)
@@ -772,6 +853,16 @@ class ShootingObjective(LeastSquaresProblem):
         r = np.concatenate(rows)
         return (r, np.vstack(jrows)) if jac else r
 
+    @property
+    def n_shared(self) -> int:
+        """Columns every row may use: the fit's own vector (the rest are segment states)."""
+        return self.obj.space.size
+
+    def blocks(self) -> list:
+        """``(rows, own columns)`` of each experiment in the Jacobian last computed; the L2
+        rows, outside every block, use the shared columns only."""
+        return self._blocks
+
     def spec(self) -> tuple:
         """What a Dask worker needs to rebuild this problem around its copy of the fit's
         objective (see ``dynlearn.parallel``)."""
@@ -793,9 +884,11 @@ class ShootingObjective(LeastSquaresProblem):
         if not jac:
             return r
         J = np.zeros((r.size, self.size))
-        row = 0
+        row, self._blocks = 0, []
         for i, (ri, Ji) in enumerate(parts):
-            J[row:row + ri.size, self.columns(i)] = Ji
+            cols = self.columns(i)
+            J[row:row + ri.size, cols] = Ji
+            self._blocks.append((slice(row, row + ri.size), cols[sp_.size:]))
             row += ri.size
         if obj.n_reg:
             J[row + np.arange(obj.n_reg), np.flatnonzero(sp_.is_weight)] = np.sqrt(obj.l2)

@@ -445,3 +445,37 @@ def test_multiple_shooting_caps_its_segment_states():
             assert len({len(p) for p in ms.plan}) == 1          # every piece alike
         z = ms.initial(space.x0)
         assert ms.residuals(z).size == ms.jacobian(z)[1].shape[0]
+
+
+@pytest.mark.parametrize("network", [False, True])
+def test_block_steps_of_multiple_shooting_equal_the_dense_ones(network):
+    """Eliminating each experiment's segment states by QR gives the damped least-squares
+    step of the whole shooting Jacobian, as its SVD does (with a network, its L2 rows use
+    the shared columns only)."""
+    from dynlearn.fit import _bind, _y0_parameters
+    from dynlearn.objective import FitObjective
+    from dynlearn.optimizers import ShootingObjective, _BlockSteps, _DenseSteps
+    from dynlearn.parameters import ParameterSpace
+    frames = [lv_data(seed=i, y0=(0.4 + 0.1 * i, 4.0 + 0.3 * i)).to_frame().assign(run=f"r{i}")
+              for i in range(4)]
+    data = dl.Dataset.from_frame(pd.concat(frames), group="run")
+    model = lv_model()
+    if network:
+        nn = dl.MLP("nn", inputs=[x, y], outputs=2, hidden=[4], seed=0, scale=0.1)
+        model = dl.HybridModel(states=[x, y], params=model.params,
+                               rhs={x: model.rhs[0] + nn[0], y: model.rhs[1] + nn[1]})
+    bound = _bind(model, data, "estimate", None)
+    space = ParameterSpace(model, _y0_parameters(model, data, bound, "estimate", None),
+                           [e.name for e in data])
+    ms = ShootingObjective(FitObjective(model, bound, space, l2=1e-2 if network else 0.0),
+                           None, 10.0)
+    z = ms.initial(space.x0)
+    r, J = ms.jacobian(z)
+    assert J.shape[1] > 3 * ms.n_shared                   # e.g. 12 shared, 160 segment
+    ds = np.maximum(np.linalg.norm(J, axis=0), 1e-12)
+    dense, block = _DenseSteps(J, r, ds), _BlockSteps(J, r, ds, ms.n_shared, ms.blocks())
+    assert block.smax2 == pytest.approx(dense.smax2, rel=1e-3)
+    np.testing.assert_allclose(block.g, dense.g, rtol=1e-12, atol=1e-12 * np.abs(dense.g).max())
+    for lam in (1e-6, 1e-2, 1.0, 1e3):
+        a, b = block.step(lam * dense.smax2), dense.step(lam * dense.smax2)
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9 * np.abs(b).max())
