@@ -601,8 +601,8 @@ class MultipleShooting(Optimizer):
     max_states : int
         At most this many segment-state unknowns over all experiments when ``segments`` is
         not given (default 600): with many experiments the pieces lengthen, all by the same
-        factor. Each Levenberg-Marquardt iteration takes an SVD of a Jacobian with one
-        column per unknown, which grows with the square of their number.
+        factor. The shooting Jacobian has one column per unknown and is held densely (its
+        steps are computed experiment by experiment, see ``_BlockSteps``).
     continuity_weight : float or sequence of float
         Weight of the continuity residuals (a gap of one typical state size costs as much as
         a data residual of this size). A sequence is a continuation: ``max_iter``
