@@ -15,6 +15,7 @@ import numpy as np
 from .data import Dataset, Experiment, InputSignal, as_dataset
 from .errors import DataError, OptionError, ParameterError, SolveError
 from .sensitivity import Adjoint, ForwardSensitivity, Problem, Sensitivity
+from .sensitivity.discrete import discrete_state_jacobian
 from .solve import check_method, check_options, check_y0, solve_observed
 from .vectorfield import VectorField
 
@@ -242,29 +243,6 @@ def loss_and_grad(model, data, theta=None, sensitivity: Sensitivity | None = Non
 
 
 # --- residual Jacobians ------------------------------------------------------------------
-def theta_jacobian_batch(vf: VectorField, T, Y):
-    """``df/dy`` (m, n, n) and ``df/dtheta`` (m, n, n_theta) at many points.
-
-    Built from :meth:`VectorField.jac_batch` and its context: the physics part from the
-    compiled ``f_p``, each network's part as ``f_z N_w`` (closed-form weight Jacobian,
-    batched), plus ``f_z N_v g_p`` when a network input depends on a parameter.
-    """
-    J, ctx = vf.jac_batch(T, Y)
-    m, Tg, Yg, U, Z, Fz, parts = ctx
-    c = vf.c
-    Ft = np.zeros((m, vf.n, vf.n_theta))
-    if vf.n_free:
-        Fp = c.f_p.batch(m, Tg, Yg, vf.pl, Z, U)[:, c.free, :]          # (n, nf, m)
-        Ft[:, :, :vf.n_free] = np.moveaxis(Fp, -1, 0)
-    for (d, w, V, Nv), ws in zip(parts, vf._wslices):
-        B = Fz[:, :, d["zslice"]]                                          # (m, n, nz_k)
-        Ft[:, :, ws] = B @ d["net"].weight_jacobian(w, V)
-        if vf.n_free and not d["g_p"].is_zero:
-            Gp = np.moveaxis(d["g_p"].batch(m, Tg, Yg, vf.pl, [], U)[:, c.free, :], -1, 0)
-            Ft[:, :, :vf.n_free] += (B @ Nv) @ Gp
-    return J, Ft
-
-
 def discrete_observable_jacobian(prob: Problem, wrt_y0: bool = False):
     """Observables and their exact Jacobian for the discrete RK45/RK23 solve.
 
@@ -287,86 +265,6 @@ def observe_with_jacobian(vf: VectorField, t, Y, S):
     if vf.n_free:
         dH[:, :, :vf.n_free] += Hp
     return H, dH
-
-
-def discrete_state_jacobian(prob: Problem, wrt_y0: bool = False):
-    """States and their exact sensitivities for the discrete RK45/RK23 solve.
-
-    The tangent-linear (forward-mode) counterpart of the discrete adjoint in
-    :mod:`dynlearn.sensitivity.discrete`: one recorded forward solve, then the stage
-    derivatives of all steps at once. With ``S_j = dy_j/dtheta`` and stage derivatives
-    ``dK_i = P_i S_j + Q_i``,
-
-    .. math:: P_i = J_i (I + h \\sum_l a_{il} P_l), \\quad
-              Q_i = J_i\\, h \\sum_l a_{il} Q_l + F_{\\theta,i}, \\quad
-              S_{j+1} = (I + h \\sum_i b_i P_i) S_j + h \\sum_i b_i Q_i,
-
-    computed batched over steps; only the ``S`` recurrence loops over steps (an n-by-n
-    times n-by-q product each). Observations are read from the dense-output polynomials
-    as in the forward solve, so the Jacobian is that of the residuals actually computed.
-
-    Why not :class:`~dynlearn.ForwardSensitivity`: that integrates ``n (1 + q)``
-    components inside the error control, which takes more and costlier steps. Measured on
-    the LV-UDE (89 parameters): 22 ms against ~6 ms here, and the step count grows
-    during training when the sensitivities are error-controlled.
-
-    Returns
-    -------
-    Y : ndarray, shape (m, n)
-    S : ndarray, shape (m, n, q)
-        ``dy/d[theta, y0]`` with ``q = n_theta (+ n when wrt_y0)``.
-    """
-    from .sensitivity.discrete import (
-        DISCRETE_METHODS,
-        _locate,
-        _square_A,
-        _stage_points,
-        record_solve,
-    )
-    vf = prob.vf
-    cls = DISCRETE_METHODS[prob.method]
-    t_obs, t0, y0 = prob.t_obs, prob.t0, prob.y0
-    n, P = vf.n, vf.n_theta
-    q = P + (n if wrt_y0 else 0)
-    m = t_obs.size
-    S0 = np.zeros((n, q))
-    if wrt_y0:
-        S0[:, P:] = np.eye(n)
-    Yobs = np.tile(y0, (m, 1))
-    Sobs = np.broadcast_to(S0, (m, n, q)).copy()
-    later = np.flatnonzero(t_obs > t0)
-    if later.size:
-        T0, Hs, Y0, K = record_solve(prob)
-        N, s = T0.size, cls.n_stages
-        Tp, Yp = _stage_points(cls, T0, Hs, Y0, K)
-        J, Ft = theta_jacobian_batch(vf, Tp.reshape(-1), Yp.reshape(-1, n))
-        J = J.reshape(N, s + 1, n, n)
-        Fq = np.zeros((N, s + 1, n, q))
-        Fq[..., :P] = Ft.reshape(N, s + 1, n, P)
-        A, B = _square_A(cls), cls.B
-        h = Hs[:, None, None]
-        eye = np.broadcast_to(np.eye(n), (N, n, n))
-        Pst = np.empty((N, s, n, n))
-        Qst = np.empty((N, s, n, q))
-        for i in range(s):
-            dP = eye + h * np.einsum("l,jlab->jab", A[i, :i], Pst[:, :i]) if i else eye
-            dQ = h * np.einsum("l,jlab->jab", A[i, :i], Qst[:, :i]) if i else 0.0
-            Pst[:, i] = J[:, i] @ dP
-            Qst[:, i] = (J[:, i] @ dQ if i else 0.0) + Fq[:, i]
-        M = eye + h * np.einsum("i,jiab->jab", B, Pst)
-        G = h * np.einsum("i,jiab->jab", B, Qst)
-        S = np.empty((N + 1, n, q))
-        S[0] = S0
-        for j in range(N):
-            S[j + 1] = M[j] @ S[j] + G[j]
-        jj, w = _locate(t_obs[later], T0, Hs, cls.P)
-        hj = Hs[jj, None, None]
-        Yobs[later] = Y0[jj] + Hs[jj, None] * np.einsum("mi,min->mn", w, K[jj])
-        dK = Pst[jj] @ S[jj][:, None] + Qst[jj]                              # (mo, s, n, q)
-        dKs = J[jj, s] @ S[jj + 1] + Fq[jj, s]                               # (mo, n, q)
-        Sobs[later] = (S[jj] + hj * np.einsum("mi,mibq->mbq", w[:, :s], dK)
-                       + hj * w[:, s, None, None] * dKs)
-    return Yobs, Sobs
 
 
 # --- the objective of a fit ---------------------------------------------------------------

@@ -777,9 +777,9 @@ class ShootingObjective(LeastSquaresProblem):
     def experiment(self, i: int, z, jac: bool):
         """Residual rows of experiment ``i`` (data of every segment, continuity defects) and,
         with ``jac``, their derivatives in the columns :meth:`columns` lists."""
-        from .objective import discrete_state_jacobian, observe_with_jacobian
+        from .objective import observe_with_jacobian
         from .sensitivity import ForwardSensitivity, Problem
-        from .sensitivity.discrete import DISCRETE_METHODS
+        from .sensitivity.discrete import DISCRETE_METHODS, discrete_state_jacobian
         from .solve import solve_observed
         from .vectorfield import VectorField
         obj = self.obj

@@ -168,6 +168,28 @@ class VectorField:
         ctx = (m, Tg, Yg, U, Z, Fz, parts)
         return J, ctx
 
+    def theta_jacobian_batch(self, T, Y):
+        """``df/dy`` (m, n, n) and ``df/dtheta`` (m, n, n_theta) at many points.
+
+        Built from :meth:`VectorField.jac_batch` and its context: the physics part from the
+        compiled ``f_p``, each network's part as ``f_z N_w`` (closed-form weight Jacobian,
+        batched), plus ``f_z N_v g_p`` when a network input depends on a parameter.
+        """
+        J, ctx = self.jac_batch(T, Y)
+        m, Tg, Yg, U, Z, Fz, parts = ctx
+        c = self.c
+        Ft = np.zeros((m, self.n, self.n_theta))
+        if self.n_free:
+            Fp = c.f_p.batch(m, Tg, Yg, self.pl, Z, U)[:, c.free, :]          # (n, nf, m)
+            Ft[:, :, :self.n_free] = np.moveaxis(Fp, -1, 0)
+        for (d, w, V, Nv), ws in zip(parts, self._wslices):
+            B = Fz[:, :, d["zslice"]]                                          # (m, n, nz_k)
+            Ft[:, :, ws] = B @ d["net"].weight_jacobian(w, V)
+            if self.n_free and not d["g_p"].is_zero:
+                Gp = np.moveaxis(d["g_p"].batch(m, Tg, Yg, self.pl, [], U)[:, c.free, :], -1, 0)
+                Ft[:, :, :self.n_free] += (B @ Nv) @ Gp
+        return J, Ft
+
     def theta_vjp_batch(self, ctx, C):
         """sum_i C[i]^T df/dtheta(t_i, y_i), with ``ctx`` from :meth:`jac_batch`; C (m, n)."""
         m, Tg, Yg, U, Z, Fz, parts = ctx
