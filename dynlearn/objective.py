@@ -15,7 +15,7 @@ import numpy as np
 from .data import Dataset, Experiment, InputSignal, as_dataset
 from .errors import DataError, OptionError, ParameterError, SolveError
 from .sensitivity import Adjoint, ForwardSensitivity, Problem, Sensitivity
-from .sensitivity.discrete import discrete_state_jacobian
+from .sensitivity.discrete import DISCRETE_METHODS, discrete_state_jacobian
 from .solve import check_method, check_options, check_y0, solve_observed
 from .vectorfield import VectorField
 
@@ -395,7 +395,6 @@ class FitObjective(LeastSquaresProblem):
         self.model, self.bound, self.space, self.loss = model, bound, space, loss
         self.method, self.rtol, self.atol = method, rtol, atol
         self.options = dict(options or {})
-        from .sensitivity.discrete import DISCRETE_METHODS
         # the discrete Jacobian costs 1.1-2 forward solves; forward sensitivities far more
         self.cheap_jacobian = method in DISCRETE_METHODS
         self.sensitivity = sensitivity if sensitivity is not None else Adjoint()
@@ -503,7 +502,6 @@ class FitObjective(LeastSquaresProblem):
         return H
 
     def _observe_jac(self, theta, b, y0):
-        from .sensitivity.discrete import DISCRETE_METHODS
         try:
             vf = VectorField(self.model, theta, b.inputs)
             p = self._problem(vf, b, y0)
@@ -555,13 +553,18 @@ class FitObjective(LeastSquaresProblem):
                 J[:, k] = dR[:, P + i]
             rs.append(r)
             Js.append(J)
-        if self.n_reg:
-            rs.append(self._reg(x))
-            Jr = np.zeros((self.n_reg, sp_.size))
-            Jr[np.arange(self.n_reg), np.flatnonzero(sp_.is_weight)] = np.sqrt(self.l2)
-            Js.append(Jr)
-        J = np.vstack(Js) * dphys[None, :]
+        rs.append(self._reg(x))
+        J = np.vstack([np.vstack(Js) * dphys[None, :], self._reg_jacobian(x)])
         return np.concatenate(rs), J
+
+    def _reg_jacobian(self, x) -> np.ndarray:
+        """Derivatives of the L2 residuals :meth:`_reg` in ``x``: ``(n_reg, size)``."""
+        sp_ = self.space
+        Jr = np.zeros((self.n_reg, sp_.size))
+        if self.n_reg:        # (no rows without an L2 term, whatever the weights)
+            Jr[np.arange(self.n_reg), np.flatnonzero(sp_.is_weight)] = (
+                np.sqrt(self.l2) * sp_.dphysical(x)[sp_.is_weight])
+        return Jr
 
     def penalty(self) -> float:
         """``2 sum log sigma`` over the data with estimated noise (Gaussian loss)."""

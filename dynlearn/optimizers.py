@@ -890,8 +890,7 @@ class ShootingObjective(LeastSquaresProblem):
             J[row:row + ri.size, cols] = Ji
             self._blocks.append((slice(row, row + ri.size), cols[sp_.size:]))
             row += ri.size
-        if obj.n_reg:
-            J[row + np.arange(obj.n_reg), np.flatnonzero(sp_.is_weight)] = np.sqrt(obj.l2)
+        J[row:, :sp_.size] = obj._reg_jacobian(x)
         return r, J
 
     @staticmethod

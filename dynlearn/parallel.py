@@ -597,8 +597,9 @@ def _experiment_task(source, token: str, batch: tuple[int, ...], what: str, x, s
     to hold it in its cache (no transfer at all then). The cached objective keeps its
     compiled model and its per-experiment views across tasks.
 
-    Returns ``(worker address, [per-experiment results], [per-experiment seconds])``, or a
-    :class:`_RejectedAt` when a trial point cannot be solved, or a :class:`_CacheMiss`.
+    Returns ``(worker address, [per-experiment results], [per-experiment seconds], the
+    batch's triangular factor for "system" else None)``, or a :class:`_RejectedAt` when a
+    trial point cannot be solved, or a :class:`_CacheMiss`.
     """
     from .objective import Rejected
     entry = _cached(token, None if isinstance(source, str) else source)
@@ -608,6 +609,10 @@ def _experiment_task(source, token: str, batch: tuple[int, ...], what: str, x, s
     out, seconds = [], []
     shooting = _shooting_problem(entry, what[1:], sigma_hat) if isinstance(what, tuple) \
         else None
+    # an experiment's first evaluation here carries one-off work (compiling the model,
+    # building its view): reported as NaN, not as the experiment's cost
+    timed = entry.setdefault("timed", set())
+    family = "view" if shooting is None else "shooting"
     for i in batch:
         t0 = time.perf_counter()
         if shooting is None:
@@ -638,7 +643,8 @@ def _experiment_task(source, token: str, batch: tuple[int, ...], what: str, x, s
             raise TaskError(f"experiment '{name}' failed on worker {worker or '?'} while "
                             f"computing the {label}: {type(exc).__name__}: {exc}",
                             f"experiment '{name}'", worker, traceback.format_exc()) from None
-        seconds.append(time.perf_counter() - t0)
+        seconds.append(time.perf_counter() - t0 if (family, i) in timed else math.nan)
+        timed.add((family, i))
     if what == "system":     # the batch's rows of [J r], reduced to their triangular factor
         return _worker_address(), [r for r, _ in out], seconds, _triangular(obj.space, batch,
                                                                             out)
@@ -775,7 +781,7 @@ def _fanned_objective_class():
                 if not todo:
                     break
             out: list = [None] * len(self.bound)
-            self._reduced = []
+            self._reduced = []   # per batch, the triangular factor a "system" round returns
             for batch, p in zip(batches, parts):
                 if isinstance(p, _RejectedAt):
                     raise Rejected(p.message)
@@ -785,7 +791,8 @@ def _fanned_objective_class():
                 for i, v, sec in zip(batch, values, seconds):
                     out[i] = v
                     old = self._seconds[i]
-                    self._seconds[i] = sec if not np.isfinite(old) else 0.5 * (old + sec)
+                    if np.isfinite(sec):
+                        self._seconds[i] = sec if not np.isfinite(old) else 0.5 * (old + sec)
             return out
 
         def _gather(self, futures, what: str, can_rescatter: bool = False) -> list:
@@ -820,18 +827,11 @@ def _fanned_objective_class():
             """``(r, R[:, :p], R[:, p])`` with ``R`` the triangular factor of ``[J r]``: each
             batch's rows are reduced on its worker (only ``(p+1)^2`` numbers per batch
             travel back) and the stacked factors once more here."""
-            sp_ = self.space
-            p = sp_.size
+            p = self.space.size
             rs = self._evaluate("system", x)
-            blocks = list(self._reduced)
-            if self.n_reg:
-                reg = self._reg(x)
-                Jr = np.zeros((self.n_reg, p + 1))
-                Jr[np.arange(self.n_reg), np.flatnonzero(sp_.is_weight)] = (
-                    np.sqrt(self.l2) * sp_.dphysical(x)[sp_.is_weight])
-                Jr[:, p] = reg
-                rs.append(reg)
-                blocks.append(Jr)
+            reg = self._reg(x)
+            rs.append(reg)
+            blocks = [*self._reduced, np.column_stack([self._reg_jacobian(x), reg])]
             R = np.linalg.qr(np.vstack(blocks), mode="r")
             return np.concatenate(rs), R[:, :p], R[:, p]
 
@@ -850,10 +850,8 @@ def _fanned_objective_class():
                 J[row:row + r.size, _jacobian_columns(sp_, i)] = Jc
                 rs.append(r)
                 row += r.size
-            if self.n_reg:
-                rs.append(self._reg(x))
-                J[row + np.arange(self.n_reg), np.flatnonzero(sp_.is_weight)] = (
-                    np.sqrt(self.l2) * sp_.dphysical(x)[sp_.is_weight])
+            rs.append(self._reg(x))
+            J[row:] = self._reg_jacobian(x)
             return np.concatenate(rs), J
 
         def _cost_and_grad(self, x):

@@ -249,6 +249,8 @@ def test_a_rejected_point_is_not_an_error():
     _, good, seconds, _ = _experiment_task("tok", "tok", (0, 1), "residuals", r.x,
                                            obj.sigma_hat)
     np.testing.assert_array_equal(np.concatenate(good), obj.residuals(r.x))
+    assert len(seconds) == 2 and np.isnan(seconds).all()   # first use: one-off work inside
+    _, _, seconds, _ = _experiment_task("tok", "tok", (0, 1), "residuals", r.x, obj.sigma_hat)
     assert len(seconds) == 2 and min(seconds) > 0
     _forget(["tok"])
 
@@ -290,7 +292,11 @@ def test_batches_follow_the_measured_cost_of_experiments(client):
     fanned = _FannedObjective(Parallel(client), **settings)
     try:
         assert fanned._batches == [(0, 1, 2), (3, 4, 5)]
+        # the first round is not timed (it compiles the model and builds the views on the
+        # workers); the second is, and the third is cut from it
         np.testing.assert_array_equal(fanned._residuals(fit.x), serial._residuals(fit.x))
+        assert fanned._batches == [(0, 1, 2), (3, 4, 5)] and np.isnan(fanned._seconds).all()
+        fanned._residuals(fit.x)
         r, J = fanned._jacobian(fit.x)
         assert sorted(map(len, fanned._batches)) == [1, 5]      # the long one alone
         r_s, J_s = serial._jacobian(fit.x)
