@@ -85,8 +85,8 @@ def problem(n_exp: int = 32, n_t: int = 101, t_end: float = 10.0, seed: int = 0)
 
 def objective_settings(model, data):
     """The settings ``dl.fit`` builds its objective from (y0 from the first rows)."""
-    from dynlearn.fit import _bind, _y0_parameters
-    from dynlearn.parameters import ParameterSpace
+    from dynlearn.core.parameters import ParameterSpace
+    from dynlearn.fitting.fitter import _bind, _y0_parameters
     bound = _bind(model, data, "first", None)
     space = ParameterSpace(model, _y0_parameters(model, data, bound, "first", None),
                            [e.name for e in data])
@@ -129,8 +129,8 @@ def cpu_seconds() -> tuple[float, float]:
 
 
 def _ceiling_worker(n_exp, batch, what, repeats, barrier, results):
-    from dynlearn.objective import FitObjective
-    from dynlearn.parallel import _experiment_task
+    from dynlearn.distributed.fanned import _experiment_task
+    from dynlearn.objective.objective import FitObjective
     model, data = problem(n_exp)
     settings = objective_settings(model, data)
     x0 = settings["space"].x0
@@ -152,8 +152,8 @@ def ceiling(n_exp: int, workers: int, what: str, repeats: int) -> tuple[float, f
     """
     import multiprocessing as mp
 
-    from dynlearn.objective import FitObjective
-    from dynlearn.parallel import _batches
+    from dynlearn.distributed.fanned import _batches
+    from dynlearn.objective.objective import FitObjective
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(workers + 1), ctx.Queue()
     procs = [ctx.Process(target=_ceiling_worker, args=(n_exp, b, what, repeats, barrier,
@@ -204,8 +204,9 @@ def task_overhead(client, n_round_trips: int = 50, burst: int = 200) -> dict:
 
 
 def run(args) -> dict:
-    from dynlearn.objective import FitObjective
-    from dynlearn.parallel import Parallel, _FannedObjective, local_client
+    from dynlearn.distributed.dask import Parallel, local_client
+    from dynlearn.distributed.fanned import _FannedObjective
+    from dynlearn.objective.objective import FitObjective
     model, data = problem(args.experiments)
     settings = objective_settings(model, data)
     x0 = settings["space"].x0

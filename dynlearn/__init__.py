@@ -11,8 +11,12 @@ The public API, learnable from one page (see README.md):
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .data import Dataset, Experiment, InputSignal
-from .discovery import (
+from dynlearn.analysis import Bootstrap, Ensemble, Profile, bootstrap, ensemble, profile
+from dynlearn.core.model import HybridModel
+from dynlearn.core.neural import MLP, Network
+from dynlearn.core.parameters import Parameter
+from dynlearn.data.dataset import Dataset, Experiment, InputSignal
+from dynlearn.discovery.recovery import (
     STLSQ,
     DiscoveryError,
     DiscoveryWarning,
@@ -28,12 +32,18 @@ from .discovery import (
     stlsq,
     trigonometric_library,
 )
-from .errors import DataError, DynlearnError, ModelError, OptionError, ParameterError, SolveError
-from .fit import fit
-from .model import HybridModel
-from .neural import MLP, Network
-from .objective import Objective, loss, loss_and_grad
-from .optimizers import (
+from dynlearn.distributed import Parallel, TaskError, parallel
+from dynlearn.errors import (
+    DataError,
+    DynlearnError,
+    ModelError,
+    OptionError,
+    ParameterError,
+    SolveError,
+)
+from dynlearn.fitting.fitter import fit
+from dynlearn.objective.objective import Objective, loss, loss_and_grad
+from dynlearn.optimizers.optimizers import (
     LBFGSB,
     Adam,
     GaussNewton,
@@ -42,12 +52,9 @@ from .optimizers import (
     Optimizer,
     Staged,
 )
-from .parallel import Bootstrap, Ensemble, Parallel, TaskError, bootstrap, ensemble, parallel
-from .parameters import Parameter
-from .profile import Profile, profile
-from .results import FitResult, load_result
-from .sensitivity import Adjoint, FiniteDifference, ForwardSensitivity
-from .solve import Solution, simulate
+from dynlearn.results.result import FitResult, load_result
+from dynlearn.sensitivity import Adjoint, FiniteDifference, ForwardSensitivity
+from dynlearn.solve import Solution, simulate
 
 try:
     __version__ = version("dynlearn")
@@ -66,6 +73,6 @@ __all__ = [
     "DiscoveryError", "DiscoveryWarning", "Library", "Recovery", "STLSQ",
     "compare_extrapolation", "exponential_library", "physics_only", "polynomial_library",
     "recover", "sindy_baseline", "sparse_regression", "stlsq", "trigonometric_library",
-    # scale-out on Dask distributed (issue 6); dynlearn.parallel imports dask only when used
+    # scale-out on Dask distributed (issue 6); dynlearn.distributed.dask imports dask only when used
     "Bootstrap", "Ensemble", "Parallel", "TaskError", "bootstrap", "ensemble", "parallel",
 ]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DynlearnError, OptionError
+from dynlearn.errors import DynlearnError, OptionError
 
 __all__ = ["build_parser", "main"]
 
@@ -97,7 +97,7 @@ def _prepare_out_dir(path) -> Path:
 
 
 def _write_csv(frame, path, index: bool = False) -> None:
-    from .report import write_text_atomic
+    from dynlearn.report.html import write_text_atomic
     write_text_atomic(path, frame.to_csv(index=index, float_format="%.10g"))
 
 
@@ -139,7 +139,7 @@ def _fit_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``dynlearn`` command."""
-    from . import __version__
+    from dynlearn import __version__
     p = _Parser(prog="dynlearn",
                 description="Fit hybrid dynamical models (equations plus small neural "
                             "networks) to measured time series.",
@@ -274,7 +274,7 @@ def _load_result(path):
 
 
 def _model_from_file(args):
-    from .io import load_model_file
+    from dynlearn.io.model_file import load_model_file
     return load_model_file(args.model, default_seed=getattr(args, "seed", None))
 
 
@@ -283,8 +283,8 @@ def cmd_simulate(args, console: Console) -> int:
     """``dynlearn simulate``."""
     import pandas as pd
 
-    from .io import parse_time_grid
-    from .solve import simulate
+    from dynlearn.io.model_file import parse_time_grid
+    from dynlearn.solve import simulate
     mf = _model_from_file(args)
     model = mf.model
     states = [s.name for s in model.states]
@@ -368,8 +368,8 @@ def _theta_y0_from_result(res, model):
 
 def cmd_check_gradients(args, console: Console) -> int:
     """``dynlearn check-gradients``."""
-    from .objective import Objective
-    from .sensitivity import Adjoint, ForwardSensitivity
+    from dynlearn.objective.objective import Objective
+    from dynlearn.sensitivity import Adjoint, ForwardSensitivity
     mf = _model_from_file(args)
     model = mf.model
     data = mf.read_data(args.data)
@@ -462,7 +462,7 @@ def _central_differences(obj, theta, idx, rel_step: float = 1e-4):
 
 def cmd_fit(args, console: Console) -> int:
     """``dynlearn fit``."""
-    from .io import load_model_file
+    from dynlearn.io.model_file import load_model_file
     mf = load_model_file(args.model, default_seed=getattr(args, "seed", None))
     data = mf.read_data(args.data)
     out = _prepare_out_dir(args.out or f"{mf.model.name}-fit")
@@ -472,8 +472,8 @@ def cmd_fit(args, console: Console) -> int:
 
 def cmd_demo(args, console: Console) -> int:
     """``dynlearn demo``: the bundled lynx-hare fit."""
-    from .io import load_model_file
-    src = Path(__file__).with_name("data") / "lynx_hare.toml"
+    from dynlearn.io.model_file import load_model_file
+    src = Path(__file__).with_name("bundled") / "lynx_hare.toml"
     if not src.exists():
         raise OptionError(f"the demo's model file is missing from the installation ({src}); "
                           "reinstall dynlearn")
@@ -522,7 +522,7 @@ def _fit_kwargs(mf, args, out: Path) -> dict:
         if v is not None:
             kw[key] = v
     if "method" in kw:       # checked here so that a bad --method fails before any output
-        from .solve import check_method
+        from dynlearn.solve import check_method
         check_method(kw["method"])
     workers = getattr(args, "workers", None)
     if workers is not None and workers < 1:
@@ -531,7 +531,7 @@ def _fit_kwargs(mf, args, out: Path) -> dict:
     if options:
         import inspect
 
-        from .solve import SOLVER_OPTIONS
+        from dynlearn.solve import SOLVER_OPTIONS
         known = set(inspect.signature(dl.fit).parameters) | SOLVER_OPTIONS
         known -= {"model", "data", "options", "client", "callback", "progress", "checkpoint",
                   "resume"}
@@ -574,7 +574,7 @@ def _dask_client(args, console: Console):
             raise OptionError(f"--scheduler {address}: cannot connect: {_one_line(exc)}"
                               ) from None
     else:
-        from .parallel import local_client
+        from dynlearn.distributed.dask import local_client
         client = local_client(workers)
     info = client.scheduler_info()
     console.note(f"running on Dask: scheduler {info.get('address', address)}, "
@@ -658,7 +658,7 @@ def write_fit_outputs(result, mf, data, out: Path, plots: bool = True,
     list of str
         The names of the files written.
     """
-    from .report import write_text_atomic
+    from dynlearn.report.html import write_text_atomic
     console = console or Console(quiet=True)
     written = []
     model = mf.model
@@ -700,7 +700,7 @@ def _run_record(mf, csv, result, command) -> str:
     import datetime as dt
     import json
 
-    from . import __version__
+    from dynlearn import __version__
     rec = {"dynlearn": __version__,
            "finished": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
            "model_file": str(mf.path.resolve()) if mf.path is not None else None,
@@ -747,7 +747,7 @@ def _residual_frame(result, data, loss: str):
 
 
 def _write_plots(result, mf, data, pred, out: Path) -> list[Path]:
-    from . import plotting as P
+    from dynlearn.report import figures as P
     model = mf.model
     tname = data.time_name
     obs = list(model.observable_names)
@@ -799,7 +799,7 @@ def _params_display(params):
 
 
 def _write_report(result, mf, data, out: Path, images, has_bands: bool = True) -> None:
-    from .report import Report
+    from dynlearn.report.html import Report
     model = mf.model
     ok = result.success
     cfg = result.config
@@ -888,9 +888,8 @@ def _recorded_data_file(out: Path) -> str | None:
 def cmd_recover(args, console: Console) -> int:
     """``dynlearn recover``: sparse regression of the trained networks in DIR."""
     import dynlearn as dl
-
-    from .io import load_model_file, model_to_toml
-    from .report import write_text_atomic
+    from dynlearn.io.model_file import load_model_file, model_to_toml
+    from dynlearn.report.html import write_text_atomic
     out = Path(args.dir)
     if not out.is_dir():
         raise OptionError(f"{out}: not a folder; pass the --out folder of 'dynlearn fit'")

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.integrate import solve_ivp
 
-from .errors import DataError, OptionError, SolveError
-from .vectorfield import VectorField
+from dynlearn.core.vectorfield import VectorField
+from dynlearn.errors import DataError, OptionError, SolveError
 
 __all__ = ["simulate", "Solution", "METHODS", "STIFF_METHODS", "EXPLICIT_METHODS"]
 
@@ -238,7 +238,7 @@ def simulate(model, t, y0, theta=None, method: str = "RK45", rtol: float = 1e-6,
     -------
     Solution
     """
-    from .data import as_input_signal
+    from dynlearn.data.dataset import as_input_signal
     method = check_method(method)
     check_options(options, "simulate")
     t = check_times(t)

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 import numpy as np
 import sympy as sp
 
-from .data import Dataset
-from .model import HybridModel
-from .neural import MLP
-from .objective import Objective
+from dynlearn.core.model import HybridModel
+from dynlearn.core.neural import MLP
+from dynlearn.data.dataset import Dataset
+from dynlearn.objective.objective import Objective
 
 __all__ = [
     "lotka_volterra_model", "lv_ude_problem", "lotka_volterra_problem", "spiral_problem",
@@ -42,7 +42,7 @@ def lotka_volterra_model(params: dict | None = None) -> HybridModel:
 
 def _simulated(model, t, y0, noise: float = 0.0, seed: int = 0, rtol=1e-10, atol=1e-10,
                t0=None) -> Dataset:
-    from .solve import simulate
+    from dynlearn.solve import simulate
     sol = simulate(model, t, y0, rtol=rtol, atol=atol, t0=t0, method="Radau"
                    if model.name == "robertson" else "DOP853")
     df = sol.to_frame()
@@ -118,7 +118,7 @@ def check_gradient(model, data, theta, sensitivity, reference=None, method: str 
                    rtol: float = 1e-10, atol: float = 1e-10, **kw) -> float:
     """Relative error of a gradient method against a reference method (default: 4th-order
     central finite differences at the same tolerances)."""
-    from .sensitivity import FiniteDifference
+    from dynlearn.sensitivity import FiniteDifference
     g = Objective(model, data, method=method, rtol=rtol, atol=atol,
                   sensitivity=sensitivity, **kw).value_and_grad(theta)[1]
     ref = reference if reference is not None else FiniteDifference(order=4)

@@ -373,7 +373,7 @@ def test_interrupted_fit_resumes(capsys, decay, tmp_path, monkeypatch):
     """Ctrl-C mid-fit: exit 130, a checkpoint but no half-written results; --resume
     continues from it to the same optimum as an uninterrupted fit."""
     import importlib
-    fitmod = importlib.import_module("dynlearn.fit")   # the module, not dl.fit the function
+    fitmod = importlib.import_module("dynlearn.fitting.fitter")
     model, csv = decay
     out = tmp_path / "out"
     calls = {"n": 0}
@@ -425,7 +425,7 @@ def test_failure_mid_write_leaves_nothing_half_written(capsys, decay, tmp_path, 
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
-    from dynlearn.report import write_text_atomic
+    from dynlearn.report.html import write_text_atomic
     target = tmp_path / "summary.txt"
     target.write_text("old\n")
 
@@ -456,7 +456,7 @@ def test_fit_errors(capsys, decay, tmp_path):
 
 
 def test_missing_matplotlib_is_a_clear_error(monkeypatch):
-    from dynlearn import plotting
+    from dynlearn.report import figures as plotting
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(plotting.MissingDependencyError, match=r"pip install 'dynlearn\[plot\]'"):
         plotting.fit_figure(pd.DataFrame({"t": [0, 1], "x": [1, 2]}),
@@ -478,7 +478,7 @@ def test_fit_without_matplotlib_still_writes_results(capsys, decay, tmp_path, mo
 @needs_fit
 @needs_recover
 def test_recover(capsys, decay, tmp_path):
-    from dynlearn.io import load_model_file
+    from dynlearn.io.model_file import load_model_file
     _, csv = decay
     model = tmp_path / "ude.toml"
     model.write_text(UDE)
@@ -529,7 +529,7 @@ def test_plot_functions_return_their_axes(decay, tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dynlearn import plotting
+    from dynlearn.report import figures as plotting
     model, csv = decay
     out = tmp_path / "out"
     assert main(["fit", str(model), str(csv), "--out", str(out), "-q", "--no-plots"]) == 0
@@ -608,7 +608,7 @@ def test_fit_settings_from_model_file(tmp_path):
     from types import SimpleNamespace
 
     from dynlearn.cli import _fit_kwargs
-    from dynlearn.io import load_model_file
+    from dynlearn.io.model_file import load_model_file
     if not HAS_FIT:
         pytest.skip("dl.fit is not available yet")
     args = SimpleNamespace(quiet=True, resume=False, maxiter=None, loss=None, method=None,

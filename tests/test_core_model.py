@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dynlearn as dl
+from dynlearn.core.vectorfield import VectorField
 from dynlearn.testing import lotka_volterra_model, relative_error
-from dynlearn.vectorfield import VectorField
 
 x, y, t = sp.symbols("x y t")
 alpha, delta = sp.symbols("alpha delta")
@@ -315,7 +315,7 @@ def test_domain_errors_become_rejected_steps_not_crashes():
     # sqrt of a state that an overshooting trial step may push below zero: Torricelli outflow
     k = sp.Symbol("k")
     m = dl.HybridModel(states=[x], params={k: 1.0}, rhs={x: -k * sp.sqrt(x)})
-    from dynlearn.vectorfield import VectorField
+    from dynlearn.core.vectorfield import VectorField
     vf = VectorField(m, None)
     assert np.isnan(vf.fun(0.0, np.array([-1.0]))[0])
     # the tank empties at t = 2; trial steps past it make x < 0. The solve must end as a

@@ -8,7 +8,7 @@ import pytest
 import sympy as sp
 
 import dynlearn as dl
-from dynlearn.objective import bind_data
+from dynlearn.objective.objective import bind_data
 
 
 def csv(text):

@@ -13,7 +13,7 @@ import pytest
 import sympy as sp
 
 import dynlearn as dl
-from dynlearn.discovery import _region_points, _term_tag
+from dynlearn.discovery.recovery import _region_points, _term_tag
 from dynlearn.testing import LV_TRUE, LV_Y0, lotka_volterra_model, lv_ude_problem
 
 x, y, z = sp.symbols("x y z")

@@ -4,7 +4,7 @@ import pytest
 import sympy as sp
 
 import dynlearn as dl
-from dynlearn.expressions import FUNCTIONS, parse_expression
+from dynlearn.core.expressions import FUNCTIONS, parse_expression
 
 x, y, a, lam, t = sp.symbols("x y a lambda t")
 NAMES = {"x": x, "y": y, "a": a, "t": t}

@@ -213,7 +213,7 @@ def test_multistart_and_mapper():
 
 def test_solver_failure_mid_fit_is_rejected_and_fit_completes(monkeypatch):
     """Trial points where the solver fails are rejected; the optimizer backs off."""
-    import dynlearn.objective as objective
+    import dynlearn.objective.objective as objective
     calls = {"n": 0}
 
     def flaky(real):      # forward solves and solves with sensitivities alike
@@ -336,10 +336,10 @@ def test_multiple_shooting_escapes_the_local_minimum_of_single_shooting():
 
 
 def test_multiple_shooting_jacobian_matches_finite_differences():
-    from dynlearn.fit import _bind, _y0_parameters
-    from dynlearn.objective import FitObjective
-    from dynlearn.optimizers import ShootingObjective
-    from dynlearn.parameters import ParameterSpace
+    from dynlearn.core.parameters import ParameterSpace
+    from dynlearn.fitting.fitter import _bind, _y0_parameters
+    from dynlearn.objective.objective import FitObjective
+    from dynlearn.objective.shooting import ShootingObjective
     data = lv_data(t=np.linspace(0, 6, 13))
     model = lv_model()
     bound = _bind(model, data, "estimate", None)
@@ -357,9 +357,9 @@ def test_objective_remembers_its_last_evaluation_only():
     """An optimizer asks again for what it has (the cost at the accepted point, the Jacobian
     there for the covariance); the objective answers from memory, with read-only arrays,
     and forgets when x or the noise levels change."""
-    from dynlearn.fit import _bind, _y0_parameters
-    from dynlearn.objective import FitObjective
-    from dynlearn.parameters import ParameterSpace
+    from dynlearn.core.parameters import ParameterSpace
+    from dynlearn.fitting.fitter import _bind, _y0_parameters
+    from dynlearn.objective.objective import FitObjective
     model, data = lv_model(), lv_data()
     bound = _bind(model, data, "first", None)
     space = ParameterSpace(model, _y0_parameters(model, data, bound, "first", None),
@@ -386,7 +386,7 @@ def test_objective_remembers_its_last_evaluation_only():
 
 
 def test_fit_reuses_the_final_jacobian_for_the_covariance(monkeypatch):
-    from dynlearn.objective import FitObjective
+    from dynlearn.objective.objective import FitObjective
     made = []
     jac = FitObjective._jacobian
     monkeypatch.setattr(FitObjective, "_jacobian", lambda self, x: made.append(1) or jac(self, x))
@@ -421,10 +421,10 @@ def test_jacobian_at_trial_changes_the_cost_not_the_iterates():
 def test_multiple_shooting_caps_its_segment_states():
     """Many experiments: the pieces lengthen so that the segment states stay within
     max_states (the Jacobian's columns); one experiment keeps its pieces of 3 times."""
-    from dynlearn.fit import _bind, _y0_parameters
-    from dynlearn.objective import FitObjective
-    from dynlearn.optimizers import ShootingObjective
-    from dynlearn.parameters import ParameterSpace
+    from dynlearn.core.parameters import ParameterSpace
+    from dynlearn.fitting.fitter import _bind, _y0_parameters
+    from dynlearn.objective.objective import FitObjective
+    from dynlearn.objective.shooting import ShootingObjective
     one = lv_data().to_frame()
     many = pd.concat([one.assign(run=f"r{i}") for i in range(20)])
     model = lv_model()
@@ -452,10 +452,11 @@ def test_block_steps_of_multiple_shooting_equal_the_dense_ones(network):
     """Eliminating each experiment's segment states by QR gives the damped least-squares
     step of the whole shooting Jacobian, as its SVD does (with a network, its L2 rows use
     the shared columns only)."""
-    from dynlearn.fit import _bind, _y0_parameters
-    from dynlearn.objective import FitObjective
-    from dynlearn.optimizers import ShootingObjective, _BlockSteps, _DenseSteps
-    from dynlearn.parameters import ParameterSpace
+    from dynlearn.core.parameters import ParameterSpace
+    from dynlearn.fitting.fitter import _bind, _y0_parameters
+    from dynlearn.objective.objective import FitObjective
+    from dynlearn.objective.shooting import ShootingObjective
+    from dynlearn.optimizers.optimizers import _BlockSteps, _DenseSteps
     frames = [lv_data(seed=i, y0=(0.4 + 0.1 * i, 4.0 + 0.3 * i)).to_frame().assign(run=f"r{i}")
               for i in range(4)]
     data = dl.Dataset.from_frame(pd.concat(frames), group="run")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import dynlearn as dl
-from dynlearn.io import load_model_file, parse_model_text, parse_time_grid
+from dynlearn.io.model_file import load_model_file, parse_model_text, parse_time_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "models"
@@ -287,7 +287,7 @@ def test_optimizer_settings(tmp_path):
 
 
 def test_model_to_toml_round_trip(tmp_path):
-    from dynlearn.io import model_to_toml
+    from dynlearn.io.model_file import model_to_toml
     for name in ("lynx_hare", "sir_influenza", "lv_ude", "cascaded_tanks"):
         m = load_model_file(EXAMPLES / f"{name}.toml").model
         text = model_to_toml(m, {"data": {"time": "t"}}, comment="round trip")
@@ -299,7 +299,7 @@ def test_model_to_toml_round_trip(tmp_path):
 
 
 def test_documented_layout_parses(tmp_path):
-    import dynlearn.io as dio
+    import dynlearn.io.model_file as dio
     doc = dio.__doc__
     block = doc.split(".. code-block:: toml")[1].split("\n\n``lr")[0]
     text = "\n".join(line[4:] for line in block.splitlines())

@@ -5,6 +5,7 @@ the end. Problems are small: the point is equality with the serial results, not 
 (see benchmarks/scale_out.py for that).
 """
 
+import importlib
 import itertools
 import os
 import signal
@@ -24,7 +25,7 @@ import dynlearn as dl
 
 distributed = pytest.importorskip("distributed")
 
-from dynlearn.parallel import local_client  # noqa: E402
+from dynlearn.distributed.dask import local_client  # noqa: E402
 
 x, y = sp.symbols("x y")
 k, a, b, c, d = sp.symbols("k alpha beta gamma delta")
@@ -143,8 +144,10 @@ def test_multiple_shooting_segments_run_on_the_workers(client):
 
 
 def test_a_failing_segment_is_named(client):
-    from dynlearn.optimizers import ShootingObjective
-    from dynlearn.parallel import Parallel, _FannedObjective
+    from dynlearn.distributed.dask import Parallel
+    from dynlearn.distributed.fanned import _FannedObjective
+    from dynlearn.objective.objective import FitObjective
+    from dynlearn.objective.shooting import ShootingObjective
     model, data = hybrid_decay(), decay_data(n_exp=2)
     fit = dl.fit(model, data, progress=False, optimizer=dl.LevenbergMarquardt(max_iter=1))
     settings = dict(model=model, bound=fit.objective().bound, space=fit.objective().space)
@@ -152,7 +155,7 @@ def test_a_failing_segment_is_named(client):
     try:
         ms = ShootingObjective(fanned, None, 10.0)
         z = ms.initial(fit.x)
-        serial = ShootingObjective(dl.objective.FitObjective(**settings), None, 10.0)
+        serial = ShootingObjective(FitObjective(**settings), None, 10.0)
         serial.initial(fit.x)
         r, J = ms.jacobian(z)
         r_s, J_s = serial.jacobian(z)
@@ -169,10 +172,11 @@ def test_a_failing_segment_is_named(client):
 def test_fanned_objective_equals_serial_everywhere(client):
     """Residuals, Jacobian and gradient (network weights, log parameters, estimated initial
     states, L2) against the serial objective, batch by batch."""
-    from dynlearn.fit import _bind, _y0_parameters
-    from dynlearn.objective import FitObjective
-    from dynlearn.parallel import Parallel, _FannedObjective
-    from dynlearn.parameters import ParameterSpace
+    from dynlearn.core.parameters import ParameterSpace
+    from dynlearn.distributed.dask import Parallel
+    from dynlearn.distributed.fanned import _FannedObjective
+    from dynlearn.fitting.fitter import _bind, _y0_parameters
+    from dynlearn.objective.objective import FitObjective
     model, data = hybrid_decay(), decay_data(n_exp=3)
     bound = _bind(model, data, "estimate", None)
     space = ParameterSpace(model, _y0_parameters(model, data, bound, "estimate", None),
@@ -235,8 +239,9 @@ def test_a_failing_experiment_is_named(client):
 
 
 def test_a_rejected_point_is_not_an_error():
-    from dynlearn.objective import FitObjective
-    from dynlearn.parallel import _CacheMiss, _experiment_task, _forget, _RejectedAt
+    from dynlearn.distributed.dask import _forget
+    from dynlearn.distributed.fanned import _CacheMiss, _experiment_task, _RejectedAt
+    from dynlearn.objective.objective import FitObjective
     model, data = lv_model(), lv_data(n_exp=2)
     r = dl.fit(model, data, progress=False, optimizer=dl.LevenbergMarquardt(max_iter=1))
     obj = FitObjective(model=model, bound=r.objective().bound, space=r.objective().space)
@@ -258,7 +263,7 @@ def test_a_rejected_point_is_not_an_error():
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.floats(0.0, 100.0), min_size=1, max_size=60), st.integers(1, 8))
 def test_balanced_batches_cover_every_experiment_once_and_balance(costs, n_tasks):
-    from dynlearn.parallel import _balanced_batches
+    from dynlearn.distributed.fanned import _balanced_batches
     costs = np.array(costs)
     batches = _balanced_batches(costs, n_tasks)
     flat = [i for b in batches for i in b]
@@ -278,8 +283,9 @@ def test_balanced_batches_cover_every_experiment_once_and_balance(costs, n_tasks
 def test_batches_follow_the_measured_cost_of_experiments(client):
     """Experiments of very different cost: after one evaluation, the batches are re-cut so
     that the workers' loads are near equal; results stay in the serial order."""
-    from dynlearn.objective import FitObjective
-    from dynlearn.parallel import Parallel, _FannedObjective
+    from dynlearn.distributed.dask import Parallel
+    from dynlearn.distributed.fanned import _FannedObjective
+    from dynlearn.objective.objective import FitObjective
     model = lv_model()
     t_long = np.linspace(0, 80, 400)       # experiment 0 is far dearer than the others
     Y = dl.simulate(model.with_params(**LV_TRUE), t_long, [1.0, 3.0]).y
@@ -435,7 +441,7 @@ def test_scattered_inputs_lost_with_their_worker_are_sent_again(client, monkeypa
     worker dies, the tasks needing it are cancelled ("lost dependencies"). The fit sends
     the input again and completes: reproduced here by scattering the first copy to one
     worker and killing it before any task runs."""
-    par = sys.modules["dynlearn.parallel"]
+    par = sys.modules["dynlearn.distributed.dask"]
     scatter, lost = par._scatter, []
 
     def scatter_then_lose(cl, obj):
@@ -451,6 +457,8 @@ def test_scattered_inputs_lost_with_their_worker_are_sent_again(client, monkeypa
         lost.append(victim)
         return fut
     monkeypatch.setattr(par, "_scatter", scatter_then_lose)
+    monkeypatch.setattr(importlib.import_module("dynlearn.distributed.fanned"), "_scatter",
+                        scatter_then_lose)
     model, data = lv_model(), lv_data(n_exp=4)
     serial = dl.fit(model, data, n_starts=n_starts, seed=0, progress=False)
     try:

@@ -157,7 +157,7 @@ def test_result_plot_returns_axes():
 
 
 def test_fisher_covariance_tall_deficient_and_wide():
-    from dynlearn.uncertainty import fisher_covariance
+    from dynlearn.results.covariance import fisher_covariance
     rng = np.random.default_rng(1)
     # tall, full rank: the inverse of J^T J
     J = rng.standard_normal((500, 6))
@@ -214,7 +214,7 @@ def test_profile_interval_of_a_nonlinear_fit_ends_where_the_deviance_reaches_the
     w_lo, w_hi = prof.wald
     assert (hi - prof.estimate) / (prof.estimate - lo) > 1.1 * (w_hi - prof.estimate) / (
         prof.estimate - w_lo)                                    # skewed to larger rates
-    from dynlearn.profile import _deviance, _refit_at
+    from dynlearn.analysis.likelihood_profile import _deviance, _refit_at
     for end in (lo, hi):
         loss, ok = _refit_at(end, res.model, data, "k", dict(res._refit, progress=False))
         assert ok

@@ -50,10 +50,10 @@ import numpy as np
 import scipy.sparse as sps
 from scipy.integrate._ivp.ivp import METHODS as _SCIPY_METHODS
 
-from ..errors import OptionError, SolveError
-from ..solve import STIFF_METHODS, integrate
-from .base import Problem, Sensitivity, observation_cotangents
-from .discrete import DISCRETE_METHODS, discrete_loss_and_grad
+from dynlearn.errors import OptionError, SolveError
+from dynlearn.sensitivity.base import Problem, Sensitivity, observation_cotangents
+from dynlearn.sensitivity.discrete import DISCRETE_METHODS, discrete_loss_and_grad
+from dynlearn.solve import STIFF_METHODS, integrate
 
 __all__ = ["Adjoint"]
 

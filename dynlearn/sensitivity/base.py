@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..vectorfield import VectorField
+from dynlearn.core.vectorfield import VectorField
 
 __all__ = ["Sensitivity", "Problem", "observation_cotangents"]
 

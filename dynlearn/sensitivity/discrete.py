@@ -48,8 +48,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.integrate import RK23, RK45
 
-from ..errors import SolveError
-from .base import Problem, observation_cotangents
+from dynlearn.errors import SolveError
+from dynlearn.sensitivity.base import Problem, observation_cotangents
 
 __all__ = ["RecordingRK45", "RecordingRK23", "DISCRETE_METHODS", "Stepper", "record_solve",
            "discrete_loss_and_grad", "discrete_state_jacobian"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import OptionError
-from ..solve import solve_observed
-from ..vectorfield import VectorField
-from .base import Problem, Sensitivity
+from dynlearn.core.vectorfield import VectorField
+from dynlearn.errors import OptionError
+from dynlearn.sensitivity.base import Problem, Sensitivity
+from dynlearn.solve import solve_observed
 
 __all__ = ["FiniteDifference"]
 

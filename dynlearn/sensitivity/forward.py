@@ -29,9 +29,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sps
 
-from ..errors import SolveError
-from ..solve import STIFF_METHODS, integrate
-from .base import Problem, Sensitivity, observation_cotangents
+from dynlearn.errors import SolveError
+from dynlearn.sensitivity.base import Problem, Sensitivity, observation_cotangents
+from dynlearn.solve import STIFF_METHODS, integrate
 
 __all__ = ["ForwardSensitivity"]
 

@@ -121,7 +121,7 @@ class Report:
 
     def html(self) -> str:
         """The complete document."""
-        from . import __version__
+        from dynlearn import __version__
         stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
         sub = f"<p class=\"meta\">{html.escape(self.subtitle)}</p>" if self.subtitle else ""
         return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"

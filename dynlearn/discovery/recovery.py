@@ -61,11 +61,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
-from .errors import DataError, DynlearnError, ModelError, OptionError
-from .model import HybridModel
-from .neural import NetworkOutput
-from .parameters import Parameter
-from .symbolic import CompiledExprs
+from dynlearn.core.model import HybridModel
+from dynlearn.core.neural import NetworkOutput
+from dynlearn.core.parameters import Parameter
+from dynlearn.core.symbolic import CompiledExprs
+from dynlearn.errors import DataError, DynlearnError, ModelError, OptionError
 
 __all__ = [
     "DiscoveryError", "DiscoveryWarning", "Library", "polynomial_library",
@@ -1106,9 +1106,9 @@ class Recovery:
         ['nn[0] = (-0.9 ± 0.0018)*x*y', 'nn[1] = (0.802 ± 0.0037)*x*y']
         >>> refined.fit.params.loc["c_nn0_xy", ["value", "stderr"]]   # doctest: +SKIP
         """
-        from .errors import DynlearnError
-        from .fit import fit as _fit
-        from .optimizers import MultipleShooting
+        from dynlearn.errors import DynlearnError
+        from dynlearn.fitting.fitter import fit as _fit
+        from dynlearn.optimizers.optimizers import MultipleShooting
         data = self.data if data is None else data
         if data is None:
             raise DataError("refit() needs data=: this recovery did not come from a fit result")
@@ -1405,8 +1405,8 @@ def _fit_settings(source, y0) -> dict:
 
 def _trajectories(model, data, t, y0, inputs, n_trajectory, method, rtol, atol):
     """Fitted trajectories: list of (T (m,), Y (m, n), U (m, nu) or None) and n data rows."""
-    from .objective import bind_data
-    from .solve import check_times, simulate
+    from dynlearn.objective.objective import bind_data
+    from dynlearn.solve import check_times, simulate
     out = []
     if data is not None:
         if t is not None:
@@ -1414,7 +1414,7 @@ def _trajectories(model, data, t, y0, inputs, n_trajectory, method, rtol, atol):
         if isinstance(y0, Mapping) or y0 is None or np.ndim(y0) == 1:
             y0_arg = y0
         else:   # one row per experiment (e.g. fitted initial states)
-            from .data import as_dataset
+            from dynlearn.data.dataset import as_dataset
             y0_arg = {e.name: np.asarray(r, float) for e, r in zip(as_dataset(data), y0)}
         bound = bind_data(model, data, y0_arg)
         n_rows = 0
@@ -1434,7 +1434,7 @@ def _trajectories(model, data, t, y0, inputs, n_trajectory, method, rtol, atol):
         raise DataError("t must hold at least two times")
     signal = None
     if model.inputs:
-        from .data import as_input_signal
+        from dynlearn.data.dataset import as_input_signal
         signal = as_input_signal(inputs, model)
     sol = simulate(model, T, y0, method=method, rtol=rtol, atol=atol, inputs=signal)
     return [(T, sol.y, signal(T) if signal is not None else None)], T.size
@@ -1830,7 +1830,7 @@ def sindy_baseline(data, library=None, *, states: Sequence | None = None,
     """
     import pandas as pd
 
-    from .data import as_dataset
+    from dynlearn.data.dataset import as_dataset
     data = as_dataset(data)
     if states is None:
         names = list(dict.fromkeys(c for e in data for c in e.columns))
@@ -1879,8 +1879,8 @@ def physics_only(model: HybridModel, name: str | None = None) -> HybridModel:
 def _reference_frame(reference, t, y0, method, rtol, atol):
     import pandas as pd
 
-    from .data import Dataset, Experiment
-    from .solve import Solution, simulate
+    from dynlearn.data.dataset import Dataset, Experiment
+    from dynlearn.solve import Solution, simulate
     if isinstance(reference, HybridModel):
         if t is None:
             raise DataError("t is required when the reference is a model")
@@ -1933,7 +1933,7 @@ def compare_extrapolation(models: Mapping[str, HybridModel], t, y0, reference, *
     """
     import pandas as pd
 
-    from .solve import simulate
+    from dynlearn.solve import simulate
     if not isinstance(models, Mapping) or not models:
         raise OptionError("models must be a non-empty dict {name: HybridModel}")
     ref = _reference_frame(reference, t, y0, method, rtol, atol)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ModelError
+from dynlearn.errors import ModelError
 
 __all__ = ["VectorField"]
 

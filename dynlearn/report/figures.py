@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .errors import DynlearnError
+from dynlearn.errors import DynlearnError
 
 __all__ = [
     "COLORS", "MissingDependencyError", "fit_figure", "learned_terms_figure", "loss_figure",
@@ -513,7 +513,7 @@ def plot_result(result, kind: str = "fit", observable: str | None = None,
     model = result.model
     obs = observable or model.observable_names[0]
     if obs not in model.observable_names:
-        from .errors import OptionError
+        from dynlearn.errors import OptionError
         raise OptionError(f"observable {obs!r} is not one of {list(model.observable_names)}")
     data = result.data
     exp = data[experiment] if experiment is not None else data.experiments[0]
@@ -542,13 +542,13 @@ def plot_result(result, kind: str = "fit", observable: str | None = None,
                          ylabel=f"loss ({result.config.get('loss', 'ls')})")
     if kind == "learned":
         if not model.networks:
-            from .errors import OptionError
+            from dynlearn.errors import OptionError
             raise OptionError("the model has no networks; kind='learned' shows network outputs")
         outs = [(net, k) for net in model.networks for k in range(net.n_outputs)]
         names = [f"{net.name}[{k}]" for net, k in outs]
         name = output or names[0]
         if name not in names:
-            from .errors import OptionError
+            from dynlearn.errors import OptionError
             raise OptionError(f"output {name!r} is not one of {names}")
         net, k = outs[names.index(name)]
         traj = result.predict(np.linspace(exp.t[0], exp.t[-1], n), experiment=exp.name,
@@ -556,5 +556,5 @@ def plot_result(result, kind: str = "fit", observable: str | None = None,
         V, Z, grid = _learned_samples(model, model.theta0, net, k, traj)
         return plot_learned_term(V, Z, [str(e) for e in net.inputs], name, grid=grid, ax=ax,
                                  time=traj[model.time.name].to_numpy())
-    from .errors import OptionError
+    from dynlearn.errors import OptionError
     raise OptionError(f"kind={kind!r}: use 'fit', 'residuals', 'loss' or 'learned'")

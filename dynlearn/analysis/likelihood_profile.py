@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import OptionError
+from dynlearn.errors import OptionError
 
 __all__ = ["Profile", "profile"]
 
@@ -118,9 +118,9 @@ def profile(result, name: str, n: int = 10, span: float = 3.0, level: float = 0.
     """
     import pandas as pd
 
-    from .optimizers import LevenbergMarquardt
-    from .parallel import _resolve, _run_tasks
-    from .uncertainty import quantile
+    from dynlearn.distributed.dask import _resolve, _run_tasks
+    from dynlearn.optimizers.optimizers import LevenbergMarquardt
+    from dynlearn.results.covariance import quantile
     kwargs = getattr(result, "_refit", None)
     if kwargs is None:
         raise OptionError("profile() needs a fit made in this session (a loaded result does "
@@ -174,8 +174,8 @@ def profile(result, name: str, n: int = 10, span: float = 3.0, level: float = 0.
 
 
 def _refit_at(value, model, data, name, fit_kwargs):
-    from .fit import fit
-    from .parameters import Parameter
+    from dynlearn.core.parameters import Parameter
+    from dynlearn.fitting.fitter import fit
     fixed = model.with_params(**{name: Parameter(float(value), fixed=True)})
     r = fit(fixed, data, **fit_kwargs)
     return float(r.loss), bool(r.success and np.isfinite(r.loss))
@@ -198,7 +198,7 @@ def _threshold(result, level: float) -> float:
     model linear in its parameters."""
     from scipy import special
 
-    from .uncertainty import quantile
+    from dynlearn.results.covariance import quantile
     if _profiled_variance(result):
         dof = result.n_data - result.n_params
         if dof > 0:

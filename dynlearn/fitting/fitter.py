@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .data import as_dataset
-from .errors import DataError, DynlearnError, OptionError, ParameterError
-from .objective import LOSSES, FitObjective, Rejected, bind_data
-from .optimizers import Optimizer, default_optimizer
-from .parameters import Parameter, ParameterSpace
-from .sensitivity import Sensitivity
-from .solve import check_method, check_options
+from dynlearn.core.parameters import Parameter, ParameterSpace
+from dynlearn.data.dataset import as_dataset
+from dynlearn.errors import DataError, DynlearnError, OptionError, ParameterError
+from dynlearn.objective.objective import LOSSES, FitObjective, Rejected, bind_data
+from dynlearn.optimizers.optimizers import Optimizer, default_optimizer
+from dynlearn.sensitivity import Sensitivity
+from dynlearn.solve import check_method, check_options
 
 __all__ = ["fit"]
 
@@ -353,8 +353,8 @@ def fit(model, data, loss: str = "ls", y0="first", optimizer: Optimizer | None =
     >>> result = dl.fit(model, data, loss="log", y0="estimate")      # doctest: +SKIP
     >>> result.params[["value", "stderr"]]                            # doctest: +SKIP
     """
-    from .model import HybridModel
-    from .results import FitResult
+    from dynlearn.core.model import HybridModel
+    from dynlearn.results.result import FitResult
     if not isinstance(model, HybridModel):
         raise OptionError(f"model must be a dl.HybridModel, got {type(model).__name__}")
     if loss not in LOSSES:
@@ -418,8 +418,8 @@ def fit(model, data, loss: str = "ls", y0="first", optimizer: Optimizer | None =
 
 
 def _mapper(client):
-    # Dask lives in dynlearn.parallel (imported lazily: no client, no dask import)
-    from .parallel import start_mapper
+    # Dask lives in dynlearn.distributed.dask (imported lazily: no client, no dask import)
+    from dynlearn.distributed.fanned import start_mapper
     return start_mapper(client)
 
 
@@ -461,7 +461,7 @@ def _start_points(space: ParameterSpace, n_starts: int, seed) -> list[np.ndarray
 def _fit_one(spec: dict) -> _StartOutcome:
     """One start: every stage of the optimizer in turn, with the Gaussian noise re-estimated
     between rounds; interruption-safe."""
-    # "make_objective": dynlearn.parallel fans the experiments of a start out over Dask
+    # "make_objective": dynlearn.distributed.dask fans the experiments of a start out over Dask
     obj = spec.get("make_objective", FitObjective)(**spec["settings"])
     optimizer = spec["optimizer"]
     stages = optimizer.stages()

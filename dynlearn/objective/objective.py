@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import Dataset, Experiment, InputSignal, as_dataset
-from .errors import DataError, OptionError, ParameterError, SolveError
-from .sensitivity import Adjoint, ForwardSensitivity, Problem, Sensitivity
-from .sensitivity.discrete import DISCRETE_METHODS, discrete_state_jacobian
-from .solve import check_method, check_options, check_y0, solve_observed
-from .vectorfield import VectorField
+from dynlearn.core.vectorfield import VectorField
+from dynlearn.data.dataset import Dataset, Experiment, InputSignal, as_dataset
+from dynlearn.errors import DataError, OptionError, ParameterError, SolveError
+from dynlearn.sensitivity import Adjoint, ForwardSensitivity, Problem, Sensitivity
+from dynlearn.sensitivity.discrete import DISCRETE_METHODS, discrete_state_jacobian
+from dynlearn.solve import check_method, check_options, check_y0, solve_observed
 
 __all__ = [
     "LOSSES",
@@ -434,7 +434,7 @@ class FitObjective(LeastSquaresProblem):
         self.n_data = int(sum(b.mask.sum() for b in bound))
         self.n_reg = int(space.is_weight.sum()) if self.l2 > 0 else 0
         self._refresh_scales()
-        # evaluation bookkeeping (see Tracker in dynlearn.fit)
+        # evaluation bookkeeping (see Tracker in dynlearn.fitting.fitter)
         self.tracker = None
 
     # --- scales --------------------------------------------------------------------------

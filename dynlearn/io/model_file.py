@@ -96,7 +96,7 @@ from pathlib import Path
 import numpy as np
 import sympy as sp
 
-from .errors import DataError, ModelError, OptionError, ParameterError
+from dynlearn.errors import DataError, ModelError, OptionError, ParameterError
 
 __all__ = ["ModelFile", "load_model_file", "model_to_toml", "parse_model_text", "parse_time_grid"]
 
@@ -248,6 +248,7 @@ class ModelFile:
             named in the file, it applies to ``dl.fit``'s default optimizer.
         """
         import dynlearn as dl
+        from dynlearn.optimizers.optimizers import default_optimizer
         ft = self.fit
         if "stages" in ft:
             specs = [(("fit", "stages"), st) for st in ft["stages"]]
@@ -264,7 +265,7 @@ class ModelFile:
                 # dl.fit's own choice for this model, keeping its tuning; only the budget
                 # changes
                 import copy
-                default = copy.deepcopy(dl.optimizers.default_optimizer(self.model))
+                default = copy.deepcopy(default_optimizer(self.model))
                 if budget is not None:
                     for o in [default, *default.stages()]:
                         for attr in ("max_iter", "iterations"):
@@ -299,7 +300,7 @@ class ModelFile:
         """
         import pandas as pd
 
-        from .data import Dataset
+        from dynlearn.data.dataset import Dataset
         path = Path(csv) if csv is not None else self.data["file"]
         if path is None:
             raise DataError(f"{self.where('data')}: no data file: pass DATA.csv on the command "
@@ -359,7 +360,7 @@ class ModelFile:
     def _read_long(self, df, path):
         """A long table (time, observable, value[, sigma]): ``rename`` maps observable names,
         ``columns`` selects them."""
-        from .data import Dataset
+        from dynlearn.data.dataset import Dataset
         d = self.data
         for c in (d["time"], d["group"], d["observable"], d["value"]):
             if c and c not in df.columns:
@@ -487,7 +488,7 @@ def parse_time_grid(spec, where: str = "t") -> np.ndarray:
         except (KeyError, TypeError, ValueError):
             bad(f"{spec!r}: a time table needs start, stop and step (or n)")
     if isinstance(spec, (list, tuple, np.ndarray)):
-        from .solve import check_times
+        from dynlearn.solve import check_times
         try:
             return check_times(spec, "t")
         except DataError as exc:
@@ -542,9 +543,9 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
     default_seed : int, optional
         See :func:`load_model_file`.
     """
-    from .model import HybridModel
-    from .neural import MLP
-    from .parameters import Parameter
+    from dynlearn.core.model import HybridModel
+    from dynlearn.core.neural import MLP
+    from dynlearn.core.parameters import Parameter
 
     src = Path(source) if source is not None else None
     name = str(src) if src is not None else "<model file>"
@@ -763,7 +764,7 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
     if "sensitivity" in ft:
         ck.string(ft["sensitivity"], ("fit", "sensitivity"), SENSITIVITIES)
     if "method" in ft:
-        from .solve import METHODS
+        from dynlearn.solve import METHODS
         ck.string(ft["method"], ("fit", "method"), METHODS)
     for k in ("rtol", "atol", "l2"):
         if k in ft:
@@ -808,7 +809,7 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
     if "t" in smt:
         smt["t"] = parse_time_grid(smt["t"], f"{ck.where('simulate', 't')}: [simulate] t")
     if "method" in smt:
-        from .solve import METHODS
+        from dynlearn.solve import METHODS
         ck.string(smt["method"], ("simulate", "method"), METHODS)
     for k in ("rtol", "atol"):
         if k in smt:
@@ -828,7 +829,7 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
 
 
 def _parse(ck: _Checker, text: str, names: Mapping, path: tuple[str, ...], what: str):
-    from .expressions import parse_expression
+    from dynlearn.core.expressions import parse_expression
     return parse_expression(text, names, where=f"{ck.where(*path)}: {what}")
 
 
@@ -879,7 +880,7 @@ def model_to_toml(model, tables: Mapping[str, Mapping] | None = None, comment: s
     Trained network weights are not part of a model file: networks are written with their
     architecture and seed, so they start from their initial weights when the file is read.
     """
-    from .neural import MLP
+    from dynlearn.core.neural import MLP
     out = [f"# {line}".rstrip() for line in comment.splitlines()]
     if out:
         out.append("")

@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping
 
 import sympy as sp
 
-from .errors import ModelError
+from dynlearn.errors import ModelError
 
 __all__ = ["CONSTANTS", "FUNCTIONS", "MAX_LENGTH", "parse_expression"]
 
@@ -135,7 +135,7 @@ class _Refused(Exception):
 
 
 def _is_network(obj) -> bool:
-    from .neural import BaseNetwork
+    from dynlearn.core.neural import BaseNetwork
     return isinstance(obj, BaseNetwork)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import ParameterError
+from dynlearn.errors import ParameterError
 
 __all__ = ["Parameter", "ParameterSpace"]
 

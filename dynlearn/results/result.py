@@ -18,10 +18,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import DataError, ModelError, OptionError
-from .objective import FitObjective, Rejected, bind_data
-from .parameters import Parameter, ParameterSpace
-from .uncertainty import correlation_from_covariance, fisher_covariance, interval, quantile
+from dynlearn.core.parameters import Parameter, ParameterSpace
+from dynlearn.errors import DataError, ModelError, OptionError
+from dynlearn.objective.objective import FitObjective, Rejected, bind_data
+from dynlearn.results.covariance import (
+    correlation_from_covariance,
+    fisher_covariance,
+    interval,
+    quantile,
+)
 
 __all__ = ["FitResult", "load_result"]
 
@@ -201,13 +206,13 @@ class FitResult:
         (``observable=``, ``experiment=``, ``output=``, ``ax=``) go to
         :func:`dynlearn.plotting.plot_result`. Needs matplotlib (the ``plot`` extra).
         """
-        from .plotting import plot_result
+        from dynlearn.report.figures import plot_result
         return plot_result(self, kind, **kwargs)
 
     def profile(self, name: str, **kwargs):
         """The likelihood profile and profile-likelihood interval of one parameter (refits
         with it held fixed); see :func:`dynlearn.profile`."""
-        from .profile import profile
+        from dynlearn.analysis.likelihood_profile import profile
         return profile(self, name, **kwargs)
 
     def residuals(self):
@@ -263,10 +268,10 @@ class FitResult:
         pandas.DataFrame
             Like ``simulate(...).to_frame()``, plus band columns.
         """
-        from .data import as_input_signal
-        from .sensitivity import Problem
-        from .solve import check_times, check_y0, simulate
-        from .vectorfield import VectorField
+        from dynlearn.core.vectorfield import VectorField
+        from dynlearn.data.dataset import as_input_signal
+        from dynlearn.sensitivity import Problem
+        from dynlearn.solve import check_times, check_y0, simulate
         t = check_times(t)
         names = [e.name for e in self.data] if self.data is not None else list(self.y0)
         exp = names[0] if experiment is None else experiment
@@ -334,7 +339,7 @@ class FitResult:
         No code is pickled: the JSON holds the settings, the parameter table and the model's
         equations as text; the npz holds arrays only.
         """
-        from .fit import _jsonable, _paths
+        from dynlearn.fitting.fitter import _jsonable, _paths
         jpath, npath = _paths(path)
         arrays = {"x": self.x}
         if self.cov_x is not None:
@@ -388,8 +393,8 @@ def load_result(path, model=None) -> FitResult:
     """
     import pandas as pd
 
-    from .data import Dataset, Experiment
-    from .fit import _paths
+    from dynlearn.data.dataset import Dataset, Experiment
+    from dynlearn.fitting.fitter import _paths
     jpath, npath = _paths(path)
     try:
         with open(jpath) as f:
@@ -452,9 +457,9 @@ def _unjson(v):
 
 
 def _obs_jacobian(prob, method):
-    from .objective import discrete_observable_jacobian
-    from .sensitivity import ForwardSensitivity
-    from .sensitivity.discrete import DISCRETE_METHODS
+    from dynlearn.objective.objective import discrete_observable_jacobian
+    from dynlearn.sensitivity import ForwardSensitivity
+    from dynlearn.sensitivity.discrete import DISCRETE_METHODS
     if method in DISCRETE_METHODS:
         return discrete_observable_jacobian(prob, wrt_y0=True)
     return ForwardSensitivity().observable_jacobian(prob, wrt_y0=True)
@@ -597,7 +602,7 @@ def _param_dict(p: Parameter) -> dict:
 # --- the model as text (no code is pickled) ----------------------------------------------
 def model_to_dict(model) -> dict:
     """The model's description as JSON-able text: symbols, parameters, equations, MLPs."""
-    from .neural import MLP
+    from dynlearn.core.neural import MLP
     nets = []
     for n in model.networks:
         if isinstance(n, MLP):
@@ -623,9 +628,9 @@ def model_from_dict(d: dict):
     parser (declared names, whitelisted functions and network outputs only)."""
     import sympy as sp
 
-    from .expressions import parse_expression
-    from .model import HybridModel
-    from .neural import MLP
+    from dynlearn.core.expressions import parse_expression
+    from dynlearn.core.model import HybridModel
+    from dynlearn.core.neural import MLP
     names: dict = {}
     for group in ("states", "inputs"):
         for n in d[group]:

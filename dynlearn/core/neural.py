@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import sympy as sp
 
-from .errors import ModelError, ParameterError
+from dynlearn.errors import ModelError, ParameterError
 
 __all__ = ["BaseNetwork", "MLP", "Network", "NetworkOutput", "ACTIVATIONS"]
 

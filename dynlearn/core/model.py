@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import sympy as sp
 
-from .errors import ModelError, ParameterError
-from .neural import BaseNetwork, NetworkOutput
-from .parameters import Parameter
-from .symbolic import CompiledExprs, jacobian_exprs
+from dynlearn.core.neural import BaseNetwork, NetworkOutput
+from dynlearn.core.parameters import Parameter
+from dynlearn.core.symbolic import CompiledExprs, jacobian_exprs
+from dynlearn.errors import ModelError, ParameterError
 
 __all__ = ["HybridModel"]
 
@@ -35,7 +35,7 @@ def _as_symbol(s, what: str) -> sp.Symbol:
 
 def _as_expr(e, where: str, names: Mapping[str, sp.Basic]) -> sp.Expr:
     if isinstance(e, str):
-        from .expressions import parse_expression
+        from dynlearn.core.expressions import parse_expression
         return parse_expression(e, names, where=where)
     if isinstance(e, (int, float, np.number)):
         return sp.Float(e) if isinstance(e, (float, np.floating)) else sp.Integer(int(e))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import DataError
+from dynlearn.errors import DataError
 
 __all__ = ["Dataset", "Experiment", "InputSignal"]
 
@@ -32,7 +32,7 @@ class InputSignal:
     """
 
     def __init__(self, t, values, kind: str = "linear", names: Sequence[str] | None = None):
-        from .solve import check_times
+        from dynlearn.solve import check_times
         self.t = check_times(t, "input time")
         v = np.asarray(values, dtype=float)
         if v.ndim == 1:
@@ -96,7 +96,7 @@ class Experiment:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        from .solve import check_times
+        from dynlearn.solve import check_times
         self.t = check_times(self.t, "t", f" in experiment '{self.name}'")
         for k, v in self.columns.items():
             v = np.asarray(v, dtype=float)
