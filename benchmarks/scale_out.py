@@ -86,10 +86,10 @@ def problem(n_exp: int = 32, n_t: int = 101, t_end: float = 10.0, seed: int = 0)
 def objective_settings(model, data):
     """The settings ``dl.fit`` builds its objective from (y0 from the first rows)."""
     from dynlearn.core.parameters import ParameterSpace
-    from dynlearn.fitting.fitter import _bind, _y0_parameters
-    bound = _bind(model, data, "first", None)
-    space = ParameterSpace(model, _y0_parameters(model, data, bound, "first", None),
-                           [e.name for e in data])
+    from dynlearn.objective.binding import FirstRow
+    y0s = FirstRow()
+    bound = y0s.bind(model, data)
+    space = ParameterSpace(model, y0s.parameters(model, data, bound), [e.name for e in data])
     return dict(model=model, bound=bound, space=space, l2=1e-3, rtol=RTOL, atol=ATOL)
 
 
@@ -164,7 +164,7 @@ def ceiling(n_exp: int, workers: int, what: str, repeats: int) -> tuple[float, f
     model, data = problem(n_exp)
     settings = objective_settings(model, data)
     x0 = settings["space"].x0
-    f = getattr(FitObjective(**settings), "_" + what)   # not remembered between calls
+    f = getattr(FitObjective(**settings), "compute_" + what)   # not remembered between calls
     f(x0)
     ts, tp = [], []
     try:
@@ -205,7 +205,7 @@ def task_overhead(client, n_round_trips: int = 50, burst: int = 200) -> dict:
 
 def run(args) -> dict:
     from dynlearn.distributed.dask import Parallel, local_client
-    from dynlearn.distributed.fanned import _FannedObjective
+    from dynlearn.distributed.fanned import FannedObjective
     from dynlearn.objective.objective import FitObjective
     model, data = problem(args.experiments)
     settings = objective_settings(model, data)
@@ -215,21 +215,22 @@ def run(args) -> dict:
     client = local_client(args.workers)
     try:
         client.wait_for_workers(args.workers)
-        fanned = _FannedObjective(Parallel(client), **settings)
+        fanned = FannedObjective(Parallel(client), **settings)
         try:
             # the raw evaluations (the public methods remember their last point). An LM step
             # needs the Jacobian serially, and on Dask the triangular factor of [J r], which
             # the workers reduce their rows to: compared through the normal equations
             rel = lambda a, b: float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))  # noqa: E731
-            for (ws, wp), label in ((("_jacobian", "_jacobian"), "residual Jacobian"),
-                                    (("_jacobian", "_system"), "LM step's system (Dask: "
-                                                               "QR-reduced on the workers)"),
-                                    (("_cost_and_grad", "_cost_and_grad"),
+            for (ws, wp), label in ((("compute_jacobian", "compute_jacobian"),
+                                     "residual Jacobian"),
+                                    (("compute_jacobian", "compute_system"),
+                                     "LM step's system (Dask: QR-reduced on the workers)"),
+                                    (("compute_cost_and_grad", "compute_cost_and_grad"),
                                      "loss gradient (adjoint)")):
                 f_s, f_p = getattr(serial, ws), getattr(fanned, wp)
                 ts, tp = paired_times(lambda f=f_s: f(x0), lambda f=f_p: f(x0), args.repeats)
                 a_s, a_p = f_s(x0), f_p(x0)
-                if wp == "_system":
+                if wp == "compute_system":
                     (r, J), (_, A, b) = a_s, a_p
                     err = max(rel(A.T @ A, J.T @ J), rel(A.T @ b, J.T @ r))
                     check = f"normal equations: max rel. diff {err:.1e}"
@@ -237,7 +238,7 @@ def run(args) -> dict:
                     err = max(rel(p, s) for s, p in zip(a_s, a_p))
                     check = f"max rel. diff {err:.1e}"
                 rows.append([f"{label}, {args.experiments} experiments", ts, tp, check])
-                if wp == "_jacobian":
+                if wp == "compute_jacobian":
                     extra["round_overhead_ms"] = 1e3 * (tp - ts / args.workers)
             extra["batches"] = len(fanned._batches)
         finally:

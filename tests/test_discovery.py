@@ -6,6 +6,7 @@ exactly (to rounding), noisy they must give the right support with coefficients 
 """
 
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,10 @@ import pytest
 import sympy as sp
 
 import dynlearn as dl
-from dynlearn.discovery.recovery import _region_points, _term_tag
+from dynlearn.discovery.recovery import term_tag
+from dynlearn.discovery.refit import path_supports
+from dynlearn.discovery.sampling import region_points
+from dynlearn.discovery.selection import Screen, information_criterion
 from dynlearn.testing import LV_TRUE, LV_Y0, lotka_volterra_model, lv_ude_problem
 
 x, y, z = sp.symbols("x y z")
@@ -113,8 +117,8 @@ def test_library_errors(make, match):
 
 def test_term_tags():
     a1, a2 = sp.symbols("a1 a2")
-    assert [_term_tag(t) for t in (sp.Integer(1), x, x * y, x ** 2 * y, sp.sin(2 * x),
-                                   sp.exp(-x), a1 * a2 ** 2)] == \
+    assert [term_tag(t) for t in (sp.Integer(1), x, x * y, x ** 2 * y, sp.sin(2 * x),
+                                  sp.exp(-x), a1 * a2 ** 2)] == \
         ["1", "x", "xy", "x2y", "sin_2x", "exp_mx", "a1_a2p2"]
 
 
@@ -266,14 +270,14 @@ def test_region_points_stay_in_region():
     rng = np.random.default_rng(0)
     th = np.linspace(0, 2 * np.pi, 200)
     P = np.column_stack([np.cos(th), 3 + 2 * np.sin(th)])      # a closed orbit
-    tube = _region_points(P, 500, "tube", rng, 0.05)
+    tube = region_points(P, 500, "tube", rng, 0.05)
     Q = (tube - [-1, 1]) / [2, 4]                                # unit box coordinates
     r = np.hypot(Q[:, 0] - 0.5, Q[:, 1] - 0.5)
     assert np.all(np.abs(r - 0.5) < 0.051)                       # within the tube
-    hull = _region_points(P, 500, "hull", rng, 0.05)
+    hull = region_points(P, 500, "hull", rng, 0.05)
     assert np.all(np.hypot(hull[:, 0], (hull[:, 1] - 3) / 2) <= 1 + 1e-9)
     assert np.hypot(hull[:, 0], (hull[:, 1] - 3) / 2).min() < 0.3  # fills the interior
-    box = _region_points(P, 500, "box", rng, 0.05)
+    box = region_points(P, 500, "box", rng, 0.05)
     assert np.all((box >= P.min(0)) & (box <= P.max(0)))
 
 
@@ -405,20 +409,119 @@ def test_refit_prunes_a_spurious_term():
     # without pruning the term stays, indistinguishable from zero
     once = rec.refit(y0=np.array(LV_Y0), prune=False)
     assert once.support()["nn[0]"] == ["y", "x*y"] and once.dropped == []
-    # recover() refits and prunes by default; the bare regression stays available
-    default = dl.recover(lv_hybrid(spurious_network()), data=data, y0=LV_Y0)
-    assert default.support() == refined.support() and default.stderr is not None
-    assert default.regression.support() == rec.support()
-    assert default.score.loc["nn[0]", "r2"] < rec.score.loc["nn[0]", "r2"]  # vs the network
+    # recover(select="prune") does the same; the bare regression stays available
+    pruned = dl.recover(lv_hybrid(spurious_network()), data=data, y0=LV_Y0, select="prune")
+    assert pruned.support() == refined.support() and pruned.stderr is not None
+    assert pruned.regression.support() == rec.support() and pruned.candidates is None
+    assert pruned.score.loc["nn[0]", "r2"] < rec.score.loc["nn[0]", "r2"]  # vs the network
+
+
+@pytest.fixture(scope="module")
+def spurious_selection():
+    """The default recovery (structure chosen through the ODE) of a network that hands over
+    a spurious term."""
+    _, data, _ = lv_ude_problem(noise=0.05, seed=3)
+    return data, dl.recover(lv_hybrid(spurious_network()), data=data, y0=LV_Y0)
+
+
+def test_selection_through_the_ode_drops_what_the_network_keeps(spurious_selection):
+    data, rec = spurious_selection
+    assert rec.regression.support() == {"nn[0]": ["y", "x*y"], "nn[1]": ["x*y"]}
+    assert rec.support() == {"nn[0]": ["x*y"], "nn[1]": ["x*y"]}
+    assert rec.coefficients.loc["x*y", "nn[0]"] == pytest.approx(-BETA, rel=0.02)
+    assert rec.coefficients.loc["x*y", "nn[1]"] == pytest.approx(GAMMA, rel=0.02)
+    assert rec.stderr[4, 0] < 0.01 and rec.fit.success
+    assert [(d["output"], d["term"], d["reason"]) for d in rec.dropped] == \
+        [("nn[0]", "y", "bic")]
+    # the regression's own choice was refitted too, and lost
+    table = rec.candidates
+    assert (table.terms == "nn[0]: y + x*y; nn[1]: x*y").sum() == 1
+    assert set(table.source) <= {"path", "swap", "backward", "exchange"}
+
+
+def test_candidate_table_is_consistent(spurious_selection):
+    data, rec = spurious_selection
+    table = rec.candidates
+    assert table.attrs["criterion"] == "bic"
+    assert list(table.columns[:5]) == ["terms", "n_coefficients", "loss", "criterion", "chosen"]
+    assert table.chosen.sum() == 1 and table.chosen.iloc[0]      # best first
+    best = table.iloc[0]
+    assert best.criterion == table.criterion.min() and best.delta == 0
+    assert best.terms == "nn[0]: x*y; nn[1]: x*y" and best.n_coefficients == 2
+    assert table.weight.sum() == pytest.approx(1.0)
+    assert table.criterion.is_monotonic_increasing
+    # the chosen row is the data fit of the recovered model: its loss, its criterion
+    assert best.loss == rec.fit.loss
+    assert best.criterion == information_criterion(rec.fit, "bic") == rec.fit.bic
+    k, n = rec.fit.n_params + 1, rec.fit.n_data        # + the profiled noise variance
+    assert information_criterion(rec.fit, "aicc") == pytest.approx(
+        rec.fit.aic + 2 * k * (k + 1) / (n - k - 1))
+    again = dl.fit(rec.to_model(), data, y0=np.array(LV_Y0), progress=False)
+    assert again.loss == pytest.approx(best.loss, rel=1e-6)
+    # every term that some candidate holds, with the support the data give it
+    inc = rec.inclusion.set_index(["output", "term"])
+    assert inc.loc[("nn[0]", "x*y"), "chosen"] and inc.loc[("nn[0]", "x*y"), "weight"] > 0.5
+    assert not inc.loc[("nn[0]", "y"), "chosen"]
+    assert inc.loc[("nn[0]", "y"), "members"] == 1.0         # the one network kept it
+    assert inc.loc[("nn[0]", "y"), "weight"] < inc.loc[("nn[0]", "x*y"), "weight"]
+    assert ((inc.weight >= 0) & (inc.weight <= 1 + 1e-12)).all()
+
+
+def test_recover_from_several_fits_by_aicc(spurious_selection):
+    """Several fits of one model (a list or an ensemble): the best is read, every one adds
+    candidates and counts in inclusion.members."""
+    data, default = spurious_selection
+
+    def fitted(net, loss):          # what recover reads of a fit result
+        return SimpleNamespace(model=lv_hybrid(net), data=data, loss=loss,
+                               y0={"data": np.array(LV_Y0)},
+                               config={"loss": "ls"})
+    fits = [fitted(exact_network(), 2.0), fitted(spurious_network(), 1.0)]
+    rec = dl.recover(fits, criterion="aicc")
+    assert rec.regression.support() == default.regression.support()   # the lower loss
+    assert rec.support() == {"nn[0]": ["x*y"], "nn[1]": ["x*y"]}
+    assert rec.candidates.attrs["criterion"] == "aicc"
+    assert rec.candidates.iloc[0].criterion == information_criterion(rec.fit, "aicc")
+    inc = rec.inclusion.set_index(["output", "term"])
+    assert inc.loc[("nn[0]", "y"), "members"] == 0.5
+    assert inc.loc[("nn[0]", "x*y"), "members"] == 1.0
+    for bad, match in (([], "empty list"), ([object()], "needs fit results")):
+        with pytest.raises(dl.ModelError, match=match):
+            dl.recover(bad)
+
+
+def test_select_options(spurious_selection):
+    data, default = spurious_selection
+    few = default.regression.select(max_refits=1, y0=np.array(LV_Y0))
+    assert len(few.candidates) == 1 and few.candidates.chosen.all()
+    for kwargs, match in (({"criterion": "aic"}, "criterion must be one of"),
+                          ({"max_refits": 0}, "max_refits must be")):
+        with pytest.raises(dl.OptionError, match=match):
+            default.regression.select(**kwargs)
+    with pytest.raises(dl.OptionError, match="select must be one of"):
+        dl.recover(lv_hybrid(spurious_network()), data=data, select="network")
+    with pytest.raises(dl.OptionError, match="criterion must be one of"):
+        dl.recover(lv_hybrid(spurious_network()), data=data, criterion="aic")
+
+
+def test_screen_skips_candidates_that_run_away(spurious_selection):
+    """A candidate whose simulation from its start leaves the data's region is not refitted."""
+    data, rec = spurious_selection
+    screen = Screen(rec.regression, data)
+    assert screen(rec.regression.coef) is None
+    runaway = np.zeros_like(rec.regression.coef)
+    runaway[3, 0] = 5.0                                   # x' = 1.3 x + 5 x**2: blows up
+    assert "runs away" in screen(runaway)
+    assert "fails" in screen(runaway * 100) or "runs away" in screen(runaway * 100)
 
 
 def test_path_supports_are_the_regressions_candidate_models():
     _, data, _ = lv_ude_problem(noise=0.05, seed=3)
     rec = dl.recover(lv_hybrid(spurious_network()), data=data, y0=LV_Y0, refit=False)
     found = {(rec.outputs[j], tuple(np.array(rec.terms, dtype=object)[sup].astype(str)))
-             for j, sup, _ in rec._path_supports()}
+             for j, sup, _ in path_supports(rec)}
     assert ("nn[0]", ("y", "x*y")) in found and ("nn[0]", ("x*y",)) in found
-    for _, sup, xi in rec._path_supports():
+    for _, sup, xi in path_supports(rec):
         assert np.all((xi != 0) == sup)
     # step 2 of the elimination can be switched off or use AIC
     assert rec.refit(y0=np.array(LV_Y0), criterion=None).support()["nn[0]"] == ["x*y"]

@@ -155,3 +155,96 @@ def test_function_table_maps_to_sympy():
     for name, (fun, nargs) in FUNCTIONS.items():
         args = [x] * (nargs[0] if nargs else 2)
         assert isinstance(fun(*args), sp.Basic), name
+
+
+# --- issue #12: linear parsing, invalid constants, nesting, normalised names -------------------
+LONG = {
+    # Max of many powers took n^2.5 (5,000 characters: 4 minutes)
+    "max": lambda n: "Max(" + ", ".join(f"x**{1 + i % 1000}" for i in range(n)) + ")",
+    "sum": lambda n: " + ".join(f"a*x**{i}" for i in range(1, n + 1)),
+    "difference": lambda n: " - ".join(f"x/{i}" for i in range(1, n + 1)),
+    "product": lambda n: " * ".join(f"(x + {i})" for i in range(1, n + 1)),
+    "sum of Min": lambda n: " + ".join(f"Min(x, {i})" for i in range(1, n + 1)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LONG))
+def test_parsing_is_roughly_linear(kind):
+    import time
+    n = 1
+    while len(LONG[kind](n + 1)) <= 10_000:
+        n += 1
+    text = LONG[kind](n)
+    assert 5_000 < len(text) <= 10_000
+    t0 = time.perf_counter()
+    parse_expression(text, NAMES)
+    # 10,000 characters in well under a second on an idle machine; the bound leaves room
+    # for a loaded one (it was minutes)
+    assert time.perf_counter() - t0 < 5.0
+
+
+def test_long_chains_build_what_term_by_term_building_builds():
+    # a chain of + and - is built in one go; the result (down to the order in which sympy
+    # adds floating-point numbers) is the one adding term by term gives
+    text = "y + 0.1*x - (2.5 + x) + 1.3 - 0.7*x + (0.2 - y) + pi/3 - 1.1"
+    e = parse_expression(text, NAMES)
+    ref = y + sp.Float(0.1) * x - (sp.Float(2.5) + x) + sp.Float(1.3) - sp.Float(0.7) * x \
+        + (sp.Float(0.2) - y) + sp.pi / 3 - sp.Float(1.1)
+    assert sp.srepr(e) == sp.srepr(ref)
+    # a short product is built factor by factor (sympy distributes a number over a sum only
+    # in a two-factor product)
+    assert parse_expression("2*(x + y)*a", NAMES) == 2 * (x + y) * a
+    # Max/Min with many arguments: numbers folded, repeats dropped, the same values
+    e = parse_expression("Max(" + ", ".join(["x", "1", "y", "x", "2"] * 4) + ")", NAMES)
+    assert sorted(map(str, e.args)) == ["2", "x", "y"]
+    f = sp.lambdify([x, y], e)
+    assert f(0.5, 3.0) == 3.0 and f(0.5, 1.0) == 2.0
+    assert str(e) == "Max(2, x, y)"   # written to model files as Max, read back as Max
+
+
+def test_a_long_sum_is_not_too_deeply_nested():
+    # the syntax tree of a + b + c + ... is as deep as the sum is long
+    text = " + ".join(f"{i}*x" for i in range(1, 1200))
+    assert len(text) < 10_000
+    assert parse_expression(text, NAMES) == sum(range(1, 1200)) * x
+
+
+@pytest.mark.parametrize("text, culprit", [
+    ("sqrt(-1)*x", "sqrt(-1)"), ("log(-1) + x", "log(-1)"), ("log(0)*x", "log(0)"),
+    ("x + 1/0", "1/0"), ("1e400*x", "1e400"), ("exp(1000)*x", "exp(1000)"),
+    ("pi**999 + x", "pi**999"), ("(-8)**(1/3)*x", "(-8)**(1/3)"), ("acosh(0) + x", "acosh(0)"),
+    ("asin(2)*x", "asin(2)"), ("x*atan2(0, 0)", "atan2(0, 0)"), ("1e200*1e200*x", "1e200"),
+    ("x/(pi - pi)", "pi - pi"), ("(-2.5)**0.5*x", "(-2.5)**0.5"),
+])
+def test_invalid_constants_are_refused_naming_the_sub_expression(text, culprit):
+    with pytest.raises(dl.ModelError) as err:
+        parse_expression(text, NAMES, where="rhs of 'x'")
+    msg = str(err.value)
+    assert culprit in msg and "rhs of 'x'" in msg
+    assert "not a real number" in msg or "not a finite number" in msg or "too large" in msg
+
+
+def test_valid_constants_are_kept():
+    for text in ("exp(-1000)*x", "log(2)*x", "sqrt(2) - x", "1e300*x", "0**2 + x", "acosh(1)*x",
+                 "atan2(0, 1) + x", "E**2*x", "(-8)**2*x", "(-8)**(-1)*x"):
+        parse_expression(text, NAMES)
+
+
+def test_nesting_beyond_the_limit_is_refused_with_its_depth():
+    from dynlearn.core.expressions import MAX_DEPTH
+    ok = "exp(" * (MAX_DEPTH - 1) + "x" + ")" * (MAX_DEPTH - 1)
+    parse_expression(ok, NAMES)
+    deep = "exp(" * MAX_DEPTH + "x" + ")" * MAX_DEPTH
+    with pytest.raises(dl.ModelError, match=f"nested {MAX_DEPTH + 1} levels deep"):
+        parse_expression(deep, NAMES)
+    with pytest.raises(dl.ModelError, match="nested"):
+        parse_expression("-" * 200 + "x", NAMES)
+
+
+def test_declared_names_match_their_normalised_form():
+    # Python's parser turns the micro sign (U+00B5) into mu (U+03BC) in equations; a name
+    # declared with either is found
+    micro, mu = "\u00b5", "\u03bc"
+    m = sp.Symbol(micro)
+    assert parse_expression(f"{micro}*x", {"x": x, micro: m}) == m * x
+    assert parse_expression(f"{mu}*x", {"x": x, micro: m}) == m * x

@@ -7,37 +7,13 @@ import pytest
 import sympy as sp
 
 import dynlearn as dl
+from dynlearn.optimizers import Status
+from dynlearn.testing import LV_TRUE, decay_model
+from dynlearn.testing import lotka_volterra_data as lv_data
+from dynlearn.testing import lotka_volterra_fit_model as lv_model
 
 x, y, u = sp.symbols("x y u")
 k, a, b, c, d = sp.symbols("k alpha beta gamma delta")
-
-
-def decay_model(k0=0.5):
-    return dl.HybridModel(states=[x], rhs={x: -k * x},
-                          params={k: dl.Parameter(k0, min=0.0, transform="log")})
-
-
-def lv_model(start=(1.0, 1.0, 1.0, 1.5)):
-    return dl.HybridModel(states=[x, y], rhs={x: a * x - b * x * y, y: c * x * y - d * y},
-                          params={a: dl.Parameter(start[0], min=0, transform="log"),
-                                  b: start[1], c: dl.Parameter(start[2], transform="log"),
-                                  d: start[3]})
-
-
-LV_TRUE = {"alpha": 1.3, "beta": 0.9, "gamma": 0.8, "delta": 1.8}
-
-
-def lv_data(noise=0.05, seed=0, t=None, y0=(0.44, 4.6), observed=("x", "y")):
-    t = np.linspace(0, 10, 41) if t is None else t
-    truth = lv_model().with_params(**LV_TRUE)
-    sol = dl.simulate(truth, t, y0, rtol=1e-10, atol=1e-10)
-    rng = np.random.default_rng(seed)
-    Y = sol.y + noise * rng.standard_normal(sol.y.shape)
-    cols = {"t": t}
-    for i, s in enumerate(("x", "y")):
-        if s in observed:
-            cols[s] = Y[:, i]
-    return dl.Dataset.from_frame(pd.DataFrame(cols))
 
 
 def covered(result, truth):
@@ -211,6 +187,36 @@ def test_multistart_and_mapper():
     assert list(r.starts["start"]) == [0, 1, 2]
 
 
+def test_executors():
+    """client= resolves to an executor; the serial one runs starts one after another, each
+    with an objective it makes; any Executor can be passed to dl.fit."""
+    from dynlearn.distributed.executor import MapExecutor, SerialExecutor, resolve_executor
+    assert isinstance(resolve_executor(None), SerialExecutor)
+    assert isinstance(resolve_executor(map), MapExecutor)
+    serial = SerialExecutor()
+    assert resolve_executor(serial) is serial
+    with pytest.raises(dl.OptionError, match="client must be a dask.distributed.Client"):
+        resolve_executor(object())
+    def task(item, b):
+        return divmod(item, b)
+    assert serial.map(task, [7, 9], ["a", "b"], {"b": 4}) == [(1, 3), (2, 1)]
+    assert MapExecutor(map).map(task, [7, 9], ["a", "b"], {"b": 4}) == [(1, 3), (2, 1)]
+
+    class Counting(SerialExecutor):
+        made = 0
+
+        def objective(self, settings):
+            Counting.made += 1
+            return super().objective(settings)
+    data = lv_data(seed=8)
+    opt = dl.LevenbergMarquardt(max_iter=25)
+    r = dl.fit(lv_model(), data, n_starts=2, seed=1, progress=False, client=Counting(),
+               optimizer=opt)
+    assert Counting.made == 2
+    pd.testing.assert_frame_equal(r.starts, dl.fit(lv_model(), data, n_starts=2, seed=1,
+                                                   progress=False, optimizer=opt).starts)
+
+
 def test_solver_failure_mid_fit_is_rejected_and_fit_completes(monkeypatch):
     """Trial points where the solver fails are rejected; the optimizer backs off."""
     import dynlearn.objective.objective as objective
@@ -223,7 +229,7 @@ def test_solver_failure_mid_fit_is_rejected_and_fit_completes(monkeypatch):
                 raise dl.SolveError("simulated failure: step size too small", status=-1)
             return real(*args, **kwargs)
         return solve
-    for name in ("solve_observed", "discrete_observable_jacobian"):
+    for name in ("solve_observed", "observable_jacobian"):
         monkeypatch.setattr(objective, name, flaky(getattr(objective, name)))
     r = dl.fit(lv_model(), lv_data(seed=9), progress=False)
     assert r.success, r.message
@@ -255,8 +261,9 @@ def test_interrupt_and_resume_from_checkpoint(tmp_path):
     def stop_after_3(info):
         return info["iteration"] >= 3
     r1 = dl.fit(lv_model(), data, checkpoint=ck, callback=stop_after_3, progress=False)
-    assert not r1.success and r1.status == 2 and "callback" in r1.message
+    assert not r1.success and r1.status is Status.CALLBACK and "callback" in r1.message
     assert (tmp_path / "ck.json").exists() and (tmp_path / "ck.npz").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.json", "ck.npz"]  # no temp files
     r2 = dl.fit(lv_model(), data, checkpoint=ck, resume=True, progress=False)
     full = dl.fit(lv_model(), data, progress=False)
     assert r2.success
@@ -267,14 +274,17 @@ def test_interrupt_and_resume_from_checkpoint(tmp_path):
     def ctrl_c(info):
         if info["iteration"] == 2:
             raise KeyboardInterrupt
-    r3 = dl.fit(lv_model(), data, callback=ctrl_c, progress=False)
-    assert not r3.success and r3.status == 3 and "interrupted" in r3.message
+    with pytest.raises(KeyboardInterrupt) as info:   # Ctrl-C stops the script, too
+        dl.fit(lv_model(), data, callback=ctrl_c, progress=False)
+    assert isinstance(info.value, dl.FitInterrupted)
+    r3 = info.value.result                             # the best point so far
+    assert not r3.success and r3.status is Status.INTERRUPTED and "interrupted" in r3.message
     assert np.isfinite(r3.loss) and r3.loss < dl.loss(lv_model(), data)
 
 
 def test_time_limit_keeps_best_point():
     r = dl.fit(lv_model(), lv_data(), max_time=0.0, progress=False)
-    assert not r.success and "max_time" in r.message
+    assert not r.success and r.status is Status.MAX_TIME and "max_time" in r.message
 
 
 def test_network_l2_and_staged_fit_runs():
@@ -337,13 +347,14 @@ def test_multiple_shooting_escapes_the_local_minimum_of_single_shooting():
 
 def test_multiple_shooting_jacobian_matches_finite_differences():
     from dynlearn.core.parameters import ParameterSpace
-    from dynlearn.fitting.fitter import _bind, _y0_parameters
+    from dynlearn.objective.binding import initial_states
     from dynlearn.objective.objective import FitObjective
     from dynlearn.objective.shooting import ShootingObjective
     data = lv_data(t=np.linspace(0, 6, 13))
     model = lv_model()
-    bound = _bind(model, data, "estimate", None)
-    space = ParameterSpace(model, _y0_parameters(model, data, bound, "estimate", None), ["data"])
+    y0s = initial_states("estimate", model)
+    bound = y0s.bind(model, data)
+    space = ParameterSpace(model, y0s.parameters(model, data, bound), ["data"])
     ms = ShootingObjective(FitObjective(model, bound, space),
                            4, 10.0)
     z = ms.initial(space.x0)
@@ -358,38 +369,40 @@ def test_objective_remembers_its_last_evaluation_only():
     there for the covariance); the objective answers from memory, with read-only arrays,
     and forgets when x or the noise levels change."""
     from dynlearn.core.parameters import ParameterSpace
-    from dynlearn.fitting.fitter import _bind, _y0_parameters
+    from dynlearn.objective.binding import initial_states
     from dynlearn.objective.objective import FitObjective
     model, data = lv_model(), lv_data()
-    bound = _bind(model, data, "first", None)
-    space = ParameterSpace(model, _y0_parameters(model, data, bound, "first", None),
+    y0s = initial_states("first", model)
+    bound = y0s.bind(model, data)
+    space = ParameterSpace(model, y0s.parameters(model, data, bound),
                            [e.name for e in data])
     obj = FitObjective(model=model, bound=bound, space=space)
     solves = []
-    for name in ("_residuals", "_jacobian"):
+    for name in ("compute_residuals", "compute_jacobian"):
         f = getattr(obj, name)
         setattr(obj, name, lambda x, f=f, name=name: solves.append(name) or f(x))
     x0 = space.x0
     r, J = obj.jacobian(x0)
     assert obj.residuals(x0.copy()) is r and obj.jacobian(x0)[1] is J
-    assert solves == ["_jacobian"]
+    assert solves == ["compute_jacobian"]
     with pytest.raises(ValueError):
         J[0, 0] = 1.0                       # nobody can change what is remembered
     x1 = x0 + 1e-3
     r1 = obj.residuals(x1)
     assert not np.array_equal(r1, r)
     obj.jacobian(x1)                        # residuals alone do not make a Jacobian
-    assert solves == ["_jacobian", "_residuals", "_jacobian"]
+    assert solves == ["compute_jacobian", "compute_residuals", "compute_jacobian"]
     obj.set_sigma(2.0 * obj.sigma_hat)      # new scales: forget
     np.testing.assert_allclose(obj.residuals(x1), 0.5 * r1, rtol=1e-12)
-    assert solves[-1] == "_residuals"
+    assert solves[-1] == "compute_residuals"
 
 
 def test_fit_reuses_the_final_jacobian_for_the_covariance(monkeypatch):
     from dynlearn.objective.objective import FitObjective
     made = []
-    jac = FitObjective._jacobian
-    monkeypatch.setattr(FitObjective, "_jacobian", lambda self, x: made.append(1) or jac(self, x))
+    jac = FitObjective.compute_jacobian
+    monkeypatch.setattr(FitObjective, "compute_jacobian",
+                        lambda self, x: made.append(1) or jac(self, x))
     res = dl.fit(lv_model(), lv_data(), progress=False)
     assert res.success and np.all(np.isfinite(res.params["stderr"]))
     assert len(made) == res.njev        # none extra for the covariance
@@ -422,7 +435,7 @@ def test_multiple_shooting_caps_its_segment_states():
     """Many experiments: the pieces lengthen so that the segment states stay within
     max_states (the Jacobian's columns); one experiment keeps its pieces of 3 times."""
     from dynlearn.core.parameters import ParameterSpace
-    from dynlearn.fitting.fitter import _bind, _y0_parameters
+    from dynlearn.objective.binding import initial_states
     from dynlearn.objective.objective import FitObjective
     from dynlearn.objective.shooting import ShootingObjective
     one = lv_data().to_frame()
@@ -430,8 +443,9 @@ def test_multiple_shooting_caps_its_segment_states():
     model = lv_model()
     for frame, group in ((one, None), (many, "run")):
         data = dl.Dataset.from_frame(frame, group=group)
-        bound = _bind(model, data, "first", None)
-        space = ParameterSpace(model, _y0_parameters(model, data, bound, "first", None),
+        y0s = initial_states("first", model)
+        bound = y0s.bind(model, data)
+        space = ParameterSpace(model, y0s.parameters(model, data, bound),
                                [e.name for e in data])
         obj = FitObjective(model, bound, space)
         ms = ShootingObjective(obj, None, 10.0, 3, 50, max_states=600)
@@ -453,10 +467,10 @@ def test_block_steps_of_multiple_shooting_equal_the_dense_ones(network):
     step of the whole shooting Jacobian, as its SVD does (with a network, its L2 rows use
     the shared columns only)."""
     from dynlearn.core.parameters import ParameterSpace
-    from dynlearn.fitting.fitter import _bind, _y0_parameters
+    from dynlearn.objective.binding import initial_states
     from dynlearn.objective.objective import FitObjective
     from dynlearn.objective.shooting import ShootingObjective
-    from dynlearn.optimizers.optimizers import _BlockSteps, _DenseSteps
+    from dynlearn.optimizers.steps import BlockSteps, DenseSteps
     frames = [lv_data(seed=i, y0=(0.4 + 0.1 * i, 4.0 + 0.3 * i)).to_frame().assign(run=f"r{i}")
               for i in range(4)]
     data = dl.Dataset.from_frame(pd.concat(frames), group="run")
@@ -465,8 +479,9 @@ def test_block_steps_of_multiple_shooting_equal_the_dense_ones(network):
         nn = dl.MLP("nn", inputs=[x, y], outputs=2, hidden=[4], seed=0, scale=0.1)
         model = dl.HybridModel(states=[x, y], params=model.params,
                                rhs={x: model.rhs[0] + nn[0], y: model.rhs[1] + nn[1]})
-    bound = _bind(model, data, "estimate", None)
-    space = ParameterSpace(model, _y0_parameters(model, data, bound, "estimate", None),
+    y0s = initial_states("estimate", model)
+    bound = y0s.bind(model, data)
+    space = ParameterSpace(model, y0s.parameters(model, data, bound),
                            [e.name for e in data])
     ms = ShootingObjective(FitObjective(model, bound, space, l2=1e-2 if network else 0.0),
                            None, 10.0)
@@ -474,7 +489,7 @@ def test_block_steps_of_multiple_shooting_equal_the_dense_ones(network):
     r, J = ms.jacobian(z)
     assert J.shape[1] > 3 * ms.n_shared                   # e.g. 12 shared, 160 segment
     ds = np.maximum(np.linalg.norm(J, axis=0), 1e-12)
-    dense, block = _DenseSteps(J, r, ds), _BlockSteps(J, r, ds, ms.n_shared, ms.blocks())
+    dense, block = DenseSteps(J, r, ds), BlockSteps(J, r, ds, ms.n_shared, ms.blocks())
     assert block.smax2 == pytest.approx(dense.smax2, rel=1e-3)
     np.testing.assert_allclose(block.g, dense.g, rtol=1e-12, atol=1e-12 * np.abs(dense.g).max())
     for lam in (1e-6, 1e-2, 1.0, 1e3):

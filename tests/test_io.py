@@ -298,6 +298,39 @@ def test_model_to_toml_round_trip(tmp_path):
         assert m2.inputs == m.inputs
 
 
+def test_model_file_round_trip_keeps_initial_weights():
+    # seed and scale are written, so a model file describes the initial weights exactly
+    import sympy as sp
+
+    from dynlearn.io.model_file import model_to_toml
+    x, y, a = sp.symbols("x y a")
+    nn = dl.MLP("nn", inputs=[x, y], outputs=2, hidden=[5], seed=3, scale=0.1)
+    m = dl.HybridModel(states=[x, y], params={a: 0.5}, rhs={x: a * x + nn[0], y: -y + nn[1]})
+    text = model_to_toml(m)
+    assert "scale = 0.1" in text and "seed = 3" in text
+    np.testing.assert_array_equal(parse_model_text(text).model.theta0, m.theta0)
+    # a fitted model's file describes where the fit started (weights are not written)
+    fitted = m.with_theta(m.theta0 + 1.0)
+    np.testing.assert_array_equal(parse_model_text(model_to_toml(fitted)).model.theta0[1:],
+                                  m.theta0[1:])
+
+
+def test_csv_errors_name_the_model_file_line(tmp_path):
+    mf = load_model_file(write(tmp_path, LV.replace('time = "year"', 'time = "Year"')))
+    csv = write(tmp_path, "year,hare,lynx\n1900,1,2\n", "data.csv")
+    line = LV.replace('time = "year"', 'time = "Year"').splitlines().index('time = "Year"') + 1
+    with pytest.raises(dl.DataError, match=rf"data\.csv: no column 'Year' for the time \(did you "
+                       rf"mean 'year'\? names are case-sensitive\), named in .*model\.toml, "
+                       rf"line {line};"):
+        mf.read_data(csv)
+    bad = LV.replace('[data]', '[noise]\nsigma_columns = { hare = "hare_sd" }\n\n[data]')
+    mf = load_model_file(write(tmp_path, bad))
+    line = bad.splitlines().index('sigma_columns = { hare = "hare_sd" }') + 1
+    with pytest.raises(dl.DataError, match=rf"no column 'hare_sd' for noise levels .*, named in "
+                                           rf".*model\.toml, line {line};"):
+        mf.read_data(csv)
+
+
 def test_documented_layout_parses(tmp_path):
     import dynlearn.io.model_file as dio
     doc = dio.__doc__

@@ -130,6 +130,34 @@ def test_save_load_roundtrip_without_pickle(lv_fit, tmp_path):
         dl.load_result(tmp_path / "fit")
 
 
+def test_save_is_atomic(lv_fit, tmp_path, monkeypatch):
+    """A save that fails leaves the previous result files as they were (the JSON, which
+    readers open first, in every case) and no temporary files."""
+    import os
+    _, _, r = lv_fit
+    jpath, npath = r.save(tmp_path / "fit")
+    before = (open(jpath, "rb").read(), open(npath, "rb").read())
+    r2 = dl.fit(r.model0, r.data, y0="estimate", progress=False,
+                optimizer=dl.LevenbergMarquardt(max_iter=1))
+    real, calls = os.replace, []
+
+    def fail_from(n):
+        def replace(src, dst):
+            calls.append(dst)
+            if len(calls) >= n:
+                raise OSError("disk full")
+            return real(src, dst)
+        return replace
+    for n, unchanged in ((1, before), (2, before[:1])):   # no rename / the JSON's fails
+        calls.clear()
+        monkeypatch.setattr(os, "replace", fail_from(n))
+        with pytest.raises(OSError, match="disk full"):
+            r2.save(tmp_path / "fit")
+        monkeypatch.undo()
+        assert (open(jpath, "rb").read(), open(npath, "rb").read())[:len(unchanged)] == unchanged
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.json", "fit.npz"]
+
+
 def test_save_load_network_model(tmp_path):
     nn = dl.MLP("nn", inputs=[x], outputs=1, hidden=[3], activation="tanh", seed=1, scale=0.1)
     model = dl.HybridModel(states=[x], rhs={x: -k * x + nn[0]}, params={k: 0.5})
@@ -214,11 +242,12 @@ def test_profile_interval_of_a_nonlinear_fit_ends_where_the_deviance_reaches_the
     w_lo, w_hi = prof.wald
     assert (hi - prof.estimate) / (prof.estimate - lo) > 1.1 * (w_hi - prof.estimate) / (
         prof.estimate - w_lo)                                    # skewed to larger rates
-    from dynlearn.analysis.likelihood_profile import _deviance, _refit_at
-    for end in (lo, hi):
-        loss, ok = _refit_at(end, res.model, data, "k", dict(res._refit, progress=False))
-        assert ok
-        assert _deviance(res, np.array([loss]))[0] == pytest.approx(prof.threshold, rel=0.05)
+    from dynlearn.results.likelihood_profile import deviance
+    for end in (lo, hi):          # the refits of the profile, at its ends
+        r = res.refit(fixed={"k": end}, optimizer=dl.LevenbergMarquardt(), progress=False)
+        assert r.success and np.isfinite(r.loss)
+        assert r.params.loc["k", "fixed"] and r.params.loc["k", "value"] == end
+        assert deviance(res, [r.loss])[0] == pytest.approx(prof.threshold, rel=0.05)
 
 
 def test_profile_errors(lv_fit, tmp_path):
@@ -230,6 +259,8 @@ def test_profile_errors(lv_fit, tmp_path):
     res.save(tmp_path / "r")
     with pytest.raises(dl.OptionError, match="made in this session"):
         dl.load_result(tmp_path / "r").profile("beta")
+    with pytest.raises(dl.OptionError, match="made in this session"):
+        dl.load_result(tmp_path / "r").refit()
     with pytest.warns(UserWarning, match="does not reach"):
         prof = res.profile("beta", values=[0.9, 0.8951, 0.8952])
     assert prof.interval == (-np.inf, np.inf)

@@ -1,7 +1,7 @@
-"""Analyses built from refits: profile likelihoods, bootstrap and ensembles."""
+"""Analyses built from many fits: bootstrap and ensembles (profile likelihoods, refits of one
+result, live in :mod:`dynlearn.results.likelihood_profile`)."""
 
 from dynlearn.analysis.bootstrap import Bootstrap, bootstrap
 from dynlearn.analysis.ensemble import Ensemble, ensemble
-from dynlearn.analysis.likelihood_profile import Profile, profile
 
-__all__ = ["Bootstrap", "Ensemble", "Profile", "bootstrap", "ensemble", "profile"]
+__all__ = ["Bootstrap", "Ensemble", "bootstrap", "ensemble"]

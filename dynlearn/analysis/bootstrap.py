@@ -1,15 +1,23 @@
-"""Bootstrap refits: the spread of the estimates under resampled data."""
+"""Bootstrap refits: the spread of the estimates under resampled data.
+
+The replicates are independent fits: they run through the executor of the ``client=``
+argument (:func:`dynlearn.distributed.executor.resolve_executor`), one task per replicate on
+Dask, one after another otherwise.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from dynlearn.distributed.dask import _resolve, _run_tasks
+from dynlearn.analysis.checks import check_count
+from dynlearn.data.dataset import Dataset, as_dataset
+from dynlearn.distributed.executor import resolve_executor
 from dynlearn.errors import DataError, OptionError
+from dynlearn.fitting.fitter import fit
 
 # --- bootstrap ---------------------------------------------------------------------------------
 _BASE_ONLY = ("n_starts", "callback", "checkpoint", "checkpoint_interval", "resume", "throw")
@@ -106,9 +114,6 @@ class _ExperimentResampler:
         return rng.integers(0, n, size=n)
 
     def make(self, idx):
-        from dataclasses import replace
-
-        from dynlearn.data.dataset import Dataset
         seen: dict[str, int] = {}
         exps = []
         for i in idx:
@@ -136,7 +141,7 @@ class _ResidualResampler:
         obj = result.objective()
         frame = result.residuals()
         self.dataset = result.data
-        self.log = obj.loss == "log"
+        self.loss = obj.loss
         self.obs = list(obj.obs)
         self.fitted, self.scales, self.masks = [], [], []
         pos = 0
@@ -168,15 +173,12 @@ class _ResidualResampler:
         return out
 
     def make(self, draws):
-        from dataclasses import replace
-
-        from dynlearn.data.dataset import Dataset
         exps = []
         for e, H, sc, M, d in zip(self.dataset, self.fitted, self.scales, self.masks, draws):
             cols = dict(e.columns)
             with np.errstate(divide="ignore", invalid="ignore"):
                 step = d / sc
-                new = H * np.exp(step) if self.log else H + step
+                new = self.loss.shifted(H, step)
             for k, o in enumerate(self.obs):
                 if o in cols:
                     cols[o] = np.where(M[:, k], new[:, k], np.nan)
@@ -188,7 +190,6 @@ class _ResidualResampler:
 
 
 def _refit_task(item, model, resampler, fit_kwargs):
-    from dynlearn.fitting.fitter import fit
     index, draw = item
     data = resampler.make(draw)
     kw = dict(fit_kwargs)
@@ -200,12 +201,6 @@ def _refit_task(item, model, resampler, fit_kwargs):
               zip(r.params.index, r.params["value"], r.params["fixed"]) if not fixed}
     return _Replicate(index, float(r.loss), bool(r.success), r.message,
                       int(r.nfev + r.njev + r.ngev), values, r.model.theta0)
-
-
-def _check_count(n, what: str) -> int:
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-        raise OptionError(f"{what} must be a positive integer, got {n!r}")
-    return int(n)
 
 
 def bootstrap(model, data, n: int = 100, *, kind: str = "auto", seed: int | None = 0,
@@ -252,10 +247,7 @@ def bootstrap(model, data, n: int = 100, *, kind: str = "auto", seed: int | None
     >>> boot.summary()                                                # doctest: +SKIP
     """
     import pandas as pd
-
-    from dynlearn.data.dataset import as_dataset
-    from dynlearn.fitting.fitter import fit
-    n = _check_count(n, "n")
+    n = check_count(n, "n")
     if kind not in ("auto", "experiments", "residuals"):
         raise OptionError(f"kind={kind!r}: use 'auto', 'experiments' or 'residuals'")
     dataset = as_dataset(data)
@@ -265,15 +257,15 @@ def bootstrap(model, data, n: int = 100, *, kind: str = "auto", seed: int | None
         raise DataError("kind='experiments' resamples experiments, but the data has only one; "
                         "use kind='residuals'")
     refit_kw = {k_: v for k_, v in fit_kwargs.items() if k_ not in _BASE_ONLY}
-    par = _resolve(client)
-    base = fit(model, dataset, seed=seed, client=par, progress=progress, **fit_kwargs)
+    executor = resolve_executor(client)
+    base = fit(model, dataset, seed=seed, client=executor, progress=progress, **fit_kwargs)
     resampler = (_ExperimentResampler(dataset) if kind == "experiments"
                  else _ResidualResampler(base))
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(n)]
     items = [(i, resampler.draw(rng)) for i, rng in enumerate(rngs)]
-    reps = _run_tasks(par, _refit_task, items, [f"bootstrap replicate {i}" for i in range(n)],
-                      {"model": base.model, "resampler": resampler, "fit_kwargs": refit_kw},
-                      progress=progress, desc="bootstrap")
+    reps = executor.map(_refit_task, items, [f"bootstrap replicate {i}" for i in range(n)],
+                        {"model": base.model, "resampler": resampler, "fit_kwargs": refit_kw},
+                        progress=progress, desc="bootstrap")
     names = [nm for nm, fixed in zip(base.params.index, base.params["fixed"]) if not fixed]
     rows = []
     for r in reps:

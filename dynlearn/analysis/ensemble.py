@@ -1,4 +1,9 @@
-"""Ensembles: fits of one model from differently initialised networks."""
+"""Ensembles: fits of one model from differently initialised networks.
+
+The members are independent fits: they run through the executor of the ``client=``
+argument (:func:`dynlearn.distributed.executor.resolve_executor`), one task per member on
+Dask, one after another otherwise.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from dynlearn.analysis.bootstrap import _check_count
-from dynlearn.distributed.dask import _resolve, _run_tasks
+from dynlearn.analysis.checks import check_count
+from dynlearn.core.model import HybridModel
+from dynlearn.core.neural import MLP
+from dynlearn.data.dataset import as_dataset
+from dynlearn.distributed.executor import resolve_executor
 from dynlearn.errors import OptionError
+from dynlearn.fitting.fitter import fit
 
 __all__ = ["Ensemble", "ensemble"]
 
@@ -88,7 +97,6 @@ def _redraw_weights(model, rng) -> np.ndarray:
     built with a small output ``scale`` (a model that starts close to its physics) gives
     members that do too. Other networks get their weights scaled by ``1 + 0.5 N(0, 1)``.
     """
-    from dynlearn.core.neural import MLP
     theta = model.theta0
     slices = model.theta_slices()
     for net in model.networks:
@@ -107,13 +115,8 @@ def _redraw_weights(model, rng) -> np.ndarray:
 
 
 def _member_task(item, model, data, fit_kwargs):
-    from dynlearn.fitting.fitter import fit
     _, theta = item
-    r = fit(model.with_theta(theta), data, progress=False, **fit_kwargs)
-    obj = getattr(r, "_obj", None)
-    if obj is not None:
-        obj.tracker = None   # holds the progress bar and the callback: not needed any more
-    return r
+    return fit(model.with_theta(theta), data, progress=False, **fit_kwargs)
 
 
 def ensemble(model, data, n: int = 5, *, seed: int | None = 0, client=None,
@@ -150,10 +153,7 @@ def ensemble(model, data, n: int = 5, *, seed: int | None = 0, client=None,
     >>> band = ens.predict(np.linspace(0, 10, 200))                      # doctest: +SKIP
     """
     import pandas as pd
-
-    from dynlearn.core.model import HybridModel
-    from dynlearn.data.dataset import as_dataset
-    n = _check_count(n, "n")
+    n = check_count(n, "n")
     if not isinstance(model, HybridModel):
         raise OptionError(f"model must be a dl.HybridModel, got {type(model).__name__}")
     if not model.networks:
@@ -165,10 +165,10 @@ def ensemble(model, data, n: int = 5, *, seed: int | None = 0, client=None,
     dataset = as_dataset(data)
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(n)]
     items = [(i, _redraw_weights(model, rng)) for i, rng in enumerate(rngs)]
-    par = _resolve(client)
-    members = _run_tasks(par, _member_task, items, [f"ensemble member {i}" for i in range(n)],
-                         {"model": model, "data": dataset, "fit_kwargs": dict(fit_kwargs)},
-                         progress=progress, desc="ensemble")
+    members = resolve_executor(client).map(
+        _member_task, items, [f"ensemble member {i}" for i in range(n)],
+        {"model": model, "data": dataset, "fit_kwargs": dict(fit_kwargs)},
+        progress=progress, desc="ensemble")
     rows = []
     for i, r in enumerate(members):
         row = {"member": i, "loss": float(r.loss), "success": bool(r.success),

@@ -23,7 +23,24 @@ the text is ever passed to ``eval``, ``exec`` or ``sympify``, so an equation suc
 Names declared by the model take precedence over the built-in constants, so a parameter may
 be called ``E`` or ``gamma`` (which ``sympify`` would turn into functions). A parameter may
 even be named like a Python keyword (``lambda``): such names are renamed token by token before
-parsing.
+parsing. Python's parser normalises the identifiers in an equation (Unicode NFKC: the micro
+sign becomes the Greek mu); declared names are matched in that form too
+(:func:`normalize_name`), and :class:`~dynlearn.HybridModel` normalises names where they are
+declared.
+
+What every accepted equation guarantees
+---------------------------------------
+* Parsing takes time roughly linear in the length (at most :data:`MAX_LENGTH` characters):
+  chains of ``+``/``-`` and of ``*``/``/`` are built in one step, not term by term, and
+  ``Max``/``Min`` of many arguments skip sympy's pairwise simplification
+  (:data:`MINMAX_SIMPLIFY_LIMIT`).
+* Every constant sub-expression is a finite real number of magnitude at most
+  :data:`MAX_NUMBER`: ``sqrt(-1)``, ``log(0)``, ``1/0``, ``1e400``, ``exp(1000)``,
+  ``(-8)**(1/3)`` are refused, naming the sub-expression, instead of producing complex,
+  infinite or NaN values when the model is solved (:func:`check_constants` does the same
+  for expressions built with sympy).
+* Nesting is at most :data:`MAX_DEPTH` levels, so the equation and its derivatives compile
+  without exhausting Python's recursion limit.
 """
 
 from __future__ import annotations
@@ -33,18 +50,84 @@ import io
 import keyword
 import math
 import tokenize
+import unicodedata
 from collections.abc import Callable, Mapping
 
 import sympy as sp
+from sympy.core.parameters import global_parameters
 
-from dynlearn.errors import ModelError
+from dynlearn.core.neural import BaseNetwork
+from dynlearn.errors import ModelError, ModelTypeError
 
-__all__ = ["CONSTANTS", "FUNCTIONS", "MAX_LENGTH", "parse_expression"]
+__all__ = ["CONSTANTS", "FUNCTIONS", "MAX_DEPTH", "MAX_LENGTH", "MAX_NUMBER", "check_constants",
+           "normalize_name", "parse_expression"]
 
 #: Longest equation accepted, in characters (keeps parsing and sympy work bounded).
 MAX_LENGTH = 10_000
 #: Largest absolute numeric exponent in ``a**n``; guards against ``9**9**9``.
 MAX_EXPONENT = 1_000
+#: Deepest nesting accepted (calls, powers, signs, parentheses around sums and products; a
+#: chain ``a + b - c + ...`` or ``a * b / c * ...`` counts once): every equation within it
+#: compiles, with its derivatives, without exhausting Python's recursion limit.
+MAX_DEPTH = 32
+#: Largest magnitude of a constant in an equation (``exp(1000)``, ``1e400`` are refused).
+MAX_NUMBER = 1e300
+#: sympy simplifies ``Max``/``Min`` by comparing every pair of arguments symbolically
+#: (quadratic in their number, and milliseconds per pair). It does so for calls of at most
+#: this many arguments, and only until an equation has used this many arguments in such
+#: calls: beyond, numbers are folded into one and repeated arguments dropped (linear time);
+#: the values are the same either way.
+MINMAX_SIMPLIFY_LIMIT = 8
+MINMAX_SIMPLIFY_BUDGET = 64
+# chains of these operators are built in one call (sympy's Add) or, when long, one Mul
+_ADDITIVE = (ast.Add, ast.Sub)
+_MULTIPLICATIVE = (ast.Mult, ast.Div)
+# a product chain up to this long is built factor by factor (exactly as before: sympy
+# distributes a number over a sum only in a two-factor product); longer ones in one Mul
+_MUL_FOLD_LIMIT = 16
+
+
+def normalize_name(name: str) -> str:
+    """A declared name in the form Python's parser gives identifiers (Unicode NFKC): the
+    micro sign ``\u00b5`` becomes the Greek ``\u03bc``, ligatures are split, etc. Names are
+    normalised where they are declared, so that equations written with either form find
+    them."""
+    return name if name.isascii() else unicodedata.normalize("NFKC", name)
+
+
+class _LinearMax(sp.Max):
+    """sympy's ``Max``, simplified in linear time when it has many arguments (see
+    :data:`MINMAX_SIMPLIFY_LIMIT`); prints, compiles and differentiates as ``Max``."""
+
+    def __new__(cls, *args, **kwargs):
+        return _minmax_new(cls, sp.Max, max, args, kwargs)
+
+
+class _LinearMin(sp.Min):
+    """sympy's ``Min``, simplified in linear time when it has many arguments."""
+
+    def __new__(cls, *args, **kwargs):
+        return _minmax_new(cls, sp.Min, min, args, kwargs)
+
+
+_LinearMax.__name__ = "Max"     # printed (and so written to model files) as Max(...)
+_LinearMin.__name__ = "Min"
+
+
+def _minmax_new(cls, base, pick, args, kwargs):
+    if not kwargs.get("evaluate", global_parameters.evaluate):
+        return base.__new__(cls, *args, **kwargs)
+    terms, numbers = [], []
+    for a in map(sp.sympify, args):
+        for b in (a.args if isinstance(a, base) else (a,)):
+            (numbers if b.is_Number else terms).append(b)
+    if numbers:
+        terms.append(pick(numbers))
+    terms = list(dict.fromkeys(terms))
+    if len(terms) == 1:
+        return terms[0]
+    return base.__new__(cls, *terms, evaluate=False)
+
 
 
 def _heaviside(x):
@@ -135,7 +218,6 @@ class _Refused(Exception):
 
 
 def _is_network(obj) -> bool:
-    from dynlearn.core.neural import BaseNetwork
     return isinstance(obj, BaseNetwork)
 
 
@@ -193,7 +275,8 @@ def parse_expression(text: str, names: Mapping[str, object], where: str = "expre
     a*x - exp(-2*x)
     """
     if not isinstance(text, str):
-        raise ModelError(f"{where}: expected the equation as a string, got {type(text).__name__}")
+        raise ModelTypeError(f"{where}: expected the equation as a string, got "
+                             f"{type(text).__name__}")
     if len(text) > MAX_LENGTH:
         raise ModelError(f"{where}: equation is {len(text)} characters long; the limit is "
                          f"{MAX_LENGTH}")
@@ -211,7 +294,13 @@ def parse_expression(text: str, names: Mapping[str, object], where: str = "expre
     except (ValueError, RecursionError, MemoryError) as exc:
         raise ModelError(f"{where}: cannot parse {text.strip()!r}: "
                          f"{str(exc) or type(exc).__name__}") from None
-    builder = _Builder(names, unalias)
+    depth = _nesting_depth(tree.body)
+    if depth > MAX_DEPTH:
+        raise ModelError(f"{where}: the equation is nested {depth} levels deep; the limit is "
+                         f"{MAX_DEPTH} (define intermediate states or split the expression)")
+    if not all(k.isascii() for k in names):
+        names = {normalize_name(k): v for k, v in names.items()}
+    builder = _Builder(names, unalias, source)
     try:
         expr = builder.build(tree.body)
     except _Refused as exc:
@@ -227,12 +316,88 @@ def parse_expression(text: str, names: Mapping[str, object], where: str = "expre
     return expr
 
 
+def _nesting_depth(root: ast.AST) -> int:
+    """How deeply the expression nests (iteratively: the tree of a long sum is deep, but
+    a chain of ``+``/``-`` or of ``*``/``/`` counts as one level, as it is built in one go)."""
+    deepest = 0
+    stack = [(root, 1)]
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        for child in ast.iter_child_nodes(node):
+            if not isinstance(child, ast.expr):
+                continue
+            chained = (isinstance(node, ast.BinOp) and child is node.left
+                       and isinstance(child, ast.BinOp)
+                       and _chain_kind(child.op) is not None
+                       and _chain_kind(child.op) == _chain_kind(node.op))
+            stack.append((child, d if chained else d + 1))
+    return deepest
+
+
+def _chain_kind(op: ast.operator):
+    if isinstance(op, _ADDITIVE):
+        return "+"
+    if isinstance(op, _MULTIPLICATIVE):
+        return "*"
+    return None
+
+
+def _constant_problem(value: sp.Expr) -> str | None:
+    """Why a constant (sub-)expression cannot be used in an equation, or None when it can:
+    it must be a finite real number of magnitude at most :data:`MAX_NUMBER`."""
+    if value.is_Integer or value.is_Rational or value.is_Float:
+        v = value
+    else:
+        if value.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
+            return "is not a finite number"
+        if value.is_extended_real is False:
+            return "is not a real number"
+        try:
+            v = sp.N(value, 15)
+        except (TypeError, ValueError, ArithmeticError, RecursionError):
+            return "cannot be evaluated as a number"
+        if not v.is_Float and not v.is_Integer and not v.is_Rational:
+            return "is not a real number" if v.has(sp.I) else "is not a finite number"
+    if v is sp.nan or not v.is_finite:
+        return "is not a finite number"
+    if abs(v) > MAX_NUMBER:
+        return f"is too large (magnitude over {MAX_NUMBER:g})"
+    return None
+
+
+def check_constants(expr: sp.Expr, where: str = "expression") -> sp.Expr:
+    """``expr`` if every constant in it is a finite real number of magnitude at most
+    :data:`MAX_NUMBER`, else a ModelError naming the offending sub-expression.
+
+    :func:`parse_expression` checks each constant sub-expression of an equation as it is
+    built; this checks an expression built with sympy (``sp.sqrt(-1)``, ``sp.log(0)*x``,
+    ``sp.exp(1000)``), whose maximal constant sub-expressions it visits.
+    """
+    stack = [expr]
+    while stack:
+        e = stack.pop()
+        if not isinstance(e, sp.Expr):
+            stack.extend(a for a in e.args if isinstance(a, sp.Basic))
+            continue
+        if not e.free_symbols:
+            problem = _constant_problem(e)
+            if problem is not None:
+                raise ModelError(f"{where}: the constant {e} {problem}")
+            continue
+        stack.extend(e.args)
+    return expr
+
+
 class _Builder:
     """Walks an ``ast`` tree and builds the sympy expression (refusing all else)."""
 
-    def __init__(self, names: Mapping[str, object], unalias: Mapping[str, str]):
+    def __init__(self, names: Mapping[str, object], unalias: Mapping[str, str],
+                 source: str = ""):
         self.names = names
         self.unalias = unalias
+        self.source = source
+        self.minmax_args = 0   # arguments of Max/Min calls simplified by sympy so far
 
     def declared(self) -> str:
         plain = sorted(n for n, v in self.names.items() if not _is_network(v))
@@ -249,7 +414,28 @@ class _Builder:
             raise _Refused(f"{what} is not allowed in an equation; use numbers, declared "
                            "names, + - * / **, math functions and network outputs like nn[0]",
                            node)
-        return method(node)
+        out = method(node)
+        if isinstance(out, sp.Expr) and not isinstance(out, sp.Symbol):
+            # a constant (sub-)expression: refuse it now, naming it, rather than let it
+            # produce nan/inf/complex values (or crash) when the model is solved; in a sum
+            # or product, the number sympy folded the constant terms or factors into
+            text = None
+            if out.is_number:
+                problem = _constant_problem(out)
+            else:
+                problem = None
+                if out.is_Add or out.is_Mul:
+                    for a in out.args:
+                        if a.is_number and (problem := _constant_problem(a)) is not None:
+                            text = f"the constant {a} in"
+                            break
+            if problem is not None:
+                segment = ast.get_source_segment(self.source, node) or str(out)
+                if text is not None:
+                    raise _Refused(f"{text} {segment!r} {problem}", node)
+                raise _Refused(f"{segment!r} {problem}" + (f" (it evaluates to {out})"
+                                                           if str(out) != segment else ""), node)
+        return out
 
     # leaves ------------------------------------------------------------------------------
     def _Constant(self, node: ast.Constant):
@@ -278,8 +464,42 @@ class _Builder:
         raise _Refused(f"unknown name '{name}'; {self.declared()}", node)
 
     # operators ---------------------------------------------------------------------------
+    def _chain(self, node: ast.BinOp) -> list[tuple[type, ast.AST]]:
+        """The operands of a left-associated chain of ``+``/``-`` (or ``*``/``/``) with
+        the operator before each (the first's is that of the chain's kind), left to right."""
+        kind = _chain_kind(node.op)
+        out = []
+        while isinstance(node, ast.BinOp) and _chain_kind(node.op) == kind:
+            out.append((type(node.op), node.right))
+            node = node.left
+        out.append((ast.Add if kind == "+" else ast.Mult, node))
+        out.reverse()
+        return out
+
     def _BinOp(self, node: ast.BinOp):
         op = type(node.op)
+        if op in _ADDITIVE:
+            # built in one Add, linear in the number of terms and without recursing along
+            # the chain; a term that is itself a sum is spliced in place, so that sympy
+            # adds the numbers in the same order as adding term by term would (floating-
+            # point sums depend on the order)
+            terms = []
+            for o, n in self._chain(node):
+                v = self.build(n)
+                v = -v if o is ast.Sub else v
+                if isinstance(v, sp.Add):
+                    terms.extend(v.args)
+                else:
+                    terms.append(v)
+            return sp.Add(*terms)
+        if op in _MULTIPLICATIVE:
+            factors = [(self.build(n), o) for o, n in self._chain(node)]
+            if len(factors) <= _MUL_FOLD_LIMIT:
+                out = factors[0][0]
+                for v, o in factors[1:]:
+                    out = _BINOPS[o](out, v)
+                return out
+            return sp.Mul(*[sp.Pow(v, -1) if o is ast.Div else v for v, o in factors])
         if op is ast.Pow:
             base, exp_ = self.build(node.left), self.build(node.right)
             if isinstance(exp_, sp.Number):
@@ -336,7 +556,13 @@ class _Builder:
         if (nargs is None and n < 1) or (nargs is not None and n not in nargs):
             want = "at least 1" if nargs is None else " or ".join(map(str, nargs))
             raise _Refused(f"function '{name}' takes {want} argument(s), got {n}", node)
-        return fun(*[self.build(a) for a in node.args])
+        args = [self.build(a) for a in node.args]
+        if fun is sp.Max or fun is sp.Min:
+            if n > MINMAX_SIMPLIFY_LIMIT or self.minmax_args + n > MINMAX_SIMPLIFY_BUDGET:
+                fun = _LinearMax if fun is sp.Max else _LinearMin
+            else:
+                self.minmax_args += n
+        return fun(*args)
 
     def _Subscript(self, node: ast.Subscript):
         if not isinstance(node.value, ast.Name):

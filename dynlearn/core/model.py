@@ -13,37 +13,54 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import sympy as sp
 
+from dynlearn.core.expressions import check_constants, normalize_name, parse_expression
 from dynlearn.core.neural import BaseNetwork, NetworkOutput
 from dynlearn.core.parameters import Parameter
-from dynlearn.core.symbolic import CompiledExprs, jacobian_exprs
-from dynlearn.errors import ModelError, ParameterError
+from dynlearn.core.symbolic import CompiledExprs, derivative, jacobian_exprs
+from dynlearn.errors import ModelError, ModelTypeError, ParameterError
 
 __all__ = ["HybridModel"]
 
 
-def _as_symbol(s, what: str) -> sp.Symbol:
+def _as_symbol(s, what: str, renamed: dict | None = None) -> sp.Symbol:
+    """A declared symbol, its name normalised (NFKC) as Python's parser normalises the
+    names in equations; a sympy Symbol whose name changes is replaced, and the replacement
+    recorded in ``renamed`` (applied to the model's sympy expressions)."""
     if isinstance(s, str):
         if not s.isidentifier():
             raise ModelError(f"{what} name {s!r} is not a valid identifier")
-        return sp.Symbol(s)
+        return sp.Symbol(normalize_name(s))
     if isinstance(s, NetworkOutput):
         raise ModelError(f"{what} {s} is a network output; networks cannot be {what}s")
     if isinstance(s, sp.Symbol):
-        return s
-    raise ModelError(f"{what} must be a sympy Symbol or a name, got {s!r} ({type(s).__name__})")
+        name = normalize_name(s.name)
+        if name == s.name:
+            return s
+        new = sp.Symbol(name, **s.assumptions0)
+        if renamed is not None:
+            renamed[s] = new
+        return new
+    raise ModelTypeError(f"{what} must be a sympy Symbol or a name, got {s!r} "
+                         f"({type(s).__name__})")
 
 
-def _as_expr(e, where: str, names: Mapping[str, sp.Basic]) -> sp.Expr:
+def _as_expr(e, where: str, names: Mapping[str, sp.Basic],
+             renamed: Mapping | None = None) -> sp.Expr:
+    """An equation as a sympy expression: text is parsed (which checks its constants);
+    a number or a sympy expression has its constants checked (no ``nan``, ``zoo``,
+    complex or overflowing constants) and declared symbols renamed as ``renamed`` says."""
     if isinstance(e, str):
-        from dynlearn.core.expressions import parse_expression
         return parse_expression(e, names, where=where)
     if isinstance(e, (int, float, np.number)):
-        return sp.Float(e) if isinstance(e, (float, np.floating)) else sp.Integer(int(e))
+        e = sp.Float(e) if isinstance(e, (float, np.floating)) else sp.Integer(int(e))
+        return check_constants(e, where)
     if isinstance(e, sp.Basic):
         if isinstance(e, (sp.MatrixBase, sp.NDimArray)):
-            raise ModelError(f"{where}: expected a scalar expression, got a matrix/array")
-        return e
-    raise ModelError(f"{where}: expected a sympy expression or a number, got {e!r}")
+            raise ModelTypeError(f"{where}: expected a scalar expression, got a matrix/array")
+        if renamed:
+            e = e.xreplace(dict(renamed))
+        return check_constants(e, where)
+    raise ModelTypeError(f"{where}: expected a sympy expression or a number, got {e!r}")
 
 
 class HybridModel:
@@ -68,6 +85,13 @@ class HybridModel:
     time : sympy.Symbol, optional
         The time symbol used in expressions (default ``t``).
     name : str, optional
+
+    Raises
+    ------
+    ModelError
+        An inconsistent model: an undeclared symbol, a missing equation, a name declared
+        twice, or a parameter that appears in no equation (right-hand side, observable or
+        network input).
 
     Attributes
     ----------
@@ -94,29 +118,33 @@ class HybridModel:
                  time: sp.Symbol | None = None, name: str | None = None):
         self.name = name or "model"
         if isinstance(states, (str, sp.Symbol)) or not isinstance(states, Sequence):
-            raise ModelError(f"states must be a list of symbols, got {states!r}")
+            raise ModelTypeError(f"states must be a list of symbols, got {states!r}")
         if len(states) == 0:
             raise ModelError("a model needs at least one state")
-        self.states = tuple(_as_symbol(s, "state") for s in states)
+        # names are normalised (NFKC) where they are declared; sympy symbols whose names
+        # change are replaced in the equations given as sympy expressions
+        renamed: dict[sp.Symbol, sp.Symbol] = {}
+        self.states = tuple(_as_symbol(s, "state", renamed) for s in states)
         self.time = time if time is not None else sp.Symbol("t")
         if not isinstance(self.time, sp.Symbol):
-            raise ModelError(f"time must be a sympy Symbol, got {self.time!r}")
+            raise ModelTypeError(f"time must be a sympy Symbol, got {self.time!r}")
+        self.time = _as_symbol(self.time, "time", renamed)
         inputs = [] if inputs is None else inputs
         if isinstance(inputs, (str, sp.Symbol)):
             inputs = [inputs]
-        self.inputs = tuple(_as_symbol(u, "input") for u in inputs)
+        self.inputs = tuple(_as_symbol(u, "input", renamed) for u in inputs)
 
         params = {} if params is None else params
         if not isinstance(params, Mapping):
-            raise ModelError("params must be a dict {symbol: value}, got "
-                             f"{type(params).__name__}")
+            raise ModelTypeError("params must be a dict {symbol: value}, got "
+                                 f"{type(params).__name__}")
         self.params: dict[sp.Symbol, Parameter] = {}
         for k, v in params.items():
-            s = _as_symbol(k, "parameter")
+            s = _as_symbol(k, "parameter", renamed)
             try:
                 self.params[s] = Parameter.coerce(v, str(s))
             except ParameterError as exc:
-                raise ParameterError(f"parameter '{s}': {exc}") from None
+                raise type(exc)(f"parameter '{s}': {exc}") from None
         self.param_symbols = tuple(self.params)
 
         # every declared name must be unique across roles
@@ -135,10 +163,11 @@ class HybridModel:
 
         # right-hand sides
         if not isinstance(rhs, Mapping):
-            raise ModelError("rhs must be a dict {state: expression}")
+            raise ModelTypeError("rhs must be a dict {state: expression}")
         by_name = {}
         for k, v in rhs.items():
             key = k.name if isinstance(k, sp.Symbol) else k
+            key = normalize_name(key) if isinstance(key, str) else key
             if key not in {s.name for s in self.states}:
                 raise ModelError(f"rhs has an equation for '{key}', which is not a state; "
                                  f"states are {[s.name for s in self.states]}")
@@ -147,7 +176,7 @@ class HybridModel:
         if missing:
             raise ModelError(f"state(s) {missing} have no equation in rhs; add d{missing[0]}/dt "
                              "(use 0 for a constant state)")
-        self.rhs = tuple(_as_expr(by_name[s.name], f"rhs of '{s.name}'", self._names)
+        self.rhs = tuple(_as_expr(by_name[s.name], f"rhs of '{s.name}'", self._names, renamed)
                          for s in self.states)
 
         # networks, discovered from the equations
@@ -156,7 +185,9 @@ class HybridModel:
             outs = sorted((a for a in e.free_symbols if isinstance(a, NetworkOutput)),
                           key=lambda a: (a.network.uid, a.index))
             for a in outs:
-                if all(a.network is not n for n in nets):
+                # identity is the uid: a network and its copies with other weights
+                # (BaseNetwork.with_weights) are one network
+                if all(a.network.uid != n.uid for n in nets):
                     if any(n.name == a.network.name for n in nets):
                         raise ModelError(f"two different networks are both named "
                                          f"'{a.network.name}'; give each network its own name")
@@ -181,17 +212,19 @@ class HybridModel:
         # observables
         if observables is None:
             observables = {s.name: s for s in self.states}
-        if not isinstance(observables, Mapping) or not observables:
+        if not isinstance(observables, Mapping):
+            raise ModelTypeError("observables must be a non-empty dict {name: expression}")
+        if not observables:
             raise ModelError("observables must be a non-empty dict {name: expression}")
         self.observables: dict[str, sp.Expr] = {}
         for k, v in observables.items():
-            key = k.name if isinstance(k, sp.Symbol) else str(k)
+            key = normalize_name(k.name if isinstance(k, sp.Symbol) else str(k))
             if key in self.observables:
                 raise ModelError(f"observable '{key}' is declared twice")
             if key in {u.name for u in self.inputs} or key == self.time.name:
                 raise ModelError(f"observable '{key}' has the name of an input or of time; "
                                  "rename it")
-            e = _as_expr(v, f"observable '{key}'", self._names)
+            e = _as_expr(v, f"observable '{key}'", self._names, renamed)
             bad = {a for a in e.free_symbols if a not in allowed}
             if bad:
                 raise ModelError(f"observable '{key}' uses {sorted(map(str, bad))}, which are "
@@ -201,20 +234,32 @@ class HybridModel:
             self.observables[key] = e
         self.observable_names = tuple(self.observables)
 
+        # a parameter used nowhere cannot be fitted (the data say nothing about it) and is
+        # almost always a typo or a leftover: refuse it here, not as an "n/a" after a fit
+        used = set().union(*(e.free_symbols for e in (*self.rhs, *self.observables.values())))
+        for net in self.networks:
+            for v in net.inputs:
+                used |= v.free_symbols
+        unused = [s.name for s in self.param_symbols if s not in used]
+        if unused:
+            raise ModelError(f"parameter(s) {unused} appear in no equation (right-hand sides, "
+                             "observables or network inputs); remove them or use them")
+
         # parameter vector layout
         self.free_params = tuple(s for s, p in self.params.items() if not p.fixed)
         self._free_index = np.array([i for i, s in enumerate(self.param_symbols)
                                      if not self.params[s].fixed], dtype=int)
-        self._weights = {net.name: net.weights for net in self.networks}
         self._compiled = None
 
     # --- parameter vector --------------------------------------------------------------
     @property
     def n_states(self) -> int:
+        """The number of states."""
         return len(self.states)
 
     @property
     def n_theta(self) -> int:
+        """The length of theta: free physical parameters plus network weights."""
         return len(self.free_params) + sum(n.n_weights for n in self.networks)
 
     @property
@@ -222,10 +267,12 @@ class HybridModel:
         """Free parameters in physical units, then network weights (a fresh copy)."""
         vals = [self.params[s].value for s in self.free_params]
         return np.concatenate([np.array(vals, dtype=float)]
-                              + [self._weights[n.name] for n in self.networks])
+                              + [n.weights for n in self.networks])
 
     @property
     def theta_names(self) -> list[str]:
+        """Names of the entries of theta: free parameters, then the weights
+        (``nn.W0[i,j]``, ``nn.b0[j]``, ...)."""
         names = [s.name for s in self.free_params]
         for n in self.networks:
             names += n.weight_names()
@@ -241,6 +288,8 @@ class HybridModel:
         return out
 
     def check_theta(self, theta) -> np.ndarray:
+        """``theta`` as a finite float array of the right length (``theta0`` when None), or a
+        ParameterError saying what is wrong."""
         if theta is None:
             return self.theta0
         theta = np.asarray(theta, dtype=float)
@@ -268,14 +317,50 @@ class HybridModel:
         return p, ws
 
     def with_theta(self, theta) -> HybridModel:
-        """A copy whose initial values (parameters and weights) are ``theta``."""
+        """A copy whose initial values (parameters and weights) are ``theta``.
+
+        The copy's networks carry the new weights (copies made by
+        :meth:`BaseNetwork.with_weights`): ``fitted.networks[0].weights`` are the fitted
+        weights. This model and its networks are not changed.
+        """
         theta = self.check_theta(theta)
-        new = object.__new__(HybridModel)
-        new.__dict__.update(self.__dict__)
+        new = self._copy()
         p, ws = self.split_theta(theta)
         new.params = {s: self.params[s].replace(value=float(v)) if not self.params[s].fixed
                       else self.params[s] for s, v in zip(self.param_symbols, p)}
-        new._weights = {n.name: w.copy() for n, w in zip(self.networks, ws)}
+        new.networks = tuple(n.with_weights(w) for n, w in zip(self.networks, ws))
+        return new
+
+    def with_networks(self, networks: Sequence[BaseNetwork]) -> HybridModel:
+        """A copy in which some networks are replaced by copies of them with other weights.
+
+        Parameters
+        ----------
+        networks : sequence of BaseNetwork
+            Networks of this model as carried by another model (e.g. a fitted one) or made
+            by :meth:`BaseNetwork.with_weights`; each replaces the network it is a copy of.
+            Use it to keep fitted weights in a model rebuilt from the same equations.
+
+        Raises
+        ------
+        ModelError
+            When a network is not one of this model's (nor a copy of one).
+        """
+        mine = {n.uid for n in self.networks}
+        foreign = [n.name for n in networks if n.uid not in mine]
+        if foreign:
+            raise ModelError(f"network(s) {foreign} are not networks of this model (nor copies "
+                             "of them); a model's networks are found in its equations")
+        by_uid = {n.uid: n for n in networks}
+        new = self._copy()
+        new.networks = tuple(by_uid.get(n.uid, n) for n in self.networks)
+        return new
+
+    def _copy(self) -> HybridModel:
+        # a shallow copy: it shares the compiled functions, which depend only on the
+        # equations, never on parameter values or weights
+        new = object.__new__(HybridModel)
+        new.__dict__.update(self.__dict__)
         return new
 
     def with_params(self, **changes) -> HybridModel:
@@ -287,7 +372,7 @@ class HybridModel:
         """
         params = dict(self.params)
         for k, v in changes.items():
-            s = self._names.get(k)
+            s = self._names.get(normalize_name(k))
             if s not in self.params:
                 raise ParameterError(f"'{k}' is not a parameter of this model; parameters are "
                                      f"{[p.name for p in self.param_symbols]}")
@@ -296,12 +381,12 @@ class HybridModel:
         new = HybridModel(states=self.states, rhs=dict(zip(self.states, self.rhs)), params=params,
                           inputs=self.inputs, observables=self.observables, time=self.time,
                           name=self.name)
-        new._weights = {k: v.copy() for k, v in self._weights.items()}
-        return new
+        return new.with_networks(self.networks)
 
     # --- compiled numerics -------------------------------------------------------------
     @property
     def compiled(self) -> CompiledModel:
+        """The compiled numerical functions (built on first use, shared by the model's copies)."""
         if self._compiled is None:
             self._compiled = CompiledModel(self)
         return self._compiled
@@ -396,7 +481,7 @@ class CompiledModel:
         for k in range(q):
             col = J * sp.Matrix(S[k])
             if k < len(free):
-                col += sp.Matrix([sp.diff(e, free[k]) for e in rhs])
+                col += sp.Matrix([derivative(e, free[k]) for e in rhs])
             out += list(col)
         Z = Y + [s for row in S for s in row]
         groups = [self._groups[0], Z, P, [], self._groups[4]]

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import sympy as sp
 
-from dynlearn.errors import ModelError, ParameterError
+from dynlearn.errors import ModelError, ModelTypeError, ParameterError
 
 __all__ = ["BaseNetwork", "MLP", "Network", "NetworkOutput", "ACTIVATIONS"]
 
@@ -134,7 +134,7 @@ def _as_input_exprs(name: str, inputs) -> tuple[sp.Expr, ...]:
         try:
             e = sp.sympify(v, strict=True) if not isinstance(v, sp.Basic) else v
         except (sp.SympifyError, TypeError) as exc:
-            raise ModelError(
+            raise ModelTypeError(
                 f"network '{name}': input {i} ({v!r}) is not a sympy expression; pass symbols "
                 "or expressions of the model's states, time and inputs") from exc
         if any(isinstance(s, NetworkOutput) for s in e.free_symbols):
@@ -157,7 +157,9 @@ class BaseNetwork:
         The network's inputs as expressions of the model's symbols.
     n_inputs, n_outputs, n_weights : int
     weights : ndarray, shape (n_weights,)
-        Initial weights (a copy is returned; networks are never mutated by fitting).
+        The network's weights (a copy is returned). Networks are immutable: a fitted
+        model's networks are copies carrying the fitted weights (:meth:`with_weights`),
+        while the networks it started from keep their initial ones.
     outputs : tuple of NetworkOutput
         The symbols to use in right-hand sides; ``net[i]`` is ``net.outputs[i]``.
     """
@@ -183,8 +185,8 @@ class BaseNetwork:
     # sympy-facing -------------------------------------------------------------------------
     def __getitem__(self, i: int) -> NetworkOutput:
         if not isinstance(i, (int, np.integer)):
-            raise ModelError(f"network '{self.name}' is indexed by an integer output index, "
-                             f"got {i!r}")
+            raise ModelTypeError(f"network '{self.name}' is indexed by an integer output "
+                                 f"index, got {i!r}")
         if not -self.n_outputs <= i < self.n_outputs:
             raise ModelError(
                 f"network '{self.name}' has {self.n_outputs} outputs "
@@ -216,12 +218,38 @@ class BaseNetwork:
     # numerics (all accept a leading batch axis on v: shape (..., n_inputs)) ----------------
     @property
     def weights(self) -> np.ndarray:
+        """The network's weights (a copy)."""
         return self._weights.copy()
 
+    def with_weights(self, weights) -> BaseNetwork:
+        """The same network (same name, inputs, architecture and identity) carrying other
+        weights; ``self`` is not changed.
+
+        The copy's outputs are equal, as sympy symbols, to this network's, so a model's
+        equations need no rewriting: :meth:`HybridModel.with_theta` gives a model whose
+        networks carry its theta this way.
+
+        Parameters
+        ----------
+        weights : array_like, shape (n_weights,)
+
+        Returns
+        -------
+        BaseNetwork
+        """
+        w = self.check_weights(weights)
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new._weights = np.array(w, dtype=float)
+        new.outputs = tuple(NetworkOutput(new, i) for i in range(new.n_outputs))
+        return new
+
     def weight_names(self) -> list[str]:
+        """Names of the weights, as they appear in a model's ``theta_names``."""
         return [f"{self.name}.w[{i}]" for i in range(self.n_weights)]
 
     def check_weights(self, w) -> np.ndarray:
+        """``w`` as a float array of ``n_weights`` values, or a ParameterError."""
         w = np.asarray(w, dtype=float)
         if w.shape != (self.n_weights,):
             raise ParameterError(f"network '{self.name}' has {self.n_weights} weights; "
@@ -229,6 +257,7 @@ class BaseNetwork:
         return w
 
     def forward(self, w, v):  # pragma: no cover - interface
+        """The outputs N(v; w), shape (..., n_outputs), for inputs v of shape (..., n_inputs)."""
         raise NotImplementedError
 
     def point_function(self, w):
@@ -272,7 +301,8 @@ class MLP(BaseNetwork):
         Explicit initial weights (flat, the layout of :meth:`unflatten`).
     scale : float
         Multiplies the initial weights of the output layer; a small value starts the model close
-        to its physics-only part.
+        to its physics-only part. Kept as the attribute ``scale`` (with ``seed``, it describes
+        the initial weights in model files).
 
     Notes
     -----
@@ -304,6 +334,7 @@ class MLP(BaseNetwork):
             offset += n_in * n_out + n_out
         self.n_weights = offset
         self.seed = seed
+        self.scale = float(scale)
         if weights is None:
             rng = np.random.default_rng(seed)
             parts = []
@@ -437,7 +468,7 @@ class Network(BaseNetwork):
     def __init__(self, name: str, inputs, outputs: int, fun: Callable, weights):
         self._init_common(name, inputs, outputs)
         if not callable(fun):
-            raise ModelError(f"network '{name}': fun must be callable fun(w, v)")
+            raise ModelTypeError(f"network '{name}': fun must be callable fun(w, v)")
         self.fun = fun
         self._weights = np.asarray(weights, dtype=float).ravel().copy()
         self.n_weights = self._weights.size

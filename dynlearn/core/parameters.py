@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from dynlearn.errors import ParameterError
+import numpy as np
+
+from dynlearn.errors import ParameterError, ParameterTypeError
 
 __all__ = ["Parameter", "ParameterSpace"]
 
@@ -47,7 +49,8 @@ class Parameter:
             try:
                 object.__setattr__(self, field, float(v))
             except (TypeError, ValueError) as exc:
-                raise ParameterError(f"Parameter {field} must be a number, got {v!r}") from exc
+                raise ParameterTypeError(f"Parameter {field} must be a number, got {v!r}"
+                                         ) from exc
         if self.transform is None:
             object.__setattr__(self, "transform", "identity")
         if self.transform not in _TRANSFORMS:
@@ -93,13 +96,13 @@ class Parameter:
         if isinstance(spec, dict):
             try:
                 return cls(**spec)
-            except TypeError as exc:
-                raise ParameterError(f"parameter '{name}': {exc}") from exc
+            except TypeError as exc:    # an unknown field
+                raise ParameterTypeError(f"parameter '{name}': {exc}") from exc
         try:
             return cls(float(spec))
         except (TypeError, ValueError) as exc:
-            raise ParameterError(f"parameter '{name}' must be a number, a dict or a dl.Parameter, "
-                                 f"got {spec!r}") from exc
+            raise ParameterTypeError(f"parameter '{name}' must be a number, a dict or a "
+                                     f"dl.Parameter, got {spec!r}") from exc
 
 
 class ParameterSpace:
@@ -128,7 +131,6 @@ class ParameterSpace:
     """
 
     def __init__(self, model, y0: list, experiments: list):
-        import numpy as np
         self.model = model
         self.experiments = list(experiments)
         self.y0 = [list(row) for row in y0]
@@ -165,35 +167,37 @@ class ParameterSpace:
                 lo[k], hi[k] = p.internal_bounds()
         self.x0, self.lower, self.upper = x0, lo, hi
         self.is_weight = self.kinds == "weight"
+        # physical bounds: exp(log(min)) can land one ulp below min, and a fitted value
+        # outside its bounds would fail validation when the fitted model is built
+        self._pmin = np.array([-np.inf if p is None else p.min for p in self.params])
+        self._pmax = np.array([np.inf if p is None else p.max for p in self.params])
 
     def physical(self, x):
-        """Physical values of all entries of ``x``."""
-        import numpy as np
+        """Physical values of all entries of ``x``, within the parameters' bounds (the
+        inverse of the log transform at a bound is clipped onto it)."""
         x = np.asarray(x, dtype=float)
         with np.errstate(over="ignore"):
-            return np.where(self.is_log, np.exp(np.where(self.is_log, x, 0.0)), x)
+            v = np.where(self.is_log, np.exp(np.where(self.is_log, x, 0.0)), x)
+        return np.clip(v, self._pmin, self._pmax)
 
     def dphysical(self, x):
         """``d physical / d x`` (the transform is elementwise, so this is a diagonal)."""
-        import numpy as np
         x = np.asarray(x, dtype=float)
         with np.errstate(over="ignore"):
             return np.where(self.is_log, np.exp(np.where(self.is_log, x, 0.0)), 1.0)
 
     def internal(self, values):
         """``x`` from physical values (inverse of :meth:`physical`)."""
-        import numpy as np
         v = np.asarray(values, dtype=float)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(self.is_log, np.log(np.where(self.is_log, v, 1.0)), v)
 
     def clip(self, x):
-        import numpy as np
+        """``x`` clipped to the box bounds."""
         return np.clip(x, self.lower, self.upper)
 
     def unpack(self, x):
         """``(theta, [y0 per experiment])`` in physical units."""
-        import numpy as np
         v = self.physical(x)
         theta = v[:self.n_theta]
         y0s = []

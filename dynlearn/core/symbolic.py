@@ -1,4 +1,4 @@
-"""Compiling sympy expressions into fast numerical functions.
+"""Compiling sympy expressions into fast numerical functions, and differentiating them.
 
 Each list of expressions is compiled twice, once per use:
 
@@ -10,6 +10,27 @@ Each list of expressions is compiled twice, once per use:
 
 Both come from ``sympy.lambdify`` with common-subexpression elimination. Only sympy
 expression objects are compiled, never user strings (see :mod:`dynlearn.io` for parsing).
+
+Derivatives at kinks
+--------------------
+:func:`derivative` (and so every Jacobian dynlearn compiles) differentiates the functions
+with kinks or jumps, ``Max``, ``Min``, ``Abs``, ``sign`` and ``Heaviside``, by these rules,
+which hold everywhere, at the kinks too:
+
+* ``Max(a_1, ..., a_n)``, ``Min(...)``: the derivative of the argument attaining the
+  maximum (minimum); at a tie, of the first such argument in sympy's order of the
+  arguments, which puts numbers first. So ``d/dx Max(x, 0)`` is 1 for ``x > 0`` and 0 for
+  ``x <= 0``, and ``d/dx Min(x, 0)`` is 1 for ``x < 0`` and 0 for ``x >= 0``: at the kink,
+  the derivative of the constant piece, one of the two one-sided derivatives.
+* ``Abs(u)``: ``sign`` of ``u`` times ``du``, with the right-hand derivative ``+du`` at
+  ``u = 0``.
+* ``Heaviside(u)``, ``sign(u)``: 0 (both one-sided derivatives of a step are 0; the jump
+  itself has no derivative, and no Dirac delta is produced).
+* The chain rule through these functions treats an exactly-zero inner derivative as
+  annihilating: ``d/dh sqrt(Max(h, 0))`` is 0 for ``h < 0`` (the expression is constant
+  there), not ``inf * 0 = nan``.
+
+Expressions without these functions are differentiated by ``sympy.diff`` unchanged.
 """
 
 from __future__ import annotations
@@ -18,13 +39,180 @@ from collections.abc import Sequence
 
 import numpy as np
 import sympy as sp
+from scipy import special
 
-__all__ = ["CompiledExprs", "jacobian_exprs"]
+from dynlearn.errors import ModelError
+
+__all__ = ["KINK_FUNCTIONS", "NAMESPACES", "CompiledExprs", "MaxPick", "MinPick", "derivative",
+           "jacobian_exprs"]
+
+
+class MaxPick(sp.Function):
+    """``MaxPick(a_1, ..., a_n, d_1, ..., d_n)``: the ``d_k`` of the first ``k`` at which
+    ``a_k`` is largest.
+
+    The derivative of ``Max(a_1, ..., a_n)`` is ``MaxPick(a_1, ..., a_n, da_1, ..., da_n)``
+    (see the module notes); its own derivative picks the derivatives of the ``d_k`` by the
+    same rule. Compiled to a function of its own (:data:`NAMESPACES`).
+    """
+
+    @classmethod
+    def eval(cls, *args):
+        n = len(args) // 2
+        picks = args[n:]
+        if all(p == picks[0] for p in picks):   # e.g. every derivative is 0
+            return picks[0]
+        return None
+
+
+class MinPick(sp.Function):
+    """``MinPick(a_1, ..., a_n, d_1, ..., d_n)``: the ``d_k`` of the first ``k`` at which
+    ``a_k`` is smallest (the derivative of ``Min``; see :class:`MaxPick`)."""
+
+    @classmethod
+    def eval(cls, *args):
+        n = len(args) // 2
+        picks = args[n:]
+        if all(p == picks[0] for p in picks):
+            return picks[0]
+        return None
+
+
+#: functions differentiated by the kink rules of the module notes
+KINK_FUNCTIONS = (sp.Max, sp.Min, sp.Abs, sp.sign, sp.Heaviside, MaxPick, MinPick)
+# factors that can be exactly zero on a whole region (the chain rule masks through them)
+_MAYBE_ZERO = KINK_FUNCTIONS + (sp.Piecewise,)
+
+
+def _pick_scalar(select):
+    def pick(*args):
+        n = len(args) // 2
+        a = args[:n]
+        return args[n + a.index(select(a))]
+    return pick
+
+
+def _pick_batch(argselect):
+    def pick(*args):
+        n = len(args) // 2
+        v = np.broadcast_arrays(*[np.asarray(x, dtype=float) for x in args])
+        k = argselect(np.stack(v[:n]), axis=0)    # the first extremum, as the scalar version
+        return np.take_along_axis(np.stack(v[n:]), k[None], axis=0)[0]
+    return pick
+
+
+#: functions compiled code calls besides those of the ``math`` and ``numpy`` modules, for
+#: the scalar (``"math"``) and the batched (``"numpy"``) versions: the picks, and the error
+#: functions, which numpy lacks (sympy's numpy printer leaves ``erf`` to ``math.erf``, which
+#: fails on arrays)
+NAMESPACES = {
+    "math": {"MaxPick": _pick_scalar(max), "MinPick": _pick_scalar(min)},
+    "numpy": {"MaxPick": _pick_batch(np.argmax), "MinPick": _pick_batch(np.argmin),
+              "erf": special.erf, "erfc": special.erfc},
+}
+
+
+def _chain(outer: sp.Expr, inner: sp.Expr) -> sp.Expr:
+    """``outer * inner``, zero wherever ``inner`` is exactly zero (even where ``outer`` is
+    infinite) when ``inner`` comes from a kink function."""
+    if inner == 0:
+        return sp.S.Zero
+    product = outer * inner
+    if inner.is_number or not inner.has(*_MAYBE_ZERO):
+        return product
+    return sp.Piecewise((product, sp.Ne(inner, 0)), (0, True))
+
+
+class _KinkDerivative:
+    """``d expr / d s`` by the rules of the module notes (memoised over sub-expressions)."""
+
+    def __init__(self, s: sp.Symbol):
+        self.s = s
+        self.memo: dict = {}
+
+    def __call__(self, e: sp.Expr) -> sp.Expr:
+        out = self.memo.get(e)
+        if out is None:
+            out = self.memo[e] = self._d(e)
+        return out
+
+    def _d(self, e):
+        s = self.s
+        if not e.has(s):
+            return sp.S.Zero
+        if not e.has(*KINK_FUNCTIONS):
+            return sp.diff(e, s)
+        if isinstance(e, (sp.Max, sp.Min)):
+            pick = MaxPick if isinstance(e, sp.Max) else MinPick
+            return pick(*e.args, *[self(a) for a in e.args])
+        if isinstance(e, (MaxPick, MinPick)):
+            n = len(e.args) // 2
+            return type(e)(*e.args[:n], *[self(d) for d in e.args[n:]])
+        if isinstance(e, (sp.sign, sp.Heaviside)):
+            return sp.S.Zero
+        if isinstance(e, sp.Abs):
+            u = e.args[0]
+            return _chain(sp.Piecewise((1, u >= 0), (-1, True)), self(u))
+        if e.is_Add:
+            return sp.Add(*[self(a) for a in e.args])
+        if e.is_Mul:
+            args = list(e.args)
+            terms = []
+            for i, f in enumerate(args):
+                d = self(f)
+                if d != 0:
+                    terms.append(sp.Mul(*args[:i], d, *args[i + 1:]))
+            return sp.Add(*terms)
+        if e.is_Pow:
+            b, p = e.args
+            out = _chain(p * b ** (p - 1), self(b))
+            if p.has(s):
+                out += _chain(e * sp.log(b), self(p))
+            return out
+        if isinstance(e, sp.Piecewise):
+            return sp.Piecewise(*[(self(v), c) for v, c in e.args])
+        if isinstance(e, sp.Function):
+            return sp.Add(*[_chain(e.fdiff(i + 1), self(a))
+                            for i, a in enumerate(e.args) if a.has(s)])
+        return sp.diff(e, s)
+
+
+def derivative(expr: sp.Expr, s: sp.Symbol) -> sp.Expr:
+    """``d expr / d s``, with the functions that have kinks (``Max``, ``Min``, ``Abs``,
+    ``sign``, ``Heaviside``) differentiated as the module notes say; other expressions by
+    ``sympy.diff``, unchanged."""
+    expr = sp.sympify(expr)
+    if not expr.has(*KINK_FUNCTIONS):
+        return sp.diff(expr, s)
+    return _KinkDerivative(s)(expr)
 
 
 def jacobian_exprs(exprs: Sequence[sp.Expr], wrt: Sequence[sp.Symbol]) -> list[list[sp.Expr]]:
-    """Symbolic Jacobian ``d exprs[i] / d wrt[j]`` as nested lists."""
-    return [[sp.diff(e, s) for s in wrt] for e in exprs]
+    """Symbolic Jacobian ``d exprs[i] / d wrt[j]`` as nested lists (see :func:`derivative`)."""
+    return [[derivative(e, s) for s in wrt] for e in exprs]
+
+
+def _rename(e: sp.Basic, table: dict, memo: dict) -> sp.Basic:
+    """``e.xreplace(table)``, except that ``Max`` and ``Min`` are rebuilt without
+    re-simplification: renaming symbols cannot enable a simplification sympy did not find
+    already, and sympy's simplification of ``Max``/``Min`` compares every pair of arguments
+    symbolically, which is slow for large (nested) arguments."""
+    out = table.get(e)
+    if out is not None:
+        return out
+    if not e.args:
+        return e
+    out = memo.get(e)
+    if out is None:
+        args = [_rename(a, table, memo) for a in e.args]
+        if all(n is o for n, o in zip(args, e.args)):
+            out = e
+        elif isinstance(e, (sp.Max, sp.Min)):
+            out = e.func(*args, evaluate=False)
+        else:
+            out = e.func(*args)
+        memo[e] = out
+    return out
 
 
 class CompiledExprs:
@@ -40,11 +228,22 @@ class CompiledExprs:
     shape : tuple of int
         Shape of the result for one point.
 
+    Raises
+    ------
+    ModelError
+        When an expression is too deeply nested to compile (the parser refuses such
+        equations before they get here), or holds a constant that is not a real number.
+
     Notes
     -----
     Symbols are renamed to plain identifiers before compiling, so model symbols named like
     Python keywords or module functions (``lambda``, ``exp``) or with brackets (``nn[0]``)
     cannot collide with generated code.
+
+    A point where the ``math`` module refuses (the square root of a state that a trial step
+    pushed below zero, a division by zero, a power that would be complex) is evaluated with
+    numpy instead, giving ``nan``/``inf``: the solver then rejects the step, or dynlearn's
+    checks (:mod:`dynlearn.solve`) turn it into a :class:`~dynlearn.SolveError`.
     """
 
     def __init__(self, groups: Sequence[Sequence[sp.Symbol]], exprs: Sequence[sp.Expr],
@@ -62,17 +261,25 @@ class CompiledExprs:
                 rename[s] = d
                 names.append(d)
             arg_groups.append(names)
-        clean = [e.xreplace(rename) for e in exprs]
-        self._const = [not e.free_symbols for e in clean]
-        self._const_values = np.array([float(e) if c else 0.0 for e, c in zip(clean, self._const)])
         if self.size == 0:
             self._scalar = self._batch = None
             return
         try:
-            self._scalar = sp.lambdify(arg_groups, clean, modules="math", cse=True)
-        except Exception:  # a function the math module lacks: fall back to numpy
-            self._scalar = sp.lambdify(arg_groups, clean, modules="numpy", cse=True)
-        self._batch = sp.lambdify(arg_groups, clean, modules="numpy", cse=True)
+            memo: dict = {}
+            clean = [_rename(e, rename, memo) for e in exprs]
+            try:
+                self._scalar = sp.lambdify(arg_groups, clean, cse=True,
+                                           modules=[NAMESPACES["math"], "math"])
+            except RecursionError:
+                raise
+            except Exception:  # a function the math module lacks: fall back to numpy
+                self._scalar = sp.lambdify(arg_groups, clean, cse=True,
+                                           modules=[NAMESPACES["numpy"], "numpy"])
+            self._batch = sp.lambdify(arg_groups, clean, cse=True,
+                                      modules=[NAMESPACES["numpy"], "numpy"])
+        except RecursionError:
+            raise ModelError("an equation is nested too deeply to compile; simplify it or "
+                             "split it with intermediate states") from None
 
     def __call__(self, *args) -> np.ndarray:
         """Evaluate at one point; arguments are lists (or 1-D arrays) per group."""
@@ -80,10 +287,12 @@ class CompiledExprs:
             return np.zeros(self.shape)
         try:
             out = np.array(self._scalar(*args), dtype=float)
-        except (ValueError, OverflowError, ZeroDivisionError):
+        except (ValueError, OverflowError, ZeroDivisionError, TypeError):
             # the math module raises where numpy returns nan/inf (sqrt of a state that a
-            # trial step pushed below zero, 1/0): evaluate with numpy so the solver sees a
-            # non-finite value and rejects the step instead of the whole solve crashing
+            # trial step pushed below zero, 1/0), and Python's ** returns a complex number
+            # for a negative base and a fractional exponent (TypeError here): evaluate
+            # with numpy so the solver sees a non-finite value and rejects the step instead
+            # of the whole solve crashing
             with np.errstate(all="ignore"):
                 vals = self._batch(*[np.asarray(a, dtype=float) for a in args])
                 out = np.array([float(v) for v in vals], dtype=float)
@@ -92,10 +301,11 @@ class CompiledExprs:
     def batch(self, m: int, *args) -> np.ndarray:
         """Evaluate at ``m`` points; each argument group is an array with a trailing axis of
         length ``m`` (or a scalar-like group shared by all points). Returns shape
-        ``self.shape + (m,)``."""
+        ``self.shape + (m,)``; points outside an expression's domain give nan/inf."""
         out = np.empty((self.size, m))
         if self.size:
-            vals = self._batch(*args)
+            with np.errstate(all="ignore"):
+                vals = self._batch(*args)
             for i, v in enumerate(vals):
                 out[i] = v
         return out.reshape(self.shape + (m,))

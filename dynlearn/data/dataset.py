@@ -1,78 +1,27 @@
-"""Measurements: experiments, datasets and input signals.
+"""Measurements: experiments and datasets (the one CSV reader).
 
 A :class:`Dataset` is a list of :class:`Experiment`\\ s, each a time grid with measured
 columns (NaN = not measured). A dataset does not know any model; it is matched to one by
 column names when a loss is evaluated: columns named like an observable are data, columns
-named like an input drive the model.
+named like an input drive the model (see :mod:`dynlearn.data.signals`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+import os
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
-from dynlearn.errors import DataError
+from dynlearn.data.checks import check_times
+from dynlearn.errors import DataError, DataTypeError
 
-__all__ = ["Dataset", "Experiment", "InputSignal"]
-
-
-class InputSignal:
-    """Input values between samples: zero-order hold or linear interpolation.
-
-    Parameters
-    ----------
-    t : array_like, shape (m,)
-        Sample times, strictly increasing.
-    values : array_like, shape (m, n_inputs)
-    kind : {"zoh", "linear"}
-        ``"zoh"`` holds each sample until the next (what a digital controller does);
-        ``"linear"`` interpolates. Outside the sampled range the end values are held.
-    """
-
-    def __init__(self, t, values, kind: str = "linear", names: Sequence[str] | None = None):
-        from dynlearn.solve import check_times
-        self.t = check_times(t, "input time")
-        v = np.asarray(values, dtype=float)
-        if v.ndim == 1:
-            v = v[:, None]
-        if v.shape[0] != self.t.size:
-            raise DataError(f"input values have {v.shape[0]} rows but there are {self.t.size} "
-                            "input times")
-        bad = np.argwhere(~np.isfinite(v))
-        if bad.size:
-            r, c = bad[0]
-            label = names[c] if names else c
-            raise DataError(f"input '{label}' is not finite at t={self.t[r]} (row {r}); inputs "
-                            "must be known at every sample (fill or drop the row)")
-        if kind not in ("zoh", "linear"):
-            raise DataError(f"input interpolation kind must be 'zoh' or 'linear', got {kind!r}")
-        self.values = v
-        self.kind = kind
-        self.names = list(names) if names is not None else None
-        self.n_inputs = v.shape[1]
-        self._slopes = (np.diff(v, axis=0) / np.diff(self.t)[:, None]) if self.t.size > 1 else None
-
-    def breakpoints(self, t0: float, t1: float) -> np.ndarray:
-        """Times in ``(t0, t1)`` where the signal jumps (zero-order hold samples), at which
-        the solvers restart instead of stepping across a discontinuous right-hand side."""
-        if self.kind != "zoh":
-            return np.empty(0)
-        jumps = self.t[1:][np.any(np.diff(self.values, axis=0) != 0, axis=1)]
-        return jumps[(jumps > t0) & (jumps < t1)]
-
-    def __call__(self, t):
-        scalar = np.ndim(t) == 0
-        tt = np.atleast_1d(np.asarray(t, dtype=float))
-        i = np.clip(np.searchsorted(self.t, tt, side="right") - 1, 0, self.t.size - 1)
-        out = self.values[i]
-        if self.kind == "linear" and self._slopes is not None:
-            inside = (tt > self.t[0]) & (tt < self.t[-1])
-            j = np.minimum(i, self.t.size - 2)
-            lin = self.values[j] + (tt - self.t[j])[:, None] * self._slopes[j]
-            out = np.where(inside[:, None], lin, out)
-        return out[0] if scalar else out
+__all__ = ["Dataset", "Experiment", "as_dataset", "read_csv"]
 
 
 @dataclass
@@ -96,7 +45,6 @@ class Experiment:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        from dynlearn.solve import check_times
         self.t = check_times(self.t, "t", f" in experiment '{self.name}'")
         for k, v in self.columns.items():
             v = np.asarray(v, dtype=float)
@@ -113,26 +61,43 @@ class Experiment:
         return self.t.size
 
     def to_frame(self, time: str = "t"):
-        import pandas as pd
+        """The experiment as a DataFrame: the time column (named ``time``), then its columns."""
         return pd.DataFrame({time: self.t, **self.columns})
 
 
 def _numeric_frame(df, cols, where: str):
-    import pandas as pd
     out = {}
     for c in cols:
         s = df[c]
+        if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+            out[c] = s.to_numpy(dtype=float, na_value=np.nan)
+            continue
         num = pd.to_numeric(s, errors="coerce")
-        bad = num.isna() & s.notna() & (s.astype(str).str.strip() != "")
-        if bad.any():
-            r = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(f"{where}column '{c}', row {r + 1}: {s.iloc[r]!r} is not a number")
-        out[c] = num.to_numpy(dtype=float)
+        # only the cells that did not convert are looked at as text (a blank cell is
+        # "not measured", anything else is an error): on a numeric column nothing is
+        suspect = np.flatnonzero((num.isna() & s.notna()).to_numpy())
+        if suspect.size:
+            text = s.iloc[suspect].astype(str).str.strip().to_numpy()
+            bad = suspect[text != ""]
+            if bad.size:
+                r = int(bad[0])
+                raise DataError(f"{where}column '{c}', row {r + 1}: {s.iloc[r]!r} is not a "
+                                "number")
+        out[c] = num.to_numpy(dtype=float, na_value=np.nan)
     return out
 
 
+def _check_unique_names(columns, where: str) -> None:
+    """A :class:`DataError` naming the columns whose names repeat (after stripping)."""
+    counts = Counter(str(c) for c in columns)
+    dup = [c for c, n in counts.items() if n > 1]
+    if dup:
+        raise DataError(f"{where}duplicate column name{'s' if len(dup) > 1 else ''} "
+                        f"{', '.join(repr(c) for c in dup)} (spaces around names do not count); "
+                        "every column needs a name of its own")
+
+
 def _did_you_mean(name: str, choices) -> str:
-    import difflib
     choices = [str(c) for c in choices]
     low = {c.lower(): c for c in choices}
     if name.lower() in low:
@@ -141,14 +106,139 @@ def _did_you_mean(name: str, choices) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _long_to_wide(df, time, group, observable, value, sigma, where):
+def read_csv(path, **kwargs):
+    """Read a CSV file into a DataFrame: the one place dynlearn reads CSV text.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+    **kwargs
+        Passed to ``pandas.read_csv``.
+
+    Returns
+    -------
+    pandas.DataFrame
+
+    Raises
+    ------
+    DataError
+        Naming the file (and the line, when pandas reports one) for a missing file, a
+        directory, an empty file, text that does not parse as CSV, or a binary file.
+    """
+    try:
+        df = pd.read_csv(path, **kwargs)
+        _check_raw_header(path, df, kwargs)
+        return df
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not a CSV file") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty") from None
+    except pd.errors.ParserError as exc:
+        msg = str(exc).strip().splitlines()[-1]
+        m = re.search(r"line (\d+)", msg)
+        at = f", line {m.group(1)}" if m else ""
+        raise DataError(f"{path}{at}: cannot read as CSV: {msg}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a text CSV file ({exc.reason} at byte {exc.start})"
+                        ) from None
+
+
+def _check_raw_header(path, df, kwargs) -> None:
+    """Refuse a header that repeats a name: pandas renames the second ``x`` to ``x.1``, so a
+    repeated column would otherwise be read under a name nobody wrote. Only a header that
+    holds such a pair (``x`` and ``x.N``) is read again as written, to tell a repeat from a
+    column genuinely named ``x.1``."""
+    names = {str(c) for c in df.columns}
+    stems = (re.fullmatch(r"(.+)\.\d+", c) for c in names)
+    if not any(m is not None and m.group(1) in names for m in stems):
+        return
+    if not isinstance(path, (str, os.PathLike)) or \
+            any(k in kwargs for k in ("header", "names", "usecols", "index_col")):
+        return   # a stream cannot be read twice; a header the caller arranged is theirs
+    raw = pd.read_csv(path, **{**kwargs, "header": None, "nrows": 1, "dtype": str})
+    _check_unique_names([str(c).strip() for c in raw.iloc[0]], f"{path}: ")
+
+
+def _no_column(where: str, missing, columns, role: str = "", option: str | None = None,
+               origin: Mapping[str, str] | None = None) -> DataError:
+    """The one message for columns a table lacks: which, what for, where they were named,
+    the closest existing names and the table's columns."""
+    names = ", ".join(f"'{c}'" for c in missing)
+    msg = f"{where}no column{'s' if len(missing) > 1 else ''} {names}"
+    if role:
+        msg += f" for {role}"
+    msg += "".join(_did_you_mean(c, columns) for c in missing)
+    named = (origin or {}).get(option) if option else None
+    if named:
+        msg += f", named in {named}"
+    msg += f"; the columns are {[str(c) for c in columns]}"
+    if option in ("time", "group", "observable", "value") and not named:
+        msg += f". Pass {option}=<column name>"
+    return DataError(msg)
+
+
+def _select_wide(df, time, group, columns, rename, sigma_columns, observables, inputs, where,
+                 origin):
+    """The data columns of a wide table: selected, noise-level columns attached as
+    ``<observable>_sigma``, renamed, and (given the observables) what is not data dropped.
+    Returns the frame and the data column names (None: every column but time and group)."""
+    if columns is not None:
+        missing = [c for c in columns if c not in df.columns]
+        if missing:
+            raise _no_column(where, missing, df.columns, "", "columns", origin)
+    missing = [c for c in rename if c not in df.columns]
+    if missing:
+        raise _no_column(where, missing, df.columns, "renaming", "rename", origin)
+    missing = [c for c in sigma_columns.values() if c not in df.columns]
+    if missing:
+        raise _no_column(where, missing, df.columns, "noise levels", "sigma_columns", origin)
+    if not (rename or sigma_columns or observables is not None):
+        return df, columns
+    keys = [c for c in (time, group) if c is not None]
+    data = [c for c in (columns if columns is not None else df.columns) if c not in keys]
+    sources = set(sigma_columns.values())
+    data = [c for c in data if c not in sources]
+    out = df[keys + data].rename(columns=rename)
+    names = [rename.get(c, c) for c in data]
+    if columns is None and observables is not None:
+        known = set(observables) | set(inputs) | {f"{o}_sigma" for o in observables}
+        names = [c for c in names if c in known]
+    out = out[keys + names].copy()
+    for o, c in sigma_columns.items():
+        out[f"{o}_sigma"] = df[c].to_numpy()
+        names = [n for n in names if n != f"{o}_sigma"] + [f"{o}_sigma"]
+    return out, names
+
+
+def _select_long(df, time, group, observable, value, sigma, columns, rename, drop_other, where,
+                 origin):
+    """A long table's rows and columns to read: quantities renamed and selected, and (with
+    ``drop_other``) columns other than time, group, quantity, value and noise dropped."""
+    if rename and observable in df.columns:
+        names = df[observable]
+        renamed = names.astype(str).str.strip().replace(rename)
+        df = df.assign(**{observable: renamed.where(names.notna(), names)})
+    if columns is not None and observable in df.columns:
+        df = df[df[observable].astype(str).str.strip().isin(list(columns))]
+    if drop_other:
+        for col, option, role in ((observable, "observable", "the quantity names"),
+                                  (value, "value", "the values")):
+            if col not in df.columns:
+                raise _no_column(where, [col], df.columns, f"{role} (long format)", option,
+                                 origin)
+        df = df[[c for c in (time, group, observable, value, sigma)
+                 if c is not None and c in df.columns]]
+    return df
+
+
+def _long_to_wide(df, time, group, observable, value, sigma, where, origin=None):
     """Pivot a long table (time, observable, value[, sigma]) into wide columns."""
-    import pandas as pd
-    for col, role in ((observable, "observable"), (value, "value")):
+    for col, option, role in ((observable, "observable", "the quantity names"),
+                              (value, "value", "the values")):
         if col not in df.columns:
-            raise DataError(f"{where}long format needs a '{col}' column ({role} name)"
-                            f"{_did_you_mean(col, df.columns)}; columns are {list(df.columns)}. "
-                            f"Pass {role}=<column name>")
+            raise _no_column(where, [col], df.columns, f"{role} (long format)", option, origin)
     known = {time, group, observable, value, sigma}
     extra = [c for c in df.columns if c not in known]
     if extra:
@@ -207,8 +297,8 @@ class Dataset:
         experiments = list(experiments)
         if not experiments:
             raise DataError("a dataset needs at least one experiment")
-        names = [e.name for e in experiments]
-        dup = {n for n in names if names.count(n) > 1}
+        counts = Counter(e.name for e in experiments)
+        dup = {n for n, c in counts.items() if c > 1}
         if dup:
             raise DataError(f"experiment names must be unique; repeated: {sorted(dup)}")
         self.experiments = experiments
@@ -237,7 +327,11 @@ class Dataset:
     def from_frame(cls, df, time: str = "t", group: str | None = None,
                    columns: Sequence[str] | None = None, source: str = "",
                    format: str = "auto", observable: str = "observable", value: str = "value",
-                   sigma: str = "sigma", input_kind: str = "linear") -> Dataset:
+                   sigma: str = "sigma", input_kind: str = "linear",
+                   rename: Mapping[str, str] | None = None,
+                   sigma_columns: Mapping[str, str] | None = None,
+                   observables: Sequence[str] | None = None, inputs: Sequence[str] = (),
+                   origin: Mapping[str, str] | None = None) -> Dataset:
         """A dataset from a DataFrame in wide or long (tidy) format.
 
         Parameters
@@ -249,7 +343,10 @@ class Dataset:
             Column whose values split rows into experiments (each with its own time grid,
             initial state and inputs).
         columns : list of str, optional
-            Wide format: the columns to keep (default: all but time and group).
+            Wide format: the columns to keep (default: all but time and group), named as in
+            the table. Long format: the quantities to keep (after ``rename``).
+        source : str
+            Where the table came from (a file name), prefixed to error messages.
         format : {"auto", "wide", "long"}
             ``"wide"``: one column per measured quantity (observables, inputs, and optional
             noise levels ``<observable>_sigma``). ``"long"``: one row per measurement with
@@ -261,41 +358,64 @@ class Dataset:
         input_kind : {"linear", "zoh"}
             How input columns are interpolated between samples (linear, or zero-order hold
             as produced by a digital controller). ``dl.fit(..., input_kind=...)`` overrides.
+        rename : dict, optional
+            Table name -> model name. Wide format: renames data columns; long format:
+            renames quantities (values of the ``observable`` column).
+        sigma_columns : dict, optional
+            Wide format: observable -> column holding its noise level row by row (read as
+            ``<observable>_sigma``; the column itself is not data).
+        observables, inputs : list of str, optional
+            The names a model will read. When ``observables`` is given, at least one data
+            column must be named like an observable, and what is not data is dropped instead
+            of read: in wide format (without ``columns``) the columns that are neither an
+            observable, an input nor ``<observable>_sigma`` (a date, a comment); in long
+            format the columns other than time, group, quantity, value and noise level.
+        origin : dict, optional
+            Where options were given (option name -> text, e.g. ``{"time": "model.toml,
+            line 12"}``), named in error messages instead of the keyword-argument hint.
 
         Notes
         -----
         Empty cells and NaN are "not measured" and are not fitted. A column named
         ``<name>_sigma`` gives the noise standard deviation of ``<name>`` row by row.
         """
-        import pandas as pd
         where = f"{source}: " if source else ""
+        origin = dict(origin or {})
         if not isinstance(df, pd.DataFrame):
-            raise DataError(f"expected a pandas DataFrame, got {type(df).__name__}")
+            raise DataTypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
         if format not in ("auto", "wide", "long"):
             raise DataError(f"format must be 'auto', 'wide' or 'long', got {format!r}")
         if input_kind not in ("zoh", "linear"):
             raise DataError(f"input_kind must be 'zoh' or 'linear', got {input_kind!r}")
+        rename = dict(rename or {})
+        sigma_columns = dict(sigma_columns or {})
         df = df.rename(columns=lambda c: str(c).strip())
-        for col, role in ((time, "time"), (group, "group")):
+        _check_unique_names(df.columns, where)
+        for col, option, role in ((time, "time", "the time"), (group, "group", "the groups")):
             if col is not None and col not in df.columns:
-                raise DataError(f"{where}no {role} column '{col}'{_did_you_mean(col, df.columns)}; "
-                                f"columns are {list(df.columns)}. Pass {role}=<column name>")
+                raise _no_column(where, [col], df.columns, role, option, origin)
         if len(df) == 0:
             raise DataError(f"{where}the table has no rows")
+        table_columns = [str(c) for c in df.columns]
         long = format == "long" or (format == "auto" and observable in df.columns
                                     and value in df.columns)
         if long:
-            df = _long_to_wide(df, time, group, observable, value, sigma, where)
+            df = _select_long(df, time, group, observable, value, sigma, columns, rename,
+                              observables is not None, where, origin)
+            df = _long_to_wide(df, time, group, observable, value, sigma, where, origin)
             columns = None
+        else:
+            df, columns = _select_wide(df, time, group, columns, rename, sigma_columns,
+                                       observables, inputs, where, origin)
         if columns is None:
             columns = [c for c in df.columns if c not in (time, group)]
-        else:
-            missing = [c for c in columns if c not in df.columns]
-            if missing:
-                hints = "".join(_did_you_mean(c, df.columns) for c in missing)
-                raise DataError(f"{where}columns {missing} not found{hints}; columns are "
-                                f"{list(df.columns)}")
         columns = [str(c) for c in columns]
+        if observables is not None and not long \
+                and not any(c in observables for c in columns):
+            hint = (f"map table columns to model names with `rename` ({origin['rename']})"
+                    if "rename" in origin else "pass rename={column: observable}")
+            raise DataError(f"{where}no column matches an observable of the model "
+                            f"{list(observables)}; the columns are {table_columns}: {hint}")
         if not columns:
             raise DataError(f"{where}no data columns besides '{time}'")
         tvals = _numeric_frame(df, [time], where)[time]
@@ -319,8 +439,12 @@ class Dataset:
             if gcol.isna().any():
                 r = int(np.flatnonzero(gcol.isna().to_numpy())[0])
                 raise DataError(f"{where}group column '{group}' is empty at row {r + 1}")
-            keys = gcol.astype(str).to_numpy()
-            groups = [(k, np.flatnonzero(keys == k)) for k in dict.fromkeys(keys)]
+            # one pass over the rows (pandas' factorize: codes in order of first appearance,
+            # then a stable sort), not one comparison of every row per group
+            codes, names = pd.factorize(gcol.astype(str), sort=False)
+            order = np.argsort(codes, kind="stable")
+            cuts = np.flatnonzero(np.diff(codes[order])) + 1
+            groups = [(str(k), idx) for k, idx in zip(names, np.split(order, cuts))]
         exps = []
         for name, idx in groups:
             t = tvals[idx]
@@ -345,25 +469,24 @@ class Dataset:
     def from_csv(cls, path, time: str = "t", group: str | None = None, format: str = "auto",
                  observable: str = "observable", value: str = "value", sigma: str = "sigma",
                  input_kind: str = "linear", columns: Sequence[str] | None = None,
-                 **kwargs) -> Dataset:
-        """Read a CSV file in wide or long format (see :meth:`from_frame`).
+                 rename: Mapping[str, str] | None = None,
+                 sigma_columns: Mapping[str, str] | None = None,
+                 observables: Sequence[str] | None = None, inputs: Sequence[str] = (),
+                 origin: Mapping[str, str] | None = None, **kwargs) -> Dataset:
+        """Read a CSV file in wide or long format (see :meth:`from_frame` for the options).
 
-        Extra keyword arguments go to ``pandas.read_csv``. Row numbers in error messages
-        count data rows from 1 (the header is row 0).
+        Extra keyword arguments go to ``pandas.read_csv`` (through :func:`read_csv`). Row
+        numbers in error messages count data rows from 1 (the header is row 0).
         """
-        import pandas as pd
-        try:
-            df = pd.read_csv(path, **kwargs)
-        except FileNotFoundError:
-            raise DataError(f"no such file: {path}") from None
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: cannot parse as CSV: {exc}") from None
-        return cls.from_frame(df, time=time, group=group, columns=columns, source=str(path),
-                              format=format, observable=observable, value=value, sigma=sigma,
-                              input_kind=input_kind)
+        return cls.from_frame(read_csv(path, **kwargs), time=time, group=group,
+                              columns=columns, source=str(path), format=format,
+                              observable=observable, value=value, sigma=sigma,
+                              input_kind=input_kind, rename=rename, sigma_columns=sigma_columns,
+                              observables=observables, inputs=inputs, origin=origin)
 
     def to_frame(self):
-        import pandas as pd
+        """All experiments in one DataFrame (with an ``experiment`` column when there are
+        several), readable by :meth:`from_frame` with ``group="experiment"``."""
         frames = []
         for e in self:
             f = e.to_frame(self.time_name)
@@ -374,40 +497,13 @@ class Dataset:
 
 
 def as_dataset(data) -> Dataset:
-    import pandas as pd
+    """A :class:`Dataset` from a Dataset, an Experiment or a DataFrame whose first column is
+    time."""
     if isinstance(data, Dataset):
         return data
     if isinstance(data, Experiment):
         return Dataset([data])
     if isinstance(data, pd.DataFrame):
         return Dataset.from_frame(data, time=data.columns[0])
-    raise DataError(f"expected a dl.Dataset (or a DataFrame whose first column is time), got "
-                    f"{type(data).__name__}")
-
-
-def as_input_signal(inputs, model, kind: str = "linear") -> InputSignal:
-    """An InputSignal for the model's inputs from a signal, a DataFrame (time first) or an
-    Experiment whose columns include the inputs."""
-    import pandas as pd
-    names = [u.name for u in model.inputs]
-    if isinstance(inputs, InputSignal):
-        if inputs.n_inputs != len(names):
-            raise DataError(f"the input signal has {inputs.n_inputs} inputs; the model has "
-                            f"{names}")
-        return inputs
-    if isinstance(inputs, pd.DataFrame):
-        missing = [n for n in names if n not in inputs.columns]
-        if missing:
-            raise DataError(f"inputs frame lacks column(s) {missing}; it needs a time column "
-                            f"first, then {names}")
-        return InputSignal(inputs.iloc[:, 0].to_numpy(float), inputs[names].to_numpy(float),
-                           kind=kind, names=names)
-    if isinstance(inputs, Experiment):
-        missing = [n for n in names if n not in inputs.columns]
-        if missing:
-            raise DataError(f"experiment '{inputs.name}' has no column(s) {missing} for the "
-                            "model's inputs")
-        return InputSignal(inputs.t, np.column_stack([inputs.columns[n] for n in names]),
-                           kind=kind, names=names)
-    raise DataError(f"the model has inputs {names}; pass inputs= as a DataFrame (time column "
-                    "first, then one column per input)")
+    raise DataTypeError(f"expected a dl.Dataset (or a DataFrame whose first column is time), "
+                        f"got {type(data).__name__}")

@@ -32,7 +32,9 @@ Results are those of the serial run: residuals and Jacobians are stacked in the 
 (bit-identical); gradients and losses are sums whose order of summation differs (equal to
 rounding), and so is the QR-reduced system (a Levenberg-Marquardt fit ends at the same
 point to the optimizer's tolerance); independent fits are computed by the same code from
-the same inputs and seeds.
+the same inputs and seeds. Every sum and reduction is taken in the order of the
+experiments, never in the order results arrive or by batch (the batches change with the
+measured load), so a split fit with the same seed gives the same bits on every run.
 
 Faults. When a worker dies, the scheduler re-runs its tasks elsewhere (up to
 ``distributed.scheduler.allowed-failures`` times); scattered inputs survive on the other
@@ -41,7 +43,10 @@ the dead worker, the cancelled tasks are sent again with a fresh copy. Tasks tha
 are retried ``retries`` times (for transient failures such as a lost connection), then the
 error is raised on the client as a :class:`TaskError` naming the experiment, start,
 replicate or member and the worker. A trial point where the ODE solver fails is not an
-error: it is rejected, exactly as in a serial fit.
+error: it is rejected, exactly as in a serial fit. When the scheduler itself dies (or the
+connection to it breaks), the client cancels every task at once: that is raised at once as
+a :class:`~dynlearn.errors.ClusterError` naming the scheduler, never retried (a fit keeps
+its finished starts, and its checkpoint its progress, see :func:`dynlearn.fit`).
 """
 
 from __future__ import annotations
@@ -58,38 +63,18 @@ from typing import Any
 
 import numpy as np
 
-from dynlearn.errors import DynlearnError, OptionError
+from dynlearn.errors import ClusterError, OptionError, TaskError
 
-__all__ = ["Parallel", "TaskError", "local_client", "parallel"]
+__all__ = ["RESCATTERS", "ClusterError", "Parallel", "TaskError", "cached", "cluster_lost",
+           "current_parallel", "forget", "forget_everywhere", "local_client", "lost_inputs",
+           "lost_cluster_error", "parallel", "reaching_scheduler", "run_tasks", "scatter",
+           "scheduler_address", "worker_address"]
 
 OVER = ("auto", "starts", "experiments")
 _CURRENT: contextvars.ContextVar[Parallel | None] = contextvars.ContextVar("dynlearn_parallel",
                                                                           default=None)
 
 
-class TaskError(DynlearnError):
-    """A task failed on a Dask worker.
-
-    Attributes
-    ----------
-    where : str
-        What failed, e.g. ``"experiment 'run3'"``, ``"start 2"``, ``"bootstrap replicate 17"``.
-    worker : str
-        Address of the worker ("" when unknown).
-    remote_traceback : str
-        The traceback on the worker.
-    """
-
-    def __init__(self, message: str, where: str = "", worker: str = "",
-                 remote_traceback: str = ""):
-        super().__init__(message)
-        self.where, self.worker, self.remote_traceback = where, worker, remote_traceback
-
-    def __reduce__(self):  # keep the attributes when the error travels back from a worker
-        return (type(self), (str(self), self.where, self.worker, self.remote_traceback))
-
-
-# --- configuration ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Parallel:
     """How dynlearn uses a Dask client; pass it as ``client=`` or open :func:`parallel`.
@@ -140,20 +125,16 @@ def _check_client(client) -> None:
     if not all(hasattr(client, a) for a in ("submit", "gather", "scatter")):
         raise OptionError(f"client must be a dask.distributed.Client (or dl.Parallel(client)), "
                           f"got {type(client).__name__}; create one with "
-                          "dynlearn.parallel.local_client(n_workers) or "
+                          "dynlearn.distributed.local_client(n_workers) or "
                           "Client('tcp://scheduler:8786')")
     if getattr(client, "asynchronous", False):
         raise OptionError("client is asynchronous; dynlearn needs a synchronous Client")
 
 
-def _resolve(client) -> Parallel | None:
-    """The :class:`Parallel` configuration for a ``client=`` argument (``None``: the one of
-    the enclosing :func:`parallel` context, if any)."""
-    if client is None:
-        return _CURRENT.get()
-    if isinstance(client, Parallel):
-        return client
-    return Parallel(client)
+def current_parallel() -> Parallel | None:
+    """The :class:`Parallel` configuration of the enclosing :func:`parallel` block, or
+    ``None`` outside one."""
+    return _CURRENT.get()
 
 
 def local_client(n_workers: int = 2, threads_per_worker: int = 1, **cluster_kwargs):
@@ -258,7 +239,8 @@ def parallel(client=None, *, workers: int | None = None, over: str = "auto",
 
 
 # --- running tasks ---------------------------------------------------------------------------
-def _worker_address() -> str:
+def worker_address() -> str:
+    """The address of the Dask worker running the caller ("" when not on a worker)."""
     try:
         from distributed import get_worker
         return get_worker().address
@@ -269,7 +251,7 @@ def _worker_address() -> str:
 # --- the per-worker cache ------------------------------------------------------------------
 # What a fit sends to the workers (its objective, or the model and data of bootstrap and
 # ensemble fits) is also kept in each worker process under the key of its scattered copy,
-# until the fit ends (_forget) or 16 newer entries push it out. Why not rely on the scattered
+# until the fit ends (forget) or 16 newer entries push it out. Why not rely on the scattered
 # copies alone: Dask's active memory manager drops the extra replicas of scattered data that
 # no task is waiting for (ReduceReplicas, every 2 s), so between two evaluations a worker
 # loses its copy and fetches it again, as a new object whose model would be compiled again.
@@ -278,9 +260,13 @@ _CACHE_SIZE = 16
 _CACHE_LOCK = threading.Lock()
 
 
-def _cached(token: str, obj=None) -> dict | None:
-    """The cache entry ``{"obj": ..., "views": {...}}`` for ``token``; created from ``obj``
-    when missing (``None`` when missing and no ``obj`` is given)."""
+def cached(token: str, obj=None) -> dict | None:
+    """This process's cache entry ``{"obj": ..., "views": {...}}`` for ``token``; created
+    from ``obj`` when missing (``None`` when missing and no ``obj`` is given).
+
+    Runs on a worker: ``token`` is the key of a scattered input, ``obj`` its value; the entry
+    keeps it (and whatever the caller stores in ``views``) for later tasks on this worker.
+    """
     with _CACHE_LOCK:
         entry = _CACHE.get(token)
         if entry is None and obj is not None:
@@ -292,15 +278,18 @@ def _cached(token: str, obj=None) -> dict | None:
         return entry
 
 
-def _forget(tokens: Sequence[str]) -> None:
+def forget(tokens: Sequence[str]) -> None:
+    """Drop the cache entries of ``tokens`` in this process (see :func:`cached`)."""
     with _CACHE_LOCK:
         for t in tokens:
             _CACHE.pop(t, None)
 
 
-def _forget_everywhere(client, tokens: Sequence[str]) -> None:
+def forget_everywhere(client, tokens: Sequence[str]) -> None:
+    """Drop the cache entries of ``tokens`` on every worker of ``client`` (see
+    :func:`cached`); a worker that is gone has nothing to forget."""
     try:
-        client.run(_forget, list(tokens))
+        client.run(forget, list(tokens))
     except Exception:  # noqa: BLE001 - a worker gone meanwhile has nothing to forget
         pass
 
@@ -308,14 +297,14 @@ def _forget_everywhere(client, tokens: Sequence[str]) -> None:
 def _task(fn: Callable, label: str, item, _tokens: Mapping[str, str] | None = None, **shared):
     """Run ``fn(item, **shared)`` on a worker; an error names ``label`` and the worker.
 
-    Shared inputs are replaced by this worker's cached copies (see ``_cached``).
+    Shared inputs are replaced by this worker's cached copies (see :func:`cached`).
     """
     try:
         if _tokens:
-            shared = {k: _cached(_tokens[k], v)["obj"] for k, v in shared.items()}
+            shared = {k: cached(_tokens[k], v)["obj"] for k, v in shared.items()}
         return fn(item, **shared)
     except Exception as exc:
-        worker = _worker_address()
+        worker = worker_address()
         raise TaskError(f"{label} failed on worker {worker or '?'}: {type(exc).__name__}: {exc}",
                         label, worker, traceback.format_exc()) from None
 
@@ -326,51 +315,13 @@ def _as_task_error(exc: BaseException, label: str) -> TaskError:
     return TaskError(f"{label} failed: {type(exc).__name__}: {exc}", label)
 
 
-def _note(exc: BaseException, text: str) -> None:
-    if hasattr(exc, "add_note"):  # Python >= 3.11
-        exc.add_note(text)
-
-
-def _progress_bar(progress: bool, total: int, desc: str):
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, unit="task", leave=False, dynamic_ncols=True)
-
-
-def _run_tasks(par: Parallel | None, fn: Callable, items: Sequence, labels: Sequence[str],
-               shared: Mapping[str, Any], progress: bool = False, desc: str = "tasks",
-               on_result: Callable | None = None) -> list:
-    """``[fn(item, **shared) for item in items]``: serially without ``par``, else one Dask
-    task per item, with ``shared`` scattered to every worker once. Results in item order."""
-    bar = _progress_bar(progress, len(items), desc)
-    try:
-        if par is None:
-            out = []
-            for item, label in zip(items, labels):
-                try:
-                    out.append(fn(item, **shared))
-                except Exception as exc:
-                    _note(exc, f"(in {label})")
-                    raise
-                if bar is not None:
-                    bar.update(1)
-                    if on_result is not None:
-                        on_result(bar, out[-1])
-            return out
-        return _run_on_dask(par, fn, items, labels, shared, bar, desc, on_result)
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-def _scatter(client, obj):
+def scatter(client, obj):
     """Send ``obj`` to every worker once; its future. (Wrapped in a list: ``scatter`` would
     split a dict or list into one future per element.)"""
     return client.scatter([obj], broadcast=True, hash=False)[0]
 
 
-def _lost_inputs(exc: BaseException | None) -> bool:
+def lost_inputs(exc: BaseException | None) -> bool:
     """Whether a task was cancelled by the cluster, as when its scattered inputs died.
 
     Scattered data is broadcast, but Dask's active memory manager trims the replicas no task
@@ -383,14 +334,98 @@ def _lost_inputs(exc: BaseException | None) -> bool:
     return isinstance(exc, CancelledError)
 
 
-_RESCATTERS = 3   # times the inputs of one piece of work are re-sent after being lost
+RESCATTERS = 3   # times the inputs of one piece of work are re-sent after being lost
 
 
-def _run_on_dask(par, fn, items, labels, shared, bar, desc, on_result) -> list:
+def scheduler_address(client) -> str:
+    """The address of ``client``'s scheduler, without asking the scheduler ("" when
+    unknown)."""
+    try:
+        return str(client.scheduler.address or "")
+    except Exception:  # noqa: BLE001 - only for messages
+        return ""
+
+
+def cluster_lost(client, exc: BaseException | None) -> bool:
+    """Whether ``exc`` (raised while waiting for tasks) means the client has lost its
+    scheduler: the scheduler died or the connection broke.
+
+    The client then cancels every future at once with the reason
+    ``"scheduler-connection-lost"`` (a cancellation, like lost inputs, but one that no
+    resubmission can cure) and tries to reconnect; a connection error raised while the
+    client is not running says the same.
+    """
+    if exc is None or isinstance(exc, TaskError):
+        return False
+    if getattr(exc, "reason", None) == "scheduler-connection-lost":
+        return True
+    status = str(getattr(client, "status", "running"))
+    return isinstance(exc, (OSError, TimeoutError)) and status != "running"
+
+
+@contextlib.contextmanager
+def reaching_scheduler(client, what: str) -> Iterator[None]:
+    """Raise the errors of a lost scheduler in the block (after the client gave up
+    reconnecting: its ``timeout``) as a :class:`~dynlearn.errors.ClusterError` naming it
+    and ``what`` was under way."""
+    from concurrent.futures import CancelledError
+    try:
+        yield
+    except (OSError, TimeoutError, CancelledError) as exc:
+        if cluster_lost(client, exc):
+            raise lost_cluster_error(client, exc, what) from None
+        raise
+
+
+def lost_cluster_error(client, exc: BaseException, what: str) -> ClusterError:
+    """The :class:`~dynlearn.errors.ClusterError` of a lost scheduler, naming it and
+    ``what`` was under way."""
+    address = scheduler_address(client)
+    reason = getattr(exc, "reason", None)
+    detail = reason if reason else f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    return ClusterError(f"the Dask scheduler {address or '(unknown address)'} can no longer "
+                        f"be reached (it died, or the connection to it was lost) while "
+                        f"{what} ({detail})", address)
+
+
+def run_tasks(par: Parallel, fn: Callable, items: Sequence, labels: Sequence[str],
+              shared: Mapping[str, Any], desc: str = "tasks",
+              on_result: Callable[[Any], None] | None = None) -> list:
+    """``[fn(item, **shared) for item in items]`` as one Dask task per item.
+
+    ``shared`` is scattered to every worker once (and kept in each worker's cache, see
+    :func:`cached`); inputs lost with a dead worker are sent again (up to
+    :data:`RESCATTERS` times); a task that raises is retried ``par.retries`` times, then
+    its error is raised here as a :class:`TaskError` naming ``labels[i]`` and the worker;
+    a lost scheduler as a :class:`~dynlearn.errors.ClusterError` (after ``on_result`` saw
+    every result that had arrived).
+
+    Parameters
+    ----------
+    par : Parallel
+    fn : callable
+        ``fn(item, **shared)``; must be picklable (a module-level function).
+    items : sequence
+        One task each.
+    labels : sequence of str
+        What each task is, for error messages (``"start 2"``, ``"bootstrap replicate 7"``).
+    shared : mapping
+        Keyword arguments every task gets.
+    desc : str
+        Part of the task keys (``dynlearn-<desc>-...``).
+    on_result : callable, optional
+        Called with each result as it arrives (in completion order).
+
+    Returns
+    -------
+    list
+        The results in item order.
+    """
     from distributed import as_completed
     client = par.client
     token = uuid.uuid4().hex[:10]
-    remote = {k: _scatter(client, v) for k, v in shared.items()}
+    with reaching_scheduler(client, f"sending the inputs of {len(items)} {desc}"):
+        remote = {k: scatter(client, v) for k, v in shared.items()}
     # the cache token stays that of the first scatter, also when the inputs are re-sent
     tokens = {k: str(f.key) for k, f in remote.items()}
     scattered = list(remote.values())      # every copy sent, released at the end only:
@@ -404,9 +439,11 @@ def _run_on_dask(par, fn, items, labels, shared, bar, desc, on_result) -> list:
         return client.submit(_task, fn, labels[i], items[i], _tokens=tokens,
                              key=f"dynlearn-{desc}-{token}-{i}-{sent[0]}",
                              retries=par.retries, pure=False, **remote)
-    futures = [submit(i) for i in range(len(items))]
+    with reaching_scheduler(client, f"sending {len(items)} {desc}"):
+        futures = [submit(i) for i in range(len(items))]
     index = {f.key: i for i, f in enumerate(futures)}
     results: list = [None] * len(futures)
+    lost = False
     try:
         pending = as_completed(futures)
         for fut in pending:
@@ -415,29 +452,43 @@ def _run_on_dask(par, fn, items, labels, shared, bar, desc, on_result) -> list:
                 continue
             if fut.status != "finished":
                 exc = fut.exception() if fut.status == "error" else _cancel_reason(fut)
-                if not _lost_inputs(exc) or (used[i] == generation
-                                             and generation >= _RESCATTERS):
+                if cluster_lost(client, exc):
+                    lost = True
+                    raise lost_cluster_error(client, exc, f"running {len(items)} {desc} "
+                                             f"({sum(r is not None for r in results)} "
+                                             "finished)")
+                if not lost_inputs(exc) or (used[i] == generation
+                                            and generation >= RESCATTERS):
                     raise _as_task_error(exc, labels[i])
                 if used[i] == generation:   # the current copy is lost: send another
                     generation += 1
-                    remote = {k: _scatter(client, v) for k, v in shared.items()}
+                    with reaching_scheduler(client, f"sending the inputs of {desc} again"):
+                        remote = {k: scatter(client, v) for k, v in shared.items()}
                     scattered += remote.values()
                 futures[i] = submit(i)      # (tasks sent an older copy come here in turn)
                 index[futures[i].key] = i
                 pending.add(futures[i])
                 continue
-            results[i] = fut.result()
+            try:
+                results[i] = fut.result()
+            except BaseException as exc:   # finished, but its result could not be fetched
+                if cluster_lost(client, exc):
+                    lost = True
+                    raise lost_cluster_error(client, exc, f"fetching a result of {desc}"
+                                             ) from None
+                raise
             fut.release()
-            if bar is not None:
-                bar.update(1)
-                if on_result is not None:
-                    on_result(bar, results[i])
-    except BaseException:
-        client.cancel(futures)
+            if on_result is not None:
+                on_result(results[i])
+    except BaseException as exc:
+        lost = lost or cluster_lost(client, exc)
+        if not lost:      # (without a scheduler, there is nothing to cancel: no waiting)
+            client.cancel(futures)
         raise
     finally:
-        client.cancel(scattered)
-        _forget_everywhere(client, list(tokens.values()))
+        if not lost:
+            client.cancel(scattered)
+            forget_everywhere(client, list(tokens.values()))
     return results
 
 

@@ -86,6 +86,8 @@ the optimizer's constructor (e.g. ``{ ftol = 1e-12 }``).
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 import re
 import tomllib
@@ -96,7 +98,17 @@ from pathlib import Path
 import numpy as np
 import sympy as sp
 
-from dynlearn.errors import DataError, ModelError, OptionError, ParameterError
+from dynlearn.core.expressions import parse_expression
+from dynlearn.core.model import HybridModel
+from dynlearn.core.neural import MLP
+from dynlearn.core.parameters import Parameter
+from dynlearn.core.serialise import model_to_dict
+from dynlearn.data.checks import check_times
+from dynlearn.data.dataset import Dataset
+from dynlearn.errors import DataError, ModelError, OptionError, OptionTypeError, ParameterError
+from dynlearn.objective.losses import LOSS_NAMES, loss_from_name
+from dynlearn.optimizers import OPTIMIZERS, Staged, default_optimizer, optimizer_from_name
+from dynlearn.solve import METHODS
 
 __all__ = ["ModelFile", "load_model_file", "model_to_toml", "parse_model_text", "parse_time_grid"]
 
@@ -113,18 +125,7 @@ _FIT = {"loss", "method", "rtol", "atol", "sensitivity", "optimizer", "maxiter",
         "stages", "n_starts", "l2", "options", "progress", "lr", "max_time"}
 _STAGE = {"optimizer", "maxiter", "lr", "options"}
 _SIMULATE = {"t", "method", "rtol", "atol", "y0"}
-LOSSES = ("ls", "gaussian", "log")
 SENSITIVITIES = ("forward", "adjoint", "finite-difference")
-#: optimizer names in model files -> (class name in dynlearn, keyword of the iteration budget)
-OPTIMIZERS = {
-    "lm": ("LevenbergMarquardt", "max_iter"),
-    "levenberg-marquardt": ("LevenbergMarquardt", "max_iter"),
-    "gauss-newton": ("GaussNewton", "max_iter"),
-    "lbfgs": ("LBFGSB", "max_iter"),
-    "l-bfgs-b": ("LBFGSB", "max_iter"),
-    "adam": ("Adam", "iterations"),
-    "multiple-shooting": ("MultipleShooting", "max_iter"),
-}
 
 
 class _Lines:
@@ -213,6 +214,7 @@ class ModelFile:
 
     @property
     def source(self) -> str:
+        """The file's path as text, or ``"<model file>"`` for parsed text."""
         return str(self.path) if self.path is not None else "<model file>"
 
     def where(self, *path: str) -> str:
@@ -247,8 +249,6 @@ class ModelFile:
             Overrides the iteration budget of every stage (``--maxiter``). With no optimizer
             named in the file, it applies to ``dl.fit``'s default optimizer.
         """
-        import dynlearn as dl
-        from dynlearn.optimizers.optimizers import default_optimizer
         ft = self.fit
         if "stages" in ft:
             specs = [(("fit", "stages"), st) for st in ft["stages"]]
@@ -264,7 +264,6 @@ class ModelFile:
             if name is None:
                 # dl.fit's own choice for this model, keeping its tuning; only the budget
                 # changes
-                import copy
                 default = copy.deepcopy(default_optimizer(self.model))
                 if budget is not None:
                     for o in [default, *default.stages()]:
@@ -274,108 +273,49 @@ class ModelFile:
                                 break
                 built.append(default)
                 continue
-            cls_name, budget_kw = OPTIMIZERS[name]
             kw = dict(spec.get("options", {}))
             if budget is not None:
-                kw[budget_kw] = int(budget)
+                kw["max_iter"] = int(budget)     # the factory maps it to Adam's iterations
             if "lr" in spec:
-                if cls_name != "Adam":
+                if name != "adam":
                     raise OptionError(f"{self.where(*path, 'lr')}: lr is the learning rate "
                                       "of the 'adam' optimizer only")
                 kw["lr"] = float(spec["lr"])
             try:
-                built.append(getattr(dl, cls_name)(**kw))
-            except TypeError as exc:
-                raise OptionError(f"{self.where(*path, 'options')}: optimizer "
-                                  f"'{name or cls_name}': {exc}") from None
-        return built[0] if len(built) == 1 else dl.Staged(built)
+                built.append(optimizer_from_name(name, **kw))
+            except (TypeError, OptionError) as exc:    # an unknown or invalid option
+                cls = OptionTypeError if isinstance(exc, TypeError) else OptionError
+                raise cls(f"{self.where(*path, 'options')}: optimizer '{name}': {exc}") from None
+        return built[0] if len(built) == 1 else Staged(built)
 
     def read_data(self, csv=None):
         """Read the measurements: ``csv`` or the file named by ``[data] file``.
+
+        The file is read by :meth:`dynlearn.Dataset.from_csv` with the ``[data]`` and
+        ``[noise] sigma_columns`` settings; columns the model does not know (a date, a
+        comment) are dropped unless ``[data] columns`` names them.
 
         Returns
         -------
         Dataset
             Columns renamed to model names, restricted to ``[data] columns`` when given.
         """
-        import pandas as pd
-
-        from dynlearn.data.dataset import Dataset
         path = Path(csv) if csv is not None else self.data["file"]
         if path is None:
             raise DataError(f"{self.where('data')}: no data file: pass DATA.csv on the command "
                             "line or set `file` in [data]")
         d = self.data
-        try:
-            df = pd.read_csv(path, skipinitialspace=True)
-        except FileNotFoundError:
-            raise DataError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise DataError(f"{path}: is a directory, not a CSV file") from None
-        except pd.errors.EmptyDataError:
-            raise DataError(f"{path}: the file is empty") from None
-        except pd.errors.ParserError as exc:
-            msg = str(exc).strip().splitlines()[-1]
-            m = re.search(r"line (\d+)", msg)
-            at = f", line {m.group(1)}" if m else ""
-            raise DataError(f"{path}{at}: cannot read as CSV: {msg}") from None
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not a text CSV file ({exc.reason} at byte {exc.start})"
-                            ) from None
-        df.columns = [str(c).strip() for c in df.columns]
-        if d["format"] == "long":
-            return self._read_long(df, path)
-        keep = d["columns"]
-        needed = [c for c in (d["time"], d["group"]) if c]
-        for c in list(d["rename"]) + (keep or []) + needed:
-            if c not in df.columns:
-                raise DataError(f"{path}: no column '{c}' (named in {self.where('data')}); the "
-                                f"columns are {list(df.columns)}")
-        if keep is not None:
-            df = df[needed + [c for c in keep if c not in needed]]
-        sigma_cols = self.noise["sigma_columns"]
-        for c in sigma_cols.values():
-            if c not in df.columns:
-                raise DataError(f"{path}: no sigma column '{c}' (named in "
-                                f"{self.where('noise', 'sigma_columns')}); the columns are "
-                                f"{list(df.columns)}")
-        sig = pd.DataFrame({f"{o}_sigma": df[c] for o, c in sigma_cols.items()})
-        df = df.drop(columns=list(set(sigma_cols.values()))).rename(columns=d["rename"])
         m = self.model
-        known = set(m.observable_names) | {u.name for u in m.inputs}
-        known |= {f"{o}_sigma" for o in m.observable_names}
-        # columns the model does not know (a date, a comment) are dropped unless named
-        if keep is None:
-            df = df.drop(columns=[c for c in df.columns if c not in known and c not in needed])
-        if not [c for c in df.columns if c in m.observable_names]:
-            raise DataError(f"{path}: no column matches an observable of the model "
-                            f"{list(m.observable_names)}; map CSV columns with `rename` in "
-                            f"[data] ({self.source})")
-        for c in sig.columns:
-            df[c] = sig[c]
-        return Dataset.from_frame(df, time=d["time"], group=d["group"], source=str(path),
-                                  input_kind=d["interpolation"])
-
-
-    def _read_long(self, df, path):
-        """A long table (time, observable, value[, sigma]): ``rename`` maps observable names,
-        ``columns`` selects them."""
-        from dynlearn.data.dataset import Dataset
-        d = self.data
-        for c in (d["time"], d["group"], d["observable"], d["value"]):
-            if c and c not in df.columns:
-                raise DataError(f"{path}: no column '{c}' (long format, {self.where('data')}); "
-                                f"the columns are {list(df.columns)}")
-        names = df[d["observable"]].astype(str).str.strip().replace(d["rename"])
-        df = df.assign(**{d["observable"]: names})
-        if d["columns"] is not None:
-            df = df[names.isin(d["columns"])]
-        keep = [c for c in (d["time"], d["group"], d["observable"], d["value"], d["sigma"])
-                if c and c in df.columns]
-        return Dataset.from_frame(df[keep], time=d["time"], group=d["group"], format="long",
-                                  observable=d["observable"], value=d["value"],
-                                  sigma=d["sigma"], source=str(path),
-                                  input_kind=d["interpolation"])
+        origin = {k: self.where("data", k) for k in ("time", "group", "columns", "rename",
+                                                      "observable", "value")}
+        origin["sigma_columns"] = self.where("noise", "sigma_columns")
+        return Dataset.from_csv(path, time=d["time"], group=d["group"], format=d["format"],
+                                observable=d["observable"], value=d["value"], sigma=d["sigma"],
+                                input_kind=d["interpolation"], columns=d["columns"],
+                                rename=d["rename"], sigma_columns=self.noise["sigma_columns"],
+                                observables=list(m.observable_names),
+                                inputs=[u.name for u in m.inputs], origin=origin,
+                                skipinitialspace=True)
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -488,7 +428,6 @@ def parse_time_grid(spec, where: str = "t") -> np.ndarray:
         except (KeyError, TypeError, ValueError):
             bad(f"{spec!r}: a time table needs start, stop and step (or n)")
     if isinstance(spec, (list, tuple, np.ndarray)):
-        from dynlearn.solve import check_times
         try:
             return check_times(spec, "t")
         except DataError as exc:
@@ -543,9 +482,6 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
     default_seed : int, optional
         See :func:`load_model_file`.
     """
-    from dynlearn.core.model import HybridModel
-    from dynlearn.core.neural import MLP
-    from dynlearn.core.parameters import Parameter
 
     src = Path(source) if source is not None else None
     name = str(src) if src is not None else "<model file>"
@@ -760,11 +696,10 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
     # [fit] ---------------------------------------------------------------------------------
     ft = dict(ck.table(doc.get("fit"), ("fit",), _FIT))
     if "loss" in ft:
-        ck.string(ft["loss"], ("fit", "loss"), LOSSES)
+        ck.string(ft["loss"], ("fit", "loss"), LOSS_NAMES)
     if "sensitivity" in ft:
         ck.string(ft["sensitivity"], ("fit", "sensitivity"), SENSITIVITIES)
     if "method" in ft:
-        from dynlearn.solve import METHODS
         ck.string(ft["method"], ("fit", "method"), METHODS)
     for k in ("rtol", "atol", "l2"):
         if k in ft:
@@ -775,7 +710,7 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
     for k in ("lr", "max_time"):
         if k in ft:
             ck.number(ft[k], ("fit", k), positive=True)
-    if isinstance(sigma, str) and ft.get("loss", "gaussian") != "gaussian":
+    if isinstance(sigma, str) and not loss_from_name(ft.get("loss", "gaussian")).estimates_noise:
         ck.fail(("noise", "sigma"), f"sigma = \"estimate\" needs loss = \"gaussian\" in [fit] "
                 f"(the file says loss = {ft['loss']!r})")
     if "progress" in ft:
@@ -809,7 +744,6 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
     if "t" in smt:
         smt["t"] = parse_time_grid(smt["t"], f"{ck.where('simulate', 't')}: [simulate] t")
     if "method" in smt:
-        from dynlearn.solve import METHODS
         ck.string(smt["method"], ("simulate", "method"), METHODS)
     for k in ("rtol", "atol"):
         if k in smt:
@@ -829,13 +763,11 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
 
 
 def _parse(ck: _Checker, text: str, names: Mapping, path: tuple[str, ...], what: str):
-    from dynlearn.core.expressions import parse_expression
     return parse_expression(text, names, where=f"{ck.where(*path)}: {what}")
 
 
 # --- writing ---------------------------------------------------------------------------------
 def _toml_value(v) -> str:
-    import json
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, np.integer)):
@@ -858,12 +790,15 @@ def _toml_value(v) -> str:
 
 
 def _toml_key(k: str) -> str:
-    import json
     return k if re.fullmatch(r"[A-Za-z0-9_\-]+", k) else json.dumps(k)
 
 
 def model_to_toml(model, tables: Mapping[str, Mapping] | None = None, comment: str = "") -> str:
     """A model file (TOML text) describing ``model``, readable by :func:`load_model_file`.
+
+    The model's fields are those of :func:`dynlearn.core.serialise.model_to_dict` (the
+    description result files store), rendered as TOML: defaults are left out (``time =
+    "t"``, parameter bounds implied by a log transform, observables equal to the states).
 
     Parameters
     ----------
@@ -878,57 +813,58 @@ def model_to_toml(model, tables: Mapping[str, Mapping] | None = None, comment: s
     Notes
     -----
     Trained network weights are not part of a model file: networks are written with their
-    architecture and seed, so they start from their initial weights when the file is read.
+    architecture, ``seed`` and ``scale``, so they start from their initial weights when the
+    file is read (exactly those of ``model`` when its MLPs were built from an integer seed).
     """
-    from dynlearn.core.neural import MLP
+    d = model_to_dict(model)
     out = [f"# {line}".rstrip() for line in comment.splitlines()]
     if out:
         out.append("")
     out.append("[model]")
-    out.append(f"name = {_toml_value(model.name)}")
-    out.append(f"states = {_toml_value([s.name for s in model.states])}")
-    if model.time.name != "t":
-        out.append(f"time = {_toml_value(model.time.name)}")
-    if model.inputs:
-        out.append(f"inputs = {_toml_value([u.name for u in model.inputs])}")
+    out.append(f"name = {_toml_value(d['name'])}")
+    out.append(f"states = {_toml_value(d['states'])}")
+    if d["time"] != "t":
+        out.append(f"time = {_toml_value(d['time'])}")
+    if d["inputs"]:
+        out.append(f"inputs = {_toml_value(d['inputs'])}")
     out.append("")
     out.append("[model.equations]")
-    for s, e in zip(model.states, model.rhs):
-        out.append(f"{_toml_key(s.name)} = {_toml_value(str(e))}")
-    if model.params:
+    for s, e in d["rhs"].items():
+        out.append(f"{_toml_key(s)} = {_toml_value(e)}")
+    if d["params"]:
         out.append("")
         out.append("[model.params]")
-        for s, p in model.params.items():
-            spec = {"value": p.value}
-            if p.transform != "identity":
-                spec["transform"] = p.transform
-            if p.min != -math.inf and not (p.transform == "log" and p.min == 0.0):
-                spec["min"] = p.min
-            if p.max != math.inf:
-                spec["max"] = p.max
-            if p.fixed:
+        for name, p in d["params"].items():
+            spec = {"value": p["value"]}
+            if p["transform"] != "identity":
+                spec["transform"] = p["transform"]
+            if p["min"] != -math.inf and not (p["transform"] == "log" and p["min"] == 0.0):
+                spec["min"] = p["min"]
+            if p["max"] != math.inf:
+                spec["max"] = p["max"]
+            if p["fixed"]:
                 spec["fixed"] = True
-            value = _toml_value(spec) if len(spec) > 1 else _toml_value(p.value)
-            out.append(f"{_toml_key(s.name)} = {value}")
-    for net in model.networks:
-        if not isinstance(net, MLP):
-            raise ModelError(f"network '{net.name}' is a custom dl.Network; only MLPs can be "
+            value = _toml_value(spec) if len(spec) > 1 else _toml_value(p["value"])
+            out.append(f"{_toml_key(name)} = {value}")
+    for net in d["networks"]:
+        if net["type"] != "MLP":
+            raise ModelError(f"network '{net['name']}' is a custom dl.Network; only MLPs can be "
                              "written to a model file")
         out.append("")
-        out.append(f"[model.networks.{net.name}]")
-        out.append(f"inputs = {_toml_value([str(v) for v in net.inputs])}")
-        out.append(f"outputs = {net.n_outputs}")
-        out.append(f"hidden = {_toml_value(list(net.hidden))}")
-        out.append(f"activation = {_toml_value(net.activation)}")
-        if net.seed is not None:
-            out.append(f"seed = {int(net.seed)}")
-        if getattr(net, "scale", None) not in (None, 1.0):
-            out.append(f"scale = {_toml_value(float(net.scale))}")
-    if dict(model.observables) != {s.name: s for s in model.states}:
+        out.append(f"[model.networks.{net['name']}]")
+        out.append(f"inputs = {_toml_value(net['inputs'])}")
+        out.append(f"outputs = {net['outputs']}")
+        out.append(f"hidden = {_toml_value(net['hidden'])}")
+        out.append(f"activation = {_toml_value(net['activation'])}")
+        if "seed" in net:
+            out.append(f"seed = {net['seed']}")
+        if net["scale"] != 1.0:
+            out.append(f"scale = {_toml_value(net['scale'])}")
+    if d["observables"] != {s: s for s in d["states"]}:
         out.append("")
         out.append("[model.observables]")
-        for k, e in model.observables.items():
-            out.append(f"{_toml_key(k)} = {_toml_value(str(e))}")
+        for k, e in d["observables"].items():
+            out.append(f"{_toml_key(k)} = {_toml_value(e)}")
     for name, table in (tables or {}).items():
         if not table:
             continue

@@ -1,151 +1,79 @@
-"""Losses over datasets, and their gradients.
+"""The objective of a fit over a dataset: residuals, Jacobians, losses and their gradients.
+
+:class:`FitObjective` is the one implementation of a fit's loss (see
+:mod:`dynlearn.objective.losses` for the residual formula). It is what :func:`dynlearn.fit`
+minimises, and :func:`loss`, :func:`loss_and_grad` and :class:`Objective` are front-ends to
+it in the model's own parameters ``theta``, so that ``dl.loss(result.model, data, ...)``
+equals ``result.loss`` for the same settings.
 
 The default loss is the sum of squared residuals over every observed value (NaN = not
 observed), summed over experiments. Each experiment starts from its first data row unless an
 initial state is given.
+
+Evaluated by experiment
+-----------------------
+Experiments are independent given ``x``: everything a fit computes is a sum (costs,
+gradients, noise statistics) or a stack (residuals, Jacobian rows) over experiments plus the
+L2 rows of network weights. The per-experiment methods (``experiment_residuals``,
+``experiment_jacobian``, ``experiment_cost_and_grad``, ``experiment_noise_statistics``,
+``experiment_prediction``) are what an objective evaluated elsewhere (on Dask:
+:class:`dynlearn.distributed.fanned.FannedObjective`) or in pieces (multiple shooting:
+:class:`dynlearn.objective.shooting.ShootingObjective`) builds on.
 """
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
-
 import numpy as np
 
+from dynlearn.core.parameters import Parameter, ParameterSpace
 from dynlearn.core.vectorfield import VectorField
-from dynlearn.data.dataset import Dataset, Experiment, InputSignal, as_dataset
-from dynlearn.errors import DataError, OptionError, ParameterError, SolveError
-from dynlearn.sensitivity import Adjoint, ForwardSensitivity, Problem, Sensitivity
-from dynlearn.sensitivity.discrete import DISCRETE_METHODS, discrete_state_jacobian
-from dynlearn.solve import check_method, check_options, check_y0, solve_observed
+from dynlearn.data.dataset import Dataset, as_dataset
+from dynlearn.errors import OptionError, ParameterError, SolveError
+from dynlearn.objective.binding import BoundExperiment, bind_data
+from dynlearn.objective.losses import LOSS_NAMES, Loss, Rejected, loss_from_name
+from dynlearn.sensitivity import Adjoint, Problem, Sensitivity
+from dynlearn.sensitivity.choice import cheap_jacobian, observable_jacobian
+from dynlearn.solve import check_method, check_options, solve_observed
 
 __all__ = [
-    "LOSSES",
+    "LOSS_NAMES",
+    "SOLVE_FAILURES",
     "BoundExperiment",
     "FitObjective",
+    "LeastSquaresProblem",
     "Objective",
     "Rejected",
     "bind_data",
-    "discrete_observable_jacobian",
     "loss",
     "loss_and_grad",
 ]
 
-
-@dataclass
-class BoundExperiment:
-    """An experiment matched to a model: observations as an array in observable order."""
-
-    name: str
-    t: np.ndarray
-    Y: np.ndarray          # (m, n_obs), NaN where not observed
-    mask: np.ndarray       # (m, n_obs) bool
-    y0: np.ndarray | None  # initial state, if known
-    t0: float
-    inputs: InputSignal | None
-    sigma: np.ndarray | None = None   # (m, n_obs) from `<obs>_sigma` columns, NaN if none
+#: What a solve that fails at a trial point raises (a solver failure, parameters that
+#: cannot be used); the objectives turn these into :class:`Rejected`. Anything else is a bug
+#: (in the model's code or dynlearn's) and propagates.
+SOLVE_FAILURES = (SolveError, ParameterError)
 
 
-def _first_row_y0(model, exp: Experiment) -> np.ndarray | None:
-    idx = model.compiled.obs_state_index
-    y0 = np.full(model.n_states, np.nan)
-    for name, i in idx.items():
-        if i is not None and name in exp.columns:
-            y0[i] = exp.columns[name][0]
-    return y0 if np.all(np.isfinite(y0)) else None
-
-
-def bind_data(model, data, y0=None, input_kind: str | None = None,
-              require_y0: bool = True) -> list[BoundExperiment]:
-    """Match a dataset to a model's observables and inputs.
-
-    Parameters
-    ----------
-    y0 : None, array_like or dict
-        ``None``: each experiment's own ``y0`` or else its first data row. An array: the same
-        initial state for every experiment. A dict: per experiment name.
-    """
-    data = as_dataset(data)
-    obs = list(model.observable_names)
-    inputs = [u.name for u in model.inputs]
-    states = [s.name for s in model.states]
-    out = []
-    for exp in data:
-        cols = set(exp.columns)
-        present = [o for o in obs if o in cols]
-        if not present:
-            raise DataError(f"experiment '{exp.name}' has no column named like an observable of "
-                            f"the model {obs}; its columns are {sorted(cols)}")
-        missing_in = [u for u in inputs if u not in cols]
-        if missing_in:
-            raise DataError(f"experiment '{exp.name}' lacks column(s) {missing_in} for the "
-                            "model's inputs")
-        sig_cols = {f"{o}_sigma" for o in obs}
-        extra = sorted(cols - set(obs) - set(inputs) - sig_cols)
-        if extra:
-            warnings.warn(f"experiment '{exp.name}': column(s) {extra} match no observable or "
-                          "input of the model and are not used", stacklevel=3)
-        m = exp.t.size
-        Y = np.full((m, len(obs)), np.nan)
-        for k, o in enumerate(obs):
-            if o in cols:
-                Y[:, k] = exp.columns[o]
-        S = np.full((m, len(obs)), np.nan)
-        for k, o in enumerate(obs):
-            if f"{o}_sigma" in cols:
-                S[:, k] = exp.columns[f"{o}_sigma"]
-        signal = None
-        if inputs:
-            kind = input_kind or exp.meta.get("input_kind", "linear")
-            signal = InputSignal(exp.t, np.column_stack([exp.columns[u] for u in inputs]),
-                                 kind=kind, names=inputs)
-        if isinstance(y0, dict):
-            y = y0.get(exp.name)
-        elif y0 is not None:
-            y = y0
-        else:
-            y = exp.y0
-        if y is None:
-            y = _first_row_y0(model, exp)
-            if y is None and not require_y0:
-                pass
-            elif y is None:
-                unmeasured = [s for s in states if s not in cols or
-                              not np.isfinite(exp.columns[s][0])]
-                raise DataError(f"cannot take the initial state of experiment '{exp.name}' from "
-                                f"its first row: state(s) {unmeasured} are not measured at "
-                                f"t={exp.t[0]}. Pass y0=[...] (or estimate it in dl.fit)")
-        else:
-            y = check_y0(y, model.n_states, states, f" of experiment '{exp.name}'")
-        out.append(BoundExperiment(exp.name, exp.t, Y, np.isfinite(Y),
-                                   None if y is None else np.asarray(y, float),
-                                   float(exp.t[0]), signal, S))
-    return out
-
-
-def squared_error(D: np.ndarray, mask: np.ndarray):
-    """``obs_loss`` for the sum of squared residuals against data ``D`` (NaN ignored)."""
-    D0 = np.where(mask, D, 0.0)
-
-    def obs_loss(H):
-        r = np.where(mask, H - D0, 0.0)
-        return float(np.sum(r * r)), 2.0 * r
-    return obs_loss
-
-
+# --- front-ends in the model's parameters ------------------------------------------------
 class Objective:
-    """A loss over a dataset, evaluated with a chosen solver and gradient method.
+    """A loss over a dataset in the model's parameters ``theta``, evaluated with a chosen
+    solver and gradient method: the objective of :func:`dynlearn.fit` (same loss, noise
+    levels, weights and L2 term), with every initial state known.
 
     Parameters
     ----------
     model : HybridModel
     data : Dataset
-    y0 : see :func:`bind_data`
+    y0 : see :func:`~dynlearn.objective.binding.bind_data`
     method, rtol, atol : solver settings
     sensitivity : Sensitivity, optional
         Default :class:`~dynlearn.Adjoint`.
-    obs_loss_factory : callable, optional
-        ``factory(bound_experiment) -> obs_loss``; default: squared error.
+    loss : {"ls", "gaussian", "log"} or Loss
+        As in :func:`dynlearn.fit`. For ``"gaussian"`` the noise levels not given are
+        estimated at each ``theta`` (in closed form), and the value is the negative
+        log-likelihood.
+    sigma, weights, l2 : as in :func:`dynlearn.fit`
+        ``<obs>_sigma`` data columns give noise levels too.
     input_kind : {"linear", "zoh"}, optional
         How inputs are interpolated between samples (default: the dataset's setting, else
         linear). With ``"zoh"`` the solvers restart at every input jump.
@@ -153,54 +81,126 @@ class Objective:
     """
 
     def __init__(self, model, data, y0=None, method: str = "RK45", rtol: float = 1e-6,
-                 atol: float = 1e-8, sensitivity: Sensitivity | None = None,
-                 obs_loss_factory=None, input_kind: str | None = None, **options):
-        self.model = model
-        self.method = check_method(method)
-        self.options = check_options(options, "loss")
-        self.rtol, self.atol = rtol, atol
+                 atol: float = 1e-8, sensitivity: Sensitivity | None = None, *,
+                 loss: str | Loss = "ls", sigma=None, weights=None, l2: float = 0.0,
+                 input_kind: str | None = None, **options):
+        method = check_method(method)
+        options = check_options(options, "loss")
         if sensitivity is None:
             sensitivity = Adjoint()
         if not isinstance(sensitivity, Sensitivity):
             raise OptionError(f"sensitivity must be dl.ForwardSensitivity(), dl.Adjoint() or "
                               f"dl.FiniteDifference(), got {sensitivity!r}")
-        self.sensitivity = sensitivity
         self.data = as_dataset(data) if not isinstance(data, Dataset) else data
         self.bound = bind_data(model, self.data, y0, input_kind)
-        factory = obs_loss_factory or (lambda b: squared_error(b.Y, b.mask))
-        self.obs_losses = [factory(b) for b in self.bound]
+        space = ParameterSpace(model, [[Parameter(float(v), fixed=True) for v in b.y0]
+                                       for b in self.bound], [e.name for e in self.data])
+        self.fit_objective = FitObjective(model, self.bound, space, loss, sigma, weights,
+                                          l2, method, rtol, atol, options, sensitivity)
 
-    def problems(self, theta, y0s=None):
+    @property
+    def model(self):
+        return self.fit_objective.model
+
+    @property
+    def sensitivity(self) -> Sensitivity:
+        return self.fit_objective.sensitivity
+
+    @property
+    def method(self) -> str:
+        return self.fit_objective.method
+
+    @property
+    def rtol(self) -> float:
+        return self.fit_objective.rtol
+
+    @property
+    def atol(self) -> float:
+        return self.fit_objective.atol
+
+    @property
+    def options(self) -> dict:
+        return self.fit_objective.options
+
+    def _theta_y0s(self, theta, y0s):
         theta = self.model.check_theta(theta)
-        out = []
-        for i, (b, ol) in enumerate(zip(self.bound, self.obs_losses)):
-            vf = VectorField(self.model, theta, b.inputs)
-            y0 = b.y0 if y0s is None else y0s[i]
-            out.append(Problem(vf, b.t0, b.t, y0, ol, self.method, self.rtol, self.atol,
-                               self.options, b.name))
-        return out
+        return theta, [b.y0 for b in self.bound] if y0s is None else list(y0s)
+
+    def _estimate_noise(self, predictions) -> None:
+        """Set the noise levels at the point of ``predictions`` (one array of observables
+        per experiment) for a loss that estimates them (else nothing)."""
+        fo = self.fit_objective
+        if not fo.estimates_noise:
+            return
+        ssr, cnt = np.zeros(len(fo.obs)), np.zeros(len(fo.obs))
+        for i, H in enumerate(predictions):
+            a, c = fo.noise_statistics_at(i, H)
+            ssr += a
+            cnt += c
+        fo.set_sigma(fo.noise_levels(ssr, cnt))
+
+    def _predictions(self, theta, y0s):
+        for i, y0 in enumerate(y0s):
+            p = self.fit_objective.experiment_problem(i, theta, y0)
+            Y, _ = solve_observed(p.vf, p.t0, p.t_obs, p.y0, p.method, p.rtol, p.atol,
+                                  p.options, where=p.where)
+            yield p.vf.observe_batch(p.t_obs, Y)
+
+    def problems(self, theta=None, y0s=None) -> list[Problem]:
+        """One :class:`~dynlearn.sensitivity.Problem` per experiment, whose ``obs_loss`` is
+        the experiment's data term (noise levels estimated at ``theta`` first, if the loss
+        does)."""
+        theta, y0s = self._theta_y0s(theta, y0s)
+        if self.fit_objective.estimates_noise:
+            self._estimate_noise(list(self._predictions(theta, y0s)))
+        return [self.fit_objective.experiment_problem(i, theta, y0) for i, y0 in enumerate(y0s)]
 
     def value(self, theta=None, y0s=None) -> float:
+        """The loss at ``theta`` (``y0s``: one initial state per experiment, default the
+        bound ones)."""
+        theta, y0s = self._theta_y0s(theta, y0s)
+        fo = self.fit_objective
+        Hs = list(self._predictions(theta, y0s))
+        self._estimate_noise(Hs)
         total = 0.0
-        for p in self.problems(theta, y0s):
-            Y, _ = solve_observed(p.vf, p.t0, p.t_obs, p.y0, p.method, p.rtol, p.atol, p.options,
-                                  where=p.where)
-            total += p.obs_loss(p.vf.observe_batch(p.t_obs, Y))[0]
-        return float(total)
+        for i, H in enumerate(Hs):
+            total += fo.data_term(i)(H)[0]
+        if fo.n_reg:
+            total += fo.weight_penalty(theta[fo.space.is_weight[:fo.space.n_theta]])[0]
+        return fo.loss.value(float(total), fo.penalty(), fo.n_data)
 
     def value_and_grad(self, theta=None, y0s=None, wrt_y0: bool = False):
+        """``(value, d value / d theta)`` (and the gradients in each experiment's initial
+        state with ``wrt_y0``), by the chosen sensitivity method."""
+        fo = self.fit_objective
+        problems = self.problems(theta, y0s)
+        theta = self.model.check_theta(theta)
         total, grad, gy0 = 0.0, np.zeros(self.model.n_theta), []
-        for p in self.problems(theta, y0s):
-            v, g, gy = self.sensitivity.loss_and_grad(p, wrt_y0)
+        for p in problems:
+            v, g, gy = fo.sensitivity.loss_and_grad(p, wrt_y0)
             total += v
             grad += g
             gy0.append(gy)
-        return (float(total), grad, gy0) if wrt_y0 else (float(total), grad)
+        if fo.n_reg:
+            weight = fo.space.is_weight[:fo.space.n_theta]
+            v, g = fo.weight_penalty(theta[weight])
+            total += v
+            grad[weight] += g
+        value = fo.loss.value(float(total), fo.penalty(), fo.n_data)
+        grad = fo.loss.gradient(grad)
+        if not wrt_y0:
+            return value, grad
+        return value, grad, [None if g is None else fo.loss.gradient(g) for g in gy0]
 
 
 def loss(model, data, theta=None, method: str = "RK45", rtol: float = 1e-6, atol: float = 1e-8,
-         y0=None, **options) -> float:
-    """The sum of squared residuals of a model against data: one forward solve per experiment.
+         y0=None, *, loss: str | Loss = "ls", sigma=None, weights=None, l2: float = 0.0,
+         input_kind: str | None = None, **options) -> float:
+    """The loss of a model against data, as :func:`dynlearn.fit` measures it: one forward
+    solve per experiment.
+
+    With the defaults, the sum of squared residuals (divided by the noise levels of
+    ``<obs>_sigma`` data columns where there are such columns).
 
     Parameters
     ----------
@@ -211,19 +211,26 @@ def loss(model, data, theta=None, method: str = "RK45", rtol: float = 1e-6, atol
     method : str
         Any ``solve_ivp`` method.
     rtol, atol : float
-    y0 : see :func:`bind_data`
+    y0 : see :func:`~dynlearn.objective.binding.bind_data`
+    loss : {"ls", "gaussian", "log"} or Loss
+        As in :func:`dynlearn.fit` (``"gaussian"``: the negative log-likelihood with the
+        noise levels not given estimated at ``theta``).
+    sigma, weights, l2, input_kind : as in :func:`dynlearn.fit`
     **options : solver options (``max_step``, ``first_step``, ...)
 
     Returns
     -------
     float
+        For a fitted model, ``result.loss`` (with the fit's settings).
     """
-    return Objective(model, data, y0, method, rtol, atol, **options).value(theta)
+    return Objective(model, data, y0, method, rtol, atol, loss=loss, sigma=sigma,
+                     weights=weights, l2=l2, input_kind=input_kind, **options).value(theta)
 
 
 def loss_and_grad(model, data, theta=None, sensitivity: Sensitivity | None = None,
-                  method: str = "RK45", rtol: float = 1e-6, atol: float = 1e-8, y0=None,
-                  **options) -> tuple[float, np.ndarray]:
+                  method: str = "RK45", rtol: float = 1e-6, atol: float = 1e-8, y0=None, *,
+                  loss: str | Loss = "ls", sigma=None, weights=None, l2: float = 0.0,
+                  input_kind: str | None = None, **options) -> tuple[float, np.ndarray]:
     """The loss (as :func:`loss`) and its gradient with respect to ``theta``.
 
     Parameters
@@ -238,44 +245,12 @@ def loss_and_grad(model, data, theta=None, sensitivity: Sensitivity | None = Non
     grad : ndarray, shape (n_theta,)
         In physical units, in the order of ``model.theta_names``.
     """
-    obj = Objective(model, data, y0, method, rtol, atol, sensitivity, **options)
+    obj = Objective(model, data, y0, method, rtol, atol, sensitivity, loss=loss, sigma=sigma,
+                    weights=weights, l2=l2, input_kind=input_kind, **options)
     return obj.value_and_grad(theta)
 
 
-# --- residual Jacobians ------------------------------------------------------------------
-def discrete_observable_jacobian(prob: Problem, wrt_y0: bool = False):
-    """Observables and their exact Jacobian for the discrete RK45/RK23 solve.
-
-    See :func:`discrete_state_jacobian`; this maps its result through the observables.
-
-    Returns
-    -------
-    H : ndarray, shape (m, n_obs)
-    dH : ndarray, shape (m, n_obs, q)
-        ``q = n_theta (+ n when wrt_y0)``.
-    """
-    Y, S = discrete_state_jacobian(prob, wrt_y0)
-    return observe_with_jacobian(prob.vf, prob.t_obs, Y, S)
-
-
-def observe_with_jacobian(vf: VectorField, t, Y, S):
-    """Observables and ``d observables / d[theta, y0]`` from states and their sensitivities."""
-    H, Hy, Hp = vf.observe_batch(t, Y, derivatives=True)
-    dH = Hy @ S
-    if vf.n_free:
-        dH[:, :, :vf.n_free] += Hp
-    return H, dH
-
-
-# --- the objective of a fit ---------------------------------------------------------------
-LOSSES = ("ls", "gaussian", "log")
-
-
-class Rejected(Exception):
-    """A trial point at which the residuals cannot be computed (solver failure, a
-    non-positive prediction under the log loss). Optimizers reject the point and back off."""
-
-
+# --- least-squares problems with a memory ----------------------------------------------------
 class LeastSquaresProblem:
     """Residuals and their Jacobian at ``x``, with a memory of the last point.
 
@@ -288,14 +263,37 @@ class LeastSquaresProblem:
     An optimizer asks again for what it already has (the cost at the accepted trial point,
     the Jacobian there for the covariance), and each of those is a solve of every
     experiment: the last evaluation is remembered. Arrays handed out are read-only, so
-    the remembered ones cannot change behind the memory's back. Subclasses define
-    ``_residuals(x)``, ``_jacobian(x) -> (r, J)`` and ``_count(kind)`` (and may define
-    ``_system``), and call :meth:`forget` when anything but ``x`` changes what they compute.
+    the remembered ones cannot change behind the memory's back.
+
+    Subclasses implement :meth:`compute_residuals` and :meth:`compute_jacobian` (and may
+    override :meth:`compute_system` and :meth:`count`), and call :meth:`forget` when
+    anything but ``x`` changes what they compute.
     """
 
     _memo = None   # (x, residuals, A or None, b or None); A is the Jacobian when b is r
 
+    # --- what subclasses implement ----------------------------------------------------------
+    def compute_residuals(self, x) -> np.ndarray:  # pragma: no cover - interface
+        """All residuals at ``x``, not remembered; raises :class:`Rejected`."""
+        raise NotImplementedError
+
+    def compute_jacobian(self, x):  # pragma: no cover - interface
+        """``(residuals, d residuals / d x)`` at ``x``, not remembered; raises
+        :class:`Rejected`."""
+        raise NotImplementedError
+
+    def compute_system(self, x):
+        """``(r, A, b)`` at ``x`` (see the class notes), not remembered."""
+        r, J = self.compute_jacobian(x)
+        return r, J, r
+
+    def count(self, kind: str) -> None:
+        """Told of every evaluation: ``kind`` is ``"nfev"`` (residuals), ``"njev"``
+        (Jacobian), ``"ngev"`` (gradient) or ``"rejected"`` (the point was rejected)."""
+
+    # --- remembered evaluations ----------------------------------------------------------
     def forget(self) -> None:
+        """Drop the remembered evaluation."""
         self._memo = None
 
     def _recall(self, x, need: str):
@@ -318,7 +316,7 @@ class LeastSquaresProblem:
         m = self._recall(x, "r")
         if m is not None:
             return m[1]
-        r = self._evaluated("nfev", self._residuals, x)
+        r = self._evaluated("nfev", self.compute_residuals, x)
         self._remember(x, r)
         return r
 
@@ -327,7 +325,7 @@ class LeastSquaresProblem:
         m = self._recall(x, "J")
         if m is not None:
             return m[1], m[2]
-        r, J = self._evaluated("njev", self._jacobian, x)
+        r, J = self._evaluated("njev", self.compute_jacobian, x)
         self._remember(x, r, J, r)
         return r, J
 
@@ -336,13 +334,9 @@ class LeastSquaresProblem:
         m = self._recall(x, "system")
         if m is not None:
             return m[1], m[2], m[3]
-        r, A, b = self._evaluated("njev", self._system, x)
+        r, A, b = self._evaluated("njev", self.compute_system, x)
         self._remember(x, r, A, b)
         return r, A, b
-
-    def _system(self, x):
-        r, J = self._jacobian(x)
-        return r, J, r
 
     def last_system(self, x):
         """The remembered ``(residuals, A)`` at ``x`` (``A^T A = J^T J``), or ``None``."""
@@ -350,53 +344,56 @@ class LeastSquaresProblem:
         return None if m is None else (m[1], m[2])
 
     def _evaluated(self, kind: str, f, x):
-        self._count(kind)
+        self.count(kind)
         try:
             return f(x)
         except Rejected:
-            self._count("rejected")
+            self.count("rejected")
             raise
 
 
+# --- the objective of a fit ---------------------------------------------------------------
 class FitObjective(LeastSquaresProblem):
     """Residuals, Jacobians and gradients of a fit, in the optimizer's coordinates ``x``.
 
-    The residual of observation ``i`` of observable ``k`` is
-
-    .. math:: r_{ik} = \\sqrt{w_k}\\,\\frac{g(h_{ik}) - g(d_{ik})}{\\sigma_{ik}},
-
-    with ``g`` the identity (``loss="ls"``, ``"gaussian"``) or ``log`` (``loss="log"``),
-    ``sigma`` from ``<obs>_sigma`` data columns or the ``sigma`` argument (default 1; for
-    ``"gaussian"``, estimated per observable), ``w`` optional weights. Network weights get an
-    L2 penalty ``l2 * |w|^2``, added as extra residuals ``sqrt(l2) w`` so least-squares
-    optimizers see it. ``cost = sum r^2``; the Gaussian loss adds ``2 sum log sigma`` to make
-    it ``2 x`` the negative log-likelihood up to a constant.
+    The residuals are those of :mod:`dynlearn.objective.losses`, with ``sigma`` from
+    ``<obs>_sigma`` data columns or the ``sigma`` argument (default 1; estimated per
+    observable by losses that estimate noise), ``w`` optional weights. Network weights get
+    an L2 penalty ``l2 * |w|^2``, added as extra residuals ``sqrt(l2) w`` so least-squares
+    optimizers see it. ``cost = sum r^2``; :meth:`penalty` is the ``2 sum log sigma`` that
+    makes it ``2 x`` the negative log-likelihood (up to a constant) for the Gaussian loss.
 
     Parameters
     ----------
     model : HybridModel
     bound : list of BoundExperiment
     space : ParameterSpace
-    loss : {"ls", "gaussian", "log"}
+    loss : {"ls", "gaussian", "log"} or Loss
     sigma : None, float or dict observable -> float
     weights : None or dict observable -> float
     l2 : float
     method, rtol, atol, options : solver settings
     sensitivity : Sensitivity, optional
-        Gradient method of :meth:`cost_and_grad` (default :class:`Adjoint`).
+        Gradient method of :meth:`cost_and_grad` (default :class:`Adjoint`); a
+        :class:`~dynlearn.ForwardSensitivity` also computes the Jacobians of methods
+        without a discrete tangent (see :mod:`dynlearn.sensitivity.choice`).
+
+    Attributes
+    ----------
+    loss : Loss
+    tracker : object or None
+        Told of evaluations (:meth:`count`) and of evaluated points (:meth:`report`); a
+        fit sets its :class:`~dynlearn.fitting.fitter.Tracker` here.
     """
 
-    def __init__(self, model, bound, space, loss: str = "ls", sigma=None, weights=None,
+    def __init__(self, model, bound, space, loss: str | Loss = "ls", sigma=None, weights=None,
                  l2: float = 0.0, method: str = "RK45", rtol: float = 1e-6,
                  atol: float = 1e-8, options: dict | None = None,
                  sensitivity: Sensitivity | None = None):
-        if loss not in LOSSES:
-            raise OptionError(f"loss={loss!r}: use one of {list(LOSSES)}")
+        loss = loss_from_name(loss)
         self.model, self.bound, self.space, self.loss = model, bound, space, loss
         self.method, self.rtol, self.atol = method, rtol, atol
         self.options = dict(options or {})
-        # the discrete Jacobian costs 1.1-2 forward solves; forward sensitivities far more
-        self.cheap_jacobian = method in DISCRETE_METHODS
         self.sensitivity = sensitivity if sensitivity is not None else Adjoint()
         self.l2 = float(l2)
         if self.l2 < 0:
@@ -415,36 +412,59 @@ class FitObjective(LeastSquaresProblem):
         for b in bound:
             S = b.sigma if b.sigma is not None else np.full(b.Y.shape, np.nan)
             S = np.where(np.isnan(S), fixed_sigma[None, :], S)
-            if loss == "log":
-                bad = b.mask & (b.Y <= 0)
-                if bad.any():
-                    i, k = np.argwhere(bad)[0]
-                    raise DataError(f"loss='log' needs positive data; experiment '{b.name}' has "
-                                    f"{obs[k]}={b.Y[i, k]} at t={b.t[i]} (row {i + 1}). Use "
-                                    "loss='ls', or drop/blank that value")
+            loss.check_data(b, obs)
             self.known.append(S)
         self.has_known_sigma = any(np.isfinite(S[b.mask]).any() for S, b in
                                    zip(self.known, bound))
-        # observables whose sigma is estimated (gaussian) and the current estimate
+        # observables whose sigma is estimated and the current estimate
         self.estimated = np.zeros(no, dtype=bool)
-        if loss == "gaussian":
+        if loss.estimates_noise:
             for S, b in zip(self.known, bound):
                 self.estimated |= (b.mask & np.isnan(S)).any(axis=0)
         self.sigma_hat = np.ones(no)
         self.n_data = int(sum(b.mask.sum() for b in bound))
         self.n_reg = int(space.is_weight.sum()) if self.l2 > 0 else 0
         self._refresh_scales()
-        # evaluation bookkeeping (see Tracker in dynlearn.fitting.fitter)
         self.tracker = None
 
-    # --- scales --------------------------------------------------------------------------
+    # --- settings --------------------------------------------------------------------------
+    @property
+    def n_experiments(self) -> int:
+        """The number of experiments."""
+        return len(self.bound)
+
+    @property
+    def cheap_jacobian(self) -> bool:
+        """Whether a Jacobian costs about a forward solve (the discrete tangent of
+        RK45/RK23; forward sensitivities cost far more)."""
+        return cheap_jacobian(self.method)
+
+    @property
+    def estimates_noise(self) -> bool:
+        """Whether this fit estimates the noise level of some observable (its loss does
+        and some observed values have no known sigma)."""
+        return bool(self.loss.estimates_noise and self.estimated.any())
+
+    @property
+    def profiled_variance(self) -> bool:
+        """Whether a common unknown noise variance is profiled out (no sigma known, none
+        estimated): covariances are then scaled by ``s^2 = SSR / (n - p)``."""
+        return self.loss.profiles_variance(self.has_known_sigma)
+
+    @property
+    def n_residuals(self) -> int:
+        return self.n_data + self.n_reg
+
+    # --- noise levels ------------------------------------------------------------------------
     def _refresh_scales(self):
         self.scales = []
         for S in self.known:
             sig = np.where(np.isnan(S), self.sigma_hat[None, :], S)
             self.scales.append(np.sqrt(self.weights)[None, :] / sig)
 
-    def set_sigma(self, sigma_hat):
+    def set_sigma(self, sigma_hat) -> None:
+        """Set the estimated noise levels (one per observable; used where no sigma is
+        known) and forget the remembered evaluation."""
         self.sigma_hat = np.asarray(sigma_hat, dtype=float)
         self._refresh_scales()
         self.forget()
@@ -452,123 +472,46 @@ class FitObjective(LeastSquaresProblem):
     def estimate_sigma(self, x) -> np.ndarray:
         """Maximum-likelihood noise levels of the estimated observables at ``x``:
         ``sigma_k^2 = SSR_k / n_k`` on the unscaled residuals."""
-        ssr, cnt = self._sigma_stats(x)
+        return self.noise_levels(*self.noise_statistics(x))
+
+    def noise_levels(self, ssr, cnt) -> np.ndarray:
+        """Noise levels from the statistics of :meth:`noise_statistics` (the current
+        levels where nothing is estimated)."""
         out = self.sigma_hat.copy()
         ok = self.estimated & (cnt > 0)
         out[ok] = np.sqrt(np.maximum(ssr[ok] / cnt[ok], 1e-300))
         return out
 
-    def _sigma_stats(self, x):
+    def noise_statistics(self, x):
         """Per observable: the weighted sum of squared unscaled residuals over the data
-        whose noise is estimated, and how many such data there are."""
+        whose noise is estimated, and how many such data there are (summed over
+        experiments)."""
         ssr = np.zeros(len(self.obs))
         cnt = np.zeros(len(self.obs))
         theta, y0s = self.space.unpack(x)
-        for b, S, y0 in zip(self.bound, self.known, y0s):
-            H = self._observe(theta, b, y0)
-            free = b.mask & np.isnan(S)
-            d = np.where(free, self._g(H, b) - self._g(np.where(b.mask, b.Y, 1.0), b), 0.0)
-            ssr += (d * d).sum(axis=0) * self.weights
-            cnt += free.sum(axis=0)
+        for i, y0 in enumerate(y0s):
+            a, c = self.noise_statistics_at(i, self._observe(i, theta, y0))
+            ssr += a
+            cnt += c
         return ssr, cnt
 
-    def _g(self, H, b):
-        if self.loss != "log":
-            return H
-        if np.any(H[b.mask] <= 0):
-            raise Rejected("non-positive prediction under loss='log'")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.log(np.where(b.mask, H, 1.0))
-
-    # --- model evaluations ----------------------------------------------------------------
-    def _problem(self, vf, b, y0):
-        if y0 is None or not np.all(np.isfinite(y0)):
-            raise Rejected("initial state not finite")
-        return Problem(vf, b.t0, b.t, y0, None, self.method, self.rtol, self.atol,
-                       self.options, b.name)
-
-    def _observe(self, theta, b, y0):
-        try:
-            vf = VectorField(self.model, theta, b.inputs)
-            p = self._problem(vf, b, y0)
-            with np.errstate(all="ignore"):
-                Yh, _ = solve_observed(vf, p.t0, p.t_obs, p.y0, p.method, p.rtol, p.atol,
-                                       p.options, where=p.where)
-                H = vf.observe_batch(p.t_obs, Yh)
-        except (SolveError, ParameterError) as exc:
-            raise Rejected(str(exc)) from None
-        if not np.all(np.isfinite(H[b.mask])):
-            raise Rejected("non-finite prediction")
-        return H
-
-    def _observe_jac(self, theta, b, y0):
-        try:
-            vf = VectorField(self.model, theta, b.inputs)
-            p = self._problem(vf, b, y0)
-            with np.errstate(all="ignore"):
-                if self.method in DISCRETE_METHODS:
-                    H, dH = discrete_observable_jacobian(p, wrt_y0=True)
-                else:
-                    fs = self.sensitivity if isinstance(self.sensitivity, ForwardSensitivity) \
-                        else ForwardSensitivity()
-                    H, dH = fs.observable_jacobian(p, wrt_y0=True)
-        except (SolveError, ParameterError) as exc:
-            raise Rejected(str(exc)) from None
-        if not (np.all(np.isfinite(H[b.mask])) and np.all(np.isfinite(dH[b.mask]))):
-            raise Rejected("non-finite prediction or sensitivity")
-        return H, dH
-
-    # --- residuals ------------------------------------------------------------------------
-    @property
-    def n_residuals(self) -> int:
-        return self.n_data + self.n_reg
-
-    def _reg(self, x):
-        return np.sqrt(self.l2) * x[self.space.is_weight] if self.n_reg else np.zeros(0)
-
-    def _residuals(self, x) -> np.ndarray:
+    def experiment_noise_statistics(self, i: int, x):
+        """:meth:`noise_statistics` of experiment ``i`` alone."""
         theta, y0s = self.space.unpack(x)
-        out = []
-        for b, sc, y0 in zip(self.bound, self.scales, y0s):
-            H = self._observe(theta, b, y0)
-            out.append(((self._g(H, b) - self._g(np.where(b.mask, b.Y, 1.0), b)) * sc)[b.mask])
-        out.append(self._reg(x))
-        return np.concatenate(out)
+        return self.noise_statistics_at(i, self._observe(i, theta, y0s[i]))
 
-    def _jacobian(self, x):
-        sp_ = self.space
-        theta, y0s = sp_.unpack(x)
-        dphys = sp_.dphysical(x)
-        P = sp_.n_theta
-        rs, Js = [], []
-        for b, sc, y0, idx in zip(self.bound, self.scales, y0s, sp_.y0_index):
-            H, dH = self._observe_jac(theta, b, y0)
-            gH = self._g(H, b)
-            r = ((gH - self._g(np.where(b.mask, b.Y, 1.0), b)) * sc)[b.mask]
-            fac = sc / np.where(b.mask, H, 1.0) if self.loss == "log" else sc
-            dR = (dH * fac[:, :, None])[b.mask]                   # (n_res, n_theta + n)
-            J = np.zeros((r.size, sp_.size))
-            J[:, :P] = dR[:, :P]
-            for i, k in idx:
-                J[:, k] = dR[:, P + i]
-            rs.append(r)
-            Js.append(J)
-        rs.append(self._reg(x))
-        J = np.vstack([np.vstack(Js) * dphys[None, :], self._reg_jacobian(x)])
-        return np.concatenate(rs), J
-
-    def _reg_jacobian(self, x) -> np.ndarray:
-        """Derivatives of the L2 residuals :meth:`_reg` in ``x``: ``(n_reg, size)``."""
-        sp_ = self.space
-        Jr = np.zeros((self.n_reg, sp_.size))
-        if self.n_reg:        # (no rows without an L2 term, whatever the weights)
-            Jr[np.arange(self.n_reg), np.flatnonzero(sp_.is_weight)] = (
-                np.sqrt(self.l2) * sp_.dphysical(x)[sp_.is_weight])
-        return Jr
+    def noise_statistics_at(self, i: int, H):
+        """:meth:`noise_statistics` of experiment ``i`` from its predicted observables
+        ``H`` (shape ``(m, n_obs)``)."""
+        b, S = self.bound[i], self.known[i]
+        free = b.mask & np.isnan(S)
+        g = self.loss.g
+        d = np.where(free, g(H, b.mask) - g(np.where(b.mask, b.Y, 1.0), b.mask), 0.0)
+        return (d * d).sum(axis=0) * self.weights, free.sum(axis=0).astype(float)
 
     def penalty(self) -> float:
-        """``2 sum log sigma`` over the data with estimated noise (Gaussian loss)."""
-        if self.loss != "gaussian":
+        """``2 sum log sigma`` over the data, for a loss that estimates noise (else 0)."""
+        if not self.loss.estimates_noise:
             return 0.0
         tot = 0.0
         for b, S in zip(self.bound, self.known):
@@ -576,66 +519,230 @@ class FitObjective(LeastSquaresProblem):
             tot += 2.0 * np.log(sig[b.mask]).sum()
         return float(tot)
 
+    # --- one experiment in physical values ---------------------------------------------------
+    def experiment_problem(self, i: int, theta, y0, t0: float | None = None,
+                           t_obs=None) -> Problem:
+        """The solve of experiment ``i`` from ``y0`` at parameters ``theta`` (physical), with
+        this objective's solver settings; its ``obs_loss`` is the experiment's data term
+        (:meth:`data_term`). ``t0`` and ``t_obs`` solve a piece of the experiment instead
+        (then without ``obs_loss``).
+
+        Raises :class:`Rejected` when ``y0`` is not finite; ``ParameterError`` from
+        unusable ``theta``.
+        """
+        b = self.bound[i]
+        if y0 is None or not np.all(np.isfinite(y0)):
+            raise Rejected("initial state not finite")
+        vf = VectorField(self.model, theta, b.inputs)
+        whole = t0 is None and t_obs is None
+        return Problem(vf, b.t0 if t0 is None else t0, b.t if t_obs is None else t_obs, y0,
+                       self.data_term(i) if whole else None, self.method, self.rtol,
+                       self.atol, self.options, b.name)
+
+    def _observe(self, i: int, theta, y0) -> np.ndarray:
+        """Predicted observables of experiment ``i`` at its data times; raises Rejected."""
+        b = self.bound[i]
+        try:
+            p = self.experiment_problem(i, theta, y0)
+            with np.errstate(all="ignore"):
+                Yh, _ = solve_observed(p.vf, p.t0, p.t_obs, p.y0, p.method, p.rtol, p.atol,
+                                       p.options, where=p.where)
+                H = p.vf.observe_batch(p.t_obs, Yh)
+        except SOLVE_FAILURES as exc:
+            raise Rejected(str(exc)) from None
+        if not np.all(np.isfinite(H[b.mask])):
+            raise Rejected("non-finite prediction")
+        return H
+
+    def _observe_jac(self, i: int, theta, y0):
+        """Predicted observables of experiment ``i`` and their derivatives in
+        ``[theta, y0]``; raises Rejected."""
+        b = self.bound[i]
+        try:
+            p = self.experiment_problem(i, theta, y0)
+            with np.errstate(all="ignore"):
+                H, dH = observable_jacobian(p, self.sensitivity, wrt_y0=True)
+        except SOLVE_FAILURES as exc:
+            raise Rejected(str(exc)) from None
+        if not (np.all(np.isfinite(H[b.mask])) and np.all(np.isfinite(dH[b.mask]))):
+            raise Rejected("non-finite prediction or sensitivity")
+        return H, dH
+
+    def data_residuals(self, i: int, H, rows=slice(None)) -> np.ndarray:
+        """The residuals of experiment ``i``'s observations in ``rows`` (its observed
+        values, in row order) from the predicted observables ``H`` at those rows; raises
+        :class:`Rejected` (a prediction outside the loss's domain)."""
+        b = self.bound[i]
+        mask = b.mask[rows]
+        g = self.loss.g
+        return ((g(H, mask) - g(np.where(mask, b.Y[rows], 1.0), mask))
+                * self.scales[i][rows])[mask]
+
+    def data_residual_jacobian(self, i: int, H, dH, rows=slice(None)) -> np.ndarray:
+        """Derivatives of :meth:`data_residuals` from those of the predictions,
+        ``dH`` (shape ``(m, n_obs, q)``): shape ``(n_residuals, q)``."""
+        mask = self.bound[i].mask[rows]
+        fac = self.loss.chain(self.scales[i][rows], H, mask)
+        return (dH * fac[:, :, None])[mask]
+
+    def data_term(self, i: int):
+        """Experiment ``i``'s share of the cost, ``sum r^2``, as a function of its predicted
+        observables: ``obs_loss(H) -> (value, d value / dH)`` (the ``obs_loss`` of a
+        :class:`~dynlearn.sensitivity.Problem`). Uses the noise levels set now."""
+        b, sc, loss = self.bound[i], self.scales[i], self.loss
+        gD = loss.g(np.where(b.mask, b.Y, 1.0), b.mask)
+
+        def obs_loss(H):
+            r = np.where(b.mask, (loss.g(H, b.mask) - gD) * sc, 0.0)
+            return float(np.sum(r * r)), loss.chain(2.0 * r * sc, H, b.mask)
+        return obs_loss
+
+    def _experiment_jacobian(self, i: int, theta, y0, y0idx):
+        """Residuals of experiment ``i`` and their Jacobian in ``x`` before the transform
+        to ``x`` (``d/d physical``), in full width."""
+        sp_ = self.space
+        P = sp_.n_theta
+        H, dH = self._observe_jac(i, theta, y0)
+        r = self.data_residuals(i, H)
+        dR = self.data_residual_jacobian(i, H, dH)        # (n_res, n_theta + n)
+        J = np.zeros((r.size, sp_.size))
+        J[:, :P] = dR[:, :P]
+        for s, k in y0idx:
+            J[:, k] = dR[:, P + s]
+        return r, J
+
+    def _experiment_cost_and_grad(self, i: int, theta, y0, y0idx):
+        """``(sum r^2, gradient in physical values placed in x's columns)`` of experiment
+        ``i``, through the chosen sensitivity."""
+        P = self.space.n_theta
+        g = np.zeros(self.space.size)
+        try:
+            p = self.experiment_problem(i, theta, y0)
+            with np.errstate(all="ignore"):
+                v, gt, gy = self.sensitivity.loss_and_grad(p, wrt_y0=bool(y0idx))
+        except SOLVE_FAILURES as exc:
+            raise Rejected(str(exc)) from None
+        if not (np.isfinite(v) and np.all(np.isfinite(gt))):
+            raise Rejected("non-finite loss or gradient")
+        g[:P] += gt
+        for s, k in y0idx:
+            g[k] += gy[s]
+        return v, g
+
+    # --- one experiment in x ---------------------------------------------------------------
+    def experiment_columns(self, i: int) -> np.ndarray:
+        """Columns of ``x`` experiment ``i``'s residuals depend on: theta and its own free
+        initial states (the rest of its Jacobian rows is zero)."""
+        return np.r_[np.arange(self.space.n_theta),
+                     np.array([k for _, k in self.space.y0_index[i]], dtype=int)].astype(int)
+
+    def experiment_prediction(self, i: int, x) -> np.ndarray:
+        """Predicted observables of experiment ``i`` at its data times, shape
+        ``(m, n_obs)``; raises :class:`Rejected`."""
+        theta, y0s = self.space.unpack(x)
+        return self._observe(i, theta, y0s[i])
+
+    def experiment_residuals(self, i: int, x) -> np.ndarray:
+        """The data residuals of experiment ``i`` at ``x``; raises :class:`Rejected`."""
+        theta, y0s = self.space.unpack(x)
+        return self.data_residuals(i, self._observe(i, theta, y0s[i]))
+
+    def experiment_jacobian(self, i: int, x):
+        """``(residuals, d residuals / d x)`` of experiment ``i``, the Jacobian in full width
+        (zero outside :meth:`experiment_columns`); raises :class:`Rejected`."""
+        theta, y0s = self.space.unpack(x)
+        r, J = self._experiment_jacobian(i, theta, y0s[i], self.space.y0_index[i])
+        return r, J * self.space.dphysical(x)[None, :]
+
+    def experiment_cost_and_grad(self, i: int, x):
+        """``(sum r^2, gradient in x)`` of experiment ``i``'s data (no L2 term); raises
+        :class:`Rejected`."""
+        theta, y0s = self.space.unpack(x)
+        v, g = self._experiment_cost_and_grad(i, theta, y0s[i], self.space.y0_index[i])
+        return v, g * self.space.dphysical(x)
+
+    # --- the L2 term of network weights ----------------------------------------------------
+    def weight_penalty(self, w):
+        """``(l2 |w|^2, its gradient)`` for network weights ``w``."""
+        return self.l2 * float(w @ w), 2.0 * self.l2 * w
+
+    def regularization(self, x) -> np.ndarray:
+        """The L2 residuals ``sqrt(l2) w`` (none without an L2 term)."""
+        return np.sqrt(self.l2) * x[self.space.is_weight] if self.n_reg else np.zeros(0)
+
+    def regularization_jacobian(self, x) -> np.ndarray:
+        """Derivatives of :meth:`regularization` in ``x``: shape ``(n_reg, size)``."""
+        sp_ = self.space
+        Jr = np.zeros((self.n_reg, sp_.size))
+        if self.n_reg:        # (no rows without an L2 term, whatever the weights)
+            Jr[np.arange(self.n_reg), np.flatnonzero(sp_.is_weight)] = (
+                np.sqrt(self.l2) * sp_.dphysical(x)[sp_.is_weight])
+        return Jr
+
+    # --- all experiments ---------------------------------------------------------------------
+    def compute_residuals(self, x) -> np.ndarray:
+        theta, y0s = self.space.unpack(x)
+        out = [self.data_residuals(i, self._observe(i, theta, y0)) for i, y0 in enumerate(y0s)]
+        out.append(self.regularization(x))
+        return np.concatenate(out)
+
+    def compute_jacobian(self, x):
+        sp_ = self.space
+        theta, y0s = sp_.unpack(x)
+        dphys = sp_.dphysical(x)
+        rs, Js = [], []
+        for i, (y0, idx) in enumerate(zip(y0s, sp_.y0_index)):
+            r, J = self._experiment_jacobian(i, theta, y0, idx)
+            rs.append(r)
+            Js.append(J)
+        rs.append(self.regularization(x))
+        J = np.vstack([np.vstack(Js) * dphys[None, :], self.regularization_jacobian(x)])
+        return np.concatenate(rs), J
+
     def cost(self, x) -> float:
+        """``sum r^2`` at ``x`` (L2 rows included); raises :class:`Rejected`."""
         r = self.residuals(x)
         return float(r @ r)
 
     def cost_and_grad(self, x):
-        """``(sum r^2, gradient in x)`` through the chosen sensitivity (adjoint by default)."""
-        self._count("ngev")
+        """``(sum r^2, gradient in x)`` through the chosen sensitivity (adjoint by default);
+        raises :class:`Rejected`."""
+        self.count("ngev")
         try:
-            return self._cost_and_grad(x)
+            return self.compute_cost_and_grad(x)
         except Rejected:
-            self._count("rejected")
+            self.count("rejected")
             raise
 
-    def _cost_and_grad(self, x):
+    def compute_cost_and_grad(self, x):
+        """:meth:`cost_and_grad` without the bookkeeping."""
         sp_ = self.space
         theta, y0s = sp_.unpack(x)
-        P = sp_.n_theta
         total = 0.0
         g = np.zeros(sp_.size)
-        for b, sc, y0, idx in zip(self.bound, self.scales, y0s, sp_.y0_index):
-            D = np.where(b.mask, b.Y, 1.0)
-            gD = self._g(D, b)
-
-            def obs_loss(H, b=b, sc=sc, gD=gD):
-                if self.loss == "log" and np.any(H[b.mask] <= 0):
-                    raise Rejected("non-positive prediction under loss='log'")
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    gH = np.log(np.where(b.mask, H, 1.0)) if self.loss == "log" else H
-                r = np.where(b.mask, (gH - gD) * sc, 0.0)
-                dr = 2.0 * r * sc
-                if self.loss == "log":
-                    dr = dr / np.where(b.mask, H, 1.0)
-                return float(np.sum(r * r)), dr
-            try:
-                vf = VectorField(self.model, theta, b.inputs)
-                p = self._problem(vf, b, y0)
-                p.obs_loss = obs_loss
-                with np.errstate(all="ignore"):
-                    v, gt, gy = self.sensitivity.loss_and_grad(p, wrt_y0=bool(idx))
-            except (SolveError, ParameterError) as exc:
-                raise Rejected(str(exc)) from None
-            if not (np.isfinite(v) and np.all(np.isfinite(gt))):
-                raise Rejected("non-finite loss or gradient")
+        for i, (y0, idx) in enumerate(zip(y0s, sp_.y0_index)):
+            v, gi = self._experiment_cost_and_grad(i, theta, y0, idx)
             total += v
-            g[:P] += gt
-            for i, k in idx:
-                g[k] += gy[i]
+            g += gi
         if self.n_reg:
-            w = x[sp_.is_weight]
-            total += self.l2 * float(w @ w)
-            g[sp_.is_weight] += 2.0 * self.l2 * w
+            v, gw = self.weight_penalty(x[sp_.is_weight])
+            total += v
+            g[sp_.is_weight] += gw
         g = g * sp_.dphysical(x)
         return float(total), g
 
-    def _count(self, what: str):
-        if self.tracker is not None:
-            self.tracker.count(what)
+    def map_shooting(self, problem, z, jac: bool) -> list:
+        """Per experiment, the rows of a multiple-shooting ``problem`` built on this
+        objective (:meth:`~dynlearn.objective.shooting.ShootingObjective.experiment`); an
+        objective evaluated elsewhere (on Dask) computes them there."""
+        return [problem.experiment(i, z, jac) for i in range(self.n_experiments)]
 
     # --- progress reporting (delegated to the fit's tracker) ------------------------------
-    def report(self, x, cost, iteration: bool = False):
+    def count(self, kind: str) -> None:
+        if self.tracker is not None:
+            self.tracker.count(kind)
+
+    def report(self, x, cost, iteration: bool = False) -> None:
         """Tell the tracker about an evaluated point (``x=None``: an iteration ended)."""
         if self.tracker is not None:
             self.tracker.report(x, cost, iteration)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from dynlearn.objective.objective import LeastSquaresProblem, Rejected
+from dynlearn.objective.objective import SOLVE_FAILURES, LeastSquaresProblem, Rejected
+from dynlearn.sensitivity.choice import observe_with_jacobian, state_jacobian
+from dynlearn.solve import solve_observed
 
 __all__ = ["ShootingObjective"]
 
@@ -24,7 +26,12 @@ class ShootingObjective(LeastSquaresProblem):
     every segment (scaled exactly as in the single-shooting fit), then the continuity
     defects ``w (y_j(T_{j+1}) - s_{j+1}) / scale`` with ``scale`` a typical size of each
     state. Derivatives come from the same state sensitivities as the single-shooting
-    Jacobian (discrete tangent for RK45/RK23, forward sensitivities otherwise).
+    Jacobian (:func:`dynlearn.sensitivity.choice.state_jacobian`).
+
+    Built on the public per-experiment interface of
+    :class:`~dynlearn.objective.objective.FitObjective` (``experiment_problem``,
+    ``data_residuals``, ``data_residual_jacobian``, ``regularization``, ``map_shooting``),
+    so it works alike on an objective evaluated on Dask.
     """
 
     def __init__(self, obj, segments: int | None, weight: float, points: int = 3,
@@ -70,30 +77,31 @@ class ShootingObjective(LeastSquaresProblem):
     def initial(self, x0, use_data: bool = True):
         """Segment states from a simulation at ``x0``, replaced by the measured states where
         ``use_data`` (or where the simulation fails)."""
-        from dynlearn.core.vectorfield import VectorField
-        from dynlearn.solve import solve_observed
         obj = self.obj
         theta, y0s = obj.space.unpack(x0)
         z = np.concatenate([x0, np.zeros(self.size - x0.size)])
         idx = obj.model.compiled.obs_state_index
         states = []
-        for b, y0, segs in zip(obj.bound, y0s, self.plan):
+        for i, (b, y0, segs) in enumerate(zip(obj.bound, y0s, self.plan)):
+            Y = None
             try:
-                vf = VectorField(obj.model, theta, b.inputs)
+                prob = obj.experiment_problem(i, theta, y0)
                 with np.errstate(all="ignore"):
-                    Y, _ = solve_observed(vf, b.t0, b.t, y0, obj.method, obj.rtol, obj.atol,
-                                          obj.options)
-                if not np.all(np.isfinite(Y)):
-                    raise ValueError
-            except Exception:  # noqa: BLE001 - fall back to the data, then to y0
+                    Y, _ = solve_observed(prob.vf, b.t0, b.t, y0, obj.method, obj.rtol,
+                                          obj.atol, obj.options)
+            except Exception:  # noqa: BLE001 - only a first guess: the data stand in for it
+                # (an error in the model's own code surfaces at the first evaluation, which
+                # on Dask names the experiment and the worker)
+                Y = None
+            if Y is None or not np.all(np.isfinite(Y)):   # fall back to the data, then to y0
                 Y = np.tile(y0, (b.t.size, 1))
                 use_data = True
             # measured states override the simulation (the point of multiple shooting)
             for k, name in enumerate(obj.obs):
-                i = idx.get(name)
-                if i is not None and use_data:
+                s = idx.get(name)
+                if s is not None and use_data:
                     col = b.Y[:, k]
-                    Y[:, i] = np.where(np.isfinite(col), col, Y[:, i])
+                    Y[:, s] = np.where(np.isfinite(col), col, Y[:, s])
             for a, _, off in segs:
                 if off is not None:
                     z[off:off + self.n] = Y[a]
@@ -114,11 +122,6 @@ class ShootingObjective(LeastSquaresProblem):
     def experiment(self, i: int, z, jac: bool):
         """Residual rows of experiment ``i`` (data of every segment, continuity defects) and,
         with ``jac``, their derivatives in the columns :meth:`columns` lists."""
-        from dynlearn.core.vectorfield import VectorField
-        from dynlearn.objective.objective import observe_with_jacobian
-        from dynlearn.sensitivity import ForwardSensitivity, Problem
-        from dynlearn.sensitivity.discrete import DISCRETE_METHODS, discrete_state_jacobian
-        from dynlearn.solve import solve_observed
         obj = self.obj
         sp_ = obj.space
         P = sp_.n_theta
@@ -126,8 +129,7 @@ class ShootingObjective(LeastSquaresProblem):
         x = z[:sp_.size]
         theta, y0s = sp_.unpack(x)
         dphys = sp_.dphysical(x)
-        b, sc, y0, segs, y0idx = (obj.bound[i], obj.scales[i], y0s[i], self.plan[i],
-                                  sp_.y0_index[i])
+        b, y0, segs, y0idx = obj.bound[i], y0s[i], self.plan[i], sp_.y0_index[i]
         cols = self.columns(i)
         # segment offsets inside the compact columns
         shift = sp_.size - (cols[sp_.size] if cols.size > sp_.size else sp_.size)
@@ -139,40 +141,30 @@ class ShootingObjective(LeastSquaresProblem):
             start = y0 if off is None else z[off:off + n]
             if not np.all(np.isfinite(start)):
                 raise Rejected("non-finite segment state")
-            try:
-                vf = VectorField(obj.model, theta, b.inputs)
-                prob = Problem(vf, t0, t_obs, start, None, obj.method, obj.rtol, obj.atol,
-                               obj.options, b.name)
+            try:   # a failed solve rejects the point; any other error is a bug and propagates
+                prob = obj.experiment_problem(i, theta, start, t0=t0, t_obs=t_obs)
                 with np.errstate(all="ignore"):
                     if not jac:
-                        Y, _ = solve_observed(vf, t0, t_obs, start, obj.method, obj.rtol,
+                        Y, _ = solve_observed(prob.vf, t0, t_obs, start, obj.method, obj.rtol,
                                               obj.atol, obj.options)
                         S = None
-                    elif obj.method in DISCRETE_METHODS:
-                        Y, S = discrete_state_jacobian(prob, wrt_y0=True)
                     else:
-                        Y, S = ForwardSensitivity().trajectories(prob, wrt_y0=True)
-            except Exception as exc:  # noqa: BLE001 - any failure rejects the point
-                if isinstance(exc, (KeyboardInterrupt,)):
-                    raise
+                        Y, S = state_jacobian(prob, obj.sensitivity, wrt_y0=True)
+            except SOLVE_FAILURES as exc:
                 raise Rejected(str(exc)) from None
             if not np.all(np.isfinite(Y)):
                 raise Rejected("non-finite segment solution")
             nd = e - a
-            mask = b.mask[a:e]
-            scs = sc[a:e]
-            D = np.where(mask, b.Y[a:e], 1.0)
+            seg = slice(a, e)
             if jac:
-                H, dH = observe_with_jacobian(vf, t_obs[:nd], Y[:nd], S[:nd])
+                H, dH = observe_with_jacobian(prob.vf, t_obs[:nd], Y[:nd], S[:nd])
             else:
-                H, dH = vf.observe_batch(t_obs[:nd], Y[:nd]), None
-            gH = obj._g(H, _Masked(mask))
-            r = ((gH - obj._g(D, _Masked(mask))) * scs)[mask]
+                H = prob.vf.observe_batch(t_obs[:nd], Y[:nd])
+            r = obj.data_residuals(i, H, seg)
             rows.append(r)
             o = None if off is None else off + shift
             if jac:
-                fac = scs / np.where(mask, H, 1.0) if obj.loss == "log" else scs
-                dR = (dH * fac[:, :, None])[mask]
+                dR = obj.data_residual_jacobian(i, H, dH, seg)
                 Jd = np.zeros((r.size, cols.size))
                 Jd[:, :P] = dR[:, :P] * dphys[:P]
                 self._place_start(Jd, dR[:, P:], o, y0idx, dphys)
@@ -202,7 +194,7 @@ class ShootingObjective(LeastSquaresProblem):
 
     def spec(self) -> tuple:
         """What a Dask worker needs to rebuild this problem around its copy of the fit's
-        objective (see ``dynlearn.parallel``)."""
+        objective (see :class:`~dynlearn.distributed.fanned.FannedObjective`)."""
         return (self.segments, self.points, self.max_segments, self.max_states, self.weight,
                 self.scale)
 
@@ -211,12 +203,10 @@ class ShootingObjective(LeastSquaresProblem):
         sp_ = obj.space
         x = z[:sp_.size]
         # a fit on Dask evaluates the experiments on its workers
-        fan = getattr(obj, "map_shooting", None)
-        parts = fan(self, z, jac) if fan is not None else \
-            [self.experiment(i, z, jac) for i in range(len(obj.bound))]
+        parts = obj.map_shooting(self, z, jac)
         rs = [p[0] if jac else p for p in parts]
         if obj.n_reg:
-            rs.append(obj._reg(x))
+            rs.append(obj.regularization(x))
         r = np.concatenate(rs)
         if not jac:
             return r
@@ -227,7 +217,7 @@ class ShootingObjective(LeastSquaresProblem):
             J[row:row + ri.size, cols] = Ji
             self._blocks.append((slice(row, row + ri.size), cols[sp_.size:]))
             row += ri.size
-        J[row:, :sp_.size] = obj._reg_jacobian(x)
+        J[row:, :sp_.size] = obj.regularization_jacobian(x)
         return r, J
 
     @staticmethod
@@ -253,24 +243,18 @@ class ShootingObjective(LeastSquaresProblem):
         self._weight = float(w)
         self.forget()
 
-    def _residuals(self, z):
+    def compute_residuals(self, z):
         return self._evaluate(z, False)
 
-    def _jacobian(self, z):
+    def compute_jacobian(self, z):
         return self._evaluate(z, True)
 
-    def _count(self, what: str):
-        self.obj._count(what)
+    def count(self, kind: str) -> None:
+        self.obj.count(kind)
 
     def report(self, z, cost, iteration: bool = False):
+        """Keep the best ``z``; an ended iteration is reported to the fit's objective."""
         if z is not None and cost is not None and np.isfinite(cost) and cost < self.best_cost:
             self.best_x, self.best_cost = np.array(z), float(cost)
-        if iteration and self.obj.tracker is not None:
-            self.obj.tracker.report(None, None, iteration=True)
-
-
-class _Masked:
-    """The part of a bound experiment that ``FitObjective._g`` reads (its mask)."""
-
-    def __init__(self, mask):
-        self.mask = mask
+        if iteration:
+            self.obj.report(None, None, iteration=True)

@@ -18,12 +18,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from dynlearn.errors import DynlearnError
+from dynlearn.errors import MissingDependencyError
 
 __all__ = [
     "COLORS", "MissingDependencyError", "fit_figure", "learned_terms_figure", "loss_figure",
-    "plot_learned_term", "plot_loss", "plot_observable", "plot_residuals", "plot_result",
-    "residuals_figure", "save_figure", "style",
+    "network_output_samples", "plot_learned_term", "plot_loss", "plot_observable",
+    "plot_residuals", "residuals_figure", "save_figure", "style",
 ]
 
 #: Okabe & Ito (2008) colour-blind-safe palette, without black.
@@ -50,10 +50,6 @@ _RC = {
     "pdf.fonttype": 42,     # editable text in vector output
     "svg.fonttype": "none",
 }
-
-
-class MissingDependencyError(DynlearnError, ImportError):
-    """An optional dependency (matplotlib) is not installed."""
 
 
 def _mpl():
@@ -110,22 +106,15 @@ def save_figure(fig, path) -> None:
 
     The format follows the suffix (``.png``, ``.pdf``, ``.svg``).
     """
-    import os
-    import tempfile
     from pathlib import Path
+
+    from dynlearn.files import atomic_write
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as fh, style():
+
+    def write(fh):
+        with style():
             fig.savefig(fh, format=path.suffix.lstrip(".") or "png")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)   # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, write)
 
 
 # --- single panels -----------------------------------------------------------------------
@@ -415,9 +404,36 @@ def loss_figure(history, stages=None, ylabel: str = "loss"):
     return fig
 
 
-def _learned_samples(model, theta, net, k: int, trajectory, grid_points: int = 60):
-    """Inputs and output ``k`` of ``net`` along a trajectory, and a grid for the curve (one
-    input) or contour (two inputs) over the visited region."""
+def network_output_samples(model, theta, net, k: int, trajectory, grid_points: int = 60):
+    """Inputs and output ``k`` of a network along a trajectory, and a grid over the visited
+    region (what :func:`plot_learned_term` draws).
+
+    Parameters
+    ----------
+    model : HybridModel
+        The model holding ``net``.
+    theta : array_like, shape (n_theta,)
+        Parameters and network weights at which to evaluate.
+    net : Network
+        One of ``model.networks``.
+    k : int
+        The output of ``net``.
+    trajectory : pandas.DataFrame
+        The time column and one column per state (and input), e.g.
+        ``simulate(...).to_frame()``.
+    grid_points : int
+        Grid resolution per input for two-input networks.
+
+    Returns
+    -------
+    V : ndarray, shape (m, n_inputs)
+        The network inputs along the trajectory.
+    Z : ndarray, shape (m,)
+        Output ``k`` at those inputs.
+    grid : tuple or None
+        One input: ``(x, z)`` for a curve; two inputs: ``(X, Y, Z)`` meshes over the
+        visited box (padded 10%); more inputs: None.
+    """
     import sympy as sp
     p, ws = model.split_theta(np.asarray(theta, dtype=float))
     w = ws[list(model.networks).index(net)]
@@ -473,88 +489,8 @@ def learned_terms_figure(model, theta, trajectory, grid_points: int = 60):
         ax.set_visible(False)
     tt = trajectory[model.time.name].to_numpy(float)
     for i, (net, k) in enumerate(panels):
-        V, Z, grid = _learned_samples(model, theta, net, k, trajectory, grid_points)
+        V, Z, grid = network_output_samples(model, theta, net, k, trajectory,
+                                             grid_points)
         plot_learned_term(V, Z, [str(e) for e in net.inputs], f"{net.name}[{k}]", grid=grid,
                           ax=axes[i], time=tt, color=COLORS[i % len(COLORS)])
     return fig
-
-
-# --- from a fit result ---------------------------------------------------------------------
-def plot_result(result, kind: str = "fit", observable: str | None = None,
-                experiment: str | None = None, output: str | None = None, ax=None,
-                n: int = 300):
-    """One panel of a fitted result, drawn into ``ax`` (what ``result.plot(...)`` shows).
-
-    Parameters
-    ----------
-    result : FitResult
-    kind : {"fit", "residuals", "loss", "learned"}
-        ``"fit"``: data and prediction with its band for one observable; ``"residuals"``:
-        residuals of one observable (log scale for ``loss="log"``); ``"loss"``: the loss
-        history; ``"learned"``: one network output against its inputs.
-    observable : str, optional
-        Default: the first observable.
-    experiment : str, optional
-        Default: the first experiment.
-    output : str, optional
-        For ``kind="learned"``: the network output, e.g. ``"nn[1]"`` (default: the first).
-    ax : matplotlib.axes.Axes, optional
-    n : int
-        Points of the prediction grid.
-
-    Returns
-    -------
-    matplotlib.axes.Axes
-
-    Examples
-    --------
-    >>> ax = plot_result(result, "fit", observable="lynx")          # doctest: +SKIP
-    """
-    model = result.model
-    obs = observable or model.observable_names[0]
-    if obs not in model.observable_names:
-        from dynlearn.errors import OptionError
-        raise OptionError(f"observable {obs!r} is not one of {list(model.observable_names)}")
-    data = result.data
-    exp = data[experiment] if experiment is not None else data.experiments[0]
-    tname = data.time_name
-    if kind == "fit":
-        t = np.union1d(np.linspace(exp.t[0], exp.t[-1], n), exp.t)
-        pred = result.predict(t, experiment=exp.name)
-        lo = pred.get(f"{obs}_lower")
-        hi = pred.get(f"{obs}_upper")
-        return plot_observable(exp.t, exp.columns.get(obs), t, pred[obs].to_numpy(),
-                               None if lo is None else lo.to_numpy(),
-                               None if hi is None else hi.to_numpy(), name=obs,
-                               time_name=tname, ax=ax)
-    if kind == "residuals":
-        r = result.residuals()
-        r = r[(r["observable"] == obs) & (r["experiment"] == exp.name)]
-        if result.config.get("loss") == "log":
-            with np.errstate(divide="ignore", invalid="ignore"):
-                vals = np.log(r["data"].to_numpy()) - np.log(r["fitted"].to_numpy())
-            label = f"log residual {obs}"
-        else:
-            vals, label = r["residual"].to_numpy(), f"residual {obs}"
-        return plot_residuals(r[tname].to_numpy(), vals, obs, tname, ax=ax, ylabel=label)
-    if kind == "loss":
-        return plot_loss(np.asarray(result.history, dtype=float), ax=ax,
-                         ylabel=f"loss ({result.config.get('loss', 'ls')})")
-    if kind == "learned":
-        if not model.networks:
-            from dynlearn.errors import OptionError
-            raise OptionError("the model has no networks; kind='learned' shows network outputs")
-        outs = [(net, k) for net in model.networks for k in range(net.n_outputs)]
-        names = [f"{net.name}[{k}]" for net, k in outs]
-        name = output or names[0]
-        if name not in names:
-            from dynlearn.errors import OptionError
-            raise OptionError(f"output {name!r} is not one of {names}")
-        net, k = outs[names.index(name)]
-        traj = result.predict(np.linspace(exp.t[0], exp.t[-1], n), experiment=exp.name,
-                              bands=False)
-        V, Z, grid = _learned_samples(model, model.theta0, net, k, traj)
-        return plot_learned_term(V, Z, [str(e) for e in net.inputs], name, grid=grid, ax=ax,
-                                 time=traj[model.time.name].to_numpy())
-    from dynlearn.errors import OptionError
-    raise OptionError(f"kind={kind!r}: use 'fit', 'residuals', 'loss' or 'learned'")

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Report", "write_text_atomic"]
+from dynlearn.files import write_text_atomic
+
+__all__ = ["Report"]
 
 _CSS = """
 body { font: 15px/1.5 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
@@ -33,32 +35,6 @@ figure img { max-width: 100%; height: auto; }
 figcaption { color: #555; font-size: 0.9em; }
 .ok { color: #08734a; } .bad { color: #b3261e; }
 """
-
-
-def write_text_atomic(path, text: str, encoding: str = "utf-8") -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename,
-    so a reader never sees a half-written file."""
-    write_bytes_atomic(path, text.encode(encoding))
-
-
-def write_bytes_atomic(path, data: bytes) -> None:
-    """Bytes version of :func:`write_text_atomic`."""
-    import contextlib
-    import os
-    import tempfile
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass
@@ -121,7 +97,7 @@ class Report:
 
     def html(self) -> str:
         """The complete document."""
-        from dynlearn import __version__
+        from dynlearn.version import __version__
         stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
         sub = f"<p class=\"meta\">{html.escape(self.subtitle)}</p>" if self.subtitle else ""
         return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"

@@ -1,5 +1,8 @@
-"""Fit results: parameters with uncertainties, covariance, prediction and persistence."""
+"""Fit results: parameters with uncertainties, covariance, diagnostics, prediction,
+persistence and profile likelihoods."""
 
+from dynlearn.results.diagnostics import Diagnostics, FitWarning
+from dynlearn.results.likelihood_profile import Profile, profile
 from dynlearn.results.result import FitResult, load_result
 
-__all__ = ["FitResult", "load_result"]
+__all__ = ["Diagnostics", "FitResult", "FitWarning", "Profile", "load_result", "profile"]

@@ -12,8 +12,10 @@ Student's t with ``n - p`` degrees of freedom.
 Intervals are computed in the optimizer's coordinates and mapped to physical units, so a
 log-transformed parameter gets an asymmetric interval ``exp(z +- q se_z)`` that never
 crosses zero, and its standard error in physical units is ``value * se_z`` (the delta
-method). Predictions get pointwise bands from the observables' sensitivities ``G``:
-``var = diag(G C G^T)``.
+method). Intervals are clipped to the parameter's bounds; a parameter at a bound is flagged
+(``at_bound``) and its clipped interval is one-sided and conservative (see
+:mod:`dynlearn.results.diagnostics`). Predictions get pointwise bands from the observables'
+sensitivities ``G``: ``var = diag(G C G^T)``.
 
 References
 ----------
@@ -24,7 +26,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["fisher_covariance", "interval", "correlation_from_covariance"]
+from dynlearn.core.parameters import ParameterSpace
+from dynlearn.results.diagnostics import bound_flags
+
+__all__ = ["correlation_from_covariance", "covariance_frames", "fisher_covariance", "interval",
+           "parameter_covariance", "params_table", "quantile"]
 
 
 def fisher_covariance(J: np.ndarray, scale: float = 1.0, rcond: float = 1e-12):
@@ -66,6 +72,7 @@ def fisher_covariance(J: np.ndarray, scale: float = 1.0, rcond: float = 1e-12):
 
 
 def correlation_from_covariance(cov: np.ndarray) -> np.ndarray:
+    """The correlation matrix of a covariance matrix."""
     sd = np.sqrt(np.diag(cov))
     with np.errstate(invalid="ignore", divide="ignore"):
         return cov / np.outer(sd, sd)
@@ -90,3 +97,96 @@ def quantile(level: float, dof: int | None) -> float:
     if dof <= 0:
         return float("nan")
     return float(special.stdtrit(dof, a))
+
+
+def parameter_covariance(obj, r: np.ndarray, J: np.ndarray):
+    """The covariance of the optimizer's coordinates ``x`` at a fit's optimum.
+
+    Parameters
+    ----------
+    obj : FitObjective
+        The fit's objective (its loss, data count, parameter layout, known noise levels).
+    r, J : ndarray
+        Residuals and residual Jacobian at the optimum (or any ``A`` with
+        ``A^T A = J^T J``).
+
+    Returns
+    -------
+    cov : ndarray or None
+        ``None`` when the residual variance cannot be estimated (no degrees of freedom left).
+    dof : int or None
+        Degrees of freedom of the Student's t quantile (``None``: normal quantile).
+    scaled : bool
+        Whether the covariance was scaled by the residual variance ``s^2`` (no noise level
+        known or estimated).
+    """
+    n, p = obj.n_data, obj.space.size
+    scaled = obj.profiled_variance
+    dof = n - p
+    s2 = 1.0
+    if scaled:
+        if dof <= 0:
+            return None, dof, scaled
+        rd = r[:n]
+        s2 = float(rd @ rd) / dof
+    cov, _ = fisher_covariance(J, s2)
+    return cov, (dof if scaled else None), scaled
+
+
+def params_table(model, space: ParameterSpace, x, cov_x, dof, scaled, level):
+    """The parameter table of a fit (:attr:`FitResult.params
+    <dynlearn.results.result.FitResult.params>`): one row per physical parameter (fixed ones
+    included) and per estimated initial state, with value, stderr, the ``level`` interval
+    (``ci_lower``, ``ci_upper``, clipped to the bounds), initial value, bounds, ``fixed``,
+    ``transform``, ``kind`` and ``at_bound`` (``"lower"``, ``"upper"`` or ``""``; see
+    :func:`~dynlearn.results.diagnostics.bound_flags`)."""
+    import pandas as pd
+    vals = space.physical(x)
+    se_x = np.full(space.size, np.nan)
+    if cov_x is not None:
+        se_x = np.sqrt(np.abs(np.diag(cov_x)))
+        se_x[~np.isfinite(np.diag(cov_x))] = np.nan
+    q = quantile(level, dof if scaled else None)
+    lo, hi = interval(x, se_x, space.is_log, q)
+    # an interval never leaves the box: at a bound this makes it one-sided (conservative)
+    pmin = np.array([p.min if p is not None else -np.inf for p in space.params])
+    pmax = np.array([p.max if p is not None else np.inf for p in space.params])
+    lo = np.where(np.isnan(lo), lo, np.maximum(lo, pmin))
+    hi = np.where(np.isnan(hi), hi, np.minimum(hi, pmax))
+    se_phys = se_x * space.dphysical(x)
+    flags = bound_flags(space, x)
+    rows = {}
+    pos = {name: k for k, name in enumerate(space.names)}
+    for s in model.param_symbols:
+        p = model.params[s]
+        if s.name in pos:
+            k = pos[s.name]
+            rows[s.name] = dict(value=vals[k], stderr=se_phys[k], ci_lower=lo[k], ci_upper=hi[k],
+                                initial=p.value, min=p.min, max=p.max, fixed=False,
+                                transform=p.transform, kind="parameter", at_bound=flags[k])
+        else:
+            rows[s.name] = dict(value=p.value, stderr=np.nan, ci_lower=np.nan, ci_upper=np.nan,
+                                initial=p.value, min=p.min, max=p.max, fixed=True,
+                                transform=p.transform, kind="parameter", at_bound="")
+    for k in range(space.size):
+        if space.kinds[k] == "y0":
+            p = space.params[k]
+            rows[space.names[k]] = dict(value=vals[k], stderr=se_phys[k], ci_lower=lo[k],
+                                        ci_upper=hi[k], initial=p.value, min=p.min, max=p.max,
+                                        fixed=False, transform=p.transform, kind="initial state",
+                                        at_bound=flags[k])
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def covariance_frames(space: ParameterSpace, x, cov_x):
+    """Covariance and correlation of the non-network parameters in physical units
+    (the optimizer's covariance mapped through the transforms), or ``(None, None)``."""
+    import pandas as pd
+    keep = [k for k in range(space.size) if space.kinds[k] != "weight"]
+    if cov_x is None or not keep:
+        return None, None
+    D = space.dphysical(x)[keep]
+    C = cov_x[np.ix_(keep, keep)] * np.outer(D, D)
+    names = [space.names[k] for k in keep]
+    return (pd.DataFrame(C, index=names, columns=names),
+            pd.DataFrame(correlation_from_covariance(C), index=names, columns=names))

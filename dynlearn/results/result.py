@@ -2,35 +2,44 @@
 
 :class:`FitResult` keeps the model passed to :func:`dynlearn.fit` (never mutated), the
 fitted model (``result.model``), the data, and everything needed to recompute residuals,
-predictions and their confidence bands. ``save(path)`` writes ``path.json`` (readable:
-settings, parameter table, the model's equations as text) and ``path.npz`` (arrays: the
-optimum, covariance, network weights, data); :func:`load_result` reads them back without
-unpickling anything. The equations are re-parsed with dynlearn's restricted parser
-(:func:`dynlearn.expressions.parse_expression`), so a tampered file cannot run code.
+predictions and their confidence bands. The work is done beside it: the covariance and the
+parameter table in :mod:`dynlearn.results.covariance`, what the data determine and how well
+the model fits in :mod:`dynlearn.results.diagnostics`, predictions and bands in
+:mod:`dynlearn.results.prediction`, ``save(path)`` / :func:`load_result` in
+:mod:`dynlearn.results.persistence` (JSON + npz, nothing pickled), profile likelihoods in
+:mod:`dynlearn.results.likelihood_profile`.
+
+Refits (profiles) go through :attr:`FitResult.refitter`, a callable that
+:func:`dynlearn.fit` injects: results never import the fitting code above them.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from dynlearn.core.parameters import Parameter, ParameterSpace
-from dynlearn.errors import DataError, ModelError, OptionError
-from dynlearn.objective.objective import FitObjective, Rejected, bind_data
-from dynlearn.results.covariance import (
-    correlation_from_covariance,
-    fisher_covariance,
-    interval,
-    quantile,
+from dynlearn.core.parameters import ParameterSpace
+from dynlearn.errors import OptionError
+from dynlearn.objective.losses import loss_from_name
+from dynlearn.objective.objective import FitObjective, Rejected
+from dynlearn.optimizers import Status
+from dynlearn.results.covariance import covariance_frames, parameter_covariance, params_table
+from dynlearn.results.diagnostics import (
+    CORRELATION_THRESHOLD,
+    Diagnostics,
+    FitWarning,
+    describe_counts,
+    diagnose,
 )
+from dynlearn.results.likelihood_profile import Profile, profile
+from dynlearn.results.persistence import read_result, write_result
+from dynlearn.results.prediction import predict
 
 __all__ = ["FitResult", "load_result"]
-
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -40,10 +49,14 @@ class FitResult:
     Attributes
     ----------
     success : bool
-    status : int
-        0 converged, 1 failed (the model cannot be solved at any tried point), 2 stopped
-        (time limit or callback), 3 interrupted (Ctrl-C).
+        True only when the fit converged (``status.converged``).
+    status : Status
+        Why the fit stopped (:class:`dynlearn.optimizers.Status`): converged by a named
+        criterion, ``STALLED``, ``MAX_ITER``, ``MAX_TIME``, ``CALLBACK``, ``INTERRUPTED`` or
+        ``FAILED`` (the model cannot be solved at any tried point). A multi-start fit has
+        the best start's status, a staged optimizer the last stage's.
     message : str
+        The optimizer's own account of the stop (the criterion, what to try after a stall).
     nfev, njev, ngev : int
         Residual evaluations (forward solves), Jacobian evaluations, loss+gradient
         evaluations.
@@ -58,7 +71,8 @@ class FitResult:
         The best loss so far each time it improved, against the number of evaluations.
     params : pandas.DataFrame
         Physical parameters (fixed ones included, marked) and estimated initial states:
-        value, stderr, ci_lower, ci_upper (95%), initial, min, max, fixed, transform.
+        value, stderr, ci_lower, ci_upper (95%, clipped to the bounds), initial, min, max,
+        fixed, transform, kind, at_bound (``"lower"``, ``"upper"`` or ``""``).
     covariance, correlation : pandas.DataFrame or None
         Over the free entries of :attr:`params`, in physical units.
     sigma : dict
@@ -70,11 +84,23 @@ class FitResult:
         Initial states used or estimated.
     weights : dict network -> ndarray
     starts : pandas.DataFrame
-        One row per start of a multi-start fit.
+        One row per start of a multi-start fit: its ``loss`` (as :attr:`loss` is measured:
+        for ``"gaussian"`` the negative log-likelihood with the start's own noise levels, by
+        which the returned start was chosen), status, message, evaluations and parameters.
+    refitter : callable or None
+        ``refitter(model, data, fixed=None, **overrides) -> FitResult``: fits again with the
+        settings of the fit that made this result (see :meth:`refit`); injected by
+        :func:`dynlearn.fit`, ``None`` for a loaded result.
+    diagnostics : Diagnostics or None
+        What the data determine (the residual Jacobian's rank and the parameter combinations
+        it cannot separate, named), parameters at a bound, goodness of fit (chi-square,
+        reduced chi-square, residual standard deviation and R^2 per observable), why
+        standard errors are n/a, and warnings (:mod:`dynlearn.results.diagnostics`).
+        ``None`` for a result saved before diagnostics existed.
     """
 
     success: bool
-    status: int
+    status: Status
     message: str
     nfev: int
     njev: int
@@ -99,31 +125,59 @@ class FitResult:
     n_params: int
     config: dict
     rejected: int = 0
+    diagnostics: Diagnostics | None = field(repr=False, default=None)
     model0: object = field(repr=False, default=None)
     data: object = field(repr=False, default=None)
     optimizer: object = field(repr=False, default=None)
+    refitter: Callable | None = field(repr=False, default=None)
+    # the fit's objective, bound to the data (rebuilt after load); see objective()
     _obj: object = field(repr=False, default=None)
-    # the keyword arguments of the dl.fit call that made this result (refits such as
-    # profiles reuse them; not saved with the result)
-    _refit: dict | None = field(repr=False, default=None)
 
     # --- construction ---------------------------------------------------------------------
     @classmethod
     def from_fit(cls, model0, dataset, obj: FitObjective, best, outcomes, optimizer, elapsed,
-                 config, level: float = 0.95) -> FitResult:
+                 config, level: float = 0.95, refitter: Callable | None = None) -> FitResult:
+        """The result of a fit (called by :func:`dynlearn.fit`).
+
+        Parameters
+        ----------
+        model0 : HybridModel
+            The model passed to the fit.
+        dataset : Dataset
+        obj : FitObjective
+            The fit's objective, with the best start's noise levels.
+        best : StartOutcome
+            The best start (``x``, ``cost``, counts, history, ``final``: residuals and a
+            Jacobian factor at ``x`` when the optimizer left them).
+        outcomes : list of StartOutcome
+            Every start.
+        optimizer : Optimizer
+        elapsed : float
+        config : dict
+            The fit's settings as saved with the result.
+        level : float
+            Level of the parameter intervals.
+        refitter : callable, optional
+            See :attr:`refitter`.
+        """
         space: ParameterSpace = obj.space
         x = np.asarray(best.x, dtype=float)
         theta, y0s = space.unpack(x)
         cov_x, r_data, dof, scaled = None, None, None, False
+        r, J = None, None
         try:
             r, J = best.final if best.final is not None else obj.jacobian(x)
             r_data = r[:obj.n_data]
-            cov_x, dof, scaled = _covariance(obj, r, J)
+            cov_x, dof, scaled = parameter_covariance(obj, r, J)
         except Rejected:
             pass
         loss = _final_loss(obj, x, r_data)
-        table = _params_table(model0, space, x, cov_x, dof, scaled, level)
-        cov_df, corr_df = _covariance_frames(space, x, cov_x)
+        table = params_table(model0, space, x, cov_x, dof, scaled, level)
+        diagnostics = diagnose(obj, x, r, J, cov_x, table)
+        if diagnostics.noise_warning:
+            # stacklevel: from_fit <- dynlearn.fit <- the caller
+            warnings.warn(diagnostics.noise_warning, FitWarning, stacklevel=3)
+        cov_df, corr_df = covariance_frames(space, x, cov_x)
         fitted = model0.with_theta(theta)
         weights = {net.name: w.copy() for net, w in zip(model0.networks,
                                                         model0.split_theta(theta)[1])}
@@ -131,7 +185,7 @@ class FitResult:
         aic, bic = _information(obj, x, r_data, n, p)
         starts = _starts_frame(space, outcomes)
         sigma = {o: float(s) for o, s in zip(obj.obs, obj.sigma_hat) if obj.estimated[
-            obj.obs.index(o)]} if obj.loss == "gaussian" else {}
+            obj.obs.index(o)]} if obj.loss.estimates_noise else {}
         for o in obj.obs:
             sigma.setdefault(o, _known_sigma(obj, o))
         return cls(success=best.success, status=best.status, message=best.message,
@@ -140,9 +194,9 @@ class FitResult:
                    correlation=corr_df, sigma=sigma, aic=aic, bic=bic, model=fitted,
                    y0={e.name: y for e, y in zip(dataset, y0s)}, weights=weights,
                    starts=starts, elapsed=elapsed, x=x, cov_x=cov_x, n_data=n, n_params=p,
-                   config=dict(config), rejected=best.rejected, model0=model0, data=dataset,
-                   optimizer=optimizer,
-                   _obj=obj)
+                   config=dict(config), rejected=best.rejected, diagnostics=diagnostics,
+                   model0=model0, data=dataset,
+                   optimizer=optimizer, refitter=refitter, _obj=obj)
 
     # --- reports ----------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -150,29 +204,53 @@ class FitResult:
                 f"njev={self.njev}, ngev={self.ngev}, message={self.message!r})")
 
     def summary(self) -> str:
-        """A readable report: status, goodness of fit and the parameter table."""
+        """A readable report, in the spirit of lmfit's ``fit_report``.
+
+        The status and the optimizer's message; the loss, the data and the fitted values
+        (counted as the command line announces them); the evaluations; goodness of fit
+        (chi-square and reduced chi-square where noise levels are known or can be
+        estimated from the data, residual standard deviation and R^2 per observable);
+        identifiability (the residual Jacobian's rank and the parameter combinations the
+        data cannot determine, named); the parameter table (value, standard error, relative
+        standard error, interval, initial value, and a note: at a bound, not determined,
+        absorbed by the network); correlations above
+        :data:`~dynlearn.results.diagnostics.CORRELATION_THRESHOLD`; why standard errors are
+        n/a; warnings. See :mod:`dynlearn.results.diagnostics`.
+        """
+        d = self.diagnostics
+        counts = d.counts if d is not None else None
+        values = (describe_counts(counts) if counts is not None
+                  else f"{self.n_params} fitted values")
         lines = [f"Fit of {self.model0.name}: {'success' if self.success else 'FAILED'} - "
                  f"{self.message}",
+                 f"  status: {self.status.value} ({self.status.message})",
                  f"  loss ({self.config.get('loss')}) = {self.loss:.6g}; {self.n_data} data "
-                 f"points, {self.n_params} fitted values; AIC = {self.aic:.4g}, "
-                 f"BIC = {self.bic:.4g}",
+                 f"points, {values}; AIC = {self.aic:.4g}, BIC = {self.bic:.4g}",
                  f"  evaluations: {self.nfev} solves, {self.njev} Jacobians, {self.ngev} "
                  f"gradients; {self.nit} iterations; {self.elapsed:.3g} s"
                  + (f"; {self.rejected} trial points rejected (solver failure)"
                     if self.rejected else "")]
-        if self.config.get("loss") == "gaussian":
-            lines.append("  noise sigma: " + ", ".join(f"{k}={v:.4g}"
-                                                       for k, v in self.sigma.items()))
+        if loss_from_name(self.config.get("loss", "ls")).estimates_noise:
+            lines.append("  noise sigma (estimated by the fit): " + ", ".join(
+                f"{k}={v:.4g}" for k, v in self.sigma.items()))
+        if d is not None:
+            lines += d.lines()
         lines.append("")
-        lines.append(f"  {'name':<22} {'value':>12} {'stderr':>11} {'95% interval':>27}")
+        lines.append(f"  {'name':<22} {'value':>12} {'stderr':>11} {'rel.':>7} "
+                     f"{'95% interval':>27} {'initial':>11}  note")
         for name, row in self.params.iterrows():
+            note = d.note(name) if d is not None else ""
             if row["fixed"]:
                 lines.append(f"  {name:<22} {row['value']:>12.6g} {'(fixed)':>11}")
                 continue
-            se = f"{row['stderr']:.3g}" if np.isfinite(row["stderr"]) else "n/a"
+            se = row["stderr"]
+            ses = f"{se:.3g}" if np.isfinite(se) else "n/a"
+            rel = (f"{100 * abs(se / row['value']):.3g}%" if np.isfinite(se) and row["value"]
+                   else "")
             ci = (f"[{row['ci_lower']:.5g}, {row['ci_upper']:.5g}]"
                   if np.isfinite(row["ci_lower"]) else "")
-            lines.append(f"  {name:<22} {row['value']:>12.6g} {se:>11} {ci:>27}")
+            lines.append(f"  {name:<22} {row['value']:>12.6g} {ses:>11} {rel:>7} {ci:>27} "
+                         f"{row['initial']:>11.6g}  {note}".rstrip())
         if self.weights:
             for k, w in self.weights.items():
                 lines.append(f"  network {k}: {w.size} weights, |w| = {np.linalg.norm(w):.4g}")
@@ -180,19 +258,32 @@ class FitResult:
             C = self.correlation.to_numpy()
             iu = np.triu_indices_from(C, 1)
             strong = [(self.correlation.index[i], self.correlation.columns[j], C[i, j])
-                      for i, j in zip(*iu) if np.isfinite(C[i, j]) and abs(C[i, j]) > 0.9]
+                      for i, j in zip(*iu)
+                      if np.isfinite(C[i, j]) and abs(C[i, j]) > CORRELATION_THRESHOLD]
             if strong:
                 lines.append("")
-                lines.append("  strongly correlated (|r| > 0.9): " + ", ".join(
-                    f"{a}~{b} ({c:+.3f})" for a, b, c in strong))
+                lines.append(f"  correlations above {CORRELATION_THRESHOLD:g} in magnitude "
+                             "(smaller ones not shown): " + ", ".join(
+                                 f"{a}~{b} ({c:+.3f})" for a, b, c in strong))
         if self.starts is not None and len(self.starts) > 1:
             ok = int(self.starts["success"].sum())
             lines.append(f"  {len(self.starts)} starts, {ok} converged; best loss "
                          f"{self.starts['loss'].min():.6g}")
+        closing = d.closing_lines() if d is not None else []
+        if closing:
+            lines.append("")
+            lines += closing
         return "\n".join(lines)
 
     # --- the objective (rebuilt after load) -----------------------------------------------
     def objective(self) -> FitObjective:
+        """The fit's objective, bound to the data (residuals, Jacobians, noise levels).
+
+        Raises
+        ------
+        OptionError
+            The result has no data attached.
+        """
         if self._obj is None:
             raise OptionError("this result has no data attached")
         return self._obj
@@ -204,16 +295,49 @@ class FitResult:
         ``kind`` is ``"fit"`` (data, prediction and band), ``"residuals"``, ``"loss"`` or
         ``"learned"`` (a network output against its inputs); keyword arguments
         (``observable=``, ``experiment=``, ``output=``, ``ax=``) go to
-        :func:`dynlearn.plotting.plot_result`. Needs matplotlib (the ``plot`` extra).
+        :func:`dynlearn.results.plots.plot_result`. Needs matplotlib (the ``plot`` extra).
         """
-        from dynlearn.report.figures import plot_result
+        from dynlearn.results.plots import plot_result
         return plot_result(self, kind, **kwargs)
 
-    def profile(self, name: str, **kwargs):
+    def report(self, out_dir, **kwargs) -> list:
+        """Write this fit's files into ``out_dir``, as ``dynlearn fit`` does: params.csv,
+        summary.txt, predictions.csv, result.json/.npz, run.json, the figures and
+        report.html. Keyword arguments (``data=``, ``model_file=``, ``plots=``) go to
+        :func:`dynlearn.results.report.write_report`; returns the paths written."""
+        from dynlearn.results.report import write_report
+        return write_report(self, out_dir, **kwargs)
+
+    def profile(self, name: str, **kwargs) -> Profile:
         """The likelihood profile and profile-likelihood interval of one parameter (refits
         with it held fixed); see :func:`dynlearn.profile`."""
-        from dynlearn.analysis.likelihood_profile import profile
         return profile(self, name, **kwargs)
+
+    def refit(self, fixed: Mapping[str, float] | None = None, **overrides) -> FitResult:
+        """Fit the model again to the same data with the same settings, warm-started from
+        this fit's values.
+
+        Parameters
+        ----------
+        fixed : dict, optional
+            ``{parameter: value}``: parameters held fixed at these values in the refit.
+        **overrides
+            Keyword arguments of :func:`dynlearn.fit` that replace the fit's own
+            (``optimizer=``, ``progress=``, ``loss=``, ...).
+
+        Returns
+        -------
+        FitResult
+
+        Raises
+        ------
+        OptionError
+            The result was loaded from disk (it does not keep the fit's settings).
+        """
+        if self.refitter is None:
+            raise OptionError("refit() needs a fit made in this session (a loaded result does "
+                              "not keep the fit's settings); refit with dl.fit")
+        return self.refitter(self.model, self.data, fixed=fixed, **overrides)
 
     def residuals(self):
         """A long DataFrame of residuals at the optimum.
@@ -225,14 +349,12 @@ class FitResult:
         """
         import pandas as pd
         obj = self.objective()
-        theta, y0s = obj.space.unpack(self.x)
         rows = []
         tname = self.data.time_name
-        for b, sc, y0 in zip(obj.bound, obj.scales, y0s):
-            H = obj._observe(theta, b, y0)
+        for e, (b, sc) in enumerate(zip(obj.bound, obj.scales)):
+            H = obj.experiment_prediction(e, self.x)
             D = np.where(b.mask, b.Y, 1.0)
-            gd, gh = (np.log(D), np.log(np.where(b.mask, H, 1.0))) if obj.loss == "log" \
-                else (D, H)
+            gd, gh = obj.loss.g(D, b.mask), obj.loss.g_or_nan(H, b.mask)
             S = (gd - gh) * sc
             for i, k in np.argwhere(b.mask):
                 rows.append((b.name, b.t[i], obj.obs[k], b.Y[i, k], H[i, k], b.Y[i, k] - H[i, k],
@@ -268,69 +390,8 @@ class FitResult:
         pandas.DataFrame
             Like ``simulate(...).to_frame()``, plus band columns.
         """
-        from dynlearn.core.vectorfield import VectorField
-        from dynlearn.data.dataset import as_input_signal
-        from dynlearn.sensitivity import Problem
-        from dynlearn.solve import check_times, check_y0, simulate
-        t = check_times(t)
-        names = [e.name for e in self.data] if self.data is not None else list(self.y0)
-        exp = names[0] if experiment is None else experiment
-        if exp not in names:
-            raise DataError(f"no experiment named {exp!r}; experiments: {names}")
-        k = names.index(exp)
-        obj = self._obj
-        own_y0 = y0 is None
-        if own_y0:
-            y0v = self.y0[exp]
-            t0 = obj.bound[k].t0 if obj is not None else float(t[0])
-            t0 = min(t0, float(t[0]))
-        else:
-            y0v = check_y0(y0, self.model.n_states, [s.name for s in self.model.states])
-            t0 = float(t[0])
-        signal = None
-        if self.model.inputs:
-            if inputs is None:
-                if obj is None:
-                    raise DataError("pass inputs= (a DataFrame: time column, then the inputs)")
-                signal = obj.bound[k].inputs
-            else:
-                signal = as_input_signal(inputs, self.model)
-        cfg = self.config
-        sol = simulate(self.model, t, y0v, method=cfg["method"], rtol=cfg["rtol"],
-                       atol=cfg["atol"], inputs=signal, t0=t0, **cfg.get("options", {}))
-        frame = sol.to_frame()
-        if not bands or self.cov_x is None or obj is None:
-            return frame
-        space = obj.space
-        C = self.cov_x
-        if not np.all(np.isfinite(C)):
-            return frame
-        theta = space.unpack(self.x)[0]
-        vf = VectorField(self.model0, theta, signal)
-        prob = Problem(vf, t0, t, y0v, None, cfg["method"], cfg["rtol"], cfg["atol"],
-                       cfg.get("options", {}), exp)
-        try:
-            H, dH = _obs_jacobian(prob, cfg["method"])
-        except Exception:  # noqa: BLE001 - bands are optional; the prediction stands
-            return frame
-        P = space.n_theta
-        G = np.zeros(dH.shape[:2] + (space.size,))
-        G[:, :, :P] = dH[:, :, :P]
-        if own_y0:
-            for i, kk in space.y0_index[k]:
-                G[:, :, kk] = dH[:, :, P + i]
-        G = G * space.dphysical(self.x)
-        var = np.einsum("moq,qr,mor->mo", G, C, G)
-        sd = np.sqrt(np.maximum(var, 0.0))
-        q = quantile(level, None)
-        for j, o in enumerate(self.model.observable_names):
-            h = H[:, j]
-            if cfg.get("loss") == "log" and np.all(h > 0):
-                s = sd[:, j] / h
-                frame[f"{o}_lower"], frame[f"{o}_upper"] = h * np.exp(-q * s), h * np.exp(q * s)
-            else:
-                frame[f"{o}_lower"], frame[f"{o}_upper"] = h - q * sd[:, j], h + q * sd[:, j]
-        return frame
+        return predict(self, self._obj, t, y0=y0, inputs=inputs, experiment=experiment,
+                       level=level, bands=bands)
 
     # --- save / load ----------------------------------------------------------------------------
     def save(self, path) -> tuple[str, str]:
@@ -339,44 +400,7 @@ class FitResult:
         No code is pickled: the JSON holds the settings, the parameter table and the model's
         equations as text; the npz holds arrays only.
         """
-        from dynlearn.fitting.fitter import _jsonable, _paths
-        jpath, npath = _paths(path)
-        arrays = {"x": self.x}
-        if self.cov_x is not None:
-            arrays["cov_x"] = self.cov_x
-        for name, w in self.weights.items():
-            arrays[f"weights__{name}"] = w
-        exps = []
-        for i, e in enumerate(self.data):
-            cols = list(e.columns)
-            arrays[f"data__{i}__t"] = e.t
-            for j, c in enumerate(cols):
-                arrays[f"data__{i}__{j}"] = e.columns[c]
-            exps.append({"name": e.name, "columns": cols, "meta": e.meta})
-        arrays["history"] = np.array(self.history, dtype=float).reshape(-1, 2)
-        obj = self._obj
-        meta = {
-            "format": "dynlearn.FitResult", "version": FORMAT_VERSION,
-            "success": self.success, "status": self.status, "message": self.message,
-            "nfev": self.nfev, "njev": self.njev, "ngev": self.ngev, "nit": self.nit,
-            "loss": self.loss, "aic": self.aic, "bic": self.bic, "elapsed": self.elapsed,
-            "n_data": self.n_data, "n_params": self.n_params, "sigma": self.sigma,
-            "config": self.config, "names": obj.space.names if obj is not None else [],
-            "sigma_hat": obj.sigma_hat if obj is not None else None,
-            "fit_sigma": _sigma_spec(obj), "weights_spec": _weights_spec(obj),
-            "y0_params": [[_param_dict(p) for p in row] for row in obj.space.y0]
-            if obj is not None else None,
-            "params": {"index": list(self.params.index), "columns": list(self.params.columns),
-                       "data": self.params.to_numpy(dtype=object).tolist()},
-            "model": model_to_dict(self.model0),
-            "data": {"time_name": self.data.time_name, "experiments": exps},
-            "optimizer": self.optimizer.to_dict() if self.optimizer is not None else None,
-        }
-        os.makedirs(os.path.dirname(os.path.abspath(jpath)), exist_ok=True)
-        np.savez(npath, **arrays)
-        with open(jpath, "w") as f:
-            json.dump(_jsonable(meta), f, indent=1)
-        return jpath, npath
+        return write_result(self, self._obj, path)
 
 
 def load_result(path, model=None) -> FitResult:
@@ -391,107 +415,21 @@ def load_result(path, model=None) -> FitResult:
         otherwise it is rebuilt from the equations stored in the JSON file (parsed with the
         restricted equation parser, never ``eval``).
     """
-    import pandas as pd
-
-    from dynlearn.data.dataset import Dataset, Experiment
-    from dynlearn.fitting.fitter import _paths
-    jpath, npath = _paths(path)
-    try:
-        with open(jpath) as f:
-            meta = json.load(f)
-        with np.load(npath, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError as exc:
-        raise DataError(f"cannot load a fit result from {path!r}: {exc}") from None
-    if meta.get("format") != "dynlearn.FitResult":
-        raise DataError(f"{jpath} is not a saved dynlearn fit result")
-    if model is None:
-        model = model_from_dict(meta["model"])
-    exps = []
-    for i, e in enumerate(meta["data"]["experiments"]):
-        cols = {c: arrays[f"data__{i}__{j}"] for j, c in enumerate(e["columns"])}
-        exps.append(Experiment(e["name"], arrays[f"data__{i}__t"], cols, meta=e.get("meta", {})))
-    dataset = Dataset(exps, time_name=meta["data"]["time_name"])
-    cfg = meta["config"]
-    y0p = [[Parameter(**d) for d in row] for row in meta["y0_params"]]
-    space = ParameterSpace(model, y0p, [e.name for e in dataset])
-    if space.names != meta["names"]:
-        raise ModelError("the model does not match the saved result (different free "
-                         "parameters or network sizes)")
-    bound = bind_data(model, dataset, [p.value for p in y0p[0]] if len(y0p) == 1 else
-                      {e.name: [p.value for p in row] for e, row in zip(dataset, y0p)},
-                      cfg.get("input_kind"))
-    obj = FitObjective(model, bound, space, cfg["loss"], meta.get("fit_sigma"),
-                       meta.get("weights_spec"), cfg.get("l2", 0.0), cfg["method"], cfg["rtol"],
-                       cfg["atol"], cfg.get("options", {}))
-    if meta.get("sigma_hat") is not None:
-        obj.set_sigma(np.asarray(meta["sigma_hat"], dtype=float))
-    x = arrays["x"]
-    theta, y0s = space.unpack(x)
-    params = pd.DataFrame([[_unjson(v) for v in row] for row in meta["params"]["data"]],
-                          index=meta["params"]["index"], columns=meta["params"]["columns"])
-    cov_x = arrays.get("cov_x")
-    cov_df, corr_df = _covariance_frames(space, x, cov_x)
-    hist = [(int(a), float(b)) for a, b in arrays.get("history", np.zeros((0, 2)))]
-    weights = {n.name: w for n, w in zip(model.networks, model.split_theta(theta)[1])}
-
-    def num(v):
-        return float(_unjson(v))
-    return FitResult(success=meta["success"], status=meta["status"], message=meta["message"],
-                     nfev=meta["nfev"], njev=meta["njev"], ngev=meta["ngev"], nit=meta["nit"],
-                     loss=num(meta["loss"]), history=hist, params=params, covariance=cov_df,
-                     correlation=corr_df, sigma=meta["sigma"], aic=num(meta["aic"]),
-                     bic=num(meta["bic"]), model=model.with_theta(theta),
-                     y0={e.name: y for e, y in zip(dataset, y0s)}, weights=weights,
-                     starts=None, elapsed=meta["elapsed"], x=x, cov_x=cov_x,
-                     n_data=meta["n_data"], n_params=meta["n_params"], config=cfg,
-                     model0=model, data=dataset, optimizer=None, _obj=obj)
+    fields, obj = read_result(path, model)
+    return FitResult(**fields, _obj=obj)
 
 
 # --- helpers --------------------------------------------------------------------------------
-def _unjson(v):
-    """Undo the JSON encoding of non-finite floats ("inf", "-inf", "nan")."""
-    if isinstance(v, str) and v in ("inf", "-inf", "nan"):
-        return float(v)
-    return v
-
-
-def _obs_jacobian(prob, method):
-    from dynlearn.objective.objective import discrete_observable_jacobian
-    from dynlearn.sensitivity import ForwardSensitivity
-    from dynlearn.sensitivity.discrete import DISCRETE_METHODS
-    if method in DISCRETE_METHODS:
-        return discrete_observable_jacobian(prob, wrt_y0=True)
-    return ForwardSensitivity().observable_jacobian(prob, wrt_y0=True)
-
-
-def _covariance(obj: FitObjective, r, J):
-    """Covariance in x-space, degrees of freedom, and whether it was scaled by s^2."""
-    n, p = obj.n_data, obj.space.size
-    scaled = obj.loss != "gaussian" and not obj.has_known_sigma
-    dof = n - p
-    s2 = 1.0
-    if scaled:
-        if dof <= 0:
-            return None, dof, scaled
-        rd = r[:n]
-        s2 = float(rd @ rd) / dof
-    cov, _ = fisher_covariance(J, s2)
-    return cov, (dof if scaled else None), scaled
-
-
 def _final_loss(obj, x, r_data) -> float:
     try:
         r = obj.residuals(x) if r_data is None else None
     except Rejected:
         return math.inf
     if r is None:
-        reg = obj._reg(x)
+        reg = obj.regularization(x)
         r = np.concatenate([r_data, reg])
     c = float(r @ r)
-    if obj.loss == "gaussian":
-        return 0.5 * c + 0.5 * obj.penalty() + 0.5 * obj.n_data * math.log(2 * math.pi)
-    return c
+    return obj.loss.value(c, obj.penalty(), obj.n_data)
 
 
 def _information(obj, x, r_data, n, p):
@@ -499,7 +437,7 @@ def _information(obj, x, r_data, n, p):
     if r_data is None:
         return math.inf, math.inf
     ssr = float(r_data @ r_data)
-    if obj.loss == "gaussian" or obj.has_known_sigma:
+    if not obj.profiled_variance:
         m2ll = ssr + obj.penalty() + n * math.log(2 * math.pi)
         k = p
     else:  # one unknown common variance, profiled out
@@ -508,58 +446,13 @@ def _information(obj, x, r_data, n, p):
     return m2ll + 2 * k, m2ll + k * math.log(max(n, 1))
 
 
-def _params_table(model, space: ParameterSpace, x, cov_x, dof, scaled, level):
-    import pandas as pd
-    vals = space.physical(x)
-    se_x = np.full(space.size, np.nan)
-    if cov_x is not None:
-        se_x = np.sqrt(np.abs(np.diag(cov_x)))
-        se_x[~np.isfinite(np.diag(cov_x))] = np.nan
-    q = quantile(level, dof if scaled else None)
-    lo, hi = interval(x, se_x, space.is_log, q)
-    se_phys = se_x * space.dphysical(x)
-    rows = {}
-    pos = {name: k for k, name in enumerate(space.names)}
-    for s in model.param_symbols:
-        p = model.params[s]
-        if s.name in pos:
-            k = pos[s.name]
-            rows[s.name] = dict(value=vals[k], stderr=se_phys[k], ci_lower=lo[k], ci_upper=hi[k],
-                                initial=p.value, min=p.min, max=p.max, fixed=False,
-                                transform=p.transform, kind="parameter")
-        else:
-            rows[s.name] = dict(value=p.value, stderr=np.nan, ci_lower=np.nan, ci_upper=np.nan,
-                                initial=p.value, min=p.min, max=p.max, fixed=True,
-                                transform=p.transform, kind="parameter")
-    for k in range(space.size):
-        if space.kinds[k] == "y0":
-            p = space.params[k]
-            rows[space.names[k]] = dict(value=vals[k], stderr=se_phys[k], ci_lower=lo[k],
-                                        ci_upper=hi[k], initial=p.value, min=p.min, max=p.max,
-                                        fixed=False, transform=p.transform, kind="initial state")
-    return pd.DataFrame.from_dict(rows, orient="index")
-
-
-def _covariance_frames(space, x, cov_x):
-    """Covariance and correlation of the non-network parameters in physical units
-    (the optimizer's covariance mapped through the transforms), or ``(None, None)``."""
-    import pandas as pd
-    keep = [k for k in range(space.size) if space.kinds[k] != "weight"]
-    if cov_x is None or not keep:
-        return None, None
-    D = space.dphysical(x)[keep]
-    C = cov_x[np.ix_(keep, keep)] * np.outer(D, D)
-    names = [space.names[k] for k in keep]
-    return (pd.DataFrame(C, index=names, columns=names),
-            pd.DataFrame(correlation_from_covariance(C), index=names, columns=names))
-
-
 def _starts_frame(space, outcomes):
     import pandas as pd
     rows = []
     for o in outcomes:
         v = space.physical(o.x)
-        row = {"start": o.start, "loss": o.cost, "success": o.success, "message": o.message,
+        row = {"start": o.start, "loss": o.loss, "success": o.success,
+               "status": o.status.value, "message": o.message,
                "nfev": o.nfev + o.njev + o.ngev}
         for k, name in enumerate(space.names):
             if space.kinds[k] != "weight":
@@ -573,84 +466,3 @@ def _known_sigma(obj, o):
     vals = np.concatenate([S[:, k][b.mask[:, k]] for S, b in zip(obj.known, obj.bound)])
     vals = vals[np.isfinite(vals)]
     return float(np.median(vals)) if vals.size else 1.0
-
-
-def _sigma_spec(obj):
-    if obj is None:
-        return None
-    out = {}
-    for S, b in zip(obj.known, obj.bound):
-        for k, o in enumerate(obj.obs):
-            col = S[:, k][np.isfinite(S[:, k])]
-            if col.size and np.all(col == col[0]) and b.sigma is not None and \
-                    not np.isfinite(b.sigma[:, k]).any():
-                out[o] = float(col[0])
-    return out or None
-
-
-def _weights_spec(obj):
-    if obj is None or np.all(obj.weights == 1.0):
-        return None
-    return {o: float(w) for o, w in zip(obj.obs, obj.weights)}
-
-
-def _param_dict(p: Parameter) -> dict:
-    return {"value": p.value, "min": p.min, "max": p.max, "fixed": p.fixed,
-            "transform": p.transform}
-
-
-# --- the model as text (no code is pickled) ----------------------------------------------
-def model_to_dict(model) -> dict:
-    """The model's description as JSON-able text: symbols, parameters, equations, MLPs."""
-    from dynlearn.core.neural import MLP
-    nets = []
-    for n in model.networks:
-        if isinstance(n, MLP):
-            nets.append({"type": "MLP", "name": n.name, "inputs": [str(v) for v in n.inputs],
-                         "outputs": n.n_outputs, "hidden": list(n.hidden),
-                         "activation": n.activation})
-        else:
-            nets.append({"type": type(n).__name__, "name": n.name})
-    return {
-        "name": model.name,
-        "states": [s.name for s in model.states],
-        "time": model.time.name,
-        "inputs": [u.name for u in model.inputs],
-        "params": {s.name: _param_dict(p) for s, p in model.params.items()},
-        "rhs": {s.name: str(e) for s, e in zip(model.states, model.rhs)},
-        "observables": {k: str(e) for k, e in model.observables.items()},
-        "networks": nets,
-    }
-
-
-def model_from_dict(d: dict):
-    """Rebuild a model from :func:`model_to_dict`, parsing equations with the restricted
-    parser (declared names, whitelisted functions and network outputs only)."""
-    import sympy as sp
-
-    from dynlearn.core.expressions import parse_expression
-    from dynlearn.core.model import HybridModel
-    from dynlearn.core.neural import MLP
-    names: dict = {}
-    for group in ("states", "inputs"):
-        for n in d[group]:
-            names[n] = sp.Symbol(n)
-    for n in d["params"]:
-        names[n] = sp.Symbol(n)
-    names[d["time"]] = sp.Symbol(d["time"])
-    for spec in d["networks"]:
-        if spec.get("type") != "MLP":
-            raise ModelError(f"network '{spec['name']}' is a custom {spec.get('type')}; pass "
-                             "model= to load_result")
-        inputs = [parse_expression(v, names, where=f"network '{spec['name']}' input")
-                  for v in spec["inputs"]]
-        names[spec["name"]] = MLP(spec["name"], inputs=inputs, outputs=spec["outputs"],
-                                  hidden=spec["hidden"], activation=spec["activation"], seed=0)
-    rhs = {names[s]: parse_expression(e, names, where=f"equation of '{s}'")
-           for s, e in d["rhs"].items()}
-    obs = {k: parse_expression(e, names, where=f"observable '{k}'")
-           for k, e in d["observables"].items()}
-    params = {names[k]: Parameter(**v) for k, v in d["params"].items()}
-    return HybridModel(states=[names[s] for s in d["states"]], rhs=rhs, params=params,
-                       inputs=[names[u] for u in d["inputs"]], observables=obs,
-                       time=names[d["time"]], name=d.get("name"))

@@ -48,12 +48,24 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sps
-from scipy.integrate._ivp.ivp import METHODS as _SCIPY_METHODS
 
 from dynlearn.errors import OptionError, SolveError
-from dynlearn.sensitivity.base import Problem, Sensitivity, observation_cotangents
+from dynlearn.sensitivity.base import (
+    Problem,
+    Sensitivity,
+    check_gradient_finite,
+    observation_cotangents,
+)
 from dynlearn.sensitivity.discrete import DISCRETE_METHODS, discrete_loss_and_grad
-from dynlearn.solve import STIFF_METHODS, integrate
+from dynlearn.sensitivity.scipy_rk import next_step_size
+from dynlearn.solve import (
+    SOLVER_CLASSES,
+    STIFF_METHODS,
+    SolveGuard,
+    failure_point,
+    integrate,
+    split_options,
+)
 
 __all__ = ["Adjoint"]
 
@@ -86,6 +98,7 @@ class Adjoint(Sensitivity):
         self.backward_method = backward_method
 
     def resolve_kind(self, method: str) -> str:
+        """``"discrete"`` or ``"continuous"``: the variant used with ``method``."""
         if self.kind == "discrete" and method not in DISCRETE_METHODS:
             raise OptionError(f"Adjoint(kind='discrete') needs an explicit method with a recorded "
                               f"stage structure {sorted(DISCRETE_METHODS)}; got method={method!r}. "
@@ -95,9 +108,15 @@ class Adjoint(Sensitivity):
         return self.kind
 
     def loss_and_grad(self, prob: Problem, wrt_y0: bool = False):
+        """``(value, dL/dtheta, dL/dy0 or None)`` for one experiment; SolveError rather
+        than a non-finite gradient."""
         if self.resolve_kind(prob.method) == "discrete":
-            return discrete_loss_and_grad(prob, wrt_y0, self.checkpoint_every)
-        return self._continuous(prob, wrt_y0)
+            value, g, gy0 = discrete_loss_and_grad(prob, wrt_y0, self.checkpoint_every)
+            check_gradient_finite(prob, "the discrete adjoint", g, gy0)
+        else:
+            value, g, gy0 = self._continuous(prob, wrt_y0)
+            check_gradient_finite(prob, "the continuous adjoint", g, gy0)
+        return value, g, gy0
 
     # --- continuous adjoint --------------------------------------------------------------
     def _continuous(self, prob: Problem, wrt_y0: bool):
@@ -121,8 +140,9 @@ class Adjoint(Sensitivity):
             if bounds[-1] != t_obs[-1]:
                 bounds.append(t_obs[-1])
         jumps = vf.breakpoints(t0, t_obs[-1])
+        names = [s.name for s in vf.model.states]
         res = integrate(vf.fun, (t0, t_obs[-1]), y0, np.union1d(t_obs[later], bounds[1:]), jumps,
-                        dense=K is None, **kw)
+                        dense=K is None, where=prob.where, names=names, **kw)
         self._check(res, prob, "forward")
         Y = np.empty((t_obs.size, n))
         Y[t_obs <= t0] = y0
@@ -135,12 +155,15 @@ class Adjoint(Sensitivity):
         # tolerances (Robertson at atol=1e-14: Newton failures down to the float spacing);
         # Radau solves the same backward problem reliably, so it serves BDF's backward pass.
         method = self.backward_method or ("Radau" if prob.method == "BDF" else prob.method)
-        bmethod = _SCIPY_METHODS[method]
+        bmethod = SOLVER_CLASSES[method]
         stiff = method in STIFF_METHODS
         atol = np.asarray(prob.atol, dtype=float)
         batol = np.concatenate([np.broadcast_to(atol, (n,)), np.full(P, float(atol.min()))]) \
             if atol.ndim else float(atol)
         sparse = stiff and n + P > 60
+        # one guard watches the whole backward pass (its budget, the deadline, NaNs)
+        guard = SolveGuard(method, split_options(prob.options)[1],
+                           f"{prob.where} (backward adjoint pass)", span=(t_obs[-1], t0))
         lam = np.zeros(n)
         mu = np.zeros(P)
         h_last = None
@@ -150,7 +173,8 @@ class Adjoint(Sensitivity):
                 sol = res.sol
             else:
                 r = integrate(vf.fun, (ta, tb), seg_states[si], [tb],
-                              jumps[(jumps > ta) & (jumps < tb)], dense=True, **kw)
+                              jumps[(jumps > ta) & (jumps < tb)], dense=True, where=prob.where,
+                              names=names, **kw)
                 self._check(r, prob, "forward (checkpoint segment)")
                 sol = r.sol
 
@@ -177,16 +201,16 @@ class Adjoint(Sensitivity):
                 w0 = np.concatenate([lam, mu])
                 opts = dict(rtol=prob.rtol, atol=batol)
                 if stiff:
-                    opts["jac"] = jac
+                    opts["jac"] = guard.wrap_jac(jac)
                 if h_last is not None:
                     opts["first_step"] = min(h_last, a - b)
-                solver = bmethod(rhs, a, w0, b, **opts)
+                solver = bmethod(guard.wrap_fun(rhs), a, w0, b, **opts)
                 while solver.status == "running":
                     solver.step()
                 if solver.status == "failed":
                     raise SolveError(f"the backward adjoint solve ({method}) failed{prob.where} "
                                      f"at t={solver.t}", status=-1, t=float(solver.t))
-                h_last = abs(getattr(solver, "h_abs", 0.0)) or None
+                h_last = next_step_size(solver) or None
                 lam, mu = solver.y[:n], solver.y[n:]
         lam = lam + Gy[t_obs <= t0].sum(axis=0)
         return value, g + mu, (lam if wrt_y0 else None)
@@ -195,5 +219,5 @@ class Adjoint(Sensitivity):
     def _check(res, prob, what):
         if res.status != 0:
             raise SolveError(f"the {prob.method} solver failed{prob.where} in the {what} pass "
-                             f"at t={res.t[-1] if res.t.size else prob.t0}: {res.message}",
+                             f"{failure_point(res, prob.t0)}: {res.message}",
                              status=res.status, solver_message=res.message)

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dynlearn.core.vectorfield import VectorField
+from dynlearn.errors import SolveError
 
-__all__ = ["Sensitivity", "Problem", "observation_cotangents"]
+__all__ = ["Sensitivity", "Problem", "check_gradient_finite", "observation_cotangents"]
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Problem:
 
     @property
     def where(self) -> str:
+        """`` in experiment '<name>'``, for error messages."""
         return f" in experiment '{self.name}'"
 
 
@@ -67,6 +69,34 @@ def observation_cotangents(vf: VectorField, T, Y, obs_loss):
     if vf.n_free:
         g[:vf.n_free] = np.einsum("mo,mop->p", dH, Hp)
     return float(value), Gy, g
+
+
+def check_gradient_finite(prob: Problem, method: str, g: np.ndarray,
+                          gy0: np.ndarray | None = None) -> None:
+    """Raise SolveError when a gradient is not finite, naming the first such entry: a NaN
+    gradient is never returned (inside a fit, the trial point is rejected instead).
+
+    Parameters
+    ----------
+    prob : Problem
+    method : str
+        The sensitivity method, for the message (e.g. ``"the discrete adjoint"``).
+    g : ndarray, shape (n_theta,)
+    gy0 : ndarray, shape (n,), optional
+    """
+    if np.all(np.isfinite(g)) and (gy0 is None or np.all(np.isfinite(gy0))):
+        return
+    if not np.all(np.isfinite(g)):
+        i = int(np.flatnonzero(~np.isfinite(g))[0])
+        names = prob.vf.model.theta_names
+        what = f"d loss / d {names[i] if i < len(names) else f'theta[{i}]'} = {g[i]}"
+    else:
+        i = int(np.flatnonzero(~np.isfinite(gy0))[0])
+        what = f"d loss / d y0[{prob.vf.model.states[i].name}] = {gy0[i]}"
+    raise SolveError(f"{method} gave a non-finite gradient{prob.where} ({what}): the "
+                     "derivatives of the right-hand side are not finite along the solution "
+                     "(e.g. sqrt or log at zero, a power of a negative number)", status=-1,
+                     solver_message="non-finite gradient")
 
 
 class Sensitivity:

@@ -27,7 +27,10 @@ accumulation through the stages:
 No autograd trace and no backward ODE solve is involved, so the gradient costs little more
 than the forward solve. It equals the gradient of the computed loss to rounding error, and
 differs from the exact gradient of the true ODE loss by the solver's discretization error
-(same order as the loss's own error). With ``checkpoint_every=K`` only every K-th solver
+(same order as the loss's own error). The batched arrays of steps 1-4 (Jacobians at every
+stage point) are built for at most :data:`WORK_BYTES` worth of steps at a time: a longer
+record is swept in chunks of consecutive steps, which gives the same gradient up to
+rounding. With ``checkpoint_every=K`` only every K-th solver
 state is kept; each segment is recomputed during the backward sweep, so the stored record
 is at most K steps long.
 
@@ -46,49 +49,31 @@ References
 from __future__ import annotations
 
 import numpy as np
-from scipy.integrate import RK23, RK45
 
+import dynlearn.solve
 from dynlearn.errors import SolveError
 from dynlearn.sensitivity.base import Problem, observation_cotangents
+from dynlearn.sensitivity.scipy_rk import (
+    RECORDING_SOLVERS,
+    RecordingRK23,
+    RecordingRK45,
+    Tableau,
+    next_step_size,
+    tableau,
+)
+from dynlearn.solve import SolveGuard, split_options
 
-__all__ = ["RecordingRK45", "RecordingRK23", "DISCRETE_METHODS", "Stepper", "record_solve",
-           "discrete_loss_and_grad", "discrete_state_jacobian"]
+__all__ = ["RecordingRK45", "RecordingRK23", "DISCRETE_METHODS", "WORK_BYTES", "Stepper",
+           "record_solve", "discrete_loss_and_grad", "discrete_state_jacobian",
+           "dense_output_weights"]
 
+#: The most memory the batched arrays of one backward (or tangent) sweep may take, in
+#: bytes; a longer record of steps is swept in chunks (see the module notes).
+WORK_BYTES = 256 * 1024 ** 2
 
-class _Recording:
-    """Mixin recording each accepted step of a scipy explicit Runge-Kutta solver."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.rec_t, self.rec_h, self.rec_y, self.rec_K = [], [], [], []
-
-    def _step_impl(self):
-        t, y = self.t, self.y
-        ok, msg = super()._step_impl()
-        if ok:
-            self.rec_t.append(t)
-            self.rec_h.append(self.t - t)
-            self.rec_y.append(y)
-            self.rec_K.append(self.K.copy())  # scipy reuses K in place
-        return ok, msg
-
-    def clear_record(self):
-        self.rec_t, self.rec_h, self.rec_y, self.rec_K = [], [], [], []
-
-    def record(self):
-        return (np.array(self.rec_t), np.array(self.rec_h), np.array(self.rec_y),
-                np.array(self.rec_K))
-
-
-class RecordingRK45(_Recording, RK45):
-    """``scipy.integrate.RK45`` recording its accepted steps (a valid ``solve_ivp`` method)."""
-
-
-class RecordingRK23(_Recording, RK23):
-    """``scipy.integrate.RK23`` recording its accepted steps."""
-
-
-DISCRETE_METHODS = {"RK45": RecordingRK45, "RK23": RecordingRK23}
+#: methods with a discrete gradient -> their recording solver (scipy internals: see
+#: :mod:`dynlearn.sensitivity.scipy_rk`)
+DISCRETE_METHODS = RECORDING_SOLVERS
 
 
 class Stepper:
@@ -97,14 +82,24 @@ class Stepper:
 
     A restart keeps the proposed step size, so a run resumed from :meth:`state` takes
     exactly the same steps as the original one: checkpointing relies on that.
+
+    The right-hand side is watched by a :class:`~dynlearn.solve.SolveGuard` (``max_nfev`` in
+    ``kw``, non-finite values, the deadline), and the steps recorded and not yet handed
+    out may take at most :data:`~dynlearn.solve.MAX_BUFFER_BYTES`.
     """
 
     def __init__(self, cls, fun, t0, y0, t_end, kw: dict, breaks=(), where: str = "",
-                 h_abs: float | None = None):
-        self.cls, self.fun, self.kw, self.where = cls, fun, kw, where
+                 h_abs: float | None = None, names=None):
+        kw, max_nfev = split_options(dict(kw))
+        self.guard = SolveGuard(cls.method_name, max_nfev, where, names, (t0, t_end))
+        self.cls, self.fun, self.kw, self.where = cls, self.guard.wrap_fun(fun), kw, where
         self.t_end = t_end
         self.bounds = np.append(np.asarray(breaks, dtype=float), t_end)
         self.rec = ([], [], [], [])
+        n = np.size(y0)
+        # a recorded step keeps its start, size, state and stage values
+        limit = dynlearn.solve.MAX_BUFFER_BYTES
+        self.max_steps = max(1, int(limit // (8 * (n * (cls.n_stages + 2) + 2))))
         self._start(t0, y0, h_abs)
 
     def _start(self, t, y, h_abs):
@@ -116,13 +111,16 @@ class Stepper:
 
     @property
     def done(self) -> bool:
+        """Whether the solver reached the end (or failed)."""
         return self.solver.status != "running"
 
     def state(self):
         """``(t, y, h_abs)``: enough to restart and retrace the same steps."""
-        return self.solver.t, self.solver.y, self.solver.h_abs
+        return self.solver.t, self.solver.y, next_step_size(self.solver)
 
     def run(self, n_steps: int | None = None) -> None:
+        """Take ``n_steps`` steps (all remaining when None), recording them; raise SolveError
+        when a step fails or the record would outgrow its memory bound."""
         k = 0
         while not self.done and (n_steps is None or k < n_steps):
             s = self.solver
@@ -130,7 +128,7 @@ class Stepper:
             k += 1
             if s.status == "failed":
                 raise SolveError(
-                    f"the {s.__class__.__mro__[2].__name__} solver failed{self.where} at "
+                    f"the {s.method_name} solver failed{self.where} at "
                     f"t={s.t}: Required step size is less than spacing between numbers. Try a "
                     "stiff method (Radau, BDF, LSODA) or check the parameters for blow-up.",
                     status=-1, t=float(s.t),
@@ -138,8 +136,22 @@ class Stepper:
             for lst, new in zip(self.rec, (s.rec_t, s.rec_h, s.rec_y, s.rec_K)):
                 lst.extend(new)
             s.clear_record()
+            if len(self.rec[0]) > self.max_steps:
+                self._too_many_steps(s)
             if s.status == "finished" and s.t < self.t_end:
-                self._start(s.t, s.y, s.h_abs)
+                self._start(s.t, s.y, next_step_size(s))
+
+    def _too_many_steps(self, s) -> None:
+        n = np.size(s.y)
+        gib = len(self.rec[0]) * 8 * (n * (self.cls.n_stages + 2) + 2) / 1024 ** 3
+        raise SolveError(
+            f"the record of the {s.method_name} steps{self.where} (for its exact discrete "
+            f"derivatives) would exceed {gib:.3g} GiB: {len(self.rec[0])} steps of {n} "
+            f"states by t={s.t:.6g}, more than dynlearn.solve.MAX_BUFFER_BYTES = "
+            f"{dynlearn.solve.MAX_BUFFER_BYTES / 1024 ** 3:.3g} GiB. So many steps suggest a "
+            "stiff problem: try method='LSODA'; a gradient can also keep fewer steps with "
+            "Adjoint(checkpoint_every=K)", status=-1, t=float(s.t),
+            solver_message="record memory limit")
 
     def record(self, clear: bool = True):
         """``(t_j, h_j, y_j, K_j)`` of the steps recorded since the last call."""
@@ -155,13 +167,43 @@ def record_solve(prob: Problem):
     t_end = prob.t_obs[-1]
     stepper = Stepper(cls, prob.vf.fun, prob.t0, prob.y0, t_end,
                       dict(rtol=prob.rtol, atol=prob.atol, **prob.options),
-                      prob.vf.breakpoints(prob.t0, t_end), prob.where)
+                      prob.vf.breakpoints(prob.t0, t_end), prob.where,
+                      names=_state_names(prob.vf))
     stepper.run()
     return stepper.record()
 
 
-def _locate(t_obs, T0, H, P):
-    """Step index and dense-output weights q (m, s+1) of each observation time."""
+def _state_names(vf) -> list[str]:
+    return [s.name for s in vf.model.states]
+
+
+def _chunks(n_steps: int, bytes_per_step: float) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]``: consecutive ranges of steps whose batched work fits in
+    :data:`WORK_BYTES` (one range, all steps, when it all fits)."""
+    size = max(1, int(WORK_BYTES // max(bytes_per_step, 1.0)))
+    return [(a, min(n_steps, a + size)) for a in range(0, n_steps, size)]
+
+
+def dense_output_weights(t_obs, T0, H, P):
+    """Where observation times fall in recorded steps, and their dense-output weights.
+
+    Parameters
+    ----------
+    t_obs : ndarray, shape (m,)
+        Times inside the recorded steps.
+    T0, H : ndarray, shape (N,)
+        Starts and sizes of the recorded steps.
+    P : ndarray, shape (s + 1, k)
+        The method's dense-output matrix (:attr:`Tableau.P`).
+
+    Returns
+    -------
+    j : ndarray of int, shape (m,)
+        The step holding each time.
+    q : ndarray, shape (m, s + 1)
+        Weights of the step's stage values: ``y(t) = y_j + H_j * q @ K_j``, as
+        ``solve_ivp`` computes ``t_eval`` values.
+    """
     ends = T0 + H
     j = np.minimum(np.searchsorted(ends, t_obs, side="left"), T0.size - 1)
     sigma = (t_obs - T0[j]) / H[j]
@@ -169,31 +211,23 @@ def _locate(t_obs, T0, H, P):
     return j, powers @ P.T
 
 
-def _square_A(cls):
-    """The Butcher matrix as an (s, s) array (scipy stores RK45's without its zero column)."""
-    s = cls.n_stages
-    A = np.zeros((s, s))
-    A[:, :cls.A.shape[1]] = cls.A
-    return A
-
-
-def _stage_points(cls, T0, H, Y0, K):
+def _stage_points(tab: Tableau, T0, H, Y0, K):
     """Times (N, s+1) and states (N, s+1, n) of every stage, the last being y_{j+1}."""
-    s = cls.n_stages
-    A = np.vstack([_square_A(cls), cls.B])
+    s = tab.n_stages
+    A = np.vstack([tab.A, tab.B])
     Yp = Y0[:, None, :] + H[:, None, None] * np.einsum("il,jln->jin", A, K[:, :s])
-    Tp = T0[:, None] + H[:, None] * np.append(cls.C, 1.0)
+    Tp = T0[:, None] + H[:, None] * np.append(tab.C, 1.0)
     return Tp, Yp
 
 
-def _stage_backprop(cls, JT, H, a, kobs):
+def _stage_backprop(tab: Tableau, JT, H, a, kobs):
     """Reverse through the stages of all steps at once.
 
     ``a``: cotangent of y_{j+1}, shape (N, n) or (N, n, r); ``kobs``: direct cotangents of
     the stage values (N, s, n[, r]) or None. Returns ``(sum_i Ybar_i, kbar)``.
     """
-    s = cls.n_stages
-    A, B = _square_A(cls), cls.B
+    s = tab.n_stages
+    A, B = tab.A, tab.B
     hb = H.reshape((-1,) + (1,) * (a.ndim - 1))
     kb = [hb * B[i] * a for i in range(s)]
     if kobs is not None:
@@ -208,35 +242,53 @@ def _stage_backprop(cls, JT, H, a, kobs):
     return total, np.stack(kb, axis=1)
 
 
-def _segment_backward(cls, vf, rec, t_obs, Gy, yb_end, grad):
+def _segment_backward(tab: Tableau, vf, rec, t_obs, Gy, yb_end, grad):
     """Backward sweep over one recorded segment; returns ybar at the segment start.
 
     ``t_obs``/``Gy`` are the observations inside the segment (t_start < t <= t_end).
     """
     T0, H, Y0, K = rec
-    N, s = T0.size, cls.n_stages
+    N, s = T0.size, tab.n_stages
     n = Y0.shape[1]
-    Tp, Yp = _stage_points(cls, T0, H, Y0, K)
+    Tp, Yp = _stage_points(tab, T0, H, Y0, K)
     J, ctx = vf.jac_batch(Tp.reshape(-1), Yp.reshape(-1, n))
     JT = np.swapaxes(J, 1, 2).reshape(N, s + 1, n, n)
     kobs = np.zeros((N, s + 1, n))
     ydir = np.zeros((N, n))
     if t_obs.size:
-        j, q = _locate(t_obs, T0, H, cls.P)
+        j, q = dense_output_weights(t_obs, T0, H, tab.P)
         np.add.at(kobs, j, H[j, None, None] * q[:, :, None] * Gy[:, None, :])
         np.add.at(ydir, j, Gy)
     eye = np.broadcast_to(np.eye(n), (N, n, n))
-    MT = eye + _stage_backprop(cls, JT, H, eye, None)[0]                 # dy_{j+1}/dy_j transposed
-    d = ydir + _stage_backprop(cls, JT, H, np.zeros((N, n)), kobs[:, :s])[0]
+    MT = eye + _stage_backprop(tab, JT, H, eye, None)[0]                 # dy_{j+1}/dy_j transposed
+    d = ydir + _stage_backprop(tab, JT, H, np.zeros((N, n)), kobs[:, :s])[0]
     e = np.einsum("jnm,jm->jn", JT[:, s], kobs[:, s])
     a = np.empty((N, n))
     yb = yb_end
     for jj in range(N - 1, -1, -1):
         a[jj] = yb + e[jj]
         yb = MT[jj] @ a[jj] + d[jj]
-    _, kb = _stage_backprop(cls, JT, H, a, kobs[:, :s])
+    _, kb = _stage_backprop(tab, JT, H, a, kobs[:, :s])
     C = np.concatenate([kb, kobs[:, s:]], axis=1).reshape(-1, n)
     grad += vf.theta_vjp_batch(ctx, C)
+    return yb
+
+
+def _chunked_backward(tab: Tableau, vf, rec, t_obs, idx, Gy, yb, grad, per_step: float):
+    """:func:`_segment_backward` over a recorded segment, in chunks of consecutive steps
+    (last first) whose batched work fits in :data:`WORK_BYTES`; ``idx`` indexes the
+    observations inside the segment."""
+    chunks = _chunks(rec[0].size, per_step)
+    if len(chunks) == 1:
+        return _segment_backward(tab, vf, rec, t_obs[idx], Gy[idx], yb, grad)
+    ends = rec[0] + rec[1]
+    for a, b in reversed(chunks):
+        part = tuple(x[a:b] for x in rec)
+        # chunks meet at a step's end, computed once, so each observation is in one chunk
+        inside = idx[t_obs[idx] <= ends[b - 1]]
+        if a > 0:
+            inside = inside[t_obs[inside] > ends[a - 1]]
+        yb = _segment_backward(tab, vf, part, t_obs[inside], Gy[inside], yb, grad)
     return yb
 
 
@@ -259,6 +311,7 @@ def discrete_loss_and_grad(prob: Problem, wrt_y0: bool = False,
     """
     vf = prob.vf
     cls = DISCRETE_METHODS[prob.method]
+    tab = tableau(cls)
     t_obs = prob.t_obs
     t0, y0 = prob.t0, prob.y0
     n = y0.size
@@ -270,7 +323,8 @@ def discrete_loss_and_grad(prob: Problem, wrt_y0: bool = False,
         return value, gdir, Gy.sum(axis=0) if wrt_y0 else None
     kw = dict(rtol=prob.rtol, atol=prob.atol, **prob.options)
     breaks = vf.breakpoints(t0, t_obs[-1])
-    stepper = Stepper(cls, vf.fun, t0, y0, t_obs[-1], kw, breaks, prob.where)
+    names = _state_names(vf)
+    stepper = Stepper(cls, vf.fun, t0, y0, t_obs[-1], kw, breaks, prob.where, names=names)
     Y = np.empty((t_obs.size, n))
     Y[at_start] = y0
     later = np.flatnonzero(~at_start)
@@ -287,7 +341,7 @@ def discrete_loss_and_grad(prob: Problem, wrt_y0: bool = False,
         seg_end = T0[-1] + H[-1]
         idx = later[(t_obs[later] > T0[0]) & (t_obs[later] <= seg_end)]
         if idx.size:
-            j, q = _locate(t_obs[idx], T0, H, cls.P)
+            j, q = dense_output_weights(t_obs[idx], T0, H, tab.P)
             Y[idx] = Y0[j] + H[j, None] * np.einsum("mi,min->mn", q, K[j])
         if k is None:
             segments.append((rec, idx))
@@ -296,15 +350,19 @@ def discrete_loss_and_grad(prob: Problem, wrt_y0: bool = False,
     value, Gy, gdir = observation_cotangents(vf, t_obs, Y, prob.obs_loss)
     grad += gdir
     yb = np.zeros(n)
+    # the batched work of a backward sweep per step: Jacobians and their transposes at
+    # every stage point, the parameter cotangent's pieces, the step maps
+    s1 = tab.n_stages + 1
+    per_step = 8.0 * (s1 * (3 * n * n + n * (vf.n_free + vf.c.nz) + 64) + 2 * n * n)
     if k is None:
         for rec, idx in reversed(segments):
-            yb = _segment_backward(cls, vf, rec, t_obs[idx], Gy[idx], yb, grad)
+            yb = _chunked_backward(tab, vf, rec, t_obs, idx, Gy, yb, grad, per_step)
     else:
         for (t_s, y_s, h_abs), n_steps, idx in reversed(checkpoints):
             seg = Stepper(cls, vf.fun, t_s, y_s, t_obs[-1], kw, breaks[breaks > t_s],
-                          prob.where, h_abs)
+                          prob.where, h_abs, names=names)
             seg.run(n_steps)
-            yb = _segment_backward(cls, vf, seg.record(), t_obs[idx], Gy[idx], yb, grad)
+            yb = _chunked_backward(tab, vf, seg.record(), t_obs, idx, Gy, yb, grad, per_step)
     yb = yb + Gy[at_start].sum(axis=0)
     return value, grad, (yb if wrt_y0 else None)
 
@@ -325,6 +383,9 @@ def discrete_state_jacobian(prob: Problem, wrt_y0: bool = False):
     times n-by-q product each). Observations are read from the dense-output polynomials
     as in the forward solve, so the Jacobian is that of the residuals actually computed.
 
+    The batched arrays are built for at most :data:`WORK_BYTES` worth of steps at a time
+    (the ``S`` recurrence carries over from one chunk of steps to the next).
+
     Why not :class:`~dynlearn.ForwardSensitivity`: that integrates ``n (1 + q)``
     components inside the error control, which takes more and costlier steps. Measured on
     the LV-UDE (89 parameters): 22 ms against ~6 ms here, and the step count grows
@@ -337,7 +398,7 @@ def discrete_state_jacobian(prob: Problem, wrt_y0: bool = False):
         ``dy/d[theta, y0]`` with ``q = n_theta (+ n when wrt_y0)``.
     """
     vf = prob.vf
-    cls = DISCRETE_METHODS[prob.method]
+    tab = tableau(DISCRETE_METHODS[prob.method])
     t_obs, t0, y0 = prob.t_obs, prob.t0, prob.y0
     n, P = vf.n, vf.n_theta
     q = P + (n if wrt_y0 else 0)
@@ -350,33 +411,45 @@ def discrete_state_jacobian(prob: Problem, wrt_y0: bool = False):
     later = np.flatnonzero(t_obs > t0)
     if later.size:
         T0, Hs, Y0, K = record_solve(prob)
-        N, s = T0.size, cls.n_stages
-        Tp, Yp = _stage_points(cls, T0, Hs, Y0, K)
-        J, Ft = vf.theta_jacobian_batch(Tp.reshape(-1), Yp.reshape(-1, n))
-        J = J.reshape(N, s + 1, n, n)
-        Fq = np.zeros((N, s + 1, n, q))
-        Fq[..., :P] = Ft.reshape(N, s + 1, n, P)
-        A, B = _square_A(cls), cls.B
-        h = Hs[:, None, None]
-        eye = np.broadcast_to(np.eye(n), (N, n, n))
-        Pst = np.empty((N, s, n, n))
-        Qst = np.empty((N, s, n, q))
-        for i in range(s):
-            dP = eye + h * np.einsum("l,jlab->jab", A[i, :i], Pst[:, :i]) if i else eye
-            dQ = h * np.einsum("l,jlab->jab", A[i, :i], Qst[:, :i]) if i else 0.0
-            Pst[:, i] = J[:, i] @ dP
-            Qst[:, i] = (J[:, i] @ dQ if i else 0.0) + Fq[:, i]
-        M = eye + h * np.einsum("i,jiab->jab", B, Pst)
-        G = h * np.einsum("i,jiab->jab", B, Qst)
-        S = np.empty((N + 1, n, q))
-        S[0] = S0
-        for j in range(N):
-            S[j + 1] = M[j] @ S[j] + G[j]
-        jj, w = _locate(t_obs[later], T0, Hs, cls.P)
-        hj = Hs[jj, None, None]
+        N, s = T0.size, tab.n_stages
+        jj, w = dense_output_weights(t_obs[later], T0, Hs, tab.P)
         Yobs[later] = Y0[jj] + Hs[jj, None] * np.einsum("mi,min->mn", w, K[jj])
-        dK = Pst[jj] @ S[jj][:, None] + Qst[jj]                              # (mo, s, n, q)
-        dKs = J[jj, s] @ S[jj + 1] + Fq[jj, s]                               # (mo, n, q)
-        Sobs[later] = (S[jj] + hj * np.einsum("mi,mibq->mbq", w[:, :s], dK)
-                       + hj * w[:, s, None, None] * dKs)
+        A, B = tab.A, tab.B
+        # the batched work per step: Jacobians and parameter derivatives at every stage
+        # point, the stage derivatives, the step maps and the state sensitivities
+        per_step = 8.0 * ((s + 1) * (n * n + n * P + n * q + 64) + s * (n * n + n * q)
+                          + 3 * (n * n + n * q))
+        S_start = S0
+        for a, b in _chunks(N, per_step):
+            Nc = b - a
+            Tp, Yp = _stage_points(tab, T0[a:b], Hs[a:b], Y0[a:b], K[a:b])
+            J, Ft = vf.theta_jacobian_batch(Tp.reshape(-1), Yp.reshape(-1, n))
+            J = J.reshape(Nc, s + 1, n, n)
+            Fq = np.zeros((Nc, s + 1, n, q))
+            Fq[..., :P] = Ft.reshape(Nc, s + 1, n, P)
+            h = Hs[a:b, None, None]
+            eye = np.broadcast_to(np.eye(n), (Nc, n, n))
+            Pst = np.empty((Nc, s, n, n))
+            Qst = np.empty((Nc, s, n, q))
+            for i in range(s):
+                dP = eye + h * np.einsum("l,jlab->jab", A[i, :i], Pst[:, :i]) if i else eye
+                dQ = h * np.einsum("l,jlab->jab", A[i, :i], Qst[:, :i]) if i else 0.0
+                Pst[:, i] = J[:, i] @ dP
+                Qst[:, i] = (J[:, i] @ dQ if i else 0.0) + Fq[:, i]
+            M = eye + h * np.einsum("i,jiab->jab", B, Pst)
+            G = h * np.einsum("i,jiab->jab", B, Qst)
+            S = np.empty((Nc + 1, n, q))
+            S[0] = S_start
+            for j in range(Nc):
+                S[j + 1] = M[j] @ S[j] + G[j]
+            sel = (jj >= a) & (jj < b)
+            if sel.any():
+                jl = jj[sel] - a
+                hj = Hs[jj[sel], None, None]
+                wl = w[sel]
+                dK = Pst[jl] @ S[jl][:, None] + Qst[jl]                        # (mo, s, n, q)
+                dKs = J[jl, s] @ S[jl + 1] + Fq[jl, s]                         # (mo, n, q)
+                Sobs[later[sel]] = (S[jl] + hj * np.einsum("mi,mibq->mbq", wl[:, :s], dK)
+                                    + hj * wl[:, s, None, None] * dKs)
+            S_start = S[-1]
     return Yobs, Sobs

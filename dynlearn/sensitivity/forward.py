@@ -30,8 +30,13 @@ import numpy as np
 import scipy.sparse as sps
 
 from dynlearn.errors import SolveError
-from dynlearn.sensitivity.base import Problem, Sensitivity, observation_cotangents
-from dynlearn.solve import STIFF_METHODS, integrate
+from dynlearn.sensitivity.base import (
+    Problem,
+    Sensitivity,
+    check_gradient_finite,
+    observation_cotangents,
+)
+from dynlearn.solve import STIFF_METHODS, failure_point, integrate
 
 __all__ = ["ForwardSensitivity"]
 
@@ -102,10 +107,12 @@ class ForwardSensitivity(Sensitivity):
                 J = vf.jac(t, z[:n])
                 return sps.kron(eye, J, format="csc") if sparse else np.kron(eye, J)
             kw["jac"] = jac
-        res = integrate(fun, (t0, t_obs[-1]), z0, t_obs, vf.breakpoints(t0, t_obs[-1]), **kw)
+        names = [s.name for s in vf.model.states]
+        res = integrate(fun, (t0, t_obs[-1]), z0, t_obs, vf.breakpoints(t0, t_obs[-1]),
+                        where=prob.where, names=names, **kw)
         if res.status != 0:
             raise SolveError(f"the {prob.method} solver failed{prob.where} while integrating "
-                             f"sensitivities at t={res.t[-1] if res.t.size else t0}: {res.message}",
+                             f"sensitivities {failure_point(res, t0)}: {res.message}",
                              status=res.status, solver_message=res.message)
         Z = res.y.T
         return Z[:, :n], np.swapaxes(Z[:, n:].reshape(m, q, n), 1, 2)
@@ -128,9 +135,12 @@ class ForwardSensitivity(Sensitivity):
         return H, dH
 
     def loss_and_grad(self, prob: Problem, wrt_y0: bool = False):
+        """``(value, dL/dtheta, dL/dy0 or None)`` for one experiment."""
         vf = prob.vf
         Y, S = self.trajectories(prob, wrt_y0)
         value, Gy, g = observation_cotangents(vf, prob.t_obs, Y, prob.obs_loss)
         full = np.einsum("mn,mnq->q", Gy, S)
         g = g + full[:vf.n_theta]
-        return value, g, (full[vf.n_theta:] if wrt_y0 else None)
+        gy0 = full[vf.n_theta:] if wrt_y0 else None
+        check_gradient_finite(prob, "forward sensitivity", g, gy0)
+        return value, g, gy0

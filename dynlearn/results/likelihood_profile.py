@@ -20,7 +20,9 @@ profiled values [1]_. An interval that does not close within the profiled range 
 reported as unbounded on that side (``-inf`` / ``inf``), with a warning.
 
 The refits are independent: with a Dask client (or inside :func:`dynlearn.parallel`) each
-is a task.
+is a task. They go through the result's refit seam (:attr:`FitResult.refitter
+<dynlearn.results.result.FitResult.refitter>`, which :func:`dynlearn.fit` injects), so a
+result loaded from disk, which has none, cannot be profiled.
 
 References
 ----------
@@ -33,12 +35,21 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dynlearn.distributed.executor import resolve_executor
 from dynlearn.errors import OptionError
+from dynlearn.objective.losses import loss_from_name
+from dynlearn.optimizers import LevenbergMarquardt
+from dynlearn.results.covariance import quantile
 
-__all__ = ["Profile", "profile"]
+if TYPE_CHECKING:
+    from dynlearn.optimizers import Optimizer
+    from dynlearn.results.result import FitResult
+
+__all__ = ["Profile", "deviance", "profile"]
 
 
 @dataclass
@@ -80,8 +91,9 @@ class Profile:
         return f"Profile({self.summary()})"
 
 
-def profile(result, name: str, n: int = 10, span: float = 3.0, level: float = 0.95,
-            values=None, optimizer=None, client=None, progress: bool = False) -> Profile:
+def profile(result: FitResult, name: str, n: int = 10, span: float = 3.0,
+            level: float = 0.95, values=None, optimizer: Optimizer | None = None, client=None,
+            progress: bool = False) -> Profile:
     """The likelihood profile of one physical parameter of a fit.
 
     Parameters
@@ -117,12 +129,8 @@ def profile(result, name: str, n: int = 10, span: float = 3.0, level: float = 0.
     >>> prof.interval, prof.wald                             # doctest: +SKIP
     """
     import pandas as pd
-
-    from dynlearn.distributed.dask import _resolve, _run_tasks
-    from dynlearn.optimizers.optimizers import LevenbergMarquardt
-    from dynlearn.results.covariance import quantile
-    kwargs = getattr(result, "_refit", None)
-    if kwargs is None:
+    refitter = result.refitter
+    if refitter is None:
         raise OptionError("profile() needs a fit made in this session (a loaded result does "
                           "not keep the fit's settings); refit with dl.fit first")
     if not 0 < level < 1:
@@ -130,8 +138,8 @@ def profile(result, name: str, n: int = 10, span: float = 3.0, level: float = 0.
     if not isinstance(n, (int, np.integer)) or n < 2:
         raise OptionError(f"n must be an integer >= 2, got {n!r}")
     model = result.model
-    sym = model._names.get(name)
-    if sym is None or sym not in model.params:
+    sym = {s.name: s for s in model.param_symbols}.get(name)
+    if sym is None:
         raise OptionError(f"'{name}' is not a parameter of the model; parameters are "
                           f"{[s.name for s in model.param_symbols]}")
     par = model.params[sym]
@@ -156,16 +164,16 @@ def profile(result, name: str, n: int = 10, span: float = 3.0, level: float = 0.
         par.max if par.max is not None else np.inf
     values = np.unique(np.clip(values, lo_b, hi_b))
     values = values[values != est]
-    fit_kwargs = dict(kwargs, optimizer=optimizer or LevenbergMarquardt(), progress=False)
-    outcomes = _run_tasks(_resolve(client), _refit_at, list(values),
-                          [f"profile of {name} at {v:.6g}" for v in values],
-                          {"model": model, "data": result.data, "name": name,
-                           "fit_kwargs": fit_kwargs}, progress=progress, desc="profile")
+    overrides = dict(optimizer=optimizer or LevenbergMarquardt(), progress=False)
+    outcomes = resolve_executor(client).map(
+        _refit_at, list(values), [f"profile of {name} at {v:.6g}" for v in values],
+        {"refitter": refitter, "model": model, "data": result.data, "name": name,
+         "overrides": overrides}, progress=progress, desc="profile")
     frame = pd.DataFrame({"value": np.r_[values, est],
                           "loss": np.r_[[o[0] for o in outcomes], result.loss],
                           "success": np.r_[[o[1] for o in outcomes], True]})
     frame = frame.sort_values("value", ignore_index=True)
-    frame["deviance"] = _deviance(result, frame["loss"].to_numpy())
+    frame["deviance"] = deviance(result, frame["loss"].to_numpy())
     threshold = _threshold(result, level)
     interval = (_crossing(frame, est, threshold, -1, name),
                 _crossing(frame, est, threshold, +1, name))
@@ -173,22 +181,28 @@ def profile(result, name: str, n: int = 10, span: float = 3.0, level: float = 0.
                    (float(row["ci_lower"]), float(row["ci_upper"])))
 
 
-def _refit_at(value, model, data, name, fit_kwargs):
-    from dynlearn.core.parameters import Parameter
-    from dynlearn.fitting.fitter import fit
-    fixed = model.with_params(**{name: Parameter(float(value), fixed=True)})
-    r = fit(fixed, data, **fit_kwargs)
+def _refit_at(value, refitter, model, data, name, overrides):
+    """One refit of a profile (a task): ``name`` fixed at ``value``; (loss, success)."""
+    r = refitter(model, data, fixed={name: float(value)}, **overrides)
     return float(r.loss), bool(r.success and np.isfinite(r.loss))
 
 
-def _deviance(result, losses: np.ndarray) -> np.ndarray:
-    """Twice the log-likelihood drop from the optimum (see the module notes)."""
-    if result.config.get("loss") == "gaussian":
-        return 2.0 * (losses - result.loss)
-    if not _profiled_variance(result):
-        return losses - result.loss
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return result.n_data * np.log(losses / result.loss)
+def deviance(result: FitResult, losses) -> np.ndarray:
+    """Twice the log-likelihood drop from ``result``'s optimum of refits with the losses
+    ``losses`` (see the module notes): what a profile compares with its threshold.
+
+    Parameters
+    ----------
+    result : FitResult
+    losses : array_like
+        ``FitResult.loss`` of refits of the same model to the same data.
+
+    Returns
+    -------
+    ndarray
+    """
+    loss, known = _loss_and_known_sigma(result)
+    return loss.deviance(losses, result.loss, result.n_data, known)
 
 
 def _threshold(result, level: float) -> float:
@@ -197,8 +211,6 @@ def _threshold(result, level: float) -> float:
     with ``n - p`` degrees of freedom), which gives the Wald interval back exactly for a
     model linear in its parameters."""
     from scipy import special
-
-    from dynlearn.results.covariance import quantile
     if _profiled_variance(result):
         dof = result.n_data - result.n_params
         if dof > 0:
@@ -207,10 +219,18 @@ def _threshold(result, level: float) -> float:
     return float(special.chdtri(1, 1.0 - level))
 
 
+def _loss_and_known_sigma(result):
+    """The fit's loss and whether some noise level was known."""
+    try:
+        known = result.objective().has_known_sigma
+    except OptionError:   # no data attached
+        known = False
+    return loss_from_name(result.config.get("loss", "ls")), known
+
+
 def _profiled_variance(result) -> bool:
-    obj = result._obj
-    return result.config.get("loss") != "gaussian" and not (obj is not None and
-                                                             obj.has_known_sigma)
+    loss, known = _loss_and_known_sigma(result)
+    return loss.profiles_variance(known)
 
 
 def _crossing(frame, est: float, threshold: float, side: int, name: str) -> float:

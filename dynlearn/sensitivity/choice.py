@@ -1,0 +1,80 @@
+"""The one place that chooses how the Jacobian of a solve is computed.
+
+Gauss-Newton-type fits, confidence bands and multiple shooting need the derivatives of the
+states (or observables) at the observation times with respect to ``theta`` and ``y0``:
+
+* ``RK45``/``RK23``: the discrete tangent-linear of the recorded steps
+  (:func:`~dynlearn.sensitivity.discrete.discrete_state_jacobian`): exact for the computed
+  solution, and 1.1-2 forward solves in cost;
+* any other method: forward sensitivities, with the user's
+  :class:`~dynlearn.ForwardSensitivity` (and its options) when that is the sensitivity
+  given, else ``ForwardSensitivity()``.
+
+An adjoint or finite-difference ``sensitivity`` is a gradient method: it does not give a
+Jacobian, so it does not change the choice.
+"""
+
+from __future__ import annotations
+
+from dynlearn.core.vectorfield import VectorField
+from dynlearn.sensitivity.base import Problem, Sensitivity
+from dynlearn.sensitivity.discrete import DISCRETE_METHODS, discrete_state_jacobian
+from dynlearn.sensitivity.forward import ForwardSensitivity
+
+__all__ = ["cheap_jacobian", "observable_jacobian", "observe_with_jacobian", "state_jacobian"]
+
+
+def cheap_jacobian(method: str) -> bool:
+    """Whether a Jacobian costs about a forward solve with ``method`` (the discrete tangent
+    of RK45/RK23: 1.1-2 solves; forward sensitivities cost far more)."""
+    return method in DISCRETE_METHODS
+
+
+def state_jacobian(prob: Problem, sensitivity: Sensitivity | None = None,
+                   wrt_y0: bool = False):
+    """States at ``prob.t_obs`` and their derivatives, by the method chosen as the module
+    notes say.
+
+    Parameters
+    ----------
+    prob : Problem
+    sensitivity : Sensitivity, optional
+        The user's sensitivity; a :class:`~dynlearn.ForwardSensitivity` is used as given for
+        methods without a discrete tangent.
+    wrt_y0 : bool
+        Also differentiate with respect to the initial state.
+
+    Returns
+    -------
+    Y : ndarray, shape (m, n)
+    S : ndarray, shape (m, n, q)
+        ``dy/d[theta, y0]`` with ``q = n_theta (+ n when wrt_y0)``.
+    """
+    if cheap_jacobian(prob.method):
+        return discrete_state_jacobian(prob, wrt_y0)
+    fs = sensitivity if isinstance(sensitivity, ForwardSensitivity) else ForwardSensitivity()
+    return fs.trajectories(prob, wrt_y0)
+
+
+def observable_jacobian(prob: Problem, sensitivity: Sensitivity | None = None,
+                        wrt_y0: bool = False):
+    """Observables at ``prob.t_obs`` and their derivatives (see :func:`state_jacobian`).
+
+    Returns
+    -------
+    H : ndarray, shape (m, n_obs)
+    dH : ndarray, shape (m, n_obs, q)
+        ``d observables / d[theta, y0]``.
+    """
+    Y, S = state_jacobian(prob, sensitivity, wrt_y0)
+    return observe_with_jacobian(prob.vf, prob.t_obs, Y, S)
+
+
+def observe_with_jacobian(vf: VectorField, t, Y, S):
+    """Observables and ``d observables / d[theta, y0]`` from states ``Y`` at times ``t`` and
+    their sensitivities ``S`` (shape ``(m, n, q)``)."""
+    H, Hy, Hp = vf.observe_batch(t, Y, derivatives=True)
+    dH = Hy @ S
+    if vf.n_free:
+        dH[:, :, :vf.n_free] += Hp
+    return H, dH
