@@ -11,7 +11,10 @@ A case is a system, a time window, a sampling interval and a noise level; it run
 noise seed (the network's initialisation seed is the noise seed). Noise is Gaussian, with a
 standard deviation of ``noise`` times each state's standard deviation over the window. A run
 succeeds when the recovered structure is exact (the true monomials and no others, in every
-network output) and every recovered coefficient is within 10 % of the truth.
+network output) and every recovered coefficient is within 10 % of the truth. For
+reference, every run also refits the true structure itself to the data (the known physics
+plus the true terms with free coefficients): where even that misses a coefficient by more
+than 10 %, the noise realisation does not determine it, and no recovery can succeed.
 
 Systems (the known physics stays in the model, with its parameters fixed; the network sees
 the states listed):
@@ -36,12 +39,16 @@ Usage::
     python benchmarks/discovery_battery.py --cases lv-paper,sir-long --seeds 0,1
     python benchmarks/discovery_battery.py --peers /work/peers-venv/bin/python
 
-``--peers PYTHON`` also runs PySINDy (SINDy with smoothed finite differences, ensemble
-SINDy, weak-form SINDy; each on the whole right-hand side) on the same data, with that
-interpreter (a virtualenv with ``pysindy`` and ``pandas``), through
+``--cache DIR`` keeps the fitted hybrid models (the slow part, independent of the recovery)
+and reuses them. ``--peers PYTHON`` also runs PySINDy (SINDy with smoothed finite
+differences, ensemble SINDy, weak-form SINDy; each on the whole right-hand side, with a
+polynomial library of the truth's degree and PySINDy's default threshold) on the same data,
+with that interpreter (a virtualenv with ``pysindy`` and ``pandas``: ``python3 -m venv
+/work/peers-venv && /work/peers-venv/bin/pip install pysindy pandas``), through
 ``benchmarks/peers/pysindy_peer.py``. ``--compare`` also runs the alternatives to the
-default recovery on each fitted hybrid model (selection by BIC; the network's regression
-pruned by significance tests; the regression alone), to measure the default against them.
+default recovery on each fitted hybrid model (selection through the ODE by AICc instead of
+BIC; the network's regression pruned by significance tests, ``select="prune"``; the
+regression alone), to measure the default against them.
 """
 
 from __future__ import annotations
@@ -116,6 +123,25 @@ class System:
                                       for k, v in self.params.items()},
                               rhs=dict(zip([syms[s] for s in self.states], exprs)),
                               name=f"{self.name}-hybrid")
+
+    def oracle_model(self) -> tuple[dl.HybridModel, list[dict]]:
+        """The known physics plus the true terms with free coefficients (started at the
+        truth), and per output {term: parameter name}: the best any recovery can do."""
+        syms = self.symbols()
+        names, subs = [], {}
+        for i, terms in enumerate(self.nn_truth):
+            names.append({t: f"c{i}_{j}" for j, t in enumerate(terms)})
+            subs[sp.Symbol(f"nn{i}")] = sp.Add(*(sp.Symbol(names[i][t]) * sp.sympify(
+                t, locals=syms) for t in terms))
+        exprs = [sp.sympify(e.replace("nn[", "nn").replace("]", ""), locals=syms).xreplace(subs)
+                 for e in self.known.split(";")]
+        params = {syms[k]: dl.Parameter(v, fixed=True) for k, v in self.params.items()}
+        params.update({sp.Symbol(names[i][t]): float(c)
+                       for i, terms in enumerate(self.nn_truth) for t, c in terms.items()})
+        model = dl.HybridModel(states=[syms[s] for s in self.states], params=params,
+                               rhs=dict(zip([syms[s] for s in self.states], exprs)),
+                               name=f"{self.name}-oracle")
+        return model, names
 
     def true_rhs(self) -> dict:
         """{state: {monomial: coefficient}} of the whole right-hand side (for the peers)."""
@@ -238,7 +264,7 @@ def describe(found: list[dict]) -> str:
 VARIANTS = {
     # name: what the variant does with the default recovery's bare regression
     "default": None,                                   # dl.recover(result, library=...)
-    "bic": lambda reg: reg.select(criterion="bic"),    # selection through the ODE by BIC
+    "aicc": lambda reg: reg.select(criterion="aicc"),  # selection through the ODE by AICc
     "prune": lambda reg: reg.refit(),                  # the regression, pruned by t tests
     "regression": lambda reg: reg,                     # the network's regression alone
 }
@@ -254,6 +280,7 @@ def run(case: Case, seed: int, compare: bool = False, peer_python: str | None = 
     result = _fitted(case, seed, data, cache, out)
     floor = _noise_floor(case, seed)
     out["loss_over_floor"] = result.loss / floor if floor > 0 else np.nan
+    out["oracle"] = oracle_error(case, data)
     regression = None
     for name, variant in VARIANTS.items():
         if name != "default" and not compare:
@@ -303,6 +330,19 @@ def _fitted(case: Case, seed: int, data: pd.DataFrame, cache: Path | None, out: 
         with open(path, "wb") as fh:   # without the refit closure, which does not pickle
             pickle.dump(dataclasses.replace(result, refitter=None), fh)
     return result
+
+
+def oracle_error(case: Case, data: pd.DataFrame) -> float:
+    """The worst relative coefficient error of the true structure refitted to the data
+    (initial states estimated): above 10 %, no recovery can succeed on this noise."""
+    system = SYSTEMS[case.system]
+    model, names = system.oracle_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = dl.fit(model, data, y0="estimate", progress=False)
+    values = fit.params["value"]
+    return max(abs(values[names[i][t]] - c) / abs(c)
+               for i, terms in enumerate(system.nn_truth) for t, c in terms.items())
 
 
 def _noise_floor(case: Case, seed: int) -> float:
@@ -410,11 +450,13 @@ def _jsonable(v):
 
 def report(records: list[dict], markdown: bool, compare: bool, peers: bool) -> None:
     """Per-run table, then success rates per method."""
-    header = ["case", "seed", "loss/floor", "recovered", "exact", "worst coef err", "result"]
+    header = ["case", "seed", "loss/floor", "recovered", "exact", "worst coef err",
+              "true terms refitted: worst err", "result"]
     rows = [[r["case"], str(r["seed"]), f"{r['loss_over_floor']:.2f}", r["default"]["found"],
              "yes" if r["default"]["exact"] else "no",
              f"{100 * r['default']['worst']:.1f} %" if np.isfinite(r["default"]["worst"])
-             else "-", "ok" if r["default"]["success"] else "FAIL"] for r in records]
+             else "-", f"{100 * r['oracle']:.1f} %",
+             "ok" if r["default"]["success"] else "FAIL"] for r in records]
     print()
     print_table(header, rows, markdown)
     methods = [m for m in VARIANTS if compare or m == "default"]
@@ -424,15 +466,19 @@ def report(records: list[dict], markdown: bool, compare: bool, peers: bool) -> N
         rates += [[f"pysindy {m}", *_rate(records, lambda r, m=m: r["peers"].get(m, {}))]
                   for m in names]
     print()
-    print_table(["method", "exact structure", "structure and coefficients within 10 %"],
-                rates, markdown)
+    print_table(["method", "exact structure", "structure and coefficients within 10 %",
+                 "the same where the true terms refitted are within 10 %"], rates, markdown)
 
 
 def _rate(records, get) -> list[str]:
+    def frac(k, n):
+        return f"{k}/{n} ({100 * k / n:.0f} %)" if n else "-"
     n = len(records)
     exact = sum(bool(get(r).get("exact")) for r in records)
     ok = sum(bool(get(r).get("success")) for r in records)
-    return [f"{exact}/{n} ({100 * exact / n:.0f} %)", f"{ok}/{n} ({100 * ok / n:.0f} %)"]
+    possible = [r for r in records if r["oracle"] <= TOLERANCE]
+    ok_possible = sum(bool(get(r).get("success")) for r in possible)
+    return [frac(exact, n), frac(ok, n), frac(ok_possible, len(possible))]
 
 
 if __name__ == "__main__":

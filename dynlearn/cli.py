@@ -550,8 +550,9 @@ def cmd_fit(args, console: Console) -> int:
     csv = Path(args.data) if args.data is not None else mf.data["file"]
     # the model's name chooses the default folder: made a safe name, so that it cannot
     # point outside the working directory
-    out = _prepare_out_dir(args.out or f"{safe_file_name(mf.model.name)}-fit",
-                           inputs=[args.model, csv], force=args.force)
+    out = Path(args.out or f"{safe_file_name(mf.model.name)}-fit")
+    _fit_kwargs(mf, args, out)      # a bad option fails before any folder is made
+    out = _prepare_out_dir(out, inputs=[args.model, csv], force=args.force)
     return _run_fit(mf, data, out, args, console, csv)
 
 

@@ -76,7 +76,7 @@ SOLVER_OPTIONS = SCIPY_OPTIONS | {"max_nfev"}
 #: Default budget of right-hand-side evaluations of one solve (the ``max_nfev`` option):
 #: a few seconds of work for small models; far beyond what a non-stiff solve of a
 #: well-posed problem needs.
-MAX_NFEV = 500_000
+MAX_NFEV = 1_000_000
 #: The most memory a buffer that grows with the number of solver steps may take (a dense
 #: solution, a record of steps), in bytes.
 MAX_BUFFER_BYTES = 2 * 1024 ** 3

@@ -372,7 +372,7 @@ def test_refit_round_trip_recovers_parameters():
     coefficients come back within 10 % with standard errors."""
     model, data, _ = lv_ude_problem(noise=0.05, seed=3)
     model = lv_hybrid(exact_network(coefs=(-0.7, 1.0)))
-    rec = dl.recover(model, data=data, region="trajectory")
+    rec = dl.recover(model, data=data, region="trajectory", refit=False)
     result = dl.fit(rec.to_model(), data, y0=np.array(LV_Y0), progress=False)
     assert result.success
     table = result.params

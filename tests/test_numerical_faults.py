@@ -216,6 +216,9 @@ def test_kink_fit_moves_and_converges():
         r = dl.fit(m, data, optimizer=opt, progress=False)
         assert r.success, (opt, r.message)
         assert r.params.loc["k", "value"] == pytest.approx(0.8, rel=1e-3)
+    r = dl.fit(m, data, optimizer=dl.Adam(iterations=100, lr=0.05), progress=False)
+    assert r.status is not Status.FAILED and r.rejected == 0
+    assert r.params.loc["k", "value"] == pytest.approx(0.8, rel=1e-2)
 
 
 def test_kink_derivatives_are_one_sided_and_documented():

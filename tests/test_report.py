@@ -12,25 +12,11 @@ import dynlearn as dl
 from dynlearn.cli import main
 from dynlearn.report.tables import write_csv
 from dynlearn.results.report import write_report
+from dynlearn.testing import DECAY_TOML
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
-DECAY = """\
-[model]
-name = "decay"
-states = ["x"]
-equations = { x = "-k*x" }
-
-[model.params]
-k = { value = 0.5, min = 0.0, transform = "log" }
-
-[data]
-time = "t"
-
-[fit]
-loss = "ls"
-maxiter = 20
-"""
+DECAY = DECAY_TOML   # the CLI's smallest complete model file
 
 # written by the CLI only: the model file's copy, and the fit's checkpoint
 CLI_ONLY = {"model.toml", "checkpoint.json", "checkpoint.npz"}

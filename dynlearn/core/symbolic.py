@@ -47,14 +47,9 @@ __all__ = ["KINK_FUNCTIONS", "NAMESPACES", "CompiledExprs", "MaxPick", "MinPick"
            "jacobian_exprs"]
 
 
-class MaxPick(sp.Function):
-    """``MaxPick(a_1, ..., a_n, d_1, ..., d_n)``: the ``d_k`` of the first ``k`` at which
-    ``a_k`` is largest.
-
-    The derivative of ``Max(a_1, ..., a_n)`` is ``MaxPick(a_1, ..., a_n, da_1, ..., da_n)``
-    (see the module notes); its own derivative picks the derivatives of the ``d_k`` by the
-    same rule. Compiled to a function of its own (:data:`NAMESPACES`).
-    """
+class _Pick(sp.Function):
+    """``Pick(a_1, ..., a_n, d_1, ..., d_n)``: the ``d_k`` of the argument ``a_k`` a rule
+    selects (see the subclasses); the ``d_k`` themselves when they are all equal."""
 
     @classmethod
     def eval(cls, *args):
@@ -65,17 +60,19 @@ class MaxPick(sp.Function):
         return None
 
 
-class MinPick(sp.Function):
+class MaxPick(_Pick):
+    """``MaxPick(a_1, ..., a_n, d_1, ..., d_n)``: the ``d_k`` of the first ``k`` at which
+    ``a_k`` is largest.
+
+    The derivative of ``Max(a_1, ..., a_n)`` is ``MaxPick(a_1, ..., a_n, da_1, ..., da_n)``
+    (see the module notes); its own derivative picks the derivatives of the ``d_k`` by the
+    same rule. Compiled to a function of its own (:data:`NAMESPACES`).
+    """
+
+
+class MinPick(_Pick):
     """``MinPick(a_1, ..., a_n, d_1, ..., d_n)``: the ``d_k`` of the first ``k`` at which
     ``a_k`` is smallest (the derivative of ``Min``; see :class:`MaxPick`)."""
-
-    @classmethod
-    def eval(cls, *args):
-        n = len(args) // 2
-        picks = args[n:]
-        if all(p == picks[0] for p in picks):
-            return picks[0]
-        return None
 
 
 #: functions differentiated by the kink rules of the module notes

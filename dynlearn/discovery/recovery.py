@@ -3,8 +3,10 @@
 :func:`recover` reads the networks of a fitted hybrid model at samples along and around its
 trajectories (:mod:`~dynlearn.discovery.sampling`), regresses them onto a library of
 candidate terms (:mod:`~dynlearn.discovery.libraries`, :mod:`~dynlearn.discovery.regression`)
-and, by default, refits the recovered terms to the data, dropping those the data do not
-support (:mod:`~dynlearn.discovery.refit`). :func:`sparse_regression` runs the same
+and, by default, chooses the terms through the ODE: the structures along the regression's
+sparsity path are refitted to the data and the best by an information criterion is kept
+(:mod:`~dynlearn.discovery.selection`; the older pruning of the regression's own choice is
+:mod:`~dynlearn.discovery.refit`). :func:`sparse_regression` runs the same
 regression on given samples and targets, and :func:`regress` is the step the three
 front ends share (:func:`recover`, :func:`sparse_regression` and
 :func:`~dynlearn.discovery.sindy_baseline`): regression plus diagnostics, as a
@@ -699,7 +701,8 @@ def _as_float(v) -> float | None:
 
 
 def _fit_settings(source, y0) -> dict:
-    """Defaults for Recovery.refit: the original fit's loss, solver and initial states."""
+    """Defaults for the refits (Recovery.select, Recovery.refit): the original fit's loss,
+    solver and initial states."""
     cfg = getattr(source, "config", None)
     out = {}
     if isinstance(cfg, Mapping):

@@ -1,7 +1,9 @@
-"""The pruning refit: recovered terms fitted to the data, unsupported terms dropped.
+"""Refits of recovered terms to the data, and the pruning refit.
 
-:meth:`Recovery.refit <dynlearn.discovery.Recovery.refit>` (run by :func:`recover` by
-default) is :func:`refit_recovery`: the recovered model is fitted to the data with
+:class:`TermFitter` is the one refit of a recovery's terms to the data, shared by the
+selection through the ODE (:mod:`~dynlearn.discovery.selection`) and the pruning refit.
+:meth:`Recovery.refit <dynlearn.discovery.Recovery.refit>` (run by :func:`recover` with
+``select="prune"``) is :func:`refit_recovery`: the recovered model is fitted to the data with
 :func:`dynlearn.fitting.fit`, then terms are eliminated backwards, one refit at a time: the
 least significant or negligible term first, then the sparser supports that the regression
 met along its threshold path (:func:`path_supports`), accepted when they improve the fit's

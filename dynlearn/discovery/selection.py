@@ -77,7 +77,7 @@ PATIENCE = 10
 #: time of the converged refits so far, the first refit's limit). A refit can wander into
 #: stiff or exploding dynamics where every solve crawls; the refits that matter converge
 #: in a few iterations.
-TIME_LIMIT = (2.0, 10.0, 300.0)
+TIME_LIMIT = (2.0, 5.0, 300.0)
 
 
 def information_criterion(result, criterion: str = "aicc") -> float:
