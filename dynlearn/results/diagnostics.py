@@ -602,12 +602,20 @@ def _combination(u, norms, idx, space, x, network: bool) -> Combination | None:
         expo = rel / np.min(np.abs(rel))
         integral = np.all(np.abs(expo - np.round(expo)) < 0.02 * np.maximum(1, np.abs(expo)))
         if np.any(is_log) or integral:
-            if expo[np.argmax(np.abs(expo))] < 0:
+            if expo[_leading(expo)] < 0:
                 expo = -expo
             return Combination(names, [float(e) for e in expo], "scaling", network)
     dphys = space.dphysical(x)[ks] * v
-    coef = dphys / dphys[np.argmax(np.abs(dphys))]
+    coef = dphys / dphys[_leading(dphys)]
     return Combination(names, [float(c) for c in coef], "additive", network)
+
+
+def _leading(v: np.ndarray) -> int:
+    """The first entry of largest magnitude, ties (to 1e-6) going to the earlier parameter:
+    a null vector's sign is arbitrary (it differs between BLAS builds), so the named
+    combination is made positive in that entry."""
+    a = np.abs(v)
+    return int(np.flatnonzero(a >= (1 - 1e-6) * a.max())[0])
 
 
 def _identifiability(space, x, A):
