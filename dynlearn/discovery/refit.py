@@ -75,10 +75,6 @@ def _rescored(rec: Recovery) -> Recovery:
     return dataclasses.replace(rec, score=score)
 
 
-def _term_index(rec: Recovery, term: str) -> int:
-    return [str(t) for t in rec.terms].index(term)
-
-
 def failure(result) -> str:
     """Why a refit failed: a fit result's message, or the text of the error it raised."""
     return getattr(result, "message", None) or str(result)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from dynlearn.distributed.dask import Parallel, current_parallel, run_tasks
@@ -113,26 +113,26 @@ def _in_process(settings: Mapping[str, Any]) -> Iterator[FitObjective]:
     yield FitObjective(**settings)
 
 
-class SerialExecutor:
-    """Everything in this process, one item after another (no Dask)."""
+class _InProcess:
+    """What the serial and the ``map`` executors share: objectives built in this process, and
+    a :meth:`map` that collects the results of :meth:`_results` with a progress bar."""
+
+    def _results(self, fn: Callable, items: Sequence, labels: Sequence[str],
+                 shared: Mapping[str, Any]) -> Iterable:
+        raise NotImplementedError
 
     def map(self, fn: Callable, items: Sequence, labels: Sequence[str],
             shared: Mapping[str, Any], *, progress: bool = False, desc: str = "tasks",
             on_result: OnResult | None = None) -> list:
-        """See :meth:`Executor.map`. An error raised by ``fn`` propagates as is, with a note
-        naming the item (Python >= 3.11)."""
+        """See :meth:`Executor.map`."""
         bar = _progress_bar(progress, len(items), desc)
         done = _with_bar(bar, on_result)
         try:
             out = []
-            for item, label in zip(items, labels):
-                try:
-                    out.append(fn(item, **shared))
-                except Exception as exc:
-                    _note(exc, f"(in {label})")
-                    raise
+            for result in self._results(fn, items, labels, shared):
+                out.append(result)
                 if done is not None:
-                    done(out[-1])
+                    done(result)
             return out
         finally:
             if bar is not None:
@@ -142,6 +142,19 @@ class SerialExecutor:
                   ) -> contextlib.AbstractContextManager[FitObjective]:
         """An in-process :class:`~dynlearn.objective.objective.FitObjective`."""
         return _in_process(settings)
+
+
+class SerialExecutor(_InProcess):
+    """Everything in this process, one item after another (no Dask). An error raised by a
+    function it maps propagates as is, with a note naming the item (Python >= 3.11)."""
+
+    def _results(self, fn, items, labels, shared):
+        for item, label in zip(items, labels):
+            try:
+                yield fn(item, **shared)
+            except Exception as exc:
+                _note(exc, f"(in {label})")
+                raise
 
     def fans_out(self, n_fits: int) -> bool:
         """Never: starts run one after another, each with its own progress bar."""
@@ -155,7 +168,7 @@ def _apply(fn: Callable, shared: Mapping[str, Any], item):
     return fn(item, **shared)
 
 
-class MapExecutor:
+class MapExecutor(_InProcess):
     """Items through a ``map``-like callable ``mapper(f, items)`` supplied by the user (for
     example a process pool's ``map``); objectives are evaluated in this process.
 
@@ -169,27 +182,8 @@ class MapExecutor:
     def __init__(self, mapper: Callable):
         self.mapper = mapper
 
-    def map(self, fn: Callable, items: Sequence, labels: Sequence[str],
-            shared: Mapping[str, Any], *, progress: bool = False, desc: str = "tasks",
-            on_result: OnResult | None = None) -> list:
-        """See :meth:`Executor.map`."""
-        bar = _progress_bar(progress, len(items), desc)
-        done = _with_bar(bar, on_result)
-        try:
-            out = []
-            for result in self.mapper(functools.partial(_apply, fn, shared), list(items)):
-                out.append(result)
-                if done is not None:
-                    done(result)
-            return out
-        finally:
-            if bar is not None:
-                bar.close()
-
-    def objective(self, settings: Mapping[str, Any]
-                  ) -> contextlib.AbstractContextManager[FitObjective]:
-        """An in-process :class:`~dynlearn.objective.objective.FitObjective`."""
-        return _in_process(settings)
+    def _results(self, fn, items, labels, shared):
+        return self.mapper(functools.partial(_apply, fn, shared), list(items))
 
     def fans_out(self, n_fits: int) -> bool:
         """Always: the starts of a fit go through the mapper."""

@@ -333,6 +333,27 @@ def start_system(obj, x0):
     return x, r, A, b, cost
 
 
+def begin_least_squares(setting, obj, x0, state: dict):
+    """The start shared by the least-squares optimizers' ``run``.
+
+    Returns an :class:`OptimizeOutcome` where there is nothing to iterate: the run had
+    already ended when ``state`` was saved (its outcome, as it was), or the model cannot be
+    solved at the start. Otherwise ``(policy, x, r, A, b, cost)`` at the starting point (or
+    the saved iterate, with the :class:`TrialPolicy`'s counts restored; see
+    :func:`start_system` for ``A, b``).
+    """
+    if state.get("stop"):
+        return OptimizeOutcome(np.asarray(state["x"], dtype=float), float(state["cost"]),
+                               Status(state["stop"][0]), state["stop"][1], int(state["it"]))
+    policy = TrialPolicy(setting, obj)
+    start = start_system(obj, state["x"] if "x" in state else x0)
+    if isinstance(start, OptimizeOutcome):
+        return start
+    if "x" in state:        # resumed at the end of an iteration
+        policy.first, policy.first_accepted = (int(v) for v in state["policy"])
+    return (policy, *start)
+
+
 class TrialPolicy:
     """Whether to evaluate the first trial point of an iteration with its Jacobian.
 
@@ -361,6 +382,11 @@ class TrialPolicy:
         self.enabled = bool(getattr(obj, "cheap_jacobian", False)) if setting == "auto" \
             else bool(setting)
         self.first, self.first_accepted = 0, 0
+
+    @property
+    def counts(self) -> list[int]:
+        """``[first trials, first trials accepted]``: what a saved state keeps."""
+        return [self.first, self.first_accepted]
 
     def choose(self) -> bool:
         """Evaluate the next first trial with its Jacobian?"""

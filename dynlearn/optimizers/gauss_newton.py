@@ -8,9 +8,8 @@ from dynlearn.optimizers.base import (
     STALL_ADVICE,
     OptimizeOutcome,
     Status,
-    TrialPolicy,
+    begin_least_squares,
     small_step,
-    start_system,
     xtol_outcome,
 )
 from dynlearn.optimizers.levenberg_marquardt import LevenbergMarquardt
@@ -49,18 +48,11 @@ class GaussNewton(LevenbergMarquardt):
         iterate, its cost, the iteration count, the trial policy's counts and the stop."""
         lo, hi = obj.space.lower, obj.space.upper
         st = {} if state is None else state
-        if st.get("stop"):      # the run had ended: its outcome, as it was
-            return OptimizeOutcome(np.asarray(st["x"], dtype=float), float(st["cost"]),
-                                   Status(st["stop"][0]), st["stop"][1], int(st["it"]))
-        policy = TrialPolicy(self.jacobian_at_trial, obj)
-        start = start_system(obj, st["x"] if "x" in st else x0)
+        start = begin_least_squares(self.jacobian_at_trial, obj, x0, st)
         if isinstance(start, OptimizeOutcome):
             return start
-        x, r, A, b, cost = start
-        it = 0
-        if "x" in st:           # resumed at the end of an iteration
-            it = int(st["it"])
-            policy.first, policy.first_accepted = (int(v) for v in st["policy"])
+        policy, x, r, A, b, cost = start
+        it = int(st["it"]) if "x" in st else 0
         status, message = Status.MAX_ITER, f"maximum number of iterations ({self.max_iter}) reached"
         while it < self.max_iter:
             it += 1
@@ -103,7 +95,7 @@ class GaussNewton(LevenbergMarquardt):
                 stop = Status.CONVERGED_FTOL, "converged: relative cost reduction below ftol"
             elif small_step(x - x_old, x, self.xtol):
                 stop = xtol_outcome(x - x_old, x, self.xtol, "converged: relative step below xtol")
-            st.update(x=x, cost=cost, it=it, policy=[policy.first, policy.first_accepted],
+            st.update(x=x, cost=cost, it=it, policy=policy.counts,
                       stop=None if stop is None else [stop[0].value, stop[1]])
             obj.report(x, cost, iteration=True)
             if stop is not None:

@@ -11,10 +11,9 @@ from dynlearn.optimizers.base import (
     OptimizeOutcome,
     Optimizer,
     Status,
-    TrialPolicy,
+    begin_least_squares,
     check_positive_int,
     small_step,
-    start_system,
     xtol_outcome,
 )
 from dynlearn.optimizers.steps import step_solver
@@ -114,19 +113,14 @@ class LevenbergMarquardt(Optimizer):
         """
         lo, hi = obj.space.lower, obj.space.upper
         st = {} if state is None else state
-        if st.get("stop"):      # the run had ended: its outcome, as it was
-            return OptimizeOutcome(np.asarray(st["x"], dtype=float), float(st["cost"]),
-                                   Status(st["stop"][0]), st["stop"][1], int(st["it"]))
-        policy = TrialPolicy(self.jacobian_at_trial, obj)
-        start = start_system(obj, st["x"] if "x" in st else x0)
+        start = begin_least_squares(self.jacobian_at_trial, obj, x0, st)
         if isinstance(start, OptimizeOutcome):
             return start
-        x, r, A, b, cost = start
+        policy, x, r, A, b, cost = start
         if "x" in st:           # resumed at the end of an iteration
             d = np.asarray(st["d"], dtype=float)
             lam_rel, nu, it = float(st["lam_rel"]), float(st["nu"]), int(st["it"])
             costs = [float(c) for c in st["costs"]]
-            policy.first, policy.first_accepted = (int(v) for v in st["policy"])
         else:
             d = np.zeros(x.size)
             lam_rel, nu = self.damping, 2.0
@@ -208,7 +202,7 @@ class LevenbergMarquardt(Optimizer):
             # written then can continue from it)
             st.update(x=x, cost=cost, d=d, lam_rel=lam_rel, nu=nu, it=it,
                       costs=costs[-(self.patience or 0) - 1:],
-                      policy=[policy.first, policy.first_accepted],
+                      policy=policy.counts,
                       stop=None if stop is None else [stop[0].value, stop[1]])
             obj.report(x, cost, iteration=True)
             if stop is not None:
