@@ -106,6 +106,9 @@ def _did_you_mean(name: str, choices) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+_ROUND_TRIP = int(pd.__version__.split(".")[0]) < 3
+
+
 def read_csv(path, **kwargs):
     """Read a CSV file into a DataFrame: the one place dynlearn reads CSV text.
 
@@ -125,6 +128,10 @@ def read_csv(path, **kwargs):
         Naming the file (and the line, when pandas reports one) for a missing file, a
         directory, an empty file, text that does not parse as CSV, or a binary file.
     """
+    if _ROUND_TRIP and kwargs.get("engine") in (None, "c"):
+        # pandas < 3 parses decimals with a fast routine that can be one ulp off the value
+        # written; pandas 3 is exact by default (and deprecates the option).
+        kwargs = {"float_precision": "round_trip", **kwargs}
     try:
         df = pd.read_csv(path, **kwargs)
         _check_raw_header(path, df, kwargs)
