@@ -15,6 +15,14 @@ sum of squares of the added noise).
 Usage::
 
     python benchmarks/bench_fit.py [--repeats N] [--no-peers] [--markdown] [--init peers]
+    python benchmarks/bench_fit.py --robustness [--seeds 0-4] [--single] [--markdown]
+
+``--robustness`` fits with dynlearn's default optimizer from the peers' initial weights and
+from each Glorot seed of ``--seeds`` (issue 11: every start must end within 2x the noise
+floor), one table row per start: time, evaluations, runs of the training (restarts from
+new weights while a run ends far above the noise floor estimated from the data), final
+loss over the noise floor and status. ``--single`` adds the rows of one run of the
+training without restarts (the default before issue 11).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -40,6 +49,7 @@ import numpy as np  # noqa: E402
 from _table import print_table  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 import dynlearn as dl  # noqa: E402
+from dynlearn.optimizers import default_optimizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / "benchmarks" / "peers"
@@ -79,8 +89,8 @@ def peer_style_weights(seed: int = 0) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def run_dynlearn(ex, data, optimizer, weights=None):
-    model = ex.hybrid_model(weights=weights)
+def run_dynlearn(ex, data, optimizer, weights=None, model=None):
+    model = ex.hybrid_model(weights=weights) if model is None else model
     t0 = time.perf_counter()
     res = dl.fit(model, data, y0=ex.Y0, rtol=RTOL, atol=ATOL, optimizer=optimizer,
                  progress=False)
@@ -88,7 +98,7 @@ def run_dynlearn(ex, data, optimizer, weights=None):
     final = dl.loss(res.model, data, y0=ex.Y0, rtol=RTOL, atol=ATOL)
     return {"total_s": total, "n_evals": res.nfev + res.njev + res.ngev, "final_loss": final,
             "detail": f"{res.nfev} solves + {res.njev} Jacobians + {res.ngev} gradients",
-            "message": res.message}
+            "message": res.message, "status": res.status.value}
 
 
 def run_peer(name, npz):
@@ -105,6 +115,55 @@ def run_peer(name, npz):
     return json.loads(lines[-1])
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``"0-4"`` or ``"0,2,5"`` -> the seeds."""
+    seeds = []
+    for part in text.split(","):
+        a, _, b = part.partition("-")
+        seeds += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    return seeds
+
+
+def robustness(args):
+    """The default optimizer from the peers' weights and each Glorot seed (see the module
+    notes)."""
+    ex = _example()
+    data, floor, _ = ex.make_data()
+    starts = [("peers' 0.1 N(0,1)", peer_style_weights(), None)] + \
+        [(f"Glorot seed {s}", None, s) for s in parse_seeds(args.seeds)]
+    kinds = [("default", None)]
+    if args.single:
+        kinds.append(("one run, no restarts", "single"))
+    header = ["initial weights", "optimizer", "time (s)", "evaluations", "runs",
+              "final loss / noise floor", "status"]
+    table, within, notes = [], [], []
+    for label, weights, seed in starts:
+        for kind, how in kinds:
+            model = ex.hybrid_model(seed=seed or 0, weights=weights)
+            opt = default_optimizer(model)
+            if how == "single":
+                opt = opt.inner
+            runs = []
+            for _ in range(args.repeats):
+                model = ex.hybrid_model(seed=seed or 0, weights=weights)
+                runs.append(run_dynlearn(ex, data, opt, weights=weights, model=model))
+            r = dict(runs[0])
+            r["total_s"] = statistics.median(x["total_s"] for x in runs)
+            m = re.search(r"(\d+) runs", r["message"])
+            ratio = r["final_loss"] / floor
+            if how is None:
+                within.append(ratio <= 2.0)
+                notes.append(f"{label}: {r['message']}")
+            table.append([label, kind, f"{r['total_s']:.2f}", str(int(r["n_evals"])),
+                          m.group(1) if m else "1", f"{ratio:.2f}", r["status"]])
+    print(f"noise floor (sum of squares of the added noise): {floor:.4f}")
+    print_table(header, table, args.markdown)
+    print(f"default optimizer within 2x the noise floor: {sum(within)} of {len(within)} starts")
+    for line in notes:
+        print(line)
+    return table
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=1, help="dynlearn repeats (median time)")
@@ -113,7 +172,14 @@ def main(argv=None):
     ap.add_argument("--init", choices=["glorot", "peers"], default="glorot",
                     help="initial weights: dynlearn's MLP default (Glorot uniform, seed 0) or "
                          "the peers' generator (0.1 N(0,1), seed 0)")
+    ap.add_argument("--robustness", action="store_true",
+                    help="the default optimizer from the peers' weights and --seeds")
+    ap.add_argument("--seeds", default="0-4", help="Glorot seeds for --robustness (0-4)")
+    ap.add_argument("--single", action="store_true",
+                    help="--robustness: add one run of the training without restarts")
     args = ap.parse_args(argv)
+    if args.robustness:
+        return robustness(args)
     ex = _example()
     weights = peer_style_weights() if args.init == "peers" else None
     data, floor, _ = ex.make_data()

@@ -1,13 +1,22 @@
-"""Scale-out on Dask (issue 6): serial against a local cluster, and the per-task overhead.
+"""Scale-out on Dask (issues 6 and 16): serial against a local cluster, and the per-task overhead.
 
-The problem: a hybrid Lotka-Volterra model (the four mass-action terms with unknown rates,
-bounded to +-25% of the truth, plus a 2-5-5-5-2 rbf network correcting both equations,
+A small model first (issue 16): multi-start fits of the bundled lynx-hare example
+(Lotka-Volterra, four rates, ``loss="log"``, ``y0="estimate"``) with ``--small-starts``
+starts (16, 64, 256), serially, on Dask with tasks sized by cost (the default), and on Dask
+with one start per task (``dl.Parallel(client, over="starts", task_seconds=None)``: how it
+was before); the median of ``--small-repeats`` runs, the three alternating, and the Dask
+overhead per task: the time a worker sits idle between two tasks of the fit (from Dask's
+task stream; median and 90th percentile). ``--small-only`` stops there.
+
+Then a heavy problem: a hybrid Lotka-Volterra model (the four mass-action terms with unknown
+rates, bounded to +-25% of the truth, plus a 2-5-5-5-2 rbf network correcting both equations,
 started small: 91 parameters) fitted to 32 experiments, each from its own initial state
 (drawn uniformly in [1, 2.5] x [1, 2.5], around the equilibrium (2.25, 1.44); seed 0),
 sampled every 0.1 up to t = 10 with 5% multiplicative noise; RK45 at rtol = atol = 1e-8.
 
 Measured, serially (in-process) and on a ``LocalCluster`` of ``--workers`` processes with one
-thread each (``dynlearn.parallel.local_client``):
+thread each (``dynlearn.distributed.local_client``, defined in
+``dynlearn.distributed.dask``):
 
 * one residual Jacobian, stacked; what a Levenberg-Marquardt iteration needs (serially the
   Jacobian, on Dask the triangular factor of ``[J r]``, each worker reducing its rows by a
@@ -27,7 +36,8 @@ thread each (``dynlearn.parallel.local_client``):
 Usage::
 
     python benchmarks/scale_out.py [--experiments 32] [--workers 2] [--repeats 9]
-                                   [--fit-iters 20] [--markdown]
+                                   [--fit-iters 20] [--small-starts 16,64,256]
+                                   [--small-repeats 3] [--small-only] [--markdown]
 
 The machine should be otherwise idle: the script reports the CPU time other processes
 took during the run, and speedups measured next to other jobs are meaningless.
@@ -203,6 +213,82 @@ def task_overhead(client, n_round_trips: int = 50, burst: int = 200) -> dict:
     return {"round_trip_ms": 1e3 * statistics.median(rt), "burst_per_task_ms": 1e3 * per_task}
 
 
+# --- a small model: where the per-task overhead decides ------------------------------------
+PLACE_COLUMNS = ["worker", "task", "seconds", "task_seconds"]
+
+
+def lynx_hare():
+    """The bundled Lotka-Volterra lynx-hare example (``dynlearn example lynx_hare``): four
+    log-transformed rates, fitted with the estimated initial state."""
+    from pathlib import Path
+    hare, lynx = sp.symbols("hare lynx")
+    a, b, g, d = sp.symbols("alpha beta gamma delta")
+    params = {s: dl.Parameter(v, min=0.0, transform="log")
+              for s, v in ((a, 0.5), (b, 0.02), (g, 0.8), (d, 0.02))}
+    model = dl.HybridModel(states=[hare, lynx],
+                           rhs={hare: a * hare - b * hare * lynx, lynx: d * hare * lynx - g * lynx},
+                           params=params, name="lynx-hare")
+    csv = Path(dl.__file__).parent / "bundled" / "models" / "lynx_hare.csv"
+    return model, dl.Dataset.from_frame(pd.read_csv(csv).rename(columns={"year": "t"}))
+
+
+def task_gaps(stream, prefix: str) -> list[float]:
+    """Per task: the time its worker sat idle before it (since that worker's previous task
+    of ``prefix``, from Dask's task stream) plus the task's own time beyond its items (the
+    scheduling, transfer and bookkeeping each task costs; the first task of each worker is
+    left out)."""
+    by_worker: dict = {}
+    for rec in stream:
+        key = str(rec["key"] if isinstance(rec["key"], str) else rec["key"][0])
+        if not key.startswith(prefix):
+            continue
+        for ss in rec["startstops"]:
+            if ss["action"] == "compute":
+                by_worker.setdefault(rec["worker"], []).append((ss["start"], ss["stop"]))
+    gaps = []
+    for spans in by_worker.values():
+        spans.sort()
+        gaps += [b0 - a1 for (_, a1), (b0, _) in zip(spans, spans[1:])]
+    return gaps
+
+
+def small_model(client, workers: int, sizes, repeats: int) -> list[list]:
+    """Lynx-hare multi-start (loss="log", y0="estimate"): serial against Dask with tasks
+    sized by cost (now) and with one task per start (before): medians of ``repeats`` runs,
+    the three alternating; the Dask overhead per task (median, 90th percentile)."""
+    from distributed import get_task_stream
+    model, data = lynx_hare()
+    kw = dict(loss="log", y0="estimate", progress=False)
+    before = dl.Parallel(client, over="starts", task_seconds=None)
+    dl.fit(model, data, n_starts=2 * workers, seed=0, client=client, **kw)   # warm-up
+    rows = []
+    for n in sizes:
+        times: dict = {"serial": [], "now": [], "before": []}
+        gaps: dict = {"now": [], "before": []}
+        tasks = {}
+        ref = same = None
+        for _ in range(repeats):
+            for name, cl in (("serial", None), ("now", client), ("before", before)):
+                with get_task_stream(client) as ts:
+                    t0 = time.perf_counter()
+                    r = dl.fit(model, data, n_starts=n, seed=0, client=cl, **kw)
+                    times[name].append(time.perf_counter() - t0)
+                frame = r.starts.drop(columns=PLACE_COLUMNS, errors="ignore")
+                if name == "serial":
+                    ref = frame
+                else:
+                    gaps[name] += task_gaps(ts.data, "dynlearn-starts")
+                    same = frame.equals(ref) if same is None else same and frame.equals(ref)
+                    tasks[name] = r.starts["task"].nunique() if "task" in r.starts else 0
+        med = {k: statistics.median(v) for k, v in times.items()}
+        q = {k: (1e3 * float(np.median(g)), 1e3 * float(np.quantile(g, 0.9))) if g
+             else (float("nan"), float("nan")) for k, g in gaps.items()}
+        rows.append([n, med["serial"], med["now"], med["before"], tasks["now"],
+                     tasks["before"], q["now"], q["before"],
+                     "identical starts" if same else "starts differ"])
+    return rows
+
+
 def run(args) -> dict:
     from dynlearn.distributed.dask import Parallel, local_client
     from dynlearn.distributed.fanned import FannedObjective
@@ -215,6 +301,11 @@ def run(args) -> dict:
     client = local_client(args.workers)
     try:
         client.wait_for_workers(args.workers)
+        if args.small_starts:
+            extra["small"] = small_model(client, args.workers, args.small_starts,
+                                         args.small_repeats)
+        if args.small_only:
+            return {"rows": rows, **extra}
         fanned = FannedObjective(Parallel(client), **settings)
         try:
             # the raw evaluations (the public methods remember their last point). An LM step
@@ -288,6 +379,13 @@ def main(argv=None):
     ap.add_argument("--fit-iters", type=int, default=20)
     ap.add_argument("--starts-experiments", type=int, default=8,
                     help="experiments in the multi-start measurement")
+    ap.add_argument("--small-starts", type=lambda v: [int(k) for k in v.split(",") if k],
+                    default=[16, 64, 256],
+                    help="starts of the lynx-hare multi-start measurement (comma-separated; "
+                         "empty: skip it)")
+    ap.add_argument("--small-repeats", type=int, default=3)
+    ap.add_argument("--small-only", action="store_true",
+                    help="only the lynx-hare multi-start measurement")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args(argv)
     print(f"{os.cpu_count()} cores; load average (1 min) before the run: "
@@ -298,14 +396,31 @@ def main(argv=None):
     wall = time.perf_counter() - t0
     busy1, own1 = cpu_seconds()
     foreign = max(0.0, (busy1 - busy0) - (own1 - own0))
-    header = ["task", "serial (s)", f"Dask, {args.workers} workers (s)", "speedup", "check"]
-    table = [[r[0], f"{r[1]:.3f}", f"{r[2]:.3f}", f"{r[1] / r[2]:.2f}x", r[3]]
-             for r in out["rows"]]
-    print_table(header, table, args.markdown)
-    print(f"per-task overhead: {out['round_trip_ms']:.1f} ms round trip of an empty task; "
-          f"{out['burst_per_task_ms']:.2f} ms per task in a burst of 200; "
-          f"{out['round_overhead_ms']:.0f} ms per evaluation round beyond an ideal split "
-          f"({out['batches']} batches of {args.experiments // out['batches']} experiments)")
+    if out.get("small"):
+        w = args.workers
+        print(f"lynx-hare multi-start (loss='log', y0='estimate'), median of "
+              f"{args.small_repeats}; Dask overhead per task = the time a worker sits idle "
+              "between two tasks of the fit")
+        header = ["starts", "serial (s)", f"Dask {w} w., sized tasks (s)", "speedup",
+                  f"Dask {w} w., 1 start/task (s)", "speedup", "tasks (sized / before)",
+                  "overhead/task ms, median / p90 (sized)", "(1 start/task)", "check"]
+        table = [[str(n), f"{ts:.2f}", f"{tn:.2f}", f"{ts / tn:.2f}x", f"{tb:.2f}",
+                  f"{ts / tb:.2f}x", f"{kn} / {kb}", f"{qn[0]:.1f} / {qn[1]:.1f}",
+                  f"{qb[0]:.1f} / {qb[1]:.1f}", chk]
+                 for n, ts, tn, tb, kn, kb, qn, qb, chk in out["small"]]
+        print_table(header, table, args.markdown)
+    if out["rows"]:
+        header = ["task", "serial (s)", f"Dask, {args.workers} workers (s)", "speedup",
+                  "check"]
+        table = [[r[0], f"{r[1]:.3f}", f"{r[2]:.3f}", f"{r[1] / r[2]:.2f}x", r[3]]
+                 for r in out["rows"]]
+        print_table(header, table, args.markdown)
+    if "round_trip_ms" in out:
+        print(f"per-task overhead: {out['round_trip_ms']:.1f} ms round trip of an empty "
+              f"task; {out['burst_per_task_ms']:.2f} ms per task in a burst of 200; "
+              f"{out['round_overhead_ms']:.0f} ms per evaluation round beyond an ideal split "
+              f"({out['batches']} batches of {args.experiments // out['batches']} "
+              "experiments)")
     print(f"other processes used {foreign:.1f} CPU-seconds during the {wall:.0f} s run "
           f"({100 * foreign / wall:.0f}% of one core)"
           + ("; rerun on an idle machine" if foreign > 0.05 * wall else ""))

@@ -14,7 +14,8 @@ Exit status: 0 success; 1 a fit that failed or gradients that disagree
 (``check-gradients``); 2 a user error; 3 a fit that did not converge (it stalled or ran out
 of iterations or time: its results are written all the same); 130 interrupted (a fit keeps
 its checkpoint, and ``--resume`` continues it; ``params.csv`` and ``summary.txt`` hold its
-best point so far, marked interrupted).
+best point so far, marked interrupted). A converged fit removes its checkpoint; one that
+did not converge keeps it (the ``wrote`` line lists it), for ``--resume``.
 
 Run ``dynlearn --help`` or ``dynlearn COMMAND --help`` for the options.
 """
@@ -26,7 +27,9 @@ import contextlib
 import inspect
 import json
 import logging
+import os
 import re
+import signal
 import sys
 import time
 import warnings
@@ -43,10 +46,14 @@ from dynlearn.discovery import (
     recover,
     trigonometric_library,
 )
+from dynlearn.discovery.recovery import SELECTIONS
+from dynlearn.discovery.sampling import REGIONS
+from dynlearn.discovery.selection import CRITERIA
 from dynlearn.errors import DataError, DynlearnError, FitInterrupted, OptionError, UsageError
 from dynlearn.files import safe_file_name, write_text_atomic
 from dynlearn.fitting import fit
-from dynlearn.io.model_file import load_model_file, model_to_toml, parse_time_grid
+from dynlearn.io.examples import example_description, example_files, example_names, write_example
+from dynlearn.io.model_file import load_model_file, looks_like_csv, model_to_toml, parse_time_grid
 from dynlearn.objective import Objective
 from dynlearn.objective.losses import LOSS_NAMES
 from dynlearn.optimizers import Status
@@ -116,7 +123,8 @@ FIT_OUTPUTS = frozenset({"params.csv", "summary.txt", "predictions.csv", "result
                          "loss.png", "learned_terms.png", "report.html", "checkpoint.json",
                          "checkpoint.npz"})
 #: the files ``dynlearn recover`` writes beside them
-RECOVER_OUTPUTS = frozenset({"recovered.toml", "recovery_coefficients.csv", "recovery.txt"})
+RECOVER_OUTPUTS = frozenset({"recovered.toml", "recovery_coefficients.csv", "recovery.txt",
+                             "candidates.csv", "inclusion.csv"})
 
 
 def _read_json_file(path: Path):
@@ -200,10 +208,45 @@ def _record_outputs(out: Path, names: Sequence[str]) -> None:
 
 
 # --- argument parsing -----------------------------------------------------------------------
+# Option types that reject what cannot be meant (``--maxiter -3``, ``--max-time nan``) when
+# the command line is read, as a usage error (exit status 2) naming the option, instead of
+# a fit that quietly runs with a nonsensical budget.
+def _integer(minimum: int):
+    """An argparse type: an integer of at least ``minimum``."""
+    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+        return value
+
+    return parse
+
+
+def _real(positive: bool = True):
+    """An argparse type: a finite number, ``> 0`` if ``positive`` else ``>= 0``."""
+    what = "a positive number" if positive else "a number >= 0"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not np.isfinite(value) or value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(f"must be {what} (finite), got {text}")
+        return value
+
+    return parse
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     """Options every command accepts (before or after the command name)."""
     g = parser.add_argument_group("common options")
-    g.add_argument("--seed", type=int, default=argparse.SUPPRESS,
+    g.add_argument("--seed", type=_integer(0), default=argparse.SUPPRESS,
                    help="random seed (network initialisation, multi-start, optimizer)")
     g.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                    help="no progress bar and no notes; results and errors only")
@@ -215,7 +258,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _scale_out(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("scale-out")
-    g.add_argument("--workers", type=int, default=None, metavar="N",
+    g.add_argument("--workers", type=_integer(1), default=None, metavar="N",
                    help="parallel workers for experiments and multi-start (default: serial)")
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="address of a running Dask scheduler (default: a local cluster when "
@@ -227,13 +270,17 @@ def _fit_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--loss", choices=list(LOSS_NAMES), default=None,
                    help="least squares, Gaussian likelihood (noise estimated) or log-scale "
                         "residuals (positive counts)")
-    g.add_argument("--maxiter", type=int, default=None, metavar="N",
+    g.add_argument("--maxiter", type=_integer(1), default=None, metavar="N",
                    help="iteration budget of the optimizer")
     g.add_argument("--method", default=None, metavar="METHOD",
                    help="solve_ivp method: RK45, RK23, DOP853, Radau, BDF, LSODA")
-    g.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
+    g.add_argument("--max-time", type=_real(), default=None, metavar="SECONDS",
                    help="stop the whole fit (all its starts) after this long, keeping the "
                         "best point (and a checkpoint for --resume)")
+    g.add_argument("--n-starts", type=_integer(1), default=None, metavar="N",
+                   help="multi-start: N fits, the first from the model's values, the "
+                        "others from random points within the bounds; the best is kept "
+                        "(default: [fit] n_starts, else 1)")
     g.add_argument("--no-plots", action="store_true", help="skip the figures and the report")
 
 
@@ -242,8 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dynlearn",
                 description="Fit hybrid dynamical models (equations plus small neural "
                             "networks) to measured time series.",
-                epilog="Start with 'dynlearn demo'. Model files are TOML; see "
-                       "examples/models/ and 'dynlearn fit --help'.")
+                epilog="Start with 'dynlearn demo'. Model files are TOML, described key by "
+                       "key in docs/model-files.md; 'dynlearn example' writes working ones.")
     p.add_argument("--version", action="version", version=f"dynlearn {__version__}")
     _common(p)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -258,13 +305,18 @@ def build_parser() -> argparse.ArgumentParser:
                                    "of the model file. An interrupted fit leaves "
                                    "checkpoint.json/.npz in DIR, and params.csv and "
                                    "summary.txt of its best point so far; --resume "
-                                   "continues it. DIR must be new, empty or dynlearn's "
-                                   "(else --force).",
+                                   "continues it. A fit that did not converge keeps its "
+                                   "checkpoint too; a converged fit removes it. DIR must be "
+                                   "new, empty or dynlearn's (else --force).",
                        epilog="Exit status: 0 converged; 1 the fit failed; 2 a user error; "
                               "3 the fit did not converge (stalled, or out of iterations or "
-                              "time; results are written); 130 interrupted.")
+                              "time; results are written); 130 interrupted. "
+                              "Model files: docs/model-files.md has every table and key, "
+                              "with an example each; 'dynlearn example NAME' writes a "
+                              "working model file and its CSV.")
     f.add_argument("model", metavar="MODEL.toml",
-                   help="the model file (TOML; see examples/models/)")
+                   help="the model file (TOML; see docs/model-files.md and 'dynlearn "
+                        "example'); it comes before DATA.csv")
     f.add_argument("data", metavar="DATA.csv", nargs="?",
                    help="measurements (default: [data] file in the model file)")
     f.add_argument("--out", "-o", metavar="DIR", default=None,
@@ -294,21 +346,45 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--inputs", default=None, metavar="INPUTS.csv",
                    help="input signals: a CSV whose first column is time")
     s.add_argument("--method", default=None, metavar="METHOD")
-    s.add_argument("--rtol", type=float, default=None)
-    s.add_argument("--atol", type=float, default=None)
+    s.add_argument("--rtol", type=_real(), default=None)
+    s.add_argument("--atol", type=_real(), default=None)
     s.add_argument("--out", "-o", default=None, metavar="FILE.csv")
     _common(s)
 
     r = sub.add_parser("recover", help="recover equations for the networks of a fitted "
                                        "hybrid model",
                        description="Sparse regression of the trained networks in DIR (written "
-                                   "by 'dynlearn fit') onto a library of candidate terms.")
+                                   "by 'dynlearn fit') onto a library of candidate terms, "
+                                   "then the choice of terms through the ODE: every structure "
+                                   "on the regression's sparsity path is refitted to the data "
+                                   "and the best by an information criterion is kept (Python: "
+                                   "dl.recover; see docs/discovery.md). Writes recovery.txt, "
+                                   "recovery_coefficients.csv, recovered.toml and, with "
+                                   "--select ode, candidates.csv and inclusion.csv into DIR.")
     r.add_argument("dir", metavar="DIR")
-    r.add_argument("--library", default="poly3", metavar="LIB",
-                   help="candidate terms: poly1..poly5 (polynomials of the network inputs' "
-                        "symbols up to that degree), optionally '+trig' or '+exp'")
-    r.add_argument("--threshold", type=float, default=None,
+    r.add_argument("--library", default="poly2", metavar="LIB",
+                   help="candidate terms: poly1..poly9 (polynomials of the network inputs' "
+                        "symbols up to that degree), optionally '+trig' or '+exp' (default "
+                        "poly2, as in Python)")
+    r.add_argument("--threshold", type=_real(positive=False), default=None,
                    help="sparsity threshold (default: chosen automatically)")
+    r.add_argument("--select", choices=list(SELECTIONS), default="ode",
+                   help="how the refit chooses the terms: 'ode' (default) refits every "
+                        "structure on the regression's sparsity path to the data and keeps "
+                        "the best by --criterion; 'prune' refits the regression's own choice "
+                        "and drops its insignificant terms")
+    r.add_argument("--criterion", choices=list(CRITERIA), default=None,
+                   help="information criterion of --select ode: bic (default) or aicc (more "
+                        "permissive: keeps more terms)")
+    r.add_argument("--region", choices=list(REGIONS), default="tube",
+                   help="where to sample the network besides its trajectories: tube "
+                        "(default: within --radius of them), hull, box, or trajectory "
+                        "(nowhere else)")
+    r.add_argument("--radius", type=_real(), default=0.02,
+                   help="half-width of the tube, as a fraction of each variable's range "
+                        "(default 0.02)")
+    r.add_argument("--no-refit", action="store_true",
+                   help="skip the refit to the data: the regression of the network alone")
     _common(r)
 
     c = sub.add_parser("check-gradients",
@@ -323,15 +399,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--params", default=None, metavar="result.json",
                    help="evaluate at fitted parameters instead of the initial ones")
     c.add_argument("--method", default="RK45", metavar="METHOD")
-    c.add_argument("--rtol", type=float, default=1e-9)
-    c.add_argument("--atol", type=float, default=1e-11)
-    c.add_argument("--tol", type=float, default=1e-3,
+    c.add_argument("--rtol", type=_real(), default=1e-9)
+    c.add_argument("--atol", type=_real(), default=1e-11)
+    c.add_argument("--tol", type=_real(positive=False), default=1e-3,
                    help="largest accepted relative difference (default 1e-3): relative to "
                         "the gradient or, near an optimum, to the gradient change of a 0.1%% "
                         "change of the parameter")
-    c.add_argument("--fd-max", type=int, default=40, metavar="N",
+    c.add_argument("--fd-max", type=_integer(1), default=40, metavar="N",
                    help="finite differences on at most N parameters (default 40)")
-    c.add_argument("--rows", type=int, default=20, metavar="N",
+    c.add_argument("--rows", type=_integer(1), default=20, metavar="N",
                    help="print at most N parameters (default 20)")
     _common(c)
 
@@ -344,9 +420,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--resume", action="store_true")
     d.add_argument("--force", action="store_true",
                    help="write into DIR although it holds files dynlearn did not write")
-    d.add_argument("--maxiter", type=int, default=None, metavar="N")
+    d.add_argument("--maxiter", type=_integer(1), default=None, metavar="N")
     _scale_out(d)
     _common(d)
+
+    e = sub.add_parser("example", help="write an example model file and its data",
+                       description="Write the shipped example NAME (NAME.toml, NAME.csv) "
+                                   "into DIR, ready for 'dynlearn fit NAME.toml NAME.csv'. "
+                                   "Without NAME, list the examples.")
+    e.add_argument("name", metavar="NAME", nargs="?", help="the example (see the list)")
+    e.add_argument("--out", "-o", metavar="DIR", default=".",
+                   help="folder to write into (default: the current folder)")
+    e.add_argument("--force", action="store_true", help="replace files of the same names")
+    _common(e)
     return p
 
 
@@ -380,7 +466,23 @@ def _load_result(path):
 
 
 def _model_from_file(args):
+    _model_file_first(args)
     return load_model_file(args.model, default_seed=getattr(args, "seed", None))
+
+
+def _model_file_first(args) -> None:
+    """A :class:`UsageError` when the model-file argument is a CSV (the arguments swapped,
+    or the model file forgotten)."""
+    if not looks_like_csv(args.model):
+        return
+    if not hasattr(args, "data"):        # a command without a CSV argument
+        raise UsageError(f"'{args.model}' looks like a CSV; dynlearn {args.command} needs the "
+                         "model file (MODEL.toml)")
+    data = args.data
+    swap = (f": dynlearn {args.command} {data} {args.model}"
+            if data is not None and not looks_like_csv(data) else
+            f": dynlearn {args.command} MODEL.toml {args.model}")
+    raise UsageError(f"'{args.model}' looks like a CSV; the model file comes first{swap}")
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -545,7 +647,7 @@ def cmd_check_gradients(args, console: Console) -> int:
 
 def cmd_fit(args, console: Console) -> int:
     """``dynlearn fit``."""
-    mf = load_model_file(args.model, default_seed=getattr(args, "seed", None))
+    mf = _model_from_file(args)
     data = mf.read_data(args.data)
     csv = Path(args.data) if args.data is not None else mf.data["file"]
     # the model's name chooses the default folder: made a safe name, so that it cannot
@@ -558,10 +660,7 @@ def cmd_fit(args, console: Console) -> int:
 
 def cmd_demo(args, console: Console) -> int:
     """``dynlearn demo``: the bundled lynx-hare fit."""
-    src = Path(__file__).with_name("bundled") / "lynx_hare.toml"
-    if not src.exists():
-        raise OptionError(f"the demo's model file is missing from the installation ({src}); "
-                          "reinstall dynlearn")
+    src = example_files("lynx_hare")[0]      # the shipped example (`dynlearn example`)
     mf = load_model_file(src, default_seed=getattr(args, "seed", None))
     data = mf.read_data()
     if args.maxiter is None:
@@ -575,6 +674,23 @@ def cmd_demo(args, console: Console) -> int:
     console.out(f"Results are in {out.resolve()}; open {out.resolve() / 'report.html'} in a "
                 "browser.")
     return code
+
+
+def cmd_example(args, console: Console) -> int:
+    """``dynlearn example [NAME]``: list the shipped examples, or write one out."""
+    if args.name is None:
+        names = example_names()
+        width = max(len(n) for n in names)
+        console.out("examples (write one with 'dynlearn example NAME [--out DIR]'):")
+        for n in names:
+            console.out(f"  {n:<{width}}  {example_description(n)}")
+        return EXIT_OK
+    written = write_example(args.name, args.out, force=args.force)
+    model, data = written[0], next((p for p in written if p.suffix == ".csv"), None)
+    console.out(f"wrote {', '.join(p.name for p in written)} to {Path(args.out)}")
+    fit_cmd = f"dynlearn fit {model}" + (f" {data}" if data is not None else "")
+    console.out(f"fit it with: {fit_cmd}")
+    return EXIT_OK
 
 
 CHECKPOINT = "checkpoint"      # dl.fit writes checkpoint.json + checkpoint.npz
@@ -601,7 +717,7 @@ def _fit_kwargs(mf, args, out: Path) -> dict:
     kw["y0"] = mf.y0()
     if mf.y0_init() is not None:
         kw["y0_init"] = mf.y0_init()
-    for key in ("loss", "method", "seed", "max_time"):
+    for key in ("loss", "method", "seed", "max_time", "n_starts"):
         v = getattr(args, key, None)
         if v is not None:
             kw[key] = v
@@ -730,7 +846,17 @@ def _run_fit(mf, data, out: Path, args, console: Console, csv: Path | None = Non
                  f"{result.message}")
     if not args.quiet:
         console.out(result.summary().rstrip() + "\n")
-    console.out(f"wrote {', '.join(p.name for p in written)} to {out}")
+        console.out(f"Data: {csv if csv is not None else 'the table given'}: "
+                    f"{data.columns_summary()}\n")
+    # a converged fit has nothing left to resume: its checkpoint goes; one that stopped
+    # short keeps it, listed with the outputs, for --resume to continue
+    checkpoint = [out / f"{CHECKPOINT}.json", out / f"{CHECKPOINT}.npz"]
+    if result.success:
+        for p in checkpoint:
+            p.unlink(missing_ok=True)
+    kept = [p for p in checkpoint if not result.success and p.exists()]
+    console.out(f"wrote {', '.join(p.name for p in [*written, *kept])} to {out}"
+                + (" (the checkpoint: --resume continues the fit)" if kept else ""))
     # a fit that did not converge still wrote its results; its exit status says so
     if result.status is Status.FAILED:
         print(f"error: the fit failed: {_one_line(result.message)} (results of the starting "
@@ -806,23 +932,21 @@ def cmd_recover(args, console: Console) -> int:
     if not result.model.networks:
         raise OptionError(f"{out}: the fitted model has no networks, so there is nothing to "
                           "recover; recovery turns a trained network into equations")
-    library = parse_library(args.library)
-    kw = {"library": library, "seed": getattr(args, "seed", None) or 0}
-    if args.threshold is not None:
-        if args.threshold < 0:
-            raise OptionError(f"--threshold must be >= 0, got {args.threshold}")
-        kw["optimizer"] = STLSQ(threshold=args.threshold)
+    kw = _recover_kwargs(args)
     rec = recover(result, **kw)
-    eqs = rec.equations()
+    eqs = rec.equations(uncertainty=rec.stderr is not None)
     score = rec.score
     console.out("recovered terms (" + args.library + " library):")
     for line in eqs:
         console.out(f"  {line}")
-    console.out(score.to_string(float_format=lambda v: f"{v:.4g}"))
     model = rec.to_model()
-    console.out("recovered model:")
-    for line in model.equations():
-        console.out(f"  {line}")
+    if not args.quiet:
+        console.out(score.to_string(float_format=lambda v: f"{v:.4g}"))
+        if rec.candidates is not None:
+            console.out(_candidates_text(rec.candidates))
+        console.out("recovered model:")
+        for line in model.equations():
+            console.out(f"  {line}")
     # a model file for the refit: the recovered model plus the original data and fit settings
     tables = {}
     src = out / "model.toml"
@@ -849,32 +973,100 @@ def cmd_recover(args, console: Console) -> int:
             tables["fit"] = {k: v for k, v in orig.fit.items()
                              if k in ("loss", "method", "rtol", "atol", "seed")}
     text = model_to_toml(model, tables,
-                         comment=f"Recovered by 'dynlearn recover {out} --library "
-                                 f"{args.library}' from the fitted hybrid model.\n"
+                         comment=f"Recovered by '{_command_text(args, out)}' from the "
+                                 "fitted hybrid model.\n"
                                  + "\n".join(eqs) + "\nRefit it: dynlearn fit "
                                  f"{out / 'recovered.toml'} --out {out}-refit")
+    earlier = set(_recorded_outputs(out))
+    _record_outputs(out, sorted(RECOVER_OUTPUTS))
     write_text_atomic(out / "recovered.toml", text)
     write_csv(rec.coefficients, out / "recovery_coefficients.csv", index=True)
-    _record_outputs(out, sorted(RECOVER_OUTPUTS))
-    write_text_atomic(out / "recovery.txt", "\n".join(eqs) + "\n\n"
-                      + score.to_string(float_format=lambda v: f"{v:.4g}") + "\n")
-    console.out(f"wrote recovery.txt, recovery_coefficients.csv, recovered.toml to {out}; "
+    report = "\n".join(eqs) + "\n\n" + score.to_string(float_format=lambda v: f"{v:.4g}") + "\n"
+    written = ["recovery.txt", "recovery_coefficients.csv", "recovered.toml"]
+    if rec.candidates is not None:
+        report += "\n" + _candidates_text(rec.candidates) + "\n"
+        write_csv(rec.candidates, out / "candidates.csv", index=True)
+        write_csv(rec.inclusion, out / "inclusion.csv", index=False)
+        written += ["candidates.csv", "inclusion.csv"]
+    else:
+        # no selection through the ODE in this run: the tables an earlier recover wrote
+        # would describe another recovery
+        for name in ("candidates.csv", "inclusion.csv"):
+            if name in earlier:
+                (out / name).unlink(missing_ok=True)
+    write_text_atomic(out / "recovery.txt", report)
+    console.out(f"wrote {', '.join(written)} to {out}; "
                 f"refit with: dynlearn fit {out / 'recovered.toml'} --out {out}-refit")
     return EXIT_OK
 
 
+def _command_text(args, out: Path) -> str:
+    """The ``dynlearn recover`` command line that made a recovery (for its files)."""
+    given = [str(a) for a in getattr(args, "argv", []) if a not in ("-q", "--quiet")]
+    return "dynlearn " + " ".join(given) if given else f"dynlearn recover {out}"
+
+
+def _recover_kwargs(args) -> dict:
+    """Keyword arguments of :func:`dynlearn.recover` from the ``recover`` options."""
+    kw = {"library": parse_library(args.library), "seed": getattr(args, "seed", None) or 0,
+          "select": args.select, "region": args.region, "radius": args.radius,
+          "refit": not args.no_refit}
+    if args.criterion is not None:
+        if args.select != "ode" or args.no_refit:
+            raise OptionError("--criterion chooses among the structures refitted by --select "
+                              "ode; it does nothing with "
+                              + ("--no-refit" if args.no_refit else "--select prune"))
+        kw["criterion"] = args.criterion
+    if args.threshold is not None:       # >= 0 and --radius > 0: checked by their types
+        kw["optimizer"] = STLSQ(threshold=args.threshold)
+    return kw
+
+
+#: candidates shown by ``dynlearn recover`` (every one is in candidates.csv)
+SHOWN_CANDIDATES = 5
+
+
+def _candidates_text(table) -> str:
+    """The best candidates of a selection through the ODE, as text."""
+    crit = str(table.attrs.get("criterion", "criterion")).upper()
+    shown = table.head(SHOWN_CANDIDATES)[["terms", "n_coefficients", "loss", "criterion",
+                                          "delta", "weight"]]
+    chosen = ", ".join(str(i) for i in table.index[table["chosen"].astype(bool)])
+    more = len(table) - len(shown)
+    return (f"candidates refitted to the data, best first ({crit}; chosen: candidate {chosen}"
+            + (f"; {more} more in candidates.csv" if more > 0 else "") + "):\n"
+            + shown.to_string(float_format=lambda v: f"{v:.4g}"))
+
+
 COMMANDS = {"fit": cmd_fit, "simulate": cmd_simulate, "recover": cmd_recover,
-            "check-gradients": cmd_check_gradients, "demo": cmd_demo}
+            "check-gradients": cmd_check_gradients, "demo": cmd_demo, "example": cmd_example}
 
 
 # --- entry point ----------------------------------------------------------------------------
+def _end_by_sigint() -> None:
+    """End the process by SIGINT, as Python does on an uncaught ``KeyboardInterrupt``, once
+    the outputs and the error line are written. A shell running the command in a loop
+    stops the loop only when its child died of the signal: an exit status of 130 tells it
+    the child dealt with Ctrl-C itself, and the loop goes on. The shell shows status 130
+    either way. Where a process cannot signal itself (Windows) this returns."""
+    if os.name == "nt" or not hasattr(signal, "SIGINT"):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``dynlearn`` command and return its exit status.
 
     Parameters
     ----------
     argv : list of str, optional
-        Arguments without the program name (default ``sys.argv[1:]``).
+        Arguments without the program name (default ``sys.argv[1:]``). Without them (the
+        ``dynlearn`` command, ``python -m dynlearn``), an interrupted run ends the process
+        by SIGINT after writing its outputs, so that a shell loop over commands stops too
+        (the shell shows status 130); given them, ``main`` returns 130.
 
     Returns
     -------
@@ -882,6 +1074,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 on success, 1 when a check fails, 2 on a user error, 3 when a fit did not
         converge, 130 when interrupted.
     """
+    as_program = argv is None          # the command itself, not a call from Python
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
@@ -907,6 +1100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {_one_line(exc)}", file=sys.stderr)
         else:
             print("error: interrupted; a fit can be continued with --resume", file=sys.stderr)
+        if as_program:
+            _end_by_sigint()
         return EXIT_INTERRUPTED
     except UsageError as exc:
         if debug:

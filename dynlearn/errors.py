@@ -30,6 +30,7 @@ __all__ = [
     "ClusterError",
     "DataError",
     "DataTypeError",
+    "DataWarning",
     "DiscoveryError",
     "DynlearnError",
     "FitInterrupted",
@@ -40,6 +41,7 @@ __all__ = [
     "OptionTypeError",
     "ParameterError",
     "ParameterTypeError",
+    "PetabError",
     "SolveError",
     "TaskError",
     "TimeLimitError",
@@ -69,6 +71,12 @@ class DataTypeError(DataError, TypeError):
     """Data given as the wrong type (not a DataFrame or Dataset)."""
 
 
+class DataWarning(UserWarning):
+    """Data that is read but not used: a column that matches no observable, input or
+    noise-level column of the model (the message names it and the closest model name).
+    A warning, not a :class:`DynlearnError`: the fit goes on without that column."""
+
+
 class ParameterError(DynlearnError, ValueError):
     """A parameter value, bound, transform or parameter vector is invalid."""
 
@@ -92,6 +100,11 @@ class UsageError(OptionError):
 
 class DiscoveryError(DynlearnError, ValueError):
     """Sparse regression cannot run: too few samples, non-finite library values, ..."""
+
+
+class PetabError(ModelError):
+    """A PEtab problem or its SBML model that cannot be imported: an unsupported construct
+    (named with its id) or inconsistent tables."""
 
 
 # --- failed computations (RuntimeError) -----------------------------------------------------
@@ -186,7 +199,10 @@ class FitInterrupted(KeyboardInterrupt):
 
     The one exception here that is not a :class:`DynlearnError`: it is a
     ``KeyboardInterrupt``, so a script or a loop of fits stops as on any Ctrl-C, and no
-    ``except Exception`` swallows it.
+    ``except Exception`` swallows it. Uncaught, it ends a Python script with status 1, not
+    by SIGINT as an exact ``KeyboardInterrupt`` does (a CPython rule), so a shell loop over
+    such scripts goes on: ``except FitInterrupted: raise KeyboardInterrupt from None`` at
+    the script's top level gives the SIGINT exit (docs/reliability.md, Known limits).
 
     Attributes
     ----------

@@ -112,9 +112,13 @@ def jsonable(obj: Any) -> Any:
 def json_npz_paths(path) -> tuple[str, str]:
     """The two files of a result or checkpoint: ``(<path>.json, <path>.npz)``.
 
-    ``path`` may be given with or without either suffix.
+    ``path`` may be given with or without either suffix. A folder (one that exists, or a
+    path ending in a separator) means ``result.json`` and ``result.npz`` inside it, never
+    the hidden ``<folder>/.json``.
     """
     base = os.fspath(path)
+    if base.endswith(("/", os.sep)) or os.path.isdir(base):
+        base = os.path.join(base, "result")
     for ext in (".json", ".npz"):
         if base.endswith(ext):
             base = base[: -len(ext)]

@@ -46,7 +46,6 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 from scipy.integrate import BDF, DOP853, LSODA, RK23, RK45, Radau, solve_ivp
 from scipy.optimize import OptimizeResult
 
@@ -57,8 +56,8 @@ from dynlearn.errors import DataError, OptionError, OptionTypeError, SolveError,
 
 __all__ = ["simulate", "Solution", "METHODS", "STIFF_METHODS", "EXPLICIT_METHODS",
            "MAX_BUFFER_BYTES", "MAX_NFEV", "SOLVER_CLASSES", "SolveGuard", "check_method",
-           "check_options", "deadline", "failure_point", "integrate", "reset_deadline",
-           "set_deadline", "solve_observed", "split_options"]
+           "check_options", "current_deadline", "deadline", "failure_point", "integrate",
+           "reset_deadline", "set_deadline", "solve_observed", "split_options"]
 
 EXPLICIT_METHODS = ("RK45", "RK23", "DOP853")
 STIFF_METHODS = ("Radau", "BDF", "LSODA")
@@ -106,6 +105,12 @@ def deadline(at: float | None) -> Iterator[None]:
         reset_deadline(token)
 
 
+def current_deadline() -> float | None:
+    """The deadline in force (see :func:`deadline`), or None: for work handed to other
+    processes (Dask workers), which set it there again."""
+    return _DEADLINE.get()
+
+
 def set_deadline(at: float | None):
     """Set the deadline of :func:`deadline` until :func:`reset_deadline` is called with the
     token returned (for code that cannot use a ``with`` block)."""
@@ -147,7 +152,12 @@ class SolveGuard:
     * the deadline of an enclosing :func:`deadline` block
       (:class:`~dynlearn.errors.TimeLimitError`);
     * memory: ``bytes_per_eval`` times the calls (for a solve that keeps something per
-      step) at most :data:`MAX_BUFFER_BYTES`.
+      step) at most :data:`MAX_BUFFER_BYTES`;
+    * a solution stuck at the edge of the equations' domain: when :attr:`NON_FINITE_CHECKS`
+      of the checked calls saw a non-finite derivative. An explicit method rejects such a
+      step and retries a smaller one; at the edge (``sqrt(log(x))`` from ``x = 1``) it then
+      creeps on in steps too small to change the state, forever, with a third of its
+      evaluations NaN. An occasional NaN trial stage is sampled far too rarely to count.
 
     The cost is one counter increment and one comparison per call.
 
@@ -172,6 +182,8 @@ class SolveGuard:
 
     #: right-hand-side evaluations between two checks
     CHECK_EVERY = 256
+    #: checks that saw a non-finite derivative before the solve is stopped
+    NON_FINITE_CHECKS = 16
 
     def __init__(self, method: str, max_nfev: int | None = None, where: str = "",
                  names: Sequence[str] | None = None, span: tuple[float, float] | None = None,
@@ -183,6 +195,7 @@ class SolveGuard:
         self.span = span
         self.deadline = _DEADLINE.get()
         self.nfev = 0
+        self.non_finite = 0
         self._first = 1
         self.t_last: float | None = None
         self.max_evals_memory = None
@@ -225,6 +238,11 @@ class SolveGuard:
                              "there; check the parameters", status=-1, t=self.t_last,
                              solver_message="step size is NaN")
         self.t_last = float(t)
+        if n != self._first and not np.all(np.isfinite(f)):
+            self.non_finite += 1
+            if self.non_finite >= self.NON_FINITE_CHECKS:
+                raise SolveError(self._domain_message(t, y, f), status=-1, t=float(t),
+                                 solver_message="right-hand side repeatedly not finite")
         if n > self.max_nfev:
             raise SolveError(self._budget_message(t), status=-1, t=float(t),
                              solver_message="max_nfev reached")
@@ -260,6 +278,16 @@ class SolveGuard:
                              "root of a negative number, a division by zero, an overflow)",
                              status=-1, t=float(t), solver_message="non-finite derivative")
 
+    def _domain_message(self, t, y, f) -> str:
+        f = np.asarray(f, dtype=float)
+        i = int(np.flatnonzero(~np.isfinite(f))[0])
+        return (f"the {self.method} solve{self.where} is stuck at t={_fmt(t)}: the right-hand "
+                f"side keeps being not finite next to the solution ({self._name(i)} = {f[i]} "
+                f"at y = {np.asarray(y, dtype=float).tolist()[:6]}), so the solver creeps on "
+                "in steps too small to move the state; the solution leaves the domain of the "
+                "equations there (a log or square root of a negative number, a division by "
+                "zero). Check the parameters and the equations")
+
     def _budget_message(self, t) -> str:
         span = (f" of [{_fmt(self.span[0])}, {_fmt(self.span[1])}]" if self.span is not None
                 else "")
@@ -271,6 +299,23 @@ class SolveGuard:
         return head + ("the solution may blow up or oscillate very fast; check the "
                        "parameters and the time span, loosen the tolerances, or raise "
                        "max_nfev")
+
+    @contextmanager
+    def solver_failures(self) -> Iterator[None]:
+        """Within the block, scipy's refusal of a non-finite step matrix (Radau and BDF
+        factor ``I/h - J``, which overflows when the step size underflows beside a finite
+        but huge Jacobian: a raw ``ValueError``) is a :class:`~dynlearn.SolveError`."""
+        try:
+            yield
+        except ValueError as exc:
+            if "infs or NaNs" not in str(exc):
+                raise
+            after = f" (after t={_fmt(self.t_last)})" if self.t_last is not None else ""
+            raise SolveError(f"the {self.method} solver's step matrix is not finite"
+                             f"{self.where}{after}: the step size underflowed beside a huge "
+                             "Jacobian; the solution probably blows up (check the parameters)",
+                             status=-1, t=self.t_last, solver_message="non-finite step matrix"
+                             ) from None
 
     def wrap_jac(self, jac: Callable | None) -> Callable | None:
         """``jac(t, y)`` (dense or sparse) raising SolveError when not finite."""
@@ -423,8 +468,9 @@ def integrate(fun, t_span, y0, t_eval, breaks=(), dense: bool = False, where: st
     t0, t1 = t_span
     breaks = np.asarray(breaks, dtype=float)
     if breaks.size == 0:
-        return guard.check_result(
-            solve_ivp(fun, t_span, y0, t_eval=t_eval, dense_output=dense, **kw), y0.size)
+        with guard.solver_failures():
+            res = solve_ivp(fun, t_span, y0, t_eval=t_eval, dense_output=dense, **kw)
+        return guard.check_result(res, y0.size)
     bounds = np.concatenate([[t0], breaks, [t1]])
     t_eval = np.asarray(t_eval, dtype=float)
     Ys, Ts, sols = [], [], []
@@ -434,8 +480,9 @@ def integrate(fun, t_span, y0, t_eval, breaks=(), dense: bool = False, where: st
     for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
         inside = t_eval[((t_eval >= a) if k == 0 else (t_eval > a)) & (t_eval <= b)]
         te = np.union1d(inside, [b])
-        res = guard.check_result(solve_ivp(fun, (a, b), y, t_eval=te, dense_output=dense,
-                                           **kw), y0.size)
+        with guard.solver_failures():
+            res = solve_ivp(fun, (a, b), y, t_eval=te, dense_output=dense, **kw)
+        res = guard.check_result(res, y0.size)
         for key in stats:
             stats[key] += getattr(res, key, 0)
         keep = np.isin(res.t, inside)
@@ -512,6 +559,8 @@ class Solution:
     def to_frame(self):
         """A DataFrame: the time column, then one column per state, then observables whose
         names differ from the states'."""
+        import pandas as pd  # here only: a simulation itself does not need pandas
+
         cols = {self.time_name: self.t}
         for i, s in enumerate(self.state_names):
             cols[s] = self.y[:, i]

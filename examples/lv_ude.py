@@ -9,6 +9,11 @@ missing. The hybrid model fits the data to the noise level and extrapolates far 
 
 The fit uses dynlearn's default optimizer for this model (multiple shooting with
 Levenberg-Marquardt on the exact residual Jacobian, then a single-shooting polish).
+
+Not dynlearn's defaults, on purpose: the network (2-5-5-5-2 rbf) and the known initial state
+are the paper's, to compare with its figures. ``examples/lv_ude_recovery.py`` runs the same
+problem with dynlearn's defaults (16-16 tanh network, initial states estimated) and recovers
+the equations.
 """
 
 import numpy as np

@@ -17,7 +17,7 @@ from dynlearn.testing import DECAY_TOML as DECAY
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "models"
 PKG_DATA = Path(dl.__file__).with_name("bundled")
-LYNX_CSV = PKG_DATA / "hudson_bay_lynx_hare.csv"
+LYNX_CSV = PKG_DATA / "models" / "lynx_hare.csv"
 
 HAS_FIT = getattr(dl, "fit", None) is not None
 HAS_RECOVER = getattr(dl, "recover", None) is not None
@@ -58,8 +58,9 @@ def test_no_command_prints_help(capsys):
                                         r"simulate --help'\)")),
     (["fit"], "required: MODEL.toml"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
-    (["demo", "--seed", "x"], "argument --seed: invalid int value: 'x'"),
-    (["check-gradients", "m.toml", "--rtol", "tight"], "invalid float value"),
+    (["demo", "--seed", "x"], "argument --seed: expected an integer >= 0, got 'x'"),
+    (["check-gradients", "m.toml", "--rtol", "tight"],
+     "argument --rtol: expected a positive number, got 'tight'"),
 ])
 def test_bad_options(capsys, argv, match):
     code, _, err = run(capsys, *argv)
@@ -333,6 +334,12 @@ def test_demo(capsys, tmp_path, monkeypatch):
     assert params.loc["alpha", "value"] == pytest.approx(0.55, rel=0.1)
     assert params.loc["gamma", "value"] == pytest.approx(0.80, rel=0.1)
     assert (out / "fit.png").stat().st_size > 10_000
+    # a first contact: a clean fit, whose summary warns of nothing
+    summary = (out / "summary.txt").read_text()
+    assert "warning" not in summary.lower()
+    # the shipped model file's [model.units] label the summary and the parameter table
+    assert "units: t [year], hare [thousand pelts], lynx [thousand pelts]" in summary
+    assert params.loc["alpha", "unit"] == "1/year"
 
 
 @needs_fit
@@ -430,7 +437,7 @@ def test_fit_errors(capsys, decay, tmp_path):
         (["--out", tmp_path / "file"], "exists and is not a folder"),
         (["--method", "Euler"], "method='Euler'"),
         (["--loss", "l1"], "invalid choice: 'l1'"),
-        (["--workers", "0"], "--workers must be a positive integer"),
+        (["--workers", "0"], "argument --workers: must be a positive integer, got 0"),
     ]
     for extra, match in cases:
         code, _, err = run(capsys, "fit", model, csv, *extra)
@@ -470,6 +477,7 @@ def test_recover(capsys, decay, tmp_path):
     assert run(capsys, "fit", model, csv, "--out", out, "-q", "--no-plots")[0] == 3
     code, stdout, err = run(capsys, "recover", out, "--library", "poly1", "-q")
     assert code == 0, err
+    assert err == ""                  # -q quiets recover as it does fit (issue 13)
     assert "nn[0] =" in stdout
     for name in ("recovery.txt", "recovery_coefficients.csv", "recovered.toml"):
         assert (out / name).stat().st_size > 0
@@ -495,6 +503,211 @@ def test_recover_errors(capsys, decay, tmp_path):
     assert code == 2 and "has no networks" in one_error_line(err)
     code, _, err = run(capsys, "recover", out, "--library", "cubic")
     assert code == 2
+
+
+# the decay x' = -0.8 x with k fixed at 0.5: the network learns the missing -0.3 x
+UDE_FIXED_K = UDE.replace('k = { value = 0.5, min = 0.0, transform = "log" }',
+                          'k = { value = 0.5, fixed = true }').replace("maxiter = 5",
+                                                                        "maxiter = 40")
+
+
+@pytest.fixture(scope="module")
+def fitted_ude(tmp_path_factory):
+    """A folder written by 'dynlearn fit' for a hybrid decay model (1 state, 9 rows, a
+    3-unit network): cheap to recover from, with a term to find."""
+    if not (HAS_FIT and HAS_RECOVER):
+        pytest.skip("dl.fit or dl.recover is not available yet")
+    from dynlearn.testing import write_decay_files
+    assert "fixed = true" in UDE_FIXED_K and "maxiter = 40" in UDE_FIXED_K   # UDE as expected
+    folder = tmp_path_factory.mktemp("ude")
+    _, csv = write_decay_files(folder)
+    model = folder / "ude.toml"
+    model.write_text(UDE_FIXED_K)
+    out = folder / "fit"
+    code = main(["fit", str(model), str(csv), "--out", str(out), "-q", "--no-plots"])
+    assert code in (0, 3)          # results are written either way
+    return out
+
+
+def recover_kwargs(monkeypatch, capsys, out, *flags):
+    """Run 'dynlearn recover OUT FLAGS' and return the keyword arguments it gave
+    dl.recover (the real one runs), its exit status, stdout and stderr."""
+    import dynlearn.cli as cli
+    seen = {}
+
+    def spy(result, **kw):
+        seen.update(kw)
+        return dl.recover(result, **kw)
+
+    monkeypatch.setattr(cli, "recover", spy)
+    code, stdout, err = run(capsys, "recover", out, *flags)
+    return seen, code, stdout, err
+
+
+def test_recover_writes_candidates_and_inclusion(capsys, fitted_ude):
+    out = fitted_ude
+    code, stdout, err = run(capsys, "recover", out, "--library", "poly1")
+    assert code == 0, err
+    assert "candidates refitted to the data, best first (BIC" in stdout
+    wrote = next(ln for ln in stdout.splitlines() if ln.startswith("wrote "))
+    assert "candidates.csv" in wrote and "inclusion.csv" in wrote
+    cand = pd.read_csv(out / "candidates.csv", index_col=0)
+    assert {"terms", "n_coefficients", "loss", "criterion", "chosen", "delta",
+            "weight"} <= set(cand.columns)
+    assert cand["chosen"].sum() == 1
+    best = cand.loc[cand["chosen"]].iloc[0]
+    assert best["criterion"] == cand["criterion"].min()
+    assert cand["weight"].sum() == pytest.approx(1.0)
+    assert (cand["n_coefficients"] >= 0).all() and (cand["loss"] > 0).all()
+    # inclusion.csv and recovery.txt agree with the chosen candidate
+    incl = pd.read_csv(out / "inclusion.csv")
+    assert list(incl.columns) == ["output", "term", "chosen", "weight", "refits", "members"]
+    assert ((incl["weight"] >= 0) & (incl["weight"] <= 1 + 1e-12)).all()
+    assert ((incl["refits"] >= 0) & (incl["refits"] <= 1)).all()
+    chosen_terms = set(incl.loc[incl["chosen"], "term"])
+    assert best["terms"] == "nn[0]: " + " + ".join(
+        t for t in incl["term"] if t in chosen_terms)
+    assert best["terms"] in (out / "recovery.txt").read_text()
+    # the data are exp(-0.8 t) and the model knows -0.5 x: the missing term is -0.3 x
+    assert best["terms"] == "nn[0]: x"
+    coef = pd.read_csv(out / "recovery_coefficients.csv", index_col=0)
+    assert coef.loc["x", "nn[0]"] == pytest.approx(-0.3, rel=0.05)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]     # no temporary files
+    # candidates.csv and inclusion.csv are dynlearn's: recorded in run.json
+    import json
+    assert {"candidates.csv", "inclusion.csv"} <= set(
+        json.loads((out / "run.json").read_text())["files"])
+
+
+def test_recover_quiet(capsys, fitted_ude):
+    code, stdout, err = run(capsys, "recover", fitted_ude, "--library", "poly1", "-q")
+    assert code == 0 and err == ""
+    lines = stdout.splitlines()
+    # results only: the equations and the files written; no score or candidate tables
+    assert lines[0].startswith("recovered terms") and lines[1].startswith("  nn[0] = ")
+    assert lines[-1].startswith("wrote recovery.txt")
+    assert len(lines) == 3
+    code, stdout, _ = run(capsys, "recover", fitted_ude, "--library", "poly1")
+    assert "candidates refitted" in stdout and "recovered model:" in stdout
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ([], dict(select="ode", region="tube", radius=0.02, refit=True)),
+    (["--criterion", "aicc"], dict(criterion="aicc")),
+    (["--select", "prune"], dict(select="prune")),
+    (["--region", "trajectory"], dict(region="trajectory")),
+    (["--region", "box", "--radius", "0.05"], dict(region="box", radius=0.05)),
+    (["--no-refit"], dict(refit=False)),
+])
+def test_recover_flags_reach_recover(capsys, monkeypatch, fitted_ude, flags, expected):
+    seen, code, stdout, err = recover_kwargs(monkeypatch, capsys, fitted_ude, "--library",
+                                             "poly1", "-q", *flags)
+    assert code == 0, err
+    assert {k: seen.get(k) for k in expected} == expected
+    if "criterion" not in expected:
+        assert "criterion" not in seen              # left to dl.recover's default
+    wrote = stdout.splitlines()[-1]
+    ode = seen["select"] == "ode" and seen["refit"]
+    assert ("candidates.csv" in wrote) == ode
+    # a run without the selection through the ODE leaves no stale table of an earlier one
+    assert (fitted_ude / "candidates.csv").exists() == ode
+    assert (fitted_ude / "inclusion.csv").exists() == ode
+    assert ("±" in stdout) == seen["refit"]         # refitted coefficients have errors
+    if ode:
+        assert (f"({seen.get('criterion', 'bic').upper()};"
+                in (fitted_ude / "recovery.txt").read_text())
+
+
+def test_recover_in_a_subprocess(fitted_ude):
+    """The installed command end to end: exit status, quiet streams, the files it lists."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "dynlearn", "recover", str(fitted_ude),
+                        "--library", "poly1", "--criterion", "aicc", "--region", "trajectory",
+                        "-q"], capture_output=True, text=True, env=env, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    m = re.fullmatch(r"  nn\[0\] = \((\S+) ± \S+\)\*x", r.stdout.splitlines()[1])
+    assert m and float(m.group(1)) == pytest.approx(-0.3, rel=0.05), r.stdout
+    assert "candidates.csv, inclusion.csv" in r.stdout.splitlines()[-1]
+    text = (fitted_ude / "recovered.toml").read_text()
+    assert "--criterion aicc --region trajectory" in text      # how it was made
+
+
+def test_recover_criterion_changes_the_scores(capsys, fitted_ude):
+    """AICc and BIC score the same refits differently (penalty 2k against k log n)."""
+    assert run(capsys, "recover", fitted_ude, "--library", "poly1", "-q")[0] == 0
+    bic = pd.read_csv(fitted_ude / "candidates.csv", index_col=0).set_index("terms")
+    assert run(capsys, "recover", fitted_ude, "--library", "poly1", "-q", "--criterion",
+               "aicc")[0] == 0
+    aicc = pd.read_csv(fitted_ude / "candidates.csv", index_col=0).set_index("terms")
+    common = bic.index.intersection(aicc.index)
+    assert len(common) >= 1
+    assert not np.allclose(bic.loc[common, "criterion"], aicc.loc[common, "criterion"])
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--radius", "0"], "argument --radius: must be a positive number"),
+    (["--region", "sphere"], "invalid choice: 'sphere'"),
+    (["--select", "lasso"], "invalid choice: 'lasso'"),
+    (["--criterion", "aic"], "invalid choice: 'aic'"),
+    (["--select", "prune", "--criterion", "aicc"], "does nothing with --select prune"),
+    (["--no-refit", "--criterion", "bic"], "does nothing with --no-refit"),
+])
+def test_recover_option_errors(capsys, fitted_ude, flags, match):
+    code, _, err = run(capsys, "recover", fitted_ude, *flags)
+    assert code == 2
+    assert match in one_error_line(err)
+
+
+def discovery_warning_texts() -> list[str]:
+    """The text of every warning in dynlearn/discovery, read from the source: literals and
+    f-strings joined as Python joins them (``{}`` for a formatted value), and of a
+    conditional text the first branch (the one for ``recover``)."""
+    import ast
+
+    def text(node) -> str:
+        if isinstance(node, ast.Constant):
+            return node.value if isinstance(node.value, str) else ""
+        if isinstance(node, ast.JoinedStr):
+            return "".join(text(v) for v in node.values)
+        if isinstance(node, ast.FormattedValue):
+            return "{}"
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            return text(node.left) + text(node.right)
+        if isinstance(node, ast.IfExp):
+            return text(node.body)
+        return ""
+
+    texts = []
+    for path in sorted((Path(dl.__file__).parent / "discovery").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "warn":
+                texts.append(text(node.args[0]))
+    return texts
+
+
+def test_discovery_warnings_advise_real_python_and_command_line_options():
+    """Every DiscoveryWarning's advice names what to do from Python and from the command
+    line, and the names are real: recover()'s parameters and `dynlearn recover`'s options
+    (with values the option accepts)."""
+    import inspect
+
+    from dynlearn.cli import build_parser, parse_library
+    texts = discovery_warning_texts()
+    assert len(texts) >= 8
+    params = set(inspect.signature(dl.recover).parameters)
+    parser = build_parser()
+    for text in texts:
+        assert "Python:" in text and "command line:" in text, text
+        for name in re.findall(r"Python: (?:recover\(\.\.\., )?(\w+)=", text):
+            assert name in params, (name, text)
+        for flag, value in re.findall(r"command line: (?:dynlearn recover )?(--[\w-]+)"
+                                      r"(?: ([\w.]+))?", text):
+            argv = ["recover", "DIR", flag] + ([value] if value else
+                                              ["poly2"] if flag == "--library" else [])
+            args = parser.parse_args(argv)          # an unknown flag or bad value raises
+            assert args.command == "recover", text
+            parse_library(args.library)             # and so does an unknown library
 
 
 def test_parse_library():
@@ -635,3 +848,289 @@ def test_fit_several_experiments(capsys, decay, tmp_path):
     pred = pd.read_csv(out / "predictions.csv")
     assert list(pred["experiment"].unique()) == ["a", "b"]
     assert (out / "fit.png").stat().st_size > 0 and (out / "residuals.png").stat().st_size > 0
+
+
+# --- issue 13: exit codes, bad numbers, Ctrl-C in a real process --------------------------------
+@pytest.mark.parametrize("argv, match", [
+    (["fit", "m.toml", "--maxiter", "-3"], "argument --maxiter: must be a positive integer, "
+                                           "got -3"),
+    (["fit", "m.toml", "--maxiter", "0"], "argument --maxiter: must be a positive integer, "
+                                          "got 0"),
+    (["fit", "m.toml", "--max-time", "-1"],
+     r"argument --max-time: must be a positive number \(finite\), got -1"),
+    (["fit", "m.toml", "--max-time", "nan"], "argument --max-time: must be a positive number"),
+    (["fit", "m.toml", "--max-time", "inf"], "argument --max-time: must be a positive number"),
+    (["fit", "m.toml", "--workers", "0"], "argument --workers: must be a positive integer"),
+    (["fit", "m.toml", "--n-starts", "0"], "argument --n-starts: must be a positive integer"),
+    (["fit", "m.toml", "--seed", "-1"], "argument --seed: must be an integer >= 0, got -1"),
+    (["demo", "--maxiter", "-1"], "argument --maxiter: must be a positive integer"),
+    (["simulate", "m.toml", "--atol", "0"], "argument --atol: must be a positive number"),
+    (["recover", "out", "--threshold", "-0.1"], "argument --threshold: must be a number >= 0"),
+    (["check-gradients", "m.toml", "--rows", "0"], "argument --rows: must be a positive integer"),
+])
+def test_nonsensical_numbers_are_usage_errors(capsys, argv, match):
+    """``--maxiter -3`` ran a fit with no budget and ``--max-time -1`` one that stopped at
+    once, both exiting as if all were well; now argparse refuses them: exit 2, one line
+    naming the option."""
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    line = one_error_line(err)
+    assert re.search(match, line), line
+    assert line.endswith(f"(see 'dynlearn {argv[0]} --help')")
+
+
+def test_model_file_with_min_above_max_says_so(capsys, decay):
+    model, _ = decay
+    model.write_text(DECAY.replace("min = 0.0", "min = 2.0, max = 1.0"))
+    code, _, err = run(capsys, "simulate", model)
+    assert code == 2
+    line = one_error_line(err)
+    assert "line 7" in line and "k: Parameter min 2 is greater than its max 1" in line
+
+
+def test_model_file_with_zero_starts_is_refused(capsys, decay, tmp_path):
+    model, csv = decay
+    model.write_text(DECAY.replace("maxiter = 20", "maxiter = 20\nn_starts = 0"))
+    code, _, err = run(capsys, "fit", model, csv, "--out", tmp_path / "never-made")
+    assert code == 2
+    assert re.search(r"\[fit\] n_starts: must be positive, got 0", one_error_line(err))
+    assert not (tmp_path / "never-made").exists()
+
+
+@needs_fit
+def test_converged_fit_removes_its_checkpoint(capsys, decay, tmp_path):
+    """A converged fit leaves no checkpoint behind (nothing is left to resume); one that
+    stopped short keeps it and the ``wrote`` line says so."""
+    model, csv = decay
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "fit", model, csv, "--out", out, "-q", "--no-plots")
+    assert code == 0, err
+    assert not (out / "checkpoint.json").exists() and not (out / "checkpoint.npz").exists()
+    assert "checkpoint" not in stdout
+    code, stdout, err = run(capsys, "fit", model, csv, "--out", out, "-q", "--no-plots",
+                            "--maxiter", "1")
+    assert code == 3, err
+    assert (out / "checkpoint.json").exists() and (out / "checkpoint.npz").exists()
+    assert "checkpoint.json, checkpoint.npz" in stdout and "--resume" in stdout
+
+
+def _cli_process(*argv, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "dynlearn", *map(str, argv)],
+                          capture_output=True, text=True, cwd=cwd, env=env, check=False,
+                          timeout=300)
+
+
+@needs_fit
+def test_exit_status_of_a_real_process(decay, tmp_path):
+    """The documented exit statuses as a shell sees them: 3 for a fit that ran out of
+    iterations (results written), 2 for a bad option; one line on stderr, no traceback."""
+    model, csv = decay
+    r = _cli_process("fit", model, csv, "--out", tmp_path / "out", "-q", "--no-plots",
+                     "--maxiter", "1", cwd=tmp_path)
+    assert r.returncode == 3, r.stderr
+    assert r.stderr == "" and r.stdout.startswith("wrote params.csv")
+    assert (tmp_path / "out" / "params.csv").exists()
+    r = _cli_process("fit", model, csv, "--max-time", "-1", cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: argument --max-time: must be a positive number")
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+# A fit that pauses in its 4th evaluation, so that the test's Ctrl-C (a real SIGINT) lands
+# mid-fit, in whatever the interpreter is doing then, as a user's would.
+_PAUSE_IN_FIT = """
+import sys, time
+from dynlearn.fitting import tracker
+original = tracker.Tracker.count
+calls = [0]
+
+def count(self, what):
+    calls[0] += 1
+    if calls[0] == 4:
+        print("ready", flush=True)
+        time.sleep(120)
+    return original(self, what)
+
+tracker.Tracker.count = count
+"""
+
+
+def _interrupt_when_ready(script: str, args, cwd):
+    import signal
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], cwd=cwd, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = p.stdout.readline()
+        assert first == "ready\n", first + p.stderr.read()
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return p.returncode, out, err
+
+
+@needs_fit
+@pytest.mark.skipif(os.name == "nt", reason="SIGINT to a child process is POSIX")
+def test_ctrl_c_in_the_cli_keeps_the_best_point(decay, tmp_path):
+    """Ctrl-C during ``dynlearn fit``: one error line, params.csv and summary.txt of the
+    best point so far (marked interrupted) beside the checkpoint, and then the process dies
+    of the SIGINT (status 130 in a shell), as Python itself does: a shell loop over
+    ``dynlearn fit`` commands stops, where an exit status of 130 would let it go on."""
+    import signal
+    model, csv = decay
+    out = tmp_path / "out"
+    script = _PAUSE_IN_FIT + "from dynlearn.cli import main\nsys.exit(main())\n"
+    code, _, err = _interrupt_when_ready(script, ["fit", model, csv, "--out", out, "-q"],
+                                         cwd=tmp_path)
+    assert code == -signal.SIGINT, err
+    assert one_error_line(err).startswith("error: interrupted")
+    assert "interrupted" in (out / "summary.txt").read_text()
+    assert pd.read_csv(out / "params.csv", index_col=0).loc["k", "value"] > 0
+    assert (out / "checkpoint.json").exists() and not (out / "result.json").exists()
+
+
+@needs_fit
+@pytest.mark.skipif(os.name == "nt", reason="SIGINT to a child process is POSIX")
+def test_ctrl_c_stops_a_script_looping_over_fits(tmp_path):
+    """Ctrl-C in ``dl.fit`` inside a loop of fits: the checkpoint is written, then
+    KeyboardInterrupt (FitInterrupted, with the best point so far) reaches the script, which
+    stops instead of going on with the next fit."""
+    import signal
+    script = _PAUSE_IN_FIT + """
+import dynlearn as dl
+from dynlearn.testing import decay_experiments, decay_model
+try:
+    for i in range(3):
+        dl.fit(decay_model(), decay_experiments(1), progress=False,
+               checkpoint=f"ck{i}")
+        print("finished", i, flush=True)
+except KeyboardInterrupt as exc:
+    print(type(exc).__name__, exc.checkpoint, exc.result.loss, flush=True)
+    raise
+"""
+    code, out, err = _interrupt_when_ready(script, [], cwd=tmp_path)
+    # the script ended with the uncaught interrupt (CPython dies by SIGINT only for an
+    # exact KeyboardInterrupt; for its subclass FitInterrupted it exits with status 1)
+    assert code in (1, -signal.SIGINT), err
+    assert err.rstrip().splitlines()[-1].startswith("dynlearn.errors.FitInterrupted: ")
+    assert "finished" not in out
+    name, checkpoint, loss = out.split()
+    assert name == "FitInterrupted" and checkpoint == "ck0" and np.isfinite(float(loss))
+    assert (tmp_path / "ck0.json").exists() and not (tmp_path / "ck1.json").exists()
+
+
+@needs_fit
+@pytest.mark.skipif(os.name == "nt", reason="SIGINT to a child process is POSIX")
+def test_a_script_reraising_keyboard_interrupt_dies_by_sigint(tmp_path):
+    """The idiom of docs/reliability.md (Known limits): a script that turns an uncaught
+    FitInterrupted into a plain KeyboardInterrupt at its top level dies by SIGINT, so a
+    shell loop over such scripts stops; inside it, the checkpoint was written."""
+    import signal
+    script = _PAUSE_IN_FIT + """
+import dynlearn as dl
+from dynlearn.testing import decay_experiments, decay_model
+
+def main():
+    for i in range(3):
+        dl.fit(decay_model(), decay_experiments(1), progress=False, checkpoint=f"ck{i}")
+        print("finished", i, flush=True)
+
+if __name__ == "__main__":
+    try:
+        main()
+    except dl.FitInterrupted:
+        raise KeyboardInterrupt from None
+"""
+    code, out, err = _interrupt_when_ready(script, [], cwd=tmp_path)
+    assert code == -signal.SIGINT, err
+    assert err.rstrip().splitlines()[-1] == "KeyboardInterrupt"
+    assert "FitInterrupted" not in err and "finished" not in out
+    assert (tmp_path / "ck0.json").exists() and not (tmp_path / "ck1.json").exists()
+
+
+# --- data columns, the argument order and the shipped examples (issue 13) ---------------------
+def _dynlearn(*argv, cwd=None):
+    r = subprocess.run([sys.executable, "-m", "dynlearn", *map(str, argv)], cwd=cwd,
+                       capture_output=True, text=True, timeout=120)
+    return r.returncode, r.stdout, r.stderr
+
+
+def test_example_lists_writes_and_the_model_file_comes_first(capsys, tmp_path, monkeypatch):
+    code, out, err = run(capsys, "example")
+    assert code == 0, err
+    assert "lynx_hare" in out and "sir_influenza" in out and "cascaded_tanks" in out
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "example", "lynx_hare", "--out", "ex")
+    assert code == 0, err
+    assert "wrote lynx_hare.toml, lynx_hare.csv to ex" in out
+    assert "dynlearn fit ex/lynx_hare.toml ex/lynx_hare.csv" in out
+    assert (tmp_path / "ex" / "lynx_hare.toml").exists()
+    # the arguments swapped: exit 2, and the order to use (as a user sees it: a process)
+    code, _, err = _dynlearn("fit", "ex/lynx_hare.csv", "ex/lynx_hare.toml", cwd=tmp_path)
+    assert code == 2
+    assert one_error_line(err) == (
+        "error: 'ex/lynx_hare.csv' looks like a CSV; the model file comes first: dynlearn fit "
+        "ex/lynx_hare.toml ex/lynx_hare.csv (see 'dynlearn fit --help')")
+
+
+def test_example_errors(capsys, tmp_path):
+    code, _, err = run(capsys, "example", "nope")
+    assert code == 2
+    assert "no example named 'nope'; the examples are ['cascaded_tanks'" in one_error_line(err)
+    assert run(capsys, "example", "sir-influenza", "--out", tmp_path)[0] == 0
+    code, _, err = run(capsys, "example", "sir_influenza", "--out", tmp_path)
+    assert code == 2 and "already exist; pass --force" in one_error_line(err)
+    assert run(capsys, "example", "sir_influenza", "--out", tmp_path, "--force")[0] == 0
+    # a CSV alone where the model file belongs
+    code, _, err = run(capsys, "check-gradients", tmp_path / "sir_influenza.csv")
+    assert code == 2
+    assert "looks like a CSV; the model file comes first: dynlearn check-gradients " \
+           "MODEL.toml" in one_error_line(err)
+    code, _, err = run(capsys, "simulate", tmp_path / "sir_influenza.csv")
+    assert code == 2
+    assert "looks like a CSV; dynlearn simulate needs the model file (MODEL.toml)" in \
+        one_error_line(err)
+
+
+def test_help_points_to_the_model_file_docs(capsys):
+    assert "docs/model-files.md" in run(capsys, "--help")[1]
+    out = run(capsys, "fit", "--help")[1]
+    assert "docs/model-files.md" in out and "dynlearn example" in out
+
+
+def test_a_column_differing_by_case_stops_the_fit(capsys, decay, tmp_path):
+    model, csv = decay
+    bad = tmp_path / "bad.csv"
+    pd.read_csv(csv).rename(columns={"x": "X"}).to_csv(bad, index=False)
+    code, _, err = run(capsys, "fit", model, bad, "--out", tmp_path / "o")
+    assert code == 2
+    assert "column 'X' differs from the model's observable 'x' only by case" in \
+        one_error_line(err)
+    assert not (tmp_path / "o").exists()
+
+
+@needs_fit
+def test_unused_columns_are_named_and_reported(capsys, decay, tmp_path):
+    model, csv = decay
+    more = tmp_path / "more.csv"
+    pd.read_csv(csv).assign(xx=1.0, note="a").to_csv(more, index=False)
+    code, out, err = run(capsys, "fit", model, more, "--out", tmp_path / "o", "--no-plots")
+    assert code == 0, err
+    warning = [ln for ln in err.splitlines() if ln.startswith("warning:")]
+    assert len(warning) == 1
+    assert "columns not used: 'xx' matches no observable, input or noise-level column (did " \
+           "you mean 'x'?); 'note'" in warning[0]
+    assert f"Data: {more}: columns used: x; not used: xx (matches no observable" in out
+
+
+@needs_fit
+def test_n_starts_option_overrides_the_model_file(capsys, decay, tmp_path):
+    model, csv = decay
+    code, stdout, err = run(capsys, "fit", model, csv, "--out", tmp_path / "out",
+                            "--n-starts", "2", "--no-plots")
+    assert code == 0, err
+    assert "2 starts" in stdout

@@ -279,7 +279,11 @@ def test_all_errors_derive_from_one_base():
             cls = errors.FitInterrupted    # Exception (or DynlearnError) may swallow
             assert issubclass(cls, KeyboardInterrupt) and not issubclass(cls, Exception)
             continue
-        assert issubclass(getattr(errors, name), dl.DynlearnError)
+        cls = getattr(errors, name)
+        if issubclass(cls, Warning):    # a warning is not an error: the work goes on
+            assert issubclass(cls, UserWarning) and not issubclass(cls, dl.DynlearnError)
+            continue
+        assert issubclass(cls, dl.DynlearnError)
     # bad values are ValueErrors; wrong types are TypeErrors of the same kind
     for value, typ in ((dl.ModelError, dl.ModelTypeError), (dl.DataError, dl.DataTypeError),
                        (dl.ParameterError, dl.ParameterTypeError),
@@ -398,3 +402,28 @@ def test_domain_errors_become_rejected_steps_not_crashes():
     assert sol.success or sol.status == -1
     sol = dl.simulate(m, [0, 1, 1.5], [1.0], rtol=1e-10, atol=1e-12)
     assert sol.y[-1, 0] == pytest.approx((1 - 0.75) ** 2, rel=1e-6)
+
+
+# --- issue 13: errors at construction, saying exactly what is wrong -----------------------------
+def test_parameter_with_min_above_max_says_so():
+    with pytest.raises(dl.ParameterError, match="min 2 is greater than its max 1"):
+        dl.Parameter(1.5, min=2.0, max=1.0)
+    with pytest.raises(dl.ParameterError, match="min must be a number, got nan"):
+        dl.Parameter(1.0, min=float("nan"))
+
+
+def test_undefined_sympy_function_is_a_model_error_naming_it():
+    """``sp.Function("exq")(x)`` compiled to a printer error deep in sympy; now the model
+    refuses it at construction, naming it and the functions model files allow."""
+    x, k = sp.symbols("x k")
+    exq = sp.Function("exq")
+    with pytest.raises(dl.ModelError, match=r"rhs of 'x' calls the undefined function\(s\) "
+                                            r"\['exq'\].*'exp'"):
+        dl.HybridModel([x], {x: -k * exq(x)}, params={k: 1.0})
+    with pytest.raises(dl.ModelError, match=r"observable 'y' calls .*\['g'\]"):
+        dl.HybridModel([x], {x: -x}, observables={"y": sp.Function("g")(x)})
+    net = dl.MLP("nn", inputs=[sp.Function("h")(x)], outputs=1, hidden=[2])
+    with pytest.raises(dl.ModelError, match=r"network 'nn' input 0 .* calls .*\['h'\]"):
+        dl.HybridModel([x], {x: net[0]})
+    # sympy's own functions are fine
+    dl.HybridModel([x], {x: -k * sp.exp(-x) + sp.sin(x)}, params={k: 1.0})

@@ -20,6 +20,7 @@ from dynlearn.results.diagnostics import (
     diagnose,
     noise_from_differences,
 )
+from dynlearn.testing import lv_ude_problem
 
 x, x1, x2, k, k1, k2, k3, b = sp.symbols("x x1 x2 k k1 k2 k3 b")
 MODELS = Path(__file__).resolve().parent.parent / "examples" / "models"
@@ -203,6 +204,9 @@ def test_a_network_fitting_the_noise_is_warned_about_and_absorbs_the_physical_te
         r = dl.fit(model, data, y0="estimate", sigma=0.05, progress=False)
     d = r.diagnostics
     assert d.fit_to_noise < 0.5 and d.noise_warning in d.warnings
+    # the advice names the penalty chosen from the data, in Python and in a model file
+    assert 'l2="auto" in dl.fit' in d.noise_warning
+    assert 'l2 = "auto" in a model file\'s [fit]' in d.noise_warning
     # the network can reproduce k's term: k is not determined, and the summary says why
     [c] = d.combinations
     assert c.names == ["k"] and c.network
@@ -322,3 +326,17 @@ def test_lv_ude_file_fitted_to_the_end_warns_that_the_network_fits_the_noise(tmp
         r = dl.fit(mf.model, mf.read_data(), rtol=1e-6, atol=1e-6, progress=False)
     assert r.diagnostics.fit_to_noise < 0.5
     assert "fits well below the noise level" in r.summary()
+
+
+def test_initial_states_are_not_named_as_absorbed_by_the_network():
+    """Every fit of a network model with the initial state estimated said "the network is
+    absorbing the term of y0[x]" (R = 0.98-1.0): a network can always bend the start of a
+    trajectory, and an initial state is no term of the equations. Physical parameters whose
+    terms the network reproduces are still named."""
+    model, data, _ = lv_ude_problem()
+    r = dl.fit(model, data, y0="estimate", progress=False,
+               optimizer=dl.LevenbergMarquardt(max_iter=30))
+    corr = r.diagnostics.network_correlation
+    assert set(corr) == {"alpha", "delta"} and min(corr.values()) > 0.95
+    lines = [ln for ln in r.summary().splitlines() if "absorbing" in ln]
+    assert lines and not any("y0[" in ln for ln in lines)

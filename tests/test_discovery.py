@@ -288,6 +288,7 @@ def test_recover_from_t_and_y0_matches_data():
     assert len(rec.samples) == 50
 
 
+@pytest.mark.slow      # 14 s: a network trained to the noise level, then recovered
 def test_recover_trained_mlp_gets_the_support():
     """An MLP trained (quickly, on the term itself) along the LV orbit: approximate values,
     so the support must be right and the coefficients close, not exact."""

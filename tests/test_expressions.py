@@ -248,3 +248,22 @@ def test_declared_names_match_their_normalised_form():
     m = sp.Symbol(micro)
     assert parse_expression(f"{micro}*x", {"x": x, micro: m}) == m * x
     assert parse_expression(f"{mu}*x", {"x": x, micro: m}) == m * x
+
+
+# --- issue 13: parse errors point at the user's column ------------------------------------------
+@pytest.mark.parametrize("text, column", [
+    ("-k*x $ 2", "at column 6"),
+    ("-k*x + (x", "at column 8"),                      # the bracket never closed
+    ("-k*x + x**", r"at the end \(column 11"),        # Python gives no offset here
+    ("lambda*x $ 2", "at column 10"),                  # a keyword-named parameter, renamed
+    ("lambda  *  lambda*x + y", r"\(column 23\)"),      # ... twice, spacing kept
+    ("lambda + lambda + (x", "at column 19"),          # renamed although tokenizing fails
+    ("α*x + y", r"\(column 7\)"),                      # characters, not UTF-8 bytes
+    ("α + x.real", r"\(column 6\)"),
+])
+def test_parse_errors_point_at_the_right_column(text, column):
+    x, k, lam, alpha = sp.symbols("x k lambda α")
+    names = {"x": x, "k": k, "lambda": lam, "α": alpha}
+    with pytest.raises(dl.ModelError, match=column) as info:
+        parse_expression(text, names)
+    assert repr(text) in str(info.value)

@@ -101,9 +101,11 @@ rename = { bed = "in_bed" }
     np.testing.assert_array_equal(mf.y0(), [760.0, 3.0, 0.0])
     assert mf.noise["sigma"] == {"in_bed": 5.0}
     csv = write(tmp_path, "date,day,bed,other\n2020-01-01,1,3,x\n2020-01-02,2,8,y\n", "d.csv")
-    data = mf.read_data(csv)
+    with pytest.warns(dl.errors.DataWarning, match=r"columns not used: 'date' .*'other'"):
+        data = mf.read_data(csv)
     e = data.experiments[0]
     assert list(e.columns) == ["in_bed"]           # date and unknown columns dropped
+    assert set(data.ignored_columns) == {"date", "other"}
     np.testing.assert_array_equal(e.t, [1.0, 2.0])
 
 
@@ -168,6 +170,10 @@ def test_keyword_parameter_name(tmp_path):
      r"line 5: \[fit\] loss: 'l1' is not one of \['ls', 'gaussian', 'log'\]"),
     ('[model]\nstates = ["x"]\nequations = { x = "-x" }\n[fit]\nmaxiter = 0\n',
      r"line 5: .*must be positive"),
+    ('[model]\nstates = ["x"]\nequations = { x = "-x" }\n[fit]\nl2 = "automatic"\n',
+     r"line 5: \[fit\] l2: 'automatic' is not one of \['auto'\]"),
+    ('[model]\nstates = ["x"]\nequations = { x = "-x" }\n[fit]\nl2 = -0.1\n',
+     r"line 5: \[fit\] l2: must be >= 0 or \"auto\", got -0.1"),
     ('[model]\nstates = ["x"]\nequations = { x = "-x" }\n[initial]\nvalues = { y = 1 }\n',
      r"line 5: .*'y' is not a state"),
     ('[model]\nstates = ["x"]\nequations = { x = "-x" }\n[noise]\nsigma = { z = 1 }\n',
@@ -183,6 +189,24 @@ def test_errors_name_file_and_line(tmp_path, text, match):
         load_model_file(write(tmp_path, text))
     assert str(info.value).startswith(str(tmp_path / "model.toml"))
     assert "\n" not in str(info.value)
+
+
+def test_l2_auto_in_the_model_file_reaches_dl_fit(tmp_path):
+    """``l2 = "auto"`` in [fit] is dl.fit's ``l2="auto"`` (the strength chosen from the
+    data); a number stays a number."""
+    from types import SimpleNamespace
+
+    from dynlearn.cli import _fit_kwargs
+    from dynlearn.fitting.regularisation import AUTO, check_l2
+    from dynlearn.io.model_file import L2_AUTO
+    assert L2_AUTO == AUTO
+    args = SimpleNamespace(quiet=True, resume=False, maxiter=None, loss=None, method=None,
+                           seed=None, max_time=None, workers=None, n_starts=None)
+    head = '[model]\nstates = ["x"]\nequations = { x = "-x" }\n[fit]\n'
+    for value, expected in (('"auto"', AUTO), ("0", 0.0), ("0.25", 0.25)):
+        mf = load_model_file(write(tmp_path, head + f"l2 = {value}\n"))
+        kw = _fit_kwargs(mf, args, tmp_path)
+        assert check_l2(kw["l2"]) == expected
 
 
 def test_missing_and_binary_files(tmp_path):
@@ -339,3 +363,177 @@ def test_documented_layout_parses(tmp_path):
     mf = load_model_file(write(tmp_path, text))
     assert mf.model.observable_names == ("hare", "lynx")
     assert mf.optimizer().max_iter == 200
+
+
+# --- CSV dialects in [data] (issue 13) --------------------------------------------------------
+DECAY_HEAD = """\
+[model]
+states = ["x"]
+equations = { x = "-k*x" }
+[model.params]
+k = 0.5
+"""
+
+
+def test_data_dialect_keys_read_the_csv(tmp_path):
+    csv = write(tmp_path, "# logger 7\nWhen;x;y\n;mV;mV\n01.03.2024 00:00;1,5;2\n"
+                          "01.03.2024 06:00;2,5;3\n", "d.csv")
+    mf = load_model_file(write(tmp_path, DECAY_HEAD + """\
+[data]
+file = "d.csv"
+time = "When"
+columns = ["x"]
+sep = ";"
+decimal = ","
+skip_rows = 1
+unit_rows = 1
+time_unit = "h"
+time_format = "%d.%m.%Y %H:%M"
+"""))
+    assert mf.data["sep"] == ";" and mf.data["time_unit"] == "h"
+    d = mf.read_data()
+    np.testing.assert_array_equal(d[0].t, [0.0, 6.0])
+    np.testing.assert_array_equal(d[0].columns["x"], [1.5, 2.5])
+    assert d.ignored_columns == {"y": "is not among the columns to read (columns=[...])"}
+    assert str(csv.name) == "d.csv"
+
+
+@pytest.mark.parametrize("data, match", [
+    ('sep = ";;"', r"line 7: \[data\] sep: expected one character"),
+    ('decimal = ","', r"line 7: \[data\] decimal: the separator and the decimal mark are both "
+                      r"','; .*sep = \";\""),
+    ('decimal = ";"', r"\[data\] decimal: ';' is not one of \['\.', ','\]"),
+    ("unit_rows = -1", r"\[data\] unit_rows: must be 0 or more"),
+    ("skip_rows = 1.5", r"\[data\] skip_rows: expected an integer"),
+    ('time_unit = "fortnight"', r"\[data\] time_unit: 'fortnight' is not one of \['s', 'min'"),
+    ('time_format = "%Y"', r"\[data\] time_format: time_format needs time_unit"),
+])
+def test_data_dialect_errors(tmp_path, data, match):
+    with pytest.raises(dl.ModelError, match=match):
+        load_model_file(write(tmp_path, DECAY_HEAD + "[data]\n" + data + "\n"))
+
+
+def test_a_file_read_with_the_wrong_separator_names_the_right_one(tmp_path):
+    write(tmp_path, "t;x\n0;1,5\n1;2,5\n", "d.csv")
+    mf = load_model_file(write(tmp_path, DECAY_HEAD + '[data]\nfile = "d.csv"\n'))
+    with pytest.raises(dl.DataError, match=r"looks separated by ';': pass sep=';' and "
+                                           r"decimal=',' \(in a model file: sep = \";\" and "
+                                           r"decimal = \",\" in \[data\]\)"):
+        mf.read_data()
+
+
+def test_a_csv_given_as_model_file(tmp_path):
+    from dynlearn.io import looks_like_csv
+    csv = write(tmp_path, "t,x\n0,1\n", "data.txt")
+    assert looks_like_csv(csv) and looks_like_csv(tmp_path / "nothing.csv")
+    assert not looks_like_csv(write(tmp_path, DECAY_HEAD))
+    with pytest.raises(dl.ModelError, match=r"data\.txt: this looks like a CSV file \(a table "
+                                            r"of data\), not a TOML model file"):
+        load_model_file(csv)
+
+
+# --- docs/model-files.md cannot rot -------------------------------------------------------------
+DOC = ROOT / "docs" / "model-files.md"
+
+
+def _toml_blocks(text):
+    import re
+    return re.findall(r"```toml\n(.*?)```", text, flags=re.S)
+
+
+def test_doc_names_every_key_the_parser_accepts():
+    from dynlearn.io import MODEL_FILE_KEYS
+    doc = DOC.read_text()
+    missing = []
+    for table, keys in MODEL_FILE_KEYS.items():
+        if not table:               # the top-level tables: a section each
+            missing += [f"[{k}]" for k in sorted(keys) if f"## `[{k}]`" not in doc]
+            continue
+        if keys is None:            # a table of names the file chooses: its key is named
+            keys = {table.split(".")[-1]}
+        missing += [f"{table}: {k}" for k in sorted(keys) if f"`{k}`" not in doc]
+    assert not missing, f"docs/model-files.md does not describe {missing}"
+    # the values a choice accepts are listed
+    from dynlearn.core.neural import ACTIVATIONS
+    from dynlearn.data.dataset import TIME_UNITS
+    from dynlearn.objective.losses import LOSS_NAMES
+    from dynlearn.optimizers import OPTIMIZERS
+    from dynlearn.solve import METHODS
+    for value in [*ACTIVATIONS, *TIME_UNITS, *LOSS_NAMES, *OPTIMIZERS, *METHODS]:
+        assert f'"{value}"' in doc, value
+
+
+def test_doc_toml_examples_parse(tmp_path):
+    """Every ```toml block parses: one with a [model] table on its own, the others added to
+    the first (the complete file), as the page says."""
+    blocks = _toml_blocks(DOC.read_text())
+    assert len(blocks) >= 20 and "[model]" in blocks[0]
+    tables = set()
+    for i, block in enumerate(blocks):
+        text = block if "[model]" in block else blocks[0] + "\n" + block
+        try:
+            mf = parse_model_text(text, source=tmp_path / "doc.toml")
+        except dl.DynlearnError as exc:
+            raise AssertionError(f"block {i + 1} of docs/model-files.md: {exc}\n{block}") \
+                from None
+        tables |= set(mf.raw)
+        if "[[fit.stages]]" in block or "optimizer =" in block:
+            assert mf.optimizer() is not None
+    assert tables == {"model", "initial", "data", "noise", "fit", "simulate"}
+
+
+# --- the shipped examples ----------------------------------------------------------------------
+def test_every_shipped_example_loads_its_data():
+    from dynlearn.io.examples import example_files, example_names
+    names = example_names()
+    assert {"lynx_hare", "sir_influenza", "lv_ude", "cascaded_tanks"} <= set(names)
+    for name in names:
+        files = example_files(name)
+        assert files[0].name == f"{name}.toml" and files[1].name == f"{name}.csv"
+        mf = load_model_file(files[0])
+        assert mf.data["file"] == files[1]
+        data = mf.read_data()
+        assert sum(len(e) for e in data) > 5
+
+
+@pytest.mark.parametrize("name, time, state", [("lynx_hare", "year", "thousand pelts"),
+                                               ("sir_influenza", "day", "boys"),
+                                               ("cascaded_tanks", "s", "V")])
+def test_shipped_examples_carry_units(name, time, state):
+    """The measured examples label their time, states, observables and parameters."""
+    from dynlearn.io.examples import example_files
+    model = load_model_file(example_files(name)[0]).model
+    assert model.unit(model.time.name) == time
+    assert {model.unit(s.name) for s in model.states} == {state}
+    assert {model.unit(o) for o in model.observables} == {state}
+    assert all(model.unit(p.name) for p in model.params)
+
+
+@pytest.mark.parametrize("name", ["lynx_hare", "sir_influenza", "lv_ude", "cascaded_tanks"])
+def test_repository_examples_agree_with_the_shipped_ones(name):
+    """examples/models/ and dynlearn/bundled/models/ describe the same problems: the same
+    tables and keys (comments aside) and the same data, byte for byte; only the data file's
+    path differs (the shipped one sits beside its model file)."""
+    from dynlearn.io.examples import example_files
+    shipped = load_model_file(example_files(name)[0])
+    repo = load_model_file(EXAMPLES / f"{name}.toml")
+    a = {**shipped.raw, "data": {k: v for k, v in shipped.raw["data"].items() if k != "file"}}
+    b = {**repo.raw, "data": {k: v for k, v in repo.raw["data"].items() if k != "file"}}
+    assert a == b
+    assert shipped.data["file"].read_bytes() == repo.data["file"].read_bytes()
+
+
+def test_write_example(tmp_path):
+    from dynlearn.io.examples import write_example
+    written = write_example("Lynx-Hare", tmp_path / "new")
+    assert [p.name for p in written] == ["lynx_hare.toml", "lynx_hare.csv"]
+    assert load_model_file(written[0]).read_data()[0].t[0] == 1900
+    with pytest.raises(dl.OptionError, match=r"lynx_hare\.toml, .*lynx_hare\.csv already "
+                                             r"exist; pass --force"):
+        write_example("lynx_hare", tmp_path / "new")
+    written[1].write_text("changed")
+    write_example("lynx_hare", tmp_path / "new", force=True)
+    assert written[1].read_text().startswith("year,hare,lynx")
+    with pytest.raises(dl.OptionError, match=r"no example named 'nope'; the examples are "
+                                             r"\['cascaded_tanks'"):
+        write_example("nope", tmp_path)

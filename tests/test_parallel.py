@@ -9,6 +9,7 @@ equality with the serial results, not speed (see benchmarks/scale_out.py for tha
 import importlib
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,14 +58,22 @@ def test_no_dask_import_without_a_client():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+PLACE = ["worker", "task", "seconds", "task_seconds"]
+
+
 def test_multistart_runs_starts_as_tasks_and_matches_serial(client):
     model, data = lv_model(), lv_data()
     serial = dl.fit(model, data, n_starts=3, seed=0, progress=False)
+    # one start per task, on the cluster whatever the cost (over="starts" forces it)
+    one_each = dl.Parallel(client, over="starts", task_seconds=None)
     par, keys = dask_keys(client, lambda: dl.fit(model, data, n_starts=3, seed=0,
-                                                 progress=False, client=client),
+                                                 progress=False, client=one_each),
                           "dynlearn-starts")
     assert len(keys) == 3
-    pd.testing.assert_frame_equal(par.starts, serial.starts, rtol=1e-10)
+    assert not set(PLACE) & set(serial.starts.columns)     # a serial fit says nothing
+    assert par.starts["task"].tolist() == [0, 1, 2]
+    assert set(par.starts["worker"]) <= set(client.scheduler_info()["workers"])
+    pd.testing.assert_frame_equal(par.starts.drop(columns=PLACE), serial.starts, rtol=1e-10)
     assert {"loss", "success", "alpha", "gamma"} <= set(par.starts.columns)
     np.testing.assert_allclose(par.x, serial.x, rtol=1e-10)
     assert par.loss == pytest.approx(serial.loss, rel=1e-10)
@@ -299,7 +308,8 @@ def test_bootstrap_on_dask_matches_serial(client):
     serial = dl.bootstrap(model, data, **kw)
     par, keys = dask_keys(client, lambda: dl.bootstrap(model, data, client=client, **kw),
                           "dynlearn-bootstrap")
-    assert serial.kind == par.kind == "residuals" and len(keys) == 3
+    # (replicates are packed into tasks by cost; the first ones always go to the cluster)
+    assert serial.kind == par.kind == "residuals" and 1 <= len(keys) <= 3
     pd.testing.assert_frame_equal(par.estimates, serial.estimates, rtol=1e-9)
     np.testing.assert_allclose(par.thetas, serial.thetas, rtol=1e-9)
     summ = par.summary()
@@ -317,7 +327,7 @@ def test_profile_refits_run_as_tasks_and_match_serial(client):
     serial = res.profile("beta", n=4)
     par, keys = dask_keys(client, lambda: res.profile("beta", n=4, client=client),
                           "dynlearn-profile")
-    assert len(keys) == 4
+    assert 1 <= len(keys) <= 4
     pd.testing.assert_frame_equal(par.frame, serial.frame)
     assert par.interval == serial.interval
 
@@ -330,7 +340,7 @@ def test_ensemble_on_dask_matches_serial(client):
     with dl.parallel(client):           # the context supplies the client
         par, keys = dask_keys(client, lambda: dl.ensemble(model, data, **kw),
                               "dynlearn-ensemble")
-    assert len(keys) == 2
+    assert 1 <= len(keys) <= 2
     pd.testing.assert_frame_equal(par.table, serial.table, rtol=1e-9)
     # members start from different weights
     w = [m.model0.theta0[1:] for m in par.members]
@@ -371,11 +381,12 @@ def test_a_worker_killed_mid_fit_does_not_lose_it(own_client, tmp_path):
         os.close(fd)
         os.kill(os.getpid(), signal.SIGKILL)
     pids = set(client.run(os.getpid).values())
-    r = dl.fit(model, data, n_starts=4, seed=0, progress=False, client=client,
-               callback=kill_own_worker_once)
+    # over="starts": every start on the cluster, however cheap (never this process)
+    r = dl.fit(model, data, n_starts=4, seed=0, progress=False,
+               client=dl.Parallel(client, over="starts"), callback=kill_own_worker_once)
     victim = int(marker.read_text())
     assert victim in pids and victim not in client.run(os.getpid).values()  # it really died
-    pd.testing.assert_frame_equal(r.starts, serial.starts, rtol=1e-10)
+    pd.testing.assert_frame_equal(r.starts.drop(columns=PLACE), serial.starts, rtol=1e-10)
     np.testing.assert_allclose(r.x, serial.x, rtol=1e-10)
 
 
@@ -431,4 +442,140 @@ def test_scattered_inputs_lost_with_their_worker_are_sent_again(own_client, monk
     assert r.loss == pytest.approx(serial.loss, rel=1e-10)
     np.testing.assert_allclose(r.x, serial.x, rtol=1e-6)
     if n_starts > 1:     # each start runs in-process on a worker: the serial computation
-        pd.testing.assert_frame_equal(r.starts, serial.starts, rtol=1e-12)
+        pd.testing.assert_frame_equal(r.starts.drop(columns=PLACE), serial.starts, rtol=1e-12)
+
+
+# --- sizing the tasks of independent fits (issue 16) ---------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 300), st.floats(1e-4, 5.0), st.integers(1, 16),
+       st.floats(0.01, 2.0), st.integers(1, 4))
+def test_chunk_sizes_cover_the_items_and_shrink_towards_the_end(n, cost, workers, target,
+                                                                per_worker):
+    from dynlearn.distributed.dask import chunk_sizes
+    sizes = chunk_sizes(n, cost, workers, target, per_worker)
+    assert sum(sizes) == n and all(s >= 1 for s in sizes)
+    assert sizes == sorted(sizes, reverse=True)           # big tasks first, then the tail
+    cap = max(1, int(np.ceil(target / cost)))
+    assert all(s <= cap for s in sizes)                   # about `target` seconds each
+    left = n
+    for s in sizes:                                       # never more than a fair share
+        assert s <= max(1, -(-left // (per_worker * workers)))
+        left -= s
+    if n >= 2 * per_worker * workers and cap >= 2:       # enough work: fewer tasks than items
+        assert len(sizes) < n
+    if sizes and per_worker * workers > 1:               # the last task holds one item
+        assert sizes[-1] == 1
+
+
+def test_chunk_sizes_without_a_cost_or_target_give_one_item_per_task():
+    from dynlearn.distributed.dask import chunk_sizes
+    assert chunk_sizes(5, None, 2) == [1] * 5
+    assert chunk_sizes(5, 0.01, 2, task_seconds=None) == [1] * 5
+    assert chunk_sizes(14, 0.1, 2) == [3, 3, 2, 2, 1, 1, 1, 1]
+    assert chunk_sizes(4, 2.0, 2) == [1, 1, 1, 1]         # dear items: one per task
+    assert chunk_sizes(0, 0.1, 2) == []
+
+
+def test_only_enough_work_pays_for_the_cluster():
+    from dynlearn.distributed.dask import pays_for_cluster
+    assert pays_for_cluster(0.5, 2, 0.3) and not pays_for_cluster(0.2, 2, 0.3)
+    assert pays_for_cluster(0.3, 1, 0.3) and pays_for_cluster(100.0, 8, 0.3)
+    assert pays_for_cluster(0.0, 2, None)                 # sizing off: always the cluster
+
+
+def test_the_summary_line_says_where_the_starts_ran():
+    from dynlearn.results.result import scale_out_line
+    frame = pd.DataFrame({"start": range(5), "loss": 1.0,
+                          "worker": ["tcp://a:1", "tcp://b:2", "tcp://a:1", "tcp://a:1",
+                                     "client"],
+                          "task": [0, 1, 2, 2, -1], "seconds": 0.1,
+                          "task_seconds": [0.1, 0.2, 0.4, 0.4, 0.1]})
+    line = scale_out_line(frame)
+    assert line.startswith("4 starts in 3 tasks on 2 workers (tcp://a:1: 3, tcp://b:2: 1;")
+    assert "1 start run on the client: too little work" in line
+    assert scale_out_line(frame.drop(columns=["worker", "task"])) == ""
+    assert scale_out_line(None) == ""
+
+
+def test_task_seconds_is_checked():
+    class FakeClient:
+        submit = gather = scatter = None
+    for bad in (-1.0, "0.3"):
+        with pytest.raises(dl.OptionError, match="task_seconds"):
+            dl.Parallel(FakeClient(), task_seconds=bad)
+    assert dl.Parallel(FakeClient(), task_seconds=None).task_seconds is None
+
+
+def test_items_are_packed_into_tasks_and_come_back_in_order(client):
+    from dynlearn.distributed.dask import Parallel, run_tasks
+
+    def slow_double(item, offset):
+        time.sleep(0.01)
+        return 2 * item + offset
+    seen, where = [], []
+    out = run_tasks(Parallel(client, task_seconds=0.05), slow_double, list(range(40)),
+                    [f"item {i}" for i in range(40)], {"offset": 1}, desc="pack",
+                    on_result=seen.append, placement=where)
+    assert out == [2 * i + 1 for i in range(40)]
+    assert sorted(seen) == out                     # every result reported once
+    tasks = [p.task for p in where]
+    assert tasks == sorted(tasks)                  # consecutive items share a task
+    sizes = np.bincount(tasks)
+    assert sizes.max() > 1 and len(sizes) < 40     # packed...
+    assert sizes[-1] == 1                          # ...with a tail of single items
+    workers = set(client.scheduler_info()["workers"])
+    assert {p.worker for p in where} <= workers
+    assert all(p.task_seconds >= p.seconds > 0 for p in where)
+
+
+def test_an_error_in_a_packed_task_names_its_item(client):
+    from dynlearn.distributed.dask import Parallel, run_tasks
+
+    def fail_on_7(item):
+        time.sleep(0.005)
+        if item == 7:
+            raise ValueError("seven")
+        return item
+    with pytest.raises(dl.TaskError, match="item 7 failed on worker tcp://.*seven"):
+        run_tasks(Parallel(client, task_seconds=0.05, retries=0), fail_on_7, list(range(12)),
+                  [f"item {i}" for i in range(12)], {}, desc="fail")
+
+
+def test_packed_starts_equal_serial_bit_for_bit_with_checkpoints(client, tmp_path):
+    from dynlearn.fitting.checkpoint import read_checkpoint
+    model, data = lv_model(), lv_data(1, n_times=31)
+    n = 12     # 2 first starts price the others; then tasks of 3, 2, 2, 1, 1, 1 starts
+    serial = dl.fit(model, data, n_starts=n, seed=0, progress=False)
+    ckpt = tmp_path / "fit"
+    # over="starts": all on the cluster; a large task size packs the starts
+    par = dl.fit(model, data, n_starts=n, seed=0, progress=False, checkpoint=ckpt,
+                 client=dl.Parallel(client, over="starts", task_seconds=100.0))
+    st_ = par.starts
+    assert st_["start"].tolist() == list(range(n))
+    assert st_["task"].tolist() == [0, 1, 2, 2, 2, 3, 3, 4, 4, 5, 6, 7]
+    pd.testing.assert_frame_equal(st_.drop(columns=PLACE), serial.starts, check_exact=True)
+    assert np.array_equal(par.x, serial.x)
+    assert set(st_["worker"]) <= set(client.scheduler_info()["workers"])
+    assert (st_["seconds"] > 0).all() and (st_["task_seconds"] >= st_["seconds"]).all()
+    # (which worker runs what is the scheduler's choice)
+    assert re.search(r"12 starts in 8 tasks on [12] workers? \(tcp://", str(par.summary()))
+    done = read_checkpoint(ckpt).meta["done"]           # one record per start, by the client
+    assert sorted(int(r["start"]) for r in done) == list(range(n))
+
+
+def test_a_fit_too_small_for_the_cluster_runs_here_and_says_so(client):
+    model, data = lv_model(), lv_data(1, n_times=31)
+    serial = dl.fit(model, data, n_starts=4, seed=0, progress=False)
+    # no fit is worth 1000 s: after the first ones, the rest runs on the client
+    par = dl.fit(model, data, n_starts=4, seed=0, progress=False,
+                 client=dl.Parallel(client, task_seconds=1000.0))
+    workers = par.starts["worker"].tolist()
+    assert workers[2:] == ["client", "client"]           # 2 workers price the first two
+    assert set(workers[:2]) <= set(client.scheduler_info()["workers"])
+    assert "2 starts run on the client: too little work" in str(par.summary())
+    pd.testing.assert_frame_equal(par.starts.drop(columns=PLACE), serial.starts,
+                                  check_exact=True)
+    # over="starts" forces the cluster
+    forced = dl.fit(model, data, n_starts=4, seed=0, progress=False,
+                    client=dl.Parallel(client, over="starts", task_seconds=1000.0))
+    assert "client" not in set(forced.starts["worker"])

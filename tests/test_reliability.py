@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -161,6 +162,42 @@ def test_damaged_result_file_is_a_data_error(tmp_path, damage):
         jpath.write_text(json.dumps(meta))
     with pytest.raises(dl.DataError, match="damaged"):
         dl.load_result(tmp_path / "result.json")
+
+
+TAMPERED_DIAGNOSTICS = {
+    "chi2 not a number": (lambda d: d.update(chi2="abc"), "chi2"),
+    "count not an integer": (lambda d: d["observables"][0].update(n="many"),
+                             r"observables\[0\]\.n"),
+    "names not a list": (lambda d: d.update(combinations=[{"names": "k",
+                                                           "coefficients": [1.0]}]),
+                         r"combinations\[0\]\.names"),
+    "names and coefficients differ": (lambda d: d.update(combinations=[
+        {"names": ["a", "b"], "coefficients": [1.0]}]), r"combinations\[0\]"),
+    "unknown bound": (lambda d: d.update(at_bound={"alpha": "sideways"}), "at_bound.alpha"),
+    "warning not text": (lambda d: d.update(warnings=[3]), r"warnings\[0\]"),
+    "not a table": (None, "diagnostics"),
+}
+
+
+@pytest.mark.parametrize("damage", list(TAMPERED_DIAGNOSTICS))
+def test_tampered_diagnostics_in_a_result_file_are_a_data_error(tmp_path, damage):
+    """Open point of item 10: the diagnostics of a saved result were read back unchecked,
+    so a tampered entry (a chi-square of "abc") loaded, then crashed ``result.summary()``
+    with a raw ValueError. Now loading fails: a DataError naming the file and the entry."""
+    r = dl.fit(lv_model(), lv_data(), progress=False)
+    r.save(tmp_path / "result")
+    jpath = tmp_path / "result.json"
+    meta = json.loads(jpath.read_text())
+    tamper, entry = TAMPERED_DIAGNOSTICS[damage]
+    if tamper is None:
+        meta["diagnostics"] = [1, 2]
+    else:
+        tamper(meta["diagnostics"])
+    jpath.write_text(json.dumps(meta))
+    with pytest.raises(dl.DataError, match="damaged") as info:
+        dl.load_result(jpath)
+    assert str(jpath) in str(info.value)
+    assert re.search(entry, str(info.value)), str(info.value)
 
 
 def test_cli_damaged_checkpoint_and_result_are_one_error_line(capsys, decay, tmp_path):
@@ -341,6 +378,7 @@ json.dump({{"loss": r.loss, "x": r.x.tolist(), "nit": r.nit, "status": r.status.
 """
 
 
+@pytest.mark.slow      # 12-18 s each: subprocesses killed and resumed until they finish
 @pytest.mark.parametrize("name, loss", [("lm", "ls"), ("staged", "gaussian")])
 def test_resume_after_repeated_sigkill(tmp_path, name, loss):
     """Item 16 as a user meets it: a fit process killed (SIGKILL) again and again, each
@@ -544,8 +582,11 @@ def test_a_dead_scheduler_is_a_dynlearn_error_and_keeps_finished_starts(tmp_path
                 time.sleep(0.02)
         threading.Thread(target=kill_after_first_start, daemon=True).start()
         with pytest.raises(Exception) as info:
-            dl.fit(chain_model(), chain_data(), n_starts=3, seed=0, client=client,
-                   checkpoint=ck, callback=hold_later_starts, progress=False)
+            # over="starts": every start on the worker, however little work (the callback
+            # must not hold a start in this process)
+            dl.fit(chain_model(), chain_data(), n_starts=3, seed=0,
+                   client=dl.Parallel(client, over="starts"), checkpoint=ck,
+                   callback=hold_later_starts, progress=False)
         exc = info.value
         assert isinstance(exc, dl.DynlearnError), repr(exc)
         assert type(exc).__name__ == "ClusterError" and exc.address == address
@@ -625,3 +666,60 @@ def test_split_fits_are_bit_reproducible(client):
     for r in fits[1:]:
         np.testing.assert_array_equal(r.x, fits[0].x)
         assert r.loss == fits[0].loss and r.nit == fits[0].nit
+
+
+# --- docs/reliability.md cannot rot -------------------------------------------------------------
+def _test_names(path: Path) -> set[str]:
+    """The test functions of a test module: ``def test_...`` and ``test_... = ...`` at module
+    level (properties built by a helper), and test methods of ``Test...`` classes."""
+    import ast
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.ClassDef):
+            names.update(f"{node.name}::{b.name}" for b in node.body
+                         if isinstance(b, ast.FunctionDef))
+    return {n for n in names if n.startswith("test_") or n.startswith("Test")}
+
+
+def test_reliability_doc_cites_only_existing_tests():
+    """docs/reliability.md states each guarantee with the test that checks it: every cited
+    ``tests/<file>.py::<name>`` must exist, and each of issue 12's items 1-24 must have a
+    section with at least one test."""
+    doc = (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
+    cited = re.findall(r"Test: (tests/[\w/]+\.py)::([\w:]+)", doc)
+    assert len(cited) >= 30
+    missing = [f"{f}::{name}" for f, name in cited
+               if not (ROOT / f).exists() or name not in _test_names(ROOT / f)]
+    assert not missing, f"docs/reliability.md cites tests that do not exist: {missing}"
+    # no citation the pattern above could miss (a typo in "Test:")
+    assert doc.count("tests/") == len(cited) + doc.count("`tests/"), \
+        "a test path in docs/reliability.md is not written as 'Test: tests/x.py::name'"
+    sections = re.split(r"^### (\d+)\. ", doc, flags=re.M)
+    found = {int(n): body for n, body in zip(sections[1::2], sections[2::2])}
+    assert sorted(found) == list(range(1, 25)), sorted(found)
+    for n, body in found.items():
+        assert "Guaranteed:" in body and "Test: tests/" in body, f"item {n}"
+
+
+@pytest.mark.dask
+def test_split_solves_keep_to_the_fits_deadline(client):
+    """Open point of item 17: a fit split over workers did not send its deadline with the
+    experiments, so a worker's solve ran to its evaluation budget (seconds to minutes) past
+    max_time, then rejected the point. The deadline now travels with each task: the fit
+    stops at max_time inside the workers' solves, rejecting nothing."""
+    frames = []
+    for i in range(2):
+        frames.append(pd.DataFrame({"run": f"e{i}", "t": [0.0, 5.0, 10.0],
+                                    "x": [1.0, 0.0, 0.0], "y": [1.0, 0.0, 0.0]}))
+    data = dl.Dataset.from_frame(pd.concat(frames), group="run")
+    stiff = dl.HybridModel(states=["x", "y"], params={"k": 1e5, "a": 1.0},
+                           rhs={"x": "-k*(x - y)", "y": "-a*y"})
+    r = dl.fit(stiff, data, method="RK45", max_time=0.5, max_nfev=2_000_000, progress=False,
+               optimizer=dl.LevenbergMarquardt(), client=dl.Parallel(client, batch_size=1))
+    assert r.status is Status.MAX_TIME and "max_time" in r.message
+    assert r.rejected == 0

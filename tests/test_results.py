@@ -130,6 +130,22 @@ def test_save_load_roundtrip_without_pickle(lv_fit, tmp_path):
         dl.load_result(tmp_path / "fit")
 
 
+@pytest.mark.parametrize("folder", ["existing", "trailing separator"])
+def test_save_into_a_folder_writes_result_files_inside_it(lv_fit, tmp_path, folder):
+    """A folder given to save() got the hidden files '<folder>/.json' and '.npz'."""
+    _, _, r = lv_fit
+    out = tmp_path / "out"
+    if folder == "existing":
+        out.mkdir()
+        where = out
+    else:
+        where = str(out) + "/"
+    jpath, npath = r.save(where)
+    assert sorted(p.name for p in out.iterdir()) == ["result.json", "result.npz"]
+    assert (jpath, npath) == (str(out / "result.json"), str(out / "result.npz"))
+    assert dl.load_result(out).loss == r.loss
+
+
 def test_save_is_atomic(lv_fit, tmp_path, monkeypatch):
     """A save that fails leaves the previous result files as they were (the JSON, which
     readers open first, in every case) and no temporary files."""

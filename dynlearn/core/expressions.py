@@ -51,7 +51,7 @@ import keyword
 import math
 import tokenize
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import sympy as sp
 from sympy.core.parameters import global_parameters
@@ -221,24 +221,57 @@ def _is_network(obj) -> bool:
     return isinstance(obj, BaseNetwork)
 
 
-def _rename_keywords(text: str, names: Mapping[str, object]) -> tuple[str, dict[str, str]]:
-    """Rename declared names that are Python keywords (``lambda`` -> ``lambda_kw_``)."""
+def _rename_keywords(text: str, names: Mapping[str, object]
+                     ) -> tuple[str, dict[str, str], list[tuple[int, int, int, int]]]:
+    """Rename declared names that are Python keywords (``lambda`` -> ``lambda_kw_``).
+
+    Returns the renamed source, the map back from alias to name, and the renamed spans
+    ``(start, end)`` in the source followed by ``(start, end)`` in ``text`` (character
+    columns of the one line), for :func:`_text_column` to point into the user's text.
+    """
     kws = {n for n in names if keyword.iskeyword(n)}
     if not kws:
-        return text, {}
+        return text, {}, []
     alias = {}
     for k in kws:
         a = f"{k}_kw_"
         while a in names:
             a += "_"
         alias[k] = a
-    try:
-        toks = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    toks = []
+    try:      # the names before a tokenizing error (an unclosed bracket) are renamed too
+        toks.extend(tokenize.generate_tokens(io.StringIO(text).readline))
     except (tokenize.TokenError, SyntaxError):
-        return text, {}       # let ast report the syntax error
-    out = [(t.type, alias.get(t.string, t.string) if t.type == tokenize.NAME else t.string)
-           for t in toks]
-    return tokenize.untokenize(out), {a: k for k, a in alias.items()}
+        pass      # ast reports the syntax error
+    # replace the names where they stand (untokenize would respace the text, and every
+    # column reported after it would be off)
+    pieces, spans, pos, shift = [], [], 0, 0
+    for t in toks:
+        if t.type == tokenize.NAME and t.string in alias and t.start[0] == 1:
+            start, end = t.start[1], t.end[1]
+            new = alias[t.string]
+            pieces += [text[pos:start], new]
+            spans.append((start + shift, start + shift + len(new), start, end))
+            shift += len(new) - (end - start)
+            pos = end
+    pieces.append(text[pos:])
+    return "".join(pieces), {a: k for k, a in alias.items()}, spans
+
+
+def _text_column(col: int, source: str, spans: Sequence[tuple[int, int, int, int]],
+                 in_bytes: bool = False) -> int:
+    """The 0-based character column in the user's text of column ``col`` of the parsed
+    ``source`` (``in_bytes``: ``col`` counts UTF-8 bytes, as ``ast`` node offsets do)."""
+    if in_bytes:
+        col = len(source.encode("utf-8")[:col].decode("utf-8", errors="ignore"))
+    shift = 0
+    for s_start, s_end, t_start, t_end in spans:
+        if col < s_start:
+            break
+        if col < s_end:           # inside a renamed name: its start
+            return t_start
+        shift = s_end - t_end     # the source runs ahead of the text by this much
+    return col - shift
 
 
 def parse_expression(text: str, names: Mapping[str, object], where: str = "expression"
@@ -284,12 +317,15 @@ def parse_expression(text: str, names: Mapping[str, object], where: str = "expre
         raise ModelError(f"{where}: the equation is empty")
     if "\n" in text.strip() or "\r" in text:
         raise ModelError(f"{where}: an equation must fit on one line")
-    source, unalias = _rename_keywords(text.strip(), names)
+    source, unalias, spans = _rename_keywords(text.strip(), names)
     try:
         tree = ast.parse(source, mode="eval")
     except SyntaxError as exc:
-        col = f" at column {exc.offset}" if exc.offset else ""
         msg = exc.msg or "invalid syntax"
+        if exc.offset and 0 < exc.offset <= len(source):
+            col = f" at column {_text_column(exc.offset - 1, source, spans) + 1}"
+        else:     # Python gives no offset when the text ends too early
+            col = f" at the end (column {len(text.strip()) + 1}: the equation is incomplete)"
         raise ModelError(f"{where}: {msg}{col} in {text.strip()!r}") from None
     except (ValueError, RecursionError, MemoryError) as exc:
         raise ModelError(f"{where}: cannot parse {text.strip()!r}: "
@@ -304,7 +340,8 @@ def parse_expression(text: str, names: Mapping[str, object], where: str = "expre
     try:
         expr = builder.build(tree.body)
     except _Refused as exc:
-        col = f" (column {exc.col + 1})" if exc.col is not None else ""
+        col = f" (column {_text_column(exc.col, source, spans, in_bytes=True) + 1})" \
+            if exc.col is not None else ""
         raise ModelError(f"{where}: {exc}{col} in {text.strip()!r}") from None
     except RecursionError:
         raise ModelError(f"{where}: the equation is nested too deeply") from None
@@ -383,7 +420,7 @@ def check_constants(expr: sp.Expr, where: str = "expression") -> sp.Expr:
         if not e.free_symbols:
             problem = _constant_problem(e)
             if problem is not None:
-                raise ModelError(f"{where}: the constant {e} {problem}")
+                raise ModelError(f"{where}: the constant {e!s} {problem}")
             continue
         stack.extend(e.args)
     return expr
@@ -427,13 +464,13 @@ class _Builder:
                 if out.is_Add or out.is_Mul:
                     for a in out.args:
                         if a.is_number and (problem := _constant_problem(a)) is not None:
-                            text = f"the constant {a} in"
+                            text = f"the constant {a!s} in"
                             break
             if problem is not None:
                 segment = ast.get_source_segment(self.source, node) or str(out)
                 if text is not None:
                     raise _Refused(f"{text} {segment!r} {problem}", node)
-                raise _Refused(f"{segment!r} {problem}" + (f" (it evaluates to {out})"
+                raise _Refused(f"{segment!r} {problem}" + (f" (it evaluates to {out!s})"
                                                            if str(out) != segment else ""), node)
         return out
 
@@ -505,7 +542,7 @@ class _Builder:
             if isinstance(exp_, sp.Number):
                 # bound sympy's exact arithmetic: 9**9**9 would otherwise run for ages
                 if abs(exp_) > MAX_EXPONENT:
-                    raise _Refused(f"exponent {exp_} is too large (limit {MAX_EXPONENT})",
+                    raise _Refused(f"exponent {exp_!s} is too large (limit {MAX_EXPONENT})",
                                    node.right)
                 if (isinstance(base, sp.Number) and base != 0
                         and float(abs(exp_)) * abs(math.log10(abs(float(base)))) > 300):

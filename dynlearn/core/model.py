@@ -12,14 +12,29 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import sympy as sp
+from sympy.core.function import AppliedUndef
 
-from dynlearn.core.expressions import check_constants, normalize_name, parse_expression
+from dynlearn.core.expressions import (
+    FUNCTIONS,
+    check_constants,
+    normalize_name,
+    parse_expression,
+)
 from dynlearn.core.neural import BaseNetwork, NetworkOutput
 from dynlearn.core.parameters import Parameter
 from dynlearn.core.symbolic import CompiledExprs, derivative, jacobian_exprs
 from dynlearn.errors import ModelError, ModelTypeError, ParameterError
 
-__all__ = ["HybridModel"]
+__all__ = ["SENSITIVITY_SYSTEM_LIMIT", "HybridModel"]
+
+#: largest forward-sensitivity system ``n (1 + q)`` compiled as one symbolic function with
+#: its exact Jacobian (:meth:`CompiledModel.sensitivity_system`); forward sensitivities use
+#: it up to this size. Above it, one compiled call for ``f, df/dy, df/dtheta``
+#: (:meth:`CompiledModel.rhs_and_jacobians`) plus numpy products is faster (per call,
+#: measured by benchmarks/bench_stiff.py: 8 against 27 us at 12 components, 52 against
+#: 43 us at 110, 524 against 90 us at 930), and the symbolic Jacobian's size grows as its
+#: square.
+SENSITIVITY_SYSTEM_LIMIT = 80
 
 
 def _as_symbol(s, what: str, renamed: dict | None = None) -> sp.Symbol:
@@ -59,8 +74,21 @@ def _as_expr(e, where: str, names: Mapping[str, sp.Basic],
             raise ModelTypeError(f"{where}: expected a scalar expression, got a matrix/array")
         if renamed:
             e = e.xreplace(dict(renamed))
+        check_functions(e, where)
         return check_constants(e, where)
     raise ModelTypeError(f"{where}: expected a sympy expression or a number, got {e!r}")
+
+
+def check_functions(e: sp.Basic, where: str) -> None:
+    """Raise :class:`~dynlearn.ModelError` if ``e`` calls a function sympy does not know
+    (``sp.Function("exq")(x)``): it has no numerical value, so the model could not be
+    compiled, and the printer's error deep inside sympy would not name it."""
+    undefined = sorted({str(f.func) for f in e.atoms(AppliedUndef)})
+    if undefined:
+        raise ModelError(f"{where} calls the undefined function(s) {undefined} (made with "
+                         "sp.Function(name), they have no numerical value); use sympy's "
+                         f"functions, e.g. sp.exp, sp.sin: those of model files are "
+                         f"{sorted(FUNCTIONS)}")
 
 
 class HybridModel:
@@ -85,13 +113,19 @@ class HybridModel:
     time : sympy.Symbol, optional
         The time symbol used in expressions (default ``t``).
     name : str, optional
+    units : mapping name -> str, optional
+        Unit labels, keyed by the name (or symbol) of a state, input, observable, parameter
+        or the time symbol, e.g. ``{x: "V", "t": "s", "k": "1/s"}``. Labels only: nothing is
+        converted; they appear on plot axes, in parameter tables, summaries and reports.
+        A parameter's unit may also be given as ``Parameter(..., unit=...)``. An observable
+        without a label of its own takes the label of the state it is (when it is one).
 
     Raises
     ------
     ModelError
         An inconsistent model: an undeclared symbol, a missing equation, a name declared
-        twice, or a parameter that appears in no equation (right-hand side, observable or
-        network input).
+        twice, a parameter that appears in no equation (right-hand side, observable or
+        network input), or a unit for a name the model does not declare.
 
     Attributes
     ----------
@@ -101,6 +135,9 @@ class HybridModel:
     theta_names : list of str
     networks : tuple of BaseNetwork
         Networks found in the right-hand sides, by first appearance.
+    units : dict name -> str
+        The unit labels given (states, inputs, observables, time and parameters; see
+        :meth:`unit`).
 
     Examples
     --------
@@ -115,7 +152,8 @@ class HybridModel:
 
     def __init__(self, states: Sequence, rhs: Mapping, params: Mapping | None = None,
                  inputs: Sequence | None = None, observables: Mapping | None = None,
-                 time: sp.Symbol | None = None, name: str | None = None):
+                 time: sp.Symbol | None = None, name: str | None = None,
+                 units: Mapping | None = None):
         self.name = name or "model"
         if isinstance(states, (str, sp.Symbol)) or not isinstance(states, Sequence):
             raise ModelTypeError(f"states must be a list of symbols, got {states!r}")
@@ -208,6 +246,7 @@ class HybridModel:
                 if unknown:
                     raise ModelError(f"network '{net.name}' input {i} ({v}) uses undeclared "
                                      f"symbol(s) {sorted(map(str, unknown))}")
+                check_functions(v, f"network '{net.name}' input {i} ({v})")
 
         # observables
         if observables is None:
@@ -245,11 +284,82 @@ class HybridModel:
             raise ModelError(f"parameter(s) {unused} appear in no equation (right-hand sides, "
                              "observables or network inputs); remove them or use them")
 
+        self._set_units(units)
+
         # parameter vector layout
         self.free_params = tuple(s for s, p in self.params.items() if not p.fixed)
         self._free_index = np.array([i for i, s in enumerate(self.param_symbols)
                                      if not self.params[s].fixed], dtype=int)
         self._compiled = None
+
+    def _set_units(self, units: Mapping | None) -> None:
+        """Check the unit labels and store them: parameters' units on their Parameter, every
+        label (parameters' included) in :attr:`units`."""
+        given: dict[str, str] = {}
+        for k, v in (units or {}).items():
+            key = normalize_name(k.name if isinstance(k, sp.Symbol) else str(k))
+            if v is None:
+                continue
+            if not isinstance(v, str):
+                raise ModelTypeError(f"the unit of '{key}' must be a string label, got {v!r}")
+            if key not in self._names and key not in self.observables:
+                raise ModelError(f"a unit is given for '{key}', which is not a state, input, "
+                                 "observable, parameter or the time of this model; names are "
+                                 f"{sorted({*self._names, *self.observables})}")
+            if v.strip():
+                given[key] = v.strip()
+        for s, p in list(self.params.items()):
+            if s.name in given and p.unit and p.unit != given[s.name]:
+                raise ModelError(f"parameter '{s.name}' has two units: {p.unit!r} (its "
+                                 f"Parameter) and {given[s.name]!r} (units=)")
+            if s.name in given and not p.unit:
+                self.params[s] = p.replace(unit=given[s.name])
+        for s, p in self.params.items():
+            if p.unit:
+                given[s.name] = p.unit
+        self.units: dict[str, str] = given
+
+    def unit(self, name: str) -> str:
+        """The unit label of a name (``""`` when it has none).
+
+        ``name`` is a state, input, observable, parameter or the time symbol's name, or the
+        label of an estimated initial state (``y0[x]`` or ``y0[x]@experiment``: the unit of
+        ``x``). An observable without a label of its own that is a state takes that state's.
+        A network output that is a term of one state's equation (``dx/dt = ... + nn[0]``)
+        has that state's rate, ``"<unit of x>/<unit of time>"``.
+        """
+        name = str(name)
+        if name.startswith("y0[") and "]" in name:
+            name = name[3:name.index("]")]
+        if name in self.units:
+            return self.units[name]
+        e = self.observables.get(name)
+        if isinstance(e, sp.Symbol) and e.name in self.units and e in set(self.states):
+            return self.units[e.name]
+        if name.endswith("]") and self.networks:
+            return self._rate_unit(name)
+        return ""
+
+    def _rate_unit(self, output: str) -> str:
+        """The unit of a network output that is a term (times a number) of exactly one
+        state's right-hand side: that state's unit over time's; "" otherwise."""
+        homes = []
+        for s, e in zip(self.states, self.rhs):
+            for term in sp.Add.make_args(e):
+                _, rest = term.as_coeff_Mul()
+                if isinstance(rest, NetworkOutput) and rest.name == output:
+                    homes.append(s.name)
+        su, tu = (self.units.get(homes[0], ""), self.units.get(self.time.name, "")) \
+            if len(homes) == 1 else ("", "")
+        if not su or not tu:
+            return ""
+        return f"{su}/({tu})" if any(c in tu for c in "/* ") else f"{su}/{tu}"
+
+    def label(self, name: str) -> str:
+        """``name`` with its unit for an axis or a table, e.g. ``"x [V]"`` (``"x"`` without,
+        and ``"day"``, not ``"day [day]"``, when the name is the unit)."""
+        u = self.unit(name)
+        return f"{name} [{u}]" if u and u != str(name) else str(name)
 
     # --- parameter vector --------------------------------------------------------------
     @property
@@ -378,9 +488,13 @@ class HybridModel:
                                      f"{[p.name for p in self.param_symbols]}")
             params[s] = Parameter.coerce(v, k) if not isinstance(v, (int, float)) \
                 else self.params[s].replace(value=float(v))
+            if not params[s].unit and self.params[s].unit:    # a new spec keeps the label
+                params[s] = params[s].replace(unit=self.params[s].unit)
+        units = {k: v for k, v in self.units.items()
+                 if k not in self._names or self._names[k] not in self.params}
         new = HybridModel(states=self.states, rhs=dict(zip(self.states, self.rhs)), params=params,
                           inputs=self.inputs, observables=self.observables, time=self.time,
-                          name=self.name)
+                          name=self.name, units=units)
         return new.with_networks(self.networks)
 
     # --- compiled numerics -------------------------------------------------------------
@@ -456,6 +570,8 @@ class CompiledModel:
         self.h_p = CompiledExprs(ngroups, sum(jacobian_exprs(obs, P), []), (no, npar))
         self._groups = groups
         self._sens_cache = {}
+        self._pattern = None
+        self._fjp = None
         # observables that are exactly a state: lets y0 default to the first data row
         self.obs_state_index = {name: Y.index(e) if e in Y else None
                                 for name, e in model.observables.items()}
@@ -487,7 +603,54 @@ class CompiledModel:
         groups = [self._groups[0], Z, P, [], self._groups[4]]
         f = CompiledExprs(groups, out)
         jac = None
-        if len(Z) <= 80:
+        if len(Z) <= SENSITIVITY_SYSTEM_LIMIT:
             jac = CompiledExprs(groups, sum(jacobian_exprs(out, Z), []), (len(Z), len(Z)))
         self._sens_cache[key] = (f, jac, q)
         return self._sens_cache[key]
+
+    def rhs_and_jacobians(self) -> CompiledExprs:
+        """``[f, df/dy, df/dtheta_free]`` flattened into one compiled function
+        (physics-only models), shape ``n + n*n + n*n_free``: what one step of the forward
+        sensitivity system needs, in one call and with subexpressions (rate constants,
+        shared propensities) evaluated once across all three instead of once per
+        function. Split the result with :meth:`split_rhs_and_jacobians`."""
+        if self._fjp is None:
+            m = self.model
+            Y, P = list(m.states), list(m.param_symbols)
+            free = [P[i] for i in self.free]
+            rhs = list(m.rhs)
+            out = (rhs + sum(jacobian_exprs(rhs, Y), [])
+                   + sum(jacobian_exprs(rhs, free), []))
+            self._fjp = CompiledExprs(self._groups, out)
+        return self._fjp
+
+    def split_rhs_and_jacobians(self, v: np.ndarray):
+        """``(f, J, F_theta)`` from a result of :meth:`rhs_and_jacobians`, shapes (n,),
+        (n, n), (n, n_free)."""
+        n = self.n
+        return v[:n], v[n:n + n * n].reshape(n, n), v[n + n * n:].reshape(n, -1)
+
+    def jacobian_pattern(self) -> np.ndarray:
+        """Where ``df/dy`` can be non-zero, shape (n, n), bool: ``f_i`` depends on ``y_j``
+        directly, or through a network output whose inputs depend on ``y_j`` (a network's
+        Jacobian is taken as dense in its inputs). Structural, so it holds at every point."""
+        if self._pattern is None:
+            m = self.model
+            Y = list(m.states)
+            rhs = list(m.rhs)
+            pat = np.array([[e.has(s) for s in Y] for e in rhs], dtype=bool).reshape(
+                self.n, self.n)
+            for net in m.networks:
+                used = np.array([any(e.has(o) for o in net.outputs) for e in rhs], dtype=bool)
+                feeds = np.array([any(g.has(s) for g in net.inputs) for s in Y], dtype=bool)
+                pat |= used[:, None] & feeds[None, :]
+            self._pattern = pat
+        return self._pattern
+
+    def jacobian_bandwidth(self) -> tuple[int, int]:
+        """``(lower, upper)``: ``df_i/dy_j`` is structurally zero unless
+        ``-lower <= j - i <= upper`` (see :meth:`jacobian_pattern`)."""
+        i, j = np.nonzero(self.jacobian_pattern())
+        if i.size == 0:
+            return 0, 0
+        return int(max(0, np.max(i - j))), int(max(0, np.max(j - i)))

@@ -30,11 +30,16 @@ class Parameter:
         Space in which optimizers move the parameter. ``"log"`` suits positive rate
         constants: steps are relative and the bound at zero is never crossed. Values and
         gradients exchanged with the user stay in physical units.
+    unit : str
+        A unit label (e.g. ``"1/day"``) shown in tables, summaries and reports. It is a
+        label only: nothing is converted. ``""`` (the default) for none.
 
     Examples
     --------
     >>> Parameter(0.5, min=0.0, transform="log")
     Parameter(value=0.5, min=0.0, max=inf, fixed=False, transform='log')
+    >>> Parameter(0.2, unit="1/day").unit
+    '1/day'
     """
 
     value: float
@@ -42,6 +47,13 @@ class Parameter:
     max: float = math.inf
     fixed: bool = False
     transform: str = "identity"
+    unit: str = ""
+
+    def __repr__(self) -> str:
+        # the unit only when there is one, so unit-less parameters print as they always did
+        unit = f", unit={self.unit!r}" if self.unit else ""
+        return (f"Parameter(value={self.value!r}, min={self.min!r}, max={self.max!r}, "
+                f"fixed={self.fixed!r}, transform={self.transform!r}{unit})")
 
     def __post_init__(self):
         for field in ("value", "min", "max"):
@@ -53,10 +65,21 @@ class Parameter:
                                          ) from exc
         if self.transform is None:
             object.__setattr__(self, "transform", "identity")
+        if self.unit is None:
+            object.__setattr__(self, "unit", "")
+        if not isinstance(self.unit, str):
+            raise ParameterTypeError(f"Parameter unit must be a string label, got {self.unit!r}")
+        object.__setattr__(self, "unit", self.unit.strip())
         if self.transform not in _TRANSFORMS:
             raise ParameterError(f"unknown transform {self.transform!r}; use one of {_TRANSFORMS}")
         if math.isnan(self.value) or math.isinf(self.value):
             raise ParameterError(f"Parameter value must be finite, got {self.value}")
+        for field in ("min", "max"):
+            if math.isnan(getattr(self, field)):
+                raise ParameterError(f"Parameter {field} must be a number, got nan")
+        if self.min > self.max:
+            raise ParameterError(f"Parameter min {self.min:g} is greater than its max "
+                                 f"{self.max:g}")
         if not self.min <= self.value <= self.max:
             raise ParameterError(f"Parameter value {self.value} lies outside its bounds "
                                  f"[{self.min}, {self.max}]")
@@ -84,7 +107,8 @@ class Parameter:
 
     def replace(self, **changes) -> Parameter:
         """A copy with some fields changed."""
-        fields = {k: getattr(self, k) for k in ("value", "min", "max", "fixed", "transform")}
+        fields = {k: getattr(self, k)
+                  for k in ("value", "min", "max", "fixed", "transform", "unit")}
         fields.update(changes)
         return Parameter(**fields)
 
@@ -150,7 +174,7 @@ class ParameterSpace:
                     entries.append((label, p, "y0"))
             self.y0_index.append(idx)
         self.names = [e[0] for e in entries]
-        self.kinds = np.array([e[2] for e in entries])
+        self.kinds = np.array([e[2] for e in entries], dtype=str)   # str also when empty
         self.params = [e[1] for e in entries]
         self.size = len(entries)
         self.is_log = np.array([p is not None and p.transform == "log" for p in self.params],

@@ -38,10 +38,14 @@ def parameter_to_dict(p) -> dict:
     Returns
     -------
     dict
-        ``value``, ``min``, ``max`` (floats, possibly infinite), ``fixed`` and ``transform``.
+        ``value``, ``min``, ``max`` (floats, possibly infinite), ``fixed``, ``transform`` and,
+        when it has one, ``unit``.
     """
-    return {"value": p.value, "min": p.min, "max": p.max, "fixed": p.fixed,
-            "transform": p.transform}
+    d = {"value": p.value, "min": p.min, "max": p.max, "fixed": p.fixed,
+         "transform": p.transform}
+    if p.unit:
+        d["unit"] = p.unit
+    return d
 
 
 def _network_to_dict(net) -> dict:
@@ -72,8 +76,10 @@ def model_to_dict(model) -> dict:
         ``observables`` (name -> expression text); ``networks``: a list of dicts, for an MLP
         ``type = "MLP"``, ``name``, ``inputs`` (expression texts), ``outputs``, ``hidden``,
         ``activation``, ``scale`` and ``seed`` (when an integer), for any other network its
-        ``type`` and ``name`` only. Equations use sympy's printer (``**`` powers, ``exp``,
-        network outputs as ``nn[0]``), which :func:`model_from_dict` reads back.
+        ``type`` and ``name`` only; ``units`` (name -> label, for states, inputs,
+        observables and time; parameters carry theirs). Equations use sympy's printer
+        (``**`` powers, ``exp``, network outputs as ``nn[0]``), which
+        :func:`model_from_dict` reads back.
     """
     return {
         "name": model.name,
@@ -84,6 +90,8 @@ def model_to_dict(model) -> dict:
         "rhs": {s.name: str(e) for s, e in zip(model.states, model.rhs)},
         "observables": {k: str(e) for k, e in model.observables.items()},
         "networks": [_network_to_dict(n) for n in model.networks],
+        "units": {k: v for k, v in model.units.items()
+                  if k not in {s.name for s in model.params}},
     }
 
 
@@ -131,4 +139,4 @@ def model_from_dict(d: Mapping):
     params = {names[k]: Parameter(**v) for k, v in d["params"].items()}
     return HybridModel(states=[names[s] for s in d["states"]], rhs=rhs, params=params,
                        inputs=[names[u] for u in d["inputs"]], observables=obs,
-                       time=names[d["time"]], name=d.get("name"))
+                       time=names[d["time"]], name=d.get("name"), units=d.get("units"))

@@ -233,6 +233,9 @@ class CompiledExprs:
 
     Notes
     -----
+    When at least half of the outputs are exactly zero (the Jacobian of a reaction network),
+    only the others are compiled; each call scatters them into an array of zeros.
+
     Symbols are renamed to plain identifiers before compiling, so model symbols named like
     Python keywords or module functions (``lambda``, ``exp``) or with brackets (``nn[0]``)
     cannot collide with generated code.
@@ -258,7 +261,15 @@ class CompiledExprs:
                 rename[s] = d
                 names.append(d)
             arg_groups.append(names)
-        if self.size == 0:
+        # Jacobians of reaction networks are mostly structural zeros: compile only the
+        # other entries and scatter them into zeros (building, converting and copying a
+        # Python list of n^2 floats per call cost more than evaluating the non-zeros)
+        nonzero = [i for i, e in enumerate(exprs) if e != 0]
+        self._index = (np.array(nonzero, dtype=np.intp) if 2 * len(nonzero) <= self.size
+                       else None)
+        if self._index is not None:
+            exprs = [exprs[i] for i in nonzero]
+        if self.size == 0 or not exprs:
             self._scalar = self._batch = None
             return
         try:
@@ -280,7 +291,7 @@ class CompiledExprs:
 
     def __call__(self, *args) -> np.ndarray:
         """Evaluate at one point; arguments are lists (or 1-D arrays) per group."""
-        if self.size == 0:
+        if self._scalar is None:
             return np.zeros(self.shape)
         try:
             out = np.array(self._scalar(*args), dtype=float)
@@ -293,16 +304,29 @@ class CompiledExprs:
             with np.errstate(all="ignore"):
                 vals = self._batch(*[np.asarray(a, dtype=float) for a in args])
                 out = np.array([float(v) for v in vals], dtype=float)
+        if self._index is not None:
+            full = np.zeros(self.size)
+            full[self._index] = out
+            out = full
         return out.reshape(self.shape) if len(self.shape) > 1 else out
 
     def batch(self, m: int, *args) -> np.ndarray:
         """Evaluate at ``m`` points; each argument group is an array with a trailing axis of
         length ``m`` (or a scalar-like group shared by all points). Returns shape
         ``self.shape + (m,)``; points outside an expression's domain give nan/inf."""
-        out = np.empty((self.size, m))
-        if self.size:
+        if self._index is not None:
+            out = np.zeros((self.size, m))
+            rows = self._index
+        else:
+            out = np.empty((self.size, m))
+            rows = range(self.size)
+        if self._batch is not None:
+            # a group given as a list (the parameters) would reach the code as Python floats,
+            # whose 1/0 raises ZeroDivisionError where numpy gives inf (cbrt(p)' at p = 0)
+            args = [a if isinstance(a, np.ndarray) else np.asarray(a, dtype=float)
+                    for a in args]
             with np.errstate(all="ignore"):
                 vals = self._batch(*args)
-            for i, v in enumerate(vals):
+            for i, v in zip(rows, vals):
                 out[i] = v
         return out.reshape(self.shape + (m,))

@@ -8,20 +8,26 @@ named like an input drive the model (see :mod:`dynlearn.data.signals`).
 
 from __future__ import annotations
 
+import csv
 import difflib
 import os
 import re
+import unicodedata
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from dynlearn.data.checks import check_times
-from dynlearn.errors import DataError, DataTypeError
+from dynlearn.errors import DataError, DataTypeError, DataWarning
+from dynlearn.lazy import LazyModule, is_instance
 
-__all__ = ["Dataset", "Experiment", "as_dataset", "read_csv"]
+pd = LazyModule("pandas")     # imported by the first function that reads or makes a table
+
+__all__ = ["TIME_UNITS", "WHITESPACE", "Dataset", "Experiment", "as_dataset", "match_columns",
+           "read_csv", "suggest_separator"]
 
 
 @dataclass
@@ -65,7 +71,15 @@ class Experiment:
         return pd.DataFrame({time: self.t, **self.columns})
 
 
-def _numeric_frame(df, cols, where: str):
+def _column_name(name) -> str:
+    """A column name as a model declares it: spaces stripped and Unicode normalised (NFKC,
+    as :func:`dynlearn.core.expressions.normalize_name` does for declared names), so that a
+    column written with the micro sign matches a state declared with the Greek mu."""
+    name = str(name).strip()
+    return name if name.isascii() else unicodedata.normalize("NFKC", name)
+
+
+def _numeric_frame(df, cols, where: str, time: str | None = None):
     out = {}
     for c in cols:
         s = df[c]
@@ -82,9 +96,25 @@ def _numeric_frame(df, cols, where: str):
             if bad.size:
                 r = int(bad[0])
                 raise DataError(f"{where}column '{c}', row {r + 1}: {s.iloc[r]!r} is not a "
-                                "number")
+                                f"number{_number_hint(str(s.iloc[r]), c == time)}")
         out[c] = num.to_numpy(dtype=float, na_value=np.nan)
     return out
+
+
+_DATE_LIKE = re.compile(r"\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}([ T].*)?|\d{1,2}:\d{2}(:\d{2})?.*")
+
+
+def _number_hint(text: str, is_time: bool = False) -> str:
+    """Why a cell may not have read as a number: a decimal comma, or (in the time column)
+    a date."""
+    text = text.strip()
+    if re.fullmatch(r"[-+]?\d+,\d+", text):
+        return (" (a decimal comma? pass decimal=',' (in a model file: decimal = \",\" in "
+                "[data]))")
+    if is_time and _DATE_LIKE.fullmatch(text):
+        return (" (a date or time? give time_unit, e.g. time_unit='day', to read the time "
+                "column as dates and times converted to elapsed time)")
+    return ""
 
 
 def _check_unique_names(columns, where: str) -> None:
@@ -106,15 +136,114 @@ def _did_you_mean(name: str, choices) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-_ROUND_TRIP = int(pd.__version__.split(".")[0]) < 3
+
+#: Values of ``sep`` besides a single character: any run of spaces and tabs.
+WHITESPACE = "whitespace"
+#: Separators tried when a file does not parse with the one given (in this order of
+#: preference when several would work).
+_CANDIDATE_SEPS = (",", ";", "\t", "|", WHITESPACE)
 
 
-def read_csv(path, **kwargs):
+def _sep_name(sep: str) -> str:
+    return {"\t": "a tab", WHITESPACE: "whitespace", " ": "a space"}.get(sep, f"'{sep}'")
+
+
+def _sep_option(sep: str, comma: bool = False) -> str:
+    """How to ask for ``sep`` (and a decimal comma) in Python and in a model file."""
+    py = {"\t": r"'\t'"}.get(sep, repr(sep))
+    toml = {"\t": r'"\t"'}.get(sep, f'"{sep}"')
+    if comma:
+        return (f"sep={py} and decimal=',' (in a model file: sep = {toml} and decimal = "
+                '"," in [data])')
+    return f"sep={py} (in a model file: sep = {toml} in [data])"
+
+
+def _split_line(line: str, sep: str) -> list[str]:
+    if sep == WHITESPACE:
+        return line.split()
+    return next(csv.reader([line], delimiter=sep))
+
+
+def suggest_separator(path, exclude: str | None = None, skip_rows: int = 0) -> str | None:
+    """The column separator a CSV file seems to use, or None when none fits.
+
+    A candidate (``,``, ``;``, tab, ``|``, whitespace) fits when it splits every one of the
+    first lines into the same number (two or more) of fields; of those that fit, the one
+    giving the most columns wins. Quoted fields are respected.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+    exclude : str, optional
+        A separator already tried (not suggested again).
+    skip_rows : int
+        Lines before the header that are not part of the table.
+    """
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines = []
+            for no, line in enumerate(fh):
+                if len(lines) >= 50:
+                    break
+                if no >= skip_rows and line.strip():
+                    lines.append(line.rstrip("\r\n"))
+    except OSError:
+        return None
+    if len(lines) < 2:
+        return None
+    best, best_n = None, 1
+    for sep in _CANDIDATE_SEPS:
+        if sep == exclude:
+            continue
+        try:
+            counts = {len(_split_line(line, sep)) for line in lines}
+        except csv.Error:
+            continue
+        if len(counts) == 1 and (n := counts.pop()) > best_n:
+            best, best_n = sep, n
+    return best
+
+
+def _decimal_comma(path, sep: str) -> bool:
+    """Whether the file's numbers are written with a decimal comma (when split at ``sep``)."""
+    if sep == ",":
+        return False
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            head = fh.read(4000)
+    except OSError:
+        return False
+    cells = [c for line in head.splitlines()[1:] for c in _split_line(line, sep)]
+    return any(re.fullmatch(r"\s*[-+]?\d+,\d+\s*", c) for c in cells)
+
+
+def _separator_hint(path, sep: str | None, skip_rows: int = 0) -> str:
+    """``; it looks separated by ';': pass sep=';' ...`` when another separator would work."""
+    if not isinstance(path, (str, os.PathLike)):
+        return ""
+    other = suggest_separator(path, exclude=sep or ",", skip_rows=skip_rows)
+    if other is None:
+        return ""
+    return (f"; the file looks separated by {_sep_name(other)}: pass "
+            f"{_sep_option(other, _decimal_comma(path, other))}")
+
+
+def read_csv(path, sep: str | None = None, decimal: str = ".", skip_rows: int = 0,
+             unit_rows: int = 0, **kwargs):
     """Read a CSV file into a DataFrame: the one place dynlearn reads CSV text.
 
     Parameters
     ----------
     path : str or pathlib.Path
+    sep : str, optional
+        The column separator: one character (``","``, the default, ``";"``, ``"\t"``, ...)
+        or ``"whitespace"`` (any run of spaces and tabs).
+    decimal : {".", ","}
+        The decimal mark of numbers (``","``: a decimal comma, usually with ``sep=";"``).
+    skip_rows : int
+        Lines before the header to skip (an instrument's preamble).
+    unit_rows : int
+        Rows right after the header to skip (e.g. a second header line with units).
     **kwargs
         Passed to ``pandas.read_csv``.
 
@@ -126,16 +255,46 @@ def read_csv(path, **kwargs):
     ------
     DataError
         Naming the file (and the line, when pandas reports one) for a missing file, a
-        directory, an empty file, text that does not parse as CSV, or a binary file.
+        directory, an empty file, text that does not parse as CSV, or a binary file. When
+        the file reads as one column, or as rows with more fields than the header, and
+        another separator would split it evenly, the message names that separator.
     """
-    if _ROUND_TRIP and kwargs.get("engine") in (None, "c"):
+    for k, v in (("skip_rows", skip_rows), ("unit_rows", unit_rows)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise DataError(f"{k} must be a non-negative integer, got {v!r}")
+    if decimal not in (".", ","):
+        raise DataError(f"decimal must be '.' or ',', got {decimal!r}")
+    if sep is not None and (not isinstance(sep, str) or
+                            (len(sep) != 1 and sep != WHITESPACE)):
+        raise DataError(f"sep must be one character or {WHITESPACE!r}, got {sep!r}")
+    if (sep or ",") == decimal:
+        raise DataError(f"the separator and the decimal mark are both {decimal!r}; with a "
+                        "decimal comma, columns are usually separated by ';': pass sep=';'")
+    if sep is not None:
+        kwargs["sep"] = r"\s+" if sep == WHITESPACE else sep
+    if decimal != ".":
+        kwargs["decimal"] = decimal
+    if skip_rows or unit_rows:
+        # line numbers (0-based) of the preamble and of the rows after the header
+        kwargs["skiprows"] = [*range(skip_rows),
+                              *range(skip_rows + 1, skip_rows + 1 + unit_rows)]
+    if int(pd.__version__.split(".")[0]) < 3 and kwargs.get("engine") in (None, "c"):
         # pandas < 3 parses decimals with a fast routine that can be one ulp off the value
         # written; pandas 3 is exact by default (and deprecates the option).
         kwargs = {"float_precision": "round_trip", **kwargs}
+    # pandas would take the first fields of rows longer than the header as an index,
+    # reading every value one column to the left of its name: refuse instead (a trailing
+    # separator on every data row, with nothing after it, is still read)
     try:
-        df = pd.read_csv(path, **kwargs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="Length of header",
+                                    category=pd.errors.ParserWarning)
+            df = pd.read_csv(path, **{"index_col": False, **kwargs})
         _check_raw_header(path, df, kwargs)
-        return df
+    except pd.errors.ParserWarning:
+        raise DataError(f"{path}: rows have more fields than the header has names (read with "
+                        f"{_sep_name(sep or ',')} as separator)"
+                        f"{_separator_hint(path, sep, skip_rows)}") from None
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -146,10 +305,17 @@ def read_csv(path, **kwargs):
         msg = str(exc).strip().splitlines()[-1]
         m = re.search(r"line (\d+)", msg)
         at = f", line {m.group(1)}" if m else ""
-        raise DataError(f"{path}{at}: cannot read as CSV: {msg}") from None
+        raise DataError(f"{path}{at}: cannot read as CSV: {msg}"
+                        f"{_separator_hint(path, sep, skip_rows)}") from None
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not a text CSV file ({exc.reason} at byte {exc.start})"
                         ) from None
+    if len(df.columns) == 1:
+        hint = _separator_hint(path, sep, skip_rows)
+        if hint:
+            raise DataError(f"{path}: read with {_sep_name(sep or ',')} as separator, the file "
+                            f"has one column {str(df.columns[0])!r}{hint}")
+    return df
 
 
 def _check_raw_header(path, df, kwargs) -> None:
@@ -166,6 +332,153 @@ def _check_raw_header(path, df, kwargs) -> None:
         return   # a stream cannot be read twice; a header the caller arranged is theirs
     raw = pd.read_csv(path, **{**kwargs, "header": None, "nrows": 1, "dtype": str})
     _check_unique_names([str(c).strip() for c in raw.iloc[0]], f"{path}: ")
+
+
+def match_columns(columns, observables, inputs=(), states=(), where: str = "",
+                  warn: bool = False) -> tuple[list[str], dict[str, str]]:
+    """Sort data columns into those a model reads and those it ignores.
+
+    A model reads a column named exactly like one of its observables, its inputs or
+    ``<observable>_sigma`` (a noise level). Any other column is not used: a
+    :class:`~dynlearn.errors.DataWarning` names each one with the closest model name, so
+    that no data is dropped without a word.
+
+    Parameters
+    ----------
+    columns : list of str
+        The data columns (not time or group).
+    observables, inputs : list of str
+        The model's names.
+    states : list of str
+        The model's states: a column named like a state that is not an observable is
+        reported as such.
+    where : str
+        Prefix of messages (the file, ``"data.csv: "``).
+    warn : bool
+        Warn about the columns that are not used (:func:`warn_ignored_columns`).
+
+    Returns
+    -------
+    used : list of str
+        The columns the model reads, in table order.
+    ignored : dict
+        Column -> why it is not used.
+
+    Raises
+    ------
+    DataError
+        A column whose name differs from a model name only by case (``Predator`` for
+        ``predator``), when no column has the exact name: names are case-sensitive, and
+        silently dropping such a column would fit half the data. The message names both and
+        how to rename the column.
+    """
+    obs = [str(o) for o in observables]
+    ins = [str(u) for u in inputs]
+    known = [*obs, *ins, *(f"{o}_sigma" for o in obs)]
+    known_set = set(known)
+    cols = [str(c) for c in columns]
+    present = set(cols)
+    lower: dict[str, str] = {}
+    for k in known:
+        lower.setdefault(k.lower(), k)
+    used, ignored = [], {}
+    for c in cols:
+        if c in known_set:
+            used.append(c)
+            continue
+        k = lower.get(c.lower())
+        if k is not None and k not in present:
+            role = "input" if k in ins else "observable" if k in obs else "noise-level column"
+            raise DataError(f"{where}column '{c}' differs from the model's {role} '{k}' only "
+                            "by case; names are case-sensitive, so it would not be used. "
+                            f"Rename the column to '{k}', or map it: rename={{'{c}': '{k}'}} "
+                            f"(in a model file: rename = {{ \"{c}\" = \"{k}\" }} in [data])")
+        if c in states:
+            ignored[c] = "is a state, but not an observable of the model"
+        else:
+            ignored[c] = ("matches no observable, input or noise-level column"
+                          + _did_you_mean(c, known))
+    if warn:
+        warn_ignored_columns(ignored, obs, ins, where)
+    return used, ignored
+
+
+def warn_ignored_columns(ignored: Mapping[str, str], observables, inputs=(), where: str = "",
+                         stacklevel: int = 4) -> None:
+    """Warn (:class:`~dynlearn.errors.DataWarning`) about data columns a model does not use.
+
+    Parameters
+    ----------
+    ignored : dict
+        Column -> why it is not used (as :func:`match_columns` returns it); nothing is said
+        when empty.
+    observables, inputs : list of str
+        The model's names, listed in the message.
+    where : str
+        Prefix of the message.
+    stacklevel : int
+        Passed to :func:`warnings.warn`.
+    """
+    if not ignored:
+        return
+    listed = "; ".join(f"'{c}' {why}" for c, why in ignored.items())
+    many = len(ignored) > 1
+    ins = list(inputs)
+    warnings.warn(f"{where}column{'s' if many else ''} not used: {listed}. The model reads "
+                  f"columns named like its observables {list(observables)}"
+                  + (f", inputs {ins}" if ins else "")
+                  + " or <observable>_sigma. Rename a column to use it (rename=...), or name "
+                  "the columns to read (columns=[...]) to leave the others out without this "
+                  "warning (in a model file: rename and columns in [data])",
+                  DataWarning, stacklevel=stacklevel)
+
+
+_SECONDS = {"s": 1.0, "min": 60.0, "h": 3600.0, "day": 86400.0, "week": 604800.0,
+            "year": 365.25 * 86400.0}
+#: Units of elapsed time a column of dates can be converted to: name -> seconds. ``year`` is
+#: the Julian year (365.25 days); the spelled-out and plural names are aliases.
+TIME_UNITS: dict[str, float] = {
+    **_SECONDS, "second": 1.0, "seconds": 1.0, "minute": 60.0, "minutes": 60.0,
+    "hour": 3600.0, "hours": 3600.0, "d": 86400.0, "days": 86400.0, "weeks": 604800.0,
+    "years": _SECONDS["year"]}
+
+
+def _dates_to_elapsed(df, time: str, unit: str, fmt: str | None, where: str):
+    """The table with its time column of dates converted to the time elapsed since the
+    earliest, in ``unit``; and that earliest time (None for a numeric column, kept as is)."""
+    if unit not in TIME_UNITS:
+        raise DataError(f"{where}time_unit {unit!r} is not one of {list(TIME_UNITS)}"
+                        + _did_you_mean(unit, TIME_UNITS))
+    col = df[time]
+    if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
+        return df, None
+    if pd.api.types.is_datetime64_any_dtype(col.dtype):
+        stamps = col
+    else:
+        text = col.astype("string").str.strip()
+        given = text.notna() & (text != "")
+        # without a format: ISO 8601 in any precision (dates with and without a time of
+        # day mixed), else the format pandas infers from the first date
+        for f in ([fmt] if fmt is not None else ["ISO8601", None]):
+            try:
+                stamps = pd.to_datetime(text, format=f, errors="coerce")
+            except (ValueError, TypeError) as exc:    # a format pandas cannot use, mixed zones
+                raise DataError(f"{where}time column '{time}': cannot read as dates and "
+                                f"times: {exc}") from None
+            if not (stamps.isna() & given).any():
+                break
+        bad = np.flatnonzero((stamps.isna() & given).to_numpy())
+        if bad.size:
+            r = int(bad[0])
+            how = (f"the format {fmt!r}" if fmt is not None else
+                   "the format of the first dates; give time_format, e.g. '%d.%m.%Y %H:%M'")
+            raise DataError(f"{where}time column '{time}', row {r + 1}: {col.iloc[r]!r} is not "
+                            f"a date and time in {how}")
+    if stamps.isna().all():
+        raise DataError(f"{where}time column '{time}' has no dates")
+    origin = stamps.min()
+    elapsed = (stamps - origin).dt.total_seconds().to_numpy(dtype=float, na_value=np.nan)
+    return df.assign(**{time: elapsed / TIME_UNITS[unit]}), origin
 
 
 def _no_column(where: str, missing, columns, role: str = "", option: str | None = None,
@@ -209,9 +522,6 @@ def _select_wide(df, time, group, columns, rename, sigma_columns, observables, i
     data = [c for c in data if c not in sources]
     out = df[keys + data].rename(columns=rename)
     names = [rename.get(c, c) for c in data]
-    if columns is None and observables is not None:
-        known = set(observables) | set(inputs) | {f"{o}_sigma" for o in observables}
-        names = [c for c in names if c in known]
     out = out[keys + names].copy()
     for o, c in sigma_columns.items():
         out[f"{o}_sigma"] = df[c].to_numpy()
@@ -267,11 +577,11 @@ def _long_to_wide(df, time, group, observable, value, sigma, where, origin=None)
     cols = {value: val}
     if sigma in df.columns:
         cols[sigma] = _numeric_frame(df, [sigma], where)[sigma]
-    tv = _numeric_frame(df, [time], where)[time]
+    tv = _numeric_frame(df, [time], where, time)[time]
     if np.isnan(tv).any():
         r = int(np.flatnonzero(np.isnan(tv))[0])
         raise DataError(f"{where}time column '{time}' is empty at row {r + 1}")
-    work = pd.DataFrame({"_t": tv, "_o": names.astype(str).str.strip(), **cols})
+    work = pd.DataFrame({"_t": tv, "_o": names.astype(str).map(_column_name), **cols})
     work["_g"] = df[group].astype(str).to_numpy() if group else "data"
     wide = work.pivot(index=["_g", "_t"], columns="_o", values=value)
     wide.columns = [str(c) for c in wide.columns]
@@ -310,6 +620,13 @@ class Dataset:
             raise DataError(f"experiment names must be unique; repeated: {sorted(dup)}")
         self.experiments = experiments
         self.time_name = time_name
+        #: Columns of the table read that are not data of the model: column -> why
+        #: (filled by :meth:`from_frame` when it knows the model's names).
+        self.ignored_columns: dict[str, str] = {}
+        #: The unit of time, when the table stated one (``time_unit``).
+        self.time_unit: str | None = None
+        #: The date and time that is t = 0, when times were read as dates.
+        self.time_origin = None
 
     def __len__(self) -> int:
         return len(self.experiments)
@@ -338,7 +655,9 @@ class Dataset:
                    rename: Mapping[str, str] | None = None,
                    sigma_columns: Mapping[str, str] | None = None,
                    observables: Sequence[str] | None = None, inputs: Sequence[str] = (),
-                   origin: Mapping[str, str] | None = None) -> Dataset:
+                   origin: Mapping[str, str] | None = None, states: Sequence[str] = (),
+                   time_unit: str | None = None,
+                   time_format: str | None = None) -> Dataset:
         """A dataset from a DataFrame in wide or long (tidy) format.
 
         Parameters
@@ -374,12 +693,29 @@ class Dataset:
         observables, inputs : list of str, optional
             The names a model will read. When ``observables`` is given, at least one data
             column must be named like an observable, and what is not data is dropped instead
-            of read: in wide format (without ``columns``) the columns that are neither an
-            observable, an input nor ``<observable>_sigma`` (a date, a comment); in long
-            format the columns other than time, group, quantity, value and noise level.
+            of read: data columns (quantities, in long format) that are neither an
+            observable, an input nor ``<observable>_sigma`` are left out with a
+            :class:`~dynlearn.errors.DataWarning` naming each and the closest model name
+            (no warning for those left out by ``columns``), and a column that differs from a
+            model name only by case is a :class:`~dynlearn.errors.DataError` (see
+            :func:`match_columns`); in long format, columns other than time, group,
+            quantity, value and noise level are dropped. The columns left out are in
+            :attr:`ignored_columns`.
         origin : dict, optional
             Where options were given (option name -> text, e.g. ``{"time": "model.toml,
             line 12"}``), named in error messages instead of the keyword-argument hint.
+        states : list of str, optional
+            The model's states, to say so when a column is a state that is not observed.
+        time_unit : str, optional
+            Read the time column as dates and times (text such as ``2024-03-01`` or
+            ``2024-03-01 14:30``) and convert them to the time elapsed since the earliest,
+            in this unit: one of :data:`TIME_UNITS` (``"s"``, ``"min"``, ``"h"``, ``"day"``,
+            ``"week"``, ``"year"`` = 365.25 days, ...). The earliest time is kept as
+            :attr:`time_origin`. A numeric time column is read as it is (the unit is then
+            only recorded, in :attr:`time_unit`).
+        time_format : str, optional
+            The ``strftime`` format of the dates (e.g. ``"%d.%m.%Y %H:%M"``); by default
+            pandas infers it (ISO 8601 always works). Needs ``time_unit``.
 
         Notes
         -----
@@ -394,18 +730,35 @@ class Dataset:
             raise DataError(f"format must be 'auto', 'wide' or 'long', got {format!r}")
         if input_kind not in ("zoh", "linear"):
             raise DataError(f"input_kind must be 'zoh' or 'linear', got {input_kind!r}")
-        rename = dict(rename or {})
-        sigma_columns = dict(sigma_columns or {})
-        df = df.rename(columns=lambda c: str(c).strip())
+        # names given here are matched in the form the header is read in
+        rename = {_column_name(k): v for k, v in dict(rename or {}).items()}
+        sigma_columns = {k: _column_name(v) for k, v in dict(sigma_columns or {}).items()}
+        if columns is not None and not isinstance(columns, str):
+            columns = [_column_name(c) for c in columns]
+        time = _column_name(time)
+        group = None if group is None else _column_name(group)
+        df = df.rename(columns=_column_name)
         _check_unique_names(df.columns, where)
         for col, option, role in ((time, "time", "the time"), (group, "group", "the groups")):
             if col is not None and col not in df.columns:
                 raise _no_column(where, [col], df.columns, role, option, origin)
         if len(df) == 0:
             raise DataError(f"{where}the table has no rows")
+        time_origin = None
+        if time_format is not None and time_unit is None:
+            raise DataError(f"{where}time_format needs time_unit: the unit of the elapsed time "
+                            "the dates are converted to (e.g. time_unit='day')")
+        if time_unit is not None:
+            df, time_origin = _dates_to_elapsed(df, time, time_unit, time_format, where)
         table_columns = [str(c) for c in df.columns]
         long = format == "long" or (format == "auto" and observable in df.columns
                                     and value in df.columns)
+        ignored: dict[str, str] = {}
+        chosen = columns is not None and not long
+        if chosen:
+            keys = {time, group, *sigma_columns.values()}
+            ignored = {c: "is not among the columns to read (columns=[...])"
+                       for c in table_columns if c not in keys and c not in columns}
         if long:
             df = _select_long(df, time, group, observable, value, sigma, columns, rename,
                               observables is not None, where, origin)
@@ -417,15 +770,22 @@ class Dataset:
         if columns is None:
             columns = [c for c in df.columns if c not in (time, group)]
         columns = [str(c) for c in columns]
-        if observables is not None and not long \
-                and not any(c in observables for c in columns):
-            hint = (f"map table columns to model names with `rename` ({origin['rename']})"
-                    if "rename" in origin else "pass rename={column: observable}")
-            raise DataError(f"{where}no column matches an observable of the model "
-                            f"{list(observables)}; the columns are {table_columns}: {hint}")
+        if observables is not None:
+            used, unused = match_columns(columns, observables, inputs, states, where)
+            if not long and not any(c in observables for c in used):
+                hint = (f"map table columns to model names with `rename` ({origin['rename']})"
+                        if "rename" in origin else "pass rename={column: observable}")
+                raise DataError(f"{where}no column matches an observable of the model "
+                                f"{list(observables)}; the columns are {table_columns}: {hint}")
+            if not chosen:
+                # not chosen by `columns`: what the model does not read is dropped, with a
+                # word; chosen columns are kept (and fitting warns about them)
+                warn_ignored_columns(unused, observables, inputs, where, stacklevel=4)
+                columns = used
+            ignored.update(unused)
         if not columns:
             raise DataError(f"{where}no data columns besides '{time}'")
-        tvals = _numeric_frame(df, [time], where)[time]
+        tvals = _numeric_frame(df, [time], where, time)[time]
         if np.isnan(tvals).any():
             r = int(np.flatnonzero(np.isnan(tvals))[0])
             raise DataError(f"{where}time column '{time}' is empty at row {r + 1}")
@@ -470,7 +830,10 @@ class Dataset:
                 raise DataError(f"{where}experiment '{name}' has no measured values (every cell "
                                 "is empty); drop its rows")
             exps.append(Experiment(name, t, cols, meta={"input_kind": input_kind}))
-        return cls(exps, time_name=time)
+        out = cls(exps, time_name=time)
+        out.ignored_columns = ignored
+        out.time_unit, out.time_origin = time_unit, time_origin
+        return out
 
     @classmethod
     def from_csv(cls, path, time: str = "t", group: str | None = None, format: str = "auto",
@@ -479,17 +842,38 @@ class Dataset:
                  rename: Mapping[str, str] | None = None,
                  sigma_columns: Mapping[str, str] | None = None,
                  observables: Sequence[str] | None = None, inputs: Sequence[str] = (),
-                 origin: Mapping[str, str] | None = None, **kwargs) -> Dataset:
+                 origin: Mapping[str, str] | None = None, states: Sequence[str] = (),
+                 sep: str | None = None, decimal: str = ".", skip_rows: int = 0,
+                 unit_rows: int = 0, time_unit: str | None = None,
+                 time_format: str | None = None, **kwargs) -> Dataset:
         """Read a CSV file in wide or long format (see :meth:`from_frame` for the options).
 
-        Extra keyword arguments go to ``pandas.read_csv`` (through :func:`read_csv`). Row
-        numbers in error messages count data rows from 1 (the header is row 0).
+        The dialect (``sep``, ``decimal``, ``skip_rows``, ``unit_rows``) is that of
+        :func:`read_csv`, e.g. ``sep=";", decimal=","`` for a file written with a decimal
+        comma, ``unit_rows=1`` for a second header line of units. Dates in the time column
+        are converted to elapsed time with ``time_unit`` (see :meth:`from_frame`). Extra
+        keyword arguments go to ``pandas.read_csv``. Row numbers in error messages count
+        data rows from 1 (the header is row 0).
         """
-        return cls.from_frame(read_csv(path, **kwargs), time=time, group=group,
+        frame = read_csv(path, sep=sep, decimal=decimal, skip_rows=skip_rows,
+                         unit_rows=unit_rows, **kwargs)
+        return cls.from_frame(frame, time=time, group=group,
                               columns=columns, source=str(path), format=format,
                               observable=observable, value=value, sigma=sigma,
                               input_kind=input_kind, rename=rename, sigma_columns=sigma_columns,
-                              observables=observables, inputs=inputs, origin=origin)
+                              observables=observables, inputs=inputs, origin=origin,
+                              states=states, time_unit=time_unit, time_format=time_format)
+
+    def columns_summary(self) -> str:
+        """One line naming the data columns read and those left out (with why), e.g.
+        ``columns used: hare, lynx; not used: date (matches no observable, ...)``."""
+        used = [c for c in dict.fromkeys(c for e in self for c in e.columns)
+                if c not in self.ignored_columns]
+        text = f"columns used: {', '.join(used) if used else 'none'}"
+        if self.ignored_columns:
+            text += "; not used: " + ", ".join(f"{c} ({why})"
+                                               for c, why in self.ignored_columns.items())
+        return text
 
     def to_frame(self):
         """All experiments in one DataFrame (with an ``experiment`` column when there are
@@ -510,7 +894,7 @@ def as_dataset(data) -> Dataset:
         return data
     if isinstance(data, Experiment):
         return Dataset([data])
-    if isinstance(data, pd.DataFrame):
+    if is_instance(data, "pandas", "DataFrame"):
         return Dataset.from_frame(data, time=data.columns[0])
     raise DataTypeError(f"expected a dl.Dataset (or a DataFrame whose first column is time), "
                         f"got {type(data).__name__}")

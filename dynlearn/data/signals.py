@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 
 from dynlearn.data.checks import check_times
 from dynlearn.data.dataset import Experiment
 from dynlearn.errors import DataError
+from dynlearn.lazy import is_instance
 
 __all__ = ["InputSignal", "as_input_signal"]
 
@@ -97,7 +97,7 @@ def as_input_signal(inputs, model, kind: str = "linear") -> InputSignal:
             raise DataError(f"the input signal has {inputs.n_inputs} inputs; the model has "
                             f"{names}")
         return inputs
-    if isinstance(inputs, pd.DataFrame):
+    if is_instance(inputs, "pandas", "DataFrame"):
         missing = [n for n in names if n not in inputs.columns]
         if missing:
             raise DataError(f"inputs frame lacks column(s) {missing}; it needs a time column "

@@ -570,7 +570,7 @@ def regress(Theta: np.ndarray, Z: np.ndarray, terms: Sequence[sp.Expr], names: S
                           "network is probably extrapolating off its trajectories, or the "
                           "library columns are nearly collinear there. Let the data choose "
                           "between them (Python: select='ode', the default of recover; "
-                          "command line: the default of dynlearn recover) or sample only "
+                          "command line: --select ode, the default) or sample only "
                           "the trajectories (Python: region='trajectory'; command line: "
                           "--region trajectory)", DiscoveryWarning, stacklevel=stacklevel)
     cond = condition_number(Theta)

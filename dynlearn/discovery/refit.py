@@ -214,7 +214,7 @@ def refit_recovery(recovery: Recovery, data=None, *, prune: bool = True, z: floa
         warnings.warn(f"the refit failed ({failure(result)}); returning the regression. "
                       "Selecting through the ODE refits every structure on the regression's "
                       "path instead of this one (Python: recover(..., select='ode'), the "
-                      "default; command line: the default of dynlearn recover)",
+                      "default; command line: dynlearn recover --select ode, the default)",
                       DiscoveryWarning, stacklevel=3)
         return recovery
     ref = recovery.hybrid_loss
@@ -226,7 +226,7 @@ def refit_recovery(recovery: Recovery, data=None, *, prune: bool = True, z: floa
                       "minimum. Nothing was pruned. Try a larger library (Python: "
                       "library=dl.polynomial_library(3); command line: --library poly3), or "
                       "let the data choose among the regression's candidates (Python: "
-                      "select='ode', the default; command line: the default)",
+                      "select='ode', the default; command line: --select ode, the default)",
                       DiscoveryWarning, stacklevel=3)
         prune = False
     n_dropped = 0
@@ -264,7 +264,7 @@ def refit_recovery(recovery: Recovery, data=None, *, prune: bool = True, z: floa
                               f"({failure(result)}); stopping the elimination with them "
                               "kept. Selecting through the ODE compares the refits of every "
                               "structure on the regression's path (Python: select='ode', "
-                              "the default; command line: the default)",
+                              "the default; command line: --select ode, the default)",
                               DiscoveryWarning, stacklevel=3)
                 break
             n_dropped += len(nxt.dropped) - len(current.dropped)

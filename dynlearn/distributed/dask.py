@@ -9,11 +9,17 @@ How it works
 Work is fanned out at two levels.
 
 * **Independent fits**: the starts of a multi-start fit (``dl.fit(..., n_starts=K,
-  client=client)``), bootstrap refits (:func:`bootstrap`) and ensemble members
-  (:func:`ensemble`) run one per task. What they share (model, bound data, fit settings) is
-  scattered to every worker once (``client.scatter(..., broadcast=True)``); each task gets it
-  by reference, so only a few numbers (a start point, a seed, resampling indices) travel per
-  task. Results are collected with ``as_completed`` as they finish.
+  client=client)``), bootstrap refits (:func:`bootstrap`), ensemble members
+  (:func:`ensemble`) and profile refits run as tasks (:func:`run_tasks`). The first ones go
+  out one per worker thread; the run time of the first to come back prices the others,
+  which go out packed several to a task (about ``Parallel.task_seconds`` of work each,
+  shrinking towards the end so that the workers finish together: :func:`chunk_sizes`).
+  When the whole work is too small to pay for the cluster (:func:`pays_for_cluster`), the
+  rest runs in the calling process and ``result.starts`` says so. What they share (model,
+  bound data, fit settings) is scattered to every worker once (``client.scatter(...,
+  broadcast=True)``); each task gets it by reference, so only a few numbers (start points,
+  seeds, resampling indices) travel per task. Results are collected with ``as_completed``
+  as they finish, and reported item by item (a fit's checkpoint records every start).
 * **Experiments inside one fit** (``n_starts=1``, several experiments): the fit's objective
   is scattered once; every residual, Jacobian or gradient evaluation then sends ``x`` to one
   task per *batch* of experiments and sums (or stacks) what comes back. Batching keeps the
@@ -54,6 +60,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
+import time
 import traceback
 import uuid
 from collections import OrderedDict
@@ -65,12 +72,16 @@ import numpy as np
 
 from dynlearn.errors import ClusterError, OptionError, TaskError
 
-__all__ = ["RESCATTERS", "ClusterError", "Parallel", "TaskError", "cached", "cluster_lost",
-           "current_parallel", "forget", "forget_everywhere", "local_client", "lost_inputs",
-           "lost_cluster_error", "parallel", "reaching_scheduler", "run_tasks", "scatter",
-           "scheduler_address", "worker_address"]
+__all__ = ["RESCATTERS", "TASK_SECONDS", "ClusterError", "Parallel", "Placement", "TaskError",
+           "cached", "chunk_sizes", "chunk_task", "cluster_lost", "current_parallel", "forget",
+           "forget_everywhere", "local_client", "lost_cluster_error", "lost_inputs", "parallel",
+           "pays_for_cluster", "reaching_scheduler", "run_tasks", "scatter", "scheduler_address",
+           "worker_address"]
 
 OVER = ("auto", "starts", "experiments")
+#: Default least work per task (seconds): a task costs about 10 ms of scheduling and
+#: transfers on a local cluster (benchmarks/scale_out.py), so a task of 0.3 s loses ~3%.
+TASK_SECONDS = 0.3
 _CURRENT: contextvars.ContextVar[Parallel | None] = contextvars.ContextVar("dynlearn_parallel",
                                                                           default=None)
 
@@ -83,10 +94,12 @@ class Parallel:
     ----------
     client : dask.distributed.Client
     over : {"auto", "starts", "experiments"}
-        What a fit fans out. ``"starts"``: one task per start of a multi-start fit (each start
-        evaluates its experiments serially). ``"experiments"``: every evaluation of the
-        objective is split over batches of experiments (starts run one after another).
-        ``"auto"`` (default): starts when ``n_starts > 1``, else experiments.
+        What a fit fans out. ``"starts"``: the starts of a multi-start fit, as tasks on the
+        cluster however little work they are (each start evaluates its experiments
+        serially). ``"experiments"``: every evaluation of the objective is split over
+        batches of experiments (starts run one after another). ``"auto"`` (default): starts
+        when ``n_starts > 1``, else experiments; independent fits too small to pay for the
+        cluster run in this process (see ``task_seconds``).
     batch_size : int, optional
         Experiments per task when fanning out experiments. Default: split the experiments
         into as many batches as the cluster has worker threads (fewest round trips; pass a
@@ -94,12 +107,21 @@ class Parallel:
     retries : int
         How many times a task that raised is re-run before its error is reported (default
         1). Tasks lost with a dead worker are re-run by the scheduler regardless.
+    task_seconds : float or None
+        Independent fits (starts, bootstrap replicates, ensemble members, profile refits)
+        are packed several to a task so that each task holds about this much work, priced
+        by the first fit to come back (default 0.3 s; a task costs ~10 ms of scheduling and
+        transfers); ``None``: one task per fit. When the whole work is too small to pay for
+        the cluster (less than ``task_seconds`` per worker thread), the fits not yet sent
+        run in this process instead, unless ``over`` was chosen explicitly (``"starts"``
+        forces the cluster); ``result.starts`` says where each start ran.
     """
 
     client: Any
     over: str = "auto"
     batch_size: int | None = None
     retries: int = 1
+    task_seconds: float | None = TASK_SECONDS
 
     def __post_init__(self):
         if self.over not in OVER:
@@ -110,6 +132,11 @@ class Parallel:
                               f"{self.batch_size!r}")
         if not isinstance(self.retries, (int, np.integer)) or self.retries < 0:
             raise OptionError(f"retries must be a non-negative integer, got {self.retries!r}")
+        if self.task_seconds is not None and not (
+                isinstance(self.task_seconds, (int, float, np.number))
+                and self.task_seconds >= 0):
+            raise OptionError(f"task_seconds must be a non-negative number or None, got "
+                              f"{self.task_seconds!r}")
         _check_client(self.client)
 
     @property
@@ -194,7 +221,8 @@ _WORKER_MALLOC = {"MALLOC_TRIM_THRESHOLD_": str(64 * 2**20),
 
 @contextlib.contextmanager
 def parallel(client=None, *, workers: int | None = None, over: str = "auto",
-             batch_size: int | None = None, retries: int = 1) -> Iterator[Parallel]:
+             batch_size: int | None = None, retries: int = 1,
+             task_seconds: float | None = TASK_SECONDS) -> Iterator[Parallel]:
     """Run dynlearn's fits inside the block on Dask.
 
     ``dl.fit``, :func:`bootstrap` and :func:`ensemble` called without ``client=`` inside the
@@ -207,7 +235,7 @@ def parallel(client=None, *, workers: int | None = None, over: str = "auto",
     workers : int, optional
         Without ``client``: start a local cluster with this many worker processes for the
         block and close it afterwards.
-    over, batch_size, retries
+    over, batch_size, retries, task_seconds
         See :class:`Parallel`.
 
     Yields
@@ -227,7 +255,7 @@ def parallel(client=None, *, workers: int | None = None, over: str = "auto",
         client = own = local_client(workers)
     try:
         par = client if isinstance(client, Parallel) else Parallel(client, over, batch_size,
-                                                                  retries)
+                                                                  retries, task_seconds)
         token = _CURRENT.set(par)
         try:
             yield par
@@ -303,6 +331,8 @@ def _task(fn: Callable, label: str, item, _tokens: Mapping[str, str] | None = No
         if _tokens:
             shared = {k: cached(_tokens[k], v)["obj"] for k, v in shared.items()}
         return fn(item, **shared)
+    except TaskError:
+        raise                   # already names its item and worker (chunk_task)
     except Exception as exc:
         worker = worker_address()
         raise TaskError(f"{label} failed on worker {worker or '?'}: {type(exc).__name__}: {exc}",
@@ -388,17 +418,143 @@ def lost_cluster_error(client, exc: BaseException, what: str) -> ClusterError:
                         f"{what} ({detail})", address)
 
 
+# --- sizing the tasks ---------------------------------------------------------------------
+#: Tasks per worker thread at least, when there are enough items: a slower worker or a
+#: dearer item then delays the end by a fraction of a task, not by a whole worker's share.
+TASKS_PER_WORKER = 2
+
+
+def chunk_sizes(n_items: int, seconds_per_item: float | None, n_workers: int,
+                task_seconds: float | None = TASK_SECONDS,
+                tasks_per_worker: int = TASKS_PER_WORKER) -> list[int]:
+    """How many consecutive items each task gets, in item order ("guided" sizes).
+
+    Each task holds about ``task_seconds`` of work at the measured or estimated
+    ``seconds_per_item`` (fewer round trips), but at most a ``1 / (tasks_per_worker *
+    n_workers)`` share of the items still to hand out, so the tasks shrink towards the end
+    (down to one item): the workers finish together even when items differ in cost.
+    Without a cost, or with ``task_seconds=None``, every item is a task of its own.
+
+    Parameters
+    ----------
+    n_items : int
+    seconds_per_item : float or None
+        The cost of one item.
+    n_workers : int
+        Worker threads of the cluster.
+    task_seconds : float or None
+        The work per task worth its overhead.
+    tasks_per_worker : int
+
+    Returns
+    -------
+    list of int
+        The sizes of the tasks; they sum to ``n_items``.
+
+    Examples
+    --------
+    >>> chunk_sizes(14, 0.1, 2)          # 0.3 s per task, then a shrinking tail
+    [3, 3, 2, 2, 1, 1, 1, 1]
+    >>> chunk_sizes(4, 2.0, 2)           # dear items: one per task
+    [1, 1, 1, 1]
+    """
+    if n_items <= 0:
+        return []
+    if seconds_per_item is None or task_seconds is None or not np.isfinite(seconds_per_item):
+        return [1] * n_items
+    by_cost = max(1, int(np.ceil(task_seconds / max(float(seconds_per_item), 1e-9))))
+    share = max(1, tasks_per_worker) * max(1, n_workers)
+    sizes, left = [], n_items
+    while left:
+        size = max(1, min(by_cost, -(-left // share)))
+        sizes.append(size)
+        left -= size
+    return sizes
+
+
+def pays_for_cluster(total_seconds: float, n_workers: int,
+                     task_seconds: float | None = TASK_SECONDS) -> bool:
+    """Whether ``total_seconds`` of independent work pays for sending it to a cluster of
+    ``n_workers`` worker threads: at least one task's worth (``task_seconds``) in all.
+    Below that, the cluster's fixed cost per fit
+    (scattering the inputs, the workers' first compilation of the model, the round trips:
+    ~40 ms on a local cluster) and a loaded machine eat most of the gain. Always ``True``
+    with ``task_seconds=None`` (sizing off)."""
+    if task_seconds is None:
+        return True
+    return total_seconds >= task_seconds
+
+
+@dataclass
+class Placement:
+    """Where one item of :func:`run_tasks` ran.
+
+    Attributes
+    ----------
+    worker : str
+        The worker's address; ``"client"`` for an item run in the calling process because the
+        work was too small to pay for the cluster (see :func:`pays_for_cluster`).
+    task : int
+        The number of its task (items of a task share it; -1 on the client).
+    seconds : float
+        The item's own run time.
+    task_seconds : float
+        The run time of its whole task, on the worker.
+    """
+
+    worker: str
+    task: int
+    seconds: float
+    task_seconds: float
+
+
+def chunk_task(fn: Callable, chunk: tuple, **shared) -> list:
+    """Run ``fn(item, **shared)`` for the items of one task, in order, on a worker:
+    ``[(result, seconds), ...]``. ``chunk`` is ``(items, labels)``; an error names the
+    item's label and the worker."""
+    items, labels = chunk
+    out = []
+    for item, label in zip(items, labels):
+        t0 = time.perf_counter()
+        try:
+            result = fn(item, **shared)
+        except Exception as exc:
+            worker = worker_address()
+            raise TaskError(f"{label} failed on worker {worker or '?'}: "
+                            f"{type(exc).__name__}: {exc}", label, worker,
+                            traceback.format_exc()) from None
+        out.append((result, time.perf_counter() - t0))
+    return out
+
+
+def _timed_chunk(work: tuple, **shared):
+    """One task of :func:`run_tasks`: ``work = (fn, items, labels)``; returns (the worker's
+    address, the task's run time, :func:`chunk_task`'s list)."""
+    t0 = time.perf_counter()
+    fn, items, labels = work
+    out = chunk_task(fn, (items, labels), **shared)
+    return worker_address(), time.perf_counter() - t0, out
+
+
 def run_tasks(par: Parallel, fn: Callable, items: Sequence, labels: Sequence[str],
               shared: Mapping[str, Any], desc: str = "tasks",
-              on_result: Callable[[Any], None] | None = None) -> list:
-    """``[fn(item, **shared) for item in items]`` as one Dask task per item.
+              on_result: Callable[[Any], None] | None = None,
+              placement: list | None = None) -> list:
+    """``[fn(item, **shared) for item in items]`` as Dask tasks, several items per task.
+
+    Tasks are sized by measured cost (:func:`chunk_sizes`): the first items go out one per
+    worker thread; when the first of them is back, its run time prices the others, which go
+    out in chunks worth ``par.task_seconds`` each (and at least two tasks per worker
+    thread, for balance). When the whole work is too small to pay for the cluster
+    (:func:`pays_for_cluster`) and ``par.over`` is ``"auto"``, the items not yet sent run
+    here, in this process, instead. ``par.task_seconds=None``: one task per item.
 
     ``shared`` is scattered to every worker once (and kept in each worker's cache, see
     :func:`cached`); inputs lost with a dead worker are sent again (up to
     :data:`RESCATTERS` times); a task that raises is retried ``par.retries`` times, then
-    its error is raised here as a :class:`TaskError` naming ``labels[i]`` and the worker;
-    a lost scheduler as a :class:`~dynlearn.errors.ClusterError` (after ``on_result`` saw
-    every result that had arrived).
+    its error is raised here as a :class:`TaskError` naming the item's label and the
+    worker; a lost scheduler as a :class:`~dynlearn.errors.ClusterError` (after
+    ``on_result`` saw every result that had arrived).
 
     Parameters
     ----------
@@ -406,15 +562,18 @@ def run_tasks(par: Parallel, fn: Callable, items: Sequence, labels: Sequence[str
     fn : callable
         ``fn(item, **shared)``; must be picklable (a module-level function).
     items : sequence
-        One task each.
+        The pieces of work.
     labels : sequence of str
-        What each task is, for error messages (``"start 2"``, ``"bootstrap replicate 7"``).
+        What each item is, for error messages (``"start 2"``, ``"bootstrap replicate 7"``).
     shared : mapping
-        Keyword arguments every task gets.
+        Keyword arguments every item gets.
     desc : str
         Part of the task keys (``dynlearn-<desc>-...``).
     on_result : callable, optional
-        Called with each result as it arrives (in completion order).
+        Called with each item's result as it arrives (tasks in completion order, the items
+        of a task in item order).
+    placement : list, optional
+        Filled with one :class:`Placement` per item, in item order.
 
     Returns
     -------
@@ -423,54 +582,67 @@ def run_tasks(par: Parallel, fn: Callable, items: Sequence, labels: Sequence[str
     """
     from distributed import as_completed
     client = par.client
+    n = len(items)
+    results: list = [None] * n
+    where: list = [None] * n
+    if n == 0:
+        return []
     token = uuid.uuid4().hex[:10]
-    with reaching_scheduler(client, f"sending the inputs of {len(items)} {desc}"):
+    workers = par.n_threads
+    with reaching_scheduler(client, f"sending the inputs of {n} {desc}"):
         remote = {k: scatter(client, v) for k, v in shared.items()}
     # the cache token stays that of the first scatter, also when the inputs are re-sent
     tokens = {k: str(f.key) for k, f in remote.items()}
     scattered = list(remote.values())      # every copy sent, released at the end only:
     generation = 0                         # cancelling one would cancel the tasks using it
-    used = [0] * len(items)                # the generation of inputs each task was sent
+    # chunks: item ranges; the first ones (one item per worker thread) price the rest
+    pilot = n if par.task_seconds is None else min(n, workers)
+    chunks: list[range] = [range(i, i + 1) for i in range(pilot)]
+    used: list[int] = []                   # the generation of inputs each task was sent
     sent = [0]
 
-    def submit(i):
+    def submit(c):
         sent[0] += 1
-        used[i] = generation
-        return client.submit(_task, fn, labels[i], items[i], _tokens=tokens,
-                             key=f"dynlearn-{desc}-{token}-{i}-{sent[0]}",
+        while len(used) <= c:
+            used.append(0)
+        used[c] = generation
+        idx = chunks[c]
+        return client.submit(_task, _timed_chunk, f"{desc} {idx.start}-{idx.stop - 1}",
+                             (fn, [items[i] for i in idx], [labels[i] for i in idx]),
+                             _tokens=tokens, key=f"dynlearn-{desc}-{token}-{c}-{sent[0]}",
                              retries=par.retries, pure=False, **remote)
-    with reaching_scheduler(client, f"sending {len(items)} {desc}"):
-        futures = [submit(i) for i in range(len(items))]
-    index = {f.key: i for i, f in enumerate(futures)}
-    results: list = [None] * len(futures)
+    with reaching_scheduler(client, f"sending {n} {desc}"):
+        futures = [submit(c) for c in range(len(chunks))]
+    index = {f.key: c for c, f in enumerate(futures)}
     lost = False
     try:
         pending = as_completed(futures)
         for fut in pending:
-            i = index[fut.key]
-            if futures[i] is not fut:       # superseded by a resubmission
+            c = index[fut.key]
+            if futures[c] is not fut:       # superseded by a resubmission
                 continue
             if fut.status != "finished":
                 exc = fut.exception() if fut.status == "error" else _cancel_reason(fut)
                 if cluster_lost(client, exc):
                     lost = True
-                    raise lost_cluster_error(client, exc, f"running {len(items)} {desc} "
-                                             f"({sum(r is not None for r in results)} "
+                    raise lost_cluster_error(client, exc, f"running {n} {desc} "
+                                             f"({sum(w is not None for w in where)} "
                                              "finished)")
-                if not lost_inputs(exc) or (used[i] == generation
+                if not lost_inputs(exc) or (used[c] == generation
                                             and generation >= RESCATTERS):
-                    raise _as_task_error(exc, labels[i])
-                if used[i] == generation:   # the current copy is lost: send another
+                    raise _as_task_error(exc, f"{desc} {chunks[c].start}-"
+                                         f"{chunks[c].stop - 1}")
+                if used[c] == generation:   # the current copy is lost: send another
                     generation += 1
                     with reaching_scheduler(client, f"sending the inputs of {desc} again"):
                         remote = {k: scatter(client, v) for k, v in shared.items()}
                     scattered += remote.values()
-                futures[i] = submit(i)      # (tasks sent an older copy come here in turn)
-                index[futures[i].key] = i
-                pending.add(futures[i])
+                futures[c] = submit(c)      # (tasks sent an older copy come here in turn)
+                index[futures[c].key] = c
+                pending.add(futures[c])
                 continue
             try:
-                results[i] = fut.result()
+                worker, task_s, out = fut.result()
             except BaseException as exc:   # finished, but its result could not be fetched
                 if cluster_lost(client, exc):
                     lost = True
@@ -478,8 +650,36 @@ def run_tasks(par: Parallel, fn: Callable, items: Sequence, labels: Sequence[str
                                              ) from None
                 raise
             fut.release()
-            if on_result is not None:
-                on_result(results[i])
+            for i, (res, s) in zip(chunks[c], out):
+                results[i], where[i] = res, Placement(worker, c, s, task_s)
+                if on_result is not None:
+                    on_result(res)
+            rest = chunks[-1].stop
+            if rest < n:                    # the first result back: price the rest
+                cost = float(np.median([s for _, s in out]))
+                if par.over == "auto" and not pays_for_cluster(n * cost, workers,
+                                                               par.task_seconds):
+                    for i in range(rest, n):   # too little work: run it here
+                        t0 = time.perf_counter()
+                        try:
+                            results[i] = fn(items[i], **shared)
+                        except Exception as exc:
+                            if hasattr(exc, "add_note"):
+                                exc.add_note(f"(in {labels[i]}, run on the client)")
+                            raise
+                        s = time.perf_counter() - t0
+                        where[i] = Placement("client", -1, s, s)
+                        if on_result is not None:
+                            on_result(results[i])
+                    chunks.append(range(rest, n))   # (nothing more to send)
+                    continue
+                with reaching_scheduler(client, f"sending {n - rest} {desc}"):
+                    for size in chunk_sizes(n - rest, cost, workers, par.task_seconds):
+                        chunks.append(range(rest, rest + size))
+                        rest += size
+                        futures.append(submit(len(chunks) - 1))
+                        index[futures[-1].key] = len(chunks) - 1
+                        pending.add(futures[-1])
     except BaseException as exc:
         lost = lost or cluster_lost(client, exc)
         if not lost:      # (without a scheduler, there is nothing to cancel: no waiting)
@@ -489,6 +689,8 @@ def run_tasks(par: Parallel, fn: Callable, items: Sequence, labels: Sequence[str
         if not lost:
             client.cancel(scattered)
             forget_everywhere(client, list(tokens.values()))
+    if placement is not None:
+        placement[:] = where
     return results
 
 

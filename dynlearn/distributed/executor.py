@@ -27,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 from dynlearn.distributed.dask import Parallel, current_parallel, run_tasks
 from dynlearn.distributed.fanned import FannedObjective
 from dynlearn.objective.objective import FitObjective
+from dynlearn.report.progress import ProgressBar
 
 __all__ = ["DaskExecutor", "Executor", "MapExecutor", "SerialExecutor", "resolve_executor"]
 
@@ -43,7 +44,7 @@ class Executor(Protocol):
 
     def map(self, fn: Callable, items: Sequence, labels: Sequence[str],
             shared: Mapping[str, Any], *, progress: bool = False, desc: str = "tasks",
-            on_result: OnResult | None = None) -> list:
+            on_result: OnResult | None = None, placement: list | None = None) -> list:
         """``[fn(item, **shared) for item in items]``, in item order.
 
         Parameters
@@ -65,6 +66,10 @@ class Executor(Protocol):
             ``on_result(bar, result)`` after each result, as it arrives (``bar`` is the
             progress bar, ``None`` without one): to show the best loss so far, or to record
             finished work (a fit's checkpoint records every finished start).
+        placement : list, optional
+            Filled with one :class:`~dynlearn.distributed.dask.Placement` per item (where it
+            ran, in which task, how long) by executors that run items elsewhere; left
+            empty by those that run them here.
         """
         ...
 
@@ -90,8 +95,8 @@ def _note(exc: BaseException, text: str) -> None:
 def _progress_bar(progress: bool, total: int, desc: str):
     if not progress:
         return None
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, unit="task", leave=False, dynamic_ncols=True)
+    # a tqdm bar on a terminal, plain lines (no carriage returns) in a file or a log
+    return ProgressBar(desc, total=total, unit="task")
 
 
 def _with_bar(bar, on_result: OnResult | None) -> Callable[[Any], None] | None:
@@ -123,8 +128,9 @@ class _InProcess:
 
     def map(self, fn: Callable, items: Sequence, labels: Sequence[str],
             shared: Mapping[str, Any], *, progress: bool = False, desc: str = "tasks",
-            on_result: OnResult | None = None) -> list:
-        """See :meth:`Executor.map`."""
+            on_result: OnResult | None = None, placement: list | None = None) -> list:
+        """See :meth:`Executor.map` (``placement`` stays empty: items run here or
+        through the user's mapper, which does not say where)."""
         bar = _progress_bar(progress, len(items), desc)
         done = _with_bar(bar, on_result)
         try:
@@ -207,14 +213,16 @@ class DaskExecutor:
 
     def map(self, fn: Callable, items: Sequence, labels: Sequence[str],
             shared: Mapping[str, Any], *, progress: bool = False, desc: str = "tasks",
-            on_result: OnResult | None = None) -> list:
-        """See :meth:`Executor.map` and :func:`dynlearn.distributed.dask.run_tasks` (one task
-        per item; ``shared`` scattered to every worker once; lost inputs sent again; a
-        failed task raised as a :class:`~dynlearn.distributed.dask.TaskError`)."""
+            on_result: OnResult | None = None, placement: list | None = None) -> list:
+        """See :meth:`Executor.map` and :func:`dynlearn.distributed.dask.run_tasks` (items
+        packed into tasks by measured cost; ``shared`` scattered to every worker once; lost
+        inputs sent again; a failed item raised as a
+        :class:`~dynlearn.distributed.dask.TaskError`; work too small for the cluster run
+        here)."""
         bar = _progress_bar(progress, len(items), desc)
         try:
             return run_tasks(self.parallel, fn, items, labels, shared, desc=desc,
-                             on_result=_with_bar(bar, on_result))
+                             on_result=_with_bar(bar, on_result), placement=placement)
         finally:
             if bar is not None:
                 bar.close()

@@ -33,8 +33,10 @@ from dynlearn.distributed.dask import (
     scatter,
     worker_address,
 )
+from dynlearn.errors import TimeLimitError
 from dynlearn.objective.objective import FitObjective, Rejected
 from dynlearn.objective.shooting import ShootingObjective
+from dynlearn.solve import current_deadline, deadline
 
 __all__ = ["FannedObjective", "balanced_batches"]
 
@@ -73,7 +75,8 @@ class _InputsLost(Exception):
     """The scattered objective died with a worker: scatter it again (see lost_inputs)."""
 
 
-def _experiment_task(source, token: str, batch: tuple[int, ...], what, x, sigma_hat):
+def _experiment_task(source, token: str, batch: tuple[int, ...], what, x, sigma_hat,
+                     at: float | None = None):
     """Evaluate ``what`` for the experiments in ``batch`` (runs on a worker).
 
     ``source`` is the scattered objective, or just its ``token`` once this worker is known
@@ -87,8 +90,16 @@ def _experiment_task(source, token: str, batch: tuple[int, ...], what, x, sigma_
     Returns ``(worker address, [per-experiment results], [per-experiment seconds], None)``
     (for ``"system"`` each experiment's result is its residuals and the triangular factor of
     its rows ``[J r]``, see :func:`_triangular`), or a :class:`_RejectedAt` when a trial
-    point cannot be solved, or a :class:`_CacheMiss`.
+    point cannot be solved, or a :class:`_CacheMiss`. ``at``: the caller's solve deadline
+    (:func:`dynlearn.solve.deadline`, a wall-clock time), which every solve here keeps to:
+    past it, the :class:`~dynlearn.errors.TimeLimitError` goes back to the caller.
     """
+    with deadline(at):
+        return _experiment_batch(source, token, batch, what, x, sigma_hat)
+
+
+def _experiment_batch(source, token, batch, what, x, sigma_hat):
+    """:func:`_experiment_task` within its deadline."""
     entry = cached(token, None if isinstance(source, str) else source)
     if entry is None:
         return _CacheMiss()
@@ -118,6 +129,8 @@ def _experiment_task(source, token: str, batch: tuple[int, ...], what, x, sigma_
                 out.append(obj.experiment_cost_and_grad(i, x))
         except Rejected as exc:   # a failed solve rejects the trial point; not an error
             return _RejectedAt(str(exc))
+        except TimeLimitError:    # the fit's max_time: the caller stops the fit
+            raise
         except Exception as exc:
             worker = worker_address()
             name = obj.bound[i].name
@@ -243,7 +256,8 @@ class FannedObjective(FitObjective):
                 where = {} if w is None else {"workers": [w], "allow_other_workers": True}
                 futures.append(self._client.submit(
                     _experiment_task, src, self._key, batches[k], what, x,
-                    self.sigma_hat, key=f"dynlearn-{label}-{self._token}-{self._calls}",
+                    self.sigma_hat, current_deadline(),
+                    key=f"dynlearn-{label}-{self._token}-{self._calls}",
                     retries=self._retries, pure=False, **where))
             try:
                 got = self._gather(futures, label, can_rescatter=rescatters < RESCATTERS)
@@ -274,7 +288,7 @@ class FannedObjective(FitObjective):
     def _gather(self, futures, what: str, can_rescatter: bool = False) -> list:
         try:
             return self._client.gather(futures)
-        except TaskError:
+        except (TaskError, TimeLimitError):
             raise
         except Exception as exc:
             if cluster_lost(self._client, exc):   # no resubmission cures a dead scheduler

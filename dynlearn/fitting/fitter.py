@@ -48,7 +48,9 @@ from dynlearn.errors import (
 )
 from dynlearn.files import json_npz_paths
 from dynlearn.fitting.checkpoint import read_checkpoint
+from dynlearn.fitting.regularisation import AUTO, check_l2, choose_l2
 from dynlearn.fitting.starts import StartSpec, outcome_from_record, run_starts, start_points
+from dynlearn.fitting.threads import blas_threads_for
 from dynlearn.objective.binding import initial_states
 from dynlearn.objective.losses import Loss, loss_from_name
 from dynlearn.objective.objective import FitObjective
@@ -56,6 +58,7 @@ from dynlearn.optimizers import Optimizer, Status, default_optimizer
 from dynlearn.results.result import FitResult
 from dynlearn.sensitivity import Sensitivity
 from dynlearn.solve import check_method, check_options
+from dynlearn.solve import deadline as solve_deadline
 
 __all__ = ["Refitter", "fit"]
 
@@ -63,7 +66,7 @@ __all__ = ["Refitter", "fit"]
 # --- the fit --------------------------------------------------------------------------------
 def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer | None = None,
         sensitivity: Sensitivity | None = None, method: str = "RK45", rtol: float = 1e-6,
-        atol: float = 1e-8, sigma=None, weights=None, l2: float = 0.0,
+        atol: float = 1e-8, sigma=None, weights=None, l2: float | str | None = 0.0,
         input_kind: str | None = None, y0_init=None, n_starts: int = 1, seed: int | None = None,
         progress: bool = True, callback: Callable | None = None, checkpoint=None,
         checkpoint_interval: float = 5.0, resume: bool = False, max_time: float | None = None,
@@ -91,15 +94,24 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
         Default: :class:`~dynlearn.LevenbergMarquardt`, which uses the exact residual
         Jacobian (see :func:`~dynlearn.optimizers.default_optimizer`).
     sensitivity : Sensitivity, optional
-        Gradient method for gradient-based optimizers (default :class:`~dynlearn.Adjoint`).
+        Gradient method for gradient-based optimizers (default: the adjoint; forward
+        sensitivities with a stiff method and at most 100 parameters, see
+        :func:`~dynlearn.sensitivity.choice.default_sensitivity`).
     method, rtol, atol : solver settings
         Any ``solve_ivp`` method; RK45 (default) and RK23 get exact discrete derivatives.
     sigma : float or dict, optional
         Known noise standard deviations per observable (overridden by data columns).
     weights : dict, optional
         Relative weights per observable.
-    l2 : float
-        L2 penalty ``l2 * |w|^2`` on network weights.
+    l2 : float or "auto"
+        L2 penalty ``l2 * |w|^2`` on network weights. ``"auto"`` (or ``None``) chooses it from
+        the data for a network model by the discrepancy principle: the fit with no penalty
+        runs first; if it is below the noise level (known, or estimated from the data) as
+        the diagnostics' warning judges it, a short warm-started path of penalised fits
+        finds the least penalty that brings it to the noise level (see
+        :mod:`dynlearn.fitting.regularisation`); the choice is in
+        ``result.config["regularisation"]`` and the summary. A number (0 included) is used
+        as given.
     input_kind : {"linear", "zoh"}, optional
         How inputs are interpolated between samples (default: the dataset's choice).
     y0_init : array or dict, optional
@@ -112,7 +124,10 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
     seed : int, optional
         Seed of the random starts.
     progress : bool
-        Show a progress bar (tqdm).
+        Show the progress on stderr: the stage, its iterations out of the optimizer's
+        budget, the best loss, the time left at most. A tqdm bar on a terminal or in
+        Jupyter; elsewhere (a file, a log) plain lines, one per stage, one every 10 s and
+        one at the end, with no carriage returns.
     callback : callable, optional
         ``callback(info)`` after every iteration with a dict (``iteration``, ``nfev``,
         ``loss``, ``names``, ``values``, ``theta``, ``y0``, ``elapsed``, ``start``);
@@ -180,6 +195,10 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
         raise OptionError(f"n_starts must be a positive integer, got {n_starts!r}")
     if resume and not checkpoint:
         raise OptionError("resume=True needs checkpoint=<path>")
+    l2 = check_l2(l2)
+    auto_l2 = l2 == AUTO
+    if auto_l2:        # the first fit has no penalty; the path afterwards chooses one
+        l2 = 0.0
     dataset = as_dataset(data)
     strategy = initial_states(y0, model, y0_init)
     bound = strategy.bind(model, dataset, input_kind)
@@ -231,60 +250,84 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
             best = replace(best, message=message)
         if np.size(best.sigma_hat) == len(obj.sigma_hat):
             obj.set_sigma(best.sigma_hat)
-        return FitResult.from_fit(model, dataset, obj, best, outcomes, optimizer, elapsed,
-                                  config, refitter=refitter)
+        # the result's own solves (the Jacobian at the best point, for standard errors) get
+        # the fit's deadline plus a grace of a tenth of max_time (at least 1 s), not more
+        grace = None if deadline is None else deadline + max(1.0, 0.1 * float(max_time))
+        with solve_deadline(grace):
+            return FitResult.from_fit(model, dataset, obj, best, outcomes, optimizer,
+                                      elapsed, config, refitter=refitter)
 
-    t0 = time.perf_counter()
-    try:
-        outcomes = run_starts(specs, settings, executor, done=done, checkpoint=checkpoint,
-                              names=space.names)
-    except KeyboardInterrupt as exc:
-        # Ctrl-C stops the whole fit: the checkpoint is written; the best point so far goes
-        # up with the interrupt, which a script does not swallow
-        outcomes = list(getattr(exc, "outcomes", []))
-        raise _interrupted(outcomes, checkpoint, n_starts, lambda: result_of(
-            outcomes, time.perf_counter() - t0, Status.INTERRUPTED,
-            _interrupt_message(outcomes, checkpoint, n_starts))) from None
-    except ClusterError as exc:
-        # the scheduler is gone: the finished starts are kept (in the checkpoint as they
-        # finished, and in the error's result), and so is a split fit's progress
-        outcomes = list(getattr(exc, "outcomes", []))
-        finished = [o for o in outcomes if np.isfinite(o.cost)]
-        text = str(exc)
-        if n_starts > 1:
-            text += f"; {len(finished)} of {n_starts} starts had finished"
-            if finished:
-                text += " (the error's .result holds them" + (
-                    f", and the checkpoint {checkpoint}" if checkpoint else "") + ")"
-        if checkpoint and os.path.exists(json_npz_paths(checkpoint)[0]):
-            text += (f"; resuming from the checkpoint {checkpoint} continues the fit "
-                     "(resume=True, or dynlearn fit --resume)")
-        result = result_of(finished, time.perf_counter() - t0, message=(
-            f"the best of the {len(finished)} of {n_starts} starts that had finished when the "
-            "Dask scheduler was lost")) if finished else None
-        raise ClusterError(text, exc.address, result) from None
-    elapsed = time.perf_counter() - t0
-    status = message = None
-    if n_starts > 1:   # a stop ends the whole fit, whichever start is best
-        if any(o.status is Status.MAX_TIME for o in outcomes):
-            ran = sum(o.status is not Status.MAX_TIME or np.isfinite(o.cost) for o in outcomes)
-            status, message = Status.MAX_TIME, (
-                f"stopped: max_time={max_time} s reached after {ran} of {n_starts} starts "
-                "had run (or begun); best point kept")
-        elif any(o.status is Status.CALLBACK for o in outcomes):
-            status, message = Status.CALLBACK, ("stopped: the callback asked to stop; best "
-                                                "point kept")
-    try:
-        result = result_of(outcomes, elapsed, status, message)
-    except KeyboardInterrupt:      # while the result's covariance was computed
-        raise FitInterrupted("interrupted after every start had finished, while the result "
-                             "was computed" + (f"; resume=True with the checkpoint "
-                                               f"{checkpoint} computes it again"
-                                               if checkpoint else ""),
-                             None, None if not checkpoint else str(checkpoint)) from None
-    if throw and not result.success:
-        raise DynlearnError(f"the fit failed: {result.message}")
-    return result
+    # a small fit runs its linear algebra on one BLAS thread (dynlearn.fitting.threads)
+    with blas_threads_for(space.size):
+        t0 = time.perf_counter()
+        try:
+            outcomes = run_starts(specs, settings, executor, done=done, checkpoint=checkpoint,
+                                  names=space.names)
+        except KeyboardInterrupt as exc:
+            # Ctrl-C stops the whole fit: the checkpoint is written; the best point so far goes
+            # up with the interrupt, which a script does not swallow
+            outcomes = list(getattr(exc, "outcomes", []))
+            raise _interrupted(outcomes, checkpoint, n_starts, lambda: result_of(
+                outcomes, time.perf_counter() - t0, Status.INTERRUPTED,
+                _interrupt_message(outcomes, checkpoint, n_starts))) from None
+        except ClusterError as exc:
+            # the scheduler is gone: the finished starts are kept (in the checkpoint as they
+            # finished, and in the error's result), and so is a split fit's progress
+            outcomes = list(getattr(exc, "outcomes", []))
+            finished = [o for o in outcomes if np.isfinite(o.cost)]
+            text = str(exc)
+            if n_starts > 1:
+                text += f"; {len(finished)} of {n_starts} starts had finished"
+                if finished:
+                    text += " (the error's .result holds them" + (
+                        f", and the checkpoint {checkpoint}" if checkpoint else "") + ")"
+            if checkpoint and os.path.exists(json_npz_paths(checkpoint)[0]):
+                text += (f"; resuming from the checkpoint {checkpoint} continues the fit "
+                         "(resume=True, or dynlearn fit --resume)")
+            result = result_of(finished, time.perf_counter() - t0, message=(
+                f"the best of the {len(finished)} of {n_starts} starts that had finished when the "
+                "Dask scheduler was lost")) if finished else None
+            raise ClusterError(text, exc.address, result) from None
+        if auto_l2 and model.networks:
+            # the L2 strength from the data: a warm-started path from the best start
+            outcomes = list(outcomes)
+            k = min(range(len(outcomes)), key=lambda i: (not np.isfinite(outcomes[i].loss),
+                                                         outcomes[i].loss))
+            try:
+                chosen, best, report = choose_l2(settings, outcomes[k], deadline=deadline,
+                                                 max_time=max_time, callback=callback)
+            except KeyboardInterrupt:      # Ctrl-C along the path: the unpenalised fit goes up
+                raise _interrupted(outcomes, checkpoint, n_starts, lambda: result_of(
+                    outcomes, time.perf_counter() - t0, Status.INTERRUPTED,
+                    "interrupted (Ctrl-C) while the L2 penalty was chosen; the fit with no "
+                    "penalty is kept")) from None
+            outcomes[k] = best
+            settings["l2"] = chosen
+            obj = FitObjective(**settings)
+            refitter.settings["l2"] = chosen       # refits (profiles) keep the chosen penalty
+            config.update(l2=chosen, regularisation=report)
+        elapsed = time.perf_counter() - t0
+        status = message = None
+        if n_starts > 1:   # a stop ends the whole fit, whichever start is best
+            if any(o.status is Status.MAX_TIME for o in outcomes):
+                ran = sum(o.status is not Status.MAX_TIME or np.isfinite(o.cost) for o in outcomes)
+                status, message = Status.MAX_TIME, (
+                    f"stopped: max_time={max_time} s reached after {ran} of {n_starts} starts "
+                    "had run (or begun); best point kept")
+            elif any(o.status is Status.CALLBACK for o in outcomes):
+                status, message = Status.CALLBACK, ("stopped: the callback asked to stop; best "
+                                                    "point kept")
+        try:
+            result = result_of(outcomes, elapsed, status, message)
+        except KeyboardInterrupt:      # while the result's covariance was computed
+            raise FitInterrupted("interrupted after every start had finished, while the result "
+                                 "was computed" + (f"; resume=True with the checkpoint "
+                                                   f"{checkpoint} computes it again"
+                                                   if checkpoint else ""),
+                                 None, None if not checkpoint else str(checkpoint)) from None
+        if throw and not result.success:
+            raise DynlearnError(f"the fit failed: {result.message}")
+        return result
 
 
 def _read_resumed(checkpoint, space, n_starts: int, optimizer, obj):

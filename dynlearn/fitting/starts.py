@@ -4,9 +4,10 @@ A fit with ``n_starts = K`` runs its optimizer from ``K`` points (:func:`start_p
 start (:func:`run_start`) runs every stage of the optimizer with its own
 :class:`~dynlearn.fitting.tracker.Tracker`, and returns a picklable :class:`StartOutcome`,
 so starts can run in other processes. :func:`run_starts` hands the starts to an
-:class:`~dynlearn.distributed.executor.Executor`: one task per start, or one start after
-another here, each with the objective the executor makes (in-process, or split over Dask
-workers by experiment).
+:class:`~dynlearn.distributed.executor.Executor`: as tasks (on Dask several starts to a
+task, sized by their measured cost; each outcome then says on which worker and in which task
+it ran), or one start after another here, each with the objective the executor makes
+(in-process, or split over Dask workers by experiment).
 
 Interruptions. The fit's time limit is one wall-clock deadline shared by every start (a
 start that would begin after it does not run). Ctrl-C stops the whole fit: the start in
@@ -117,6 +118,16 @@ class StartOutcome:
     # experiment)
     final: tuple | None = field(default=None, repr=False)
     loss: float = math.nan
+    # (evaluations before it, round, stage) where each optimizer stage began
+    stage_marks: list = field(default_factory=list, repr=False)
+    # (evaluations, value, stage mark) of a stage's own objective (multiple shooting)
+    stage_history: list = field(default_factory=list, repr=False)
+    # where the start ran when the executor sent it elsewhere (a Dask worker's address, or
+    # "client" when the work was too small for the cluster), the number of its task, and
+    # that task's run time; "" / -1 / nan when it ran here in a plain serial fit
+    worker: str = ""
+    task: int = -1
+    task_seconds: float = math.nan
 
     def __post_init__(self):
         if math.isnan(self.loss):
@@ -267,15 +278,20 @@ def run_starts(specs: Sequence[StartSpec], settings: Mapping[str, Any], executor
             if bar is not None:
                 best[0] = min(best[0], outcome.loss)
                 bar.set_postfix(loss=f"{best[0]:.6g}", refresh=False)
+        placement: list = []
         try:
             executor.map(_start_task, light, [f"start {s.start}" for s in specs],
                          {"settings": settings}, progress=any(s.progress for s in specs),
-                         desc="starts", on_result=show)
+                         desc="starts", on_result=show, placement=placement)
         except KeyboardInterrupt:
             raise StartsInterrupted(outcomes) from None
         except ClusterError as exc:
             exc.outcomes = list(outcomes)   # the starts that finished (and are recorded)
             raise
+        where = {s.start: p for s, p in zip(specs, placement) if p is not None}
+        outcomes = [replace(o, worker=where[o.start].worker, task=where[o.start].task,
+                            task_seconds=where[o.start].task_seconds)
+                    if o.start in where else o for o in outcomes]
     else:
         stop = None
         for spec in specs:
@@ -325,7 +341,7 @@ def run_start(spec: StartSpec, obj: FitObjective) -> StartOutcome:
     tracker = Tracker(obj, spec.progress, spec.callback, spec.deadline, spec.checkpoint,
                       spec.checkpoint_interval,
                       meta={"start": spec.start, "n_starts": spec.n_starts, "seed": spec.seed},
-                      desc=desc, done=spec.done)
+                      desc=desc, done=spec.done, stages=stages)
     obj.tracker = tracker
     x = np.asarray(spec.x0, dtype=float)
     if tracker.past_deadline() and spec.resume_state is None:
@@ -408,7 +424,8 @@ def _outcome(spec, obj, tracker, x, cost, status, message, final=None) -> StartO
                         status, tracker.counts["nfev"], tracker.counts["njev"],
                         tracker.counts["ngev"], tracker.nit, list(tracker.history),
                         obj.sigma_hat.copy(), time.perf_counter() - tracker.t_start,
-                        np.asarray(spec.x0), tracker.counts["rejected"], final, loss)
+                        np.asarray(spec.x0), tracker.counts["rejected"], final, loss,
+                        list(tracker.stage_marks), list(tracker.stage_history))
 
 
 def _safe_cost(obj, x) -> float:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from dynlearn.fitting.checkpoint import write_checkpoint
+from dynlearn.report.progress import ProgressBar
 
 __all__ = ["FitStopped", "Tracker"]
 
@@ -40,7 +41,9 @@ class Tracker:
     obj : FitObjective
         The objective of the start (for the parameter layout and the noise levels).
     progress : bool
-        Show a progress bar (tqdm) of evaluations.
+        Show the progress of the start (:class:`~dynlearn.report.progress.ProgressBar`): the
+        stage, its iterations out of its budget, the best loss and the evaluations so far;
+        a tqdm bar on a terminal, plain lines (no carriage returns) elsewhere.
     callback : callable, optional
         ``callback(info)`` after every iteration; returning ``True`` stops the fit.
     deadline : float, optional
@@ -59,6 +62,8 @@ class Tracker:
     done : list of dict, optional
         The records of the fit's finished starts (see
         :func:`dynlearn.fitting.starts.outcome_record`), written with every checkpoint.
+    stages : sequence of Optimizer, optional
+        The optimizers of the start's stages, for the progress display (names, budgets).
 
     Attributes
     ----------
@@ -73,13 +78,21 @@ class Tracker:
         rises, also across rounds of noise re-estimation.
     history : list of (int, float)
         ``(evaluation number, best cost)`` at each improvement.
+    stage_marks : list of (int, int, int)
+        ``(evaluations before it, round, stage)`` each time a stage begins (the loss plot's
+        stage boundaries).
+    stage_history : list of (int, float, int)
+        ``(evaluations, value, index into stage_marks)`` each time the own objective of a
+        stage that minimises something other than the loss improved (multiple shooting,
+        see :meth:`report_stage`).
     stop_reason : str or None
         ``"max_time"`` or ``"callback"`` once :class:`FitStopped` was raised.
     """
 
     def __init__(self, obj, progress: bool, callback: Callable | None, deadline: float | None,
                  checkpoint: str | None, checkpoint_interval: float, meta: dict,
-                 desc: str = "fit", done: list[dict] | None = None):
+                 desc: str = "fit", done: list[dict] | None = None,
+                 stages: Sequence | None = None):
         self.obj = obj
         self.counts = {"nfev": 0, "njev": 0, "ngev": 0, "rejected": 0}
         self.nit = 0
@@ -88,6 +101,9 @@ class Tracker:
         # comparable across rounds of noise re-estimation, so it never rises
         self.best_loss, self.best_loss_x = math.inf, None
         self.history: list[tuple[int, float]] = []   # (evaluation number, best cost) on improvement
+        self.stage_marks: list[tuple[int, int, int]] = []
+        # (evaluation number, value, index into stage_marks) of a stage's own objective
+        self.stage_history: list[tuple[int, float, int]] = []
         self.callback = callback
         self.t_start = time.perf_counter()
         self.deadline = deadline
@@ -101,10 +117,9 @@ class Tracker:
         self.stage_x0: np.ndarray | None = None
         self.state: dict | None = None
         self.stop_reason = None
-        self.bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            self.bar = tqdm(desc=desc, unit="eval", leave=False, dynamic_ncols=True)
+        self.stages = list(stages or [])
+        self.bar: ProgressBar | None = ProgressBar(desc, unit="it") if progress else None
+        self._shown_stage: tuple[int, int] | None = None
 
     @property
     def n_evals(self) -> int:
@@ -119,8 +134,35 @@ class Tracker:
         """A stage begins (or resumes): round ``rnd`` of the noise re-estimation, optimizer
         stage ``stage``, from ``x0``, the optimizer keeping its state in ``state``."""
         self.meta.update(round=int(rnd), stage=int(stage))
+        mark = (self.n_evals, int(rnd), int(stage))
+        if not self.stage_marks or self.stage_marks[-1][1:] != mark[1:]:
+            self.stage_marks.append(mark)
         self.stage_x0 = np.array(x0, dtype=float)
         self.state = state
+        if self.bar is not None and self._shown_stage != (rnd, stage):
+            self._shown_stage = (rnd, stage)
+            label, budget = self._stage_label(rnd, stage)
+            self.bar.reset(total=budget, stage=label)
+
+    def report_stage(self, value: float) -> None:
+        """A stage's own objective improved to ``value`` (a stage that minimises something
+        other than the fit's loss, e.g. multiple shooting): kept for the loss plot."""
+        self.stage_history.append((self.n_evals, float(value),
+                                   max(len(self.stage_marks) - 1, 0)))
+
+    def _stage_label(self, rnd: int, stage: int) -> tuple[str, int | None]:
+        """The progress display's name of a stage and its iteration budget (if known)."""
+        if not 0 <= stage < len(self.stages):
+            return f"stage {stage + 1}", None
+        opt = self.stages[stage]
+        label = type(opt).__name__
+        if len(self.stages) > 1:
+            label = f"stage {stage + 1}/{len(self.stages)} {label}"
+        if rnd > 0:      # the rounds of noise re-estimation of a Gaussian loss
+            label += f", noise round {rnd + 1}"
+        budget = getattr(opt, getattr(opt, "budget_option", "max_iter"), None)
+        ok = isinstance(budget, int) and not isinstance(budget, bool) and budget > 0
+        return label, budget if ok else None
 
     def count(self, what: str):
         """Count one evaluation (``"nfev"``, ``"njev"``, ``"ngev"``, ``"rejected"``); raises
@@ -128,8 +170,6 @@ class Tracker:
         self.counts[what] += 1
         if what == "rejected":
             return
-        if self.bar is not None:
-            self.bar.update(1)
         if self.past_deadline():
             self.stop_reason = "max_time"
             raise FitStopped("time limit reached")
@@ -153,9 +193,12 @@ class Tracker:
             if loss < self.best_loss:
                 self.best_loss, self.best_loss_x = loss, self.best_x
             if self.bar is not None:
-                self.bar.set_postfix(loss=f"{self.best_cost:.6g}", refresh=False)
+                self.bar.set_postfix(loss=f"{self.best_loss:.6g}", refresh=False)
         if iteration:
             self.nit += 1
+            if self.bar is not None:
+                self.bar.set_postfix(evals=self.n_evals, refresh=False)
+                self.bar.update(1)
         if self.checkpoint and (improved or iteration) and \
                 time.perf_counter() - self.last_save > self.checkpoint_interval:
             self.save()

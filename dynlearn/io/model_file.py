@@ -1,7 +1,8 @@
 """Model files: a whole problem (model, data mapping, fit settings) in one TOML file.
 
 A model file is read with :mod:`tomllib` and checked key by key; every error names the file
-and, where it can be found, the line. Equations are parsed by
+and, where it can be found, the line. docs/model-files.md is the full reference, with an
+example per feature. Equations are parsed by
 :func:`dynlearn.expressions.parse_expression`, never evaluated.
 
 Layout
@@ -37,6 +38,11 @@ Layout
     hare = "hare"
     lynx = "rho*lynx"                      # e.g. a reporting rate (declare rho in params)
 
+    [model.units]                          # optional unit labels (shown, never converted)
+    t = "year"                             # of states, inputs, observables and time;
+    hare = "thousand pelts"                # a parameter's unit may also be given in its
+    lynx = "thousand pelts"                # table: alpha = { value = 0.5, unit = "1/year" }
+
     [initial]                              # optional; default: the first data row
     values = { hare = 30.0, lynx = 4.0 }   # the initial state (at the first data time)
     estimate = true                        # let the fit estimate it, starting from values
@@ -53,6 +59,12 @@ Layout
     observable = "observable"              #   these columns naming the quantity,
     value = "value"                        #   its value
     sigma = "sigma"                        #   and (optionally) its noise level
+    sep = ","                              # column separator: one character or "whitespace"
+    decimal = "."                          # or "," (a decimal comma, with sep = ";")
+    skip_rows = 0                          # lines before the header to skip
+    unit_rows = 0                          # rows after the header to skip (units)
+    time_unit = "day"                      # read `time` as dates: elapsed time in this unit
+    time_format = "%d.%m.%Y"               # optional: how the dates are written
 
     [noise]
     sigma = { hare = 5.0, lynx = 3.0 }     # known noise per observable, one number for all,
@@ -69,7 +81,7 @@ Layout
                                            # "multiple-shooting" (default: chosen by dl.fit)
     maxiter = 200                          # iteration budget of the optimizer
     n_starts = 1                           # multi-start
-    l2 = 0.0                               # L2 penalty on network weights
+    l2 = 0.0                               # L2 penalty on network weights, or "auto"
     max_time = 600                         # seconds; the best point so far is kept
     seed = 0
     options = { max_step = 0.5 }           # other dl.fit keywords (solver options, ...)
@@ -104,28 +116,62 @@ from dynlearn.core.neural import MLP
 from dynlearn.core.parameters import Parameter
 from dynlearn.core.serialise import model_to_dict
 from dynlearn.data.checks import check_times
-from dynlearn.data.dataset import Dataset
+from dynlearn.data.dataset import TIME_UNITS, WHITESPACE, Dataset
 from dynlearn.errors import DataError, ModelError, OptionError, OptionTypeError, ParameterError
 from dynlearn.objective.losses import LOSS_NAMES, loss_from_name
 from dynlearn.optimizers import OPTIMIZERS, Staged, default_optimizer, optimizer_from_name
 from dynlearn.solve import METHODS
 
-__all__ = ["ModelFile", "load_model_file", "model_to_toml", "parse_model_text", "parse_time_grid"]
+__all__ = ["L2_AUTO", "MODEL_FILE_KEYS", "ModelFile", "load_model_file", "looks_like_csv",
+           "model_to_toml", "parse_model_text", "parse_time_grid"]
 
 # allowed keys of each table; None marks a table whose keys are user names
 _TOP = {"model", "initial", "data", "noise", "fit", "simulate"}
-_MODEL = {"name", "states", "time", "inputs", "equations", "params", "networks", "observables"}
-_PARAM = {"value", "min", "max", "fixed", "transform"}
+_MODEL = {"name", "states", "time", "inputs", "equations", "params", "networks", "observables",
+          "units"}
+_PARAM = {"value", "min", "max", "fixed", "transform", "unit"}
 _NETWORK = {"inputs", "outputs", "hidden", "activation", "seed", "scale", "type"}
 _INITIAL = {"values", "estimate"}
 _DATA = {"file", "time", "group", "columns", "rename", "interpolation", "format", "observable",
-         "value", "sigma"}
+         "value", "sigma", "sep", "decimal", "skip_rows", "unit_rows", "time_unit",
+         "time_format"}
 _NOISE = {"sigma", "sigma_columns"}
 _FIT = {"loss", "method", "rtol", "atol", "sensitivity", "optimizer", "maxiter", "seed",
         "stages", "n_starts", "l2", "options", "progress", "lr", "max_time"}
 _STAGE = {"optimizer", "maxiter", "lr", "options"}
+#: ``l2 = "auto"`` in [fit]: the L2 strength chosen from the data, dl.fit's ``l2="auto"``
+#: (:data:`dynlearn.fitting.regularisation.AUTO`; the same string, not imported from there:
+#: that would import the fitting stack and pandas whenever a model file is read)
+L2_AUTO = "auto"
 _SIMULATE = {"t", "method", "rtol", "atol", "y0"}
 SENSITIVITIES = ("forward", "adjoint", "finite-difference")
+
+#: The keys the parser accepts, table by table (``<name>`` stands for a name the file
+#: chooses: a parameter, a network, a state, an observable). Tables listed with ``None``
+#: take names chosen by the file as keys (equations, observables, ...). docs/model-files.md
+#: documents each; a test checks that it names every key here.
+MODEL_FILE_KEYS: dict[str, frozenset[str] | None] = {
+    "": frozenset(_TOP),
+    "model": frozenset(_MODEL),
+    "model.equations": None,
+    "model.params": None,
+    "model.params.<name>": frozenset(_PARAM),
+    "model.networks.<name>": frozenset(_NETWORK),
+    "model.observables": None,
+    "model.units": None,
+    "initial": frozenset(_INITIAL),
+    "initial.values": None,
+    "data": frozenset(_DATA),
+    "data.rename": None,
+    "noise": frozenset(_NOISE),
+    "noise.sigma": None,
+    "noise.sigma_columns": None,
+    "fit": frozenset(_FIT),
+    "fit.options": None,
+    "fit.stages": frozenset(_STAGE),
+    "simulate": frozenset(_SIMULATE),
+    "simulate.y0": None,
+}
 
 
 class _Lines:
@@ -189,7 +235,9 @@ class ModelFile:
         ``values`` (dict state -> float, possibly empty) and ``estimate`` (bool).
     data : dict
         ``file`` (Path or None), ``time``, ``group``, ``columns``, ``rename``,
-        ``interpolation``.
+        ``interpolation``, ``format``, ``observable``, ``value``, ``sigma`` and the CSV
+        dialect: ``sep`` (None: a comma), ``decimal``, ``skip_rows``, ``unit_rows``,
+        ``time_unit`` and ``time_format`` (None unless given).
     noise : dict
         ``sigma`` (None, a float, ``"estimate"`` or a dict observable -> float) and
         ``sigma_columns`` (dict observable -> CSV column).
@@ -291,9 +339,13 @@ class ModelFile:
     def read_data(self, csv=None):
         """Read the measurements: ``csv`` or the file named by ``[data] file``.
 
-        The file is read by :meth:`dynlearn.Dataset.from_csv` with the ``[data]`` and
-        ``[noise] sigma_columns`` settings; columns the model does not know (a date, a
-        comment) are dropped unless ``[data] columns`` names them.
+        The file is read by :meth:`dynlearn.Dataset.from_csv` with the ``[data]`` settings
+        (the CSV dialect included) and ``[noise] sigma_columns``. Columns the model does not
+        read (a date, a comment, a misspelt name) are dropped with a
+        :class:`~dynlearn.errors.DataWarning` naming each, unless ``[data] columns`` lists
+        the columns to read; a column differing from a model name only by case is a
+        :class:`~dynlearn.errors.DataError`. ``Dataset.ignored_columns`` lists what was left
+        out, and why.
 
         Returns
         -------
@@ -315,7 +367,10 @@ class ModelFile:
                                 rename=d["rename"], sigma_columns=self.noise["sigma_columns"],
                                 observables=list(m.observable_names),
                                 inputs=[u.name for u in m.inputs], origin=origin,
-                                skipinitialspace=True)
+                                states=[x.name for x in m.states], sep=d["sep"],
+                                decimal=d["decimal"], skip_rows=d["skip_rows"],
+                                unit_rows=d["unit_rows"], time_unit=d["time_unit"],
+                                time_format=d["time_format"], skipinitialspace=True)
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -436,6 +491,31 @@ def parse_time_grid(spec, where: str = "t") -> np.ndarray:
 
 
 # --- parsing ---------------------------------------------------------------------------------
+def looks_like_csv(path) -> bool:
+    """Whether a file looks like a CSV table rather than a TOML model file.
+
+    True for a name ending in ``.csv`` or ``.tsv``, and for text whose first line (not
+    blank, not a comment) has neither ``=`` nor ``[`` and splits into two or more fields at
+    commas, semicolons or tabs. False for a file that cannot be read.
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".csv", ".tsv"):
+        return True
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    for line in head.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "=" in line or "[" in line:
+            return False
+        return any(len(line.split(sep)) >= 2 for sep in (",", ";", "\t"))
+    return False
+
+
 def load_model_file(path, default_seed: int | None = None) -> ModelFile:
     """Read and check a TOML model file.
 
@@ -468,7 +548,13 @@ def load_model_file(path, default_seed: int | None = None) -> ModelFile:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ModelError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
-    return parse_model_text(text, source=path, default_seed=default_seed)
+    try:
+        return parse_model_text(text, source=path, default_seed=default_seed)
+    except ModelError:
+        if looks_like_csv(path):
+            raise ModelError(f"{path}: this looks like a CSV file (a table of data), not a "
+                             "TOML model file") from None
+        raise
 
 
 def parse_model_text(text: str, source=None, default_seed: int | None = None) -> ModelFile:
@@ -552,6 +638,8 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
                     kw[k] = ck.number(v, path + (k,))
                 elif k == "fixed":
                     kw[k] = ck.boolean(v, path + (k,))
+                elif k == "unit":
+                    kw[k] = ck.string(v, path + (k,))
                 else:
                     kw[k] = ck.string(v, path + (k,), ("identity", "log"))
         else:
@@ -624,10 +712,16 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
             ck.identifier(k, path, "observable")
             observables[k] = _parse(ck, ck.string(e, path), plain_names, path,
                                     f"observable '{k}'")
+    units = {k: ck.string(v, ("model", "units", k))
+             for k, v in ck.table(mt.get("units"), ("model", "units")).items()}
+    for k in units:
+        if k not in seen and k not in (observables or {}):
+            ck.fail(("model", "units", k), f"a unit for '{k}', which is not a state, input, "
+                    "observable, parameter or the time")
     try:
         model = HybridModel(states=[symbols[s] for s in states], rhs=rhs, params=params,
                             inputs=[symbols[u] for u in inputs], observables=observables,
-                            time=symbols[time_name],
+                            time=symbols[time_name], units=units,
                             name=ck.string(mt.get("name", src.stem if src else "model"),
                                            ("model", "name")))
     except ModelError as exc:
@@ -667,7 +761,28 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
         "sigma": ck.string(dt.get("sigma", "sigma"), ("data", "sigma")),
         "interpolation": ck.string(dt.get("interpolation", "linear"), ("data", "interpolation"),
                                    ("linear", "zoh")),
+        "sep": ck.string(dt["sep"], ("data", "sep")) if "sep" in dt else None,
+        "decimal": ck.string(dt.get("decimal", "."), ("data", "decimal"), (".", ",")),
+        "skip_rows": ck.number(dt.get("skip_rows", 0), ("data", "skip_rows"), integer=True),
+        "unit_rows": ck.number(dt.get("unit_rows", 0), ("data", "unit_rows"), integer=True),
+        "time_unit": (ck.string(dt["time_unit"], ("data", "time_unit"), list(TIME_UNITS))
+                      if "time_unit" in dt else None),
+        "time_format": (ck.string(dt["time_format"], ("data", "time_format"))
+                        if "time_format" in dt else None),
     }
+    if data["sep"] is not None and len(data["sep"]) != 1 and data["sep"] != WHITESPACE:
+        ck.fail(("data", "sep"), f"expected one character (\",\", \";\", \"\\t\", ...) or "
+                f"\"{WHITESPACE}\", got {data['sep']!r}")
+    if (data["sep"] or ",") == data["decimal"]:
+        ck.fail(("data", "decimal"), f"the separator and the decimal mark are both "
+                f"{data['decimal']!r}; with a decimal comma, columns are usually separated by "
+                "';': write sep = \";\"")
+    for k in ("skip_rows", "unit_rows"):
+        if data[k] < 0:
+            ck.fail(("data", k), f"must be 0 or more, got {data[k]}")
+    if data["time_format"] is not None and data["time_unit"] is None:
+        ck.fail(("data", "time_format"), "time_format needs time_unit: the unit of the elapsed "
+                "time the dates are converted to (e.g. time_unit = \"day\")")
 
     # [noise] -----------------------------------------------------------------------------
     nt = ck.table(doc.get("noise"), ("noise",), _NOISE)
@@ -701,9 +816,13 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
         ck.string(ft["sensitivity"], ("fit", "sensitivity"), SENSITIVITIES)
     if "method" in ft:
         ck.string(ft["method"], ("fit", "method"), METHODS)
-    for k in ("rtol", "atol", "l2"):
+    for k in ("rtol", "atol"):
         if k in ft:
-            ck.number(ft[k], ("fit", k), positive=k != "l2")
+            ck.number(ft[k], ("fit", k), positive=True)
+    if isinstance(ft.get("l2"), str):          # "auto": the strength chosen from the data
+        ck.string(ft["l2"], ("fit", "l2"), [L2_AUTO])
+    elif "l2" in ft and ck.number(ft["l2"], ("fit", "l2")) < 0:
+        ck.fail(("fit", "l2"), f"must be >= 0 or \"{L2_AUTO}\", got {ft['l2']}")
     for k in ("maxiter", "seed", "n_starts"):
         if k in ft:
             ck.number(ft[k], ("fit", k), integer=True, positive=k != "seed")
@@ -844,6 +963,8 @@ def model_to_toml(model, tables: Mapping[str, Mapping] | None = None, comment: s
                 spec["max"] = p["max"]
             if p["fixed"]:
                 spec["fixed"] = True
+            if p.get("unit"):
+                spec["unit"] = p["unit"]
             value = _toml_value(spec) if len(spec) > 1 else _toml_value(p["value"])
             out.append(f"{_toml_key(name)} = {value}")
     for net in d["networks"]:
@@ -865,6 +986,11 @@ def model_to_toml(model, tables: Mapping[str, Mapping] | None = None, comment: s
         out.append("[model.observables]")
         for k, e in d["observables"].items():
             out.append(f"{_toml_key(k)} = {_toml_value(e)}")
+    if d.get("units"):
+        out.append("")
+        out.append("[model.units]")
+        for k, u in d["units"].items():
+            out.append(f"{_toml_key(k)} = {_toml_value(u)}")
     for name, table in (tables or {}).items():
         if not table:
             continue

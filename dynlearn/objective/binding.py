@@ -18,7 +18,6 @@ Each strategy binds the data (:meth:`InitialStates.bind`) and gives the fit one
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -26,7 +25,12 @@ import numpy as np
 
 from dynlearn.core.parameters import Parameter
 from dynlearn.data.checks import check_y0
-from dynlearn.data.dataset import Experiment, as_dataset
+from dynlearn.data.dataset import (
+    Experiment,
+    as_dataset,
+    match_columns,
+    warn_ignored_columns,
+)
 from dynlearn.data.signals import InputSignal
 from dynlearn.errors import DataError, OptionError
 
@@ -93,6 +97,11 @@ def bind_data(model, data, y0=None, input_kind: str | None = None,
     obs = list(model.observable_names)
     inputs = [u.name for u in model.inputs]
     states = [s.name for s in model.states]
+    # one word about the columns the model does not read (a column differing from a model
+    # name only by case is an error: silently fitting half the data is worse)
+    every = list(dict.fromkeys(c for exp in data for c in exp.columns))
+    _, ignored = match_columns(every, obs, inputs, states)
+    warn_ignored_columns(ignored, obs, inputs, stacklevel=4)
     out = []
     for exp in data:
         cols = set(exp.columns)
@@ -104,11 +113,6 @@ def bind_data(model, data, y0=None, input_kind: str | None = None,
         if missing_in:
             raise DataError(f"experiment '{exp.name}' lacks column(s) {missing_in} for the "
                             "model's inputs")
-        sig_cols = {f"{o}_sigma" for o in obs}
-        extra = sorted(cols - set(obs) - set(inputs) - sig_cols)
-        if extra:
-            warnings.warn(f"experiment '{exp.name}': column(s) {extra} match no observable or "
-                          "input of the model and are not used", stacklevel=3)
         m = exp.t.size
         Y = np.full((m, len(obs)), np.nan)
         for k, o in enumerate(obs):

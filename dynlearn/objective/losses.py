@@ -85,7 +85,21 @@ class Loss:
     # --- data --------------------------------------------------------------------------------
     def check_data(self, bound, observables) -> None:
         """Raise :class:`~dynlearn.DataError` if a bound experiment has data the loss
-        cannot use (``bound``: a :class:`~dynlearn.objective.binding.BoundExperiment`)."""
+        cannot use (``bound``: a :class:`~dynlearn.objective.binding.BoundExperiment`).
+
+        The loss is a sum of squares: an observed value so large that the squares of the
+        experiment's values overflow (``1e155``, a typo or a unit far too small) would make
+        the loss infinite at every point, so it is refused here, naming it.
+        """
+        values = np.abs(self.g(np.where(bound.mask, bound.Y, 1.0), bound.mask))
+        limit = math.sqrt(np.finfo(float).max / max(int(bound.mask.sum()), 1)) / 2
+        bad = bound.mask & ~(values <= limit)
+        if bad.any():
+            i, k = np.argwhere(bad)[0]
+            raise DataError(f"experiment '{bound.name}' has {observables[k]}="
+                            f"{bound.Y[i, k]:g} at t={bound.t[i]:g} (row {i + 1}): too large "
+                            f"for a sum of squares (at most {limit:.3g} here); rescale the "
+                            "data (other units)")
 
     # --- what the loss reports -----------------------------------------------------------
     def value(self, cost: float, penalty: float, n_data: int) -> float:

@@ -31,8 +31,12 @@ from dynlearn.data.dataset import Dataset, as_dataset
 from dynlearn.errors import OptionError, ParameterError, SolveError
 from dynlearn.objective.binding import BoundExperiment, bind_data
 from dynlearn.objective.losses import LOSS_NAMES, Loss, Rejected, loss_from_name
-from dynlearn.sensitivity import Adjoint, Problem, Sensitivity
-from dynlearn.sensitivity.choice import cheap_jacobian, observable_jacobian
+from dynlearn.sensitivity import Problem, Sensitivity
+from dynlearn.sensitivity.choice import (
+    cheap_jacobian,
+    default_sensitivity,
+    observable_jacobian,
+)
 from dynlearn.solve import check_method, check_options, solve_observed
 
 __all__ = [
@@ -67,7 +71,8 @@ class Objective:
     y0 : see :func:`~dynlearn.objective.binding.bind_data`
     method, rtol, atol : solver settings
     sensitivity : Sensitivity, optional
-        Default :class:`~dynlearn.Adjoint`.
+        Default: :func:`~dynlearn.sensitivity.choice.default_sensitivity` (the adjoint;
+        forward sensitivities with a stiff method and at most 100 parameters).
     loss : {"ls", "gaussian", "log"} or Loss
         As in :func:`dynlearn.fit`. For ``"gaussian"`` the noise levels not given are
         estimated at each ``theta`` (in closed form), and the value is the negative
@@ -87,7 +92,7 @@ class Objective:
         method = check_method(method)
         options = check_options(options, "loss")
         if sensitivity is None:
-            sensitivity = Adjoint()
+            sensitivity = default_sensitivity(method, model.n_theta)
         if not isinstance(sensitivity, Sensitivity):
             raise OptionError(f"sensitivity must be dl.ForwardSensitivity(), dl.Adjoint() or "
                               f"dl.FiniteDifference(), got {sensitivity!r}")
@@ -236,7 +241,8 @@ def loss_and_grad(model, data, theta=None, sensitivity: Sensitivity | None = Non
     Parameters
     ----------
     sensitivity : Sensitivity, optional
-        ``dl.Adjoint()`` (default), ``dl.ForwardSensitivity()`` or ``dl.FiniteDifference()``.
+        ``dl.Adjoint()``, ``dl.ForwardSensitivity()`` or ``dl.FiniteDifference()`` (default
+        as :class:`Objective`).
     Other parameters as in :func:`loss`.
 
     Returns
@@ -374,7 +380,8 @@ class FitObjective(LeastSquaresProblem):
     l2 : float
     method, rtol, atol, options : solver settings
     sensitivity : Sensitivity, optional
-        Gradient method of :meth:`cost_and_grad` (default :class:`Adjoint`); a
+        Gradient method of :meth:`cost_and_grad` (default:
+        :func:`~dynlearn.sensitivity.choice.default_sensitivity`); a
         :class:`~dynlearn.ForwardSensitivity` also computes the Jacobians of methods
         without a discrete tangent (see :mod:`dynlearn.sensitivity.choice`).
 
@@ -394,7 +401,8 @@ class FitObjective(LeastSquaresProblem):
         self.model, self.bound, self.space, self.loss = model, bound, space, loss
         self.method, self.rtol, self.atol = method, rtol, atol
         self.options = dict(options or {})
-        self.sensitivity = sensitivity if sensitivity is not None else Adjoint()
+        self.sensitivity = (sensitivity if sensitivity is not None
+                            else default_sensitivity(method, model.n_theta))
         self.l2 = float(l2)
         if self.l2 < 0:
             raise OptionError(f"l2 must be >= 0, got {l2}")
@@ -554,14 +562,14 @@ class FitObjective(LeastSquaresProblem):
             raise Rejected("non-finite prediction")
         return H
 
-    def _observe_jac(self, i: int, theta, y0):
+    def _observe_jac(self, i: int, theta, y0, wrt_y0: bool = True):
         """Predicted observables of experiment ``i`` and their derivatives in
-        ``[theta, y0]``; raises Rejected."""
+        ``[theta, y0]`` (in ``theta`` alone without ``wrt_y0``); raises Rejected."""
         b = self.bound[i]
         try:
             p = self.experiment_problem(i, theta, y0)
             with np.errstate(all="ignore"):
-                H, dH = observable_jacobian(p, self.sensitivity, wrt_y0=True)
+                H, dH = observable_jacobian(p, self.sensitivity, wrt_y0=wrt_y0)
         except SOLVE_FAILURES as exc:
             raise Rejected(str(exc)) from None
         if not (np.all(np.isfinite(H[b.mask])) and np.all(np.isfinite(dH[b.mask]))):
@@ -575,8 +583,21 @@ class FitObjective(LeastSquaresProblem):
         b = self.bound[i]
         mask = b.mask[rows]
         g = self.loss.g
-        return ((g(H, mask) - g(np.where(mask, b.Y[rows], 1.0), mask))
-                * self.scales[i][rows])[mask]
+        with np.errstate(over="ignore", invalid="ignore"):
+            r = ((g(H, mask) - g(np.where(mask, b.Y[rows], 1.0), mask))
+                 * self.scales[i][rows])[mask]
+        # residuals whose squares, summed over all of them, could overflow: the cost would
+        # be inf at a finite prediction, which no optimizer can step from
+        if r.size and np.max(np.abs(r)) > self.max_residual:
+            raise Rejected(f"experiment '{b.name}': residuals up to {np.max(np.abs(r)):.3g}; "
+                           "their squares overflow")
+        return r
+
+    @property
+    def max_residual(self) -> float:
+        """The largest residual magnitude at which the sum of all squared residuals is
+        still finite."""
+        return float(np.sqrt(np.finfo(float).max / max(self.n_data + self.n_reg, 1)))
 
     def data_residual_jacobian(self, i: int, H, dH, rows=slice(None)) -> np.ndarray:
         """Derivatives of :meth:`data_residuals` from those of the predictions,
@@ -593,8 +614,16 @@ class FitObjective(LeastSquaresProblem):
         gD = loss.g(np.where(b.mask, b.Y, 1.0), b.mask)
 
         def obs_loss(H):
-            r = np.where(b.mask, (loss.g(H, b.mask) - gD) * sc, 0.0)
-            return float(np.sum(r * r)), loss.chain(2.0 * r * sc, H, b.mask)
+            with np.errstate(over="ignore", invalid="ignore"):
+                r = np.where(b.mask, (loss.g(H, b.mask) - gD) * sc, 0.0)
+                value = float(np.sum(r * r))
+            if not np.isfinite(value):
+                # finite predictions so far from the data that the squares overflow: never
+                # returned as a loss (inside a fit, the trial point is rejected)
+                raise SolveError(f"experiment '{b.name}': the loss is not finite (residuals "
+                                 f"up to {np.max(np.abs(r)):.3g}: their squares overflow)",
+                                 status=-1, solver_message="non-finite loss")
+            return value, loss.chain(2.0 * r * sc, H, b.mask)
         return obs_loss
 
     def _experiment_jacobian(self, i: int, theta, y0, y0idx):
@@ -602,7 +631,9 @@ class FitObjective(LeastSquaresProblem):
         to ``x`` (``d/d physical``), in full width."""
         sp_ = self.space
         P = sp_.n_theta
-        H, dH = self._observe_jac(i, theta, y0)
+        # Sensitivities to the initial state only where one is estimated: they would make
+        # the sensitivity system n(1 + p + n) instead of n(1 + p).
+        H, dH = self._observe_jac(i, theta, y0, wrt_y0=bool(y0idx))
         r = self.data_residuals(i, H)
         dR = self.data_residual_jacobian(i, H, dH)        # (n_res, n_theta + n)
         J = np.zeros((r.size, sp_.size))
@@ -748,6 +779,12 @@ class FitObjective(LeastSquaresProblem):
             self.tracker.report(x, cost, iteration)
         elif x is not None and cost is not None and cost < self._best[1]:
             self._best = (np.array(x), float(cost))
+
+    def report_stage(self, cost) -> None:
+        """Tell the tracker the value of a stage's own objective where it is not this loss
+        (multiple shooting's segment misfit plus continuity penalty), for the loss plot."""
+        if self.tracker is not None and cost is not None and np.isfinite(cost):
+            self.tracker.report_stage(float(cost))
 
     _best = (None, np.inf)
 

@@ -256,5 +256,6 @@ class ShootingObjective(LeastSquaresProblem):
         """Keep the best ``z``; an ended iteration is reported to the fit's objective."""
         if z is not None and cost is not None and np.isfinite(cost) and cost < self.best_cost:
             self.best_x, self.best_cost = np.array(z), float(cost)
+            self.obj.report_stage(self.best_cost)      # the loss plot draws this stage too
         if iteration:
             self.obj.report(None, None, iteration=True)

@@ -26,6 +26,8 @@ Which one to use
 * :class:`MultipleShooting`: splits each time series into segments with their own initial
   states, joined by continuity residuals; for long or oscillating series where single
   shooting gets stuck in a local minimum. Ends with a single-shooting polish.
+* :class:`Restarts`: runs another optimizer again from new network weights while its fit
+  ends far above the noise floor estimated from the data (the default for networks).
 
 :func:`default_optimizer` is what :func:`dynlearn.fit` uses when given none;
 :func:`optimizer_from_name` builds one from its name in a model file.
@@ -41,8 +43,9 @@ from dynlearn.optimizers.gauss_newton import GaussNewton
 from dynlearn.optimizers.lbfgsb import LBFGSB
 from dynlearn.optimizers.levenberg_marquardt import LevenbergMarquardt
 from dynlearn.optimizers.multiple_shooting import MultipleShooting
+from dynlearn.optimizers.restarts import Restarts
 from dynlearn.optimizers.staged import Staged
 
 __all__ = ["LBFGSB", "OPTIMIZERS", "Adam", "GaussNewton", "LevenbergMarquardt",
-           "MultipleShooting", "OptimizeOutcome", "Optimizer", "Staged", "Status",
+           "MultipleShooting", "OptimizeOutcome", "Optimizer", "Restarts", "Staged", "Status",
            "default_optimizer", "optimizer_from_name"]

@@ -20,7 +20,7 @@ __all__ = ["Report"]
 
 _CSS = """
 body { font: 15px/1.5 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
-       max-width: 960px; margin: 2em auto; padding: 0 1em; color: #222; }
+       max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; }
 h2 { font-size: 1.2em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
 .meta { color: #666; font-size: 0.9em; }
@@ -29,12 +29,16 @@ th, td { padding: 0.25em 0.8em; text-align: right; border-bottom: 1px solid #eee
 th { border-bottom: 2px solid #ccc; }
 th:first-child, td:first-child { text-align: left; }
 pre, code { font: 0.88em/1.4 Menlo, Consolas, monospace; }
-pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
 figure { margin: 1em 0; }
 figure img { max-width: 100%; height: auto; }
 figcaption { color: #555; font-size: 0.9em; }
 .ok { color: #08734a; } .bad { color: #b3261e; }
 """
+
+
+#: CSS pixels per inch of a figure: 9-point figure type then matches the 15-pixel text
+PIXELS_PER_INCH = 120
 
 
 @dataclass
@@ -85,14 +89,25 @@ class Report:
         self.parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}"
                           "</tbody></table>")
 
-    def image(self, path, caption: str = "", alt: str = "") -> None:
-        """Embed an image file (PNG, SVG or JPEG) as a data URI."""
+    def image(self, path, caption: str = "", alt: str = "", dpi: float | None = 200.0) -> None:
+        """Embed an image file (PNG, SVG or JPEG) as a data URI.
+
+        A PNG is shown at :data:`PIXELS_PER_INCH` per inch of the figure it was saved from
+        at ``dpi`` (so every figure's type is the same size on the page, about that of the
+        text, whatever the figure's size), never wider than the page; ``dpi=None``: at the
+        page's width.
+        """
         path = Path(path)
+        raw = path.read_bytes()
         mime = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg",
                 ".jpeg": "image/jpeg"}.get(path.suffix.lower(), "application/octet-stream")
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        data = base64.b64encode(raw).decode("ascii")
+        size = ""
+        if dpi and mime == "image/png" and raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) > 24:
+            width = int.from_bytes(raw[16:20], "big")      # the IHDR chunk's width
+            size = f' style="width: {round(width / dpi * PIXELS_PER_INCH)}px"'
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-        self.parts.append(f'<figure><img src="data:{mime};base64,{data}" '
+        self.parts.append(f'<figure><img src="data:{mime};base64,{data}"{size} '
                           f'alt="{html.escape(alt or caption or path.stem)}">{cap}</figure>')
 
     def html(self) -> str:

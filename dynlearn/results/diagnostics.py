@@ -91,6 +91,7 @@ import numpy as np
 
 from dynlearn.core.parameters import ParameterSpace
 from dynlearn.data.dataset import as_dataset
+from dynlearn.data.noise import noise_level
 from dynlearn.objective.binding import initial_states
 from dynlearn.objective.objective import FitObjective
 
@@ -139,8 +140,6 @@ NOISE_LOGVAR = 7.0
 ROUGHNESS = 0.5
 #: relative distance to a bound that counts as "at the bound"
 BOUND_RTOL = 1e-6
-#: share of the squared third differences kept by the noise estimate (the smallest ones)
-NOISE_KEEP = 0.75
 #: fewest third differences (over all experiments) for a noise estimate from the data
 MIN_NOISE_DIFFERENCES = 8
 
@@ -227,23 +226,10 @@ def bound_flags(space, x) -> list[str]:
 
 
 # --- noise from the data -------------------------------------------------------------------------
-def _third_differences(t, v) -> np.ndarray:
-    """Third differences of ``v`` over four consecutive samples, each with weights that cancel
-    a quadratic through them, normalised to unit length (white noise keeps its variance)."""
-    t, v = np.asarray(t, dtype=float), np.asarray(v, dtype=float)
-    out = []
-    for i in range(len(t) - 3):
-        tt = t[i:i + 4]
-        gaps = np.subtract.outer(tt, tt) + np.eye(4)
-        if np.any(np.abs(gaps[~np.eye(4, dtype=bool)]) <= 0):
-            continue          # repeated times: no difference over this window
-        w = 1.0 / np.prod(gaps, axis=1)        # divided-difference weights
-        out.append(float(w @ v[i:i + 4]) / float(np.linalg.norm(w)))
-    return np.asarray(out)
-
-
 def noise_from_differences(series) -> tuple[float, int]:
-    """The noise level of one observable estimated from the data alone.
+    """The noise level of one observable estimated from the data alone: the ``"trimmed"``
+    statistic of third differences of :func:`dynlearn.data.noise.noise_level` (see the
+    module notes there and here).
 
     Parameters
     ----------
@@ -256,22 +242,8 @@ def noise_from_differences(series) -> tuple[float, int]:
         NaN when there are fewer than :data:`MIN_NOISE_DIFFERENCES` differences.
     n : int
         The number of third differences used.
-
-    Notes
-    -----
-    The smallest :data:`NOISE_KEEP` of the squared differences are averaged and divided by
-    the mean of the same share of a chi-square(1) variable (see the module notes).
     """
-    from scipy import special
-    d = np.concatenate([_third_differences(t, v) for t, v in series] or [np.zeros(0)])
-    d = d[np.isfinite(d)]
-    if d.size < MIN_NOISE_DIFFERENCES:
-        return math.nan, int(d.size)
-    d2 = np.sort(d * d)
-    keep = max(1, int(math.ceil(NOISE_KEEP * d2.size)))
-    q = float(special.ndtri(0.5 + NOISE_KEEP / 2.0)) ** 2       # chi2(1) quantile
-    share = float(special.gammainc(1.5, q / 2.0)) / NOISE_KEEP  # E[z^2 | z^2 < q]
-    return math.sqrt(float(d2[:keep].mean()) / share), int(d.size)
+    return noise_level(series, order=3, statistic="trimmed", min_count=MIN_NOISE_DIFFERENCES)
 
 
 # --- the outcome ---------------------------------------------------------------------------------
@@ -403,8 +375,8 @@ class Diagnostics:
     combinations : list of Combination
         What the data cannot determine, named.
     network_correlation : dict
-        Parameter -> multiple correlation with the network weights, for the parameters above
-        :data:`NETWORK_CORRELATION` (network models only).
+        Physical parameter -> multiple correlation with the network weights, for those above
+        :data:`NETWORK_CORRELATION` (network models only; initial states are not listed).
     at_bound : dict
         Parameter -> ``"lower"`` or ``"upper"``.
     observables : list of ObservableFit
@@ -532,15 +504,55 @@ class Diagnostics:
         """The inverse of :meth:`to_dict` (``None`` for results saved without diagnostics)."""
         if not d:
             return None
+        # Every entry is checked, so that a damaged or tampered file fails here, naming the
+        # entry (a ValueError, which read_result reports as a damaged file), rather than
+        # load and crash later in result.summary() or a report.
+        _kind(d, dict, "diagnostics")
         d = dict(d)
-        d["combinations"] = [Combination(**c) for c in d.get("combinations", [])]
-        d["observables"] = [ObservableFit(**{k: _num(v) if k not in ("name", "sigma_source")
-                                             else v for k, v in o.items()})
-                            for o in d.get("observables", [])]
+        d["combinations"] = [
+            Combination(names=_list(c.get("names"), str, f"combinations[{i}].names"),
+                        coefficients=_list(c.get("coefficients"), float,
+                                           f"combinations[{i}].coefficients"),
+                        kind=_choice(c.get("kind", "scaling"), ("scaling", "additive"),
+                                     f"combinations[{i}].kind"),
+                        network=_kind(c.get("network", False), bool,
+                                      f"combinations[{i}].network"))
+            for i, c in enumerate(_list(d.get("combinations", []), dict, "combinations"))]
+        for i, c in enumerate(d["combinations"]):
+            if len(c.names) != len(c.coefficients):
+                raise ValueError(f"diagnostics entry combinations[{i}]: {len(c.names)} names "
+                                 f"but {len(c.coefficients)} coefficients")
+        fits = []
+        for i, o in enumerate(_list(d.get("observables", []), dict, "observables")):
+            w = f"observables[{i}]"
+            fits.append(ObservableFit(
+                name=_kind(o.get("name"), str, f"{w}.name"), n=_int(o.get("n"), f"{w}.n"),
+                rms=_float(o.get("rms"), f"{w}.rms"), r2=_float(o.get("r2"), f"{w}.r2"),
+                sigma=_float(o.get("sigma"), f"{w}.sigma"),
+                sigma_source=_kind(o.get("sigma_source", ""), str, f"{w}.sigma_source"),
+                chi2=_float(o.get("chi2"), f"{w}.chi2"),
+                noise_n=_int(o.get("noise_n", 0), f"{w}.noise_n"),
+                roughness=_float(o.get("roughness", math.nan), f"{w}.roughness")))
+        d["observables"] = fits
         for k in ("chi2", "reduced_chi2", "fit_to_noise", "fit_to_noise_z"):
-            d[k] = _num(d.get(k, math.nan))
-        d["network_correlation"] = {k: _num(v) for k, v in
-                                    d.get("network_correlation", {}).items()}
+            d[k] = _float(d.get(k, math.nan), k)
+        for k in ("n_data", "n_columns", "dof"):
+            d[k] = _int(d.get(k, 0), k)
+        if d.get("rank") is not None:
+            d["rank"] = _int(d["rank"], "rank")
+        d["counts"] = {k: _int(v, f"counts.{k}") for k, v in
+                       _kind(d.get("counts", {}), dict, "counts").items()}
+        d["network_correlation"] = {
+            k: _float(v, f"network_correlation.{k}")
+            for k, v in _kind(d.get("network_correlation", {}), dict,
+                              "network_correlation").items()}
+        d["at_bound"] = {k: _choice(v, ("lower", "upper"), f"at_bound.{k}") for k, v in
+                         _kind(d.get("at_bound", {}), dict, "at_bound").items()}
+        d["notes"] = {k: _kind(v, str, f"notes.{k}") for k, v in
+                      _kind(d.get("notes", {}), dict, "notes").items()}
+        d["warnings"] = _list(d.get("warnings", []), str, "warnings")
+        for k in ("uncertainty", "noise_warning"):
+            d[k] = _kind(d.get(k, ""), str, k)
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -549,6 +561,38 @@ def _num(v):
     if isinstance(v, str) and v in ("inf", "-inf", "nan"):
         return float(v)
     return v
+
+
+def _kind(v, kind, where: str):
+    """``v`` if it is a ``kind`` (never a bool for a number), else a ValueError naming the
+    diagnostics entry."""
+    if not isinstance(v, kind) or (kind is not bool and isinstance(v, bool)):
+        name = getattr(kind, "__name__", "number")
+        raise ValueError(f"diagnostics entry {where}: expected {name}, got {v!r}"[:200])
+    return v
+
+
+def _float(v, where: str) -> float:
+    v = _num(v)
+    return float(_kind(v, (int, float), where)) if not isinstance(v, float) else v
+
+
+def _int(v, where: str) -> int:
+    return _kind(v, int, where)
+
+
+def _choice(v, choices, where: str) -> str:
+    if v not in choices:
+        raise ValueError(f"diagnostics entry {where}: expected one of {list(choices)}, got "
+                         f"{v!r}"[:200])
+    return v
+
+
+def _list(v, kind, where: str) -> list:
+    _kind(v, list, where)
+    if kind is float:
+        return [_float(x, f"{where}[{i}]") for i, x in enumerate(v)]
+    return [_kind(x, kind, f"{where}[{i}]") for i, x in enumerate(v)]
 
 
 # --- the analysis ------------------------------------------------------------------------------
@@ -637,7 +681,11 @@ def _identifiability(space, x, A):
         Uw = U[:, sw > cut]
         B = AP - Uw @ (Uw.T @ AP)
         for j, k in enumerate(phys):
-            if norms[k] > 0:
+            # an initial state is no term of the equations for the network to absorb; a
+            # network can always bend the first stretch of a trajectory, so initial states
+            # correlate with the weights in every such fit (their indeterminacy, if any,
+            # shows as a combination below)
+            if norms[k] > 0 and space.kinds[k] == "param":
                 r2 = 1.0 - float(B[:, j] @ B[:, j])
                 R = math.sqrt(min(max(r2, 0.0), 1.0))
                 if R > NETWORK_CORRELATION:
@@ -833,8 +881,9 @@ def diagnose(obj, x, r, A, cov_x, params) -> Diagnostics:
         diag.noise_warning = (
             f"the network model fits well below the noise level: chi-square / (n - k) = "
             f"{diag.fit_to_noise:.3g} against {how}, where an honest fit gives about 1. The "
-            f"network is probably fitting the noise: use {penalty}, a smaller network, or "
-            "fewer iterations"
+            f"network is probably fitting the noise: use the L2 penalty chosen from the data "
+            f"(l2=\"auto\" in dl.fit, l2 = \"auto\" in a model file's [fit]), {penalty}, a "
+            "smaller network, or fewer iterations"
             + ("" if srcs == {"known"} else "; pass sigma= if the noise level is known "
                "(the estimate from the data is too high when the data are sampled coarsely)"))
         diag.warnings.append(diag.noise_warning)

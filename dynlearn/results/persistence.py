@@ -83,6 +83,9 @@ def write_result(result: FitResult, objective: FitObjective | None, path) -> tup
         "optimizer": result.optimizer.to_dict() if result.optimizer is not None else None,
         "diagnostics": (result.diagnostics.to_dict() if result.diagnostics is not None
                         else None),
+        "stages": [[int(e), str(label)] for e, label in result.stages],
+        "stage_history": [[int(e), float(v), int(k)]
+                          for e, v, k in result.stage_history],
     }
     return write_json_npz(path, meta, arrays)
 
@@ -177,6 +180,9 @@ def _read_result(path, model):
                   starts=None, elapsed=meta["elapsed"], x=x, cov_x=cov_x,
                   n_data=meta["n_data"], n_params=meta["n_params"], config=cfg,
                   diagnostics=Diagnostics.from_dict(meta.get("diagnostics")),
+                  stages=[(int(e), str(label)) for e, label in meta.get("stages", [])],
+                  stage_history=[(int(e), num(v), int(k))
+                                 for e, v, k in meta.get("stage_history", [])],
                   model0=model, data=dataset, optimizer=None)
     return fields, obj
 

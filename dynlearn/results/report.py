@@ -5,8 +5,12 @@ in its output folder, each file atomically (a temporary file renamed, so a folde
 holds a half-written file):
 
 * ``params.csv``: the parameter table; ``summary.txt``: ``result.summary()``;
-* ``predictions.csv``: the fitted model on a fine grid per experiment, with confidence
-  bands where the covariance is available;
+* ``predictions.csv``: the fitted model on a fine grid per experiment, with the 95%
+  confidence band of the mean (``<obs>_lower``/``_upper``) and the 95% prediction band
+  that adds the noise (``<obs>_pred_lower``/``_pred_upper``) where the covariance is
+  available;
+* units (``HybridModel(units=...)``, ``Parameter(unit=...)``) label the axes, the ``unit``
+  column of ``params.csv``, the summary and the report;
 * ``result.json`` + ``result.npz``: the result itself (:func:`dynlearn.load_result`);
 * ``model.toml``: a copy of the model file, when one is given;
 * ``run.json``: provenance (dynlearn version, time, model and data file, command);
@@ -34,6 +38,7 @@ from dynlearn.objective.losses import loss_from_name
 from dynlearn.report import figures
 from dynlearn.report.html import Report
 from dynlearn.report.tables import write_csv
+from dynlearn.results.prediction import band_reason, noise_levels
 from dynlearn.version import __version__
 
 __all__ = ["write_report"]
@@ -43,7 +48,8 @@ PREDICTION_POINTS = 300
 
 
 def write_report(result, out_dir, data=None, model_file=None, plots: bool = True, *,
-                 data_file=None, command: list[str] | None = None) -> list[Path]:
+                 data_file=None, command: list[str] | None = None,
+                 recovered=None) -> list[Path]:
     """Write a fit's tables, saved result, figures and HTML report into a folder.
 
     Parameters
@@ -63,6 +69,9 @@ def write_report(result, out_dir, data=None, model_file=None, plots: bool = True
         to write a model file for the refit).
     command : list of str, optional
         The command line that ran the fit, recorded in ``run.json``.
+    recovered : Recovery or dict, optional
+        Equations recovered from the network outputs (``dl.recover(...)``, or a dict
+        ``{"nn[0]": expression}``): drawn over the learned terms they replace.
 
     Returns
     -------
@@ -89,7 +98,7 @@ def write_report(result, out_dir, data=None, model_file=None, plots: bool = True
     model = result.model0 if result.model0 is not None else result.model
     written = []
 
-    write_csv(result.params, out / "params.csv", index=True)
+    write_csv(_params_with_units(result.params, model), out / "params.csv", index=True)
     written.append(out / "params.csv")
     summary = result.summary()
     write_text_atomic(out / "summary.txt", summary if summary.endswith("\n") else summary + "\n")
@@ -108,14 +117,18 @@ def write_report(result, out_dir, data=None, model_file=None, plots: bool = True
     written.append(out / "run.json")
     if not plots:
         return written
+    rec = getattr(recovered, "expressions", recovered)
     try:
-        images = _write_figures(result, model, data, pred, out)
+        images = _write_figures(result, model, data, pred, out, rec)
     except ImportError as exc:     # matplotlib missing: everything else is written
         warnings.warn(f"no figures or report: {exc}", stacklevel=2)
         return written
     written += images
-    _write_html(result, model, data, out, images, model_file,
-                has_bands=bool(_bands(pred, list(model.observable_names))))
+    obs = list(model.observable_names)
+    no_band = "" if _bands(pred, obs) else (band_reason(result) or "the sensitivities of "
+                                            "the prediction could not be computed")
+    _write_html(result, model, data, out, images, model_file, no_band=no_band,
+                has_pred=bool(_bands(pred, obs, prediction=True)), recovered=bool(rec))
     written.append(out / "report.html")
     return written
 
@@ -133,13 +146,16 @@ def _prediction_frames(result, data, n: int = PREDICTION_POINTS):
     return pd.concat(frames, ignore_index=True)
 
 
-def _bands(prediction, observables) -> dict:
-    """Columns of a prediction frame that hold a band per observable, if any."""
+def _bands(frame, observables, prediction: bool = False) -> dict:
+    """Columns of a prediction frame that hold a band per observable, if any: the
+    confidence band of the mean, or (``prediction=True``) the prediction band."""
     out = {}
     for o in observables:
-        for lo, hi in ((f"{o}_lower", f"{o}_upper"), (f"{o}_lo", f"{o}_hi"),
-                       (f"{o}_low", f"{o}_high")):
-            if lo in prediction.columns and hi in prediction.columns:
+        pairs = (((f"{o}_pred_lower", f"{o}_pred_upper"),) if prediction else
+                 ((f"{o}_lower", f"{o}_upper"), (f"{o}_lo", f"{o}_hi"),
+                  (f"{o}_low", f"{o}_high")))
+        for lo, hi in pairs:
+            if lo in frame.columns and hi in frame.columns:
                 out[o] = (lo, hi)
                 break
     return out
@@ -163,24 +179,43 @@ def _residual_frame(result, data, loss: str):
     return wide
 
 
-def _params_display(params, diagnostics=None):
-    """The parameter table as shown in the report: value, stderr, interval, start, and the
-    diagnostics' note (at a bound, not determined, absorbed by the network)."""
+def _params_with_units(params, model):
+    """The parameter table with its ``unit`` column (added for results saved before units
+    existed, from the model's labels)."""
+    if "unit" in params.columns:
+        return params
+    out = params.copy()
+    out["unit"] = [model.unit(str(n)) for n in out.index]
+    return out
+
+
+def _params_display(params, diagnostics=None, model=None):
+    """The parameter table as shown in the report: value, unit, stderr, relative standard
+    error, interval, start, and the diagnostics' note (at a bound, not determined, absorbed
+    by the network)."""
+    if model is not None:
+        params = _params_with_units(params, model)
+    has_unit = "unit" in params.columns and params["unit"].astype(str).str.len().gt(0).any()
     rows = {}
     for name, r in params.iterrows():
         fixed = bool(r.get("fixed", False))
         lo, hi = r.get("ci_lower", np.nan), r.get("ci_upper", np.nan)
-        rows[name] = {
-            "value": f"{r['value']:.6g}",
-            "stderr": "fixed" if fixed else (f"{r['stderr']:.3g}"
-                                             if np.isfinite(r.get("stderr", np.nan)) else "n/a"),
+        se, v = r.get("stderr", np.nan), r["value"]
+        row = {"value": f"{v:.6g}"}
+        if has_unit:
+            row["unit"] = str(r.get("unit", "") or "")
+        row.update({
+            "stderr": "fixed" if fixed else (f"{se:.3g}" if np.isfinite(se) else "n/a"),
+            "rel. stderr": (f"{100 * abs(se / v):.3g}%" if not fixed and np.isfinite(se) and v
+                            else ""),
             "95% interval": (f"[{lo:.5g}, {hi:.5g}]" if np.isfinite(lo) and np.isfinite(hi)
                              else ""),
-            "start": f"{r['initial']:.6g}" if "initial" in r else "",
+            "start": f"{r['initial']:.6g}" if "initial" in r and not fixed else "",
             "kind": str(r.get("kind", "")) + (" (fixed)" if fixed else ""),
-        }
+        })
         if diagnostics is not None:
-            rows[name]["note"] = "" if fixed else diagnostics.note(name)
+            row["note"] = "" if fixed else diagnostics.note(name)
+        rows[name] = row
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
@@ -205,47 +240,125 @@ def _run_record(result, model_file, data_file, command) -> str:
 
 
 # --- figures and the HTML page ------------------------------------------------------------------
-def _write_figures(result, model, data, pred, out: Path) -> list[Path]:
+def _axis_labels(model, data) -> dict:
+    """Axis labels with units: the data's time column and every observable, state and
+    input (``"x [V]"``; the bare name without a unit)."""
+    names = [*model.observable_names, *[x.name for x in model.states],
+             *[u.name for u in model.inputs]]
+    names += [f"{net.name}[{k}]" for net in model.networks for k in range(net.n_outputs)]
+    labels = {n: model.label(n) for n in names}
+    # the model's label, else the unit the data's dates were converted to (time_unit=)
+    tu = model.unit(model.time.name) or getattr(data, "time_unit", None) or ""
+    labels[data.time_name] = (f"{data.time_name} [{tu}]" if tu and tu != data.time_name
+                              else data.time_name)
+    labels[model.time.name] = labels[data.time_name]
+    return labels
+
+
+def _write_figures(result, model, data, pred, out: Path, recovered=None) -> list[Path]:
     """fit.png, residuals.png, loss.png and (hybrid models) learned_terms.png."""
     tname = data.time_name
     obs = list(model.observable_names)
+    labels = _axis_labels(model, data)
     dframe = data.to_frame()
     exp_col = "experiment" if len(data.experiments) > 1 else None
     images = []
     fig = figures.fit_figure(dframe, pred, obs, tname, bands=_bands(pred, obs),
-                             experiment_col=exp_col)
+                             experiment_col=exp_col, labels=labels,
+                             pred_bands=_bands(pred, obs, prediction=True))
     figures.save_figure(fig, out / "fit.png")
     images.append(out / "fit.png")
     loss = result.config.get("loss", "ls")
     res = _residual_frame(result, data, loss)
     if res is not None:
         label = "log residual" if loss_from_name(loss).transform == "log" else "residual"
-        figures.save_figure(figures.residuals_figure(res, obs, tname, exp_col, ylabel=label),
+        figures.save_figure(figures.residuals_figure(res, obs, tname, exp_col, ylabel=label,
+                                                     labels=labels),
                             out / "residuals.png")
         images.append(out / "residuals.png")
     if len(result.history):
         figures.save_figure(figures.loss_figure(np.asarray(result.history, dtype=float),
-                                                ylabel=f"loss ({loss})"), out / "loss.png")
+                                                stages=result.stages, ylabel=f"loss ({loss})",
+                                                total=result.nfev + result.njev + result.ngev,
+                                                stage_history=result.stage_history),
+                            out / "loss.png")
         images.append(out / "loss.png")
     if model.networks:
         e0 = data.experiments[0]
         traj = result.predict(np.linspace(e0.t[0], e0.t[-1], 400), bands=False)
-        fig = figures.learned_terms_figure(result.model, result.model.theta0, traj)
+        fig = figures.learned_terms_figure(result.model, result.model.theta0, traj,
+                                           recovered=recovered, labels=labels)
         if fig is not None:
             figures.save_figure(fig, out / "learned_terms.png")
             images.append(out / "learned_terms.png")
     return images
 
 
-_CAPTIONS = {
-    "loss": "Best loss so far against the number of loss evaluations.",
-    "learned_terms": "What each network output learned, over the region of its inputs the "
-                     "fit visited, with the fitted trajectory.",
-}
+def _fit_caption(result, model, no_band: str, has_pred: bool) -> str:
+    """What fit.png shows, the two bands told apart, or why there is no band."""
+    text = "Data (markers) and the fitted model (line)."
+    if no_band:
+        return text + f" No uncertainty band is drawn, because {no_band.rstrip('.')}."
+    text += (" Dark shading: 95% confidence band of the mean, where the model's curve lies "
+             "given the uncertainty of the fitted values (from their covariance; it narrows "
+             "as data are added).")
+    if has_pred:
+        noise = noise_levels(result)
+        src = {"estimated": "estimated by the fit", "given": "as given",
+               "residual sd": "the residual standard deviation"}
+        log = loss_from_name(result.config.get("loss", "ls")).transform == "log"
+        groups = []
+        for how in dict.fromkeys(how for _, how in noise.values()):
+            vals = ", ".join(f"{o} {s:.3g}" + (f" {model.unit(o)}" if model.unit(o) and not log
+                                                else "")
+                             for o, (s, h) in noise.items() if h == how)
+            groups.append(f"{vals} ({src.get(how, how)})")
+        text += (" Light shading: 95% prediction band, where a new measurement is expected: "
+                 "the band of the mean widened by the noise"
+                 + (" on the log scale" if log else "") + ", whose standard deviation is "
+                 + "; ".join(groups) + ". About 95% of the data should fall inside it; it "
+                 "does not narrow below the noise.")
+    return text
 
 
-def _write_html(result, model, data, out: Path, images, model_file,
-                has_bands: bool = True) -> None:
+def _loss_caption(result) -> str:
+    total = result.nfev + result.njev + result.ngev
+    text = (f"Best loss so far against the evaluations the summary counts (solves + "
+            f"Jacobians + gradients: {total} in all), from the first evaluation.")
+    if len(result.stages) > 1:
+        text += (" Each optimizer stage in its own colour, its start dotted: "
+                 + ", ".join(f"{label} from evaluation {e}" for e, label in result.stages)
+                 + ".")
+    if result.stage_history:
+        text += (" Dashed: the stage's own objective where it is not the loss (multiple "
+                 "shooting: the segments' misfit plus the continuity penalty, one staircase "
+                 "per continuity weight); the solid line is then the loss of the joined "
+                 "trajectory, measured after each continuity step.")
+    if result.config.get("loss") == "gaussian":
+        text += (" The noise levels are re-estimated between rounds, which changes the "
+                 "loss's scale.")
+    return text
+
+
+def _learned_caption(model, recovered: bool) -> str:
+    two = any(net.n_inputs == 2 for net in model.networks)
+    text = ("What each network output learned, over the region of its inputs the fit "
+            "visited, with the fitted trajectory")
+    if two:
+        text += (" (line; its start marked by a dot). Colour: the output's value (colour "
+                 "bar); dashed contour: where the output is zero.")
+    else:
+        text += " (markers: the values along the fit)."
+    if recovered:
+        text += (" Recovered equation: thin black contour lines at the colour levels of the "
+                 "fill (they follow the colour boundaries where the equation and the network "
+                 "agree)" if two else " Recovered equation: dashed line")
+        text += "."
+    return text
+
+
+def _write_html(result, model, data, out: Path, images, model_file, no_band: str = "",
+                has_pred: bool = False, recovered: bool = False) -> None:
     """report.html: status, model, parameters, figures, summary and the folder's files."""
     ok = result.success
     cfg = result.config
@@ -254,13 +367,19 @@ def _write_html(result, model, data, out: Path, images, model_file,
                  subtitle=f"{source}{sum(len(e) for e in data.experiments)} data rows in "
                           f"{len(data.experiments)} experiment(s); fitted in "
                           f"{result.elapsed:.1f} s")
-    rep.paragraph(("Fit converged: " if ok else "Fit did not converge: ") + result.message,
+    rep.paragraph(("Fit converged: " if ok else "Fit did not converge: ")
+                  + result.message.removeprefix("converged: "),
                   "ok" if ok else "bad")
     rep.heading("Model")
     rep.items(model.equations(), code=True)
     if list(model.observable_names) != [s.name for s in model.states]:
         rep.paragraph("Observables:")
         rep.items([f"{k} = {v}" for k, v in model.observables.items()], code=True)
+    names = [model.time.name, *[x.name for x in model.states], *[u.name for u in model.inputs],
+             *model.observable_names]
+    units = [f"{n} [{model.unit(n)}]" for n in dict.fromkeys(names) if model.unit(n)]
+    if units:
+        rep.paragraph("Units: " + ", ".join(units) + " (the parameters' are in their table).")
     for net in model.networks:
         rep.paragraph(f"Network {net.name}: inputs {', '.join(map(str, net.inputs))}; "
                       f"{net.n_outputs} outputs; {net.n_weights} weights"
@@ -268,7 +387,7 @@ def _write_html(result, model, data, out: Path, images, model_file,
                          if hasattr(net, "hidden") else ""))
     rep.heading("Parameters")
     diag = getattr(result, "diagnostics", None)
-    rep.table(_params_display(result.params, diag))
+    rep.table(_params_display(result.params, diag, model))
     if diag is not None:
         rep.heading("Diagnostics")
         rep.preformatted("\n".join(ln[2:] for ln in diag.lines()))
@@ -278,20 +397,21 @@ def _write_html(result, model, data, out: Path, images, model_file,
                 rep.paragraph(text.removeprefix("- "), "bad" if line.startswith("    - ")
                               else None)
     opt = result.optimizer.to_dict() if result.optimizer is not None else {}
-    rep.paragraph(f"Loss: {cfg.get('loss')}; optimizer: {opt.get('type', 'default')}; "
+    names = list(dict.fromkeys(label.split(": ")[-1] for _, label in result.stages))
+    rep.paragraph(f"Loss: {cfg.get('loss')}; optimizer: "
+                  f"{' then '.join(names) if names else opt.get('type', 'default')}; "
                   f"solver: {cfg.get('method')} (rtol={cfg.get('rtol'):g}, "
-                  f"atol={cfg.get('atol'):g}); {result.nfev} solves, {result.nit} iterations; "
-                  f"AIC {result.aic:.4g}, BIC {result.bic:.4g}.")
-    captions = {"fit": "Data (circles) and the fitted model (line)"
-                       + ("; shaded: pointwise 95% confidence band of the prediction from the "
-                          "parameter covariance." if has_bands else
-                          " (no confidence band: the parameter covariance is not available, "
-                          "e.g. more parameters than data)."),
+                  f"atol={cfg.get('atol'):g}); {result.nfev + result.njev + result.ngev} "
+                  f"evaluations ({result.nfev} solves, {result.njev} Jacobians, {result.ngev} "
+                  f"gradients), {result.nit} iterations; AIC {result.aic:.4g}, "
+                  f"BIC {result.bic:.4g}.")
+    captions = {"fit": _fit_caption(result, model, no_band, has_pred),
                 "residuals": ("Residuals on the log scale"
                               if loss_from_name(cfg.get("loss", "ls")).transform == "log" else
                               "Residuals (data minus model)")
                              + " against time; grey: plus or minus two standard deviations.",
-                **_CAPTIONS}
+                "loss": _loss_caption(result),
+                "learned_terms": _learned_caption(model, recovered)}
     rep.heading("Figures")
     for p in images:
         rep.image(p, captions.get(p.stem, ""))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dynlearn.core.parameters import ParameterSpace
-from dynlearn.errors import OptionError
+from dynlearn.errors import OptionError, TimeLimitError
 from dynlearn.objective.losses import loss_from_name
 from dynlearn.objective.objective import FitObjective, Rejected
 from dynlearn.optimizers import Status
@@ -68,11 +68,20 @@ class FitResult:
         Final loss: the sum of squared (scaled) residuals for ``"ls"``/``"log"`` (plus
         the L2 penalty), the negative log-likelihood for ``"gaussian"``.
     history : list of (int, float)
-        The best loss so far each time it improved, against the number of evaluations.
+        The best loss so far each time it improved, against the number of evaluations
+        (solves + Jacobians + gradients, as the summary counts them).
+    stages : list of (int, str)
+        Where each optimizer stage began (evaluations before it) and its name, e.g.
+        ``[(0, "Adam"), (412, "LBFGSB")]``; with noise re-estimation, each round's stages.
+    stage_history : list of (int, float, int)
+        For stages that minimise something other than the loss (multiple shooting: the
+        segments' misfit plus the continuity penalty): ``(evaluations, best value so far,
+        index into stages)`` each time it improved.
     params : pandas.DataFrame
         Physical parameters (fixed ones included, marked) and estimated initial states:
         value, stderr, ci_lower, ci_upper (95%, clipped to the bounds), initial, min, max,
-        fixed, transform, kind, at_bound (``"lower"``, ``"upper"`` or ``""``).
+        fixed, transform, kind, at_bound (``"lower"``, ``"upper"`` or ``""``), unit (the
+        label given to the model, ``""`` for none; an initial state has its state's).
     covariance, correlation : pandas.DataFrame or None
         Over the free entries of :attr:`params`, in physical units.
     sigma : dict
@@ -125,6 +134,8 @@ class FitResult:
     n_params: int
     config: dict
     rejected: int = 0
+    stages: list = field(repr=False, default_factory=list)
+    stage_history: list = field(repr=False, default_factory=list)
     diagnostics: Diagnostics | None = field(repr=False, default=None)
     model0: object = field(repr=False, default=None)
     data: object = field(repr=False, default=None)
@@ -165,14 +176,21 @@ class FitResult:
         theta, y0s = space.unpack(x)
         cov_x, r_data, dof, scaled = None, None, None, False
         r, J = None, None
+        timed_out = False
         try:
             r, J = best.final if best.final is not None else obj.jacobian(x)
             r_data = r[:obj.n_data]
             cov_x, dof, scaled = parameter_covariance(obj, r, J)
         except Rejected:
             pass
-        loss = _final_loss(obj, x, r_data)
+        except TimeLimitError:
+            # the fit's time limit (and the grace dl.fit gives the result) ran out during
+            # the Jacobian: the result keeps the best point and its loss, without the
+            # standard errors, rather than overrun max_time by a solve of unbounded length
+            r, J, timed_out = None, None, True
+        loss = best.loss if timed_out else _final_loss(obj, x, r_data)
         table = params_table(model0, space, x, cov_x, dof, scaled, level)
+        table["unit"] = [model0.unit(n) for n in table.index]    # a label, for the tables
         diagnostics = diagnose(obj, x, r, J, cov_x, table)
         if diagnostics.noise_warning:
             # stacklevel: from_fit <- dynlearn.fit <- the caller
@@ -194,7 +212,11 @@ class FitResult:
                    correlation=corr_df, sigma=sigma, aic=aic, bic=bic, model=fitted,
                    y0={e.name: y for e, y in zip(dataset, y0s)}, weights=weights,
                    starts=starts, elapsed=elapsed, x=x, cov_x=cov_x, n_data=n, n_params=p,
-                   config=dict(config), rejected=best.rejected, diagnostics=diagnostics,
+                   config=dict(config), rejected=best.rejected,
+                   stages=_stage_labels(getattr(best, "stage_marks", []), optimizer),
+                   stage_history=[(int(e), float(v), int(k))
+                                  for e, v, k in getattr(best, "stage_history", [])],
+                   diagnostics=diagnostics,
                    model0=model0, data=dataset,
                    optimizer=optimizer, refitter=refitter, _obj=obj)
 
@@ -226,22 +248,38 @@ class FitResult:
                  f"  status: {self.status.value} ({self.status.message})",
                  f"  loss ({self.config.get('loss')}) = {self.loss:.6g}; {self.n_data} data "
                  f"points, {values}; AIC = {self.aic:.4g}, BIC = {self.bic:.4g}",
-                 f"  evaluations: {self.nfev} solves, {self.njev} Jacobians, {self.ngev} "
-                 f"gradients; {self.nit} iterations; {self.elapsed:.3g} s"
+                 f"  evaluations: {self.nfev + self.njev + self.ngev} ({self.nfev} solves, "
+                 f"{self.njev} Jacobians, {self.ngev} gradients); {self.nit} iterations; "
+                 f"{self.elapsed:.3g} s"
                  + (f"; {self.rejected} trial points rejected (solver failure)"
                     if self.rejected else "")]
+        reg = self.config.get("regularisation")     # l2="auto" (dynlearn.fitting.regularisation)
+        if reg:
+            lines.append(f"  L2 penalty chosen from the data: l2 = {reg['l2']:.3g} "
+                         f"({reg['rule']}: {reg['reason']})")
+        m0 = self.model0
+        labels = {n: m0.unit(n) for n in (m0.time.name, *[s.name for s in m0.states],
+                                          *[u.name for u in m0.inputs], *m0.observable_names)}
+        if any(labels.values()):     # the parameters' units are in their table
+            lines.append("  units: " + ", ".join(f"{k} [{u}]" for k, u in labels.items() if u))
         if loss_from_name(self.config.get("loss", "ls")).estimates_noise:
             lines.append("  noise sigma (estimated by the fit): " + ", ".join(
-                f"{k}={v:.4g}" for k, v in self.sigma.items()))
+                f"{k}={v:.4g}" + (f" {m0.unit(k)}" if m0.unit(k) else "")
+                for k, v in self.sigma.items()))
         if d is not None:
             lines += d.lines()
         lines.append("")
-        lines.append(f"  {'name':<22} {'value':>12} {'stderr':>11} {'rel.':>7} "
+        units = {n: str(row.get("unit", "") or "") for n, row in self.params.iterrows()}
+        uw = max((len(u) for u in units.values()), default=0)
+        uw = max(uw, 4) if uw else 0          # no unit column when nothing has a unit
+        uhead = f" {'unit':<{uw}}" if uw else ""
+        lines.append(f"  {'name':<22} {'value':>12}{uhead} {'stderr':>11} {'rel.':>7} "
                      f"{'95% interval':>27} {'initial':>11}  note")
         for name, row in self.params.iterrows():
             note = d.note(name) if d is not None else ""
+            ucell = f" {units[name]:<{uw}}" if uw else ""
             if row["fixed"]:
-                lines.append(f"  {name:<22} {row['value']:>12.6g} {'(fixed)':>11}")
+                lines.append(f"  {name:<22} {row['value']:>12.6g}{ucell} {'(fixed)':>11}")
                 continue
             se = row["stderr"]
             ses = f"{se:.3g}" if np.isfinite(se) else "n/a"
@@ -249,7 +287,7 @@ class FitResult:
                    else "")
             ci = (f"[{row['ci_lower']:.5g}, {row['ci_upper']:.5g}]"
                   if np.isfinite(row["ci_lower"]) else "")
-            lines.append(f"  {name:<22} {row['value']:>12.6g} {ses:>11} {rel:>7} {ci:>27} "
+            lines.append(f"  {name:<22} {row['value']:>12.6g}{ucell} {ses:>11} {rel:>7} {ci:>27} "
                          f"{row['initial']:>11.6g}  {note}".rstrip())
         if self.weights:
             for k, w in self.weights.items():
@@ -269,6 +307,9 @@ class FitResult:
             ok = int(self.starts["success"].sum())
             lines.append(f"  {len(self.starts)} starts, {ok} converged; best loss "
                          f"{self.starts['loss'].min():.6g}")
+            placed = scale_out_line(self.starts)
+            if placed:
+                lines.append(f"  {placed}")
         closing = d.closing_lines() if d is not None else []
         if closing:
             lines.append("")
@@ -292,10 +333,13 @@ class FitResult:
     def plot(self, kind: str = "fit", **kwargs):
         """Draw one panel of this fit and return the matplotlib axes.
 
-        ``kind`` is ``"fit"`` (data, prediction and band), ``"residuals"``, ``"loss"`` or
-        ``"learned"`` (a network output against its inputs); keyword arguments
-        (``observable=``, ``experiment=``, ``output=``, ``ax=``) go to
-        :func:`dynlearn.results.plots.plot_result`. Needs matplotlib (the ``plot`` extra).
+        ``kind`` is ``"fit"`` (data, prediction, its confidence band of the mean and its
+        prediction band), ``"residuals"``, ``"loss"`` (every stage, against the evaluations
+        the summary counts) or ``"learned"`` (a network output against its inputs);
+        keyword arguments (``observable=``, ``experiment=``, ``output=``, ``ax=``,
+        ``recovered=`` a :func:`dynlearn.recover` result to overlay on ``"learned"``) go to
+        :func:`dynlearn.results.plots.plot_result`. Axes carry the model's units. Needs
+        matplotlib (the ``plot`` extra).
         """
         from dynlearn.results.plots import plot_result
         return plot_result(self, kind, **kwargs)
@@ -303,8 +347,9 @@ class FitResult:
     def report(self, out_dir, **kwargs) -> list:
         """Write this fit's files into ``out_dir``, as ``dynlearn fit`` does: params.csv,
         summary.txt, predictions.csv, result.json/.npz, run.json, the figures and
-        report.html. Keyword arguments (``data=``, ``model_file=``, ``plots=``) go to
-        :func:`dynlearn.results.report.write_report`; returns the paths written."""
+        report.html. Keyword arguments (``data=``, ``model_file=``, ``plots=``,
+        ``recovered=`` a :func:`dynlearn.recover` result drawn over the learned terms) go
+        to :func:`dynlearn.results.report.write_report`; returns the paths written."""
         from dynlearn.results.report import write_report
         return write_report(self, out_dir, **kwargs)
 
@@ -365,7 +410,8 @@ class FitResult:
     # --- predictions ----------------------------------------------------------------------------
     def predict(self, t, y0=None, inputs=None, experiment=None, level: float = 0.95,
                 bands: bool = True):
-        """Simulate the fitted model, with pointwise confidence bands where available.
+        """Simulate the fitted model, with pointwise confidence and prediction bands where
+        available.
 
         Parameters
         ----------
@@ -381,9 +427,13 @@ class FitResult:
         level : float
             Confidence level of the bands.
         bands : bool
-            Add ``<observable>_lower``/``<observable>_upper`` columns (from the parameter
-            covariance; on the log scale for ``loss="log"``). Skipped when the covariance is
-            not available (e.g. more parameters than data).
+            Add ``<observable>_lower``/``<observable>_upper`` columns, the confidence band of
+            the mean (from the parameter covariance; on the log scale for ``loss="log"``),
+            and ``<observable>_pred_lower``/``_pred_upper``, the prediction band (the same
+            plus the noise: where new measurements fall; see
+            :func:`dynlearn.results.prediction.noise_levels`). Skipped when the covariance
+            is not available or not finite;
+            :func:`dynlearn.results.prediction.band_reason` says why.
 
         Returns
         -------
@@ -395,7 +445,8 @@ class FitResult:
 
     # --- save / load ----------------------------------------------------------------------------
     def save(self, path) -> tuple[str, str]:
-        """Write ``<path>.json`` and ``<path>.npz``; returns both paths.
+        """Write ``<path>.json`` and ``<path>.npz`` (given a folder: ``result.json`` and
+        ``result.npz`` inside it); returns both paths.
 
         No code is pickled: the JSON holds the settings, the parameter table and the model's
         equations as text; the npz holds arrays only.
@@ -446,6 +497,20 @@ def _information(obj, x, r_data, n, p):
     return m2ll + 2 * k, m2ll + k * math.log(max(n, 1))
 
 
+def _stage_labels(marks, optimizer) -> list:
+    """``[(evaluations before it, name)]`` per stage begun, from the tracker's marks."""
+    try:
+        names = [type(s).__name__ for s in optimizer.stages()]
+    except AttributeError:
+        names = []
+    rounds = len({m[1] for m in marks}) > 1
+    out = []
+    for ev, rnd, stage in marks:
+        name = names[stage] if 0 <= stage < len(names) else f"stage {stage + 1}"
+        out.append((int(ev), f"round {rnd + 1}: {name}" if rounds else name))
+    return out
+
+
 def _starts_frame(space, outcomes):
     import pandas as pd
     rows = []
@@ -457,8 +522,35 @@ def _starts_frame(space, outcomes):
         for k, name in enumerate(space.names):
             if space.kinds[k] != "weight":
                 row[name] = v[k]
+        if any(getattr(p, "worker", "") for p in outcomes):
+            # starts sent elsewhere (Dask): where each ran, in which task, how long
+            row.update(worker=getattr(o, "worker", ""), task=getattr(o, "task", -1),
+                       seconds=float(o.elapsed),
+                       task_seconds=float(getattr(o, "task_seconds", float("nan"))))
         rows.append(row)
     return pd.DataFrame(rows)   # "start" is a column, as the public contract says
+
+
+def scale_out_line(starts) -> str:
+    """One line on where the starts of a fit ran (``""`` when they all ran here): e.g.
+    ``16 starts in 4 tasks on 2 workers (tcp://127.0.0.1:4001: 8, tcp://127.0.0.1:4002: 8)``,
+    and how many ran on the client because the work was too small to pay for the cluster."""
+    if starts is None or "worker" not in starts.columns:
+        return ""
+    remote = starts[(starts["worker"] != "") & (starts["worker"] != "client")]
+    local = int((starts["worker"] == "client").sum())
+    parts = []
+    if len(remote):
+        counts = remote["worker"].value_counts(sort=False)
+        where = ", ".join(f"{w}: {int(c)}" for w, c in sorted(counts.items()))
+        n_tasks = remote["task"].nunique()
+        parts.append(f"{len(remote)} starts in {n_tasks} task{'s' * (n_tasks != 1)} on "
+                     f"{len(counts)} worker{'s' * (len(counts) != 1)} ({where}; median task "
+                     f"{remote.drop_duplicates('task')['task_seconds'].median():.3g} s)")
+    if local:
+        parts.append(f"{local} start{'s' * (local != 1)} run on the client: too little work "
+                     "to pay for the cluster (dl.Parallel(client, over='starts') forces it)")
+    return "; ".join(parts)
 
 
 def _known_sigma(obj, o):

@@ -110,11 +110,15 @@ class Adjoint(Sensitivity):
     def loss_and_grad(self, prob: Problem, wrt_y0: bool = False):
         """``(value, dL/dtheta, dL/dy0 or None)`` for one experiment; SolveError rather
         than a non-finite gradient."""
+        # an infinite derivative met by a zero cotangent (J^T lam at a kink) is NaN: the
+        # gradient is then refused below, with no RuntimeWarning on the way
         if self.resolve_kind(prob.method) == "discrete":
-            value, g, gy0 = discrete_loss_and_grad(prob, wrt_y0, self.checkpoint_every)
+            with np.errstate(all="ignore"):
+                value, g, gy0 = discrete_loss_and_grad(prob, wrt_y0, self.checkpoint_every)
             check_gradient_finite(prob, "the discrete adjoint", g, gy0)
         else:
-            value, g, gy0 = self._continuous(prob, wrt_y0)
+            with np.errstate(all="ignore"):
+                value, g, gy0 = self._continuous(prob, wrt_y0)
             check_gradient_finite(prob, "the continuous adjoint", g, gy0)
         return value, g, gy0
 
@@ -160,7 +164,8 @@ class Adjoint(Sensitivity):
         atol = np.asarray(prob.atol, dtype=float)
         batol = np.concatenate([np.broadcast_to(atol, (n,)), np.full(P, float(atol.min()))]) \
             if atol.ndim else float(atol)
-        sparse = stiff and n + P > 60
+        # LSODA's Fortran core takes only a dense Jacobian (scipy raises on a sparse one)
+        sparse = stiff and n + P > 60 and method != "LSODA"
         # one guard watches the whole backward pass (its budget, the deadline, NaNs)
         guard = SolveGuard(method, split_options(prob.options)[1],
                            f"{prob.where} (backward adjoint pass)", span=(t_obs[-1], t0))
@@ -205,8 +210,9 @@ class Adjoint(Sensitivity):
                 if h_last is not None:
                     opts["first_step"] = min(h_last, a - b)
                 solver = bmethod(guard.wrap_fun(rhs), a, w0, b, **opts)
-                while solver.status == "running":
-                    solver.step()
+                with guard.solver_failures():
+                    while solver.status == "running":
+                        solver.step()
                 if solver.status == "failed":
                     raise SolveError(f"the backward adjoint solve ({method}) failed{prob.where} "
                                      f"at t={solver.t}", status=-1, t=float(solver.t))

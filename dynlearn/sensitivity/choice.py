@@ -12,16 +12,52 @@ states (or observables) at the observation times with respect to ``theta`` and `
 
 An adjoint or finite-difference ``sensitivity`` is a gradient method: it does not give a
 Jacobian, so it does not change the choice.
+
+The default gradient method (:func:`default_sensitivity`, when none is given) is the
+adjoint, except with a stiff method (BDF, Radau, LSODA) and at most
+:data:`STIFF_FORWARD_LIMIT` parameters: forward sensitivities there. Measured by
+``benchmarks/bench_stiff.py`` (see ``docs/solvers.md``): with a stiff method the continuous
+adjoint costs 12-44 forward solves (its backward solve restarts at every observation and
+takes several times the forward steps), forward sensitivities 1.4-16 up to the 100
+parameters measured, and with LSODA they were the fastest gradient on every problem.
 """
 
 from __future__ import annotations
 
 from dynlearn.core.vectorfield import VectorField
+from dynlearn.sensitivity.adjoint import Adjoint
 from dynlearn.sensitivity.base import Problem, Sensitivity
 from dynlearn.sensitivity.discrete import DISCRETE_METHODS, discrete_state_jacobian
 from dynlearn.sensitivity.forward import ForwardSensitivity
+from dynlearn.solve import STIFF_METHODS
 
-__all__ = ["cheap_jacobian", "observable_jacobian", "observe_with_jacobian", "state_jacobian"]
+__all__ = ["STIFF_FORWARD_LIMIT", "cheap_jacobian", "default_sensitivity", "observable_jacobian",
+           "observe_with_jacobian", "state_jacobian"]
+
+#: most parameters for which a stiff method's default gradient is forward sensitivities
+STIFF_FORWARD_LIMIT = 100
+
+
+def default_sensitivity(method: str, n_params: int) -> Sensitivity:
+    """The gradient method used when none is given (see the module notes).
+
+    Parameters
+    ----------
+    method : str
+        The solver method.
+    n_params : int
+        Number of model parameters ``theta`` (free physical parameters and network
+        weights).
+
+    Returns
+    -------
+    Sensitivity
+        :class:`~dynlearn.ForwardSensitivity` for a stiff method with at most
+        :data:`STIFF_FORWARD_LIMIT` parameters, else :class:`~dynlearn.Adjoint`.
+    """
+    if method in STIFF_METHODS and n_params <= STIFF_FORWARD_LIMIT:
+        return ForwardSensitivity()
+    return Adjoint()
 
 
 def cheap_jacobian(method: str) -> bool:

@@ -10,9 +10,22 @@ Alongside the state, integrate its derivatives with respect to the parameters,
 
 The augmented system has ``n (1 + p)`` components and is solved by the same ``solve_ivp``
 method as the state, every component inside the error control, so sensitivities are exact
-to the solver's tolerance. Stiff methods receive the block-diagonal Jacobian
-``I (x) J`` of the augmented system (the coupling block is omitted: it only affects Newton
-convergence, not the solution).
+to the solver's tolerance.
+
+How it is evaluated (the speed of stiff fits depends on it; measurements in
+``docs/solvers.md``):
+
+* up to ``SENSITIVITY_SYSTEM_LIMIT`` (80) components, physics-only models: the whole system
+  compiled as one symbolic function, and its exact Jacobian for the stiff methods;
+* larger physics-only systems: ``f``, ``df/dy`` and ``df/dtheta`` from one compiled call,
+  ``J S`` as a fixed-pattern sparse product when ``J`` is sparse
+  (:func:`jacobian_product`);
+* models with networks: the vector field's Jacobians, network derivatives in closed form.
+
+Stiff methods beyond the symbolic system receive the block-diagonal Jacobian ``I (x) J``
+(the coupling block is omitted: it only affects Newton convergence, not the solution):
+sparse for Radau and BDF, banded for LSODA (:func:`banded_block_jacobian`), whose Fortran
+core takes no sparse matrix.
 
 Use it when parameters are few (cost grows with ``p``) or when the full Jacobian of the
 residuals is wanted (Gauss-Newton / Levenberg-Marquardt fits, Fisher information). For
@@ -26,9 +39,14 @@ References
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
+
 import numpy as np
 import scipy.sparse as sps
 
+from dynlearn.core.model import SENSITIVITY_SYSTEM_LIMIT
 from dynlearn.errors import SolveError
 from dynlearn.sensitivity.base import (
     Problem,
@@ -38,7 +56,100 @@ from dynlearn.sensitivity.base import (
 )
 from dynlearn.solve import STIFF_METHODS, failure_point, integrate
 
-__all__ = ["ForwardSensitivity"]
+__all__ = ["ForwardSensitivity", "banded_block_jacobian", "jacobian_product"]
+
+
+def jacobian_product(pattern: np.ndarray):
+    """A function ``(J, ST) -> ST @ J.T`` for Jacobians ``J`` with the structural
+    ``pattern`` (shape (n, n)).
+
+    A Jacobian with at most a quarter of its entries structurally non-zero (a reaction
+    network's) is multiplied as a sparse matrix of fixed pattern: fewer operations, and no
+    BLAS call, whose threads, on a machine busier than its cores, made a 100 x 100 product
+    cost 1.6 ms instead of 0.05 ms (the gradient of benchmarks/bench_stiff.py's 100-state
+    chain went from 24 s to 1.3 s). Denser Jacobians use the dense product.
+    """
+    n = pattern.shape[0]
+    rows, cols = np.nonzero(pattern)
+    if 4 * rows.size > n * n:
+        return lambda J, ST: ST @ J.T
+    # CSR of the pattern, with the position of every stored entry in (rows, cols)
+    Js = sps.csr_matrix((np.arange(1.0, rows.size + 1), (rows, cols)), shape=(n, n))
+    order = Js.data.astype(np.intp) - 1
+    r, c = rows[order], cols[order]
+
+    def product(J, ST):
+        Js.data[:] = J[r, c]
+        return (Js @ ST.T).T
+    return product
+
+
+@functools.cache
+def lsoda_pads_band() -> bool:
+    """Whether this scipy's LSODA wants a banded Jacobian with ``lband`` extra zero rows
+    (``2 lband + uband + 1`` in all) rather than the ``lband + uband + 1`` its documentation
+    states: the Fortran wrapper of scipy before its C port did. Found out once, by a tiny
+    solve."""
+    from scipy.integrate import solve_ivp
+
+    def jac(t, y):      # y' = -1e4 y, stiff so that LSODA switches to BDF and calls jac
+        return np.array([[0.0, 0.0], [-1e4, -1e4], [0.0, 0.0]])
+    # the old wrapper prints its complaint from C to file descriptor 2: silence it here
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                solve_ivp(lambda t, y: -1e4 * y, (0.0, 1.0), [1.0, 1.0], method="LSODA",
+                          jac=jac, lband=1, uband=1)
+            except ValueError:
+                return True
+            return False
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def banded_block_jacobian(vf, blocks: int) -> dict:
+    """LSODA options for the Jacobian ``I (x) J`` of a system of ``blocks`` stacked copies
+    of the state (``[y, S_1, ..., S_q]``): ``jac`` returning it in LAPACK's banded storage,
+    with ``lband``/``uband`` set to the structural bandwidth of ``J``.
+
+    LSODA's Fortran core takes a dense or a banded Jacobian only (not a sparse one). Dense,
+    the augmented system of ``N = n (q + 1)`` components costs an ``N x N`` LU (``N^3/3``
+    operations) per factorisation and ``N^2`` memory; the block-diagonal matrix has
+    bandwidth at most ``n - 1``, so banded storage costs ``N (l + u + 1)`` memory and
+    ``N l (l + u)`` operations: about 170 times less for a 30-state, 30-parameter model
+    with a dense ``J``, and for a reaction network whose ``J`` is near-diagonal in the
+    state order, far less again.
+
+    Parameters
+    ----------
+    vf : VectorField
+    blocks : int
+        Number of stacked copies of the state, ``q + 1``.
+
+    Returns
+    -------
+    dict
+        ``{"jac": ..., "lband": l, "uband": u}`` for ``solve_ivp(method="LSODA")``.
+    """
+    n = vf.n
+    lo, up = vf.c.jacobian_bandwidth()
+    rows, cols = np.nonzero(vf.c.jacobian_pattern())
+    # packed[up + i - j, j] = J[i, j] (scipy.linalg.solve_banded's layout), the same for
+    # every block, so one scatter per call fills all blocks at once; older scipy wants lo
+    # more (zero) rows below, LINPACK's room for fill-in
+    band = up + rows - cols
+    height = lo + up + 1 + (lo if lsoda_pads_band() else 0)
+    packed = np.zeros((height, blocks, n))
+
+    def jac(t, z):
+        J = vf.jac(t, z[:n])
+        packed[band, :, cols] = J[rows, cols][:, None]
+        return packed.reshape(height, blocks * n).copy()
+    return {"jac": jac, "lband": lo, "uband": up}
 
 
 class ForwardSensitivity(Sensitivity):
@@ -47,8 +158,9 @@ class ForwardSensitivity(Sensitivity):
     Parameters
     ----------
     sparse_jacobian : bool or None
-        For stiff methods, give the augmented Jacobian as a sparse matrix (default: when the
-        augmented system has more than 60 components).
+        For Radau and BDF, give the augmented Jacobian as a sparse matrix (default: when the
+        augmented system has more than 60 components). LSODA, whose Fortran core takes no
+        sparse matrix, gets it in banded storage (:func:`banded_block_jacobian`).
     """
 
     def __init__(self, sparse_jacobian: bool | None = None):
@@ -75,19 +187,36 @@ class ForwardSensitivity(Sensitivity):
         if t_obs[-1] == t0:
             return np.tile(prob.y0, (m, 1)), np.broadcast_to(S0.T, (m, n, q)).copy()
 
-        symbolic = not vf.c.nets and n * (q + 1) <= 400
+        # small systems: one symbolic function with its exact Jacobian (see the limit's notes)
+        symbolic = not vf.c.nets and n * (q + 1) <= SENSITIVITY_SYSTEM_LIMIT
         if symbolic:
             fsym, jsym, _ = vf.c.sensitivity_system(wrt_y0)
             pl, inputs = vf.pl, vf.inputs
 
             def fun(t, z):
                 return fsym([t], z.tolist(), pl, [], inputs(t).tolist() if inputs else [])
+        elif not vf.c.nets:
+            # f, J and df/dtheta from one compiled call (shared subexpressions once)
+            fjp, split = vf.c.rhs_and_jacobians(), vf.c.split_rhs_and_jacobians
+            pl, inputs = vf.pl, vf.inputs
+            product = jacobian_product(vf.c.jacobian_pattern())
+
+            def fun(t, z):
+                vf.nfev += 1
+                y = z[:n]
+                f, J, Jt = split(fjp([t], y.tolist(), pl, [], inputs(t).tolist()
+                                     if inputs else []))
+                dST = product(J, z[n:].reshape(q, n))
+                dST[:P] += Jt.T
+                return np.concatenate([f, dST.ravel()])
         else:
+            product = jacobian_product(vf.c.jacobian_pattern())
+
             def fun(t, z):
                 y = z[:n]
                 ST = z[n:].reshape(q, n)
                 J, Jt = vf.jac_and_theta_jac(t, y)
-                dST = ST @ J.T
+                dST = product(J, ST)
                 dST[:P] += Jt.T
                 return np.concatenate([vf.fun(t, y), dST.ravel()])
 
@@ -99,6 +228,8 @@ class ForwardSensitivity(Sensitivity):
             def jac(t, z):
                 return jsym([t], z.tolist(), pl, [], inputs(t).tolist() if inputs else [])
             kw["jac"] = jac
+        elif prob.method == "LSODA":
+            kw.update(banded_block_jacobian(vf, q + 1))
         elif prob.method in STIFF_METHODS:
             sparse = self.sparse_jacobian if self.sparse_jacobian is not None else n * (q + 1) > 60
             eye = sps.identity(q + 1, format="csc") if sparse else np.eye(q + 1)
@@ -138,9 +269,10 @@ class ForwardSensitivity(Sensitivity):
         """``(value, dL/dtheta, dL/dy0 or None)`` for one experiment."""
         vf = prob.vf
         Y, S = self.trajectories(prob, wrt_y0)
-        value, Gy, g = observation_cotangents(vf, prob.t_obs, Y, prob.obs_loss)
-        full = np.einsum("mn,mnq->q", Gy, S)
-        g = g + full[:vf.n_theta]
+        with np.errstate(all="ignore"):     # a non-finite gradient is refused below
+            value, Gy, g = observation_cotangents(vf, prob.t_obs, Y, prob.obs_loss)
+            full = np.einsum("mn,mnq->q", Gy, S)
+            g = g + full[:vf.n_theta]
         gy0 = full[vf.n_theta:] if wrt_y0 else None
         check_gradient_finite(prob, "forward sensitivity", g, gy0)
         return value, g, gy0
