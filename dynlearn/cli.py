@@ -671,8 +671,12 @@ def cmd_demo(args, console: Console) -> int:
     console.note(f"dynlearn demo: Lotka-Volterra fit to the Hudson's Bay lynx and hare pelts "
                  f"(1900-1920), {len(data.experiments[0])} years")
     code = _run_fit(mf, data, out, args, console, mf.data["file"])
-    console.out(f"Results are in {out.resolve()}; open {out.resolve() / 'report.html'} in a "
-                "browser.")
+    report = out.resolve() / "report.html"
+    if report.exists():
+        console.out(f"Results are in {out.resolve()}; open {report} in a browser.")
+    else:       # no plots, no report: matplotlib is missing (the [plot] extra)
+        console.out(f"Results are in {out.resolve()} (for plots and report.html: "
+                    "pip install 'dynlearn[plot]')")
     return code
 
 

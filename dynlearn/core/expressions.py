@@ -345,7 +345,7 @@ def parse_expression(text: str, names: Mapping[str, object], where: str = "expre
         raise ModelError(f"{where}: {exc}{col} in {text.strip()!r}") from None
     except RecursionError:
         raise ModelError(f"{where}: the equation is nested too deeply") from None
-    except (TypeError, ValueError, ZeroDivisionError) as exc:
+    except (TypeError, ValueError, ArithmeticError) as exc:
         # sympy refusing an operation, e.g. a function given a network object
         raise ModelError(f"{where}: invalid expression {text.strip()!r}: {exc}") from None
     if isinstance(expr, sp.Basic) and not isinstance(expr, sp.Expr):
@@ -599,7 +599,13 @@ class _Builder:
                 fun = _LinearMax if fun is sp.Max else _LinearMin
             else:
                 self.minmax_args += n
-        return fun(*args)
+        try:
+            return fun(*args)
+        except (ArithmeticError, ValueError) as exc:
+            # sympy evaluates calls of constants at once; mpmath can fail there (erfc(1e300)
+            # overflows inside mpmath)
+            raise _Refused(f"'{name}' of these arguments cannot be evaluated "
+                           f"({type(exc).__name__}: {exc})", node) from None
 
     def _Subscript(self, node: ast.Subscript):
         if not isinstance(node.value, ast.Name):

@@ -474,22 +474,9 @@ class PetabProblem:
             Jy = np.array(self._y0_jac(v), dtype=float).reshape(n, len(self._varying))
             D = Jy @ Dv
         init = self._cond[cid][1]
-        if y_pre is not None:
+        if y_pre is not None:     # preequilibrated: the steady state, then the overrides
             y0 = y_pre.copy()
             D = None if S_pre is None else S_pre.copy()
-            for i, k in enumerate(ode.states):
-                s = init.get(k)
-                if s is None:
-                    continue
-                y0[i] = P[s.index] if s.index >= 0 else s.value
-                if D is not None:
-                    D[i] = 0.0
-                    if s.index >= 0:
-                        D[i, s.index] = 1.0
-                elif s.index >= 0:
-                    D = np.zeros((n, nP))
-                    D[i, s.index] = 1.0
-            return y0, D
         for i, k in enumerate(ode.states):
             s = init.get(k)
             if s is None:
