@@ -27,7 +27,7 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["atomic_write", "json_npz_paths", "jsonable", "read_json", "read_json_npz",
+__all__ = ["atomic_write", "json_npz_paths", "jsonable", "read_head", "read_json", "read_json_npz",
            "safe_file_name", "write_bytes_atomic", "write_json_npz", "write_text_atomic"]
 
 
@@ -193,6 +193,16 @@ def read_json_npz(path) -> tuple[dict, dict[str, np.ndarray]]:
     with np.load(npath, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     return meta, arrays
+
+
+def read_head(path, size: int) -> str | None:
+    """The first ``size`` characters of a text file (UTF-8, undecodable bytes replaced), for
+    guessing what a file is; ``None`` when it cannot be read."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read(size)
+    except OSError:
+        return None
 
 
 def safe_file_name(name: str, default: str = "model") -> str:

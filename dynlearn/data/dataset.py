@@ -22,6 +22,7 @@ import numpy as np
 
 from dynlearn.data.checks import check_times
 from dynlearn.errors import DataError, DataTypeError, DataWarning
+from dynlearn.files import read_head
 from dynlearn.lazy import LazyModule, is_instance
 
 pd = LazyModule("pandas")     # imported by the first function that reads or makes a table
@@ -208,10 +209,8 @@ def _decimal_comma(path, sep: str) -> bool:
     """Whether the file's numbers are written with a decimal comma (when split at ``sep``)."""
     if sep == ",":
         return False
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            head = fh.read(4000)
-    except OSError:
+    head = read_head(path, 4000)
+    if head is None:
         return False
     cells = [c for line in head.splitlines()[1:] for c in _split_line(line, sep)]
     return any(re.fullmatch(r"\s*[-+]?\d+,\d+\s*", c) for c in cells)

@@ -118,6 +118,7 @@ from dynlearn.core.serialise import model_to_dict
 from dynlearn.data.checks import check_times
 from dynlearn.data.dataset import TIME_UNITS, WHITESPACE, Dataset
 from dynlearn.errors import DataError, ModelError, OptionError, OptionTypeError, ParameterError
+from dynlearn.files import read_head
 from dynlearn.objective.losses import LOSS_NAMES, loss_from_name
 from dynlearn.optimizers import OPTIMIZERS, Staged, default_optimizer, optimizer_from_name
 from dynlearn.solve import METHODS
@@ -501,10 +502,8 @@ def looks_like_csv(path) -> bool:
     path = Path(path)
     if path.suffix.lower() in (".csv", ".tsv"):
         return True
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            head = fh.read(4096)
-    except OSError:
+    head = read_head(path, 4096)
+    if head is None:
         return False
     for line in head.splitlines():
         line = line.strip()
