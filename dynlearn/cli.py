@@ -64,7 +64,7 @@ from dynlearn.sensitivity import Adjoint, FiniteDifference, ForwardSensitivity
 from dynlearn.solve import SOLVER_OPTIONS, check_method, simulate
 from dynlearn.version import __version__
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "fit_arguments", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_NOT_CONVERGED = 3
@@ -653,7 +653,7 @@ def cmd_fit(args, console: Console) -> int:
     # the model's name chooses the default folder: made a safe name, so that it cannot
     # point outside the working directory
     out = Path(args.out or f"{safe_file_name(mf.model.name)}-fit")
-    _fit_kwargs(mf, args, out)      # a bad option fails before any folder is made
+    fit_arguments(mf, args, out)      # a bad option fails before any folder is made
     out = _prepare_out_dir(out, inputs=[args.model, csv], force=args.force)
     return _run_fit(mf, data, out, args, console, csv)
 
@@ -700,9 +700,24 @@ def cmd_example(args, console: Console) -> int:
 CHECKPOINT = "checkpoint"      # dl.fit writes checkpoint.json + checkpoint.npz
 
 
-def _fit_kwargs(mf, args, out: Path) -> dict:
-    """Keyword arguments of :func:`dynlearn.fit` from the model file and the command line
-    (the command line wins). Settings that were not given are left to ``dl.fit``."""
+def fit_arguments(mf, args, out: Path) -> dict:
+    """Keyword arguments of :func:`dynlearn.fit` from a model file and the command line.
+
+    Parameters
+    ----------
+    mf : ModelFile
+        The loaded model file (its [fit], [noise] and [initial] tables).
+    args : argparse.Namespace
+        The parsed command line; it wins over the model file. Settings given in neither are
+        left to ``dl.fit``'s defaults.
+    out : Path
+        The output folder (the checkpoint is written there).
+
+    Returns
+    -------
+    dict
+        Keyword arguments for ``dl.fit(model, data, **kwargs)``.
+    """
     ft = mf.fit
     kw: dict = {}
     for key in ("loss", "method", "rtol", "atol", "seed", "n_starts", "l2", "max_time"):
@@ -824,7 +839,7 @@ def _connected(args, console: Console, workers, address):
 
 
 def _run_fit(mf, data, out: Path, args, console: Console, csv: Path | None = None) -> int:
-    kw = _fit_kwargs(mf, args, out)
+    kw = fit_arguments(mf, args, out)
     model = mf.model
     nrows = sum(len(e) for e in data.experiments)
     earlier = _recorded_outputs(out)     # the run.json the report replaces listed these

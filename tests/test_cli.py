@@ -806,7 +806,7 @@ def test_fit_settings_from_model_file(tmp_path):
     """How [fit], [noise] and [initial] become dl.fit's keyword arguments."""
     from types import SimpleNamespace
 
-    from dynlearn.cli import _fit_kwargs
+    from dynlearn.cli import fit_arguments
     from dynlearn.io.model_file import load_model_file
     if not HAS_FIT:
         pytest.skip("dl.fit is not available yet")
@@ -817,7 +817,7 @@ def test_fit_settings_from_model_file(tmp_path):
                                         'values = { x = 1.0 }\n\n[fit]\nsensitivity = "forward"'
                                         '\nn_starts = 2\noptions = { max_step = 0.5 }')
                  .replace('loss = "ls"\n', ''))
-    kw = _fit_kwargs(load_model_file(m), args, tmp_path)
+    kw = fit_arguments(load_model_file(m), args, tmp_path)
     assert kw["loss"] == "gaussian" and "sigma" not in kw
     np.testing.assert_array_equal(kw["y0"], [1.0])
     assert isinstance(kw["sensitivity"], dl.ForwardSensitivity)
@@ -825,13 +825,13 @@ def test_fit_settings_from_model_file(tmp_path):
     assert kw["optimizer"].max_iter == 20
     assert kw["checkpoint"] == str(tmp_path / "checkpoint") and kw["progress"] is False
     args.maxiter, args.loss = 3, "log"
-    kw = _fit_kwargs(load_model_file(m), args, tmp_path)
+    kw = fit_arguments(load_model_file(m), args, tmp_path)
     assert kw["optimizer"].max_iter == 3 and kw["loss"] == "log"
     m.write_text(DECAY.replace('[fit]', '[fit]\noptions = { max_stepp = 0.5 }'))
     with pytest.raises(dl.OptionError, match=r"m\.toml, line 13: \[fit.options\] max_stepp"):
-        _fit_kwargs(load_model_file(m), args, tmp_path)
+        fit_arguments(load_model_file(m), args, tmp_path)
     m.write_text(DECAY.replace('[fit]', '[noise]\nsigma = 0.1\n[fit]'))
-    assert _fit_kwargs(load_model_file(m), args, tmp_path)["sigma"] == 0.1
+    assert fit_arguments(load_model_file(m), args, tmp_path)["sigma"] == 0.1
 
 
 @needs_fit

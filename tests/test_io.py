@@ -196,16 +196,14 @@ def test_l2_auto_in_the_model_file_reaches_dl_fit(tmp_path):
     data); a number stays a number."""
     from types import SimpleNamespace
 
-    from dynlearn.cli import _fit_kwargs
+    from dynlearn.cli import fit_arguments
     from dynlearn.fitting.regularisation import AUTO, check_l2
-    from dynlearn.io.model_file import L2_AUTO
-    assert L2_AUTO == AUTO
     args = SimpleNamespace(quiet=True, resume=False, maxiter=None, loss=None, method=None,
                            seed=None, max_time=None, workers=None, n_starts=None)
     head = '[model]\nstates = ["x"]\nequations = { x = "-x" }\n[fit]\n'
     for value, expected in (('"auto"', AUTO), ("0", 0.0), ("0.25", 0.25)):
         mf = load_model_file(write(tmp_path, head + f"l2 = {value}\n"))
-        kw = _fit_kwargs(mf, args, tmp_path)
+        kw = fit_arguments(mf, args, tmp_path)
         assert check_l2(kw["l2"]) == expected
 
 

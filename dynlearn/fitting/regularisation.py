@@ -61,7 +61,7 @@ from scipy import special
 
 from dynlearn.errors import OptionError
 from dynlearn.fitting.starts import StartOutcome, StartSpec, run_start
-from dynlearn.objective.objective import FitObjective, Rejected
+from dynlearn.objective.objective import L2_AUTO, FitObjective, Rejected
 from dynlearn.optimizers import LBFGSB, LevenbergMarquardt, Optimizer, Status
 from dynlearn.results.diagnostics import BELOW_NOISE, BELOW_NOISE_LEVEL, ROUGHNESS, diagnose
 
@@ -70,7 +70,7 @@ __all__ = ["AUTO", "BRACKET", "LINEARISED_MAX", "MAX_PATH", "OVER", "PATH_FACTOR
            "path_optimizer"]
 
 #: the value of ``l2=`` that asks for the strength chosen from the data
-AUTO = "auto"
+AUTO = L2_AUTO
 #: a fit is past the noise level (too penalised) when ``log F`` is more than this many of
 #: its standard deviations above 0 (and ``F > 1``)
 OVER = 1.0

@@ -120,10 +120,11 @@ from dynlearn.data.dataset import TIME_UNITS, WHITESPACE, Dataset
 from dynlearn.errors import DataError, ModelError, OptionError, OptionTypeError, ParameterError
 from dynlearn.files import read_head
 from dynlearn.objective.losses import LOSS_NAMES, loss_from_name
+from dynlearn.objective.objective import L2_AUTO
 from dynlearn.optimizers import OPTIMIZERS, Staged, default_optimizer, optimizer_from_name
 from dynlearn.solve import METHODS
 
-__all__ = ["L2_AUTO", "MODEL_FILE_KEYS", "ModelFile", "load_model_file", "looks_like_csv",
+__all__ = ["MODEL_FILE_KEYS", "ModelFile", "load_model_file", "looks_like_csv",
            "model_to_toml", "parse_model_text", "parse_time_grid"]
 
 # allowed keys of each table; None marks a table whose keys are user names
@@ -140,10 +141,6 @@ _NOISE = {"sigma", "sigma_columns"}
 _FIT = {"loss", "method", "rtol", "atol", "sensitivity", "optimizer", "maxiter", "seed",
         "stages", "n_starts", "l2", "options", "progress", "lr", "max_time"}
 _STAGE = {"optimizer", "maxiter", "lr", "options"}
-#: ``l2 = "auto"`` in [fit]: the L2 strength chosen from the data, dl.fit's ``l2="auto"``
-#: (:data:`dynlearn.fitting.regularisation.AUTO`; the same string, not imported from there:
-#: that would import the fitting stack and pandas whenever a model file is read)
-L2_AUTO = "auto"
 _SIMULATE = {"t", "method", "rtol", "atol", "y0"}
 SENSITIVITIES = ("forward", "adjoint", "finite-difference")
 

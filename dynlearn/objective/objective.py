@@ -40,6 +40,7 @@ from dynlearn.sensitivity.choice import (
 from dynlearn.solve import check_method, check_options, solve_observed
 
 __all__ = [
+    "L2_AUTO",
     "LOSS_NAMES",
     "SOLVE_FAILURES",
     "BoundExperiment",
@@ -51,6 +52,11 @@ __all__ = [
     "loss",
     "loss_and_grad",
 ]
+
+#: the value of ``l2=`` that asks for the L2 strength chosen from the data (resolved by
+#: :mod:`dynlearn.fitting.regularisation` before an objective is built; model files accept
+#: it too)
+L2_AUTO = "auto"
 
 #: What a solve that fails at a trial point raises (a solver failure, parameters that
 #: cannot be used); the objectives turn these into :class:`Rejected`. Anything else is a bug
