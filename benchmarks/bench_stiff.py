@@ -17,6 +17,17 @@ Usage::
 
 A configuration whose first gradient takes longer than ``--budget`` seconds is timed once.
 AMICI is not part of this comparison (not installed here).
+
+``--auto`` measures ``method="auto"`` instead (issue #15 item 2), side by side with the fixed
+choices on the same problems plus two non-stiff ones (Lotka-Volterra, and the LV-UDE hybrid
+with a 2-5-5-5-2 network): what the probe chose and its cost, one loss + gradient with auto,
+LSODA (forward sensitivities: the best stiff choice of the table above) and RK45 (discrete
+adjoint: the old default of ``dl.fit``), and a small fit (``dl.fit``, Levenberg-Marquardt,
+from the shifted parameters) with each. A solve that exceeds ``max_nfev`` or a fit that
+exceeds ``--fit-time`` seconds is reported as such. Then the probe's cost inside a fit:
+fits with auto and with the method it picks, alternated (:func:`fit_overhead`)::
+
+    python benchmarks/bench_stiff.py --auto [--markdown] [--sizes 10 30] [--fit-time 60]
 """
 
 from __future__ import annotations
@@ -34,7 +45,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _table import print_table  # noqa: E402
 
 import dynlearn as dl  # noqa: E402
-from dynlearn.testing import relative_error, robertson_problem  # noqa: E402
+from dynlearn.objective.objective import probe_method  # noqa: E402
+from dynlearn.testing import (  # noqa: E402
+    lotka_volterra_data,
+    lotka_volterra_fit_model,
+    lotka_volterra_problem,
+    lv_ude_problem,
+    relative_error,
+    robertson_problem,
+)
 
 METHODS = ("BDF", "Radau", "LSODA")
 
@@ -141,6 +160,125 @@ def bench_problem(name, model, data, theta, rtol, atol, args, rows):
             print(rows[-1], flush=True)
 
 
+def timed(fn):
+    """``(seconds, result or the exception raised)``."""
+    t0 = time.perf_counter()
+    try:
+        out = fn()
+    except Exception as e:  # noqa: BLE001 - a failing configuration is a result
+        out = e
+    return time.perf_counter() - t0, out
+
+
+def auto_problems(args):
+    """(name, model, data, theta, rtol, atol) of the --auto comparison."""
+    out = []
+    model, data, theta = robertson_problem()
+    out.append(("Robertson (3 states, 3 p)", model, data, theta, 1e-8, 1e-12))
+    for n in args.sizes:
+        model, data, theta = chain_problem(n)
+        out.append((f"chain n={n} ({n} p)", model, data, theta, 1e-8, 1e-10))
+    model, data, theta = hybrid_problem(args.hidden[0])
+    out.append((f"hybrid Robertson + MLP ({model.theta0.size} p)", model, data, theta, 1e-8,
+                1e-12))
+    model, data, theta = lotka_volterra_problem()
+    out.append(("Lotka-Volterra (2 states, 4 p), non-stiff", model, data, theta, 1e-6, 1e-8))
+    model, data, theta = lv_ude_problem()
+    out.append((f"LV-UDE hybrid ({model.theta0.size} p), non-stiff", model, data, theta, 1e-6,
+                1e-8))
+    return out
+
+
+def verdict(choice) -> str:
+    word = {True: "stiff", False: "non-stiff", None: "borderline"}[choice.stiff]
+    return f"{choice.method} ({word}, ratio {choice.ratio:.2g})"
+
+
+def auto_row(name, model, data, theta, rtol, atol, args) -> list[str]:
+    """One row of the --auto table (see bench_auto)."""
+    methods = ("auto", "LSODA", "RK45")
+    objs = {m: dl.Objective(model, data, method=m, rtol=rtol, atol=atol) for m in methods}
+    choice = objs["auto"].method_choice
+    bound = objs["auto"].fit_objective.bound
+    y0s = [b.y0 for b in bound]
+    probe = [timed(lambda: probe_method(model, bound, theta, y0s, rtol, atol, {}))[0]
+             for _ in range(3)]
+    # one loss + gradient each, the first (which compiles) not counted unless it failed or
+    # took longer than --budget seconds (then it is the only one)
+    grad: dict[str, list] = {}
+    once = set()
+    for m, o in objs.items():
+        t, out = timed(lambda o=o: o.value_and_grad(theta))
+        if isinstance(out, Exception) or t > args.budget:
+            once.add(m)
+        grad[m] = [t, out] if isinstance(out, Exception) else [t] if m in once else []
+    for _ in range(args.repeats):
+        for m, o in objs.items():
+            if m not in once:
+                grad[m].append(timed(lambda o=o: o.value_and_grad(theta))[0])
+
+    def cell(m):
+        g = grad[m]
+        if g and isinstance(g[-1], Exception):
+            return f"fails after {g[0]:.3g} s ({type(g[-1]).__name__})"
+        return f"{1e3 * float(np.median(g)):.3g}"
+
+    start = model.with_theta(theta)
+    fits = {}
+    for m in methods:
+        t, res = timed(lambda m=m: dl.fit(start, data, method=m, rtol=rtol, atol=atol,
+                                          progress=False, max_time=args.fit_time))
+        if isinstance(res, Exception):
+            fits[m] = f"fails ({type(res).__name__})"
+        elif res.status.value == "max_time":
+            fits[m] = f"> {args.fit_time:g} (max_time), loss {res.loss:.3g}"
+        else:
+            fits[m] = f"{t:.3g} (loss {res.loss:.3g})"
+    return [name, verdict(choice), f"{1e3 * float(np.median(probe)):.3g}", cell("auto"),
+            cell("LSODA"), cell("RK45"), fits["auto"], fits["LSODA"], fits["RK45"]]
+
+
+def fit_overhead(repeats: int = 5) -> None:
+    """The probe's cost inside a fit: ``dl.fit`` with ``method="auto"`` and with the method
+    it picks, alternated ``repeats`` times (medians), on Robertson (from the shifted
+    parameters, rtol 1e-8) and Lotka-Volterra (from its fit model, default tolerances)."""
+    model, data, theta = robertson_problem()
+    cases = [("Robertson", model.with_theta(theta), data, "LSODA",
+              dict(rtol=1e-8, atol=1e-12)),
+             ("Lotka-Volterra", lotka_volterra_fit_model(), lotka_volterra_data(), "RK45", {})]
+    for name, model, data, fixed, kw in cases:
+        dl.fit(model, data, method=fixed, progress=False, **kw)       # compiles
+        ta, tf = [], []
+        for _ in range(repeats):
+            t, ra = timed(lambda model=model, data=data, kw=kw: dl.fit(
+                model, data, method="auto", progress=False, **kw))
+            ta.append(t)
+            t, rf = timed(lambda model=model, data=data, fixed=fixed, kw=kw: dl.fit(
+                model, data, method=fixed, progress=False, **kw))
+            tf.append(t)
+        print(f"fit of {name}: auto {np.median(ta):.3f} s, {fixed} {np.median(tf):.3f} s "
+              f"(medians of {repeats}, alternated); auto chose {ra.method}; same x: "
+              f"{np.array_equal(ra.x, rf.x)}")
+    print(f"load: {os.getloadavg()}")
+
+
+def bench_auto(args):
+    """method="auto" against LSODA and RK45: the choice, its cost, a loss + gradient
+    (interleaved, so that they see the same load) and a small fit with each."""
+    rows = []
+    for name, model, data, theta, rtol, atol in auto_problems(args):
+        rows.append(auto_row(name, model, data, theta, rtol, atol, args))
+        print(rows[-1], flush=True)
+    print()
+    print(f"load: {os.getloadavg()}; loss+grad in ms (median of {args.repeats}, "
+          f"interleaved), fits in s (one each, max_time {args.fit_time:g} s)")
+    print_table(["problem", "auto chose", "probe ms", "loss+grad auto", "LSODA/forward",
+                 "RK45/discrete (old default)", "fit s: auto", "fit s: LSODA",
+                 "fit s: RK45 (old default)"], rows, args.markdown)
+    print()
+    fit_overhead()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--markdown", action="store_true")
@@ -153,7 +291,14 @@ def main():
                     help="seconds above which a configuration is timed once")
     ap.add_argument("--skip", nargs="*", default=[],
                     help="configurations to leave out, e.g. LSODA/forward")
+    ap.add_argument("--auto", action="store_true",
+                    help="compare method='auto' with LSODA and RK45 (see the module notes)")
+    ap.add_argument("--fit-time", type=float, default=60.0,
+                    help="--auto: max_time of each small fit, seconds")
     args = ap.parse_args()
+    if args.auto:
+        bench_auto(args)
+        return
     rows: list[list[str]] = []
     if args.only in (None, "robertson"):
         model, data, theta = robertson_problem()

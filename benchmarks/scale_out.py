@@ -4,9 +4,13 @@ A small model first (issue 16): multi-start fits of the bundled lynx-hare exampl
 (Lotka-Volterra, four rates, ``loss="log"``, ``y0="estimate"``) with ``--small-starts``
 starts (16, 64, 256), serially, on Dask with tasks sized by cost (the default), and on Dask
 with one start per task (``dl.Parallel(client, over="starts", task_seconds=None)``: how it
-was before); the median of ``--small-repeats`` runs, the three alternating, and the Dask
-overhead per task: the time a worker sits idle between two tasks of the fit (from Dask's
-task stream; median and 90th percentile). ``--small-only`` stops there.
+was before; ``--packing sized|one`` runs only one of the two); the median of
+``--small-repeats`` runs, all alternating, and the Dask overhead per task: the time a worker
+sits idle between two tasks of the fit (from Dask's task stream; median and 90th
+percentile). Then the workers' cache of compiled models: the first evaluation round of a
+new fit of a model the workers fitted before, with the cache and with it emptied
+(``--cache-repeats`` new fits each, alternating; lynx-hare and the heavy problem below).
+``--small-only`` stops there.
 
 Then a heavy problem: a hybrid Lotka-Volterra model (the four mass-action terms with unknown
 rates, bounded to +-25% of the truth, plus a 2-5-5-5-2 rbf network correcting both equations,
@@ -37,7 +41,8 @@ Usage::
 
     python benchmarks/scale_out.py [--experiments 32] [--workers 2] [--repeats 9]
                                    [--fit-iters 20] [--small-starts 16,64,256]
-                                   [--small-repeats 3] [--small-only] [--markdown]
+                                   [--small-repeats 3] [--packing both|sized|one]
+                                   [--cache-repeats 5] [--small-only] [--markdown]
 
 The machine should be otherwise idle: the script reports the CPU time other processes
 took during the run, and speedups measured next to other jobs are meaningless.
@@ -139,17 +144,17 @@ def cpu_seconds() -> tuple[float, float]:
 
 
 def _ceiling_worker(n_exp, batch, what, repeats, barrier, results):
-    from dynlearn.distributed.fanned import _experiment_task
+    from dynlearn.distributed.fanned import experiment_task
     from dynlearn.objective.objective import FitObjective
     model, data = problem(n_exp)
     settings = objective_settings(model, data)
     x0 = settings["space"].x0
     obj = FitObjective(**settings)
-    _experiment_task(obj, "c", batch, what, x0, obj.sigma_hat)   # warm-up, fills the cache
+    experiment_task(obj, "c", batch, what, x0, obj.sigma_hat)   # warm-up, fills the cache
     for _ in range(repeats + 1):
         barrier.wait()
         t0 = time.perf_counter()
-        _experiment_task("c", "c", batch, what, x0, obj.sigma_hat)
+        experiment_task("c", "c", batch, what, x0, obj.sigma_hat)
         results.put(time.perf_counter() - t0)
 
 
@@ -162,13 +167,13 @@ def ceiling(n_exp: int, workers: int, what: str, repeats: int) -> tuple[float, f
     """
     import multiprocessing as mp
 
-    from dynlearn.distributed.fanned import _batches
+    from dynlearn.distributed.fanned import contiguous_batches
     from dynlearn.objective.objective import FitObjective
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(workers + 1), ctx.Queue()
     procs = [ctx.Process(target=_ceiling_worker, args=(n_exp, b, what, repeats, barrier,
                                                        results), daemon=True)
-             for b in _batches(n_exp, None, workers)]
+             for b in contiguous_batches(n_exp, None, workers)]
     for p in procs:
         p.start()
     model, data = problem(n_exp)
@@ -252,23 +257,29 @@ def task_gaps(stream, prefix: str) -> list[float]:
     return gaps
 
 
-def small_model(client, workers: int, sizes, repeats: int) -> list[list]:
-    """Lynx-hare multi-start (loss="log", y0="estimate"): serial against Dask with tasks
-    sized by cost (now) and with one task per start (before): medians of ``repeats`` runs,
-    the three alternating; the Dask overhead per task (median, 90th percentile)."""
+#: Dask configurations of the small-model measurement: tasks sized by cost (now, the
+#: default) and one start per task (before the packing)
+PACKINGS = {"sized": {}, "one": {"over": "starts", "task_seconds": None}}
+
+
+def small_model(client, workers: int, sizes, repeats: int,
+                packings=("sized", "one")) -> list[dict]:
+    """Lynx-hare multi-start (loss="log", y0="estimate"): serial against Dask with each of
+    ``packings`` (see :data:`PACKINGS`): medians of ``repeats`` runs, all alternating; the
+    Dask overhead per task (median, 90th percentile) and the tasks of each."""
     from distributed import get_task_stream
     model, data = lynx_hare()
     kw = dict(loss="log", y0="estimate", progress=False)
-    before = dl.Parallel(client, over="starts", task_seconds=None)
+    configs = [("serial", None)] + [(p, dl.Parallel(client, **PACKINGS[p])) for p in packings]
     dl.fit(model, data, n_starts=2 * workers, seed=0, client=client, **kw)   # warm-up
     rows = []
     for n in sizes:
-        times: dict = {"serial": [], "now": [], "before": []}
-        gaps: dict = {"now": [], "before": []}
-        tasks = {}
+        times: dict = {name: [] for name, _ in configs}
+        gaps: dict = {name: [] for name in packings}
+        tasks: dict = {}
         ref = same = None
         for _ in range(repeats):
-            for name, cl in (("serial", None), ("now", client), ("before", before)):
+            for name, cl in configs:
                 with get_task_stream(client) as ts:
                     t0 = time.perf_counter()
                     r = dl.fit(model, data, n_starts=n, seed=0, client=cl, **kw)
@@ -280,12 +291,50 @@ def small_model(client, workers: int, sizes, repeats: int) -> list[list]:
                     gaps[name] += task_gaps(ts.data, "dynlearn-starts")
                     same = frame.equals(ref) if same is None else same and frame.equals(ref)
                     tasks[name] = r.starts["task"].nunique() if "task" in r.starts else 0
-        med = {k: statistics.median(v) for k, v in times.items()}
-        q = {k: (1e3 * float(np.median(g)), 1e3 * float(np.quantile(g, 0.9))) if g
-             else (float("nan"), float("nan")) for k, g in gaps.items()}
-        rows.append([n, med["serial"], med["now"], med["before"], tasks["now"],
-                     tasks["before"], q["now"], q["before"],
-                     "identical starts" if same else "starts differ"])
+        rows.append({"starts": n, "times": {k: statistics.median(v) for k, v in times.items()},
+                     "tasks": tasks,
+                     "gaps_ms": {k: (1e3 * float(np.median(g)), 1e3 * float(np.quantile(g, 0.9)))
+                                 if g else (float("nan"), float("nan")) for k, g in gaps.items()},
+                     "check": "identical starts" if same else "starts differ"})
+        print(f"  (so far: {n} starts, medians {rows[-1]['times']}, tasks {tasks})", flush=True)
+    return rows
+
+
+def model_cache_effect(client, problems, repeats: int) -> list[list]:
+    """The first task of a new fit on workers that ran a fit of the same model before: with
+    the workers' cache of compiled models (``dynlearn.distributed.dask.share_compiled``) and
+    with the cache emptied just before (``clear_compiled_models``: every worker compiles the
+    model again, as every fit did before the cache).
+
+    A new fit is a new experiment-split objective (``FannedObjective``: its objective is
+    scattered under a new key, so the per-fit cache cannot help), and its first task the
+    first evaluation of the residuals (one task per worker: unpickling the objective, getting
+    the model compiled, solving each experiment once). ``problems``: ``(label, model,
+    data)``; medians over ``repeats`` new fits of each kind, alternating.
+    """
+    from dynlearn.distributed.dask import Parallel, clear_compiled_models, model_cache_info
+    from dynlearn.distributed.fanned import FannedObjective
+    rows = []
+    for label, model, data in problems:
+        settings = objective_settings(model, data)
+        x0 = settings["space"].x0
+        times: dict = {"compiled": [], "cached": []}
+        for r in range(repeats + 1):
+            for name in ("compiled", "cached"):
+                if name == "compiled":
+                    client.run(clear_compiled_models)
+                fanned = FannedObjective(Parallel(client), **settings)
+                try:
+                    t0 = time.perf_counter()
+                    fanned.compute_residuals(x0)
+                    if r:                        # round 0: warm-up
+                        times[name].append(time.perf_counter() - t0)
+                finally:
+                    fanned.close()
+        hits = sum(i["hits"] for i in client.run(model_cache_info).values())
+        rows.append([label, 1e3 * statistics.median(times["compiled"]),
+                     1e3 * statistics.median(times["cached"]), hits])
+        print(f"  (so far: model cache {rows[-1]})", flush=True)
     return rows
 
 
@@ -303,7 +352,12 @@ def run(args) -> dict:
         client.wait_for_workers(args.workers)
         if args.small_starts:
             extra["small"] = small_model(client, args.workers, args.small_starts,
-                                         args.small_repeats)
+                                         args.small_repeats, args.packings)
+        if args.cache_repeats:
+            extra["cache"] = model_cache_effect(
+                client, [("lynx-hare, 1 experiment", *lynx_hare()),
+                         (f"heavy problem, {args.experiments} experiments", model, data)],
+                args.cache_repeats)
         if args.small_only:
             return {"rows": rows, **extra}
         fanned = FannedObjective(Parallel(client), **settings)
@@ -329,9 +383,10 @@ def run(args) -> dict:
                     err = max(rel(p, s) for s, p in zip(a_s, a_p))
                     check = f"max rel. diff {err:.1e}"
                 rows.append([f"{label}, {args.experiments} experiments", ts, tp, check])
+                print(f"  (so far: {rows[-1]})", flush=True)
                 if wp == "compute_jacobian":
                     extra["round_overhead_ms"] = 1e3 * (tp - ts / args.workers)
-            extra["batches"] = len(fanned._batches)
+            extra["batches"] = len(fanned.batches)
         finally:
             fanned.close()
 
@@ -340,6 +395,7 @@ def run(args) -> dict:
             ts, tp = ceiling(args.experiments, args.workers, what, args.repeats)
             rows.append([f"  same split over {args.workers} plain processes, no Dask: "
                          f"the machine's ceiling ({label})", ts, tp, ""])
+            print(f"  (so far: {rows[-1]})", flush=True)
 
         opt = dl.LevenbergMarquardt(max_iter=args.fit_iters)
         kw = dict(optimizer=opt, rtol=RTOL, atol=ATOL, l2=1e-3, progress=False)
@@ -350,19 +406,23 @@ def run(args) -> dict:
         r_p = dl.fit(model, data, client=client, **kw)
         tp = time.perf_counter() - t0
         same = "identical x" if np.array_equal(r_s.x, r_p.x) else \
-            f"max |dx| {np.max(np.abs(r_s.x - r_p.x)):.1e}"
+            f"max abs. diff of x {np.max(np.abs(r_s.x - r_p.x)):.1e}"
         rows.append([f"fit, LM {args.fit_iters} iterations ({r_s.njev} Jacobians, "
                      f"{r_s.nfev} solves)", ts, tp, same])
+        print(f"  (so far: {rows[-1]})", flush=True)
 
         k = 4 * args.workers
         sub = dl.Dataset(data.experiments[:args.starts_experiments])
         t0 = time.perf_counter()
         m_s = dl.fit(model, sub, n_starts=k, seed=0, **kw)
         ts = time.perf_counter() - t0
+        packed = dl.Parallel(client, **PACKINGS["one" if args.packings == ("one",)
+                                              else "sized"])
         t0 = time.perf_counter()
-        m_p = dl.fit(model, sub, n_starts=k, seed=0, client=client, **kw)
+        m_p = dl.fit(model, sub, n_starts=k, seed=0, client=packed, **kw)
         tp = time.perf_counter() - t0
-        same = "identical starts" if m_s.starts.equals(m_p.starts) else "starts differ"
+        same = ("identical starts" if m_s.starts.equals(
+            m_p.starts.drop(columns=PLACE_COLUMNS, errors="ignore")) else "starts differ")
         rows.append([f"multi-start, {k} starts x {args.starts_experiments} experiments",
                      ts, tp, same])
         extra.update(task_overhead(client))
@@ -385,7 +445,16 @@ def main(argv=None):
                          "empty: skip it)")
     ap.add_argument("--small-repeats", type=int, default=3)
     ap.add_argument("--small-only", action="store_true",
-                    help="only the lynx-hare multi-start measurement")
+                    help="only the lynx-hare measurements (multi-start, model cache)")
+    ap.add_argument("--packing", dest="packings", default="both",
+                    type=lambda v: {"both": ("sized", "one"), "sized": ("sized",),
+                                    "one": ("one",)}[v],
+                    help="Dask configurations of the multi-start measurements: 'sized' "
+                         "(tasks sized by cost, the default since issue 16), 'one' (one "
+                         "start per task, no packing: as before) or 'both' side by side "
+                         "(default)")
+    ap.add_argument("--cache-repeats", type=int, default=5,
+                    help="new fits per kind in the model-cache measurement (0: skip it)")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args(argv)
     print(f"{os.cpu_count()} cores; load average (1 min) before the run: "
@@ -398,16 +467,38 @@ def main(argv=None):
     foreign = max(0.0, (busy1 - busy0) - (own1 - own0))
     if out.get("small"):
         w = args.workers
+        label = {"sized": "sized tasks", "one": "1 start/task"}
+        packs = args.packings
         print(f"lynx-hare multi-start (loss='log', y0='estimate'), median of "
-              f"{args.small_repeats}; Dask overhead per task = the time a worker sits idle "
-              "between two tasks of the fit")
-        header = ["starts", "serial (s)", f"Dask {w} w., sized tasks (s)", "speedup",
-                  f"Dask {w} w., 1 start/task (s)", "speedup", "tasks (sized / before)",
-                  "overhead/task ms, median / p90 (sized)", "(1 start/task)", "check"]
-        table = [[str(n), f"{ts:.2f}", f"{tn:.2f}", f"{ts / tn:.2f}x", f"{tb:.2f}",
-                  f"{ts / tb:.2f}x", f"{kn} / {kb}", f"{qn[0]:.1f} / {qn[1]:.1f}",
-                  f"{qb[0]:.1f} / {qb[1]:.1f}", chk]
-                 for n, ts, tn, tb, kn, kb, qn, qb, chk in out["small"]]
+              f"{args.small_repeats}, all configurations alternating")
+        header = ["starts", "serial (s)"]
+        for p in packs:
+            header += [f"Dask {w} w., {label[p]} (s)", "speedup"]
+        header += ["tasks (" + " / ".join(label[p] for p in packs) + ")", "check"]
+        table = []
+        for row in out["small"]:
+            t = row["times"]
+            line = [str(row["starts"]), f"{t['serial']:.2f}"]
+            for p in packs:
+                line += [f"{t[p]:.2f}", f"{t['serial'] / t[p]:.2f}x"]
+            line += [" / ".join(str(row["tasks"][p]) for p in packs), row["check"]]
+            table.append(line)
+        print_table(header, table, args.markdown)
+        print("Dask overhead per task: the time a worker sits idle between two tasks of the "
+              "fit (Dask's task stream), ms")
+        header = ["starts"] + [f"{label[p]}: median / p90" for p in packs]
+        table = [[str(row["starts"])] + [f"{row['gaps_ms'][p][0]:.1f} / "
+                                         f"{row['gaps_ms'][p][1]:.1f}" for p in packs]
+                 for row in out["small"]]
+        print_table(header, table, args.markdown)
+    if out.get("cache"):
+        print(f"the first evaluation round of a new fit (a new split objective) on workers "
+              f"that fitted the model before, median of {args.cache_repeats}: compiling the "
+              "model again (cache emptied) against its compiled functions kept by the workers")
+        header = ["problem", "compiling (ms)", "kept (ms)", "saved (ms)",
+                  "cache hits (last fit)"]
+        table = [[lab, f"{tc:.0f}", f"{tk:.0f}", f"{tc - tk:.0f}", str(h)]
+                 for lab, tc, tk, h in out["cache"]]
         print_table(header, table, args.markdown)
     if out["rows"]:
         header = ["task", "serial (s)", f"Dask, {args.workers} workers (s)", "speedup",

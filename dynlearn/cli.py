@@ -1,7 +1,8 @@
 """The ``dynlearn`` command: fit, simulate, recover, check-gradients and demo.
 
 Every command reads a TOML model file (see :mod:`dynlearn.io`) and, where it needs one, a
-CSV of measurements. A user error (missing file, malformed TOML, unknown symbol, bad CSV,
+CSV of measurements; ``fit`` also reads a PEtab problem (``problem.yaml``, see
+:mod:`dynlearn.petab.outputs`). A user error (missing file, malformed TOML, unknown symbol, bad CSV,
 bad option) prints one line ``error: ...`` naming the file and the line, row or column where
 known, and exits with status 2; ``--debug`` shows the traceback instead. Outputs are written
 to a temporary file in the destination folder and renamed, so a folder never holds a
@@ -57,10 +58,12 @@ from dynlearn.io.model_file import load_model_file, looks_like_csv, model_to_tom
 from dynlearn.objective import Objective
 from dynlearn.objective.losses import LOSS_NAMES
 from dynlearn.optimizers import Status
+from dynlearn.petab.outputs import PETAB_FIT_OUTPUTS, looks_like_petab
 from dynlearn.report.tables import write_csv
 from dynlearn.results import load_result
 from dynlearn.results.diagnostics import count_fitted_values, describe_counts
 from dynlearn.sensitivity import Adjoint, FiniteDifference, ForwardSensitivity
+from dynlearn.sensitivity.finite_difference import parameter_step_scales
 from dynlearn.solve import SOLVER_OPTIONS, check_method, simulate
 from dynlearn.version import __version__
 
@@ -121,7 +124,7 @@ def _warnings_as_lines(console: Console):
 FIT_OUTPUTS = frozenset({"params.csv", "summary.txt", "predictions.csv", "result.json",
                          "result.npz", "model.toml", "run.json", "fit.png", "residuals.png",
                          "loss.png", "learned_terms.png", "report.html", "checkpoint.json",
-                         "checkpoint.npz"})
+                         "checkpoint.npz"}) | PETAB_FIT_OUTPUTS
 #: the files ``dynlearn recover`` writes beside them
 RECOVER_OUTPUTS = frozenset({"recovered.toml", "recovery_coefficients.csv", "recovery.txt",
                              "candidates.csv", "inclusion.csv"})
@@ -273,7 +276,8 @@ def _fit_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--maxiter", type=_integer(1), default=None, metavar="N",
                    help="iteration budget of the optimizer")
     g.add_argument("--method", default=None, metavar="METHOD",
-                   help="solve_ivp method: RK45, RK23, DOP853, Radau, BDF, LSODA")
+                   help="solve_ivp method: RK45, RK23, DOP853, Radau, BDF, LSODA, or auto "
+                        "(default: RK45 or LSODA as a stiffness probe decides)")
     g.add_argument("--max-time", type=_real(), default=None, metavar="SECONDS",
                    help="stop the whole fit (all its starts) after this long, keeping the "
                         "best point (and a checkpoint for --resume)")
@@ -316,7 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
                               "working model file and its CSV.")
     f.add_argument("model", metavar="MODEL.toml",
                    help="the model file (TOML; see docs/model-files.md and 'dynlearn "
-                        "example'); it comes before DATA.csv")
+                        "example'); it comes before DATA.csv. Or a PEtab problem "
+                        "(problem.yaml, needs pip install 'dynlearn[petab]'): a multi-start "
+                        "fit (default 10 starts, the first from the nominal values) that "
+                        "writes parameters.csv (estimates, standard errors, bounds hit), "
+                        "starts.csv, simulations.csv and summary.txt into DIR; see "
+                        "docs/petab.md")
     f.add_argument("data", metavar="DATA.csv", nargs="?",
                    help="measurements (default: [data] file in the model file)")
     f.add_argument("--out", "-o", metavar="DIR", default=None,
@@ -603,8 +612,11 @@ def cmd_check_gradients(args, console: Console) -> int:
     # near 1e-9 it balances truncation (~h^4) against the solver's own noise (~tol / h);
     # the diagonal curvature comes from the same evaluations
     t0 = time.perf_counter()
+    # on each parameter's own scale (log for positive ones), never across a bound
+    typical, lower, upper, log = parameter_step_scales(model, model.n_theta)
     _, grads["finite-diff"], curv = FiniteDifference(step=1e-4, order=4).derivatives(
-        obj.value, theta, idx, curvature=True)
+        obj.value, theta, idx, curvature=True, typical=typical, lower=lower, upper=upper,
+        log=log)
     times["finite-diff"] = time.perf_counter() - t0
     ref = grads["finite-diff"]
     scale = max(float(np.max(np.abs(ref))), 1e-300)
@@ -647,6 +659,8 @@ def cmd_check_gradients(args, console: Console) -> int:
 
 def cmd_fit(args, console: Console) -> int:
     """``dynlearn fit``."""
+    if looks_like_petab(args.model):
+        return cmd_fit_petab(args, console)
     mf = _model_from_file(args)
     data = mf.read_data(args.data)
     csv = Path(args.data) if args.data is not None else mf.data["file"]
@@ -656,6 +670,58 @@ def cmd_fit(args, console: Console) -> int:
     fit_arguments(mf, args, out)      # a bad option fails before any folder is made
     out = _prepare_out_dir(out, inputs=[args.model, csv], force=args.force)
     return _run_fit(mf, data, out, args, console, csv)
+
+
+def cmd_fit_petab(args, console: Console) -> int:
+    """``dynlearn fit problem.yaml``: a multi-start fit of a PEtab problem
+    (:meth:`dynlearn.petab.PetabProblem.fit`; the files: :mod:`dynlearn.petab.outputs`)."""
+    import dynlearn.petab as dp
+
+    given = [opt for opt, v in (("DATA.csv", args.data), ("--resume", args.resume),
+                                ("--loss", args.loss), ("--workers", args.workers),
+                                ("--scheduler", args.scheduler)) if v]
+    if given:
+        raise OptionError(f"{', '.join(given)}: not for a PEtab problem (its measurements, "
+                          "noise model and likelihood are in its tables; its starts run "
+                          "one after the other)")
+    out = Path(args.out or f"{safe_file_name(Path(args.model).stem)}-fit")
+    options = {"method": args.method} if args.method else {}
+    if args.method:
+        check_method(args.method)
+    with warnings.catch_warnings():
+        # the petab library's own pandas deprecations say nothing about the problem
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petab\.")
+        problem = dp.load(args.model, **options)
+    out = _prepare_out_dir(out, inputs=dp.outputs.problem_files(args.model), force=args.force)
+    n_starts = args.n_starts or PETAB_N_STARTS
+    console.note(f"fitting PEtab problem {args.model}: {problem!r}, {n_starts} starts"
+                 + (f"; objective with the priors of {', '.join(problem.priors.names)}"
+                    if problem.priors is not None else ""))
+    t0 = time.perf_counter()
+    result = problem.fit(n_starts=n_starts, seed=getattr(args, "seed", None) or 0,
+                         x0=problem.x_nominal, maxiter=args.maxiter or 2000,
+                         max_time=args.max_time)
+    seconds = time.perf_counter() - t0
+    errors = dp.outputs.standard_errors(problem, result.x) if np.isfinite(result.fun) \
+        else None
+    summary = dp.outputs.fit_summary(problem, result, errors, seconds=seconds)
+    if errors is None:
+        errors = dp.outputs.StandardErrors(np.full(len(result.x), np.nan),
+                                           [""] * len(result.x), "every start failed")
+    written = dp.outputs.write_fit_outputs(problem, result, out, errors, summary,
+                                           command=["dynlearn", *getattr(args, "argv", [])],
+                                           problem_file=args.model)
+    console.out(summary.rstrip())
+    console.out(f"wrote {', '.join(p.name for p in written)} to {out}")
+    if not np.isfinite(result.fun):
+        print(f"error: the fit failed: {_one_line(result.runs[0]['message'])}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK if result.success else EXIT_NOT_CONVERGED
+
+
+#: starts of ``dynlearn fit problem.yaml`` without --n-starts
+PETAB_N_STARTS = 10
 
 
 def cmd_demo(args, console: Console) -> int:
@@ -723,10 +789,17 @@ def fit_arguments(mf, args, out: Path) -> dict:
     for key in ("loss", "method", "rtol", "atol", "seed", "n_starts", "l2", "max_time"):
         if key in ft:
             kw[key] = ft[key]
-    if mf.noise["sigma"] == "estimate":
+    sigma = mf.noise["sigma"]
+    if sigma == "estimate":
         kw.setdefault("loss", "gaussian")
-    elif mf.noise["sigma"] is not None:
-        kw["sigma"] = mf.noise["sigma"]
+    elif sigma is not None:
+        kw["sigma"] = sigma
+    # named (shared) or per-experiment levels are estimated: the Gaussian likelihood
+    if mf.noise.get("sigma_by") is not None:
+        kw["sigma_by"] = mf.noise["sigma_by"]
+    if kw.get("sigma_by") or isinstance(sigma, dict) and any(isinstance(v, str)
+                                                            for v in sigma.values()):
+        kw.setdefault("loss", "gaussian")
     if "sensitivity" in ft:
         kw["sensitivity"] = {"forward": ForwardSensitivity, "adjoint": Adjoint,
                              "finite-difference": FiniteDifference}[ft["sensitivity"]]()
@@ -741,7 +814,7 @@ def fit_arguments(mf, args, out: Path) -> dict:
         if v is not None:
             kw[key] = v
     if "method" in kw:       # checked here so that a bad --method fails before any output
-        check_method(kw["method"])
+        check_method(kw["method"], auto=True)
     workers = getattr(args, "workers", None)
     if workers is not None and workers < 1:
         raise OptionError(f"--workers must be a positive integer, got {workers}")
@@ -848,7 +921,8 @@ def _run_fit(mf, data, out: Path, args, console: Console, csv: Path | None = Non
             kw["client"] = client
         # counted as the summary counts them (initial states and noise levels included)
         counts = count_fitted_values(model, data, kw.get("y0", "first"), kw.get("y0_init"),
-                                     kw.get("loss", "ls"), kw.get("sigma"))
+                                     kw.get("loss", "ls"), kw.get("sigma"),
+                                     sigma_by=kw.get("sigma_by"))
         console.note(f"fitting '{model.name}': {describe_counts(counts)} "
                      f"to {nrows} rows in {len(data.experiments)} experiment(s)"
                      + (f"; resuming from {out / CHECKPOINT}.json" if kw["resume"] else ""))
@@ -966,6 +1040,11 @@ def cmd_recover(args, console: Console) -> int:
         console.out("recovered model:")
         for line in model.equations():
             console.out(f"  {line}")
+        values = ", ".join(f"{p.name} = {model.params[p].value:.4g}"
+                           for p in model.param_symbols)
+        console.out(("  values of the candidate's refit: " if rec.refitted else
+                     "  not refitted (--no-refit): the hybrid fit's physical values and the "
+                     "network's coefficients: ") + values)
     # a model file for the refit: the recovered model plus the original data and fit settings
     tables = {}
     src = out / "model.toml"
@@ -985,8 +1064,14 @@ def cmd_recover(args, console: Console) -> int:
             if orig.data["rename"]:
                 d["rename"] = orig.data["rename"]
             tables["data"] = d
-            if orig.initial["estimate"] or orig.initial["values"]:
-                tables["initial"] = {k: v for k, v in (("values", orig.initial["values"]),
+            values = dict(orig.initial["values"])
+            y0 = rec.y0 if rec.refitted else None
+            if orig.initial["estimate"] and y0 is not None and len(y0) == 1:
+                # estimated again from where the candidate's refit put them
+                values = {s.name: float(v)
+                          for s, v in zip(model.states, next(iter(y0.values())))}
+            if orig.initial["estimate"] or values:
+                tables["initial"] = {k: v for k, v in (("values", values),
                                                        ("estimate", orig.initial["estimate"]))
                                      if v}
             tables["fit"] = {k: v for k, v in orig.fit.items()
@@ -994,7 +1079,14 @@ def cmd_recover(args, console: Console) -> int:
     text = model_to_toml(model, tables,
                          comment=f"Recovered by '{_command_text(args, out)}' from the "
                                  "fitted hybrid model.\n"
-                                 + "\n".join(eqs) + "\nRefit it: dynlearn fit "
+                                 + "\n".join(eqs) + "\n"
+                                 + ("Values: the candidate's refit to the data (physical "
+                                    "parameters re-estimated with the coefficients)."
+                                    if rec.refitted else
+                                    "Not refitted (--no-refit): the coefficients are the "
+                                    "regression of the network, the physical parameters the "
+                                    "hybrid fit's.")
+                                 + "\nRefit it: dynlearn fit "
                                  f"{out / 'recovered.toml'} --out {out}-refit")
     earlier = set(_recorded_outputs(out))
     _record_outputs(out, sorted(RECOVER_OUTPUTS))

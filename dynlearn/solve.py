@@ -14,6 +14,11 @@ Choosing a method
   tolerances.
 * ``LSODA``: switches automatically between non-stiff and stiff; a good default when you do
   not know, and often the fastest on mildly stiff problems.
+* ``"auto"`` (the default of ``dl.fit``; accepted by :func:`simulate`, ``dl.loss``,
+  ``dl.loss_and_grad``, ``dl.Objective``): a cheap probe decides (:func:`choose_method`):
+  RK45 for a non-stiff problem (the fast path: the exact discrete adjoint), LSODA for a
+  stiff or borderline one. The choice and its reason are reported
+  (:class:`MethodChoice`).
 
 What every solve guarantees
 ---------------------------
@@ -55,6 +60,8 @@ from dynlearn.data.signals import as_input_signal
 from dynlearn.errors import DataError, OptionError, OptionTypeError, SolveError, TimeLimitError
 
 __all__ = ["simulate", "Solution", "METHODS", "STIFF_METHODS", "EXPLICIT_METHODS",
+           "AUTO_METHOD", "METHOD_NAMES", "MethodChoice", "StiffnessProbe", "choose_method",
+           "stiffness_probe",
            "MAX_BUFFER_BYTES", "MAX_NFEV", "SOLVER_CLASSES", "SolveGuard", "check_method",
            "check_options", "current_deadline", "deadline", "failure_point", "integrate",
            "reset_deadline", "set_deadline", "solve_observed", "split_options"]
@@ -62,6 +69,10 @@ __all__ = ["simulate", "Solution", "METHODS", "STIFF_METHODS", "EXPLICIT_METHODS
 EXPLICIT_METHODS = ("RK45", "RK23", "DOP853")
 STIFF_METHODS = ("Radau", "BDF", "LSODA")
 METHODS = EXPLICIT_METHODS + STIFF_METHODS
+#: the method name that asks dynlearn to choose (see :func:`choose_method`)
+AUTO_METHOD = "auto"
+#: every accepted ``method``: ``"auto"`` and the ``solve_ivp`` methods
+METHOD_NAMES = (AUTO_METHOD,) + METHODS
 #: method name -> scipy's solver class (for stepping a solver by hand, as the continuous
 #: adjoint's backward pass does)
 SOLVER_CLASSES = {"RK45": RK45, "RK23": RK23, "DOP853": DOP853, "Radau": Radau, "BDF": BDF,
@@ -360,12 +371,13 @@ class SolveGuard:
         return res
 
 
-def check_method(method: str) -> str:
-    """``method`` if it names a ``solve_ivp`` method (see :data:`METHODS`), else an
-    OptionError listing them."""
-    if method not in METHODS:
-        raise OptionError(f"method={method!r} is not a solve_ivp method; "
-                          f"use one of {list(METHODS)}")
+def check_method(method: str, auto: bool = False) -> str:
+    """``method`` if it names a ``solve_ivp`` method (see :data:`METHODS`), or ``"auto"``
+    where ``auto`` allows it, else an OptionError listing them."""
+    names = METHOD_NAMES if auto else METHODS
+    if not isinstance(method, str) or method not in names:
+        raise OptionError(f"method={method!r} is not a solve_ivp method"
+                          + (" nor 'auto'" if auto else "") + f"; use one of {list(names)}")
     return method
 
 
@@ -430,7 +442,8 @@ def integrate(fun, t_span, y0, t_eval, breaks=(), dense: bool = False, where: st
     Parameters
     ----------
     fun, t_span, y0, t_eval
-        As for ``solve_ivp``.
+        As for ``solve_ivp``, except that a time may repeat in ``t_eval`` (its values
+        then repeat too).
     breaks : array_like
         Times in ``t_span`` where the solve restarts.
     dense : bool
@@ -452,6 +465,14 @@ def integrate(fun, t_span, y0, t_eval, breaks=(), dense: bool = False, where: st
     TimeLimitError
         Past the deadline of an enclosing :func:`deadline` block.
     """
+    if t_eval is not None and np.size(t_eval) > 1 and np.any(np.diff(t_eval) == 0):
+        # a repeated output time (replicate measurements): solve at the distinct times and
+        # repeat their values (solve_ivp wants strictly increasing t_eval)
+        tu, inv = np.unique(np.asarray(t_eval, dtype=float), return_inverse=True)
+        res = integrate(fun, t_span, y0, tu, breaks, dense, where, names, **kw)
+        rows = inv[inv < res.t.size]      # the outputs written (all, unless it failed)
+        res.t, res.y = res.t[rows], res.y[:, rows]
+        return res
     kw, max_nfev = split_options(kw)
     y0 = np.asarray(y0, dtype=float)
     method = kw.get("method", "RK45")
@@ -524,6 +545,221 @@ def solve_observed(vf: VectorField, t0: float, t_obs: np.ndarray, y0: np.ndarray
     return res.y.T, res
 
 
+# --- method="auto": is the problem stiff? ---------------------------------------------------
+#: how far Dormand-Prince (RK45)'s region of absolute stability reaches along the negative
+#: real axis: a step ``h`` is stable for eigenvalues of the Jacobian with ``h |lambda|``
+#: below about this
+EXPLICIT_STABILITY = 3.3
+#: a problem is stiff when an explicit method would need at least this many times the
+#: steps of the probe (LSODA, which is implicit where it pays) ...
+STIFF_RATIO = 10.0
+#: ... and non-stiff below this; in between it is borderline, and LSODA (which handles
+#: both) is chosen
+NONSTIFF_RATIO = 2.0
+#: right-hand-side evaluations the probe may take (or the solve's ``max_nfev`` if lower): a
+#: probe that needs more (a blow-up, a solve far longer than its time scales) is no verdict,
+#: and LSODA is chosen
+PROBE_MAX_NFEV = 200_000
+# floating-point work allowed for the probe's eigenvalues (points x n^3); beyond it the
+# Jacobian's spectrum is sampled at fewer, evenly spread steps
+_EIG_BUDGET = 2e7
+
+
+@dataclass(frozen=True)
+class StiffnessProbe:
+    """What :func:`stiffness_probe` measured on one solve.
+
+    Attributes
+    ----------
+    steps : int
+        Steps the probe (LSODA) took.
+    explicit_steps : float
+        Estimated steps an explicit method (RK45) needs to stay stable along the same
+        trajectory: the sum over the probe's steps of ``max(1, h rho / 3.3)``, with ``rho``
+        the spectral radius of the exact Jacobian at the step.
+    max_h_rho : float
+        The largest ``h rho`` seen, and ``t_max`` where.
+    t_max : float
+    nfev : int
+        Right-hand-side evaluations of the probe.
+    """
+
+    steps: int
+    explicit_steps: float
+    max_h_rho: float
+    t_max: float
+    nfev: int
+
+    @property
+    def ratio(self) -> float:
+        """Explicit steps per probe step (1: no stiffness at all)."""
+        return self.explicit_steps / max(self.steps, 1)
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    """The solver chosen for ``method="auto"`` and why (see :func:`choose_method`).
+
+    Attributes
+    ----------
+    method : str
+        The ``solve_ivp`` method used: ``"RK45"`` or ``"LSODA"``.
+    stiff : bool or None
+        The verdict; ``None`` when borderline or undecided (then LSODA).
+    ratio : float
+        Estimated explicit steps per step of the probe (NaN when there was no probe).
+    reason : str
+        One phrase, e.g. ``"stiff: an explicit method needs ~4.1e+03x LSODA's steps"``.
+    requested : str
+        What the user asked for (``"auto"``).
+    """
+
+    method: str
+    stiff: bool | None
+    ratio: float
+    reason: str
+    requested: str = AUTO_METHOD
+
+    def describe(self) -> str:
+        """``"LSODA (auto: stiff, ...)"``: for summaries and messages."""
+        return f"{self.method} ({self.requested}: {self.reason})"
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (:meth:`from_dict` reads it back)."""
+        return dict(method=self.method, stiff=self.stiff,
+                    ratio=None if not np.isfinite(self.ratio) else float(self.ratio),
+                    reason=self.reason, requested=self.requested)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MethodChoice:
+        """The choice :meth:`to_dict` wrote."""
+        ratio = d.get("ratio")
+        return cls(str(d["method"]), d.get("stiff"), np.nan if ratio is None else float(ratio),
+                   str(d.get("reason", "")), str(d.get("requested", AUTO_METHOD)))
+
+
+def stiffness_probe(vf: VectorField, t0: float, t_end: float, y0, rtol, atol,
+                    options: dict | None = None, where: str = "") -> StiffnessProbe:
+    """Measure how stiff the solve of ``vf`` from ``(t0, y0)`` to ``t_end`` is.
+
+    One LSODA solve at the given tolerances (compiled stepping, so cheap whether the problem
+    is stiff or not) records its steps ``h``; at those steps (all of them, or an even spread
+    when the model is large) the spectral radius ``rho`` of the exact Jacobian tells how
+    small an explicit step must be to stay stable (``h rho <= 3.3`` for RK45). LSODA's steps
+    follow accuracy (it switches to BDF where stability would limit Adams steps), so
+    ``sum(max(1, h rho / 3.3))`` over its steps, divided by their number, is how many times
+    more steps an explicit method needs than accuracy asks for: about 1 for a non-stiff
+    problem, thousands for chemical kinetics. No property of a particular model enters.
+
+    Parameters
+    ----------
+    vf : VectorField
+    t0, t_end : float
+    y0 : array_like
+    rtol, atol : solver tolerances (the solve's own)
+    options : dict, optional
+        Solver options (``max_step``, ``max_nfev``, ...); the probe takes at most
+        :data:`PROBE_MAX_NFEV` evaluations.
+    where : str
+        For messages, e.g. `` in experiment 'run1'``.
+
+    Raises
+    ------
+    SolveError
+        LSODA could not solve the problem within the budget.
+    """
+    opts = {k: v for k, v in dict(options or {}).items() if k != "vectorized"}
+    opts["max_nfev"] = min(PROBE_MAX_NFEV, opts.get("max_nfev") or PROBE_MAX_NFEV)
+    nfev0 = vf.nfev
+    y = np.asarray(y0, dtype=float)
+    bounds = np.concatenate([[float(t0)], vf.breakpoints(t0, t_end), [float(t_end)]])
+    names = [s.name for s in vf.model.states]
+    T, Y, H = [], [], []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        res = integrate(vf.fun, (a, b), y, None, where=where, names=names,
+                        **solver_kwargs(vf, "LSODA", rtol, atol, opts))
+        if res.status != 0:
+            raise SolveError(f"the LSODA solver failed{where} {failure_point(res, a)}: "
+                             f"{res.message}", status=res.status,
+                             t=float(res.t[-1]) if res.t.size else a, solver_message=res.message)
+        T.append(res.t[1:])
+        H.append(np.diff(res.t))
+        Y.append(res.y[:, 1:].T)
+        y = res.y[:, -1]
+    T, H, Y = np.concatenate(T), np.concatenate(H), np.concatenate(Y)
+    steps = int(T.size)
+    if steps == 0:
+        return StiffnessProbe(0, 0.0, 0.0, float(t0), vf.nfev - nfev0)
+    n = max(vf.n, 1)
+    k = steps if steps * n ** 3 <= _EIG_BUDGET else min(steps, max(8, int(_EIG_BUDGET / n ** 3)))
+    idx = np.unique(np.linspace(0, steps - 1, k).round().astype(int))
+    rho = np.full(idx.size, np.nan)
+    chunk = max(1, int(2 ** 20 // (n * n)))        # at most 8 MB of Jacobians at a time
+    with np.errstate(all="ignore"):
+        for s in range(0, idx.size, chunk):
+            sel = idx[s:s + chunk]
+            J = vf.jac_batch(T[sel], Y[sel])[0]
+            J = np.asarray(J.toarray() if hasattr(J, "toarray") else J, dtype=float)
+            ok = np.all(np.isfinite(J), axis=(1, 2))
+            if ok.any():
+                lam = np.linalg.eigvals(J[ok])
+                rho[s:s + sel.size][ok] = np.max(np.abs(lam), axis=1)
+    good = np.isfinite(rho)
+    if not good.any():
+        return StiffnessProbe(steps, float(steps), np.nan, float(t0), vf.nfev - nfev0)
+    hr = H[idx[good]] * rho[good]
+    explicit = steps * float(np.mean(np.maximum(1.0, hr / EXPLICIT_STABILITY)))
+    j = int(np.argmax(hr))
+    return StiffnessProbe(steps, explicit, float(hr[j]), float(T[idx[good][j]]),
+                          vf.nfev - nfev0)
+
+
+def choose_method(solves, rtol, atol, options: dict | None = None) -> MethodChoice:
+    """The solver for ``method="auto"``, from :func:`stiffness_probe` of each solve.
+
+    Stiff (an explicit method needs at least :data:`STIFF_RATIO` times LSODA's steps, in
+    any solve): LSODA, the fastest stiff solver measured (``docs/solvers.md``). Non-stiff
+    (below :data:`NONSTIFF_RATIO` in every solve): RK45, whose exact discrete adjoint is
+    dynlearn's fastest gradient. Borderline, or the probe failed: LSODA, which switches
+    between stiff and non-stiff methods by itself, so it is the robust choice.
+
+    Parameters
+    ----------
+    solves : iterable of (VectorField, t0, t_end, y0, where)
+        The solves to probe (an experiment each); probing stops at the first stiff one.
+    rtol, atol, options : the solves' settings
+
+    Returns
+    -------
+    MethodChoice
+    """
+    worst, at = None, ""
+    for vf, t0, t_end, y0, where in solves:
+        if t_end == t0:
+            continue
+        try:
+            probe = stiffness_probe(vf, t0, t_end, y0, rtol, atol, options, where)
+        except SolveError as exc:
+            text = str(exc).split(";")[0]
+            return MethodChoice("LSODA", None, np.nan,
+                                f"the stiffness probe failed ({text}); LSODA handles both "
+                                "stiff and non-stiff problems")
+        if worst is None or probe.ratio > worst.ratio:
+            worst, at = probe, where
+        if probe.ratio >= STIFF_RATIO:
+            break
+    if worst is None:
+        return MethodChoice("RK45", False, np.nan, "nothing to integrate")
+    r = worst.ratio
+    detail = (f"an explicit method needs ~{r:.2g}x LSODA's {worst.steps} steps{at} "
+              f"(step x Jacobian spectral radius up to {worst.max_h_rho:.2g})")
+    if r >= STIFF_RATIO:
+        return MethodChoice("LSODA", True, r, f"stiff: {detail}")
+    if r < NONSTIFF_RATIO:
+        return MethodChoice("RK45", False, r, f"non-stiff: {detail}")
+    return MethodChoice("LSODA", None, r, f"borderline: {detail}; LSODA handles both")
+
+
 @dataclass
 class Solution:
     """The result of :func:`simulate`.
@@ -539,7 +775,12 @@ class Solution:
         scipy's status: 0 success, -1 step failure.
     message : str
     nfev, njev, nlu : int
-        Right-hand side and Jacobian evaluations, LU decompositions.
+        Right-hand side and Jacobian evaluations, LU decompositions (of the solve, not of
+        the probe of ``method="auto"``).
+    method : str
+        The ``solve_ivp`` method that ran.
+    method_choice : MethodChoice or None
+        With ``method="auto"``: what was chosen and why.
     """
 
     t: np.ndarray
@@ -555,6 +796,8 @@ class Solution:
     nlu: int = 0
     time_name: str = "t"
     extra: dict = field(default_factory=dict)
+    method: str = ""
+    method_choice: MethodChoice | None = None
 
     def to_frame(self):
         """A DataFrame: the time column, then one column per state, then observables whose
@@ -585,7 +828,9 @@ def simulate(model, t, y0, theta=None, method: str = "RK45", rtol: float = 1e-6,
     theta : array_like, optional
         Free parameters then network weights (default ``model.theta0``).
     method : str
-        Any ``solve_ivp`` method; stiff ones get the exact Jacobian.
+        Any ``solve_ivp`` method; stiff ones get the exact Jacobian. ``"auto"``: a probe
+        chooses RK45 or LSODA (:func:`choose_method`); ``solution.method_choice`` says
+        which and why.
     rtol, atol : float
         Solver tolerances (``atol`` may be an array, one value per state).
     inputs : InputSignal or DataFrame, optional
@@ -610,7 +855,7 @@ def simulate(model, t, y0, theta=None, method: str = "RK45", rtol: float = 1e-6,
     -------
     Solution
     """
-    method = check_method(method)
+    method = check_method(method, auto=True)
     check_options(options, "simulate")
     t = check_times(t)
     t0 = float(t[0]) if t0 is None else float(t0)
@@ -618,7 +863,14 @@ def simulate(model, t, y0, theta=None, method: str = "RK45", rtol: float = 1e-6,
         raise DataError(f"`t0`={t0} is after the first output time t[0]={t[0]}")
     y0 = check_y0(y0, model.n_states, [s.name for s in model.states])
     signal = as_input_signal(inputs, model) if model.inputs else None
-    vf = VectorField(model, model.check_theta(theta), signal)
+    theta = model.check_theta(theta)
+    choice = None
+    if method == AUTO_METHOD:
+        # the probe runs on its own vector field, so the solve's counts are its own
+        choice = choose_method([(VectorField(model, theta, signal), t0, float(t[-1]), y0, "")],
+                               rtol, atol, options)
+        method = choice.method
+    vf = VectorField(model, theta, signal)
     if t[-1] == t0:
         Y = np.tile(y0, (t.size, 1))
         res = None
@@ -646,4 +898,4 @@ def simulate(model, t, y0, theta=None, method: str = "RK45", rtol: float = 1e-6,
                     status=0 if res is None else res.status,
                     message="t[-1] == t0: nothing to integrate" if res is None else res.message,
                     nfev=vf.nfev, njev=vf.njev, nlu=0 if res is None else res.nlu,
-                    time_name=model.time.name)
+                    time_name=model.time.name, method=method, method_choice=choice)

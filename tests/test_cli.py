@@ -157,7 +157,7 @@ def test_missing_model_file(capsys, tmp_path):
 
 @pytest.mark.parametrize("csv, match", [
     ("t,x\n0,1\n1,oops\n", r"column 'x', row 2: 'oops' is not a number"),
-    ("t,x\n0,1\n0,2\n", r"duplicate time in experiment 'data': t=0.0 at row 2"),
+    ("t,x\n1,1\n0,2\n", r"decreasing time in experiment 'data': t=0.0 at row 2"),
     ("time,x\n0,1\n", r"no column 't'"),
     ("", r"the file is empty"),
 ])

@@ -137,10 +137,13 @@ def test_non_numeric_time():
         dl.Dataset.from_csv(csv("t,x\nzero,1\n1,2\n"))
 
 
-def test_duplicate_time():
-    with pytest.raises(dl.DataError, match=r"duplicate time in experiment 'data': t=1.0 at row 3 "
-                                           r"follows t=1.0 at row 2"):
-        dl.Dataset.from_csv(csv("t,x\n0,1\n1,2\n1,3\n"))
+def test_repeated_time_is_a_replicate():
+    """A repeated time is a replicate (tests/test_replicates.py); a decreasing one is not."""
+    d = dl.Dataset.from_csv(csv("t,x\n0,1\n1,2\n1,3\n"))
+    assert d[0].t.tolist() == [0.0, 1.0, 1.0] and d[0].columns["x"].tolist() == [1, 2, 3]
+    with pytest.raises(dl.DataError, match=r"decreasing time in experiment 'data': t=0.5 at row "
+                                           r"3 follows t=1.0 at row 2"):
+        dl.Dataset.from_csv(csv("t,x\n0,1\n1,2\n0.5,3\n"))
 
 
 def test_decreasing_time_within_a_group():
@@ -177,9 +180,6 @@ def test_nonpositive_sigma():
 
 
 def test_long_format_errors():
-    with pytest.raises(dl.DataError, match=r"duplicate measurement at row 2: 'x' at t=0"):
-        dl.Dataset.from_frame(pd.DataFrame({"t": [0, 0], "observable": ["x", "x"],
-                                            "value": [1, 2]}))
     with pytest.raises(dl.DataError, match=r"unexpected column\(s\) \['extra'\] in a long table"):
         dl.Dataset.from_frame(pd.DataFrame({"t": [0], "observable": ["x"], "value": [1],
                                             "extra": [0]}))

@@ -671,3 +671,43 @@ def test_equation_formatting_signs():
         rec = dl.sparse_regression(X, {"f": 1.5 - 2 * X.x + 0.25 * X.x ** 2},
                                    dl.polynomial_library(2), optimizer=dl.STLSQ(threshold=0.01))
     assert rec.equations() == ["f = 1.5 - 2*x + 0.25*x**2"]
+
+
+# --- the recovered model is the candidate's refit, not the hybrid fit's physics ----------
+def test_to_model_after_a_refit_carries_the_refits_physical_values_and_initial_states():
+    """The refit re-estimates the physical rate with the coefficients: to_model() must pair
+    the refitted coefficient with the refit's rate (not the hybrid model's) and simulating
+    it from rec.y0 must give the refit's own trajectory. Before the fix it carried k = 0.5
+    with the refit's source term, a model nobody fitted."""
+    import autograd.numpy as anp
+    k = sp.Symbol("k")
+    t = np.linspace(0, 5, 21)
+    truth = 0.5 / 0.8 + (2.0 - 0.5 / 0.8) * np.exp(-0.8 * t)    # x' = -0.8 x + 0.5, x(0) = 2
+    noise = 0.01 * np.random.default_rng(1).standard_normal(t.size)
+    data = dl.Dataset.from_frame(pd.DataFrame({"t": t, "x": truth + noise}))
+    # a 'network' that is a constant source term, started off; the rate starts at 0.5
+    net = dl.Network("nn", inputs=[x], outputs=1, weights=[0.3],
+                     fun=lambda w, v: w * anp.ones_like(v[..., :1]))
+    hybrid = dl.HybridModel(states=[x], params={k: dl.Parameter(0.5, min=0)},
+                            rhs={x: -k * x + net[0]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dl.DiscoveryWarning)
+        bare = dl.recover(hybrid, dl.polynomial_library(0), data=data, y0=[2.0], refit=False)
+        rec = bare.select(y0="estimate")          # what recover() runs by default
+    assert rec.refitted and rec.support() == {"nn[0]": ["1"]}
+    k_refit = float(rec.fit.params.loc["k", "value"])
+    assert k_refit == pytest.approx(0.8, rel=0.05)        # the refit moved the rate
+    sym = rec.to_model()
+    assert sym.params[k].value == k_refit
+    assert sym.params[sp.Symbol("c_nn0_1")].value == rec.coefficients.loc["1", "nn[0]"]
+    assert sym.params[k].min == 0 and not sym.params[k].fixed    # bounds and flags kept
+    (exp, y0), = rec.y0.items()
+    np.testing.assert_array_equal(y0, rec.fit.y0[exp])
+    assert y0[0] == pytest.approx(2.0, abs=0.05)
+    ours = dl.simulate(sym, t, y0, rtol=1e-10, atol=1e-12).y
+    refit = dl.simulate(rec.fitted_model, t, y0, rtol=1e-10, atol=1e-12).y
+    np.testing.assert_allclose(ours, refit, rtol=1e-9, atol=1e-12)
+    assert np.sqrt(np.mean((ours[:, 0] - truth) ** 2)) < 0.02     # and it is the data's
+    # without a refit the hybrid model's values stay, and the recovery says so
+    assert not bare.refitted and bare.fitted_model is None
+    assert bare.to_model().params[k].value == 0.5

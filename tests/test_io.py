@@ -171,9 +171,9 @@ def test_keyword_parameter_name(tmp_path):
     ('[model]\nstates = ["x"]\nequations = { x = "-x" }\n[fit]\nmaxiter = 0\n',
      r"line 5: .*must be positive"),
     ('[model]\nstates = ["x"]\nequations = { x = "-x" }\n[fit]\nl2 = "automatic"\n',
-     r"line 5: \[fit\] l2: 'automatic' is not one of \['auto'\]"),
+     r"line 5: \[fit\] l2: 'automatic' is not one of \['auto', 'gcv'\]"),
     ('[model]\nstates = ["x"]\nequations = { x = "-x" }\n[fit]\nl2 = -0.1\n',
-     r"line 5: \[fit\] l2: must be >= 0 or \"auto\", got -0.1"),
+     r"line 5: \[fit\] l2: must be >= 0, \"auto\" or \"gcv\", got -0.1"),
     ('[model]\nstates = ["x"]\nequations = { x = "-x" }\n[initial]\nvalues = { y = 1 }\n',
      r"line 5: .*'y' is not a state"),
     ('[model]\nstates = ["x"]\nequations = { x = "-x" }\n[noise]\nsigma = { z = 1 }\n',
@@ -192,16 +192,16 @@ def test_errors_name_file_and_line(tmp_path, text, match):
 
 
 def test_l2_auto_in_the_model_file_reaches_dl_fit(tmp_path):
-    """``l2 = "auto"`` in [fit] is dl.fit's ``l2="auto"`` (the strength chosen from the
-    data); a number stays a number."""
+    """``l2 = "auto"`` / ``"gcv"`` in [fit] are dl.fit's rules choosing the strength from the
+    data; a number stays a number."""
     from types import SimpleNamespace
 
     from dynlearn.cli import fit_arguments
-    from dynlearn.fitting.regularisation import AUTO, check_l2
+    from dynlearn.fitting.regularisation import AUTO, GCV, check_l2
     args = SimpleNamespace(quiet=True, resume=False, maxiter=None, loss=None, method=None,
                            seed=None, max_time=None, workers=None, n_starts=None)
     head = '[model]\nstates = ["x"]\nequations = { x = "-x" }\n[fit]\n'
-    for value, expected in (('"auto"', AUTO), ("0", 0.0), ("0.25", 0.25)):
+    for value, expected in (('"auto"', AUTO), ('"gcv"', GCV), ("0", 0.0), ("0.25", 0.25)):
         mf = load_model_file(write(tmp_path, head + f"l2 = {value}\n"))
         kw = fit_arguments(mf, args, tmp_path)
         assert check_l2(kw["l2"]) == expected
@@ -221,7 +221,7 @@ def test_missing_and_binary_files(tmp_path):
     (None, r"no such file"),
     ("", r"the file is empty"),
     ("year,hare,lynx\n1900,1,2\n1901,x,3\n", r"column 'hare', row 2: 'x' is not a number"),
-    ("year,hare,lynx\n1900,1,2\n1900,2,3\n", r"duplicate time .*row 2"),
+    ("year,hare,lynx\n1901,1,2\n1900,2,3\n", r"decreasing time .*row 2"),
     ("yr,hare,lynx\n1900,1,2\n", r"no column 'year'"),
     ("year,rabbit\n1900,1\n", r"no column matches an observable"),
     ('year,hare,lynx\n1900,1,2\n1901,"2,3\n', r"cannot read as CSV"),

@@ -8,6 +8,7 @@ equality with the serial results, not speed (see benchmarks/scale_out.py for tha
 
 import importlib
 import itertools
+import json
 import os
 import re
 import signal
@@ -188,7 +189,7 @@ def test_fanned_objective_equals_serial_everywhere(client):
         assert not np.allclose(s0, 0.3)
         # the workers that ran a batch now cache the objective: later rounds send them only
         # its token (which worker ran which batch is up to Dask: usually both, not always)
-        assert fanned._holders and fanned._holders <= set(client.nthreads())
+        assert fanned.holders and fanned.holders <= set(client.nthreads())
     finally:
         fanned.close()
 
@@ -204,8 +205,13 @@ def test_a_failing_experiment_is_named(client):
     data = dl.Dataset.from_frame(pd.DataFrame({
         "run": ["cold"] * 6 + ["hot"] * 6, "t": np.r_[t, t],
         "x": np.r_[np.exp(-0.5 * t), 9 * np.exp(-0.5 * t)]}), group="run")
+    # the solver is named: with method="auto" the stiffness probe solves every experiment
+    # on the client first, where the error is raised as itself, as in a serial fit
     with pytest.raises(dl.TaskError, match="experiment 'hot' failed on worker tcp://127.0.0.1"
                                            ".*ValueError: input outside the calibrated range"):
+        dl.fit(model, data, progress=False, method="RK45",
+               client=dl.Parallel(client, batch_size=1, retries=0))
+    with pytest.raises(ValueError, match="input outside"):  # the probe of method="auto"
         dl.fit(model, data, progress=False, client=dl.Parallel(client, batch_size=1,
                                                                retries=0))
     with pytest.raises(ValueError, match="input outside"):  # serially: the error itself
@@ -214,22 +220,22 @@ def test_a_failing_experiment_is_named(client):
 
 def test_a_rejected_point_is_not_an_error():
     from dynlearn.distributed.dask import forget
-    from dynlearn.distributed.fanned import _CacheMiss, _experiment_task, _RejectedAt
+    from dynlearn.distributed.fanned import CacheMiss, RejectedAt, experiment_task
     from dynlearn.objective.objective import FitObjective
     model, data = lv_model(), lv_data(2)
     r = dl.fit(model, data, progress=False, optimizer=dl.LevenbergMarquardt(max_iter=1))
     obj = FitObjective(model=model, bound=r.objective().bound, space=r.objective().space)
     x_bad = r.x.copy()
     x_bad[0] = np.nan        # as after a diverged step: rejected, like in a serial fit
-    assert isinstance(_experiment_task("tok", "tok", (0,), "residuals", r.x, obj.sigma_hat),
-                      _CacheMiss)     # only a token, and nothing cached under it
-    out = _experiment_task(obj, "tok", (0, 1), "residuals", x_bad, obj.sigma_hat)
-    assert isinstance(out, _RejectedAt)
-    _, good, seconds, _ = _experiment_task("tok", "tok", (0, 1), "residuals", r.x,
+    assert isinstance(experiment_task("tok", "tok", (0,), "residuals", r.x, obj.sigma_hat),
+                      CacheMiss)     # only a token, and nothing cached under it
+    out = experiment_task(obj, "tok", (0, 1), "residuals", x_bad, obj.sigma_hat)
+    assert isinstance(out, RejectedAt)
+    _, good, seconds, _ = experiment_task("tok", "tok", (0, 1), "residuals", r.x,
                                            obj.sigma_hat)
     np.testing.assert_array_equal(np.concatenate(good), obj.residuals(r.x))
     assert len(seconds) == 2 and np.isnan(seconds).all()   # first use: one-off work inside
-    _, _, seconds, _ = _experiment_task("tok", "tok", (0, 1), "residuals", r.x, obj.sigma_hat)
+    _, _, seconds, _ = experiment_task("tok", "tok", (0, 1), "residuals", r.x, obj.sigma_hat)
     assert len(seconds) == 2 and min(seconds) > 0
     forget(["tok"])
 
@@ -278,23 +284,23 @@ def test_batches_follow_the_measured_cost_of_experiments(client):
     serial = FitObjective(**settings)
     fanned = FannedObjective(Parallel(client), **settings)
     try:
-        assert fanned._batches == [(0, 1, 2), (3, 4, 5)]     # contiguous until measured
+        assert fanned.batches == [(0, 1, 2), (3, 4, 5)]     # contiguous until measured
         r_s = serial.compute_residuals(fit.x)
         for _ in range(3):
             np.testing.assert_array_equal(fanned.compute_residuals(fit.x), r_s)
-            assert fanned._batches == [(0, 1, 2), (3, 4, 5)]
-            if np.isfinite(fanned._seconds).all():
+            assert fanned.batches == [(0, 1, 2), (3, 4, 5)]
+            if np.isfinite(fanned.seconds).all():
                 break
-        measured = fanned._seconds.copy()
+        measured = fanned.seconds
         assert np.all(measured > 0), measured
         r, J = fanned.compute_jacobian(fit.x)
-        assert fanned._batches == balanced_batches(measured, 2)
+        assert fanned.batches == balanced_batches(measured, 2)
         r_s, J_s = serial.compute_jacobian(fit.x)
         np.testing.assert_array_equal(r, r_s)
         np.testing.assert_array_equal(J, J_s)
-        fanned._seconds[:] = [20.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+        fanned.seconds = [20.0, 1.0, 1.0, 1.0, 1.0, 1.0]
         v, g = fanned.compute_cost_and_grad(fit.x)
-        assert fanned._batches == [(0,), (1, 2, 3, 4, 5)]     # the dear one alone
+        assert fanned.batches == [(0,), (1, 2, 3, 4, 5)]     # the dear one alone
         v_s, g_s = serial.compute_cost_and_grad(fit.x)
         assert v == pytest.approx(v_s, rel=1e-14)    # sums: equal to rounding
         np.testing.assert_allclose(g, g_s, rtol=1e-12)
@@ -579,3 +585,253 @@ def test_a_fit_too_small_for_the_cluster_runs_here_and_says_so(client):
     forced = dl.fit(model, data, n_starts=4, seed=0, progress=False,
                     client=dl.Parallel(client, over="starts", task_seconds=1000.0))
     assert "client" not in set(forced.starts["worker"])
+
+
+# --- compiled models kept across fits (issue 16) -------------------------------------------
+def test_model_key_follows_the_structure_not_the_values():
+    import pickle
+
+    from dynlearn.distributed.dask import model_key
+    model = lv_model()
+    key = model_key(model)
+    assert len(key) == 64 and key == model_key(pickle.loads(pickle.dumps(model)))
+    assert key == model_key(model.with_params(alpha=0.7))                   # values: no
+    assert key == model_key(model.with_theta(model.theta0 * 1.1))
+    assert key != model_key(model.with_params(alpha=dl.Parameter(0.7, fixed=True)))
+    rhs = {x: a * x - b * x * y, y: c * x * y - d * y}
+    params = {s: 1.0 for s in (a, b, c, d)}
+    base = dl.HybridModel(states=[x, y], rhs=rhs, params=params)
+    nudged = dl.HybridModel(states=[x, y], rhs={**rhs, x: a * x - b * x * y + 1e-17},
+                            params=params)
+    same = dl.HybridModel(states=[x, y], rhs=dict(rhs), params=params, name="another")
+    assert model_key(base) == model_key(same) != model_key(nudged)
+    observed = dl.HybridModel(states=[x, y], rhs=rhs, params=params,
+                              observables={"total": x + y})
+    assert model_key(observed) != model_key(base)
+
+    def with_net(net):
+        return dl.HybridModel(states=[x], rhs={x: -k * x + net[0]}, params={k: 0.5})
+    mlp = lambda seed, hidden=(4,): dl.MLP("nn", inputs=[x], outputs=1,    # noqa: E731
+                                           hidden=hidden, seed=seed)
+    # an MLP by its architecture (its weights come with every call)...
+    assert model_key(with_net(mlp(0))) == model_key(with_net(mlp(1)))
+    assert model_key(with_net(mlp(0))) != model_key(with_net(mlp(0, (5,))))
+
+    # ...any other network by its identity: its function is its own
+    def fun(w, v):
+        return w[0] * v
+    net = dl.Network("nn", inputs=[x], outputs=1, fun=fun, weights=[0.0])
+    twin = dl.Network("nn", inputs=[x], outputs=1, fun=fun, weights=[0.0])
+    assert model_key(with_net(net)) == model_key(with_net(net).with_theta([0.5, 2.0]))
+    assert model_key(with_net(net)) != model_key(with_net(twin))
+
+
+def test_equal_models_share_one_compiled_model_and_the_cache_is_bounded():
+    import pickle
+
+    from dynlearn.distributed.dask import (
+        MODEL_CACHE_SIZE,
+        clear_compiled_models,
+        model_cache_info,
+        model_key,
+        share_compiled,
+    )
+    from dynlearn.objective.objective import FitObjective
+    clear_compiled_models()
+    try:
+        model, data = lv_model(), lv_data(2)
+        fit = dl.fit(model, data, progress=False, optimizer=dl.LevenbergMarquardt(max_iter=1))
+        ship = lambda: pickle.loads(pickle.dumps(fit.objective()))   # noqa: E731 - a worker's copy
+        first, second = ship(), ship()
+        assert first.model is not second.model
+        assert share_compiled(first) == 0                  # compiled here, and kept
+        assert share_compiled({"settings": [second]}) == 1
+        assert second.model.compiled is first.model.compiled
+        fresh = ship()                                     # compiles its own on first use
+        np.testing.assert_array_equal(second.residuals(fit.x), fresh.residuals(fit.x))
+        np.testing.assert_array_equal(second.jacobian(fit.x)[1], fresh.jacobian(fit.x)[1])
+        info = model_cache_info()
+        assert info["keys"] == [model_key(model)] and (info["hits"], info["misses"]) == (1, 1)
+        # other structures (another parameter fixed each): the oldest goes first
+        names = ["alpha", "beta", "gamma", "delta"]
+        for name in names[:MODEL_CACHE_SIZE]:
+            other = model.with_params(**{name: dl.Parameter(1.0, fixed=True)})
+            share_compiled(FitObjective(model=other, bound=first.bound, space=first.space))
+        keys = model_cache_info()["keys"]
+        assert len(keys) == MODEL_CACHE_SIZE and model_key(model) not in keys
+    finally:
+        clear_compiled_models()
+
+
+def test_a_second_fit_does_not_compile_the_model_again(client):
+    """Two fits of one model, every start a task: each worker compiles the model once for
+    both fits, and a worker that ran both got the second its compiled model from the cache
+    (the counts, not timing: the gain itself is measured by benchmarks/scale_out.py)."""
+    from dynlearn.distributed.dask import clear_compiled_models, model_cache_info, model_key
+    model, data = lv_model(), lv_data(1, n_times=31)
+    client.run(clear_compiled_models)
+    one_each = dl.Parallel(client, over="starts", task_seconds=None)
+    ran = [set(dl.fit(model, data, n_starts=4, seed=s, progress=False,
+                      client=one_each).starts["worker"]) for s in (0, 1)]
+    info = client.run(model_cache_info)
+    for w in ran[0] | ran[1]:
+        assert info[w]["misses"] == 1 and model_key(model) in info[w]["keys"]
+    for w in ran[0] & ran[1]:
+        assert info[w]["hits"] >= 1
+    # a bootstrap of the same model on the same cluster compiles nothing either
+    dl.bootstrap(model, data, n=4, seed=0, progress=False, client=one_each)
+    after = client.run(model_cache_info)
+    assert all(after[w]["misses"] == info[w]["misses"] for w in info)
+    client.run(clear_compiled_models)
+
+
+# --- beyond one machine (issue 16) ----------------------------------------------------------
+def lynx_hare():
+    """The bundled lynx-hare example (benchmarks/scale_out.py's small model): a multi-start
+    fit of it is many short starts."""
+    from pathlib import Path
+    hare, lynx = sp.symbols("hare lynx")
+    al, be, ga, de = sp.symbols("alpha beta gamma delta")
+    params = {s: dl.Parameter(v, min=0.0, transform="log")
+              for s, v in ((al, 0.5), (be, 0.02), (ga, 0.8), (de, 0.02))}
+    model = dl.HybridModel(states=[hare, lynx], params=params,
+                           rhs={hare: al * hare - be * hare * lynx,
+                                lynx: de * hare * lynx - ga * lynx})
+    csv = Path(dl.__file__).parent / "bundled" / "models" / "lynx_hare.csv"
+    return model, dl.Dataset.from_frame(pd.read_csv(csv).rename(columns={"year": "t"}))
+
+
+LYNX = dict(loss="log", y0="estimate", progress=False)
+
+
+@pytest.mark.dask
+@pytest.mark.slow
+def test_eight_worker_processes_give_the_serial_fit_bit_for_bit():
+    from distributed import Client, LocalCluster
+    model, data = lynx_hare()
+    serial = dl.fit(model, data, n_starts=24, seed=3, **LYNX)
+    # LocalCluster returns once all eight workers are up, however long that takes
+    with LocalCluster(n_workers=8, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as cl:
+        par = dl.fit(model, data, n_starts=24, seed=3, client=cl, **LYNX)
+        workers = set(cl.scheduler_info()["workers"])
+    assert len(workers) == 8 and set(par.starts["worker"]) <= workers
+    assert par.loss == serial.loss and np.array_equal(par.x, serial.x)
+    pd.testing.assert_frame_equal(par.starts.drop(columns=PLACE), serial.starts,
+                                  check_exact=True)
+
+
+class _Processes:
+    """Subprocesses of a hand-started Dask cluster, each in a process group of its own (a
+    ``dask worker`` is a nanny and its worker process): ``kill`` ends the whole group."""
+
+    def __init__(self, folder):
+        self.folder, self.procs = folder, []
+
+    def start(self, *args, name: str):
+        cwd = self.folder / name        # nothing shared with the client's directory
+        cwd.mkdir()
+        log = open(cwd / "log.txt", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "dask", *args], cwd=cwd, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    @staticmethod
+    def kill(proc):
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(timeout=60)
+
+    def close(self):
+        for proc in self.procs:
+            self.kill(proc)
+
+
+def _wait_until(condition, what: str, timeout: float = 180.0):
+    """Poll ``condition()`` until it holds (for a state the cluster reports, such as a
+    worker gone); fail after ``timeout`` seconds (generous: start-up on a loaded machine)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.dask
+@pytest.mark.slow
+def test_workers_started_by_hand_join_and_leave_mid_fit(tmp_path):
+    """A scheduler and workers started with ``dask scheduler`` / ``dask worker`` as separate
+    processes over loopback, each in its own directory. When the first result of a
+    multi-start fit is back (in the client's own result loop, which waits meanwhile: no
+    timing), a third worker joins and the worker holding the other first start (running or
+    finished, its result not yet fetched) is killed with everything it held; then the rest
+    of the starts go out. The fit ends with the serial starts, bit for bit, and the new
+    worker ran some of them."""
+    from distributed import Client
+
+    from dynlearn.distributed import DaskExecutor
+    model, data = lynx_hare()
+    n = 32
+    serial = dl.fit(model, data, n_starts=n, seed=0, **LYNX)
+    procs = _Processes(tmp_path)
+    client = None
+    try:
+        address_file = tmp_path / "scheduler.json"
+        procs.start("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                    "--scheduler-file", str(address_file), name="scheduler")
+        _wait_until(address_file.exists, "the scheduler's address")
+        _wait_until(lambda: "address" in address_file.read_text(), "the scheduler's address")
+        address = json.loads(address_file.read_text())["address"]
+
+        def worker(name):
+            return procs.start("worker", address, "--nworkers", "1", "--nthreads", "1",
+                               "--host", "127.0.0.1", "--no-dashboard", name=name)
+        first = [worker("w1"), worker("w2")]
+        client = Client(address, timeout=120)
+        client.wait_for_workers(2, timeout=300)
+        pids = client.run(os.getppid)        # worker address -> its `dask worker` process
+        change: dict = {}
+
+        def join_and_leave():
+            before = set(client.scheduler_info()["workers"])
+            worker("w3")
+            client.wait_for_workers(3, timeout=300)
+            change["joined"] = set(client.scheduler_info()["workers"]) - before
+            # the worker with the other first start: on it, or finished and held there
+            busy = [w for holds in (client.processing(), client.has_what())
+                    for w, keys in holds.items()
+                    if any(str(k_).startswith("dynlearn-starts") for k_ in keys)]
+            victim = sorted(busy)[0] if busy else sorted(pids)[0]
+            procs.kill(next(p for p in first if p.pid == pids[victim]))
+            _wait_until(lambda: victim not in client.scheduler_info()["workers"],
+                        "the scheduler to drop the killed worker")
+            change["left"] = victim
+
+        class Elastic(DaskExecutor):     # the client's result loop, as a fit runs it
+            def map(self, fn, items, labels, shared, *, on_result=None, **kw):
+                seen = []
+
+                def hook(bar, result):
+                    seen.append(result)
+                    if len(seen) == 1:    # the rest goes out when this returns
+                        join_and_leave()
+                    if on_result is not None:
+                        on_result(bar, result)
+                return super().map(fn, items, labels, shared, on_result=hook, **kw)
+        par = dl.fit(model, data, n_starts=n, seed=0,
+                     client=Elastic(dl.Parallel(client, over="starts")), **LYNX)
+        assert change.get("left") and len(change.get("joined", ())) == 1
+        assert change["left"] not in client.scheduler_info()["workers"]
+        assert change["joined"] <= set(par.starts["worker"])       # the new worker ran starts
+        assert par.loss == serial.loss and np.array_equal(par.x, serial.x)
+        pd.testing.assert_frame_equal(par.starts.drop(columns=PLACE), serial.starts,
+                                      check_exact=True)
+    finally:
+        if client is not None:
+            client.close()
+        procs.close()

@@ -1,7 +1,9 @@
 """The L2 strength chosen from the data (``dl.fit(..., l2="auto")``,
 dynlearn.fitting.regularisation): the discrepancy principle brings a network that fits the
 noise back to the noise level, an explicit ``l2`` overrides it, physics-only models are not
-touched, and the result reports (and saves) the choice."""
+touched, and the result reports (and saves) the choice. Generalised cross-validation
+(``l2="gcv"``): the effective degrees of freedom are the hat matrix's trace, fall from
+rank(J) to 0, and on a linear model the chosen strength estimates the noise variance."""
 
 import warnings
 
@@ -9,9 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import sympy as sp
+from scipy import stats
 
 import dynlearn as dl
-from dynlearn.fitting.regularisation import check_l2, fit_to_noise
+from dynlearn.fitting.regularisation import PenaltyPath, check_l2, effective_dof, fit_to_noise
 from dynlearn.results.diagnostics import FitWarning
 from dynlearn.results.result import load_result
 
@@ -106,6 +109,7 @@ def test_physics_only_models_are_not_touched():
 
 def test_l2_values_are_checked():
     assert check_l2("auto") == "auto" and check_l2(None) == "auto"
+    assert check_l2("gcv") == "gcv"
     assert check_l2(0) == 0.0 and check_l2(np.float64(1e-3)) == 1e-3
     for bad in (-1.0, float("nan"), float("inf"), "big", True):
         with pytest.raises(dl.OptionError, match="l2 must be"):
@@ -146,3 +150,108 @@ def test_noise_free_data_get_no_penalty():
     r = dl.fit(network_model(), data, y0="estimate", l2="auto", progress=False)
     reg = r.config["regularisation"]
     assert reg["l2"] == 0.0 and "smooth" in reg["reason"] and len(reg["path"]) == 1
+
+
+# --- effective degrees of freedom and generalised cross-validation (l2="gcv") --------------
+def hat_trace(J, penalised, l2):
+    """The trace of J (J^T J + l2 P)^+ J^T, computed directly."""
+    P = np.diag(np.asarray(penalised, float))
+    return float(np.trace(J @ np.linalg.pinv(J.T @ J + l2 * P) @ J.T))
+
+
+@pytest.mark.parametrize("n, p", [(30, 8), (12, 20)])      # over- and under-determined
+def test_dof_is_the_trace_of_the_hat_matrix(n, p):
+    rng = np.random.default_rng(3)
+    J = rng.standard_normal((n, p)) * np.logspace(0, -3, p)    # columns of unequal size
+    penalised = np.arange(p) >= 2                              # two unpenalised columns
+    for l2 in (1e-6, 1e-3, 0.1, 1.0, 30.0):
+        assert effective_dof(J, penalised, l2) == pytest.approx(
+            hat_trace(J, penalised, l2), rel=1e-8, abs=1e-9)
+    # and with every column penalised
+    every = np.ones(p, bool)
+    assert effective_dof(J, every, 0.5) == pytest.approx(hat_trace(J, every, 0.5), rel=1e-8)
+
+
+def test_dof_falls_monotonically_from_the_rank_to_zero():
+    rng = np.random.default_rng(4)
+    # rank 6 of 10 columns (four are combinations of the others), 25 rows
+    base = rng.standard_normal((25, 6))
+    J = np.hstack([base, base[:, :4] @ rng.standard_normal((4, 4))])
+    path = PenaltyPath(J, np.zeros(25), np.zeros(10), np.ones(10, bool))
+    lams = np.logspace(-12, 10, 200)
+    df = path.dof(lams)
+    assert path.dof(0.0) == np.linalg.matrix_rank(J) == 6
+    assert np.all(np.diff(df) < 0)
+    assert df[0] == pytest.approx(6, abs=1e-6) and df[-1] < 1e-6
+    # unpenalised columns stay: df falls to their rank
+    part = PenaltyPath(J, np.zeros(25), np.zeros(10), np.arange(10) >= 2)
+    assert part.dof(1e12) == pytest.approx(2, abs=1e-6)
+
+
+def test_linearised_cost_is_the_ridge_fit_cost():
+    """For a linear model the path is exact: rss(l2) is the data cost of the ridge fit."""
+    rng = np.random.default_rng(5)
+    J = rng.standard_normal((40, 12))
+    yobs = rng.standard_normal(40)
+    x0 = rng.standard_normal(12)
+    pen = np.arange(12) >= 3
+    path = PenaltyPath(J, J @ x0 - yobs, x0, pen)
+    for l2 in (0.01, 1.0, 50.0):
+        xs = np.linalg.solve(J.T @ J + l2 * np.diag(pen.astype(float)), J.T @ yobs)
+        assert path.rss(l2) == pytest.approx(float(np.sum((J @ xs - yobs) ** 2)), rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_gcv_on_a_linear_model_estimates_the_noise_variance(seed):
+    """A linear model with many small coefficients (a ridge problem) and known noise level:
+    at the strength GCV selects (it is not told sigma), cost / (n - df) estimates sigma^2.
+    With the fit's residuals approximately sigma^2 chi-square with n - df degrees of freedom,
+    the tolerance is the central 99.9 % of chi2(n - df) / (n - df)."""
+    rng = np.random.default_rng(100 + seed)
+    n, p, sigma = 200, 60, 0.3
+    J = rng.standard_normal((n, p))
+    w = 0.1 * rng.standard_normal(p)
+    yobs = J @ w + sigma * rng.standard_normal(n)
+    path = PenaltyPath(J, -yobs, np.zeros(p), np.ones(p, bool))
+    l2 = path.gcv_minimum()
+    assert l2 > 0                               # the penalty earns its place here
+    df = float(path.dof(l2))
+    ratio = float(path.rss(l2)) / (n - df) / sigma ** 2
+    lo, hi = stats.chi2.ppf([0.0005, 0.9995], n - df) / (n - df)
+    assert lo <= ratio <= hi
+    # and the strength meeting the discrepancy with the effective degrees of freedom
+    # (none when the unpenalised fit is already at or above sigma^2: then 0)
+    at = path.discrepancy(sigma ** 2)
+    if at > 0:
+        assert float(path.rss(at)) / (n - float(path.dof(at))) == pytest.approx(sigma ** 2,
+                                                                                rel=1e-5)
+    else:
+        assert at == 0 and float(path.rss(0.0)) / (n - p) >= sigma ** 2
+
+
+def test_gcv_rule_in_a_fit_reports_its_choice_and_fits_at_it():
+    """``l2="gcv"``: the network of time follows the noise with no penalty (its 37 weights
+    can interpolate the 16 points: df = n, GCV infinite); the rule picks a strength with
+    far fewer effective degrees of freedom, the smallest GCV of the strengths it fitted,
+    and the fit returned is the fit at that strength. No noise level is given."""
+    data = decay_data(0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)
+        r = dl.fit(network_model(), data, y0="estimate", l2="gcv", progress=False,
+                   optimizer=dl.LevenbergMarquardt(max_iter=40))
+    reg = r.config["regularisation"]
+    assert reg["rule"] == "gcv" and reg["l2"] > 0 and r.config["l2"] == reg["l2"]
+    first, *penalised = reg["path"]
+    assert first["l2"] == 0.0 and penalised
+    chosen = next(p for p in reg["path"] if p["l2"] == reg["l2"])
+    assert chosen["gcv"] == min(p["gcv"] for p in reg["path"]) < first["gcv"]
+    assert chosen["dof"] < first["dof"] and chosen["dof"] < 16
+    # GCV's own noise estimate, cost / (n - df), is that of the data (sigma 0.05): within
+    # the central 99.9 % of chi2(n - df) / (n - df)
+    var = chosen["cost"] / (16 - chosen["dof"]) / 0.05 ** 2
+    lo, hi = stats.chi2.ppf([0.0005, 0.9995], 16 - chosen["dof"]) / (16 - chosen["dof"])
+    assert lo <= var <= hi
+    assert dl.loss(r.model, data, y0=r.y0[data[0].name], l2=reg["l2"]) == pytest.approx(
+        r.loss, rel=1e-6)
+    assert r.nfev + r.njev + r.ngev >= sum(p["evaluations"] for p in reg["path"])
+    assert "L2 penalty chosen from the data" in r.summary() and "gcv" in r.summary()

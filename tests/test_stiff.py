@@ -215,3 +215,78 @@ def test_lsoda_continuous_adjoint_of_a_large_backward_system():
     g = dl.loss_and_grad(model, data, theta, method="LSODA", rtol=1e-10, atol=1e-10,
                          sensitivity=dl.Adjoint(kind="continuous"))[1]
     assert relative_error(g, ref) < 1e-5
+
+
+def test_directional_sensitivities_equal_the_chain_rule_through_all_of_them():
+    """``ForwardSensitivity.directional`` integrates ``dy/dx = dy/dtheta Dtheta + dy/dy0 D0``
+    directly (what dl.petab needs: n (1 + k) components instead of n (1 + n_theta + n)).
+    Against the full ``dy/d[theta, y0]`` and the chain rule, for the stiff 9-state chain
+    with LSODA (banded Jacobian) and BDF (sparse), including a direction that moves
+    nothing (left out of the system, zero in the result) and one that moves only y0; and
+    for the 3-state chain, small enough for the compiled symbolic system."""
+    t = np.logspace(-2, 1, 6)
+    rng = np.random.default_rng(3)
+    k = 4
+    for n in (9, 3):
+        model, data, theta = _chain(n)
+        y0 = np.r_[1.0, np.full(n - 1, 0.05)]
+        Dtheta = rng.standard_normal((n, k))
+        D0 = np.zeros((n, k))
+        D0[0, 1], D0[n - 1, 2] = 0.7, -0.2
+        Dtheta[:, 2] = 0.0          # moves y0 only
+        Dtheta[:, 3] = 0.0          # moves nothing
+        for method in ("LSODA", "BDF"):
+            vf = VectorField(model, theta)
+            prob = Problem(vf, 0.0, t, y0, obs_loss=None, method=method, rtol=1e-11,
+                           atol=1e-13)
+            Yf, Sf = dl.ForwardSensitivity().trajectories(prob, wrt_y0=True)
+            ref = Sf[:, :, :n] @ Dtheta + Sf[:, :, n:] @ D0
+            Y, S = dl.ForwardSensitivity().directional(prob, Dtheta, D0)
+            assert S.shape == (6, n, k)
+            assert np.all(S[:, :, 3] == 0.0)
+            err = relative_error(S, ref)
+            print(f"n = {n}, {method}: directional vs chain rule {err:.1e}, states "
+                  f"{relative_error(Y, Yf):.1e}")
+            assert err < 1e-7, (n, method, err)
+            assert relative_error(Y, Yf) < 1e-9
+
+
+def test_directional_sensitivities_without_initial_state_directions_match_differences():
+    """``directional`` with ``D0`` omitted against central differences of the solve along
+    each direction (LSODA, the 9-state chain)."""
+    model, data, theta = _chain(9)
+    t = np.logspace(-2, 1, 5)
+    y0 = np.r_[1.0, np.full(8, 0.05)]
+    Dtheta = np.random.default_rng(4).standard_normal((9, 2))
+    prob = Problem(VectorField(model, theta), 0.0, t, y0, obs_loss=None, method="LSODA",
+                   rtol=1e-11, atol=1e-13)
+    _, S = dl.ForwardSensitivity().directional(prob, Dtheta)
+
+    def states(th):
+        return dl.simulate(model, t, y0, theta=th, method="LSODA", rtol=1e-12, atol=1e-14,
+                           t0=0.0).y
+
+    h = 1e-6
+    fd = np.stack([(states(theta + h * d) - states(theta - h * d)) / (2 * h)
+                   for d in Dtheta.T], axis=-1)
+    print(f"directional: {relative_error(S, fd):.1e} against finite differences")
+    assert relative_error(S, fd) < 1e-5, relative_error(S, fd)
+
+
+def test_symbolic_jacobian_skips_only_entries_without_the_symbol():
+    """``jacobian_exprs`` differentiates only where the expression holds the symbol: the
+    result equals sympy's full Jacobian, kinks included, and zeros are exact zeros."""
+    from dynlearn.core.symbolic import jacobian_exprs
+
+    x, y, z, p = sp.symbols("x y z p")
+    exprs = [p * x * y, sp.Max(x, 0) * z, sp.exp(-p) + y ** 2, sp.S(3)]
+    wrt = [x, y, z, p]
+    J = jacobian_exprs(exprs, wrt)
+    full = sp.Matrix(exprs).jacobian(sp.Matrix(wrt))
+    for i in range(len(exprs)):
+        for j in range(len(wrt)):
+            if i == 1 and j == 0:    # the kink rule's pick instead of sympy's Heaviside
+                continue
+            assert sp.simplify(J[i][j] - full[i, j]) == 0, (i, j, J[i][j])
+    assert J[3] == [0, 0, 0, 0] and J[0][2] == 0 and J[2][0] == 0
+    assert J[1][0] != 0

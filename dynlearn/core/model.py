@@ -505,6 +505,18 @@ class HybridModel:
             self._compiled = CompiledModel(self)
         return self._compiled
 
+    def use_compiled(self, compiled: CompiledModel) -> None:
+        """Evaluate this model with ``compiled`` instead of compiling its own on first use.
+
+        ``compiled`` must come from a model of the same structure: the same states, time,
+        inputs, parameters (in order, the same ones free), equations, observables and
+        networks (architecture; for a custom network, the network itself or a copy). The
+        compiled functions depend on nothing else (never on values or weights), so a Dask
+        worker keeps those of the fits it ran and gives them to the copies of the same model
+        that later fits send it (``dynlearn.distributed.dask.share_compiled``).
+        """
+        self._compiled = compiled
+
     def __getstate__(self):
         # compiled functions are rebuilt where the model is unpickled (e.g. on a dask worker)
         state = dict(self.__dict__)

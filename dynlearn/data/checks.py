@@ -1,7 +1,9 @@
 """Validation of time grids and initial states, shared by data, solve and everything above.
 
 Time-grid checks belong to the data layer: a dataset, an input signal and a simulation all
-need the same rule (finite, strictly increasing), and the data layer sits below the solver.
+need the same rule (finite, increasing), and the data layer sits below the solver. The
+times of measurements may repeat (replicates: several measurements at one time); output
+times of a simulation and the samples of an input signal may not.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from dynlearn.errors import DataError
 __all__ = ["check_times", "check_y0"]
 
 
-def check_times(t, what: str = "t", where: str = "") -> np.ndarray:
-    """A 1-D, finite, strictly increasing float array, or a DataError saying what is wrong.
+def check_times(t, what: str = "t", where: str = "", repeats: bool = False) -> np.ndarray:
+    """A 1-D, finite, strictly increasing (with ``repeats``: non-decreasing) float array, or
+    a DataError saying what is wrong.
 
     Parameters
     ----------
@@ -26,6 +29,9 @@ def check_times(t, what: str = "t", where: str = "") -> np.ndarray:
         The name of the times in messages (``"t"``, ``"input time"``).
     where : str
         Appended to the name in messages, e.g. ``" in experiment 'a'"``.
+    repeats : bool
+        Allow a time to repeat (non-decreasing times): measurement times, where repeated
+        times are replicates. Decreasing times are refused all the same.
 
     Returns
     -------
@@ -35,7 +41,8 @@ def check_times(t, what: str = "t", where: str = "") -> np.ndarray:
     ------
     DataError
         When ``t`` is not numeric, not 1-D and non-empty, not finite or not strictly
-        increasing (the message names the first offending entry).
+        increasing (non-decreasing with ``repeats``; the message names the first offending
+        entry).
     """
     try:
         t = np.asarray(t, dtype=float)
@@ -48,8 +55,13 @@ def check_times(t, what: str = "t", where: str = "") -> np.ndarray:
     if bad.size:
         raise DataError(f"`{what}`{where} must be finite; {what}[{bad[0]}]={t[bad[0]]}")
     d = np.diff(t)
-    if np.any(d <= 0):
-        i = int(np.flatnonzero(d <= 0)[0]) + 1
+    bad = d < 0 if repeats else d <= 0
+    if repeats and np.any(bad):
+        i = int(np.flatnonzero(bad)[0]) + 1
+        raise DataError(f"`{what}`{where} must be increasing (a time may repeat); {what}[{i}]="
+                        f"{t[i]} < {what}[{i - 1}]={t[i - 1]}. Sort the times.")
+    if np.any(bad):
+        i = int(np.flatnonzero(bad)[0]) + 1
         raise DataError(f"`{what}`{where} must be strictly increasing; {what}[{i}]={t[i]} <= "
                         f"{what}[{i - 1}]={t[i - 1]}. Sort the times and remove duplicates.")
     return t

@@ -16,7 +16,7 @@ import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -39,10 +39,20 @@ class Experiment:
     ----------
     name : str
     t : ndarray, shape (m,)
+        Increasing; a time may repeat (replicates: rows measured at the same time are
+        separate measurements, each with its own residual).
     columns : dict name -> ndarray (m,)
         Measured values (NaN where not measured) and input samples.
     y0 : ndarray or None
-        A known initial state, if given.
+        A known initial state, if given (at ``t0``).
+    meta : dict
+        Settings carried with the data (``input_kind``; ``t0`` when set, so that a saved
+        result keeps it).
+    t0 : float or None
+        The start time: where the initial state is given and integration starts. ``None``
+        (the default): the first data time. An explicit start (e.g. ``0`` for an
+        experiment whose first measurement is at ``t = 1``) must not come after the first
+        data time.
     """
 
     name: str
@@ -50,9 +60,23 @@ class Experiment:
     columns: dict
     y0: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+    t0: float | None = None
 
     def __post_init__(self):
-        self.t = check_times(self.t, "t", f" in experiment '{self.name}'")
+        self.t = check_times(self.t, "t", f" in experiment '{self.name}'", repeats=True)
+        if self.t0 is None:
+            self.t0 = self.meta.get("t0")
+        if self.t0 is not None:
+            try:
+                t0 = float(self.t0)
+            except (TypeError, ValueError):
+                raise DataError(f"the start time t0 of experiment '{self.name}' must be a "
+                                f"number, got {self.t0!r}") from None
+            if not np.isfinite(t0) or t0 > self.t[0]:
+                raise DataError(f"the start time t0={t0:g} of experiment '{self.name}' must be "
+                                f"finite and not after its first data time t={self.t[0]:g}")
+            self.t0 = t0
+            self.meta = {**self.meta, "t0": t0}
         for k, v in self.columns.items():
             v = np.asarray(v, dtype=float)
             if v.shape != self.t.shape:
@@ -66,6 +90,11 @@ class Experiment:
 
     def __len__(self) -> int:
         return self.t.size
+
+    @property
+    def start(self) -> float:
+        """Where integration starts: :attr:`t0` if set, else the first data time."""
+        return float(self.t[0]) if self.t0 is None else self.t0
 
     def to_frame(self, time: str = "t"):
         """The experiment as a DataFrame: the time column (named ``time``), then its columns."""
@@ -565,13 +594,6 @@ def _long_to_wide(df, time, group, observable, value, sigma, where, origin=None)
     if names.isna().any():
         r = int(np.flatnonzero(names.isna().to_numpy())[0])
         raise DataError(f"{where}column '{observable}', row {r + 1}: the name is empty")
-    keys = [time, observable] + ([group] if group else [])
-    dup = df.duplicated(subset=keys, keep="first").to_numpy()
-    if dup.any():
-        r = int(np.flatnonzero(dup)[0])
-        raise DataError(f"{where}duplicate measurement at row {r + 1}: '{df[observable].iloc[r]}' "
-                        f"at {time}={df[time].iloc[r]} appears twice"
-                        + (f" in group '{df[group].iloc[r]}'" if group else ""))
     val = _numeric_frame(df, [value], where)[value]
     cols = {value: val}
     if sigma in df.columns:
@@ -582,10 +604,12 @@ def _long_to_wide(df, time, group, observable, value, sigma, where, origin=None)
         raise DataError(f"{where}time column '{time}' is empty at row {r + 1}")
     work = pd.DataFrame({"_t": tv, "_o": names.astype(str).map(_column_name), **cols})
     work["_g"] = df[group].astype(str).to_numpy() if group else "data"
-    wide = work.pivot(index=["_g", "_t"], columns="_o", values=value)
+    # replicates: the k-th measurement of a quantity at one time goes to that time's k-th row
+    work["_r"] = work.groupby(["_g", "_t", "_o"], sort=False).cumcount()
+    wide = work.pivot(index=["_g", "_t", "_r"], columns="_o", values=value)
     wide.columns = [str(c) for c in wide.columns]
     if sigma in df.columns:
-        sg = work.pivot(index=["_g", "_t"], columns="_o", values=sigma)
+        sg = work.pivot(index=["_g", "_t", "_r"], columns="_o", values=sigma)
         for c in sg.columns:
             if sg[c].notna().any():
                 wide[f"{c}_sigma"] = sg[c]
@@ -593,7 +617,8 @@ def _long_to_wide(df, time, group, observable, value, sigma, where, origin=None)
     order = {g: i for i, g in enumerate(dict.fromkeys(work["_g"]))}
     wide = wide.reset_index()
     wide["_order"] = wide["_g"].map(order)
-    wide = wide.sort_values(["_order", "_t"], kind="stable").drop(columns="_order")
+    wide = wide.sort_values(["_order", "_t", "_r"], kind="stable").drop(columns=["_order",
+                                                                                 "_r"])
     wide = wide.rename(columns={"_t": time})
     if group:
         wide = wide.rename(columns={"_g": group})
@@ -720,6 +745,12 @@ class Dataset:
         -----
         Empty cells and NaN are "not measured" and are not fitted. A column named
         ``<name>_sigma`` gives the noise standard deviation of ``<name>`` row by row.
+
+        Times increase within each experiment; a time may repeat. Rows at the same time are
+        replicates: each is a measurement of its own (its own residual; the model is solved
+        once per distinct time). In long format the k-th measurement of a quantity at a time
+        goes to the k-th row of that time. Decreasing times are an error, not sorted: they
+        usually mean experiments stacked without a ``group`` column.
         """
         where = f"{source}: " if source else ""
         origin = dict(origin or {})
@@ -814,15 +845,16 @@ class Dataset:
         exps = []
         for name, idx in groups:
             t = tvals[idx]
+            # a repeated time is a replicate; a decreasing one is refused rather than sorted:
+            # it usually means experiments stacked without a group column
             d = np.diff(t)
-            if np.any(d <= 0):
-                i = int(np.flatnonzero(d <= 0)[0])
-                what = "duplicate" if d[i] == 0 else "decreasing"
-                raise DataError(f"{where}{what} time in experiment '{name}': "
+            if np.any(d < 0):
+                i = int(np.flatnonzero(d < 0)[0])
+                raise DataError(f"{where}decreasing time in experiment '{name}': "
                                 f"{time}={t[i + 1]} at row {idx[i + 1] + 1} follows "
                                 f"{time}={t[i]} at row {idx[i] + 1}; times must increase within "
-                                "each experiment" + ("" if group else
-                                                     " (several experiments? pass group=)"))
+                                "each experiment (a time may repeat: replicates)"
+                                + ("" if group else " (several experiments? pass group=)"))
             cols = {c: v[idx] for c, v in data.items()}
             measured = [c for c in cols if not c.endswith("_sigma")]
             if measured and all(np.isnan(cols[c]).all() for c in measured):
@@ -873,6 +905,44 @@ class Dataset:
             text += "; not used: " + ", ".join(f"{c} ({why})"
                                                for c, why in self.ignored_columns.items())
         return text
+
+    def with_start(self, t0) -> Dataset:
+        """A copy whose experiments start at ``t0`` (see :attr:`Experiment.t0`).
+
+        Parameters
+        ----------
+        t0 : float, dict or None
+            One start time for every experiment, or ``{experiment: t0}`` (experiments not
+            named keep theirs); ``None`` returns the dataset itself.
+
+        Returns
+        -------
+        Dataset
+
+        Raises
+        ------
+        DataError
+            A start after an experiment's first data time, or an unknown experiment name.
+        """
+        if t0 is None:
+            return self
+        names = [e.name for e in self]
+        if isinstance(t0, Mapping):
+            unknown = sorted(set(map(str, t0)) - set(names))
+            if unknown:
+                raise DataError(f"t0 names experiment(s) {unknown} that the data do not have; "
+                                f"experiments: {names}")
+            starts = {str(k): v for k, v in t0.items()}
+        else:
+            starts = dict.fromkeys(names, t0)
+        exps = [e if e.name not in starts else
+                replace(e, meta={k: v for k, v in e.meta.items() if k != "t0"},
+                        t0=starts[e.name], columns=dict(e.columns))
+                for e in self]
+        out = Dataset(exps, time_name=self.time_name)
+        out.ignored_columns = dict(self.ignored_columns)
+        out.time_unit, out.time_origin = self.time_unit, self.time_origin
+        return out
 
     def to_frame(self):
         """All experiments in one DataFrame (with an ``experiment`` column when there are

@@ -282,6 +282,35 @@ class Recovery:
         return Theta @ self.coef
 
     # --- models -------------------------------------------------------------------------
+    @property
+    def refitted(self) -> bool:
+        """Whether these coefficients were refitted to the data (:meth:`select`, which
+        :func:`recover` runs by default, or :meth:`refit`). If not, they are the
+        regression's reading of the network and the physical parameters are the hybrid
+        fit's."""
+        return self.fitted_model is not None
+
+    @property
+    def fitted_model(self) -> HybridModel | None:
+        """The model of the refit at its fitted values (``fit.model``: the known physics
+        plus these terms, physical parameters re-estimated with the coefficients), or None
+        without a refit."""
+        model = getattr(self.fit, "model", None)
+        return model if isinstance(model, HybridModel) else None
+
+    @property
+    def y0(self) -> dict | None:
+        """Initial states of the recovered model, ``{experiment: array}``: those of the
+        refit (estimated again with the coefficients when the original fit estimated
+        them), else those the network was read along (the hybrid fit's); None when
+        unknown."""
+        fitted = getattr(self.fit, "y0", None)
+        if self.refitted and isinstance(fitted, Mapping):
+            return {k: np.asarray(v, float) for k, v in fitted.items()}
+        if isinstance(self.trajectory_y0, Mapping):
+            return {k: np.asarray(v, float) for k, v in self.trajectory_y0.items()}
+        return None
+
     def parameter_names(self, prefix: str = "c") -> dict[tuple[str, str], str]:
         """The parameter name of every kept coefficient, ``{(output, term): name}``, e.g.
         ``('nn[0]', 'x*y') -> 'c_nn0_xy'``."""
@@ -324,9 +353,15 @@ class Recovery:
         """The model with every recovered network output replaced by its recovered terms.
 
         Each kept coefficient becomes a new free parameter named
-        ``{prefix}_{output}_{term}`` (``c_nn0_xy``), starting at the recovered value; the
-        physical parameters keep their (fitted) values, bounds and ``fixed`` flags. Refit it
-        with :func:`dynlearn.fit` to refine the coefficients and get their standard errors.
+        ``{prefix}_{output}_{term}`` (``c_nn0_xy``), at its recovered value; the physical
+        parameters keep their bounds and ``fixed`` flags. After a refit (:attr:`refitted`:
+        :func:`recover`'s default, :meth:`select`, :meth:`refit`) every value is the
+        refit's: the coefficients and the physical parameters estimated with them (and
+        the weights of networks left in place), so the model is the one the refit fitted
+        (its initial states are :attr:`y0`). Without a refit (``recover(...,
+        refit=False)``) the coefficients are the regression's reading of the network and
+        the physical parameters the hybrid fit's, a pairing no fit has checked: refit it
+        with :func:`dynlearn.fit` to refine them together and get standard errors.
 
         For a :func:`sindy_baseline` recovery, returns the pure SINDy model
         ``d state/dt = recovered terms``.
@@ -356,14 +391,22 @@ class Recovery:
                              "build the model yourself from rec.expressions")
         subs = {sym: exprs[o] for sym, o in zip(self.output_symbols, self.outputs)}
         rhs = {s: e.xreplace(subs) for s, e in zip(m.states, m.rhs)}
-        params = dict(m.params)
+        # the physical parameters and the networks left in place come from the candidate's
+        # own refit when there is one: the refit re-estimated them together with the
+        # coefficients, and the hybrid fit's values belong to another model (the network
+        # may have absorbed part of a physical term there)
+        source = self.fitted_model or m
+        by_name = {s.name: v for s, v in source.params.items()}
+        params = {s: by_name.get(s.name, v) for s, v in m.params.items()}
         params.update(new_params)
         new = HybridModel(states=m.states, rhs=rhs, params=params, inputs=m.inputs,
                           observables=m.observables, time=m.time,
                           name=name or f"{m.name}-recovered")
         # networks left in place (outputs not recovered) keep their fitted weights
         kept = {n.name for n in new.networks}
-        return new.with_networks([n for n in m.networks if n.name in kept])
+        nets = {n.name: n for n in m.networks}
+        nets.update({n.name: n for n in source.networks if n.name in nets})
+        return new.with_networks([n for name_, n in nets.items() if name_ in kept])
 
     def refit(self, data=None, *, prune: bool = True, z: float = 2.0,
               min_contribution: float | None = None, criterion: str | None = "bic",

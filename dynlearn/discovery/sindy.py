@@ -80,6 +80,9 @@ def sindy_baseline(data, library=None, *, states: Sequence | None = None,
         if Xe.shape[0] < 3:
             raise DataError(f"experiment '{e.name}' has {Xe.shape[0]} rows; finite differences "
                             "need at least 3")
+        if np.any(np.diff(e.t) == 0):
+            raise DataError(f"experiment '{e.name}' repeats a time (replicates); finite "
+                            "differences need distinct times: average the replicates first")
         X.append(Xe)
         dX.append(np.gradient(Xe, e.t, axis=0, edge_order=2))
         T.append(e.t)

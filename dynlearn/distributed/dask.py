@@ -31,8 +31,11 @@ Work is fanned out at two levels.
   Gaussian loss's noise estimate are split the same way.
 
 The model travels without its compiled functions (:meth:`HybridModel.__getstate__`); a worker
-compiles it on first use and keeps it with the scattered object, so it is compiled once per
-worker, not once per task.
+compiles it on first use and keeps the compiled functions under a key of the model's
+structure (:func:`model_key`, :func:`share_compiled`), for this fit and the next ones: a
+model is compiled once per worker, not once per task or per fit. Nothing a task does
+depends on a shared filesystem or on the client's working directory: inputs travel with
+the tasks, and checkpoints are written by the client.
 
 Results are those of the serial run: residuals and Jacobians are stacked in the serial order
 (bit-identical); gradients and losses are sums whose order of summation differs (equal to
@@ -42,8 +45,11 @@ the same inputs and seeds. Every sum and reduction is taken in the order of the
 experiments, never in the order results arrive or by batch (the batches change with the
 measured load), so a split fit with the same seed gives the same bits on every run.
 
-Faults. When a worker dies, the scheduler re-runs its tasks elsewhere (up to
-``distributed.scheduler.allowed-failures`` times); scattered inputs survive on the other
+Faults and elasticity. Workers may join or leave while a fit runs: a new worker takes
+queued tasks (and fetches the shared inputs from its peers). When a worker dies, the
+scheduler re-runs its tasks elsewhere (up to ``distributed.scheduler.allowed-failures``
+times), also those that had finished there but whose results were not yet fetched (their
+futures come back "lost", and are waited for again); scattered inputs survive on the other
 workers (they were broadcast), and where Dask's memory manager had left the only copy on
 the dead worker, the cancelled tasks are sent again with a fresh copy. Tasks that raise
 are retried ``retries`` times (for transient failures such as a lost connection), then the
@@ -59,6 +65,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
+import json
 import threading
 import time
 import traceback
@@ -69,13 +77,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import sympy as sp
 
+from dynlearn.core.model import HybridModel
+from dynlearn.core.neural import MLP
 from dynlearn.errors import ClusterError, OptionError, TaskError
 
-__all__ = ["RESCATTERS", "TASK_SECONDS", "ClusterError", "Parallel", "Placement", "TaskError",
-           "cached", "chunk_sizes", "chunk_task", "cluster_lost", "current_parallel", "forget",
-           "forget_everywhere", "local_client", "lost_cluster_error", "lost_inputs", "parallel",
-           "pays_for_cluster", "reaching_scheduler", "run_tasks", "scatter", "scheduler_address",
+__all__ = ["MODEL_CACHE_SIZE", "RESCATTERS", "TASK_SECONDS", "ClusterError", "Parallel",
+           "Placement", "TaskError", "cached", "chunk_sizes", "chunk_task",
+           "clear_compiled_models", "cluster_lost", "current_parallel", "forget",
+           "forget_everywhere", "local_client", "lost_cluster_error", "lost_inputs",
+           "model_cache_info", "model_key", "parallel", "pays_for_cluster",
+           "reaching_scheduler", "run_tasks", "scatter", "scheduler_address", "share_compiled",
            "worker_address"]
 
 OVER = ("auto", "starts", "experiments")
@@ -294,16 +307,160 @@ def cached(token: str, obj=None) -> dict | None:
 
     Runs on a worker: ``token`` is the key of a scattered input, ``obj`` its value; the entry
     keeps it (and whatever the caller stores in ``views``) for later tasks on this worker.
+    The models in a new entry's ``obj`` get the compiled functions this process keeps for
+    their structure, when an earlier fit left them (:func:`share_compiled`).
     """
     with _CACHE_LOCK:
         entry = _CACHE.get(token)
-        if entry is None and obj is not None:
-            entry = _CACHE[token] = {"obj": obj, "views": {}}
-            while len(_CACHE) > _CACHE_SIZE:
-                _CACHE.popitem(last=False)
-        elif entry is not None:
+        if entry is not None:
             _CACHE.move_to_end(token)
+            return entry
+    if obj is None:
+        return None
+    share_compiled(obj)    # outside the lock (it may compile): models compiled for earlier fits
+    with _CACHE_LOCK:
+        entry = _CACHE.setdefault(token, {"obj": obj, "views": {}})
+        _CACHE.move_to_end(token)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
         return entry
+
+
+# --- compiled models across fits --------------------------------------------------------------
+# The cache above lives for one fit. Compiling a model (sympy to Python functions, and for a
+# physics model its forward-sensitivity system) costs tens of ms to seconds, and a profile,
+# a bootstrap or simply the next fit on the same cluster sends the same model again: each
+# worker process therefore also keeps the compiled functions of the last MODEL_CACHE_SIZE
+# model structures it used, keyed by the structure's content (model_key), not by the
+# scattered copy, so they outlive the fit and serve any equal model, however it was made.
+#: Compiled models (distinct structures) each worker process keeps across fits; the least
+#: recently used goes first. A few: each holds compiled functions (and, for a physics model,
+#: its sensitivity systems), from kilobytes to a few megabytes.
+MODEL_CACHE_SIZE = 4
+_MODELS: OrderedDict[str, Any] = OrderedDict()
+_MODELS_LOCK = threading.Lock()
+_MODEL_COUNTS = {"hits": 0, "misses": 0}
+
+
+def _network_description(net) -> list:
+    kind = type(net)
+    out = [f"{kind.__module__}.{kind.__qualname__}", net.name,
+           [sp.srepr(g) for g in net.inputs], int(net.n_outputs), int(net.n_weights)]
+    if kind is MLP:      # evaluated from its architecture (weights come with each call)
+        out += [list(net.hidden), net.activation]
+    else:                # its own function: shared only with the network itself, or a copy
+        out.append(net.uid)
+    return out
+
+
+def model_key(model: HybridModel) -> str:
+    """A stable key of everything a model's compiled functions are built from (a SHA-256
+    hex digest).
+
+    The states, time and inputs; the parameters in order and which of them are free; the
+    equations and observables (sympy's exact ``srepr``: every constant to the last bit); the
+    networks in order (an MLP by its architecture, any other network by its identity, which
+    its copies share). Not parameter values, bounds, units, network weights or the model's
+    name: compiling does not depend on them, so models that differ only there share the key
+    (the next fit of a model, a bootstrap's refits, an ensemble, an equal model read from a
+    file again). There are no compile options: the
+    compiled functions depend on the model only.
+
+    Parameters
+    ----------
+    model : HybridModel
+
+    Returns
+    -------
+    str
+    """
+    desc = {"states": [s.name for s in model.states], "time": model.time.name,
+            "inputs": [u.name for u in model.inputs],
+            "params": [[s.name, bool(model.params[s].fixed)] for s in model.param_symbols],
+            "rhs": [sp.srepr(e) for e in model.rhs],
+            "observables": [[k, sp.srepr(e)] for k, e in model.observables.items()],
+            "networks": [_network_description(n) for n in model.networks]}
+    text = json.dumps(desc, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _models_in(obj, depth: int = 0) -> Iterator[HybridModel]:
+    """The models in what a fit ships: a model, an object holding one as ``.model`` (an
+    objective), or dicts, lists and tuples of those (a few levels deep)."""
+    if isinstance(obj, HybridModel):
+        yield obj
+    elif depth < 3:
+        if isinstance(obj, Mapping):
+            for v in obj.values():
+                yield from _models_in(v, depth + 1)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                yield from _models_in(v, depth + 1)
+        elif isinstance(getattr(obj, "model", None), HybridModel):
+            yield obj.model
+
+
+def share_compiled(obj) -> int:
+    """Give the models in ``obj`` the compiled functions this process keeps for their
+    structure (:func:`model_key`), and keep those of models not seen before (compiling them
+    now: their first use would).
+
+    Runs on a worker, on what a fit scattered (see :func:`cached`): a model, an objective
+    (``.model``) or a dict, list or tuple of them. The process keeps the compiled functions
+    of :data:`MODEL_CACHE_SIZE` structures, least recently used out first.
+
+    Returns
+    -------
+    int
+        How many of the models got compiled functions from the cache (not compiled here).
+    """
+    hits, seen = 0, set()
+    for model in _models_in(obj):
+        if id(model) in seen:      # (an objective's model is also its space's, ...)
+            continue
+        seen.add(id(model))
+        key = model_key(model)
+        with _MODELS_LOCK:
+            compiled = _MODELS.get(key)
+            if compiled is not None:
+                _MODELS.move_to_end(key)
+            _MODEL_COUNTS["hits" if compiled is not None else "misses"] += 1
+        if compiled is not None:
+            model.use_compiled(compiled)
+            hits += 1
+            continue
+        compiled = model.compiled          # outside the lock: compiling takes a while
+        with _MODELS_LOCK:
+            _MODELS[key] = compiled
+            _MODELS.move_to_end(key)
+            while len(_MODELS) > MODEL_CACHE_SIZE:
+                _MODELS.popitem(last=False)
+    return hits
+
+
+def model_cache_info() -> dict:
+    """What this process's cache of compiled models holds (run it on the workers:
+    ``client.run(model_cache_info)``).
+
+    Returns
+    -------
+    dict
+        ``keys``: the :func:`model_key` of each compiled model kept, least recently used
+        first; ``hits`` and ``misses``: how many models :func:`share_compiled` gave cached
+        compiled functions, and how many it compiled, since the process started (or since
+        :func:`clear_compiled_models`).
+    """
+    with _MODELS_LOCK:
+        return {"keys": list(_MODELS), **_MODEL_COUNTS}
+
+
+def clear_compiled_models() -> None:
+    """Drop the compiled models this process keeps, and zero its counts
+    (``client.run(clear_compiled_models)`` on every worker): the next fit compiles its model
+    again."""
+    with _MODELS_LOCK:
+        _MODELS.clear()
+        _MODEL_COUNTS.update(hits=0, misses=0)
 
 
 def forget(tokens: Sequence[str]) -> None:
@@ -390,7 +547,9 @@ def cluster_lost(client, exc: BaseException | None) -> bool:
     if getattr(exc, "reason", None) == "scheduler-connection-lost":
         return True
     status = str(getattr(client, "status", "running"))
-    return isinstance(exc, (OSError, TimeoutError)) and status != "running"
+    # a client that gave up on its scheduler also raises RuntimeError ("ConnectionPool is
+    # closed") from whatever it is asked next
+    return isinstance(exc, (OSError, TimeoutError, RuntimeError)) and status != "running"
 
 
 @contextlib.contextmanager
@@ -401,7 +560,7 @@ def reaching_scheduler(client, what: str) -> Iterator[None]:
     from concurrent.futures import CancelledError
     try:
         yield
-    except (OSError, TimeoutError, CancelledError) as exc:
+    except (OSError, TimeoutError, CancelledError, RuntimeError) as exc:
         if cluster_lost(client, exc):
             raise lost_cluster_error(client, exc, what) from None
         raise
@@ -621,6 +780,18 @@ def run_tasks(par: Parallel, fn: Callable, items: Sequence, labels: Sequence[str
             c = index[fut.key]
             if futures[c] is not fut:       # superseded by a resubmission
                 continue
+            if fut.status not in ("finished", "error", "cancelled"):
+                # "lost": it had finished on a worker that died before its result was
+                # fetched; the scheduler computes it again (this client still wants it).
+                # Unless the scheduler itself is gone: then nothing will compute it
+                if str(getattr(client, "status", "running")) == "running":
+                    pending.add(fut)
+                    continue
+                lost = True
+                raise lost_cluster_error(
+                    client, ConnectionError(f"a task's result was {fut.status} and the client "
+                                            f"is {client.status}"),
+                    f"running {n} {desc} ({sum(w is not None for w in where)} finished)")
             if fut.status != "finished":
                 exc = fut.exception() if fut.status == "error" else _cancel_reason(fut)
                 if cluster_lost(client, exc):

@@ -38,12 +38,23 @@ from dynlearn.objective.objective import FitObjective, Rejected
 from dynlearn.objective.shooting import ShootingObjective
 from dynlearn.solve import current_deadline, deadline
 
-__all__ = ["FannedObjective", "balanced_batches"]
+__all__ = ["CacheMiss", "FannedObjective", "RejectedAt", "balanced_batches", "contiguous_batches",
+           "experiment_task"]
 
 
 # --- experiments of one fit --------------------------------------------------------------------
-def _batches(n: int, batch_size: int | None, n_threads: int) -> list[tuple[int, ...]]:
-    """Contiguous, near-equal batches of ``range(n)``."""
+def contiguous_batches(n: int, batch_size: int | None, n_threads: int
+                       ) -> list[tuple[int, ...]]:
+    """Contiguous, near-equal batches of ``range(n)``: of ``batch_size`` experiments, or
+    (``batch_size=None``) one per worker thread (at most ``n``).
+
+    Examples
+    --------
+    >>> contiguous_batches(5, None, 2)
+    [(0, 1, 2), (3, 4)]
+    >>> contiguous_batches(5, 2, 8)
+    [(0, 1), (2, 3), (4,)]
+    """
     n_tasks = min(n, n_threads) if batch_size is None else math.ceil(n / batch_size)
     return [tuple(int(i) for i in b) for b in np.array_split(np.arange(n), max(1, n_tasks))
             if b.size]
@@ -63,19 +74,24 @@ def balanced_batches(costs: np.ndarray, n_tasks: int) -> list[tuple[int, ...]]:
 
 
 @dataclass
-class _RejectedAt:
+class RejectedAt:
+    """What :func:`experiment_task` returns when the ODE solver fails at a trial point: the
+    client raises :class:`~dynlearn.objective.objective.Rejected` with ``message`` (the
+    optimizer rejects the point, as in a serial fit)."""
+
     message: str
 
 
-class _CacheMiss:
-    """The worker has no cached objective for the token: resend the objective."""
+class CacheMiss:
+    """What :func:`experiment_task` returns when it got only a token and this worker has no
+    cached objective under it: the client sends the objective itself again."""
 
 
 class _InputsLost(Exception):
     """The scattered objective died with a worker: scatter it again (see lost_inputs)."""
 
 
-def _experiment_task(source, token: str, batch: tuple[int, ...], what, x, sigma_hat,
+def experiment_task(source, token: str, batch: tuple[int, ...], what, x, sigma_hat,
                      at: float | None = None):
     """Evaluate ``what`` for the experiments in ``batch`` (runs on a worker).
 
@@ -89,8 +105,8 @@ def _experiment_task(source, token: str, batch: tuple[int, ...], what, x, sigma_
 
     Returns ``(worker address, [per-experiment results], [per-experiment seconds], None)``
     (for ``"system"`` each experiment's result is its residuals and the triangular factor of
-    its rows ``[J r]``, see :func:`_triangular`), or a :class:`_RejectedAt` when a trial
-    point cannot be solved, or a :class:`_CacheMiss`. ``at``: the caller's solve deadline
+    its rows ``[J r]``, see :func:`_triangular`), or a :class:`RejectedAt` when a trial
+    point cannot be solved, or a :class:`CacheMiss`. ``at``: the caller's solve deadline
     (:func:`dynlearn.solve.deadline`, a wall-clock time), which every solve here keeps to:
     past it, the :class:`~dynlearn.errors.TimeLimitError` goes back to the caller.
     """
@@ -99,10 +115,10 @@ def _experiment_task(source, token: str, batch: tuple[int, ...], what, x, sigma_
 
 
 def _experiment_batch(source, token, batch, what, x, sigma_hat):
-    """:func:`_experiment_task` within its deadline."""
+    """:func:`experiment_task` within its deadline."""
     entry = cached(token, None if isinstance(source, str) else source)
     if entry is None:
-        return _CacheMiss()
+        return CacheMiss()
     obj = entry["obj"]
     if not np.array_equal(obj.sigma_hat, sigma_hat):
         obj.set_sigma(np.array(sigma_hat, dtype=float))
@@ -128,7 +144,7 @@ def _experiment_batch(source, token, batch, what, x, sigma_hat):
             else:
                 out.append(obj.experiment_cost_and_grad(i, x))
         except Rejected as exc:   # a failed solve rejects the trial point; not an error
-            return _RejectedAt(str(exc))
+            return RejectedAt(str(exc))
         except TimeLimitError:    # the fit's max_time: the caller stops the fit
             raise
         except Exception as exc:
@@ -195,7 +211,7 @@ class FannedObjective(FitObjective):
             self._remote = scatter(par.client, self._shipped)
         self._key = str(self._remote.key)   # the cache token, kept when re-sent
         self._holders: set[str] = set()   # workers known to cache the objective
-        self._batches = _batches(self.n_experiments, par.batch_size, par.n_threads)
+        self._batches = contiguous_batches(self.n_experiments, par.batch_size, par.n_threads)
         # without a batch size, batches are re-cut from the measured cost of each
         # experiment (solves of different experiments can differ several-fold)
         self._balance = par.batch_size is None and len(self._batches) > 1
@@ -206,6 +222,36 @@ class FannedObjective(FitObjective):
         self._slots_time = -math.inf
 
     _lost = False   # the scheduler is gone: nothing to release, and no one to ask
+
+    @property
+    def batches(self) -> list[tuple[int, ...]]:
+        """The batches of experiments (indices, one task each) of the last evaluation:
+        contiguous until every experiment's cost is measured, then re-cut from those costs
+        (:func:`balanced_batches`) before each evaluation, unless a ``batch_size`` was
+        given."""
+        return list(self._batches)
+
+    @property
+    def seconds(self) -> np.ndarray:
+        """The measured cost (seconds) of one evaluation of each experiment (a running mean;
+        NaN until measured: an experiment's first evaluation on a worker, which compiles the
+        model there, is not counted). A copy; assigning an array of one cost per experiment
+        replaces them (the next evaluation's batches are cut from it)."""
+        return self._seconds.copy()
+
+    @seconds.setter
+    def seconds(self, costs) -> None:
+        costs = np.asarray(costs, dtype=float)
+        if costs.shape != self._seconds.shape:
+            raise ValueError(f"seconds needs one cost per experiment ({self._seconds.size}), "
+                             f"got shape {costs.shape}")
+        self._seconds = costs.copy()
+
+    @property
+    def holders(self) -> frozenset[str]:
+        """The addresses of the workers known to hold the objective in their cache: later
+        evaluations send them its token only, not the objective."""
+        return frozenset(self._holders)
 
     def close(self) -> None:
         """Release the workers' copies of the objective."""
@@ -255,7 +301,7 @@ class FannedObjective(FitObjective):
                 self._calls += 1
                 where = {} if w is None else {"workers": [w], "allow_other_workers": True}
                 futures.append(self._client.submit(
-                    _experiment_task, src, self._key, batches[k], what, x,
+                    experiment_task, src, self._key, batches[k], what, x,
                     self.sigma_hat, current_deadline(),
                     key=f"dynlearn-{label}-{self._token}-{self._calls}",
                     retries=self._retries, pure=False, **where))
@@ -269,12 +315,12 @@ class FannedObjective(FitObjective):
                 continue
             for k, p in zip(todo, got):
                 parts[k] = p
-            todo = [k for k in todo if isinstance(parts[k], _CacheMiss)]
+            todo = [k for k in todo if isinstance(parts[k], CacheMiss)]
             if not todo:
                 break
         out: list = [None] * self.n_experiments
         for batch, p in zip(batches, parts):
-            if isinstance(p, _RejectedAt):
+            if isinstance(p, RejectedAt):
                 raise Rejected(p.message)
             worker, values, seconds, _ = p
             self._holders.add(worker)
@@ -313,7 +359,7 @@ class FannedObjective(FitObjective):
         return self._evaluate((kind, *problem.spec()), z)
 
     def noise_statistics(self, x):
-        ssr, cnt = np.zeros(len(self.obs)), np.zeros(len(self.obs))
+        ssr, cnt = np.zeros(len(self.noise_groups)), np.zeros(len(self.noise_groups))
         for a, c in self._evaluate("sigma-stats", x):
             ssr += a
             cnt += c

@@ -48,16 +48,16 @@ from dynlearn.errors import (
 )
 from dynlearn.files import json_npz_paths
 from dynlearn.fitting.checkpoint import read_checkpoint
-from dynlearn.fitting.regularisation import AUTO, check_l2, choose_l2
+from dynlearn.fitting.regularisation import AUTO, GCV, check_l2, choose_l2, choose_l2_gcv
 from dynlearn.fitting.starts import StartSpec, outcome_from_record, run_starts, start_points
 from dynlearn.fitting.threads import blas_threads_for
 from dynlearn.objective.binding import initial_states
 from dynlearn.objective.losses import Loss, loss_from_name
-from dynlearn.objective.objective import FitObjective
+from dynlearn.objective.objective import FitObjective, probe_method
 from dynlearn.optimizers import Optimizer, Status, default_optimizer
 from dynlearn.results.result import FitResult
 from dynlearn.sensitivity import Sensitivity
-from dynlearn.solve import check_method, check_options
+from dynlearn.solve import AUTO_METHOD, MethodChoice, check_method, check_options
 from dynlearn.solve import deadline as solve_deadline
 
 __all__ = ["Refitter", "fit"]
@@ -65,12 +65,12 @@ __all__ = ["Refitter", "fit"]
 
 # --- the fit --------------------------------------------------------------------------------
 def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer | None = None,
-        sensitivity: Sensitivity | None = None, method: str = "RK45", rtol: float = 1e-6,
+        sensitivity: Sensitivity | None = None, method: str = "auto", rtol: float = 1e-6,
         atol: float = 1e-8, sigma=None, weights=None, l2: float | str | None = 0.0,
         input_kind: str | None = None, y0_init=None, n_starts: int = 1, seed: int | None = None,
         progress: bool = True, callback: Callable | None = None, checkpoint=None,
         checkpoint_interval: float = 5.0, resume: bool = False, max_time: float | None = None,
-        throw: bool = False, client=None, **options):
+        throw: bool = False, client=None, t0=None, sigma_by: str | None = None, **options):
     """Fit a model's free parameters (and optionally initial states) to measurements.
 
     Parameters
@@ -89,7 +89,18 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
         ``"estimate"`` fits them per experiment (names ``y0[<state>]`` or
         ``y0[<state>]@<experiment>``); an array gives known values (the same for every
         experiment), a dict ``{experiment: array}`` per experiment, and a dict
-        ``{state: value or dl.Parameter}`` fixes or frees states one by one.
+        ``{state: value or dl.Parameter}`` fixes or frees states one by one. Initial states
+        are at each experiment's start time (``t0``).
+    t0 : float or dict, optional
+        The experiments' start time, where the initial state is and integration starts (one
+        number, or ``{experiment: number}``); it overrides the data's own
+        (:attr:`Experiment.t0 <dynlearn.data.dataset.Experiment.t0>`). Default: each
+        experiment's first data time. A start before the first data row needs ``y0`` given
+        or ``"estimate"`` (the first row is not the state there).
+    sigma_by : {None, "experiment"}, optional
+        ``"experiment"`` (with ``loss="gaussian"``): a noise level per experiment for each
+        observable (or named group of ``sigma``), labelled ``<name>@<experiment>`` in
+        ``result.sigma``.
     optimizer : Optimizer, optional
         Default: :class:`~dynlearn.LevenbergMarquardt`, which uses the exact residual
         Jacobian (see :func:`~dynlearn.optimizers.default_optimizer`).
@@ -98,20 +109,33 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
         sensitivities with a stiff method and at most 100 parameters, see
         :func:`~dynlearn.sensitivity.choice.default_sensitivity`).
     method, rtol, atol : solver settings
-        Any ``solve_ivp`` method; RK45 (default) and RK23 get exact discrete derivatives.
-    sigma : float or dict, optional
-        Known noise standard deviations per observable (overridden by data columns).
+        Any ``solve_ivp`` method (RK45 and RK23 get exact discrete derivatives), or
+        ``"auto"`` (default): a cheap stiffness probe of every experiment's solve at the
+        first start point (:func:`dynlearn.solve.choose_method`) chooses RK45 for a
+        non-stiff problem, LSODA for a stiff or borderline one; the sensitivity follows
+        the chosen method (unless given). ``result.method`` is the method used,
+        ``result.method_choice`` why; the summary and report say so. A method named here
+        is never overridden.
+    sigma : float, str or dict, optional
+        Known noise standard deviations per observable (overridden by data columns), or,
+        with ``loss="gaussian"``, names of noise levels shared by observables
+        (``{"x": "s", "y": "s"}``: one level ``s`` for both, estimated in closed form from
+        their pooled residuals). See :func:`~dynlearn.objective.objective.parse_sigma` and
+        the noise section of docs/fitting.md.
     weights : dict, optional
         Relative weights per observable.
-    l2 : float or "auto"
+    l2 : float, "auto" or "gcv"
         L2 penalty ``l2 * |w|^2`` on network weights. ``"auto"`` (or ``None``) chooses it from
         the data for a network model by the discrepancy principle: the fit with no penalty
         runs first; if it is below the noise level (known, or estimated from the data) as
         the diagnostics' warning judges it, a short warm-started path of penalised fits
         finds the least penalty that brings it to the noise level (see
         :mod:`dynlearn.fitting.regularisation`); the choice is in
-        ``result.config["regularisation"]`` and the summary. A number (0 included) is used
-        as given.
+        ``result.config["regularisation"]`` and the summary. ``"gcv"`` chooses it by
+        generalised cross-validation over the network's effective degrees of freedom
+        (the trace of the hat matrix from the residual Jacobian; needs no noise level:
+        :func:`~dynlearn.fitting.regularisation.choose_l2_gcv`). A number (0 included) is
+        used as given.
     input_kind : {"linear", "zoh"}, optional
         How inputs are interpolated between samples (default: the dataset's choice).
     y0_init : array or dict, optional
@@ -184,7 +208,7 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
     if not isinstance(model, HybridModel):
         raise OptionError(f"model must be a dl.HybridModel, got {type(model).__name__}")
     loss = loss_from_name(loss)
-    method = check_method(method)
+    method = check_method(method, auto=True)
     options = check_options(options, "fit")
     if optimizer is None:
         optimizer = default_optimizer(model)
@@ -196,10 +220,11 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
     if resume and not checkpoint:
         raise OptionError("resume=True needs checkpoint=<path>")
     l2 = check_l2(l2)
-    auto_l2 = l2 == AUTO
+    auto_l2 = l2 in (AUTO, GCV)
+    choose = choose_l2_gcv if l2 == GCV else choose_l2
     if auto_l2:        # the first fit has no penalty; the path afterwards chooses one
         l2 = 0.0
-    dataset = as_dataset(data)
+    dataset = as_dataset(data).with_start(t0)
     strategy = initial_states(y0, model, y0_init)
     bound = strategy.bind(model, dataset, input_kind)
     y0p = strategy.parameters(model, dataset, bound)
@@ -208,7 +233,15 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
         raise ParameterError("nothing to fit: every parameter is fixed and y0 is known")
     settings = dict(model=model, bound=bound, space=space, loss=loss, sigma=sigma,
                     weights=weights, l2=l2, method=method, rtol=rtol, atol=atol,
-                    options=options, sensitivity=sensitivity)
+                    options=options, sensitivity=sensitivity, sigma_by=sigma_by)
+    if method == AUTO_METHOD:
+        # probed once, here (a resumed fit keeps the choice its checkpoint recorded): the
+        # starts, refits and workers get the chosen method
+        choice = _checkpoint_choice(checkpoint) if resume else None
+        if choice is None:
+            choice = probe_method(model, bound, *space.unpack(space.x0), rtol, atol, options)
+        settings.update(method=choice.method, method_choice=choice)
+        method = choice.method
     obj = FitObjective(**settings)
     if obj.n_data == 0:
         raise DataError("the data has no measured values for the model's observables")
@@ -234,11 +267,16 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
              for i, x0 in enumerate(starts) if i not in skip]
     # what a refit (a profile likelihood's) passes to fit() again, besides model and data
     refitter = Refitter(dict(loss=loss, y0=y0, sensitivity=sensitivity, method=method,
-                             rtol=rtol, atol=atol, sigma=sigma, weights=weights, l2=l2,
+                             rtol=rtol, atol=atol, sigma=sigma, sigma_by=sigma_by,
+                             weights=weights, l2=l2,
                              input_kind=input_kind, y0_init=y0_init, **options))
     config = dict(loss=loss.name, y0=y0 if isinstance(y0, str) else "given", method=method,
                   rtol=rtol, atol=atol, l2=l2, seed=seed, n_starts=n_starts, options=options,
                   input_kind=input_kind)
+    if obj.method_choice is not None:
+        config["method_choice"] = obj.method_choice.to_dict()
+    if sigma_by is not None or obj.sigma_names != obj.obs:
+        config.update(sigma_by=sigma_by, noise_groups=obj.noise_group_members())
 
     def result_of(outcomes, elapsed, status=None, message=None):
         """The result of the best of ``outcomes`` (with the fit's own status and message if
@@ -294,8 +332,8 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
             k = min(range(len(outcomes)), key=lambda i: (not np.isfinite(outcomes[i].loss),
                                                          outcomes[i].loss))
             try:
-                chosen, best, report = choose_l2(settings, outcomes[k], deadline=deadline,
-                                                 max_time=max_time, callback=callback)
+                chosen, best, report = choose(settings, outcomes[k], deadline=deadline,
+                                              max_time=max_time, callback=callback)
             except KeyboardInterrupt:      # Ctrl-C along the path: the unpenalised fit goes up
                 raise _interrupted(outcomes, checkpoint, n_starts, lambda: result_of(
                     outcomes, time.perf_counter() - t0, Status.INTERRUPTED,
@@ -330,6 +368,16 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
         return result
 
 
+def _checkpoint_choice(checkpoint) -> MethodChoice | None:
+    """The ``method="auto"`` choice a checkpoint recorded (None: none, or no checkpoint)."""
+    try:
+        ckpt = read_checkpoint(checkpoint)
+    except DataError:       # damaged: _read_resumed says so
+        return None
+    rec = None if ckpt is None else ckpt.meta.get("method_choice")
+    return MethodChoice.from_dict(rec) if isinstance(rec, dict) and "method" in rec else None
+
+
 def _read_resumed(checkpoint, space, n_starts: int, optimizer, obj):
     """The checkpoint to resume from (``None``, with a warning, when there is none), checked
     against the fit: its parameters, starts, stage, noise levels and optimizer state."""
@@ -345,6 +393,11 @@ def _read_resumed(checkpoint, space, n_starts: int, optimizer, obj):
         raise OptionError(f"the checkpoint {checkpoint!r} belongs to a fit with "
                           f"n_starts={ckpt.n_starts}, not {n_starts}; resume with the same "
                           "n_starts (and seed), or delete it")
+    if any(rec.get("sigma_hat") is not None and np.size(rec["sigma_hat"]) != np.size(obj.sigma_hat)
+           for rec in ckpt.done):
+        raise OptionError(f"the checkpoint {checkpoint!r} belongs to a fit with other noise "
+                          f"levels (not {np.size(obj.sigma_hat)}: sigma= or sigma_by= "
+                          "differ); resume with the same settings, or delete it")
     starts = [rec["start"] for rec in ckpt.done] + \
         ([] if ckpt.start is None else [ckpt.start])
     if any(not 0 <= int(k) < n_starts for k in starts):

@@ -192,16 +192,19 @@ def outcome_from_record(rec: Mapping) -> StartOutcome:
 
 
 def record_finished(path, names: Sequence[str], n_starts: int, seed,
-                    outcomes: Sequence[StartOutcome]) -> None:
+                    outcomes: Sequence[StartOutcome], method_choice=None) -> None:
     """Write a checkpoint holding the finished starts ``outcomes`` and no start in progress
-    (its point: the best finished start's)."""
+    (its point: the best finished start's), and ``method_choice`` (a
+    :class:`~dynlearn.solve.MethodChoice`: what ``method="auto"`` chose) if given."""
     best = min(outcomes, key=_rank) if outcomes else None
     x = None if best is None else np.asarray(best.x, dtype=float)
     write_checkpoint(path, {"names": list(names), "n_starts": int(n_starts), "seed": seed,
                             "start": None, "done": [outcome_record(o) for o in outcomes],
                             "x": x, "best_cost": math.inf if best is None else float(best.cost),
                             "best_loss": math.inf if best is None else float(best.loss),
-                            "best_loss_x": x})
+                            "best_loss_x": x,
+                            "method_choice": None if method_choice is None else
+                            method_choice.to_dict()})
 
 
 def _rank(o: StartOutcome):
@@ -267,7 +270,8 @@ def run_starts(specs: Sequence[StartSpec], settings: Mapping[str, Any], executor
             return      # stopped early: its checkpoint (if any) holds it in progress
         recorded.append(outcome)
         if checkpoint:
-            record_finished(checkpoint, names, n_starts, seed, recorded)
+            record_finished(checkpoint, names, n_starts, seed, recorded,
+                            settings.get("method_choice"))
 
     if specs and executor.fans_out(len(specs)):
         light = [replace(s, progress=False, checkpoint=None, done=[]) for s in specs]
@@ -340,7 +344,10 @@ def run_start(spec: StartSpec, obj: FitObjective) -> StartOutcome:
     desc = "fit" if spec.n_starts == 1 else f"fit (start {spec.start + 1}/{spec.n_starts})"
     tracker = Tracker(obj, spec.progress, spec.callback, spec.deadline, spec.checkpoint,
                       spec.checkpoint_interval,
-                      meta={"start": spec.start, "n_starts": spec.n_starts, "seed": spec.seed},
+                      meta={"start": spec.start, "n_starts": spec.n_starts, "seed": spec.seed,
+                            # method="auto"'s choice, kept by a resumed fit
+                            "method_choice": None if getattr(obj, "method_choice", None)
+                            is None else obj.method_choice.to_dict()},
                       desc=desc, done=spec.done, stages=stages)
     obj.tracker = tracker
     x = np.asarray(spec.x0, dtype=float)

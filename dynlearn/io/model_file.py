@@ -68,7 +68,9 @@ Layout
 
     [noise]
     sigma = { hare = 5.0, lynx = 3.0 }     # known noise per observable, one number for all,
-                                           # or "estimate" (Gaussian likelihood)
+                                           # or "estimate" (Gaussian likelihood);
+                                           # a name estimates a shared level: { x = "s" }
+    sigma_by = "experiment"                # optional: estimated levels per experiment
     sigma_columns = { hare = "hare_sd" }   # or row-by-row noise levels from CSV columns
 
     [fit]                                  # passed to dl.fit
@@ -120,9 +122,9 @@ from dynlearn.data.dataset import TIME_UNITS, WHITESPACE, Dataset
 from dynlearn.errors import DataError, ModelError, OptionError, OptionTypeError, ParameterError
 from dynlearn.files import read_head
 from dynlearn.objective.losses import LOSS_NAMES, loss_from_name
-from dynlearn.objective.objective import L2_AUTO
+from dynlearn.objective.objective import L2_AUTO, L2_GCV
 from dynlearn.optimizers import OPTIMIZERS, Staged, default_optimizer, optimizer_from_name
-from dynlearn.solve import METHODS
+from dynlearn.solve import METHOD_NAMES
 
 __all__ = ["MODEL_FILE_KEYS", "ModelFile", "load_model_file", "looks_like_csv",
            "model_to_toml", "parse_model_text", "parse_time_grid"]
@@ -136,8 +138,8 @@ _NETWORK = {"inputs", "outputs", "hidden", "activation", "seed", "scale", "type"
 _INITIAL = {"values", "estimate"}
 _DATA = {"file", "time", "group", "columns", "rename", "interpolation", "format", "observable",
          "value", "sigma", "sep", "decimal", "skip_rows", "unit_rows", "time_unit",
-         "time_format"}
-_NOISE = {"sigma", "sigma_columns"}
+         "time_format", "t0"}
+_NOISE = {"sigma", "sigma_columns", "sigma_by"}
 _FIT = {"loss", "method", "rtol", "atol", "sensitivity", "optimizer", "maxiter", "seed",
         "stages", "n_starts", "l2", "options", "progress", "lr", "max_time"}
 _STAGE = {"optimizer", "maxiter", "lr", "options"}
@@ -161,6 +163,7 @@ MODEL_FILE_KEYS: dict[str, frozenset[str] | None] = {
     "initial.values": None,
     "data": frozenset(_DATA),
     "data.rename": None,
+    "data.t0": None,
     "noise": frozenset(_NOISE),
     "noise.sigma": None,
     "noise.sigma_columns": None,
@@ -235,10 +238,13 @@ class ModelFile:
         ``file`` (Path or None), ``time``, ``group``, ``columns``, ``rename``,
         ``interpolation``, ``format``, ``observable``, ``value``, ``sigma`` and the CSV
         dialect: ``sep`` (None: a comma), ``decimal``, ``skip_rows``, ``unit_rows``,
-        ``time_unit`` and ``time_format`` (None unless given).
+        ``time_unit`` and ``time_format`` (None unless given); ``t0``: the experiments'
+        start time (None: each one's first data time; a number; or a dict experiment ->
+        number).
     noise : dict
-        ``sigma`` (None, a float, ``"estimate"`` or a dict observable -> float) and
-        ``sigma_columns`` (dict observable -> CSV column).
+        ``sigma`` (None, a float, ``"estimate"`` or a dict observable -> float or the
+        name of a shared estimated level), ``sigma_columns`` (dict observable -> CSV
+        column) and ``sigma_by`` (None or ``"experiment"``).
     fit : dict
         The ``[fit]`` table, checked (``loss``, ``method``, ``stages``, ...).
     simulate : dict
@@ -359,7 +365,7 @@ class ModelFile:
         origin = {k: self.where("data", k) for k in ("time", "group", "columns", "rename",
                                                       "observable", "value")}
         origin["sigma_columns"] = self.where("noise", "sigma_columns")
-        return Dataset.from_csv(path, time=d["time"], group=d["group"], format=d["format"],
+        data = Dataset.from_csv(path, time=d["time"], group=d["group"], format=d["format"],
                                 observable=d["observable"], value=d["value"], sigma=d["sigma"],
                                 input_kind=d["interpolation"], columns=d["columns"],
                                 rename=d["rename"], sigma_columns=self.noise["sigma_columns"],
@@ -369,6 +375,10 @@ class ModelFile:
                                 decimal=d["decimal"], skip_rows=d["skip_rows"],
                                 unit_rows=d["unit_rows"], time_unit=d["time_unit"],
                                 time_format=d["time_format"], skipinitialspace=True)
+        try:
+            return data.with_start(d["t0"])
+        except DataError as exc:    # named where the start was set
+            raise DataError(f"{self.where('data', 't0')}: [data] t0: {exc}") from None
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -765,7 +775,15 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
                       if "time_unit" in dt else None),
         "time_format": (ck.string(dt["time_format"], ("data", "time_format"))
                         if "time_format" in dt else None),
+        "t0": None,
     }
+    if "t0" in dt:
+        # one start time for every experiment, or a table experiment -> start time
+        if isinstance(dt["t0"], dict):
+            data["t0"] = {k: float(ck.number(v, ("data", "t0", k)))
+                          for k, v in dt["t0"].items()}
+        else:
+            data["t0"] = float(ck.number(dt["t0"], ("data", "t0")))
     if data["sep"] is not None and len(data["sep"]) != 1 and data["sep"] != WHITESPACE:
         ck.fail(("data", "sep"), f"expected one character (\",\", \";\", \"\\t\", ...) or "
                 f"\"{WHITESPACE}\", got {data['sep']!r}")
@@ -789,8 +807,11 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
             if k not in obs_names:
                 ck.fail(("noise", "sigma", k), f"'{k}' is not an observable; observables are "
                         f"{obs_names}")
-            ck.number(v, ("noise", "sigma", k), positive=True)
-        sigma = {k: float(v) for k, v in sigma.items()}
+            if isinstance(v, str):     # the name of an estimated level it shares
+                ck.string(v, ("noise", "sigma", k))
+            else:
+                ck.number(v, ("noise", "sigma", k), positive=True)
+        sigma = {k: v if isinstance(v, str) else float(v) for k, v in sigma.items()}
     elif isinstance(sigma, str):
         ck.string(sigma, ("noise", "sigma"), ("estimate",))
     elif sigma is not None:
@@ -802,7 +823,10 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
         if k not in obs_names:
             ck.fail(("noise", "sigma_columns", k), f"'{k}' is not an observable; observables "
                     f"are {obs_names}")
-    noise = {"sigma": sigma, "sigma_columns": sigma_columns}
+    sigma_by = nt.get("sigma_by")
+    if sigma_by is not None:
+        ck.string(sigma_by, ("noise", "sigma_by"), ("experiment",))
+    noise = {"sigma": sigma, "sigma_columns": sigma_columns, "sigma_by": sigma_by}
 
     # [fit] ---------------------------------------------------------------------------------
     ft = dict(ck.table(doc.get("fit"), ("fit",), _FIT))
@@ -811,14 +835,14 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
     if "sensitivity" in ft:
         ck.string(ft["sensitivity"], ("fit", "sensitivity"), SENSITIVITIES)
     if "method" in ft:
-        ck.string(ft["method"], ("fit", "method"), METHODS)
+        ck.string(ft["method"], ("fit", "method"), METHOD_NAMES)
     for k in ("rtol", "atol"):
         if k in ft:
             ck.number(ft[k], ("fit", k), positive=True)
     if isinstance(ft.get("l2"), str):          # "auto": the strength chosen from the data
-        ck.string(ft["l2"], ("fit", "l2"), [L2_AUTO])
+        ck.string(ft["l2"], ("fit", "l2"), [L2_AUTO, L2_GCV])
     elif "l2" in ft and ck.number(ft["l2"], ("fit", "l2")) < 0:
-        ck.fail(("fit", "l2"), f"must be >= 0 or \"{L2_AUTO}\", got {ft['l2']}")
+        ck.fail(("fit", "l2"), f"must be >= 0, \"{L2_AUTO}\" or \"{L2_GCV}\", got {ft['l2']}")
     for k in ("maxiter", "seed", "n_starts"):
         if k in ft:
             ck.number(ft[k], ("fit", k), integer=True, positive=k != "seed")
@@ -859,7 +883,7 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
     if "t" in smt:
         smt["t"] = parse_time_grid(smt["t"], f"{ck.where('simulate', 't')}: [simulate] t")
     if "method" in smt:
-        ck.string(smt["method"], ("simulate", "method"), METHODS)
+        ck.string(smt["method"], ("simulate", "method"), METHOD_NAMES)
     for k in ("rtol", "atol"):
         if k in smt:
             ck.number(smt[k], ("simulate", k), positive=True)

@@ -14,6 +14,11 @@ argument of :func:`dynlearn.fit` by :func:`initial_states`:
 Each strategy binds the data (:meth:`InitialStates.bind`) and gives the fit one
 :class:`~dynlearn.Parameter` per state and experiment (:meth:`InitialStates.parameters`,
 ``fixed`` = known).
+
+An initial state is the state at the experiment's start time
+(:attr:`~dynlearn.data.dataset.Experiment.t0`, by default its first data time). An
+experiment that starts before its first data row cannot take its initial state from that
+row: it must be given, or estimated (the first row is then only the starting guess).
 """
 
 from __future__ import annotations
@@ -55,8 +60,8 @@ class BoundExperiment:
     t: np.ndarray
     Y: np.ndarray          # (m, n_obs), NaN where not observed
     mask: np.ndarray       # (m, n_obs) bool
-    y0: np.ndarray | None  # initial state, if known
-    t0: float
+    y0: np.ndarray | None  # initial state (at t0), if known
+    t0: float              # start of integration: the experiment's t0, else its first time
     inputs: InputSignal | None
     sigma: np.ndarray | None = None   # (m, n_obs) from `<obs>_sigma` columns, NaN if none
 
@@ -125,15 +130,22 @@ def bind_data(model, data, y0=None, input_kind: str | None = None,
         signal = None
         if inputs:
             kind = input_kind or exp.meta.get("input_kind", "linear")
-            signal = InputSignal(exp.t, np.column_stack([exp.columns[u] for u in inputs]),
-                                 kind=kind, names=inputs)
+            signal = _input_signal(exp, inputs, kind)
         if isinstance(y0, dict):
             y = y0.get(exp.name)
         elif y0 is not None:
             y = y0
         else:
             y = exp.y0
-        if y is None:
+        start = exp.start
+        if y is None and start < exp.t[0]:
+            # the first row is not the state at an earlier start
+            if require_y0:
+                raise DataError(f"experiment '{exp.name}' starts at t0={start:g}, before its "
+                                f"first data row (t={exp.t[0]:g}), so its initial state cannot "
+                                "be taken from that row: pass y0=[...] (the state at t0) or "
+                                "estimate it (y0='estimate')")
+        elif y is None:
             first = first_row_values(model, exp)
             y = first if np.all(np.isfinite(first)) else None
             if y is None and require_y0:
@@ -146,8 +158,26 @@ def bind_data(model, data, y0=None, input_kind: str | None = None,
             y = check_y0(y, model.n_states, states, f" of experiment '{exp.name}'")
         out.append(BoundExperiment(exp.name, exp.t, Y, np.isfinite(Y),
                                    None if y is None else np.asarray(y, float),
-                                   float(exp.t[0]), signal, S))
+                                   start, signal, S))
     return out
+
+
+def _input_signal(exp: Experiment, inputs: list, kind: str) -> InputSignal:
+    """The inputs of an experiment sampled at its distinct times (replicate rows repeat a
+    time; their inputs must agree, since an input has one value at one time)."""
+    values = np.column_stack([exp.columns[u] for u in inputs])
+    t, first = np.unique(exp.t, return_index=True)
+    if t.size < exp.t.size:
+        rows = np.searchsorted(t, exp.t)
+        differ = ~np.isclose(values, values[first][rows], rtol=1e-12, atol=0.0, equal_nan=True)
+        if differ.any():
+            r, c = np.argwhere(differ)[0]
+            raise DataError(f"experiment '{exp.name}': input '{inputs[c]}' has two values at "
+                            f"t={exp.t[r]:g} ({values[first[rows[r]], c]:g} and "
+                            f"{values[r, c]:g}, rows {first[rows[r]] + 1} and {r + 1}); rows at "
+                            "one time are replicates and must give the inputs alike")
+        values = values[first]
+    return InputSignal(t, values, kind=kind, names=inputs)
 
 
 # --- initial-state strategies --------------------------------------------------------------
@@ -255,6 +285,8 @@ class PerState(InitialStates):
         out = []
         for exp in dataset:
             first = first_row_values(model, exp)
+            if exp.start < exp.t[0]:
+                first[:] = np.nan     # the first row is not the state at an earlier start
             row = []
             for i, s in enumerate(states):
                 if s in self.spec:
@@ -266,7 +298,9 @@ class PerState(InitialStates):
                     row.append(Parameter(float(first[i]), fixed=True))
                 else:
                     raise DataError(f"y0 gives no value for state '{s}', which is not measured in "
-                                    f"the first row of experiment '{exp.name}'; add it to y0")
+                                    f"the first row of experiment '{exp.name}'"
+                                    + (f" (nor at its start t0={exp.start:g})"
+                                       if exp.start < exp.t[0] else "") + "; add it to y0")
             out.append(row)
         return out
 

@@ -34,13 +34,15 @@ from dynlearn.objective.losses import LOSS_NAMES, Loss, Rejected, loss_from_name
 from dynlearn.sensitivity import Problem, Sensitivity
 from dynlearn.sensitivity.choice import (
     cheap_jacobian,
+    choose_method_for,
     default_sensitivity,
     observable_jacobian,
 )
-from dynlearn.solve import check_method, check_options, solve_observed
+from dynlearn.solve import AUTO_METHOD, MethodChoice, check_method, check_options, solve_observed
 
 __all__ = [
     "L2_AUTO",
+    "L2_GCV",
     "LOSS_NAMES",
     "SOLVE_FAILURES",
     "BoundExperiment",
@@ -51,12 +53,16 @@ __all__ = [
     "bind_data",
     "loss",
     "loss_and_grad",
+    "parse_sigma",
+    "probe_method",
 ]
 
 #: the value of ``l2=`` that asks for the L2 strength chosen from the data (resolved by
 #: :mod:`dynlearn.fitting.regularisation` before an objective is built; model files accept
 #: it too)
 L2_AUTO = "auto"
+#: the value of ``l2=`` that asks for the strength minimising generalised cross-validation
+L2_GCV = "gcv"
 
 #: What a solve that fails at a trial point raises (a solver failure, parameters that
 #: cannot be used); the objectives turn these into :class:`Rejected`. Anything else is a bug
@@ -76,6 +82,8 @@ class Objective:
     data : Dataset
     y0 : see :func:`~dynlearn.objective.binding.bind_data`
     method, rtol, atol : solver settings
+        ``method="auto"``: RK45 or LSODA as a stiffness probe at ``auto_theta`` decides
+        (see :func:`dynlearn.solve.choose_method`); :attr:`method_choice` says which and why.
     sensitivity : Sensitivity, optional
         Default: :func:`~dynlearn.sensitivity.choice.default_sensitivity` (the adjoint;
         forward sensitivities with a stiff method and at most 100 parameters).
@@ -83,31 +91,37 @@ class Objective:
         As in :func:`dynlearn.fit`. For ``"gaussian"`` the noise levels not given are
         estimated at each ``theta`` (in closed form), and the value is the negative
         log-likelihood.
-    sigma, weights, l2 : as in :func:`dynlearn.fit`
+    sigma, weights, l2, sigma_by : as in :func:`dynlearn.fit`
         ``<obs>_sigma`` data columns give noise levels too.
     input_kind : {"linear", "zoh"}, optional
         How inputs are interpolated between samples (default: the dataset's setting, else
         linear). With ``"zoh"`` the solvers restart at every input jump.
+    auto_theta : array_like, optional
+        Where ``method="auto"`` probes the problem's stiffness (default ``model.theta0``).
     **options : solver options
     """
 
     def __init__(self, model, data, y0=None, method: str = "RK45", rtol: float = 1e-6,
                  atol: float = 1e-8, sensitivity: Sensitivity | None = None, *,
                  loss: str | Loss = "ls", sigma=None, weights=None, l2: float = 0.0,
-                 input_kind: str | None = None, **options):
-        method = check_method(method)
+                 input_kind: str | None = None, auto_theta=None, sigma_by: str | None = None,
+                 **options):
+        method = check_method(method, auto=True)
         options = check_options(options, "loss")
-        if sensitivity is None:
-            sensitivity = default_sensitivity(method, model.n_theta)
-        if not isinstance(sensitivity, Sensitivity):
+        if sensitivity is not None and not isinstance(sensitivity, Sensitivity):
             raise OptionError(f"sensitivity must be dl.ForwardSensitivity(), dl.Adjoint() or "
                               f"dl.FiniteDifference(), got {sensitivity!r}")
         self.data = as_dataset(data) if not isinstance(data, Dataset) else data
         self.bound = bind_data(model, self.data, y0, input_kind)
         space = ParameterSpace(model, [[Parameter(float(v), fixed=True) for v in b.y0]
                                        for b in self.bound], [e.name for e in self.data])
+        choice = None
+        if method == AUTO_METHOD:
+            choice = probe_method(model, self.bound, model.check_theta(auto_theta),
+                                  [b.y0 for b in self.bound], rtol, atol, options)
         self.fit_objective = FitObjective(model, self.bound, space, loss, sigma, weights,
-                                          l2, method, rtol, atol, options, sensitivity)
+                                          l2, method, rtol, atol, options, sensitivity,
+                                          method_choice=choice, sigma_by=sigma_by)
 
     @property
     def model(self):
@@ -120,6 +134,11 @@ class Objective:
     @property
     def method(self) -> str:
         return self.fit_objective.method
+
+    @property
+    def method_choice(self) -> MethodChoice | None:
+        """With ``method="auto"``: the solver chosen and why (else None)."""
+        return self.fit_objective.method_choice
 
     @property
     def rtol(self) -> float:
@@ -143,7 +162,7 @@ class Objective:
         fo = self.fit_objective
         if not fo.estimates_noise:
             return
-        ssr, cnt = np.zeros(len(fo.obs)), np.zeros(len(fo.obs))
+        ssr, cnt = np.zeros(len(fo.noise_groups)), np.zeros(len(fo.noise_groups))
         for i, H in enumerate(predictions):
             a, c = fo.noise_statistics_at(i, H)
             ssr += a
@@ -206,7 +225,7 @@ class Objective:
 
 def loss(model, data, theta=None, method: str = "RK45", rtol: float = 1e-6, atol: float = 1e-8,
          y0=None, *, loss: str | Loss = "ls", sigma=None, weights=None, l2: float = 0.0,
-         input_kind: str | None = None, **options) -> float:
+         input_kind: str | None = None, sigma_by: str | None = None, **options) -> float:
     """The loss of a model against data, as :func:`dynlearn.fit` measures it: one forward
     solve per experiment.
 
@@ -226,7 +245,7 @@ def loss(model, data, theta=None, method: str = "RK45", rtol: float = 1e-6, atol
     loss : {"ls", "gaussian", "log"} or Loss
         As in :func:`dynlearn.fit` (``"gaussian"``: the negative log-likelihood with the
         noise levels not given estimated at ``theta``).
-    sigma, weights, l2, input_kind : as in :func:`dynlearn.fit`
+    sigma, weights, l2, input_kind, sigma_by : as in :func:`dynlearn.fit`
     **options : solver options (``max_step``, ``first_step``, ...)
 
     Returns
@@ -235,13 +254,15 @@ def loss(model, data, theta=None, method: str = "RK45", rtol: float = 1e-6, atol
         For a fitted model, ``result.loss`` (with the fit's settings).
     """
     return Objective(model, data, y0, method, rtol, atol, loss=loss, sigma=sigma,
-                     weights=weights, l2=l2, input_kind=input_kind, **options).value(theta)
+                     weights=weights, l2=l2, input_kind=input_kind, auto_theta=theta,
+                     sigma_by=sigma_by, **options).value(theta)
 
 
 def loss_and_grad(model, data, theta=None, sensitivity: Sensitivity | None = None,
                   method: str = "RK45", rtol: float = 1e-6, atol: float = 1e-8, y0=None, *,
                   loss: str | Loss = "ls", sigma=None, weights=None, l2: float = 0.0,
-                  input_kind: str | None = None, **options) -> tuple[float, np.ndarray]:
+                  input_kind: str | None = None, sigma_by: str | None = None,
+                  **options) -> tuple[float, np.ndarray]:
     """The loss (as :func:`loss`) and its gradient with respect to ``theta``.
 
     Parameters
@@ -258,8 +279,26 @@ def loss_and_grad(model, data, theta=None, sensitivity: Sensitivity | None = Non
         In physical units, in the order of ``model.theta_names``.
     """
     obj = Objective(model, data, y0, method, rtol, atol, sensitivity, loss=loss, sigma=sigma,
-                    weights=weights, l2=l2, input_kind=input_kind, **options)
+                    weights=weights, l2=l2, input_kind=input_kind, auto_theta=theta,
+                    sigma_by=sigma_by, **options)
     return obj.value_and_grad(theta)
+
+
+def probe_method(model, bound, theta, y0s, rtol, atol, options) -> MethodChoice:
+    """What ``method="auto"`` chooses for experiments ``bound`` started from ``y0s`` at
+    parameters ``theta`` (physical): a stiffness probe of each experiment's solve
+    (:func:`~dynlearn.sensitivity.choice.choose_method_for`), stopping at the first stiff
+    one."""
+    def problems():
+        for b, y0 in zip(bound, y0s):
+            yield Problem(VectorField(model, theta, b.inputs), b.t0, b.t,
+                          np.asarray(y0, dtype=float), None, AUTO_METHOD, rtol, atol,
+                          dict(options), b.name)
+    try:
+        return choose_method_for(problems())
+    except ParameterError as exc:       # parameters the model cannot use: the fit says so
+        return MethodChoice("LSODA", None, np.nan, f"the stiffness probe could not run "
+                            f"({exc}); LSODA handles both stiff and non-stiff problems")
 
 
 # --- least-squares problems with a memory ----------------------------------------------------
@@ -381,19 +420,44 @@ class FitObjective(LeastSquaresProblem):
     bound : list of BoundExperiment
     space : ParameterSpace
     loss : {"ls", "gaussian", "log"} or Loss
-    sigma : None, float or dict observable -> float
+    sigma : None, float, str or dict observable -> float or str
+        Known noise levels (numbers), or names of estimated noise levels shared by the
+        observables that give the same name (see :func:`parse_sigma`).
     weights : None or dict observable -> float
     l2 : float
     method, rtol, atol, options : solver settings
+        ``method="auto"`` takes ``method_choice.method``, or probes the problem's stiffness
+        at the starting point ``space.x0`` (:func:`probe_method`).
     sensitivity : Sensitivity, optional
         Gradient method of :meth:`cost_and_grad` (default:
         :func:`~dynlearn.sensitivity.choice.default_sensitivity`); a
         :class:`~dynlearn.ForwardSensitivity` also computes the Jacobians of methods
         without a discrete tangent (see :mod:`dynlearn.sensitivity.choice`).
 
+    method_choice : MethodChoice, optional
+        What ``method="auto"`` chose (kept for the result and checkpoints).
+    sigma_by : {None, "experiment"}
+        ``"experiment"``: every experiment gets noise levels of its own (each noise group
+        is split by experiment, labelled ``<group>@<experiment>``).
+
     Attributes
     ----------
     loss : Loss
+    noise_groups : list of str
+        The labels of the noise levels :attr:`sigma_hat` holds, in its order: by default
+        the observables' names; a name given in ``sigma`` for a shared level; with
+        ``sigma_by="experiment"``, ``<group>@<experiment>``.
+    group_of : ndarray of int, shape (n_experiments, n_obs)
+        The noise group (index into :attr:`noise_groups`) of each experiment's observable,
+        used for its values without a known sigma.
+    estimated : ndarray of bool, shape (n_groups,)
+        Which noise groups the fit estimates (the loss does, and the group has data
+        without a known sigma).
+    sigma_hat : ndarray, shape (n_groups,)
+        The current estimates of the noise groups' levels.
+    method : str
+        The ``solve_ivp`` method used (never ``"auto"``).
+    method_choice : MethodChoice or None
     tracker : object or None
         Told of evaluations (:meth:`count`) and of evaluated points (:meth:`report`); a
         fit sets its :class:`~dynlearn.fitting.fitter.Tracker` here.
@@ -402,20 +466,33 @@ class FitObjective(LeastSquaresProblem):
     def __init__(self, model, bound, space, loss: str | Loss = "ls", sigma=None, weights=None,
                  l2: float = 0.0, method: str = "RK45", rtol: float = 1e-6,
                  atol: float = 1e-8, options: dict | None = None,
-                 sensitivity: Sensitivity | None = None):
+                 sensitivity: Sensitivity | None = None,
+                 method_choice: MethodChoice | None = None, sigma_by: str | None = None):
         loss = loss_from_name(loss)
         self.model, self.bound, self.space, self.loss = model, bound, space, loss
-        self.method, self.rtol, self.atol = method, rtol, atol
+        self.rtol, self.atol = rtol, atol
         self.options = dict(options or {})
+        if method == AUTO_METHOD and method_choice is None:
+            method_choice = probe_method(model, bound, *space.unpack(space.x0), rtol, atol,
+                                         self.options)
+        self.method_choice = method_choice
+        self.method = method_choice.method if method == AUTO_METHOD else method
         self.sensitivity = (sensitivity if sensitivity is not None
-                            else default_sensitivity(method, model.n_theta))
+                            else default_sensitivity(self.method, model.n_theta))
         self.l2 = float(l2)
         if self.l2 < 0:
             raise OptionError(f"l2 must be >= 0, got {l2}")
         obs = list(model.observable_names)
         self.obs = obs
         no = len(obs)
-        fixed_sigma = _per_observable(sigma, obs, "sigma")
+        fixed_sigma, names = parse_sigma(sigma, obs)
+        if sigma_by not in (None, "experiment"):
+            raise OptionError(f"sigma_by={sigma_by!r}: use None or 'experiment'")
+        if (sigma_by is not None or names != obs) and not loss.estimates_noise:
+            raise OptionError(f"shared or per-experiment noise levels are estimated: use "
+                              f"loss='gaussian' (got loss={loss.name!r})")
+        self.sigma_by = sigma_by
+        self.sigma_names = names
         w = _per_observable(weights, obs, "weights")
         w = np.where(np.isnan(w), 1.0, w)
         if np.any(w < 0):
@@ -430,12 +507,21 @@ class FitObjective(LeastSquaresProblem):
             self.known.append(S)
         self.has_known_sigma = any(np.isfinite(S[b.mask]).any() for S, b in
                                    zip(self.known, bound))
-        # observables whose sigma is estimated and the current estimate
-        self.estimated = np.zeros(no, dtype=bool)
+        # the noise groups, whose levels are estimated where the loss does and some data
+        # have no known sigma; by default one per observable, in the observables' order
+        labels: dict[str, int] = {}
+        self.group_of = np.zeros((len(bound), no), dtype=int)
+        for i, b in enumerate(bound):
+            for k in range(no):
+                label = names[k] if sigma_by is None else f"{names[k]}@{b.name}"
+                self.group_of[i, k] = labels.setdefault(label, len(labels))
+        self.noise_groups = list(labels)
+        self.estimated = np.zeros(len(labels), dtype=bool)
         if loss.estimates_noise:
-            for S, b in zip(self.known, bound):
-                self.estimated |= (b.mask & np.isnan(S)).any(axis=0)
-        self.sigma_hat = np.ones(no)
+            for i, (S, b) in enumerate(zip(self.known, bound)):
+                free = (b.mask & np.isnan(S)).any(axis=0)
+                self.estimated[self.group_of[i][free]] = True
+        self.sigma_hat = np.ones(len(labels))
         self.n_data = int(sum(b.mask.sum() for b in bound))
         self.n_reg = int(space.is_weight.sum()) if self.l2 > 0 else 0
         self._refresh_scales()
@@ -472,20 +558,25 @@ class FitObjective(LeastSquaresProblem):
     # --- noise levels ------------------------------------------------------------------------
     def _refresh_scales(self):
         self.scales = []
-        for S in self.known:
-            sig = np.where(np.isnan(S), self.sigma_hat[None, :], S)
+        for i, S in enumerate(self.known):
+            sig = np.where(np.isnan(S), self.sigma_hat[self.group_of[i]][None, :], S)
             self.scales.append(np.sqrt(self.weights)[None, :] / sig)
 
     def set_sigma(self, sigma_hat) -> None:
-        """Set the estimated noise levels (one per observable; used where no sigma is
-        known) and forget the remembered evaluation."""
-        self.sigma_hat = np.asarray(sigma_hat, dtype=float)
+        """Set the estimated noise levels (one per noise group, see :attr:`noise_groups`;
+        used where no sigma is known) and forget the remembered evaluation."""
+        sigma_hat = np.asarray(sigma_hat, dtype=float)
+        if sigma_hat.shape != (len(self.noise_groups),):
+            raise OptionError(f"{sigma_hat.size} noise levels given; this fit has "
+                              f"{len(self.noise_groups)} noise groups {self.noise_groups}")
+        self.sigma_hat = sigma_hat
         self._refresh_scales()
         self.forget()
 
     def estimate_sigma(self, x) -> np.ndarray:
-        """Maximum-likelihood noise levels of the estimated observables at ``x``:
-        ``sigma_k^2 = SSR_k / n_k`` on the unscaled residuals."""
+        """Maximum-likelihood noise levels of the estimated noise groups at ``x``:
+        ``sigma_g^2 = SSR_g / n_g`` on the unscaled (weighted) residuals of the group's data
+        without a known sigma (the Gaussian likelihood's stationary point in ``sigma_g``)."""
         return self.noise_levels(*self.noise_statistics(x))
 
     def noise_levels(self, ssr, cnt) -> np.ndarray:
@@ -497,11 +588,11 @@ class FitObjective(LeastSquaresProblem):
         return out
 
     def noise_statistics(self, x):
-        """Per observable: the weighted sum of squared unscaled residuals over the data
+        """Per noise group: the weighted sum of squared unscaled residuals over the data
         whose noise is estimated, and how many such data there are (summed over
         experiments)."""
-        ssr = np.zeros(len(self.obs))
-        cnt = np.zeros(len(self.obs))
+        ssr = np.zeros(len(self.noise_groups))
+        cnt = np.zeros(len(self.noise_groups))
         theta, y0s = self.space.unpack(x)
         for i, y0 in enumerate(y0s):
             a, c = self.noise_statistics_at(i, self._observe(i, theta, y0))
@@ -521,15 +612,59 @@ class FitObjective(LeastSquaresProblem):
         free = b.mask & np.isnan(S)
         g = self.loss.g
         d = np.where(free, g(H, b.mask) - g(np.where(b.mask, b.Y, 1.0), b.mask), 0.0)
-        return (d * d).sum(axis=0) * self.weights, free.sum(axis=0).astype(float)
+        n = len(self.noise_groups)
+        return (np.bincount(self.group_of[i], (d * d).sum(axis=0) * self.weights, n),
+                np.bincount(self.group_of[i], free.sum(axis=0).astype(float), n))
+
+    def observable_noise(self) -> np.ndarray:
+        """Per observable, the estimated noise level of its data without a known sigma,
+        pooled over its noise groups (``sqrt(sum n_g sigma_g^2 / sum n_g)``, exactly its
+        group's level when it has one); NaN where none is estimated."""
+        var, cnt = np.zeros(len(self.obs)), np.zeros(len(self.obs))
+        if self.loss.estimates_noise:
+            for i, (S, b) in enumerate(zip(self.known, self.bound)):
+                n = (b.mask & np.isnan(S)).sum(axis=0)
+                var += n * self.sigma_hat[self.group_of[i]] ** 2
+                cnt += n
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(cnt > 0, np.sqrt(var / np.maximum(cnt, 1)), np.nan)
+
+    def noise_group_members(self) -> dict[str, list[str]]:
+        """The estimated noise groups and the observables each covers (in observable
+        order)."""
+        out: dict[str, list[str]] = {}
+        for i, (S, b) in enumerate(zip(self.known, self.bound)):
+            free = (b.mask & np.isnan(S)).any(axis=0)
+            for k in np.flatnonzero(free):
+                members = out.setdefault(self.noise_groups[self.group_of[i, k]], [])
+                if self.obs[k] not in members:
+                    members.append(self.obs[k])
+        order = {g: j for j, g in enumerate(self.noise_groups)}
+        return {g: out[g] for g in sorted(out, key=order.get) if self.estimated[order[g]]}
+
+    def sigma_spec(self) -> dict:
+        """The ``sigma=`` argument that rebuilds this objective's noise model from its
+        data: a known level given for an observable as one number, and the names of the
+        shared noise levels (None when neither)."""
+        out: dict = {}
+        for S, b in zip(self.known, self.bound):
+            for k, o in enumerate(self.obs):
+                col = S[:, k][np.isfinite(S[:, k])]
+                if col.size and np.all(col == col[0]) and b.sigma is not None and \
+                        not np.isfinite(b.sigma[:, k]).any():
+                    out[o] = float(col[0])
+        for o, name in zip(self.obs, self.sigma_names):
+            if name != o:
+                out[o] = name
+        return out or None
 
     def penalty(self) -> float:
         """``2 sum log sigma`` over the data, for a loss that estimates noise (else 0)."""
         if not self.loss.estimates_noise:
             return 0.0
         tot = 0.0
-        for b, S in zip(self.bound, self.known):
-            sig = np.where(np.isnan(S), self.sigma_hat[None, :], S)
+        for i, (b, S) in enumerate(zip(self.bound, self.known)):
+            sig = np.where(np.isnan(S), self.sigma_hat[self.group_of[i]][None, :], S)
             tot += 2.0 * np.log(sig[b.mask]).sum()
         return float(tot)
 
@@ -801,6 +936,54 @@ class FitObjective(LeastSquaresProblem):
     @property
     def best_cost(self) -> float:
         return self.tracker.best_cost if self.tracker is not None else self._best[1]
+
+
+def parse_sigma(sigma, obs) -> tuple[np.ndarray, list[str]]:
+    """The noise model of ``sigma=``: known levels and the names of estimated ones.
+
+    Parameters
+    ----------
+    sigma : None, float, str or dict observable -> float or str
+        A number is a known noise level (standard deviation); a string names a noise level
+        estimated by the fit (``loss="gaussian"``), shared by every observable given the
+        same name. A number or a string alone applies to every observable; an observable
+        not named in a dict has a noise level of its own (named after it).
+    obs : list of str
+        The observables.
+
+    Returns
+    -------
+    known : ndarray
+        Per observable, its known level (NaN: not given).
+    names : list of str
+        Per observable, the name of its estimated noise level (its own name by default).
+
+    Raises
+    ------
+    OptionError
+        For an unknown observable, a non-positive level, an empty name, or a group named
+        after an observable that is not in it.
+    """
+    names = list(obs)
+    if isinstance(sigma, str):
+        sigma = {o: sigma for o in obs}
+    if isinstance(sigma, dict):
+        named = {k: v for k, v in sigma.items() if isinstance(v, str)}
+        sigma = {k: v for k, v in sigma.items() if not isinstance(v, str)}
+        for k, v in named.items():
+            if k not in obs:
+                raise OptionError(f"sigma names {[k]}, which is not an observable; "
+                                  f"observables are {obs}")
+            if not v.strip():
+                raise OptionError(f"sigma for {k!r}: an empty noise-level name")
+            names[obs.index(k)] = v.strip()
+        for k, v in enumerate(names):
+            if v in obs and names[obs.index(v)] != v:
+                raise OptionError(f"sigma: observable {obs[k]!r} shares the noise level "
+                                  f"{v!r}, the name of another observable with its own level; "
+                                  "choose another name")
+        sigma = sigma or None
+    return _per_observable(sigma, obs, "sigma"), names
 
 
 def _per_observable(spec, obs, what: str) -> np.ndarray:

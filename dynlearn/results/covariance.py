@@ -9,6 +9,14 @@ is known (plain least squares, log residuals), the covariance is scaled by the r
 variance ``s^2 = SSR / (n - p)``, as least-squares practice does, and intervals use
 Student's t with ``n - p`` degrees of freedom.
 
+The Jacobian at the optimum is the one the optimizer left when it left one (free); else it
+is computed once, by the fit's own Jacobian method (the one place choosing it,
+:mod:`dynlearn.sensitivity.choice`: the discrete tangent for RK45/RK23, forward
+sensitivities otherwise), within a time budget (:func:`optimum_jacobian`): a stiff model's
+sensitivities at a multi-start optimum can take far longer than anything the fit did, and
+a fit never hangs for its standard errors. Past the budget the result comes without them
+and says why.
+
 Intervals are computed in the optimizer's coordinates and mapped to physical units, so a
 log-transformed parameter gets an asymmetric interval ``exp(z +- q se_z)`` that never
 crosses zero, and its standard error in physical units is ``value * se_z`` (the delta
@@ -24,13 +32,93 @@ References
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from dynlearn.core.parameters import ParameterSpace
+from dynlearn.errors import TimeLimitError
+from dynlearn.objective.losses import Rejected
 from dynlearn.results.diagnostics import bound_flags
+from dynlearn.solve import current_deadline, deadline
 
-__all__ = ["correlation_from_covariance", "covariance_frames", "fisher_covariance", "interval",
-           "parameter_covariance", "params_table", "quantile"]
+__all__ = ["COVARIANCE_JACOBIANS", "COVARIANCE_MIN_SECONDS", "correlation_from_covariance",
+           "covariance_budget", "covariance_frames", "fisher_covariance", "interval",
+           "optimum_jacobian", "parameter_covariance", "params_table", "quantile"]
+
+#: The Jacobian for the standard errors may take this many times the fit's own mean cost of
+#: one derivative evaluation (a Jacobian or a gradient) ...
+COVARIANCE_JACOBIANS = 20
+#: ... and at least this many seconds (the timings of a quick fit are too noisy to scale).
+COVARIANCE_MIN_SECONDS = 10.0
+
+
+def covariance_budget(elapsed: float, outcomes) -> float:
+    """Seconds the Jacobian at the optimum may take: :data:`COVARIANCE_JACOBIANS` times
+    the fit's mean time per derivative evaluation, at least :data:`COVARIANCE_MIN_SECONDS`.
+
+    Parameters
+    ----------
+    elapsed : float
+        Wall time of the fit (all starts).
+    outcomes : list
+        The starts, with their counts ``njev`` and ``ngev`` (``nfev`` when the optimizer
+        evaluated no derivative).
+
+    Returns
+    -------
+    float
+    """
+    n = sum(int(o.njev) + int(o.ngev) for o in outcomes)
+    if n == 0:
+        n = sum(int(o.nfev) for o in outcomes)
+    per = float(elapsed) / max(n, 1)
+    return max(COVARIANCE_MIN_SECONDS, COVARIANCE_JACOBIANS * per)
+
+
+def optimum_jacobian(obj, x, final=None, budget: float | None = None):
+    """Residuals and Jacobian at a fit's optimum, within a time budget.
+
+    Parameters
+    ----------
+    obj : FitObjective
+    x : ndarray
+        The optimum.
+    final : tuple, optional
+        ``(r, J)`` the optimizer left at ``x``: used as is (nothing is computed).
+    budget : float, optional
+        Seconds the computation may take. A deadline already in force (a fit's
+        ``max_time``) is kept instead: the user's own limit.
+
+    Returns
+    -------
+    r, J : ndarray or None
+        ``None`` when they could not be had.
+    why : str
+        Why not, when they were cut off by the time limit (``""`` otherwise; a failed solve
+        at ``x`` is left for :func:`~dynlearn.results.diagnostics.diagnose` to describe).
+    """
+    if final is not None:
+        return final[0], final[1], ""
+    limit = current_deadline()
+    own = limit is None and budget is not None
+    at = time.time() + budget if own else limit
+    try:
+        with deadline(at):
+            r, J = obj.jacobian(x)
+    except Rejected:
+        return None, None, ""
+    except TimeLimitError:
+        if own:
+            why = (f"the residual Jacobian at the optimum was not computed within its time "
+                   f"budget of {budget:.3g} s ({COVARIANCE_JACOBIANS} times the fit's mean time "
+                   f"per derivative evaluation, at least {COVARIANCE_MIN_SECONDS:g} s); with "
+                   "max_time= a fit gives it the time left until that limit instead")
+        else:
+            why = ("the residual Jacobian at the optimum was not computed: the fit's time "
+                   "limit (max_time) ran out during it")
+        return None, None, why
+    return r, J, ""
 
 
 def fisher_covariance(J: np.ndarray, scale: float = 1.0, rcond: float = 1e-12):

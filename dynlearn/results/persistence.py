@@ -73,7 +73,8 @@ def write_result(result: FitResult, objective: FitObjective | None, path) -> tup
         "n_data": result.n_data, "n_params": result.n_params, "sigma": result.sigma,
         "config": result.config, "names": obj.space.names if obj is not None else [],
         "sigma_hat": obj.sigma_hat if obj is not None else None,
-        "fit_sigma": _sigma_spec(obj), "weights_spec": _weights_spec(obj),
+        "fit_sigma": obj.sigma_spec() if obj is not None else None,
+        "weights_spec": _weights_spec(obj),
         "y0_params": [[parameter_to_dict(p) for p in row] for row in obj.space.y0]
         if obj is not None else None,
         "params": {"index": list(result.params.index), "columns": list(result.params.columns),
@@ -156,7 +157,7 @@ def _read_result(path, model):
                       cfg.get("input_kind"))
     obj = FitObjective(model, bound, space, cfg["loss"], meta.get("fit_sigma"),
                        meta.get("weights_spec"), cfg.get("l2", 0.0), cfg["method"], cfg["rtol"],
-                       cfg["atol"], cfg.get("options", {}))
+                       cfg["atol"], cfg.get("options", {}), sigma_by=cfg.get("sigma_by"))
     if meta.get("sigma_hat") is not None:
         obj.set_sigma(np.asarray(meta["sigma_hat"], dtype=float))
     x = arrays["x"]
@@ -221,19 +222,6 @@ def _unjson(v):
     if isinstance(v, str) and v in ("inf", "-inf", "nan"):
         return float(v)
     return v
-
-
-def _sigma_spec(obj):
-    if obj is None:
-        return None
-    out = {}
-    for S, b in zip(obj.known, obj.bound):
-        for k, o in enumerate(obj.obs):
-            col = S[:, k][np.isfinite(S[:, k])]
-            if col.size and np.all(col == col[0]) and b.sigma is not None and \
-                    not np.isfinite(b.sigma[:, k]).any():
-                out[o] = float(col[0])
-    return out or None
 
 
 def _weights_spec(obj):

@@ -83,7 +83,7 @@ def plot_result(result, kind: str = "fit", observable: str | None = None,
     tu = model.unit(model.time.name) or getattr(data, "time_unit", None) or ""
     xlabel = f"{tname} [{tu}]" if tu and tu != tname else tname
     if kind == "fit":
-        t = np.union1d(np.linspace(exp.t[0], exp.t[-1], n), exp.t)
+        t = np.union1d(np.linspace(exp.start, exp.t[-1], n), exp.t)
         pred = result.predict(t, experiment=exp.name)
 
         def col(name):
@@ -123,7 +123,7 @@ def plot_result(result, kind: str = "fit", observable: str | None = None,
         if name not in names:
             raise OptionError(f"output {name!r} is not one of {names}")
         net, k = outs[names.index(name)]
-        traj = result.predict(np.linspace(exp.t[0], exp.t[-1], n), experiment=exp.name,
+        traj = result.predict(np.linspace(exp.start, exp.t[-1], n), experiment=exp.name,
                               bands=False)
         V, Z, grid = network_output_samples(model, model.theta0, net, k, traj)
         rec = getattr(recovered, "expressions", recovered) or {}

@@ -138,7 +138,7 @@ def _prediction_frames(result, data, n: int = PREDICTION_POINTS):
     """Model predictions on a fine grid per experiment (plus the data times)."""
     frames = []
     for exp in data.experiments:
-        t = np.union1d(np.linspace(exp.t[0], exp.t[-1], n), exp.t)
+        t = np.union1d(np.linspace(exp.start, exp.t[-1], n), exp.t)
         df = result.predict(t, experiment=exp.name)
         if len(data.experiments) > 1:
             df.insert(0, "experiment", exp.name)
@@ -400,7 +400,10 @@ def _write_html(result, model, data, out: Path, images, model_file, no_band: str
     names = list(dict.fromkeys(label.split(": ")[-1] for _, label in result.stages))
     rep.paragraph(f"Loss: {cfg.get('loss')}; optimizer: "
                   f"{' then '.join(names) if names else opt.get('type', 'default')}; "
-                  f"solver: {cfg.get('method')} (rtol={cfg.get('rtol'):g}, "
+                  f"solver: {cfg.get('method')} ("
+                  + (f"auto: {cfg['method_choice']['reason']}; "
+                     if cfg.get("method_choice") else "") +
+                  f"rtol={cfg.get('rtol'):g}, "
                   f"atol={cfg.get('atol'):g}); {result.nfev + result.njev + result.ngev} "
                   f"evaluations ({result.nfev} solves, {result.njev} Jacobians, {result.ngev} "
                   f"gradients), {result.nit} iterations; AIC {result.aic:.4g}, "

@@ -23,11 +23,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dynlearn.core.parameters import ParameterSpace
-from dynlearn.errors import OptionError, TimeLimitError
+from dynlearn.errors import OptionError
 from dynlearn.objective.losses import loss_from_name
 from dynlearn.objective.objective import FitObjective, Rejected
 from dynlearn.optimizers import Status
-from dynlearn.results.covariance import covariance_frames, parameter_covariance, params_table
+from dynlearn.results.covariance import (
+    covariance_budget,
+    covariance_frames,
+    optimum_jacobian,
+    parameter_covariance,
+    params_table,
+)
 from dynlearn.results.diagnostics import (
     CORRELATION_THRESHOLD,
     Diagnostics,
@@ -38,6 +44,7 @@ from dynlearn.results.diagnostics import (
 from dynlearn.results.likelihood_profile import Profile, profile
 from dynlearn.results.persistence import read_result, write_result
 from dynlearn.results.prediction import predict
+from dynlearn.solve import MethodChoice
 
 __all__ = ["FitResult", "load_result"]
 
@@ -85,7 +92,10 @@ class FitResult:
     covariance, correlation : pandas.DataFrame or None
         Over the free entries of :attr:`params`, in physical units.
     sigma : dict
-        Noise level per observable (estimated for ``"gaussian"``).
+        Noise level per observable (estimated for ``"gaussian"``: pooled over its noise
+        groups when it has several), and each estimated noise group's level under its label
+        where it is not an observable's name (a shared level ``sigma={"x": "s", "y": "s"}``,
+        per experiment ``x@exp1``).
     aic, bic : float
     model : HybridModel
         The model at the fitted values.
@@ -144,6 +154,17 @@ class FitResult:
     # the fit's objective, bound to the data (rebuilt after load); see objective()
     _obj: object = field(repr=False, default=None)
 
+    @property
+    def method(self) -> str:
+        """The ``solve_ivp`` method the fit used (what ``method="auto"`` chose)."""
+        return str(self.config.get("method"))
+
+    @property
+    def method_choice(self) -> MethodChoice | None:
+        """With ``method="auto"``: the method chosen and why (kept when saved); else None."""
+        rec = self.config.get("method_choice")
+        return MethodChoice.from_dict(rec) if rec else None
+
     # --- construction ---------------------------------------------------------------------
     @classmethod
     def from_fit(cls, model0, dataset, obj: FitObjective, best, outcomes, optimizer, elapsed,
@@ -175,23 +196,21 @@ class FitResult:
         x = np.asarray(best.x, dtype=float)
         theta, y0s = space.unpack(x)
         cov_x, r_data, dof, scaled = None, None, None, False
-        r, J = None, None
-        timed_out = False
-        try:
-            r, J = best.final if best.final is not None else obj.jacobian(x)
+        # within a budget (the fit's max_time, else a multiple of its own cost per
+        # evaluation): past it the result keeps the best point and its loss, without the
+        # standard errors, rather than hang on a solve of unbounded length
+        r, J, not_computed = optimum_jacobian(obj, x, best.final,
+                                              covariance_budget(elapsed, outcomes))
+        timed_out = bool(not_computed)
+        if r is not None:
             r_data = r[:obj.n_data]
             cov_x, dof, scaled = parameter_covariance(obj, r, J)
-        except Rejected:
-            pass
-        except TimeLimitError:
-            # the fit's time limit (and the grace dl.fit gives the result) ran out during
-            # the Jacobian: the result keeps the best point and its loss, without the
-            # standard errors, rather than overrun max_time by a solve of unbounded length
-            r, J, timed_out = None, None, True
         loss = best.loss if timed_out else _final_loss(obj, x, r_data)
         table = params_table(model0, space, x, cov_x, dof, scaled, level)
         table["unit"] = [model0.unit(n) for n in table.index]    # a label, for the tables
         diagnostics = diagnose(obj, x, r, J, cov_x, table)
+        if not_computed:
+            diagnostics.uncertainty = not_computed
         if diagnostics.noise_warning:
             # stacklevel: from_fit <- dynlearn.fit <- the caller
             warnings.warn(diagnostics.noise_warning, FitWarning, stacklevel=3)
@@ -202,8 +221,12 @@ class FitResult:
         n, p = obj.n_data, space.size + int(obj.estimated.sum())
         aic, bic = _information(obj, x, r_data, n, p)
         starts = _starts_frame(space, outcomes)
-        sigma = {o: float(s) for o, s in zip(obj.obs, obj.sigma_hat) if obj.estimated[
-            obj.obs.index(o)]} if obj.loss.estimates_noise else {}
+        # per observable its estimated level (pooled over its groups), then each estimated
+        # group's own under its label (by default the groups are the observables)
+        sigma = {o: float(s) for o, s in zip(obj.obs, obj.observable_noise())
+                 if np.isfinite(s)}
+        sigma.update({g: float(s) for g, s, e in zip(obj.noise_groups, obj.sigma_hat,
+                                                      obj.estimated) if e})
         for o in obj.obs:
             sigma.setdefault(o, _known_sigma(obj, o))
         return cls(success=best.success, status=best.status, message=best.message,
@@ -253,6 +276,9 @@ class FitResult:
                  f"{self.elapsed:.3g} s"
                  + (f"; {self.rejected} trial points rejected (solver failure)"
                     if self.rejected else "")]
+        choice = self.method_choice
+        if choice is not None:
+            lines.append(f"  solver: {choice.describe()}")
         reg = self.config.get("regularisation")     # l2="auto" (dynlearn.fitting.regularisation)
         if reg:
             lines.append(f"  L2 penalty chosen from the data: l2 = {reg['l2']:.3g} "
@@ -262,7 +288,12 @@ class FitResult:
                                           *[u.name for u in m0.inputs], *m0.observable_names)}
         if any(labels.values()):     # the parameters' units are in their table
             lines.append("  units: " + ", ".join(f"{k} [{u}]" for k, u in labels.items() if u))
-        if loss_from_name(self.config.get("loss", "ls")).estimates_noise:
+        groups = self.config.get("noise_groups")
+        if groups:      # shared or per-experiment noise levels: each with what it covers
+            lines.append("  noise sigma (estimated by the fit): " + ", ".join(
+                f"{g}={self.sigma.get(g, math.nan):.4g} ({', '.join(m)})"
+                for g, m in groups.items()))
+        elif loss_from_name(self.config.get("loss", "ls")).estimates_noise:
             lines.append("  noise sigma (estimated by the fit): " + ", ".join(
                 f"{k}={v:.4g}" + (f" {m0.unit(k)}" if m0.unit(k) else "")
                 for k, v in self.sigma.items()))

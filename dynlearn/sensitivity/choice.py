@@ -20,19 +20,28 @@ adjoint, except with a stiff method (BDF, Radau, LSODA) and at most
 adjoint costs 12-44 forward solves (its backward solve restarts at every observation and
 takes several times the forward steps), forward sensitivities 1.4-16 up to the 100
 parameters measured, and with LSODA they were the fastest gradient on every problem.
+
+``method="auto"`` (:func:`choose_method_for`) picks the solver from a cheap stiffness probe
+of the solves themselves (:func:`dynlearn.solve.choose_method`): RK45 with the discrete
+adjoint and tangent for a non-stiff problem, LSODA with the gradient method above for a
+stiff or borderline one. The sensitivity then follows the chosen method as for a method the
+user names, and a sensitivity the user gives is kept.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from itertools import chain
 
 from dynlearn.core.vectorfield import VectorField
 from dynlearn.sensitivity.adjoint import Adjoint
 from dynlearn.sensitivity.base import Problem, Sensitivity
 from dynlearn.sensitivity.discrete import DISCRETE_METHODS, discrete_state_jacobian
 from dynlearn.sensitivity.forward import ForwardSensitivity
-from dynlearn.solve import STIFF_METHODS
+from dynlearn.solve import STIFF_METHODS, MethodChoice, choose_method
 
-__all__ = ["STIFF_FORWARD_LIMIT", "cheap_jacobian", "default_sensitivity", "observable_jacobian",
-           "observe_with_jacobian", "state_jacobian"]
+__all__ = ["STIFF_FORWARD_LIMIT", "cheap_jacobian", "choose_method_for", "default_sensitivity",
+           "observable_jacobian", "observe_with_jacobian", "state_jacobian"]
 
 #: most parameters for which a stiff method's default gradient is forward sensitivities
 STIFF_FORWARD_LIMIT = 100
@@ -58,6 +67,22 @@ def default_sensitivity(method: str, n_params: int) -> Sensitivity:
     if method in STIFF_METHODS and n_params <= STIFF_FORWARD_LIMIT:
         return ForwardSensitivity()
     return Adjoint()
+
+
+def choose_method_for(problems: Iterable[Problem]) -> MethodChoice:
+    """The solver for ``method="auto"`` from the solves of ``problems`` (an experiment each,
+    at the point where the fit or evaluation starts; their own tolerances and options): see
+    :func:`dynlearn.solve.choose_method`. ``problems`` may be a generator: probing stops at
+    the first stiff experiment."""
+    rest = iter(problems)
+    first = next(rest, None)
+    if first is None:
+        return MethodChoice("RK45", False, float("nan"), "nothing to integrate")
+
+    def solves():
+        for p in chain([first], rest):
+            yield p.vf, p.t0, float(p.t_obs[-1]), p.y0, p.where
+    return choose_method(solves(), first.rtol, first.atol, first.options)
 
 
 def cheap_jacobian(method: str) -> bool:

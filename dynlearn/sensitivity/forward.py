@@ -27,6 +27,11 @@ Stiff methods beyond the symbolic system receive the block-diagonal Jacobian ``I
 sparse for Radau and BDF, banded for LSODA (:func:`banded_block_jacobian`), whose Fortran
 core takes no sparse matrix.
 
+:meth:`ForwardSensitivity.directional` integrates the derivatives along given directions
+of an outer parameter vector instead (``dy/dx = dy/dtheta Dtheta + dy/dy0 D0``), one column
+per direction that moves anything: what dl.petab needs, with far fewer components than
+``dy/dtheta`` and ``dy/dy0`` in full.
+
 Use it when parameters are few (cost grows with ``p``) or when the full Jacobian of the
 residuals is wanted (Gauss-Newton / Levenberg-Marquardt fits, Fisher information). For
 many parameters (networks) prefer :class:`~dynlearn.Adjoint`.
@@ -178,17 +183,87 @@ class ForwardSensitivity(Sensitivity):
         vf = prob.vf
         n, P = vf.n, vf.n_theta
         q = P + (n if wrt_y0 else 0)
-        t_obs, t0 = prob.t_obs, prob.t0
-        m = t_obs.size
         S0 = np.zeros((q, n))
         if wrt_y0:
             S0[P:] = np.eye(n)
+        # small systems: one symbolic function with its exact Jacobian (see the limit's notes)
+        symbolic = not vf.c.nets and n * (q + 1) <= SENSITIVITY_SYSTEM_LIMIT
+        return self._integrate(prob, S0, None, symbolic=symbolic, wrt_y0=wrt_y0)
+
+    def directional(self, prob: Problem, Dtheta: np.ndarray, D0: np.ndarray | None = None):
+        """States and their derivatives along ``k`` directions of an outer parameter vector
+        ``x``, given ``dtheta/dx`` and ``dy0/dx``: ``S = dy/dtheta Dtheta + dy/dy0 D0``.
+
+        Integrates ``S' = J S + (df/dtheta) Dtheta`` with ``S(t0) = D0`` directly: ``n (1 +
+        k')`` components, ``k'`` the directions that move ``theta`` or ``y0`` at all,
+        instead of ``n (1 + n_theta + n)`` for all of ``dy/dtheta`` and ``dy/dy0`` followed
+        by the chain rule. The result is the same to the solver's tolerance (a linear
+        combination of the same linear equations).
+
+        Parameters
+        ----------
+        prob : Problem
+        Dtheta : ndarray, shape (n_theta, k)
+            ``dtheta/dx``.
+        D0 : ndarray, shape (n, k), optional
+            ``dy0/dx`` (zero when omitted).
+
+        Returns
+        -------
+        Y : ndarray, shape (m, n)
+        S : ndarray, shape (m, n, k)
+            ``dy/dx`` at the observation times.
+        """
+        vf = prob.vf
+        n, P = vf.n, vf.n_theta
+        Dtheta = np.asarray(Dtheta, dtype=float).reshape(P, -1)
+        k = Dtheta.shape[1]
+        wrt_y0 = D0 is not None
+        if not vf.c.nets and n * (P + (n if wrt_y0 else 0) + 1) <= SENSITIVITY_SYSTEM_LIMIT:
+            # small enough for the whole system compiled with its exact Jacobian: faster
+            # than fewer components evaluated with numpy (see the module notes)
+            Y, S = self.trajectories(prob, wrt_y0)
+            out = S[:, :, :P] @ Dtheta
+            if wrt_y0:
+                out += S[:, :, P:] @ np.asarray(D0, dtype=float).reshape(n, k)
+            return Y, out
+        moves = np.any(Dtheta != 0, axis=0)
+        if D0 is not None:
+            D0 = np.asarray(D0, dtype=float).reshape(n, k)
+            moves |= np.any(D0 != 0, axis=0)
+        cols = np.flatnonzero(moves)
+        # a direction that moves neither theta nor y0 has S = 0 at all times: not integrated
+        S0 = np.zeros((cols.size, n)) if D0 is None else np.ascontiguousarray(D0[:, cols].T)
+        Y, Sk = self._integrate(prob, S0, np.ascontiguousarray(Dtheta[:, cols]),
+                                symbolic=False, wrt_y0=False)
+        S = np.zeros((Y.shape[0], n, k))
+        S[:, :, cols] = Sk
+        return Y, S
+
+    def _integrate(self, prob: Problem, S0: np.ndarray, W: np.ndarray | None, symbolic: bool,
+                   wrt_y0: bool):
+        """Integrate ``[y, S]`` with ``S' = J S + (df/dtheta) W`` from ``S(t0) = S0`` (shape
+        (q, n), one row per column of ``S``). ``W`` is ``dtheta/d(column)``, shape
+        (n_theta, q); ``None`` means the identity on the first ``n_theta`` columns and
+        nothing on the others (``dy/d[theta, y0]``), the only case the ``symbolic`` system
+        (compiled for ``wrt_y0``) implements."""
+        vf = prob.vf
+        n, P = vf.n, vf.n_theta
+        q = S0.shape[0]
+        t_obs, t0 = prob.t_obs, prob.t0
+        m = t_obs.size
         z0 = np.concatenate([prob.y0, S0.ravel()])
         if t_obs[-1] == t0:
             return np.tile(prob.y0, (m, 1)), np.broadcast_to(S0.T, (m, n, q)).copy()
 
-        # small systems: one symbolic function with its exact Jacobian (see the limit's notes)
-        symbolic = not vf.c.nets and n * (q + 1) <= SENSITIVITY_SYSTEM_LIMIT
+        def forcing(dST, Jt):
+            # dST (q, n) += ((df/dtheta) W).T
+            if W is None:
+                dST[:P] += Jt.T
+            else:
+                dST += (Jt @ W).T
+            return dST
+
         if symbolic:
             fsym, jsym, _ = vf.c.sensitivity_system(wrt_y0)
             pl, inputs = vf.pl, vf.inputs
@@ -206,25 +281,23 @@ class ForwardSensitivity(Sensitivity):
                 y = z[:n]
                 f, J, Jt = split(fjp([t], y.tolist(), pl, [], inputs(t).tolist()
                                      if inputs else []))
-                dST = product(J, z[n:].reshape(q, n))
-                dST[:P] += Jt.T
+                dST = forcing(product(J, z[n:].reshape(q, n)), Jt)
                 return np.concatenate([f, dST.ravel()])
         else:
             product = jacobian_product(vf.c.jacobian_pattern())
 
             def fun(t, z):
                 y = z[:n]
-                ST = z[n:].reshape(q, n)
                 J, Jt = vf.jac_and_theta_jac(t, y)
-                dST = product(J, ST)
-                dST[:P] += Jt.T
+                dST = forcing(product(J, z[n:].reshape(q, n)), Jt)
                 return np.concatenate([vf.fun(t, y), dST.ravel()])
 
         kw = dict(method=prob.method, rtol=prob.rtol, **prob.options)
         atol = np.asarray(prob.atol, dtype=float)
         # dy_i/dtheta_k shares the absolute tolerance of y_i
         kw["atol"] = np.tile(atol, q + 1) if atol.ndim else float(atol)
-        if prob.method in STIFF_METHODS and symbolic and jsym is not None:
+        jsym = vf.c.sensitivity_system(wrt_y0)[1] if symbolic else None
+        if prob.method in STIFF_METHODS and jsym is not None:
             def jac(t, z):
                 return jsym([t], z.tolist(), pl, [], inputs(t).tolist() if inputs else [])
             kw["jac"] = jac
