@@ -5,7 +5,7 @@ Usage::
 
     python benchmarks/petab_collection.py PATH/TO/Benchmark-Models \\
         [--references benchmark-references.tsv] [--gradients benchmark-gradients.json] \\
-        [--problems NAME ...] [--timeout 300] [--rtol 1e-9 --atol 1e-12]
+        [--problems NAME ...] [--timeout 300] [--rtol 1e-9 --atol 1e-12] [--method LSODA]
 
 One row per problem (each runs in its own process, with a time limit):
 
@@ -19,7 +19,7 @@ One row per problem (each runs in its own process, with a time limit):
   likelihood and gradient, which compile the model's functions;
 * ``t_eval``, ``t_grad``: wall time of one more likelihood and one more likelihood+gradient
   evaluation (s), beside AMICI's (``t_sim_ms``, ``t_grad_ms`` of the reference table, run at
-  rtol = atol = 1e-12 on a similar shared machine).
+  rtol = atol = 1e-12 on a similar shared machine), and the ratios dynlearn / AMICI.
 
 The collection and the references are read from the paths given; nothing is copied.
 """
@@ -107,6 +107,17 @@ def _read_refs(path: str | None) -> dict:
     return {r["problem"]: r for _, r in df.iterrows()}
 
 
+def _ratio(t_s, ref, col: str):
+    """dynlearn's time (s) over AMICI's (ms, from the reference table: another machine)."""
+    try:
+        amici = float(ref[col]) if ref is not None else math.nan
+    except (KeyError, TypeError, ValueError):
+        amici = math.nan
+    if t_s is None or not amici > 0:
+        return None
+    return 1000.0 * t_s / amici
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("collection", help="the Benchmark-Models directory")
@@ -116,6 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per problem")
     ap.add_argument("--rtol", type=float, default=1e-9)
     ap.add_argument("--atol", type=float, default=1e-12)
+    ap.add_argument("--method", help="solver method (default: dl.petab's)")
     args = ap.parse_args(argv)
 
     refs = _read_refs(args.references)
@@ -123,17 +135,20 @@ def main(argv=None) -> int:
     names = args.problems or sorted(d for d in os.listdir(args.collection)
                                     if os.path.isdir(os.path.join(args.collection, d)))
     opts = dict(rtol=args.rtol, atol=args.atol)
+    if args.method:
+        opts["method"] = args.method
     header = ("| problem | status | nllh | ref nllh | abs diff | grad rel | max rel | "
-              "t_import s | t_first s | t_eval s | t_grad s | AMICI t_sim ms | AMICI t_grad ms |")
+              "t_import s | t_first s | t_eval s | t_grad s | AMICI t_sim ms | AMICI t_grad ms | "
+              "eval / AMICI | grad / AMICI |")
     print(header)
-    print("|" + "---|" * 13)
+    print("|" + "---|" * 15)
     n_ok = n_match = 0
     ctx = mp.get_context("spawn")
     for name in names:
         try:
             yaml_path = _problem_yaml(args.collection, name)
         except FileNotFoundError as exc:
-            print(f"| {name} | {exc} |" + " |" * 11)
+            print(f"| {name} | {exc} |" + " |" * 13)
             continue
         q = ctx.Queue()
         p = ctx.Process(target=_run_one, args=(yaml_path, grads.get(name), opts, q))
@@ -165,7 +180,9 @@ def main(argv=None) -> int:
               f"{f(out.get('t_first'), '.3g')} | {f(out.get('t_eval'), '.3g')} | "
               f"{f(out.get('t_grad'), '.3g')} | "
               f"{'' if ref is None else ref.get('t_sim_ms', '')} | "
-              f"{'' if ref is None else ref.get('t_grad_ms', '')} |", flush=True)
+              f"{'' if ref is None else ref.get('t_grad_ms', '')} | "
+              f"{f(_ratio(out.get('t_eval'), ref, 't_sim_ms'), '.3g')} | "
+              f"{f(_ratio(out.get('t_grad'), ref, 't_grad_ms'), '.3g')} |", flush=True)
         if "trace" in out:
             print(out["trace"], file=sys.stderr)
     print(f"\nimported and evaluated: {n_ok} of {len(names)}; nllh within 1e-3 and gradient "

@@ -1,4 +1,5 @@
-"""PEtab import: load a PEtab (v1) problem, evaluate its negative log-likelihood and gradient.
+"""PEtab import: load a PEtab (v1, v2, or PEtab SciML) problem, evaluate its negative
+log-likelihood and gradient.
 
 >>> import dynlearn as dl                                   # doctest: +SKIP
 >>> prob = dl.petab.load("problem.yaml")                    # doctest: +SKIP
@@ -7,7 +8,11 @@
 Needs the optional extra ``dynlearn[petab]`` (petab, python-libsbml, sbmlmath).
 """
 
+from dynlearn.petab.export import save
 from dynlearn.petab.problem import PetabFit, PetabProblem, load
 from dynlearn.petab.sbml import SbmlOde, sbml_to_ode
+from dynlearn.petab.sciml import SciMLProblem, load_sciml
+from dynlearn.petab.v2 import PetabV2Tables, read_v2
 
-__all__ = ["PetabFit", "PetabProblem", "SbmlOde", "load", "sbml_to_ode"]
+__all__ = ["PetabFit", "PetabProblem", "PetabV2Tables", "SbmlOde", "SciMLProblem", "load",
+           "load_sciml", "read_v2", "save", "sbml_to_ode"]

@@ -15,9 +15,11 @@ One HybridModel (pure physics) is built for the whole problem. Its free paramete
 SBML constants whose value depends on ``P`` or differs between conditions; every other
 constant is substituted as a number. Each simulation (a pair of preequilibration and
 simulation conditions) is solved by :class:`dynlearn.ForwardSensitivity` with a stiff
-method and the exact Jacobian, at the unique measurement times; its sensitivities
-``dy/dtheta`` (and ``dy/dy0`` when initial values depend on ``P``) are mapped to ``dy/dP``
-by the chain rule. Replicates and measurements at ``t = 0`` read the same simulated row.
+method and the exact Jacobian, at the unique measurement times; it integrates ``dy/dP``
+directly (:meth:`~dynlearn.ForwardSensitivity.directional`: the sensitivity equations
+forced by ``df/dtheta dtheta/dP`` from ``dy0/dP``), ``n (1 + nP)`` components at most
+instead of ``n (1 + n_theta + n)`` for ``dy/dtheta`` and ``dy/dy0``. Replicates and
+measurements at ``t = 0`` read the same simulated row.
 
 Observables and noise formulas are compiled per observable with their derivatives with
 respect to the states and to every other symbol they use, and the negative log-likelihood
@@ -34,14 +36,18 @@ import numpy as np
 import sympy as sp
 
 from dynlearn.core.model import HybridModel
+from dynlearn.core.symbolic import NAMESPACES, jacobian_exprs
 from dynlearn.core.vectorfield import VectorField
 from dynlearn.errors import MissingDependencyError, PetabError, SolveError
+from dynlearn.petab.events import TimeEvents
+from dynlearn.petab.priors import parameter_priors
 from dynlearn.petab.sbml import TIME, SbmlOde, sbml_to_ode
 from dynlearn.sensitivity.base import Problem
 from dynlearn.sensitivity.forward import ForwardSensitivity
 from dynlearn.solve import solve_observed
 
-__all__ = ["PetabFit", "PetabProblem", "load"]
+__all__ = ["PetabFit", "PetabProblem", "fisher_terms", "from_scale", "load", "nllh_terms",
+           "to_scale"]
 
 _SCALES = ("lin", "log", "log10")
 _LN10 = math.log(10.0)
@@ -94,8 +100,14 @@ class _Compiled:
         args = [TIME, *states, *extras]
         self.extras = extras
         self.f = sp.lambdify(args, expr, modules="numpy")
-        grads = [sp.diff(expr, s) for s in (*states, *extras)]
-        self.g = [None if g == 0 else sp.lambdify(args, g, modules="numpy") for g in grads]
+        # the non-zero entries only, in one function with shared subexpressions: observables
+        # with assignment rules substituted are large, and one lambdify per entry made
+        # SalazarCavazos_MBoC2020's import take minutes
+        grads = jacobian_exprs([expr], [*states, *extras])[0]
+        self._nz = [i for i, g in enumerate(grads) if g != 0]
+        self.g = (sp.lambdify(args, [grads[i] for i in self._nz], cse=True,
+                              modules=[NAMESPACES["numpy"], "numpy"]) if self._nz else None)
+        self.k = len(grads)
         self.n = len(states)
 
     def __call__(self, t, Y, E, grad: bool):
@@ -105,11 +117,36 @@ class _Compiled:
         val = np.broadcast_to(np.asarray(self.f(*args), dtype=float), (m,))
         if not grad:
             return val, None, None
-        G = np.zeros((m, len(self.g)))
-        for i, g in enumerate(self.g):
-            if g is not None:
-                G[:, i] = np.broadcast_to(np.asarray(g(*args), dtype=float), (m,))
+        G = np.zeros((m, self.k))
+        if self.g is not None:
+            for i, v in zip(self._nz, self.g(*args)):
+                G[:, i] = np.broadcast_to(np.asarray(v, dtype=float), (m,))
         return val, G[:, :self.n], G[:, self.n:]
+
+
+def to_scale(P, scales) -> np.ndarray:
+    """Linear values ``P`` on their PEtab scales (``"lin"``, ``"log"``, ``"log10"``, one per
+    value); a zero on a log scale gives ``-inf``."""
+    P = np.asarray(P, dtype=float)
+    scales = np.asarray(scales, dtype=object)
+    out = P.copy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log, log10 = scales == "log", scales == "log10"
+        out[log] = np.log(P[log])
+        out[log10] = np.log10(P[log10])
+    return out
+
+
+def from_scale(x, scales) -> tuple[np.ndarray, np.ndarray]:
+    """Linear values ``P`` of ``x`` given on PEtab scales, and ``dP/dx`` (elementwise)."""
+    x = np.asarray(x, dtype=float)
+    scales = np.asarray(scales, dtype=object)
+    P, d = x.copy(), np.ones_like(x)
+    log, log10 = scales == "log", scales == "log10"
+    P[log] = d[log] = np.exp(x[log])
+    P[log10] = 10.0 ** x[log10]
+    d[log10] = P[log10] * _LN10
+    return P, d
 
 
 class PetabProblem:
@@ -134,7 +171,12 @@ class PetabProblem:
     sbml : SbmlOde
         The SBML model as sympy equations.
     rtol, atol, method : solver settings
-        Defaults rtol 1e-9, atol 1e-12, BDF with the exact Jacobian.
+        Defaults rtol 1e-9, atol 1e-12, LSODA with the exact Jacobian (banded for the
+        sensitivity system): its compiled stepping made one evaluation 5-30 times and one
+        gradient 1.6-25 times faster than scipy's BDF on the benchmark collection (see
+        docs/solvers.md, "Where the time goes").
+    priors : dynlearn.petab.priors.Priors or None
+        The parameter table's objective priors (``None`` when it has none).
     steady_state_horizon : float
         The longest preequilibration (and steady-state measurement) integration; the
         steady state is declared when the weighted RMS norm of dy/dt, with tolerances 100
@@ -147,11 +189,15 @@ class PetabProblem:
     placeholders per measurement (also timepoint-specific); noise formulas; normal and
     Laplace noise on lin/log/log10 observables; replicates; preequilibration; steady-state
     measurements (``time = inf``); time-triggered ``piecewise`` with parameter-dependent
-    switching times (exact sensitivity jumps). Priors are not part of the likelihood.
+    switching times and time-triggered SBML events (:mod:`dynlearn.petab.events`), both
+    with exact sensitivity jumps. Priors are not part of the likelihood
+    (:meth:`nllh`, :meth:`loss_and_grad`: what AMICI's references are); :meth:`objective`
+    adds them, and :meth:`fit` minimises it (the negative log-posterior when the parameter
+    table has ``objectivePriorType``).
     """
 
     def __init__(self, petab_problem, rtol: float = 1e-9, atol: float = 1e-12,
-                 method: str = "BDF", steady_state_horizon: float = 1e9):
+                 method: str = "LSODA", steady_state_horizon: float = 1e9):
         self.petab_problem = pp = petab_problem
         self.rtol, self.atol, self.method = float(rtol), float(atol), method
         self.steady_state_horizon = float(steady_state_horizon)
@@ -182,30 +228,15 @@ class PetabProblem:
         self.upper = self.to_scale(np.array(par.loc[est, "upperBound"], dtype=float))
         self._x_index = {k: i for i, k in enumerate(self.x_names)}
         self._par_ids = set(nominal)
+        self.priors = parameter_priors(par, self.x_names, self.x_scales)
 
     def to_scale(self, P) -> np.ndarray:
         """Linear values of the estimated parameters on their PEtab scales."""
-        P = np.asarray(P, dtype=float)
-        out = P.copy()
-        for i, s in enumerate(self.x_scales):
-            if s == "log":
-                out[i] = np.log(P[i])
-            elif s == "log10":
-                out[i] = np.log10(P[i])
-        return out
+        return to_scale(P, self.x_scales)
 
     def from_scale(self, x) -> tuple[np.ndarray, np.ndarray]:
         """Linear values ``P`` of ``x`` and ``dP/dx``."""
-        x = np.asarray(x, dtype=float)
-        P, d = x.copy(), np.ones_like(x)
-        for i, s in enumerate(self.x_scales):
-            if s == "log":
-                P[i] = math.exp(x[i])
-                d[i] = P[i]
-            elif s == "log10":
-                P[i] = 10.0 ** x[i]
-                d[i] = P[i] * _LN10
-        return P, d
+        return from_scale(x, self.x_scales)
 
     def _source(self, v, where: str) -> _Source:
         """The source of a table cell: a number, an estimated parameter, or a fixed one."""
@@ -310,6 +341,20 @@ class PetabProblem:
             Jt = (sp.Matrix(taus).jacobian(sp.Matrix(vsyms)) if vsyms
                   else sp.zeros(len(taus), 0))
             self._switch_jac = sp.lambdify([vsyms], Jt, modules="numpy")
+
+        # time-triggered SBML events (dynlearn.petab.events)
+        self._events = None
+        if ode.events:
+            self._events = TimeEvents([e.replaced(fixed_subs) for e in ode.events], states,
+                                      vsyms, TIME)
+            changed = sorted({k for e in ode.events for k in e.assignments} & self._par_ids)
+            if changed:
+                raise PetabError(f"parameter(s) {', '.join(changed)} of the parameter table "
+                                 "are changed by SBML events: not supported")
+            if any(pre) or np.any(np.asarray(meas["time"], dtype=float) == np.inf):
+                raise PetabError(f"SBML events ({', '.join(self._events.ids)}) with "
+                                 "preequilibration or steady-state measurements (time = inf) "
+                                 "are not supported")
 
         # observables and noise formulas
         self._observables(ode, fixed_subs, varying)
@@ -499,40 +544,50 @@ class PetabProblem:
             Y, _ = solve_observed(vf, t0, times, y0, self.method, self.rtol, self.atol, {},
                                   where=prob.where)
             return Y, None
-        wrt_y0 = D0 is not None
-        Y, S = fs.trajectories(prob, wrt_y0=wrt_y0)
-        q = Dtheta.shape[0]
-        SP = S[:, :, :q] @ Dtheta
-        if wrt_y0:
-            SP += S[:, :, q:] @ D0
-        return Y, SP
+        # dy/dP directly (n (1 + nP) components, fewer where P moves nothing), not
+        # dy/d[theta, y0] (n (1 + n_theta + n)) and then the chain rule
+        return fs.directional(prob, Dtheta, D0)
 
     def _solve_switched(self, vf, times, y0, D0, Dtheta, grad, v, Dv):
         """:meth:`_solve` from ``t = 0`` in segments between the switching times of the
-        right-hand side (time-triggered ``piecewise``), with the sensitivity jump
-        ``(f(tau-) - f(tau+)) dtau/dP`` at each switch whose time depends on ``P``."""
+        right-hand side (time-triggered ``piecewise``) and the firing times of SBML events.
+        At a switch whose time depends on ``P`` the sensitivities jump by
+        ``(f(tau-) - f(tau+)) dtau/dP``; at an event the state and the sensitivities jump
+        as :mod:`dynlearn.petab.events` describes (a measurement at the firing time sees
+        the state after the event)."""
         if times.size == 0:      # only steady-state data
             n = y0.size
             return np.empty((0, n)), (np.empty((0, n, Dtheta.shape[1])) if grad else None)
         t_end = float(times[-1])
-        taus, dtaus = [], []
+        # break points: time -> (dtime/dP, indices of the events firing there)
+        points: dict[float, tuple] = {}
         if self._switch is not None and t_end > 0:
             tv = np.array(self._switch(v), dtype=float).reshape(-1)
             Jt = np.array(self._switch_jac(v), dtype=float).reshape(tv.size, -1) @ Dv
             for i in np.argsort(tv):
                 # switches at one time (e.g. two conditions on one tau) make one jump
-                if 0.0 < tv[i] < t_end and (not taus or tv[i] > taus[-1]):
-                    taus.append(float(tv[i]))
-                    dtaus.append(Jt[i])
-        if not taus:
+                if 0.0 < tv[i] < t_end and float(tv[i]) not in points:
+                    points[float(tv[i])] = (Jt[i], [])
+        if self._events is not None:
+            for te, dte, idx in self._events.schedule(v, Dv, t_end):
+                key = next((t for t in points if abs(t - te) <= 1e-12 * max(1.0, te)), te)
+                points[key] = (dte, [*points.get(key, (None, []))[1], *idx])
+        if not points:
             return self._solve(vf, 0.0, times, y0, D0, Dtheta, grad)
         n, nP = y0.size, Dtheta.shape[1]
         Y = np.empty((times.size, n))
         SP = np.empty((times.size, n, nP)) if grad else None
         y = np.asarray(y0, dtype=float)
         D = (np.zeros((n, nP)) if D0 is None else D0) if grad else None
+        if 0.0 in points:         # events at the start act on the initial state
+            y, D = self._jump(vf, 0.0, y, D, v, Dv, None, points.pop(0.0)[1], grad)
+        if t_end == 0.0:
+            Y[:] = y
+            if grad:
+                SP[:] = D
+            return Y, SP
         a = 0.0
-        for b, dtau in zip([*taus, t_end], [*dtaus, None]):
+        for b in sorted({*points, t_end}):
             sel = (times >= a) & (times <= b) if a == 0.0 else (times > a) & (times <= b)
             seg = np.unique(np.concatenate([times[sel], [b]]))
             Ys, Ss = self._solve(vf, a, seg, y, D, Dtheta, grad)
@@ -541,13 +596,34 @@ class PetabProblem:
             if grad:
                 SP[sel] = Ss[pos]
             y = Ys[-1]
-            if grad:
-                D = Ss[-1]
-                if dtau is not None and np.any(dtau):
-                    d = 1e-9 * max(1.0, abs(b))
-                    D = D + np.outer(vf.fun(b - d, y) - vf.fun(b + d, y), dtau)
+            D = Ss[-1] if grad else None
+            if b in points:
+                dt, idx = points[b]
+                y, D = self._jump(vf, b, y, D, v, Dv, dt, idx, grad)
+                if idx:
+                    at = times == b
+                    Y[at] = y
+                    if grad:
+                        SP[at] = D
             a = b
         return Y, SP
+
+    def _jump(self, vf, t, y, D, v, Dv, dt, idx, grad):
+        """The state and dy/dP right after time ``t``, where the right-hand side switches
+        (``dt = dt/dP`` of the switching time, ``None`` when it is fixed) and the events
+        ``idx`` fire."""
+        if not grad:
+            return (self._events.apply(idx, t, y, v)[0] if idx else y), None
+        moves = dt is not None and bool(np.any(dt))
+        d = 1e-9 * max(1.0, abs(t))       # f just before and just after t
+        # T: the total derivative of the state at the jump, S- + f- dt/dP
+        T = D + np.outer(vf.fun(t - d, y), dt) if moves else D
+        if idx:
+            y, T = self._events.apply(idx, t, y, v, T, Dv,
+                                      dt if moves else np.zeros(D.shape[1]))
+        if moves:
+            T = T - np.outer(vf.fun(t + d, y), dt)
+        return y, T
 
     def _steady_state(self, vf, y0, D0, Dtheta, grad):
         """Preequilibration: the steady state reached from ``y0`` and its dy/dP.
@@ -621,7 +697,9 @@ class PetabProblem:
             out.append((Y, SP, v_sim, D_sim))
         return out
 
-    def _evaluate(self, x, grad: bool, want_sim: bool = False):
+    def _evaluate(self, x, grad: bool, want_sim: bool = False, fisher: list | None = None):
+        # fisher: a list collecting, per group of rows, the blocks (A, b) of
+        # fisher_system (only with grad)
         x = np.asarray(x, dtype=float)
         if x.shape != (len(self.x_names),):
             raise PetabError(f"x must have shape ({len(self.x_names)},), got {x.shape}")
@@ -644,8 +722,19 @@ class PetabProblem:
             sv, sdy, sde, Es, Is = self._eval_formula(info["s"], grp["E_noise"], tt, Yr, P,
                                                       grad)
             m = self._m[rows]
-            val, d_h, d_s = _nllh_terms(hv, sv, m, info["trans"], info["dist"])
+            val, d_h, d_s = nllh_terms(hv, sv, m, info["trans"], info["dist"])
             total += float(np.sum(val))
+            if grad and fisher is not None:
+                wh, bh, ws, bs = fisher_terms(hv, sv, m, info["trans"], info["dist"])
+                for w, b, dy, de, idx in ((wh, bh, hdy, hde, Ih), (ws, bs, sdy, sde, Is)):
+                    D = np.zeros((len(rows), nP))
+                    if dy is not None and np.any(dy):
+                        D += np.einsum("rn,rnp->rp", dy, SP[ti])
+                    if de is not None and de.size:
+                        mask = idx >= 0
+                        np.add.at(D, (np.nonzero(mask)[0], idx[mask]), de[mask])
+                    if np.any(D):     # noise that depends on no parameter adds no row
+                        fisher.append((w[:, None] * D, b))
             if grad:
                 for dval, dy, de, idx in ((d_h, hdy, hde, Ih), (d_s, sdy, sde, Is)):
                     if dy is not None and np.any(dy):
@@ -677,14 +766,62 @@ class PetabProblem:
         parameters' scales), by forward sensitivities."""
         return self._evaluate(x, grad=True)
 
+    def fisher_system(self, x) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+        """The negative log-likelihood, its gradient ``g`` and a matrix ``A`` and vector
+        ``b`` with ``A.T @ b == g`` and ``A.T @ A`` the Fisher information matrix, all
+        with respect to ``x`` (on the parameters' scales), by forward sensitivities.
+
+        Each measurement row gives one row of ``A`` for its simulated (transformed) value
+        and, when its noise depends on ``x``, one for its noise parameter (see
+        :func:`fisher_terms`): with fixed normal noise ``b`` are the weighted residuals
+        ``(h - m) / sigma`` and ``A`` their Jacobian (Gauss-Newton). Priors are not
+        included. Used by :mod:`dynlearn.petab.fitting`.
+
+        Returns
+        -------
+        nllh : float
+        g : ndarray (n,)
+        A : ndarray (rows, n)
+        b : ndarray (rows,)
+        """
+        blocks: list = []
+        total, g = self._evaluate(x, grad=True, fisher=blocks)
+        _, dPdx = self.from_scale(x)
+        n = len(self.x_names)
+        A = np.vstack([a for a, _ in blocks]) * dPdx if blocks else np.zeros((0, n))
+        b = np.concatenate([bb for _, bb in blocks]) if blocks else np.zeros(0)
+        return total, g, A, b
+
     def simulate(self, x) -> np.ndarray:
         """Simulated observables (untransformed) in the measurement table's order."""
         return self._evaluate(x, grad=False, want_sim=True)
 
+    def objective(self, x, prior: bool = True) -> tuple[float, np.ndarray]:
+        """The objective :meth:`fit` minimises and its gradient with respect to ``x``.
+
+        Parameters
+        ----------
+        x : array-like
+            The estimated parameters on their scales.
+        prior : bool
+            Add the parameter table's objective priors (the negative log prior density,
+            see :mod:`dynlearn.petab.priors`): the negative log-posterior, up to a
+            constant. Without priors in the table, or with ``prior=False``, this is
+            :meth:`loss_and_grad`.
+        """
+        f, g = self.loss_and_grad(x)
+        if prior and self.priors is not None:
+            fp, gp = self.priors.value_and_grad(x)
+            f, g = f + fp, g + gp
+        return f, g
+
     def fit(self, n_starts: int = 10, seed: int | None = 0, x0=None, maxiter: int = 2000,
-            starts=None) -> PetabFit:
-        """Multi-start fit: L-BFGS-B (scipy) on the exact gradient, within the bounds of the
-        parameter table, each start drawn uniformly on the parameters' scales.
+            starts=None, max_time: float | None = None, prior: bool = True,
+            optimizer: str = "auto", client=None) -> PetabFit:
+        """Multi-start fit within the bounds of the parameter table, each start drawn
+        uniformly on the parameters' scales (:func:`dynlearn.petab.fitting.fit_petab`): by
+        default a trust-region method on the exact gradient and the Fisher information
+        (Gauss-Newton for normal noise), ``optimizer="lbfgsb"`` scipy's L-BFGS-B.
 
         Parameters
         ----------
@@ -698,6 +835,18 @@ class PetabProblem:
             Iterations per start.
         starts : array-like, shape (k, n), optional
             Starts given explicitly (then ``n_starts`` and ``seed`` are not used).
+        max_time : float, optional
+            Wall-clock budget of the whole fit in seconds: the running start stops at its
+            next iteration (status ``"max_time"``) and the starts not begun are recorded
+            with status ``"not run"``. The first start always makes one iteration, so that
+            there is a point to report.
+        prior : bool
+            Minimise the negative log-posterior (:meth:`objective`) when the parameter
+            table has objective priors; ``False`` fits the likelihood alone.
+        optimizer : {"auto", "fisher", "lbfgsb"}
+            ``"auto"`` is ``"fisher"`` (see :mod:`dynlearn.petab.fitting`).
+        client : None, Dask client or map-like callable
+            Where the starts run (default: one after the other, here).
 
         Returns
         -------
@@ -705,33 +854,11 @@ class PetabProblem:
             The best point and every start's result, best first. A start whose simulation
             fails at its first point is recorded with ``fun = inf`` and its error message.
         """
-        from scipy.optimize import minimize
+        from dynlearn.petab.fitting import fit_petab
 
-        lo, hi = self.lower, self.upper
-        if starts is None:
-            rng = np.random.default_rng(seed)
-            starts = lo + rng.random((int(n_starts), lo.size)) * (hi - lo)
-            if x0 is not None:
-                starts[0] = np.clip(np.asarray(x0, dtype=float), lo, hi)
-        starts = np.atleast_2d(np.asarray(starts, dtype=float))
-        runs = []
-        for s in starts:
-            def fun(x):
-                try:
-                    return self.loss_and_grad(x)
-                except SolveError:
-                    # a failed simulation is a rejected point, not the end of the start
-                    return np.inf, np.zeros_like(x)
-            try:
-                res = minimize(fun, s, jac=True, method="L-BFGS-B",
-                               bounds=list(zip(lo, hi)), options=dict(maxiter=maxiter))
-                runs.append(dict(x=res.x, fun=float(res.fun), start=s, nit=int(res.nit),
-                                 message=str(res.message)))
-            except (SolveError, ValueError) as exc:
-                runs.append(dict(x=s, fun=np.inf, start=s, nit=0, message=str(exc)))
-        runs.sort(key=lambda r: r["fun"])
-        return PetabFit(x=runs[0]["x"], fun=runs[0]["fun"], x_names=list(self.x_names),
-                        runs=runs)
+        return fit_petab(self, n_starts=n_starts, seed=seed, x0=x0, maxiter=maxiter,
+                         starts=starts, max_time=max_time, prior=prior, optimizer=optimizer,
+                         client=client)
 
     def __repr__(self) -> str:
         return (f"PetabProblem({len(self.x_names)} estimated parameters, "
@@ -748,16 +875,31 @@ class PetabFit:
     x : ndarray
         The best point, on the parameters' scales.
     fun : float
-        Its negative log-likelihood.
+        Its objective: the negative log-likelihood, or the negative log-posterior when
+        ``posterior``.
     x_names : list of str
     runs : list of dict
-        Every start (``x``, ``fun``, ``start``, ``nit``, ``message``), best first.
+        Every start, best first: ``index`` (its place among the starts), ``x``, ``fun``
+        (the objective), ``nllh`` (the likelihood
+        part), ``start``, ``nit``, ``message``, ``status`` (``"converged"``, ``"not
+        converged"`` (out of iterations or stalled), ``"max_time"``, ``"failed"`` or ``"not
+        run"``), ``success``, and from :func:`dynlearn.petab.fitting.fit_petab` ``reason``
+        (the :class:`~dynlearn.optimizers.Status` value), ``optimizer``, ``n_eval`` and
+        ``time``.
+    posterior : bool
+        Whether the objective included the parameter table's priors.
     """
 
     x: np.ndarray
     fun: float
     x_names: list
     runs: list
+    posterior: bool = False
+
+    @property
+    def success(self) -> bool:
+        """Whether the best start converged (its optimizer's own test)."""
+        return bool(self.runs and self.runs[0].get("success", False))
 
     def n_at_best(self, tol: float = 0.1) -> int:
         """How many starts ended within ``tol`` of the best negative log-likelihood."""
@@ -788,9 +930,14 @@ def _switching_times(exprs, states: set) -> list:
     return out
 
 
-def _nllh_terms(h, sigma, m, trans: str, dist: str):
-    """Per-row negative log-likelihood and its derivatives with respect to the simulated
-    value ``h`` and to ``sigma``."""
+def nllh_terms(h, sigma, m, trans: str, dist: str):
+    """Per-row PEtab negative log-likelihood (normalisation constants included) and its
+    derivatives with respect to the simulated value ``h`` and to ``sigma``.
+
+    ``trans`` is the observable's transformation (``lin``, ``log``, ``log10``), ``dist`` its
+    noise distribution (``normal`` or ``laplace``); ``m`` are the measurements. Shared by
+    :class:`PetabProblem` and :mod:`dynlearn.petab.sciml` (one implementation of the loss).
+    """
     if trans == "lin":
         ht, mt, dht = h, m, np.ones_like(h)
         extra = 0.0
@@ -816,8 +963,36 @@ def _nllh_terms(h, sigma, m, trans: str, dist: str):
     return val, d_ht * dht, d_s
 
 
+def fisher_terms(h, sigma, m, trans: str, dist: str):
+    """Per-row factors of the Fisher information of the PEtab likelihood
+    (:func:`nllh_terms`): ``(w_h, b_h, w_s, b_s)`` such that the rows
+    ``w_h * dh/dx`` and ``w_s * dsigma/dx`` of a matrix ``A`` and the entries ``b_h``,
+    ``b_s`` of a vector ``b`` give ``A.T @ b`` = the gradient and ``A.T @ A`` = the Fisher
+    information (expected Hessian) with respect to ``x``.
+
+    For normal noise on the transformed value ``t(h)``: ``w_h = t'(h) / sigma``, ``b_h =
+    (t(h) - t(m)) / sigma`` (the weighted residual), ``w_s = sqrt(2) / sigma``, ``b_s =
+    (1 - b_h^2) / sqrt(2)``; for Laplace noise ``b_h = sign(t(h) - t(m))``, ``w_s = 1 /
+    sigma``, ``b_s = 1 - |t(h) - t(m)| / sigma``.
+    """
+    if trans == "lin":
+        ht, mt, dht = h, m, np.ones_like(h)
+    elif trans == "log":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ht, mt, dht = np.log(h), np.log(m), 1.0 / h
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ht, mt, dht = np.log10(h), np.log10(m), 1.0 / (h * _LN10)
+    d = ht - mt
+    w_h = dht / sigma
+    if dist == "normal":
+        r = d / sigma
+        return w_h, r, math.sqrt(2.0) / sigma, (1.0 - r ** 2) / math.sqrt(2.0)
+    return w_h, np.sign(d), 1.0 / sigma, 1.0 - np.abs(d) / sigma
+
+
 def load(path: str | os.PathLike, **options) -> PetabProblem:
-    """Load a PEtab v1 problem from its YAML file.
+    """Load a PEtab problem (v1, or v2 and PEtab SciML) from its YAML file.
 
     Parameters
     ----------
@@ -825,11 +1000,17 @@ def load(path: str | os.PathLike, **options) -> PetabProblem:
         The problem's YAML file.
     **options
         Solver settings passed to :class:`PetabProblem`: ``rtol``, ``atol``, ``method``,
-        ``steady_state_horizon`` (the longest preequilibration, default 1e9).
+        ``steady_state_horizon`` (the longest preequilibration, default 1e9); for a PEtab
+        SciML problem those of :class:`~dynlearn.petab.sciml.SciMLProblem`.
 
     Returns
     -------
-    PetabProblem
+    PetabProblem or SciMLProblem
+        A v2 problem with the ``sciml`` extension, a mapping table, or experiments with
+        condition changes after their start is a
+        :class:`~dynlearn.petab.sciml.SciMLProblem`; another v2 problem is read through
+        :func:`dynlearn.petab.v2.as_v1` (experiments starting at t = 0, with at most a
+        preequilibration) and evaluated by :class:`PetabProblem`.
 
     Raises
     ------
@@ -838,6 +1019,15 @@ def load(path: str | os.PathLike, **options) -> PetabProblem:
     MissingDependencyError
         The ``petab`` extra is not installed.
     """
+    from dynlearn.petab import v2
+
+    if v2.format_version(path) >= 2:
+        tables = v2.read_v2(path)
+        if "sciml" in tables.extensions or (tables.mapping is not None and len(
+                tables.mapping)) or v2.has_time_courses(tables):
+            from dynlearn.petab.sciml import SciMLProblem
+            return SciMLProblem(tables, **options)
+        return PetabProblem(v2.as_v1(tables), **options)
     petab = _require_petab()
     pp = petab.Problem.from_yaml(str(path))
     return PetabProblem(pp, **options)

@@ -15,9 +15,10 @@ SBML semantics that matter here
 * Boundary-condition species are not changed by reactions; constant species never change.
 * Function definitions are expanded by libsbml's converter before translation.
 
-Constructs that change the meaning of a simulation and are not supported (events, algebraic
-rules, delays, fast reactions, variable stoichiometry, ``rateOf``, compartments that change)
-raise :class:`~dynlearn.errors.PetabError` naming the construct and its id.
+Events are read (:mod:`dynlearn.petab.events`; a parameter an event assigns becomes a state
+whose rate is 0). Constructs that change the meaning of a simulation and are not supported
+(algebraic rules, delays, fast reactions, variable stoichiometry, ``rateOf``, compartments
+that change) raise :class:`~dynlearn.errors.PetabError` naming the construct and its id.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from dynlearn.errors import MissingDependencyError, PetabError
+from dynlearn.petab.events import SbmlEvent, read_events
 
 __all__ = ["SbmlOde", "sbml_to_ode", "TIME"]
 
@@ -70,6 +72,9 @@ class SbmlOde:
         The symbol of every id used in the expressions.
     compartment_of : dict str -> str
         The compartment of every species.
+    events : list of SbmlEvent
+        The model's events (:mod:`dynlearn.petab.events`), in states, constants and time.
+        A parameter an event assigns is a state (its rate is 0).
     """
 
     states: list[str]
@@ -79,6 +84,7 @@ class SbmlOde:
     derived: dict[str, sp.Expr] = field(default_factory=dict)
     symbols: dict[str, sp.Symbol] = field(default_factory=dict)
     compartment_of: dict[str, str] = field(default_factory=dict)
+    events: list[SbmlEvent] = field(default_factory=list)
 
     def expand(self, expr: sp.Expr) -> sp.Expr:
         """``expr`` with every derived quantity replaced by its expression."""
@@ -160,8 +166,8 @@ def sbml_to_ode(model) -> SbmlOde:
             raise PetabError("libsbml could not expand the model's function definitions")
         model = doc.getModel()
 
-    if model.getNumEvents():
-        raise _unsupported("event", model.getEvent(0).getId())
+    events = read_events(model, lambda obj, what, sid: _math(sbmlmath, obj, what, sid))
+    event_targets = {k for e in events for k in e.assignments}
     for r in model.getListOfRules():
         if r.isAlgebraic():
             raise _unsupported("algebraic rule", r.getMetaId() or "(no id)")
@@ -191,6 +197,8 @@ def sbml_to_ode(model) -> SbmlOde:
         sym(cid)
         if cid in rate_rules:
             raise _unsupported("compartment whose size changes (rate rule)", cid)
+        if cid in event_targets:
+            raise _unsupported("compartment whose size changes (event assignment)", cid)
         if cid in assignment:
             continue
         constants[cid] = float(c.getSize()) if c.isSetSize() else 1.0
@@ -200,7 +208,7 @@ def sbml_to_ode(model) -> SbmlOde:
         if pid in assignment:
             continue
         value = float(p.getValue()) if p.isSetValue() else float("nan")
-        if pid in rate_rules:
+        if pid in rate_rules or pid in event_targets:
             states.append(pid)
             initial[pid] = sp.Float(value) if pid not in init_assign else init_assign[pid]
         else:
@@ -280,7 +288,7 @@ def sbml_to_ode(model) -> SbmlOde:
         else:
             rhs[sid] = flux[sid] / sym(compartment_of[sid])
     for pid in states:
-        rhs[pid] = rate_rules[pid]
+        rhs[pid] = rate_rules.get(pid, sp.Integer(0))
     for v in rate_rules:
         if v not in rhs:
             raise _unsupported("rate rule on a quantity that is not a parameter or species", v)
@@ -290,7 +298,10 @@ def sbml_to_ode(model) -> SbmlOde:
     # constants, which conditions can override); assignment rules too
     derived_src = dict(assignment)
     for k, e in init_assign.items():
-        if k in constants:
+        if k in constants and not sp.sympify(e).free_symbols and k not in derived_src:
+            # a number: the constant's value, which a PEtab condition may override
+            constants[k] = float(e)
+        elif k in constants:
             derived_src[k] = e
             del constants[k]
         elif k not in initial and k not in assignment:
@@ -320,4 +331,5 @@ def sbml_to_ode(model) -> SbmlOde:
         if v != v:
             raise PetabError(f"SBML quantity '{k}' has no value")
     return SbmlOde(states=all_states, rhs=rhs, initial=initial, constants=constants,
-                   derived=derived, symbols=symbols, compartment_of=compartment_of)
+                   derived=derived, symbols=symbols, compartment_of=compartment_of,
+                   events=[e.replaced(dsubs) for e in events])

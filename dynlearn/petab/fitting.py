@@ -1,0 +1,490 @@
+"""Multi-start fits of a PEtab problem: the driver behind :meth:`PetabProblem.fit
+<dynlearn.petab.PetabProblem.fit>`.
+
+Two optimizers, both within the parameter table's bounds, on the parameters' PEtab scales:
+
+``"fisher"`` (the default)
+    A trust-region Levenberg-Marquardt method on the exact gradient and the Fisher
+    information matrix of the likelihood as its Hessian (what fides does for pyPESTO). For
+    normal noise with fixed sigma the negative log-likelihood is ``0.5 |r|^2 + const`` with
+    the weighted residuals ``r = (h - m) / sigma``, and the Fisher information is the
+    Gauss-Newton matrix ``J^T J`` of their Jacobian, which the forward sensitivities give at
+    no extra cost; estimated noise parameters and Laplace noise add their own expected
+    curvature (:meth:`PetabProblem.fisher_system
+    <dynlearn.petab.PetabProblem.fisher_system>`). Normal and log-normal priors add their
+    curvature, every prior its gradient. Each iteration costs one solve with
+    sensitivities, each trial point one solve without. Where the residuals are large the
+    Fisher information misses their own curvature; a structured secant update (NL2SOL's)
+    adds it from the gradient changes along the steps.
+``"lbfgsb"``
+    scipy's L-BFGS-B on the exact gradient (the method before this module).
+
+``"auto"`` takes ``"fisher"`` when the problem offers ``fisher_system`` (every
+:class:`~dynlearn.petab.PetabProblem`) and all its noise is normal (:func:`choose_optimizer`),
+else ``"lbfgsb"``: Laplace noise puts minima on kinks of the likelihood, where a quadratic
+model with the expected curvature misleads the steps (measured on the test suite's
+problem, whose Laplace observable puts the minimum on such a kink).
+
+The step of the Fisher method: with ``H`` the Fisher information (plus the priors' and the
+secant correction, made positive semidefinite), ``g``
+the gradient and ``D`` the column scales (square roots of the diagonal of ``H``, kept at
+their running maximum as MINPACK does, so the method does not depend on the parameters'
+units), the step minimises ``g.d + d.H.d / 2 + lam |D d|^2 / 2`` over the parameters not
+held at a bound (a parameter on its bound with the gradient pushing outward stays there),
+and a parameter it would carry past a bound is set on the bound and the others solved
+again. The damping follows Nielsen's rule, as in
+:class:`dynlearn.optimizers.LevenbergMarquardt`: after an accepted step with gain ratio
+``rho`` it is multiplied by ``max(1/3, 1 - (2 rho - 1)^3)``, after a rejected one by 2, 4,
+8, ... A point where the model cannot be solved is a rejected trial.
+
+How a start ends (:class:`dynlearn.optimizers.Status`): ``CONVERGED_GTOL`` when the
+decrease the quadratic model still promises, ``g.H^-1.g / 2`` on the free parameters, is
+below ``gtol max(1, |f|)``; ``CONVERGED_FTOL`` when two accepted steps in a row lowered the
+objective by less than ``ftol (1 + |f|)`` each;
+``CONVERGED_XTOL`` when the step is below ``xtol`` relative to the point; ``STALLED`` when
+the damping grew past 1e16 with every trial rejected (the gradient promises a decrease
+the objective does not show: solver noise or an inaccurate gradient); ``MAX_ITER``;
+``MAX_TIME``; ``FAILED`` (no finite objective at the start).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from dynlearn.distributed.executor import resolve_executor
+from dynlearn.errors import OptionError, SolveError
+from dynlearn.optimizers import Status
+from dynlearn.petab.problem import PetabFit
+
+__all__ = ["FIT_OPTIMIZERS", "FisherSettings", "choose_optimizer", "draw_starts",
+           "fit_one_start", "fit_petab"]
+
+#: the optimizers :func:`fit_petab` knows, besides ``"auto"``
+FIT_OPTIMIZERS = ("fisher", "lbfgsb")
+
+#: the relative damping beyond which no step is tried any more (see the module notes)
+_MAX_DAMPING = 1e16
+
+#: the prior types whose curvature the Fisher method adds (the others are flat, or have a
+#: kink where a curvature would mislead the step)
+_CURVED_PRIORS = ("normal", "logNormal", "parameterScaleNormal")
+
+
+@dataclass
+class FisherSettings:
+    """Tolerances of the Fisher trust-region method (see the module notes).
+
+    Attributes
+    ----------
+    gtol : float
+        Converged when the model's promised decrease is below ``gtol max(1, |f|)``.
+    ftol : float
+        Converged when two accepted steps in a row lowered the objective by less than
+        ``ftol (1 + |f|)`` each.
+    xtol : float
+        Converged when the step is below ``xtol (xtol + |x|)``.
+    damping : float
+        Initial damping relative to the largest eigenvalue of the scaled Hessian.
+    sensitivities_at_trial : bool
+        Solve the first trial point of an iteration with its sensitivities while more
+        than half of the first trials are accepted (an accepted step then costs one solve
+        with sensitivities instead of that and a solve without). Off by default: the
+        likelihood of a solve with sensitivities differs from one without by ~1e-7
+        relatively, which in flat valleys tips acceptances and lengthened the fits
+        (Bertozzi_PNAS2020, 5 starts: 1.4-1.7 s a start with it, 0.8-1.1 s without).
+    """
+
+    gtol: float = 1e-9
+    ftol: float = 1e-10
+    xtol: float = 1e-10
+    damping: float = 1e-3
+    sensitivities_at_trial: bool = False
+
+
+def choose_optimizer(problem) -> str:
+    """The optimizer ``"auto"`` means for ``problem``: ``"fisher"`` when it has
+    ``fisher_system`` and every observable of its table has normal noise, else
+    ``"lbfgsb"`` (see the module notes)."""
+    if not hasattr(problem, "fisher_system"):
+        return "lbfgsb"
+    table = getattr(getattr(problem, "petab_problem", None), "observable_df", None)
+    if table is not None and "noiseDistribution" in table:
+        if any(str(v) not in ("normal", "nan", "") for v in table["noiseDistribution"]):
+            return "lbfgsb"
+    return "fisher"
+
+
+def draw_starts(problem, n_starts: int, seed: int | None = 0, x0=None) -> np.ndarray:
+    """``n_starts`` starting points drawn uniformly on the parameters' scales within the
+    bounds (``x0``, clipped to the bounds, replaces the first)."""
+    lo, hi = np.asarray(problem.lower, float), np.asarray(problem.upper, float)
+    rng = np.random.default_rng(seed)
+    starts = lo + rng.random((int(n_starts), lo.size)) * (hi - lo)
+    if x0 is not None and len(starts):
+        starts[0] = np.clip(np.asarray(x0, dtype=float), lo, hi)
+    return starts
+
+
+class _Budget:
+    """The wall-clock deadline of a whole fit (``time.time()``: the starts may run in other
+    processes)."""
+
+    def __init__(self, max_time, deadline=None):
+        self.max_time = max_time
+        self.deadline = deadline
+
+    def over(self) -> bool:
+        return self.deadline is not None and time.time() > self.deadline
+
+
+class _Objective:
+    """The objective of one fit (likelihood, plus the priors when ``posterior``), its
+    gradient and its Fisher information, counting evaluations."""
+
+    def __init__(self, problem, posterior: bool):
+        self.problem = problem
+        self.priors = problem.priors if posterior else None
+        self.n_eval = 0
+        self.curved = []
+        if self.priors is not None:
+            names = list(problem.x_names)
+            self.curved = [names.index(n) for n, k in zip(self.priors.names, self.priors.kinds)
+                           if k in _CURVED_PRIORS]
+
+    def value(self, x) -> float:
+        self.n_eval += 1
+        try:
+            f = float(self.problem.nllh(x))
+        except SolveError:
+            return math.inf
+        if self.priors is not None:
+            f += self.priors.value_and_grad(x)[0]
+        return f if np.isfinite(f) else math.inf
+
+    def value_and_grad(self, x):
+        self.n_eval += 1
+        try:
+            f, g = self.problem.objective(x, prior=self.priors is not None)
+        except SolveError:
+            return math.inf, np.zeros_like(x)
+        return float(f), np.asarray(g, dtype=float)
+
+    def system(self, x):
+        """``(f, g, H)``, or None where the model cannot be solved."""
+        self.n_eval += 1
+        try:
+            f, g, A, _ = self.problem.fisher_system(x)
+        except SolveError:
+            return None
+        H = A.T @ A
+        if self.priors is not None:
+            fp, gp = self.priors.value_and_grad(x)
+            f, g = f + fp, g + gp
+            for i in self.curved:    # the prior's own curvature (central differences)
+                h = 1e-5 * (1.0 + abs(x[i]))
+                e = np.zeros_like(x)
+                e[i] = h
+                c = (self.priors.value_and_grad(x + e)[1][i]
+                     - self.priors.value_and_grad(x - e)[1][i]) / (2 * h)
+                if np.isfinite(c) and c > 0:
+                    H[i, i] += c
+        if not (np.isfinite(f) and np.all(np.isfinite(g)) and np.all(np.isfinite(H))):
+            return None
+        return float(f), g, H
+
+    def nllh_part(self, x, f: float) -> float:
+        """The likelihood part of the objective value ``f`` at ``x``."""
+        if self.priors is None or not np.isfinite(f):
+            return f
+        return f - self.priors.value_and_grad(x)[0]
+
+
+def _bounded_step(Hs, gs, lo, hi, free, lam: float) -> np.ndarray:
+    """The damped step ``s`` minimising ``gs.s + s.Hs.s / 2 + lam |s|^2 / 2`` (scaled
+    coordinates) over the ``free`` entries, within ``lo <= s <= hi``: an entry the step
+    would carry past its bound is set on it and the others are solved again (an active
+    set), so that a bound met on the way does not shorten the whole step."""
+    n = gs.size
+    s = np.zeros(n)
+    free = free.copy()
+    for _ in range(n):
+        idx = np.nonzero(free)[0]
+        if idx.size == 0:
+            break
+        fixed = ~free
+        ge = gs[idx] + Hs[np.ix_(idx, fixed)] @ s[fixed]
+        M = Hs[np.ix_(idx, idx)] + lam * np.eye(idx.size)
+        try:
+            s[idx] = -np.linalg.solve(M, ge)
+        except np.linalg.LinAlgError:
+            s[idx] = -np.linalg.lstsq(M, ge, rcond=None)[0]
+        out = idx[(s[idx] < lo[idx]) | (s[idx] > hi[idx])]
+        if out.size == 0:
+            break
+        s[out] = np.clip(s[out], lo[out], hi[out])
+        free[out] = False
+    return s
+
+
+def _secant_update(S, F, s, y):
+    """The structured secant update of NL2SOL (Dennis, Gay and Welsch 1981): ``S`` models
+    the part of the Hessian the Fisher information ``F`` misses (the residuals' own
+    curvature, large where the residuals are), so that ``F + S`` satisfies the secant
+    equation ``(F + S) s = y`` for the step ``s`` and the gradient change ``y``. ``S`` is
+    first sized down by ``min(1, |s.y#| / |s.S.s|)`` as NL2SOL does."""
+    ys = float(y @ s)
+    if not ys > 0 or not np.all(np.isfinite(y)):
+        return S
+    y_sharp = y - F @ s
+    sSs = float(s @ S @ s)
+    if sSs != 0:
+        S = S * min(1.0, abs(float(s @ y_sharp)) / abs(sSs))
+    u = y_sharp - S @ s
+    S = S + (np.outer(u, y) + np.outer(y, u)) / ys - float(u @ s) * np.outer(y, y) / ys ** 2
+    return 0.5 * (S + S.T)
+
+
+def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
+                budget: _Budget, first: bool):
+    """One start of the Fisher trust-region method: ``(x, f, Status, message, nit)``."""
+    x = np.clip(np.asarray(x0, dtype=float), lo, hi)
+    sys_ = obj.system(x)
+    if sys_ is None:
+        return x, math.inf, Status.FAILED, "the model cannot be solved at the start", 0
+    f, g, F = sys_
+    S = np.zeros_like(F)      # the secant correction to the Fisher information
+    d = np.zeros(x.size)
+    lam_rel, nu = st.damping, 2.0
+    it = slow = first_n = first_ok = 0
+    status, message = Status.MAX_ITER, f"maximum number of iterations ({maxiter}) reached"
+    while it < maxiter:
+        if budget.over() and not (first and it == 0):
+            return x, f, Status.MAX_TIME, f"stopped: max_time={budget.max_time} s reached", it
+        it += 1
+        # parameters on a bound that the gradient pushes outward stay there
+        held = ((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0))
+        free = np.nonzero(~held)[0]
+        if free.size == 0:
+            status, message = Status.CONVERGED_GTOL, "converged: every parameter is held " \
+                "at a bound by the gradient"
+            break
+        d = np.maximum(d, np.sqrt(np.maximum(np.diag(F), 0.0)))
+        ds = np.where(d > 0, d, 1.0)
+        # the model's Hessian, made positive semidefinite (the secant part may not be)
+        wa, Va = np.linalg.eigh((F + S) / np.outer(ds, ds))
+        Hs = (Va * np.maximum(wa, 0.0)) @ Va.T
+        H = Hs * np.outer(ds, ds)
+        gs = g / ds
+        w, V = np.linalg.eigh(Hs[np.ix_(free, free)])
+        w = np.maximum(w, 0.0)
+        # the scale of the damping: the largest curvature among the free parameters
+        wmax = float(w[-1]) if w.size and w[-1] > 0 else 1.0
+        c = V.T @ gs[free]
+        # the decrease the (barely damped) model still promises
+        promised = 0.5 * float(np.sum(c * c / (w + 1e-10 * wmax)))
+        if promised <= st.gtol * max(1.0, abs(f)):
+            status, message = Status.CONVERGED_GTOL, ("converged: the decrease the "
+                                                      "quadratic model promises is below gtol")
+            break
+        accepted = tiny = False
+        tries, trial_sys = 0, None
+        while True:
+            tries += 1
+            if budget.over() and not (first and it == 1):
+                return x, f, Status.MAX_TIME, f"stopped: max_time={budget.max_time} s reached", \
+                    it - 1
+            step = _bounded_step(Hs, gs, (lo - x) * ds, (hi - x) * ds, ~held,
+                                 lam_rel * wmax) / ds
+            xn = np.clip(x + step, lo, hi)
+            step = xn - x
+            if np.linalg.norm(step) <= st.xtol * (st.xtol + np.linalg.norm(x)):
+                tiny = True
+                break
+            pred = -(float(g @ step) + 0.5 * float(step @ H @ step))
+            # the first trial of an iteration comes with its sensitivities while most first
+            # trials are accepted (counted with a prior of one accepted, one rejected): an
+            # accepted step then costs one solve with sensitivities instead of two solves
+            with_sys = st.sensitivities_at_trial and tries == 1 and \
+                (first_ok + 1) / (first_n + 2) > 0.5
+            if with_sys:
+                trial_sys = obj.system(xn)
+                fn = math.inf if trial_sys is None else trial_sys[0]
+            else:
+                fn = obj.value(xn)
+            rho = (f - fn) / pred if pred > 0 and np.isfinite(fn) else -1.0
+            if tries == 1:
+                first_n += 1
+                first_ok += rho > 1e-4
+            if rho > 1e-4:
+                accepted = True
+                break
+            lam_rel *= nu
+            nu *= 2.0
+            if lam_rel > _MAX_DAMPING:
+                break
+        if not accepted:
+            if tiny:
+                status, message = Status.CONVERGED_XTOL, ("converged: no step reduces the "
+                                                          "objective (step below xtol)")
+            else:
+                status, message = Status.STALLED, (
+                    "stalled: no step reduces the objective although the damping grew past "
+                    f"{_MAX_DAMPING:.0e} (the gradient promises a decrease the objective does "
+                    "not show: try tighter solver tolerances)")
+            break
+        sys_ = trial_sys if with_sys else obj.system(xn)
+        if sys_ is None:       # solved without sensitivities but not with: a failed trial
+            lam_rel *= nu
+            nu *= 2.0
+            continue
+        x_old, f_old, g_old = x, f, g
+        x, (f, g, F) = xn, sys_
+        S = _secant_update(S, F, x - x_old, g - g_old)
+        lam_rel = max(lam_rel * max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), 1e-15)
+        nu = 2.0
+        # two accepted steps in a row that lower the objective by less than ftol: one
+        # alone may be a step shortened by a large damping
+        slow = slow + 1 if f_old - f <= st.ftol * (1.0 + abs(f_old)) else 0
+        if slow >= 2:
+            status, message = Status.CONVERGED_FTOL, "converged: relative objective " \
+                "reduction below ftol in two steps in a row"
+            break
+        if np.linalg.norm(x - x_old) <= st.xtol * (st.xtol + np.linalg.norm(x)):
+            status, message = Status.CONVERGED_XTOL, "converged: relative step below xtol"
+            break
+    return x, f, status, message, it
+
+
+def _lbfgsb_run(obj: _Objective, x0, lo, hi, maxiter: int, budget: _Budget, first: bool):
+    """One start of scipy's L-BFGS-B: ``(x, f, Status, message, nit)``."""
+    from scipy.optimize import minimize
+
+    def out_of_time(intermediate_result=None):
+        if budget.over():
+            raise StopIteration
+
+    x0 = np.clip(np.asarray(x0, dtype=float), lo, hi)
+    try:
+        res = minimize(obj.value_and_grad, x0, jac=True, method="L-BFGS-B",
+                       callback=out_of_time, bounds=list(zip(lo, hi)),
+                       options=dict(maxiter=maxiter))
+    except (SolveError, ValueError) as exc:
+        return x0, math.inf, Status.FAILED, str(exc), 0
+    f = float(res.fun)
+    if not np.isfinite(f):
+        return res.x, math.inf, Status.FAILED, str(res.message), int(res.nit)
+    if res.success:
+        text = str(res.message).lower()
+        status = Status.CONVERGED_GTOL if "pgtol" in text or "grad" in text \
+            else Status.CONVERGED_FTOL
+        return res.x, f, status, str(res.message), int(res.nit)
+    if budget.over():
+        return res.x, f, Status.MAX_TIME, f"stopped: max_time={budget.max_time} s reached", \
+            int(res.nit)
+    status = Status.MAX_ITER if res.nit >= maxiter else Status.STALLED
+    return res.x, f, status, str(res.message), int(res.nit)
+
+
+def _label(status: Status) -> str:
+    """The short status of a start in :class:`PetabFit` runs (and ``starts.csv``)."""
+    if status.converged:
+        return "converged"
+    if status is Status.MAX_TIME:
+        return "max_time"
+    if status is Status.FAILED:
+        return "failed"
+    return "not converged"
+
+
+def fit_one_start(item, problem, optimizer: str, maxiter: int, settings: FisherSettings,
+                  posterior: bool, max_time=None, deadline=None) -> dict:
+    """One start of :func:`fit_petab` (module level, so that an executor can send it to
+    another process): ``item`` is ``(index, start)``; returns the start's run (see
+    :func:`fit_petab`). The first start (index 0) always makes one iteration; a start
+    begun after ``deadline`` (``time.time()``) is not run."""
+    k, s = item
+    s = np.asarray(s, dtype=float)
+    budget = _Budget(max_time, deadline)
+    if k > 0 and budget.over():
+        return dict(index=k, x=s, fun=math.inf, nllh=math.inf, start=s, nit=0,
+                    message="not run: max_time reached", status="not run",
+                    reason="not_run", success=False, optimizer=optimizer, n_eval=0, time=0.0)
+    lo, hi = np.asarray(problem.lower, float), np.asarray(problem.upper, float)
+    obj = _Objective(problem, posterior)
+    t0 = time.perf_counter()
+    if optimizer == "fisher":
+        x, f, status, message, nit = _fisher_run(obj, s, lo, hi, maxiter, settings, budget,
+                                                 first=k == 0)
+    else:
+        x, f, status, message, nit = _lbfgsb_run(obj, s, lo, hi, maxiter, budget,
+                                                 first=k == 0)
+    return dict(index=k, x=np.asarray(x, dtype=float), fun=float(f),
+                nllh=obj.nllh_part(x, f), start=s, nit=int(nit), message=message,
+                status=_label(status), reason=status.value,
+                success=status.converged and bool(np.isfinite(f)),
+                optimizer=optimizer, n_eval=obj.n_eval, time=time.perf_counter() - t0)
+
+
+def fit_petab(problem, n_starts: int = 10, seed: int | None = 0, x0=None,
+              maxiter: int = 2000, starts=None, max_time: float | None = None,
+              prior: bool = True, optimizer: str = "auto",
+              settings: FisherSettings | None = None, client=None) -> PetabFit:
+    """Multi-start fit of a PEtab problem within the bounds of its parameter table.
+
+    Parameters
+    ----------
+    problem : PetabProblem
+        Anything with ``x_names``, ``lower``, ``upper``, ``priors``, ``nllh``,
+        ``objective`` (and ``fisher_system`` for the Fisher method).
+    n_starts, seed, x0 : int, int or None, array-like
+        Starts drawn by :func:`draw_starts` (``x0`` the first).
+    maxiter : int
+        Iterations per start.
+    starts : array-like (k, n), optional
+        Starts given explicitly (then ``n_starts``, ``seed`` and ``x0`` are not used).
+    max_time : float, optional
+        Wall-clock budget of the whole fit in seconds: the running start stops (status
+        ``"max_time"``), the starts not begun are recorded as ``"not run"``. The first
+        start always makes one iteration.
+    prior : bool
+        Minimise the negative log-posterior when the parameter table has priors.
+    optimizer : {"auto", "fisher", "lbfgsb"}
+        See the module notes.
+    settings : FisherSettings, optional
+        Tolerances of the Fisher method.
+    client : None, executor, Dask client or map-like callable
+        Where the starts run (:func:`dynlearn.distributed.resolve_executor`): by default
+        one after the other in this process (or on the Dask client of an enclosing
+        ``dl.parallel`` block); the problem is sent to each worker.
+
+    Returns
+    -------
+    PetabFit
+        Every start, best first. Each run's ``status`` is ``"converged"``, ``"not
+        converged"``, ``"max_time"``, ``"failed"`` or ``"not run"``; ``reason`` is the
+        :class:`~dynlearn.optimizers.Status` value behind it (e.g. ``"converged_ftol"``,
+        ``"stalled"``, ``"max_iter"``), ``optimizer`` the method, ``n_eval`` the
+        evaluations and ``time`` the start's wall time in seconds.
+    """
+    if optimizer == "auto":
+        optimizer = choose_optimizer(problem)
+    if optimizer not in FIT_OPTIMIZERS:
+        raise OptionError(f"optimizer={optimizer!r}: use 'auto' or one of {FIT_OPTIMIZERS}")
+    settings = FisherSettings() if settings is None else settings
+    if starts is None:
+        starts = draw_starts(problem, n_starts, seed, x0)
+    starts = np.atleast_2d(np.asarray(starts, dtype=float))
+    posterior = bool(prior and problem.priors is not None)
+    deadline = None if max_time is None else time.time() + float(max_time)
+    shared = dict(problem=problem, optimizer=optimizer, maxiter=int(maxiter),
+                  settings=settings, posterior=posterior, max_time=max_time, deadline=deadline)
+    executor = resolve_executor(client)
+    runs = executor.map(fit_one_start, list(enumerate(starts)),
+                        [f"start {k + 1}" for k in range(len(starts))], shared)
+    runs.sort(key=lambda r: (r["fun"], r["index"]))
+    return PetabFit(x=runs[0]["x"], fun=runs[0]["fun"], x_names=list(problem.x_names),
+                    runs=runs, posterior=posterior)
