@@ -40,9 +40,10 @@ from dynlearn.core.model import HybridModel
 from dynlearn.core.neural import MLP
 from dynlearn.core.parameters import Parameter
 from dynlearn.data.dataset import as_dataset
-from dynlearn.errors import MissingDependencyError, PetabError
+from dynlearn.errors import PetabError
 from dynlearn.files import write_text_atomic
 from dynlearn.objective.binding import initial_states
+from dynlearn.petab.extra import require
 from dynlearn.results.result import FitResult
 
 __all__ = ["formula", "save"]
@@ -83,14 +84,6 @@ _ACTIVATION_NODES = {
     "rbf": [("square", {}), ("neg", {}), ("exp", {})],
     "identity": [],
 }
-
-
-def _require(module: str):
-    try:
-        return __import__(module)
-    except ImportError as exc:   # pragma: no cover - the tests skip without the extra
-        raise MissingDependencyError(
-            f"writing PEtab needs {module}: pip install 'dynlearn[petab]'") from exc
 
 
 # --- formulas --------------------------------------------------------------------------------
@@ -350,8 +343,8 @@ def save(model: HybridModel, dataset, directory: str | os.PathLike, *, theta=Non
         :class:`~dynlearn.Network` functions, functions outside SBML/PEtab math, networks
         fed by time alone, per-row noise levels with networks.
     """
-    libsbml = _require("libsbml")
-    yaml = _require("yaml")
+    libsbml = require("libsbml", "writing PEtab")
+    yaml = require("yaml", "writing PEtab")
     result = theta if isinstance(theta, FitResult) else None
     fitted_y0 = {}
     if result is not None:

@@ -43,7 +43,8 @@ from autograd.numpy.numpy_boxes import ArrayBox
 from autograd.scipy.special import erf as _erf
 
 from dynlearn.core.neural import MLP, Network
-from dynlearn.errors import MissingDependencyError, ParameterError, PetabError
+from dynlearn.errors import ParameterError, PetabError
+from dynlearn.petab.extra import require
 
 __all__ = [
     "PetabNetwork",
@@ -1201,14 +1202,6 @@ class PetabNetwork(Network):
 
 
 # --- public functions --------------------------------------------------------------------
-def _require(module: str):
-    try:
-        return __import__(module)
-    except ImportError as exc:   # pragma: no cover - the tests skip without them
-        raise MissingDependencyError(
-            f"PEtab SciML networks need {module}: pip install 'dynlearn[petab]'") from exc
-
-
 def network_from_yaml(source, name: str | None = None, inputs=None, input_shapes=None,
                       weights=None, seed: int | None = 0,
                       closed_form: bool = True) -> PetabNetwork:
@@ -1251,7 +1244,7 @@ def network_from_yaml(source, name: str | None = None, inputs=None, input_shapes
     if isinstance(source, dict):
         spec, where = source, "<dict>"
     else:
-        yaml = _require("yaml")
+        yaml = require("yaml", "reading PEtab SciML networks")
         where = os.fspath(source)
         try:
             with open(where, encoding="utf-8") as fh:
@@ -1364,7 +1357,7 @@ def read_parameters(path, network: PetabNetwork, net_id: str | None = None,
     -------
     ndarray, shape (n_weights,)
     """
-    h5py = _require("h5py")
+    h5py = require("h5py", "PEtab SciML network parameters")
     where = os.fspath(path)
     try:
         fh = h5py.File(where, "r")
@@ -1410,7 +1403,7 @@ def write_parameters(path, network: PetabNetwork, weights=None, net_id: str | No
     dtype : numpy dtype
         Of the datasets (default float64, so that a round trip is exact).
     """
-    h5py = _require("h5py")
+    h5py = require("h5py", "PEtab SciML network parameters")
     arrays = parameter_arrays(network, weights)
     with h5py.File(os.fspath(path), "w") as fh:
         fh.create_group("metadata").create_dataset("pytorch_format", data=True)

@@ -38,8 +38,9 @@ import sympy as sp
 from dynlearn.core.model import HybridModel
 from dynlearn.core.symbolic import NAMESPACES, jacobian_exprs
 from dynlearn.core.vectorfield import VectorField
-from dynlearn.errors import MissingDependencyError, PetabError, SolveError
+from dynlearn.errors import PetabError, SolveError
 from dynlearn.petab.events import TimeEvents
+from dynlearn.petab.extra import require
 from dynlearn.petab.priors import parameter_priors
 from dynlearn.petab.sbml import TIME, SbmlOde, sbml_to_ode
 from dynlearn.sensitivity.base import Problem
@@ -51,15 +52,6 @@ __all__ = ["PetabFit", "PetabProblem", "fisher_terms", "from_scale", "load", "nl
 
 _SCALES = ("lin", "log", "log10")
 _LN10 = math.log(10.0)
-
-
-def _require_petab():
-    try:
-        import petab.v1 as petab
-    except ImportError as exc:   # pragma: no cover - the tests skip without it
-        raise MissingDependencyError(
-            "reading PEtab needs the petab library: pip install 'dynlearn[petab]'") from exc
-    return petab
 
 
 def _is_nan(v) -> bool:
@@ -399,7 +391,7 @@ class PetabProblem:
         self._n_rows = len(meas)
 
     def _observables(self, ode: SbmlOde, fixed_subs, varying):
-        _require_petab()
+        require("petab.v1", "reading PEtab")
         from petab.v1.math import sympify_petab
 
         obs_df = self.petab_problem.observable_df
@@ -1028,6 +1020,6 @@ def load(path: str | os.PathLike, **options) -> PetabProblem:
             from dynlearn.petab.sciml import SciMLProblem
             return SciMLProblem(tables, **options)
         return PetabProblem(v2.as_v1(tables), **options)
-    petab = _require_petab()
+    petab = require("petab.v1", "reading PEtab")
     pp = petab.Problem.from_yaml(str(path))
     return PetabProblem(pp, **options)

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from dynlearn.errors import MissingDependencyError, PetabError
+from dynlearn.errors import PetabError
 from dynlearn.petab.events import SbmlEvent, read_events
+from dynlearn.petab.extra import require
 
 __all__ = ["SbmlOde", "sbml_to_ode", "TIME"]
 
@@ -37,17 +38,6 @@ __all__ = ["SbmlOde", "sbml_to_ode", "TIME"]
 TIME = sp.Symbol("time__sbml")
 
 _AVOGADRO = 6.02214076e23
-
-
-def _require_sbml():
-    try:
-        import libsbml
-        import sbmlmath
-    except ImportError as exc:     # pragma: no cover - the tests skip without libsbml
-        raise MissingDependencyError(
-            "reading SBML needs python-libsbml and sbmlmath: pip install 'dynlearn[petab]'"
-        ) from exc
-    return libsbml, sbmlmath
 
 
 @dataclass
@@ -148,7 +138,8 @@ def sbml_to_ode(model) -> SbmlOde:
     PetabError
         A construct that is not supported, named with its id, or a model that cannot be read.
     """
-    libsbml, sbmlmath = _require_sbml()
+    libsbml, sbmlmath = (require("libsbml", "reading SBML"),
+                         require("sbmlmath", "reading SBML"))
     if not isinstance(model, libsbml.Model):
         doc = libsbml.readSBMLFromFile(str(model))
         if doc.getNumErrors(libsbml.LIBSBML_SEV_ERROR) + doc.getNumErrors(

@@ -60,7 +60,8 @@ import sympy as sp
 from dynlearn.core.model import HybridModel
 from dynlearn.core.neural import NetworkOutput
 from dynlearn.core.vectorfield import VectorField
-from dynlearn.errors import MissingDependencyError, PetabError
+from dynlearn.errors import PetabError
+from dynlearn.petab.extra import require
 from dynlearn.petab.priors import parameter_priors
 from dynlearn.petab.problem import PetabProblem, from_scale, nllh_terms, to_scale
 from dynlearn.petab.sbml import TIME, sbml_to_ode
@@ -81,16 +82,6 @@ __all__ = ["SciMLProblem", "load_sciml"]
 _LN10 = math.log(10.0)
 _MAP = re.compile(r"^(?P<net>[A-Za-z_]\w*)\.(?P<kind>inputs|outputs|parameters)"
                   r"(?:\[(?P<a>[A-Za-z_0-9]+)\])?(?:\[(?P<b>\d+)\])?(?:\.(?P<arr>\w+))?$")
-
-
-def _require_h5py():
-    try:
-        import h5py
-    except ImportError as exc:   # pragma: no cover - the tests skip without it
-        raise MissingDependencyError(
-            "reading PEtab SciML array files needs h5py: pip install 'dynlearn[petab]'"
-        ) from exc
-    return h5py
 
 
 def _networks_module():
@@ -283,7 +274,7 @@ class SciMLProblem:
 
     def _read_arrays(self):
         """Network parameters and input arrays from the array files."""
-        h5py = _require_h5py()
+        h5py = require("h5py", "reading PEtab SciML array files")
         self._param_files = {}     # net -> path
         self._input_arrays = {}    # PEtab id -> {condition id or "0": ndarray}
         for name in self._ext.get("array_files") or []:

@@ -26,19 +26,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dynlearn.errors import MissingDependencyError, PetabError
+from dynlearn.errors import PetabError
+from dynlearn.petab.extra import require
 
 __all__ = ["PetabV2Tables", "V1_PRIOR_TYPES", "read_v2", "format_version", "experiment_periods",
            "condition_changes", "as_v1", "is_estimated", "has_time_courses"]
-
-
-def _require_yaml():
-    try:
-        import yaml
-    except ImportError as exc:   # pragma: no cover - the tests skip without it
-        raise MissingDependencyError(
-            "reading PEtab YAML needs pyyaml: pip install 'dynlearn[petab]'") from exc
-    return yaml
 
 
 #: PEtab v2 prior distributions (on the linear value) and the v1 objective prior types
@@ -48,7 +40,7 @@ V1_PRIOR_TYPES = {"normal": "normal", "laplace": "laplace", "uniform": "uniform"
 
 
 def _read_yaml(path: str | os.PathLike) -> dict:
-    yaml = _require_yaml()
+    yaml = require("yaml", "reading PEtab YAML")
     with open(path, encoding="utf-8") as fh:
         out = yaml.safe_load(fh)
     if not isinstance(out, dict):
