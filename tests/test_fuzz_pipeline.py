@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sympy as sp
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -444,3 +445,42 @@ def test_a_parameter_at_a_pole_of_its_derivative_is_a_solve_error():
     a, b, x = sp.symbols("a b x")
     c = CompiledExprs([[x], [a, b]], [derivative(a * sp.cbrt(b), b)])
     assert c.batch(1, np.array([[1.0]]), [2.0, 0.0])[0, 0] == np.inf == c([1.0], [2.0, 0.0])[0]
+
+
+@pytest.mark.parametrize("power", ["asin(-1) ** a", "Min(-1) ** a", "Min(-1) ** x", "(-2)**b"])
+def test_a_negative_constant_to_a_varying_power_is_refused(power):
+    """Found by the thorough model-file fuzz in CI: ``(-pi/2)**a`` was accepted, its value is
+    real at a = 0, but its derivative in ``a`` holds ``log(-pi/2)``, a complex number, and
+    the gradient crashed with a TypeError. Such a power is complex at every non-integer
+    exponent: refused when the equation is read (and for sympy-built equations), naming it."""
+    text = ('[model]\nname = "fuzz"\nstates = ["x", "y"]\n\n[model.equations]\n'
+            f'x = "-a*x + x"\ny = "-y + b*({power})"\n\n[model.params]\na = 0.0\nb = 1.0\n')
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "m.toml"
+        path.write_text(text)
+        with pytest.raises(dl.ModelError, match=r"negative number .* raised to the varying "
+                                                r"power .* is not a real number"):
+            load_model_file(path)
+    x, a = sp.symbols("x a")
+    with pytest.raises(dl.ModelError, match="raised to the varying power a"):
+        dl.HybridModel(states=[x], rhs={x: -x + sp.Integer(-2) ** a}, params={a: 0.5})
+    # a negative base to a constant integer power, and a positive base to any power, stay
+    dl.HybridModel(states=[x], rhs={x: -x + (-2) ** 2 * a + 2 ** a}, params={a: 0.5})
+
+
+def test_a_condition_on_a_parameter_beside_one_on_a_state_compiles_batched():
+    """Found by the thorough equation fuzz: the derivative of ``Heaviside(Min(a, 2.5, x))``
+    in ``a`` is a Piecewise whose conditions join a test on the parameter ``a`` (a scalar in
+    batched code) and one on the state ``x`` (an array over the batch) with And/Or; sympy
+    prints those as ``logical_and.reduce((p, q))``, which stacked them into a ragged array
+    and raised ValueError in the discrete adjoint's batched parameter products."""
+    case = ("-(-(Heaviside(Min(1e-3, -3.482459688040536e-291, y))))",
+            "-(-(Heaviside(Min(a, 2.5, x))))", -0.5, 0.5, "RK45")
+    ex, ey, a, b, method = case
+    model = build_model({"x": f"-a*x + {ex}", "y": f"-y + b*({ey})"}, {"a": a, "b": b})
+    value, grad = dl.loss_and_grad(model, data_for(STATES), method=method,
+                                   sensitivity=dl.Adjoint())
+    ref = dl.loss_and_grad(model, data_for(STATES), method=method,
+                           sensitivity=dl.ForwardSensitivity())[1]
+    assert np.isfinite(value) and np.all(np.isfinite(grad))
+    np.testing.assert_allclose(grad, ref, rtol=1e-4, atol=1e-8)

@@ -403,6 +403,18 @@ def _constant_problem(value: sp.Expr) -> str | None:
     return None
 
 
+def _negative_base_problem(base: sp.Expr, exp_: sp.Expr) -> str | None:
+    """Why ``base ** exp_`` cannot be used, when a negative constant is raised to a power that
+    varies (``(-2)**a``): it is complex at every non-integer exponent, and so is its
+    derivative in the exponent (``log`` of a negative number) at every exponent."""
+    if (isinstance(base, sp.Expr) and base.is_number and base.is_extended_negative
+            and isinstance(exp_, sp.Expr) and exp_.free_symbols):
+        return (f"the negative number {base!s} raised to the varying power {exp_!s} is not "
+                "a real number for non-integer powers; write the sign and the magnitude "
+                "apart (e.g. -(2**a) instead of (-2)**a)")
+    return None
+
+
 def check_constants(expr: sp.Expr, where: str = "expression") -> sp.Expr:
     """``expr`` if every constant in it is a finite real number of magnitude at most
     :data:`MAX_NUMBER`, else a ModelError naming the offending sub-expression.
@@ -422,6 +434,8 @@ def check_constants(expr: sp.Expr, where: str = "expression") -> sp.Expr:
             if problem is not None:
                 raise ModelError(f"{where}: the constant {e!s} {problem}")
             continue
+        if e.is_Pow and (problem := _negative_base_problem(*e.args)) is not None:
+            raise ModelError(f"{where}: {problem}")
         stack.extend(e.args)
     return expr
 
@@ -548,6 +562,9 @@ class _Builder:
                         and float(abs(exp_)) * abs(math.log10(abs(float(base)))) > 300):
                     raise _Refused("a number in this equation is too large (over 1e300)",
                                    node)
+            problem = _negative_base_problem(base, exp_)
+            if problem is not None:
+                raise _Refused(problem, node)
             return base ** exp_
         if op in _BINOPS:
             return _BINOPS[op](self.build(node.left), self.build(node.right))

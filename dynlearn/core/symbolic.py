@@ -35,6 +35,7 @@ Expressions without these functions are differentiated by ``sympy.diff`` unchang
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -98,6 +99,22 @@ def _pick_batch(argselect):
     return pick
 
 
+class _Logical:
+    """numpy's ``logical_and`` / ``logical_or`` for batched code. sympy prints ``And(p, q)``
+    as ``logical_and.reduce((p, q))``, which stacks its arguments into one array: a condition
+    on a parameter (a scalar) beside one on a state (an array over the batch) is then a
+    ragged array and numpy raises. Reducing pairwise broadcasts instead."""
+
+    def __init__(self, ufunc: np.ufunc):
+        self.ufunc = ufunc
+
+    def __call__(self, *args, **kwargs):
+        return self.ufunc(*args, **kwargs)
+
+    def reduce(self, args, axis: int = 0):
+        return functools.reduce(self.ufunc, args)
+
+
 #: functions compiled code calls besides those of the ``math`` and ``numpy`` modules, for
 #: the scalar (``"math"``) and the batched (``"numpy"``) versions: the picks, and the error
 #: functions, which numpy lacks (sympy's numpy printer leaves ``erf`` to ``math.erf``, which
@@ -105,7 +122,8 @@ def _pick_batch(argselect):
 NAMESPACES = {
     "math": {"MaxPick": _pick_scalar(max), "MinPick": _pick_scalar(min)},
     "numpy": {"MaxPick": _pick_batch(np.argmax), "MinPick": _pick_batch(np.argmin),
-              "erf": special.erf, "erfc": special.erfc},
+              "erf": special.erf, "erfc": special.erfc,
+              "logical_and": _Logical(np.logical_and), "logical_or": _Logical(np.logical_or)},
 }
 
 
