@@ -94,6 +94,16 @@ def _tsv(path, rows, columns):
     pd.DataFrame(rows, columns=columns).to_csv(path, sep="\t", index=False)
 
 
+def _write_v2_problem(d) -> None:
+    """problem.yaml of a plain PEtab v2 problem (no networks) from the tables in ``d``."""
+    spec = {"format_version": 2,
+            "model_files": {"hybrid": {"location": "model.xml", "language": "sbml"}},
+            "measurement_files": ["measurements.tsv"], "observable_files": ["observables.tsv"],
+            "experiment_files": ["experiments.tsv"], "condition_files": ["conditions.tsv"],
+            "parameter_files": ["parameters.tsv"]}
+    (d / "problem.yaml").write_text(yaml.safe_dump(spec))
+
+
 def _simulate_reference(w1, a=A, b=B):
     from scipy.integrate import solve_ivp
     sol = solve_ivp(_rhs, (0.0, TIMES[-1]), [X0, Y0], t_eval=TIMES, args=(w1, a, b),
@@ -261,12 +271,7 @@ def test_plain_v2_problem_with_conditions(problem_dir, tmp_path):
          [["a", 0.01, 10.0, A, "false"], ["b", 0.0, 5.0, B, "true"],
           ["b_c2", 0.0, 5.0, b2, "true"], ["gamma", 0.0, 5.0, gamma, "true"]],
          ["parameterId", "lowerBound", "upperBound", "nominalValue", "estimate"])
-    spec = {"format_version": 2,
-            "model_files": {"hybrid": {"location": "model.xml", "language": "sbml"}},
-            "measurement_files": ["measurements.tsv"], "observable_files": ["observables.tsv"],
-            "experiment_files": ["experiments.tsv"], "condition_files": ["conditions.tsv"],
-            "parameter_files": ["parameters.tsv"]}
-    (d / "problem.yaml").write_text(yaml.safe_dump(spec))
+    _write_v2_problem(d)
     prob = dp.load(d / "problem.yaml")
     assert prob.x_names == ["b", "b_c2", "gamma"]
     m = pd.read_csv(d / "measurements.tsv", sep="\t")
@@ -342,12 +347,7 @@ def test_time_course_condition_changes_with_exact_sensitivities(tmp_path):
           ["b_late", 0.0, 5.0, b2, "true"], ["dose", 0.0, 5.0, dose, "true"],
           ["gamma", 0.0, 5.0, gamma, "true"]],
          ["parameterId", "lowerBound", "upperBound", "nominalValue", "estimate"])
-    spec = {"format_version": 2,
-            "model_files": {"hybrid": {"location": "model.xml", "language": "sbml"}},
-            "measurement_files": ["measurements.tsv"], "observable_files": ["observables.tsv"],
-            "experiment_files": ["experiments.tsv"], "condition_files": ["conditions.tsv"],
-            "parameter_files": ["parameters.tsv"]}
-    (d / "problem.yaml").write_text(yaml.safe_dump(spec))
+    _write_v2_problem(d)
     prob = dp.load(d / "problem.yaml", rtol=1e-11, atol=1e-12)
     assert isinstance(prob, dp.SciMLProblem)
     x = prob.x_nominal

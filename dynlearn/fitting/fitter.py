@@ -234,10 +234,11 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
     settings = dict(model=model, bound=bound, space=space, loss=loss, sigma=sigma,
                     weights=weights, l2=l2, method=method, rtol=rtol, atol=atol,
                     options=options, sensitivity=sensitivity, sigma_by=sigma_by)
+    stored = read_checkpoint(checkpoint) if resume else None   # read once, checked below
     if method == AUTO_METHOD:
         # probed once, here (a resumed fit keeps the choice its checkpoint recorded): the
         # starts, refits and workers get the chosen method
-        choice = _checkpoint_choice(checkpoint) if resume else None
+        choice = _checkpoint_choice(stored)
         if choice is None:
             choice = probe_method(model, bound, *space.unpack(space.x0), rtol, atol, options)
         settings.update(method=choice.method, method_choice=choice)
@@ -252,7 +253,8 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
     deadline = None if max_time is None else time.time() + float(max_time)
 
     starts = start_points(space, n_starts, seed)
-    ckpt = _read_resumed(checkpoint, space, n_starts, optimizer, obj) if resume else None
+    ckpt = _read_resumed(stored, checkpoint, space, n_starts, optimizer, obj) if resume \
+        else None
     done = [outcome_from_record(rec) for rec in ckpt.done] if ckpt is not None else []
     in_progress = ckpt.start if ckpt is not None else None
     skip = {o.start for o in done}
@@ -368,20 +370,17 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
         return result
 
 
-def _checkpoint_choice(checkpoint) -> MethodChoice | None:
-    """The ``method="auto"`` choice a checkpoint recorded (None: none, or no checkpoint)."""
-    try:
-        ckpt = read_checkpoint(checkpoint)
-    except DataError:       # damaged: _read_resumed says so
-        return None
+def _checkpoint_choice(ckpt) -> MethodChoice | None:
+    """The ``method="auto"`` choice a read checkpoint recorded (None: none, or no
+    checkpoint)."""
     rec = None if ckpt is None else ckpt.meta.get("method_choice")
     return MethodChoice.from_dict(rec) if isinstance(rec, dict) and "method" in rec else None
 
 
-def _read_resumed(checkpoint, space, n_starts: int, optimizer, obj):
-    """The checkpoint to resume from (``None``, with a warning, when there is none), checked
-    against the fit: its parameters, starts, stage, noise levels and optimizer state."""
-    ckpt = read_checkpoint(checkpoint)
+def _read_resumed(ckpt, checkpoint, space, n_starts: int, optimizer, obj):
+    """The checkpoint ``ckpt`` read from ``checkpoint`` to resume from (``None``, with a
+    warning, when there is none), checked against the fit: its parameters, starts, stage,
+    noise levels and optimizer state."""
     if ckpt is None:
         warnings.warn(f"resume=True but no checkpoint at {checkpoint!r}; starting afresh",
                       stacklevel=3)

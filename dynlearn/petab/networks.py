@@ -389,6 +389,13 @@ class _Layer:
     def __call__(self, p: dict, xs: list, nb: int):  # pragma: no cover - interface
         raise NotImplementedError
 
+    def check_spatial(self, x, nd: int, nb: int) -> None:
+        """Refuse an input of a ``nd``-dimensional spatial layer (convolution, pooling) that
+        is neither ``(C, *S)`` (unbatched) nor ``(N, C, *S)``, after ``nb`` batch axes."""
+        if x.ndim - nb not in (nd + 1, nd + 2):
+            raise PetabError(f"{self.where}: expects input of {nd + 1} (unbatched) or "
+                             f"{nd + 2} dimensions, got shape {x.shape[nb:]}")
+
 
 def _arg(args: dict, key: str, default=None, required: bool = False, where: str = ""):
     if key in args and args[key] is not None:
@@ -503,9 +510,7 @@ class _Conv(_FanInInit, _Layer):
     def __call__(self, p, xs, nb):
         nd = self.nd
         x = xs[0]
-        if x.ndim - nb not in (nd + 1, nd + 2):
-            raise PetabError(f"{self.where}: expects input of {nd + 1} (unbatched) or "
-                             f"{nd + 2} dimensions, got shape {x.shape[nb:]}")
+        self.check_spatial(x, nd, nb)
         if x.shape[x.ndim - nd - 1] != self.c_in:
             raise PetabError(f"{self.where}: expects {self.c_in} input channels, got an "
                              f"input of shape {x.shape[nb:]}")
@@ -582,9 +587,7 @@ class _Pool(_Layer):
     def __call__(self, p, xs, nb):
         nd = self.nd
         x = xs[0]
-        if x.ndim - nb not in (nd + 1, nd + 2):
-            raise PetabError(f"{self.where}: expects input of {nd + 1} (unbatched) or "
-                             f"{nd + 2} dimensions, got shape {x.shape[nb:]}")
+        self.check_spatial(x, nd, nb)
         x, lead = _collapse(x, nd)
         if self.kind == "max":
             cols, outs, _ = self._windows(x, -np.inf)
@@ -617,9 +620,7 @@ class _AdaptivePool(_Layer):
     def __call__(self, p, xs, nb):
         x = xs[0]
         nd = self.nd
-        if x.ndim - nb not in (nd + 1, nd + 2):
-            raise PetabError(f"{self.where}: expects input of {nd + 1} (unbatched) or "
-                             f"{nd + 2} dimensions, got shape {x.shape[nb:]}")
+        self.check_spatial(x, nd, nb)
         # windows are products of per-axis intervals, so the pool is one axis at a time
         for d in range(nd):
             ax = x.ndim - nd + d
