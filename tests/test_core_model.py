@@ -251,6 +251,21 @@ def test_mlp_closed_forms_match_autograd(hidden, n_in, n_out, activation, seed):
     assert np.allclose(net.weight_vjp(w, V, cot), vjp, rtol=1e-9, atol=1e-12)
 
 
+def test_default_mlp_weights_are_reproducible_and_none_draws_fresh_ones():
+    # a default network built twice starts from the same weights, so a default fit run
+    # again is the same fit; seed=None asks for fresh random weights
+    a = dl.MLP("nn", inputs=[x, y], outputs=2)
+    b = dl.MLP("nn", inputs=[x, y], outputs=2)
+    assert a.seed == 0 and np.array_equal(a.weights, b.weights)
+    assert np.array_equal(a.weights, dl.MLP("nn", inputs=[x, y], outputs=2, seed=0).weights)
+    c = dl.MLP("nn", inputs=[x, y], outputs=2, seed=None)
+    d = dl.MLP("nn", inputs=[x, y], outputs=2, seed=None)
+    assert not np.array_equal(c.weights, d.weights)
+    # explicit weights carry no seed: a saved model must not claim a seed drew them
+    e = dl.MLP("nn", inputs=[x, y], outputs=2, weights=a.weights * 2)
+    assert e.seed is None and np.array_equal(e.weights, a.weights * 2)
+
+
 def test_custom_autograd_network_gives_same_gradient_as_mlp():
     import autograd.numpy as anp
     mlp = dl.MLP("nn", inputs=[x, y], outputs=2, hidden=[4], activation="tanh", seed=3)

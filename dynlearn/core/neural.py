@@ -296,7 +296,10 @@ class MLP(BaseNetwork):
         Hidden-layer activation: ``"tanh"``, ``"rbf"`` (``exp(-z**2)``), ``"sigmoid"``,
         ``"softplus"``, ``"relu"``, ``"swish"`` or ``"identity"``. The output layer is linear.
     seed : int or None
-        Seed of the Glorot-uniform initialisation (biases start at zero).
+        Seed of the Glorot-uniform initialisation (biases start at zero). The default, 0,
+        gives the same initial weights every time, so a default fit run again is the same
+        fit (as in model files, whose networks default to seed 0); ``None`` draws fresh
+        random weights.
     weights : array_like, optional
         Explicit initial weights (flat, the layout of :meth:`unflatten`).
     scale : float
@@ -313,7 +316,7 @@ class MLP(BaseNetwork):
     """
 
     def __init__(self, name: str, inputs, outputs: int, hidden: Sequence[int] = (16, 16),
-                 activation: str = "tanh", seed: int | None = None, weights=None,
+                 activation: str = "tanh", seed: int | None = 0, weights=None,
                  scale: float = 1.0):
         self._init_common(name, inputs, outputs)
         hidden = [int(h) for h in hidden]
@@ -333,7 +336,9 @@ class MLP(BaseNetwork):
             self._shapes.append((offset, n_in, n_out))
             offset += n_in * n_out + n_out
         self.n_weights = offset
-        self.seed = seed
+        # explicit weights do not come from a seed: keep None so that saving the model does
+        # not claim they can be drawn again from one
+        self.seed = seed if weights is None else None
         self.scale = float(scale)
         if weights is None:
             rng = np.random.default_rng(seed)
