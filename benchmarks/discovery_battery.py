@@ -279,7 +279,10 @@ def run(case: Case, seed: int, compare: bool = False, peer_python: str | None = 
     out = dict(case=case.name, seed=seed)
     result = _fitted(case, seed, data, cache, out)
     floor = _noise_floor(case, seed)
-    out["loss_over_floor"] = result.loss / floor if floor > 0 else np.nan
+    # the data cost, without the L2 penalty the default chooses (result.loss includes it)
+    data_cost = float((result.residuals()["residual"] ** 2).sum())
+    out["loss_over_floor"] = data_cost / floor if floor > 0 else np.nan
+    out["l2"] = float(result.config.get("l2", 0.0))
     out["oracle"] = oracle_error(case, data)
     regression = None
     for name, variant in VARIANTS.items():
@@ -431,7 +434,8 @@ def main(argv=None) -> int:
             d = rec["default"]
             print(f"# {name} seed {seed}: {'ok ' if d['success'] else 'FAIL'} "
                   f"{d['found']}  (fit {rec['fit_time']:.0f} s, "
-                  f"loss/floor {rec['loss_over_floor']:.2f}, recover {d['time']:.0f} s)",
+                  f"data cost/floor {rec['loss_over_floor']:.2f}, l2 {rec.get('l2', 0):.2g}, "
+                  f"recover {d['time']:.0f} s)",
                   flush=True)
             if args.json:
                 with open(args.json, "a") as fh:
@@ -450,7 +454,7 @@ def _jsonable(v):
 
 def report(records: list[dict], markdown: bool, compare: bool, peers: bool) -> None:
     """Per-run table, then success rates per method."""
-    header = ["case", "seed", "loss/floor", "recovered", "exact", "worst coef err",
+    header = ["case", "seed", "data cost/floor", "recovered", "exact", "worst coef err",
               "true terms refitted: worst err", "result"]
     rows = [[r["case"], str(r["seed"]), f"{r['loss_over_floor']:.2f}", r["default"]["found"],
              "yes" if r["default"]["exact"] else "no",

@@ -6,9 +6,9 @@ The universal-differential-equation workflow of Rackauckas et al. (2020), end to
    y0 = [0.44249296, 4.6280594], sampled at t = 0, 0.25, ..., 5 with 5 % noise;
 2. train the hybrid model ``x' = alpha*x + nn[0]``, ``y' = -delta*y + nn[1]`` (the known
    terms kept, dynlearn's default network, 16-16 tanh, for the rest) with default settings:
-   ``dl.fit(hybrid, data, y0="estimate", l2="auto")``: the initial states estimated, one
-   network initialisation, the L2 strength chosen from the data (the discrepancy principle:
-   the weakest penalty that no longer fits below the noise level estimated from the data);
+   ``dl.fit(hybrid, data, y0="estimate")``: the initial states estimated, one network
+   initialisation, the L2 strength chosen from the data (the default ``l2="gcv"``:
+   generalised cross-validation over the network's effective degrees of freedom);
 3. recover the network terms with defaults: sparse regression of the network's values
    onto the polynomials of degree 2 in (x, y), then the choice of terms through the ODE
    (every structure on the regression's sparsity path refitted to the data, the best BIC
@@ -76,8 +76,8 @@ def train(data, floor, verbose: bool = True):
     """dl.fit with its defaults: the initial states estimated, one network initialisation,
     the L2 strength chosen from the data (--quick: a tiny budget and no penalty)."""
     opt = dl.LevenbergMarquardt(max_iter=3) if quick() else None
-    res = dl.fit(hybrid_model(0), data, y0="estimate", optimizer=opt, progress=False,
-                 l2=0.0 if quick() else "auto")
+    kw = {"l2": 0.0} if quick() else {}
+    res = dl.fit(hybrid_model(0), data, y0="estimate", optimizer=opt, progress=False, **kw)
     if verbose:
         sse = data_loss(res)
         print(f"  sum of squared residuals {sse:.3f} = {sse / floor:.2f} x noise floor "

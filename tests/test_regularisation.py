@@ -1,9 +1,10 @@
-"""The L2 strength chosen from the data (``dl.fit(..., l2="auto")``,
-dynlearn.fitting.regularisation): the discrepancy principle brings a network that fits the
-noise back to the noise level, an explicit ``l2`` overrides it, physics-only models are not
-touched, and the result reports (and saves) the choice. Generalised cross-validation
-(``l2="gcv"``): the effective degrees of freedom are the hat matrix's trace, fall from
-rank(J) to 0, and on a linear model the chosen strength estimates the noise variance."""
+"""The L2 strength chosen from the data (dynlearn.fitting.regularisation): the discrepancy
+principle (``l2="auto"``) brings a network that fits the noise back to the noise level, an
+explicit ``l2`` overrides it, physics-only models are not touched, and the result reports
+(and saves) the choice. Generalised cross-validation (``l2="gcv"``, the default): the
+effective degrees of freedom are the hat matrix's trace, fall from rank(J) to 0, on a
+linear model the chosen strength estimates the noise variance, and where its minimum is a
+fit through the data points the discrepancy principle chooses."""
 
 import warnings
 
@@ -255,3 +256,37 @@ def test_gcv_rule_in_a_fit_reports_its_choice_and_fits_at_it():
         r.loss, rel=1e-6)
     assert r.nfev + r.njev + r.ngev >= sum(p["evaluations"] for p in reg["path"])
     assert "L2 penalty chosen from the data" in r.summary() and "gcv" in r.summary()
+
+
+def test_the_default_chooses_the_penalty_by_gcv_for_networks_and_leaves_physics_alone():
+    data = decay_data(0.05)
+    opt = dl.LevenbergMarquardt(max_iter=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)
+        net = dl.fit(network_model(), data, y0="estimate", progress=False, optimizer=opt)
+        asked = dl.fit(network_model(), data, y0="estimate", progress=False, optimizer=opt,
+                       l2="gcv")
+        phys = dl.fit(physics_model(), data, y0="estimate", progress=False)
+    reg = net.config["regularisation"]
+    assert reg["rule"] == "gcv" and net.config["l2"] == reg["l2"] > 0
+    assert net.refitter.settings["l2"] == reg["l2"]
+    assert asked.config["l2"] == reg["l2"] and asked.loss == net.loss    # the same fit
+    assert "L2 penalty chosen from the data" in net.summary()
+    assert phys.config["l2"] == 0.0 and not phys.config.get("regularisation")
+
+
+def test_where_gcvs_minimum_interpolates_the_discrepancy_principle_chooses(monkeypatch):
+    """When GCV's minimum leaves fewer than INTERPOLATING residual degrees of freedom (a fit
+    through the data points, where GCV is 0/0), the discrepancy principle chooses and the
+    report says why. The threshold is raised here so that this fit counts as one."""
+    import dynlearn.fitting.regularisation as regularisation
+    monkeypatch.setattr(regularisation, "INTERPOLATING", 1e9)
+    data = decay_data(0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)
+        r = dl.fit(network_model(), data, y0="estimate", sigma=0.05, progress=False,
+                   optimizer=dl.LevenbergMarquardt(max_iter=40), l2="gcv")
+    reg = r.config["regularisation"]
+    assert reg["rule"] == "discrepancy" and reg["l2"] > 0
+    assert reg["reason"].startswith("generalised cross-validation cannot choose")
+    assert 0.5 <= r.diagnostics.fit_to_noise <= 2.0      # brought to the noise level

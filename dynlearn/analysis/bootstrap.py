@@ -230,7 +230,8 @@ def bootstrap(model, data, n: int = 100, *, kind: str = "auto", seed: int | None
     **fit_kwargs
         Passed to :func:`dynlearn.fit` (loss, y0, optimizer, sigma, l2, ...). ``n_starts``,
         ``callback``, ``checkpoint`` and ``resume`` apply to the first fit only; every refit
-        starts from its optimum.
+        starts from its optimum, with the L2 strength it used (the one it chose from the
+        data by default).
 
     Returns
     -------
@@ -259,6 +260,10 @@ def bootstrap(model, data, n: int = 100, *, kind: str = "auto", seed: int | None
     refit_kw = {k_: v for k_, v in fit_kwargs.items() if k_ not in _BASE_ONLY}
     executor = resolve_executor(client)
     base = fit(model, dataset, seed=seed, client=executor, progress=progress, **fit_kwargs)
+    # replicates keep the L2 strength the first fit chose from the data (a rule's name would
+    # run the rule again on every replicate: as many more fits, for a penalty that the
+    # intervals are then conditional on anyway)
+    refit_kw["l2"] = base.config.get("l2", 0.0)
     resampler = (_ExperimentResampler(dataset) if kind == "experiments"
                  else _ResidualResampler(base))
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(n)]

@@ -66,7 +66,7 @@ __all__ = ["Refitter", "fit"]
 # --- the fit --------------------------------------------------------------------------------
 def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer | None = None,
         sensitivity: Sensitivity | None = None, method: str = "auto", rtol: float = 1e-6,
-        atol: float = 1e-8, sigma=None, weights=None, l2: float | str | None = 0.0,
+        atol: float = 1e-8, sigma=None, weights=None, l2: float | str | None = "gcv",
         input_kind: str | None = None, y0_init=None, n_starts: int = 1, seed: int | None = None,
         progress: bool = True, callback: Callable | None = None, checkpoint=None,
         checkpoint_interval: float = 5.0, resume: bool = False, max_time: float | None = None,
@@ -124,18 +124,19 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
         the noise section of docs/fitting.md.
     weights : dict, optional
         Relative weights per observable.
-    l2 : float, "auto" or "gcv"
-        L2 penalty ``l2 * |w|^2`` on network weights. ``"auto"`` (or ``None``) chooses it from
-        the data for a network model by the discrepancy principle: the fit with no penalty
-        runs first; if it is below the noise level (known, or estimated from the data) as
-        the diagnostics' warning judges it, a short warm-started path of penalised fits
-        finds the least penalty that brings it to the noise level (see
-        :mod:`dynlearn.fitting.regularisation`); the choice is in
-        ``result.config["regularisation"]`` and the summary. ``"gcv"`` chooses it by
-        generalised cross-validation over the network's effective degrees of freedom
-        (the trace of the hat matrix from the residual Jacobian; needs no noise level:
-        :func:`~dynlearn.fitting.regularisation.choose_l2_gcv`). A number (0 included) is
-        used as given.
+    l2 : float, "gcv" or "auto"
+        L2 penalty ``l2 * |w|^2`` on network weights. The default, ``"gcv"``, chooses it from
+        the data for a network model (pure-physics models are not penalised): the fit with
+        no penalty runs first, then the strength minimising generalised cross-validation
+        over the network's effective degrees of freedom (the trace of the hat matrix from
+        the residual Jacobian; it needs no noise level) is fitted, warm-started
+        (:func:`~dynlearn.fitting.regularisation.choose_l2_gcv`; why this rule is the
+        default, measured: docs/fitting.md). ``"auto"`` (or ``None``) chooses it by the
+        discrepancy principle instead: if the unpenalised fit is below the noise level
+        (known, or estimated from the data) as the diagnostics' warning judges it, the
+        least penalty that brings it to the noise level. The choice is in
+        ``result.config["regularisation"]`` and the summary. A number (0 included) is used
+        as given.
     input_kind : {"linear", "zoh"}, optional
         How inputs are interpolated between samples (default: the dataset's choice).
     y0_init : array or dict, optional

@@ -83,7 +83,8 @@ Layout
                                            # "multiple-shooting" (default: chosen by dl.fit)
     maxiter = 200                          # iteration budget of the optimizer
     n_starts = 1                           # multi-start
-    l2 = 0.0                               # L2 penalty on network weights, or "auto"
+    l2 = "gcv"                             # L2 penalty on network weights: a number, or
+                                           # "gcv" (the default) or "auto"
     max_time = 600                         # seconds; the best point so far is kept
     seed = 0
     options = { max_step = 0.5 }           # other dl.fit keywords (solver options, ...)
@@ -839,7 +840,7 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
     for k in ("rtol", "atol"):
         if k in ft:
             ck.number(ft[k], ("fit", k), positive=True)
-    if isinstance(ft.get("l2"), str):          # "auto": the strength chosen from the data
+    if isinstance(ft.get("l2"), str):          # a rule choosing the strength from the data
         ck.string(ft["l2"], ("fit", "l2"), [L2_AUTO, L2_GCV])
     elif "l2" in ft and ck.number(ft["l2"], ("fit", "l2")) < 0:
         ck.fail(("fit", "l2"), f"must be >= 0, \"{L2_AUTO}\" or \"{L2_GCV}\", got {ft['l2']}")

@@ -57,11 +57,12 @@ __all__ = [
     "probe_method",
 ]
 
-#: the value of ``l2=`` that asks for the L2 strength chosen from the data (resolved by
-#: :mod:`dynlearn.fitting.regularisation` before an objective is built; model files accept
-#: it too)
+#: the value of ``l2=`` that asks for the L2 strength of the discrepancy principle (resolved
+#: by :mod:`dynlearn.fitting.regularisation` before an objective is built; model files
+#: accept it and the one below too)
 L2_AUTO = "auto"
-#: the value of ``l2=`` that asks for the strength minimising generalised cross-validation
+#: the value of ``l2=`` that asks for the strength minimising generalised cross-validation,
+#: the default
 L2_GCV = "gcv"
 
 #: What a solve that fails at a trial point raises (a solver failure, parameters that

@@ -882,9 +882,9 @@ def diagnose(obj, x, r, A, cov_x, params) -> Diagnostics:
         diag.noise_warning = (
             f"the network model fits well below the noise level: chi-square / (n - k) = "
             f"{diag.fit_to_noise:.3g} against {how}, where an honest fit gives about 1. The "
-            f"network is probably fitting the noise: use the L2 penalty chosen from the data "
-            f"(l2=\"auto\" in dl.fit, l2 = \"auto\" in a model file's [fit]), {penalty}, a "
-            "smaller network, or fewer iterations"
+            "network is probably fitting the noise: use the L2 penalty that brings the fit to "
+            "the noise level (l2=\"auto\" in dl.fit, l2 = \"auto\" in a model file's [fit]), "
+            f"{penalty}, a smaller network, or fewer iterations"
             + ("" if srcs == {"known"} else "; pass sigma= if the noise level is known "
                "(the estimate from the data is too high when the data are sampled coarsely)"))
         diag.warnings.append(diag.noise_warning)

@@ -279,7 +279,7 @@ class FitResult:
         choice = self.method_choice
         if choice is not None:
             lines.append(f"  solver: {choice.describe()}")
-        reg = self.config.get("regularisation")     # l2="auto" (dynlearn.fitting.regularisation)
+        reg = self.config.get("regularisation")     # dynlearn.fitting.regularisation
         if reg:
             lines.append(f"  L2 penalty chosen from the data: l2 = {reg['l2']:.3g} "
                          f"({reg['rule']}: {reg['reason']})")
