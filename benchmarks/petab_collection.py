@@ -90,6 +90,9 @@ def _run_one(yaml_path: str, ref_grad: dict | None, opts: dict, queue) -> None:
             den = np.maximum(np.abs(r), 1e-3 * np.max(np.abs(r)) if r.size else 1.0)
             out["grad_max_rel"] = float(np.max(np.abs(g - r) / den)) if r.size else 0.0
         out["status"] = "ok" if out["tol"] == f"{opts['rtol']:g}" else f"ok (tol {out['tol']})"
+        paths = getattr(prob, "steady_state_paths", None)
+        if paths:      # how the steady states were found (path/sensitivity: count)
+            out["status"] += " [" + ", ".join(f"{k} {v}" for k, v in sorted(paths.items())) + "]"
     except DynlearnError as exc:
         out["status"] = f"{type(exc).__name__}: {exc}"
     except Exception as exc:   # a benchmark reports every failure in its row
@@ -128,6 +131,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rtol", type=float, default=1e-9)
     ap.add_argument("--atol", type=float, default=1e-12)
     ap.add_argument("--method", help="solver method (default: dl.petab's)")
+    ap.add_argument("--preequilibration", choices=("newton", "simulation"),
+                    help="steady states by Newton with a simulation fallback (default) or "
+                         "by simulation only (the former path)")
     args = ap.parse_args(argv)
 
     refs = _read_refs(args.references)
@@ -137,6 +143,8 @@ def main(argv=None) -> int:
     opts = dict(rtol=args.rtol, atol=args.atol)
     if args.method:
         opts["method"] = args.method
+    if args.preequilibration:
+        opts["preequilibration"] = args.preequilibration
     header = ("| problem | status | nllh | ref nllh | abs diff | grad rel | max rel | "
               "t_import s | t_first s | t_eval s | t_grad s | AMICI t_sim ms | AMICI t_grad ms | "
               "eval / AMICI | grad / AMICI |")

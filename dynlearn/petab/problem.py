@@ -18,8 +18,11 @@ simulation conditions) is solved by :class:`dynlearn.ForwardSensitivity` with a 
 method and the exact Jacobian, at the unique measurement times; it integrates ``dy/dP``
 directly (:meth:`~dynlearn.ForwardSensitivity.directional`: the sensitivity equations
 forced by ``df/dtheta dtheta/dP`` from ``dy0/dP``), ``n (1 + nP)`` components at most
-instead of ``n (1 + n_theta + n)`` for ``dy/dtheta`` and ``dy/dy0``. Replicates and
-measurements at ``t = 0`` read the same simulated row.
+instead of ``n (1 + n_theta + n)`` for ``dy/dtheta`` and ``dy/dy0``. Where the sensitivity
+components are many per measurement time, :meth:`PetabProblem.loss_and_grad` takes the
+adjoint instead (:mod:`dynlearn.petab.adjoint`: one backward solve per simulation, after
+the cotangents of all rows are summed). Replicates and measurements at ``t = 0`` read the
+same simulated row.
 
 Observables and noise formulas are compiled per observable with their derivatives with
 respect to the states and to every other symbol they use, and the negative log-likelihood
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,19 +42,25 @@ import sympy as sp
 from dynlearn.core.model import HybridModel
 from dynlearn.core.symbolic import NAMESPACES, jacobian_exprs
 from dynlearn.core.vectorfield import VectorField
-from dynlearn.errors import PetabError, SolveError
-from dynlearn.petab.events import TimeEvents
+from dynlearn.errors import PetabError
+from dynlearn.petab.adjoint import AdjointTape, prefer_adjoint
+from dynlearn.petab.events import CompiledEvents
 from dynlearn.petab.extra import require
 from dynlearn.petab.priors import parameter_priors
 from dynlearn.petab.sbml import TIME, SbmlOde, sbml_to_ode
+from dynlearn.petab.steady import steady_state
 from dynlearn.sensitivity.base import Problem
 from dynlearn.sensitivity.forward import ForwardSensitivity
 from dynlearn.solve import solve_observed
 
-__all__ = ["PetabFit", "PetabProblem", "fisher_terms", "from_scale", "load", "nllh_terms",
-           "to_scale"]
+__all__ = ["GRADIENT_METHODS", "PetabFit", "PetabProblem", "fisher_terms", "from_scale", "load",
+           "nllh_terms", "to_scale"]
 
 _SCALES = ("lin", "log", "log10")
+#: PetabProblem(gradient=...): "auto" (the adjoint where dynlearn.petab.adjoint.prefer_adjoint
+#: says it pays, forward sensitivities elsewhere), "forward" (forward sensitivities: the
+#: path before), "adjoint"
+GRADIENT_METHODS = ("auto", "forward", "adjoint")
 _LN10 = math.log(10.0)
 
 
@@ -167,12 +177,29 @@ class PetabProblem:
         sensitivity system): its compiled stepping made one evaluation 5-30 times and one
         gradient 1.6-25 times faster than scipy's BDF on the benchmark collection (see
         docs/solvers.md, "Where the time goes").
+    gradient : str
+        How :meth:`loss_and_grad` differentiates (one of :data:`GRADIENT_METHODS`):
+        ``"auto"`` (default) takes the adjoint (:mod:`dynlearn.petab.adjoint`) where
+        :func:`~dynlearn.petab.adjoint.prefer_adjoint` says it pays (many sensitivity
+        components per measurement time) and forward sensitivities elsewhere;
+        ``"forward"`` is the path before, ``"adjoint"`` the adjoint always. State-triggered
+        events take forward sensitivities (``"adjoint"`` refuses them).
+        :meth:`fisher_system` needs ``dy/dP`` and never takes the adjoint. See
+        docs/solvers.md, "PEtab gradients".
     priors : dynlearn.petab.priors.Priors or None
         The parameter table's objective priors (``None`` when it has none).
     steady_state_horizon : float
         The longest preequilibration (and steady-state measurement) integration; the
         steady state is declared when the weighted RMS norm of dy/dt, with tolerances 100
         times rtol and atol, drops below 1.
+    preequilibration : {"newton", "simulation"}
+        How steady states (preequilibration, ``time = inf``) are found: damped Newton with
+        a simulation fallback and algebraic sensitivities also with conservation laws
+        (default), or simulation only (the former behaviour; :mod:`dynlearn.petab.steady`).
+    steady_state_paths : collections.Counter
+        How many steady states took each path, keyed ``"newton/regular"``,
+        ``"simulation/conserved"``, ... (path, then the sensitivity method; ``none``
+        without gradient).
 
     Notes
     -----
@@ -181,18 +208,28 @@ class PetabProblem:
     placeholders per measurement (also timepoint-specific); noise formulas; normal and
     Laplace noise on lin/log/log10 observables; replicates; preequilibration; steady-state
     measurements (``time = inf``); time-triggered ``piecewise`` with parameter-dependent
-    switching times and time-triggered SBML events (:mod:`dynlearn.petab.events`), both
-    with exact sensitivity jumps. Priors are not part of the likelihood
+    switching times, and SBML events triggered by time or by the state
+    (:mod:`dynlearn.petab.events`; state triggers take forward sensitivities), all with
+    exact sensitivity jumps. Priors are not part of the likelihood
     (:meth:`nllh`, :meth:`loss_and_grad`: what AMICI's references are); :meth:`objective`
     adds them, and :meth:`fit` minimises it (the negative log-posterior when the parameter
     table has ``objectivePriorType``).
     """
 
     def __init__(self, petab_problem, rtol: float = 1e-9, atol: float = 1e-12,
-                 method: str = "LSODA", steady_state_horizon: float = 1e9):
+                 method: str = "LSODA", steady_state_horizon: float = 1e9,
+                 gradient: str = "auto", preequilibration: str = "newton"):
         self.petab_problem = pp = petab_problem
         self.rtol, self.atol, self.method = float(rtol), float(atol), method
+        if gradient not in GRADIENT_METHODS:
+            raise PetabError(f"gradient={gradient!r}: use one of {', '.join(GRADIENT_METHODS)}")
+        self.gradient = gradient
         self.steady_state_horizon = float(steady_state_horizon)
+        if preequilibration not in ("newton", "simulation"):
+            raise PetabError(f"preequilibration={preequilibration!r}: use 'newton' or "
+                             "'simulation'")
+        self.preequilibration = preequilibration
+        self.steady_state_paths: Counter = Counter()
         if pp.model is None:
             raise PetabError("the PEtab problem has no model")
         self.sbml = ode = sbml_to_ode(pp.model.sbml_model)
@@ -334,11 +371,11 @@ class PetabProblem:
                   else sp.zeros(len(taus), 0))
             self._switch_jac = sp.lambdify([vsyms], Jt, modules="numpy")
 
-        # time-triggered SBML events (dynlearn.petab.events)
+        # SBML events, time- or state-triggered (dynlearn.petab.events)
         self._events = None
         if ode.events:
-            self._events = TimeEvents([e.replaced(fixed_subs) for e in ode.events], states,
-                                      vsyms, TIME)
+            self._events = CompiledEvents([e.replaced(fixed_subs) for e in ode.events],
+                                          states, vsyms, TIME)
             changed = sorted({k for e in ode.events for k in e.assignments} & self._par_ids)
             if changed:
                 raise PetabError(f"parameter(s) {', '.join(changed)} of the parameter table "
@@ -527,6 +564,58 @@ class PetabProblem:
                 D[i, s.index] = 1.0
         return y0, D
 
+    def _use_adjoint(self) -> bool:
+        """Whether :meth:`loss_and_grad` takes the adjoint (``gradient="adjoint"``, or
+        ``"auto"`` and :func:`dynlearn.petab.adjoint.prefer_adjoint` says it pays)."""
+        if self._events is not None and self._events.has_state_events:
+            # state-triggered firing times are found during the forward solve: the
+            # adjoint's jumps are not; forward sensitivities handle them
+            if self.gradient == "adjoint":
+                names = ", ".join(self._events.ids[i] for i in self._events.state_indices)
+                raise PetabError("gradient='adjoint' does not support state-triggered SBML "
+                                 f"events ({names}): use 'forward'")
+            return False
+        if self.gradient != "auto":
+            return self.gradient == "adjoint"
+        moving = set()      # entries of P that move a simulation (parameters, initial values)
+        for src, init in self._cond.values():
+            moving.update(s.index for k, s in src.items() if k in self._vidx and s.index >= 0)
+            moving.update(s.index for s in init.values() if s is not None and s.index >= 0)
+        return prefer_adjoint(len(self.sbml.states), len(moving),
+                              sum(s["times"].size for s in self._sims))
+
+    def _adjoint_tape(self, vf, times, y0, D0, Dtheta, v, Dv) -> AdjointTape:
+        """The forward pass of one simulation for the adjoint gradient, with the jumps of
+        :meth:`_solve_switched` (switching times and events) as affine maps of dy/dP."""
+        n, nP = y0.size, Dtheta.shape[1]
+        t_end = float(times[-1]) if times.size else 0.0
+        points: dict[float, tuple] = {}
+        if self._switch is not None and t_end > 0:
+            tv = np.array(self._switch(v), dtype=float).reshape(-1)
+            Jt = np.array(self._switch_jac(v), dtype=float).reshape(tv.size, -1) @ Dv
+            for i in np.argsort(tv):
+                if 0.0 < tv[i] < t_end and float(tv[i]) not in points:
+                    points[float(tv[i])] = (Jt[i], [])
+        if self._events is not None:
+            for te, dte, idx in self._events.schedule(v, Dv, t_end):
+                key = next((t for t in points if abs(t - te) <= 1e-12 * max(1.0, te)), te)
+                points[key] = (dte, [*points.get(key, (None, []))[1], *idx])
+
+        def jump_at(t, dt, idx):
+            def fn(y):
+                # D+ = A D- + C: C is the image of D- = 0, A that of the identity with
+                # nothing else moving (the jump is affine in D-, dv/dP and dt/dP)
+                y_new, C = self._jump(vf, t, y, np.zeros((n, nP)), v, Dv, dt, idx, True)
+                _, A = self._jump(vf, t, y, np.eye(n), v, np.zeros((Dv.shape[0], n)),
+                                  None, idx, True)
+                return y_new, A, C
+            return fn
+        # events at the start act on the initial state (no switching time there)
+        start = jump_at(0.0, None, points.pop(0.0)[1]) if 0.0 in points else None
+        jumps = [(t, jump_at(t, dt, idx), bool(idx)) for t, (dt, idx) in points.items()]
+        return AdjointTape(vf, 0.0, times, y0, D0, Dtheta, self.method, self.rtol,
+                           self.atol, where=" (petab)", jumps=jumps, start_jump=start)
+
     def _solve(self, vf, t0, times, y0, D0, Dtheta, grad):
         """States at ``times`` and dy/dP (or None)."""
         prob = Problem(vf=vf, t0=t0, t_obs=times, y0=y0, obs_loss=None, method=self.method,
@@ -542,8 +631,10 @@ class PetabProblem:
 
     def _solve_switched(self, vf, times, y0, D0, Dtheta, grad, v, Dv):
         """:meth:`_solve` from ``t = 0`` in segments between the switching times of the
-        right-hand side (time-triggered ``piecewise``) and the firing times of SBML events.
-        At a switch whose time depends on ``P`` the sensitivities jump by
+        right-hand side (time-triggered ``piecewise``) and the firing times of SBML events
+        (time triggers scheduled in advance; state triggers located segment by segment by
+        :meth:`~dynlearn.petab.events.CompiledEvents.locate`, the segment then ending at the
+        firing). At a switch whose time depends on ``P`` the sensitivities jump by
         ``(f(tau-) - f(tau+)) dtau/dP``; at an event the state and the sensitivities jump
         as :mod:`dynlearn.petab.events` describes (a measurement at the firing time sees
         the state after the event)."""
@@ -564,15 +655,21 @@ class PetabProblem:
             for te, dte, idx in self._events.schedule(v, Dv, t_end):
                 key = next((t for t in points if abs(t - te) <= 1e-12 * max(1.0, te)), te)
                 points[key] = (dte, [*points.get(key, (None, []))[1], *idx])
-        if not points:
+        ev = self._events
+        watch = ev is not None and ev.has_state_events
+        if not points and not watch:
             return self._solve(vf, 0.0, times, y0, D0, Dtheta, grad)
         n, nP = y0.size, Dtheta.shape[1]
         Y = np.empty((times.size, n))
         SP = np.empty((times.size, n, nP)) if grad else None
         y = np.asarray(y0, dtype=float)
         D = (np.zeros((n, nP)) if D0 is None else D0) if grad else None
+        trig = None
         if 0.0 in points:         # events at the start act on the initial state
             y, D = self._jump(vf, 0.0, y, D, v, Dv, None, points.pop(0.0)[1], grad)
+        if watch:                 # state triggers: their values at the start, and firings
+            trig, idx = ev.watch(0.0, y, v)
+            y, D = self._fire(vf, 0.0, y, D, v, Dv, None, idx, trig, grad)
         if t_end == 0.0:
             Y[:] = y
             if grad:
@@ -580,18 +677,33 @@ class PetabProblem:
             return Y, SP
         a = 0.0
         for b in sorted({*points, t_end}):
-            sel = (times >= a) & (times <= b) if a == 0.0 else (times > a) & (times <= b)
-            seg = np.unique(np.concatenate([times[sel], [b]]))
-            Ys, Ss = self._solve(vf, a, seg, y, D, Dtheta, grad)
-            pos = np.searchsorted(seg, times[sel])
-            Y[sel] = Ys[pos]
-            if grad:
-                SP[sel] = Ss[pos]
-            y = Ys[-1]
-            D = Ss[-1] if grad else None
+            while True:
+                # a state-triggered event firing before b ends the segment there
+                hit = (ev.locate(vf, self.method, self.rtol, self.atol, a, b, y, v, trig,
+                                 where=" (petab)") if watch else None)
+                tb = hit.t if hit is not None else b
+                sel = (times >= a) & (times <= tb) if a == 0.0 else (times > a) & (times <= tb)
+                seg = np.unique(np.concatenate([times[sel], [tb]]))
+                Ys, Ss = self._solve(vf, a, seg, y, D, Dtheta, grad)
+                pos = np.searchsorted(seg, times[sel])
+                Y[sel] = Ys[pos]
+                if grad:
+                    SP[sel] = Ss[pos]
+                y = Ys[-1]
+                D = Ss[-1] if grad else None
+                if hit is None:
+                    break
+                dt = (ev.firing_time_derivative(hit, tb, y, D, vf.fun(tb, y), v, Dv)
+                      if grad else None)
+                y, D = self._fire(vf, tb, y, D, v, Dv, dt, hit.indices, trig, grad)
+                at = times == tb
+                Y[at] = y
+                if grad:
+                    SP[at] = D
+                a = tb
             if b in points:
                 dt, idx = points[b]
-                y, D = self._jump(vf, b, y, D, v, Dv, dt, idx, grad)
+                y, D = self._fire(vf, b, y, D, v, Dv, dt, idx, trig, grad)
                 if idx:
                     at = times == b
                     Y[at] = y
@@ -599,6 +711,21 @@ class PetabProblem:
                         SP[at] = D
             a = b
         return Y, SP
+
+    def _fire(self, vf, t, y, D, v, Dv, dt, idx, trig, grad):
+        """:meth:`_jump` at ``t`` with the events ``idx``; with state triggers watched
+        (``trig``, a :class:`~dynlearn.petab.events.TriggerState`), then the state-triggered
+        events that the assignments turn true, at the same time and with the same
+        ``dt/dP``, until none does (a loop is a SolveError naming the event)."""
+        while True:
+            if trig is not None:
+                self._events.record(trig, idx, t)
+            y_new, D = self._jump(vf, t, y, D, v, Dv, dt, idx, grad)
+            idx = (self._events.after_jump(trig, t, y, y_new, v)
+                   if trig is not None and idx else [])
+            y = y_new
+            if not idx:
+                return y, D
 
     def _jump(self, vf, t, y, D, v, Dv, dt, idx, grad):
         """The state and dy/dP right after time ``t``, where the right-hand side switches
@@ -618,74 +745,48 @@ class PetabProblem:
         return y, T
 
     def _steady_state(self, vf, y0, D0, Dtheta, grad):
-        """Preequilibration: the steady state reached from ``y0`` and its dy/dP.
+        """Preequilibration: the steady state reached from ``y0`` and its dy/dP
+        (:func:`dynlearn.petab.steady.steady_state`; the path taken is counted in
+        :attr:`steady_state_paths`)."""
+        ss = steady_state(vf, y0, D0, Dtheta, rtol=self.rtol, atol=self.atol,
+                          method=self.method, horizon=self.steady_state_horizon, grad=grad,
+                          newton=self.preequilibration == "newton")
+        self.steady_state_paths[f"{ss.path}/{ss.sensitivity or 'none'}"] += 1
+        return ss.y, ss.S
 
-        The state is integrated (stiff method, exact Jacobian) until the weighted RMS norm
-        of dy/dt, with tolerances 100 times the solver's (AMICI's convention), drops below 1.
-        Its sensitivities are ``-J^{-1} df/dtheta`` when the Jacobian ``J`` is well
-        conditioned (the steady state is then locally unique and forgets ``y0``); with
-        conservation laws (``J`` singular) they are integrated to the same time instead.
-        """
-        from scipy.integrate import solve_ivp
-
-        rtol_ss, atol_ss = 100 * self.rtol, 100 * self.atol
-
-        def wrms(t, y):
-            f = vf.fun(t, y)
-            return float(np.sqrt(np.mean((f / (atol_ss + rtol_ss * np.abs(y))) ** 2))) - 1.0
-        wrms.terminal = True
-        if wrms(0.0, y0) < 0:
-            y, t_end = np.array(y0, dtype=float), 0.0
-        else:
-            res = solve_ivp(vf.fun, (0.0, self.steady_state_horizon), y0, method=self.method,
-                            rtol=self.rtol, atol=self.atol, jac=vf.jac, events=wrms)
-            if res.status != 1:
-                raise SolveError("preequilibration did not reach a steady state by t = "
-                                 f"{self.steady_state_horizon:.3g}: {res.message}")
-            y, t_end = res.y_events[0][0], float(res.t_events[0][0])
-        if not grad:
-            return y, None
-        J, Jt = vf.jac_and_theta_jac(t_end, y)
-        if np.linalg.cond(J) < 1e10:
-            return y, -np.linalg.solve(J, Jt @ Dtheta)
-        if D0 is None:
-            D0 = np.zeros((y.size, Dtheta.shape[1]))
-        y0 = np.asarray(y0, dtype=float)
-        # sensitivities settle more slowly than states: integrate over longer spans (each
-        # from the start: restarting BDF near the steady state fails at tight tolerances)
-        # until their derivative J D + df/dtheta Dtheta passes the same test
-        t = max(t_end, 1.0)
-        for _ in range(12):
-            Y, SP = self._solve(vf, 0.0, np.array([t]), y0, D0, Dtheta, True)
-            y, D = Y[0], SP[0]
-            J, Jt = vf.jac_and_theta_jac(t, y)
-            dD = J @ D + Jt @ Dtheta
-            if np.sqrt(np.mean((dD / (atol_ss + rtol_ss * np.abs(D))) ** 2)) < 1.0:
-                return y, D
-            t *= 4.0
-        raise SolveError("preequilibration: the steady-state sensitivities did not settle by "
-                         f"t = {t:.3g}")
-
-    def _simulate_all(self, P, grad: bool):
+    def _simulate_all(self, P, grad: bool, adjoint: bool = False):
+        # adjoint: the solves keep AdjointTapes (dynlearn.petab.adjoint) in place of dy/dP
         out = []
+        pre_states = {}   # one steady state per preequilibration condition: many share one
         for s in self._sims:
             v_sim, D_sim = self._varying_values(s["sim"], P)
             y_pre = S_pre = None
             if s["pre"]:
-                v_pre, D_pre = self._varying_values(s["pre"], P)
-                vf = VectorField(self.model, v_pre[self._theta_vidx])
-                y0, D0 = self._initial(s["pre"], v_pre, D_pre, P)
-                y_pre, S_pre = self._steady_state(vf, y0, D0, D_pre[self._theta_vidx], grad)
+                if s["pre"] not in pre_states:
+                    v_pre, D_pre = self._varying_values(s["pre"], P)
+                    vf = VectorField(self.model, v_pre[self._theta_vidx])
+                    y0, D0 = self._initial(s["pre"], v_pre, D_pre, P)
+                    pre_states[s["pre"]] = self._steady_state(vf, y0, D0,
+                                                              D_pre[self._theta_vidx], grad)
+                y_pre, S_pre = pre_states[s["pre"]]
             vf = VectorField(self.model, v_sim[self._theta_vidx])
             y0, D0 = self._initial(s["sim"], v_sim, D_sim, P, y_pre, S_pre)
-            Y, SP = self._solve_switched(vf, s["times"], y0, D0, D_sim[self._theta_vidx],
-                                         grad, v_sim, D_sim)
+            if adjoint:
+                SP = self._adjoint_tape(vf, s["times"], y0, D0, D_sim[self._theta_vidx],
+                                        v_sim, D_sim)
+                Y = SP.Y
+            else:
+                Y, SP = self._solve_switched(vf, s["times"], y0, D0, D_sim[self._theta_vidx],
+                                             grad, v_sim, D_sim)
             if s["steady"]:
                 # measurements at t = inf: the steady state reached from the start
                 y_ss, S_ss = self._steady_state(vf, y0, D0, D_sim[self._theta_vidx], grad)
                 Y = np.vstack([Y, y_ss[None]])
                 if grad:
-                    SP = np.concatenate([SP, S_ss[None]], axis=0)
+                    if adjoint:
+                        SP.set_steady(S_ss)
+                    else:
+                        SP = np.concatenate([SP, S_ss[None]], axis=0)
             out.append((Y, SP, v_sim, D_sim))
         return out
 
@@ -697,7 +798,8 @@ class PetabProblem:
             raise PetabError(f"x must have shape ({len(self.x_names)},), got {x.shape}")
         P, dPdx = self.from_scale(x)
         nP = len(P)
-        sims = self._simulate_all(P, grad)
+        adjoint = grad and fisher is None and not want_sim and self._use_adjoint()
+        sims = self._simulate_all(P, grad, adjoint)
         total = 0.0
         g = np.zeros(nP)
         hsim = np.full(self._n_rows, np.nan) if want_sim else None
@@ -730,7 +832,10 @@ class PetabProblem:
             if grad:
                 for dval, dy, de, idx in ((d_h, hdy, hde, Ih), (d_s, sdy, sde, Is)):
                     if dy is not None and np.any(dy):
-                        g += np.einsum("r,rn,rnp->p", dval, dy, SP[ti])
+                        if adjoint:
+                            SP.add_cotangent(ti, dval[:, None] * dy)
+                        else:
+                            g += np.einsum("r,rn,rnp->p", dval, dy, SP[ti])
                     if de is not None and de.size:
                         w = dval[:, None] * de
                         mask = idx >= 0
@@ -739,6 +844,9 @@ class PetabProblem:
             return hsim
         if not grad:
             return total
+        if adjoint:     # one backward solve per simulation, after all cotangents are in
+            for _, tape, _, _ in sims:
+                g += tape.gradient()
         return total, g * dPdx
 
     def _eval_formula(self, comp: _Compiled, E_src, t, Yr, P, grad):
@@ -828,10 +936,10 @@ class PetabProblem:
         starts : array-like, shape (k, n), optional
             Starts given explicitly (then ``n_starts`` and ``seed`` are not used).
         max_time : float, optional
-            Wall-clock budget of the whole fit in seconds: the running start stops at its
-            next iteration (status ``"max_time"``) and the starts not begun are recorded
-            with status ``"not run"``. The first start always makes one iteration, so that
-            there is a point to report.
+            Wall-clock budget of the whole fit in seconds, checked inside every solve: the
+            running start stops at the best point it evaluated (status ``"max_time"``) and
+            the starts not begun are recorded with status ``"not run"``. The first
+            evaluation of the first start always runs, so that there is a point to report.
         prior : bool
             Minimise the negative log-posterior (:meth:`objective`) when the parameter
             table has objective priors; ``False`` fits the likelihood alone.
@@ -992,7 +1100,9 @@ def load(path: str | os.PathLike, **options) -> PetabProblem:
         The problem's YAML file.
     **options
         Solver settings passed to :class:`PetabProblem`: ``rtol``, ``atol``, ``method``,
-        ``steady_state_horizon`` (the longest preequilibration, default 1e9); for a PEtab
+        ``steady_state_horizon`` (the longest preequilibration, default 1e9),
+        ``preequilibration`` (``"newton"``, the default, or ``"simulation"``),
+        ``gradient`` (see :class:`PetabProblem`); for a PEtab
         SciML problem those of :class:`~dynlearn.petab.sciml.SciMLProblem`.
 
     Returns
