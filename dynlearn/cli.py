@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.resources
 import inspect
 import json
 import logging
@@ -58,6 +59,7 @@ from dynlearn.io.model_file import load_model_file, looks_like_csv, model_to_tom
 from dynlearn.objective import Objective
 from dynlearn.objective.losses import LOSS_NAMES
 from dynlearn.optimizers import Status
+from dynlearn.petab.fitting import FIT_OPTIMIZERS, available_optimizers, choose_optimizer
 from dynlearn.petab.outputs import PETAB_FIT_OUTPUTS, looks_like_petab
 from dynlearn.report.tables import write_csv
 from dynlearn.results import load_result
@@ -67,7 +69,7 @@ from dynlearn.sensitivity.finite_difference import parameter_step_scales
 from dynlearn.solve import SOLVER_OPTIONS, check_method, simulate
 from dynlearn.version import __version__
 
-__all__ = ["build_parser", "fit_arguments", "main"]
+__all__ = ["build_parser", "fit_arguments", "main", "model_files_reference"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_NOT_CONVERGED = 3
@@ -288,13 +290,31 @@ def _fit_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-plots", action="store_true", help="skip the figures and the report")
 
 
+#: the model-file reference as the package ships it (package data: a symbolic link to
+#: docs/model-files.md, which a wheel build copies)
+MODEL_FILES_DOC = "bundled/docs/model-files.md"
+
+
+def model_files_reference() -> str:
+    """Where the model-file reference is on this machine: the copy of docs/model-files.md
+    installed with the package (a source checkout has docs/model-files.md too), found by
+    :mod:`importlib.resources`, so that a wheel install can point to it."""
+    return str(importlib.resources.files("dynlearn").joinpath(MODEL_FILES_DOC))
+
+
+def _model_files_doc() -> str:
+    """docs/model-files.md, and where the installed package keeps it, for help texts."""
+    return f"docs/model-files.md (installed with dynlearn as {model_files_reference()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``dynlearn`` command."""
     p = _Parser(prog="dynlearn",
                 description="Fit hybrid dynamical models (equations plus small neural "
                             "networks) to measured time series.",
                 epilog="Start with 'dynlearn demo'. Model files are TOML, described key by "
-                       "key in docs/model-files.md; 'dynlearn example' writes working ones.")
+                       f"key in {_model_files_doc()}; 'dynlearn example' writes working "
+                       "ones.")
     p.add_argument("--version", action="version", version=f"dynlearn {__version__}")
     _common(p)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -315,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="Exit status: 0 converged; 1 the fit failed; 2 a user error; "
                               "3 the fit did not converge (stalled, or out of iterations or "
                               "time; results are written); 130 interrupted. "
-                              "Model files: docs/model-files.md has every table and key, "
-                              "with an example each; 'dynlearn example NAME' writes a "
+                              f"Model files: {_model_files_doc()} has every table and "
+                              "key, with an example each; 'dynlearn example NAME' writes a "
                               "working model file and its CSV.")
     f.add_argument("model", metavar="MODEL.toml",
                    help="the model file (TOML; see docs/model-files.md and 'dynlearn "
@@ -337,6 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(files named like dynlearn's outputs are replaced, nothing else is "
                         "touched; an input file is never overwritten)")
     _fit_options(f)
+    g = f.add_argument_group("PEtab problem (problem.yaml)")
+    g.add_argument("--optimizer", choices=["auto", *FIT_OPTIMIZERS], default=None,
+                   help="the optimizer of each start: fisher (a trust region on the exact "
+                        "gradient with the Fisher information as Hessian, Gauss-Newton for "
+                        "normal noise), lbfgsb (scipy's L-BFGS-B on the exact gradient), or "
+                        "auto (default: fisher when every observable has normal noise, else "
+                        "lbfgsb; a PEtab SciML problem has lbfgsb only); see docs/petab.md")
     _scale_out(f)
     _common(f)
 
@@ -661,6 +688,10 @@ def cmd_fit(args, console: Console) -> int:
     """``dynlearn fit``."""
     if looks_like_petab(args.model):
         return cmd_fit_petab(args, console)
+    if getattr(args, "optimizer", None) is not None:
+        raise OptionError("--optimizer: for a PEtab problem (problem.yaml) only; a model "
+                          "file names its optimizer in its [fit] table (optimizer = ..., "
+                          "see docs/model-files.md)")
     mf = _model_from_file(args)
     data = mf.read_data(args.data)
     csv = Path(args.data) if args.data is not None else mf.data["file"]
@@ -692,15 +723,24 @@ def cmd_fit_petab(args, console: Console) -> int:
         # the petab library's own pandas deprecations say nothing about the problem
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petab\.")
         problem = dp.load(args.model, **options)
+    choices = available_optimizers(problem)
+    asked = getattr(args, "optimizer", None)
+    if asked not in (None, "auto", *choices):
+        raise OptionError(f"--optimizer {asked}: not for this problem ({problem!r} has no "
+                          f"Fisher information); choose from auto, {', '.join(choices)}")
+    optimizer = choose_optimizer(problem) if asked in (None, "auto") else asked
+    # a problem with one optimizer (PEtab SciML) runs it without being told
+    fit_options = {"optimizer": optimizer} if len(choices) > 1 else {}
     out = _prepare_out_dir(out, inputs=dp.outputs.problem_files(args.model), force=args.force)
     n_starts = args.n_starts or PETAB_N_STARTS
-    console.note(f"fitting PEtab problem {args.model}: {problem!r}, {n_starts} starts"
+    console.note(f"fitting PEtab problem {args.model}: {problem!r}, {n_starts} starts, "
+                 f"optimizer {optimizer}"
                  + (f"; objective with the priors of {', '.join(problem.priors.names)}"
                     if problem.priors is not None else ""))
     t0 = time.perf_counter()
     result = problem.fit(n_starts=n_starts, seed=getattr(args, "seed", None) or 0,
                          x0=problem.x_nominal, maxiter=args.maxiter or 2000,
-                         max_time=args.max_time)
+                         max_time=args.max_time, **fit_options)
     seconds = time.perf_counter() - t0
     errors = dp.outputs.standard_errors(problem, result.x) if np.isfinite(result.fun) \
         else None

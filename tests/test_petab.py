@@ -7,9 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-libsbml = pytest.importorskip("libsbml")
+pytest.importorskip("libsbml")
 pytest.importorskip("petab")
 pytest.importorskip("sbmlmath")
+
+from petab_builders import Sbml, write_tsv, write_v1_yaml  # noqa: E402
 
 import dynlearn.petab as dp  # noqa: E402
 from dynlearn.errors import DynlearnError, PetabError  # noqa: E402
@@ -21,87 +23,31 @@ def _sbml(path, event=False):
     """A -> B with rate k*A*V (so d[A]/dt = -k [A] in concentration), compartment size V;
     B starts at b0 (an initial assignment). C is made at rate kp from t = tau on (a
     time-triggered piecewise) and degraded at rate kd."""
-    doc = libsbml.SBMLDocument(3, 2)
-    m = doc.createModel()
-    m.setId("conversion")
-    c = m.createCompartment()
-    c.setId("cell")
-    c.setSize(VOL)
-    c.setConstant(True)
-    for sid, x0 in (("A", 1.0), ("B", 0.0), ("C", 0.0)):
-        s = m.createSpecies()
-        s.setId(sid)
-        s.setCompartment("cell")
-        s.setInitialConcentration(x0)
-        s.setHasOnlySubstanceUnits(False)
-        s.setBoundaryCondition(False)
-        s.setConstant(False)
-    for pid, v in (("k", 0.1), ("b0", 0.25), ("kp", 1.0), ("kd", 1.0), ("tau", 1.0)):
-        p = m.createParameter()
-        p.setId(pid)
-        p.setValue(v)
-        p.setConstant(True)
-    ia = m.createInitialAssignment()
-    ia.setSymbol("B")
-    ia.setMath(libsbml.parseL3Formula("b0"))
-    r = m.createReaction()
-    r.setId("conv")
-    r.setReversible(False)
-    ref = r.createReactant()
-    ref.setSpecies("A")
-    ref.setStoichiometry(1)
-    ref.setConstant(True)
-    ref = r.createProduct()
-    ref.setSpecies("B")
-    ref.setStoichiometry(1)
-    ref.setConstant(True)
-    kl = r.createKineticLaw()
-    kl.setMath(libsbml.parseL3Formula("k * A * cell"))
-    for rid, law, reactant, product in (("make_c", "piecewise(kp, time > tau, 0) * cell", None,
-                                         "C"),
-                                        ("drop_c", "kd * C * cell", "C", None)):
-        r = m.createReaction()
-        r.setId(rid)
-        r.setReversible(False)
-        for sid, make in ((reactant, r.createReactant), (product, r.createProduct)):
-            if sid:
-                ref = make()
-                ref.setSpecies(sid)
-                ref.setStoichiometry(1)
-                ref.setConstant(True)
-        r.createKineticLaw().setMath(libsbml.parseL3Formula(law))
-    # an assignment rule the observables use: the total
-    p = m.createParameter()
-    p.setId("total")
-    p.setConstant(False)
-    rule = m.createAssignmentRule()
-    rule.setVariable("total")
-    rule.setMath(libsbml.parseL3Formula("A + B"))
+    model = (Sbml("conversion", size=VOL).species("A", 1.0).species("B", 0.0)
+             .species("C", 0.0)
+             .parameters({"k": 0.1, "b0": 0.25, "kp": 1.0, "kd": 1.0, "tau": 1.0})
+             .initial_assignment("B", "b0")
+             .reaction("conv", "k * A * cell", reactants=["A"], products=["B"])
+             .reaction("make_c", "piecewise(kp, time > tau, 0) * cell", products=["C"])
+             .reaction("drop_c", "kd * C * cell", reactants=["C"])
+             # an assignment rule the observables use: the total
+             .assignment_rule("total", "A + B"))
     if event:
-        e = m.createEvent()
-        e.setId("dose")
-        e.setUseValuesFromTriggerTime(True)
-        tr = e.createTrigger()
-        tr.setInitialValue(False)
-        tr.setPersistent(True)
-        tr.setMath(libsbml.parseL3Formula("A < 0.5"))   # state-dependent: not supported
-        a = e.createEventAssignment()
-        a.setVariable("A")
-        a.setMath(libsbml.parseL3Formula("A + 1"))
-    libsbml.writeSBMLToFile(doc, str(path))
+        model.event("dose", "A == 0.5", {"A": "A + 1"})    # an equality: not supported
+    return model.write(path)
 
 
 def _write_problem(d, event=False):
     _sbml(d / "model.xml", event=event)
-    pd.DataFrame({"conditionId": ["c1", "c2"], "A": [A0_C1, "a0_c2"],
-                  "b0": [0.25, 0.5]}).to_csv(d / "conditions.tsv", sep="\t", index=False)
-    pd.DataFrame({
+    write_tsv(d / "conditions.tsv", {"conditionId": ["c1", "c2"], "A": [A0_C1, "a0_c2"],
+                                     "b0": [0.25, 0.5]})
+    write_tsv(d / "observables.tsv", {
         "observableId": ["obs_b", "obs_tot", "obs_c"],
         "observableFormula": ["observableParameter1_obs_b * B", "total + offset", "C"],
         "observableTransformation": ["lin", "log", "lin"],
         "noiseFormula": ["noiseParameter1_obs_b", "0.1", "0.2"],
         "noiseDistribution": ["normal", "laplace", "normal"],
-    }).to_csv(d / "observables.tsv", sep="\t", index=False)
+    })
     rows = []
     rng = np.random.default_rng(1)
     # replicates at t = 1 and measurements at t = 0; "c2>c1" is c1 after preequilibration
@@ -128,20 +74,16 @@ def _write_problem(d, event=False):
         rows.append(dict(observableId=obs, preequilibrationConditionId="",
                          simulationConditionId="c2", measurement=float(rng.uniform(1, 3)),
                          time=math.inf, observableParameters="", noiseParameters=""))
-    pd.DataFrame(rows).to_csv(d / "measurements.tsv", sep="\t", index=False)
-    pd.DataFrame({
+    write_tsv(d / "measurements.tsv", rows)
+    write_tsv(d / "parameters.tsv", {
         "parameterId": ["k", "a0_c2", "scale", "sigma_b", "offset", "kp", "tau", "kd"],
         "parameterScale": ["log10", "lin", "log", "lin", "lin", "log", "lin", "lin"],
         "lowerBound": [1e-3, 0.1, 0.1, 0.01, -1, 0.01, 0.1, 0.1],
         "upperBound": [1e3, 10, 10, 10, 1, 10, 5, 5],
         "nominalValue": [K_TRUE, A0_C2, 1.2, 0.3, 0.05, 0.9, 1.2, 0.8],
         "estimate": [1, 1, 1, 1, 0, 1, 1, 0],
-    }).to_csv(d / "parameters.tsv", sep="\t", index=False)
-    (d / "problem.yaml").write_text(
-        "format_version: 1\nparameter_file: parameters.tsv\nproblems:\n"
-        "- condition_files: [conditions.tsv]\n  measurement_files: [measurements.tsv]\n"
-        "  observable_files: [observables.tsv]\n  sbml_files: [model.xml]\n")
-    return d / "problem.yaml"
+    })
+    return write_v1_yaml(d)
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +164,7 @@ def test_gradient_matches_finite_differences(prob):
 
 def test_event_is_refused_by_name(tmp_path):
     path = _write_problem(tmp_path, event=True)
-    with pytest.raises(PetabError, match="event 'dose'.*depends on A"):
+    with pytest.raises(PetabError, match="event 'dose'.*== or !="):
         dp.load(path)
     assert issubclass(PetabError, DynlearnError)
 

@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-libsbml = pytest.importorskip("libsbml")
+pytest.importorskip("libsbml")
 pytest.importorskip("petab")
 pytest.importorskip("sbmlmath")
+
+from petab_builders import Sbml, write_tsv, write_v1_yaml  # noqa: E402
 
 import dynlearn.petab as dp  # noqa: E402
 from dynlearn.cli import main  # noqa: E402
@@ -23,70 +25,27 @@ TIMES = [0.25, 0.5, 1.0, 1.5, 2.5, 3.0, 4.0, 5.0]
 def _sbml(path, event=None, law="k * x * cell"):
     """x' = -k x (the rate ``law``), x(0) = x0 (an initial assignment). ``event``: (trigger,
     assignment of x (or ``"target = value"``), extra parameters) of one event 'dose'."""
-    doc = libsbml.SBMLDocument(3, 2)
-    m = doc.createModel()
-    m.setId("decay")
-    c = m.createCompartment()
-    c.setId("cell")
-    c.setSize(1.0)
-    c.setConstant(True)
-    s = m.createSpecies()
-    s.setId("x")
-    s.setCompartment("cell")
-    s.setInitialConcentration(1.0)
-    s.setHasOnlySubstanceUnits(False)
-    s.setBoundaryCondition(False)
-    s.setConstant(False)
-    extra = event[2] if event else {}
-    for pid, v in {"k": 0.1, "x0": 1.0, **extra}.items():
-        p = m.createParameter()
-        p.setId(pid)
-        p.setValue(v)
-        p.setConstant(True)
-    ia = m.createInitialAssignment()
-    ia.setSymbol("x")
-    ia.setMath(libsbml.parseL3Formula("x0"))
-    r = m.createReaction()
-    r.setId("decay")
-    r.setReversible(False)
-    ref = r.createReactant()
-    ref.setSpecies("x")
-    ref.setStoichiometry(1)
-    ref.setConstant(True)
-    r.createKineticLaw().setMath(libsbml.parseL3Formula(law))
+    model = (Sbml("decay").species("x", 1.0)
+             .parameters({"k": 0.1, "x0": 1.0, **(event[2] if event else {})})
+             .initial_assignment("x", "x0").reaction("decay", law, reactants=["x"]))
     if event:
-        e = m.createEvent()
-        e.setId("dose")
-        e.setUseValuesFromTriggerTime(True)
-        tr = e.createTrigger()
-        tr.setInitialValue(False)
-        tr.setPersistent(True)
-        tr.setMath(libsbml.parseL3Formula(event[0]))
         target, _, value = event[1].rpartition("=")
-        a = e.createEventAssignment()
-        a.setVariable(target.strip() or "x")
-        a.setMath(libsbml.parseL3Formula(value))
-    libsbml.writeSBMLToFile(doc, str(path))
+        model.event("dose", event[0], {target.strip() or "x": value})
+    return model.write(path)
 
 
 def _write(d, measured, params, event=None, **kw):
     """A PEtab problem in ``d``: one condition, observable x with noise sigma."""
     _sbml(d / "model.xml", event, **kw)
-    pd.DataFrame({"conditionId": ["c"], "conditionName": ["c"]}).to_csv(
-        d / "conditions.tsv", sep="\t", index=False)
-    pd.DataFrame({"observableId": ["obs_x"], "observableFormula": ["x"],
-                  "noiseFormula": ["sigma"], "noiseDistribution": ["normal"],
-                  "observableTransformation": ["lin"]}).to_csv(
-        d / "observables.tsv", sep="\t", index=False)
-    pd.DataFrame({"observableId": "obs_x", "simulationConditionId": "c",
-                  "measurement": measured, "time": TIMES}).to_csv(
-        d / "measurements.tsv", sep="\t", index=False)
-    pd.DataFrame(params).to_csv(d / "parameters.tsv", sep="\t", index=False)
-    (d / "problem.yaml").write_text(
-        "format_version: 1\nparameter_file: parameters.tsv\nproblems:\n"
-        "- condition_files: [conditions.tsv]\n  measurement_files: [measurements.tsv]\n"
-        "  observable_files: [observables.tsv]\n  sbml_files: [model.xml]\n")
-    return d / "problem.yaml"
+    write_tsv(d / "conditions.tsv", {"conditionId": ["c"], "conditionName": ["c"]})
+    write_tsv(d / "observables.tsv",
+              {"observableId": ["obs_x"], "observableFormula": ["x"],
+               "noiseFormula": ["sigma"], "noiseDistribution": ["normal"],
+               "observableTransformation": ["lin"]})
+    write_tsv(d / "measurements.tsv", {"observableId": "obs_x", "simulationConditionId": "c",
+                                       "measurement": measured, "time": TIMES})
+    write_tsv(d / "parameters.tsv", params)
+    return write_v1_yaml(d)
 
 
 def _params(**extra):
@@ -144,6 +103,42 @@ def test_cli_fits_a_petab_problem_and_writes_its_tables(fit_problem, capsys):
     starts = pd.read_csv(out / "starts.csv")
     assert list(starts["status"]) == ["max_time"] + ["not run"] * 9
     assert "best start: did not converge (max_time" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgsb", "fisher"])
+def test_cli_optimizer_option_chooses_the_petab_optimizer(fit_problem, capsys, optimizer):
+    out = fit_problem.parent / f"out-{optimizer}"
+    code = main(["fit", str(fit_problem), "--out", str(out), "--n-starts", "2",
+                 "--optimizer", optimizer])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert f"optimizer {optimizer}" in captured.err
+    assert f"(optimizer {optimizer})" in captured.out
+    starts = pd.read_csv(out / "starts.csv")
+    assert list(starts["optimizer"]) == [optimizer, optimizer]
+    # both find the same minimum (the problem's: noise-free up to SIGMA)
+    assert starts["nllh"].min() == pytest.approx(dp.load(fit_problem).nllh(
+        pd.read_csv(out / "parameters.csv")["estimate"].to_numpy()), abs=1e-6)
+
+
+def test_cli_optimizer_option_is_checked(fit_problem, capsys, tmp_path):
+    code = main(["fit", str(fit_problem), "--out", str(tmp_path / "o"), "--optimizer",
+                 "newton"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "invalid choice: 'newton' (choose from 'auto', 'fisher', 'lbfgsb')" in err
+    assert not (tmp_path / "o").exists()
+    # a model file names its optimizer in [fit]
+    (tmp_path / "m.toml").write_text("")
+    code = main(["fit", str(tmp_path / "m.toml"), "--optimizer", "fisher"])
+    assert code == 2
+    assert "--optimizer: for a PEtab problem (problem.yaml) only" in capsys.readouterr().err
+
+
+def test_cli_help_lists_the_optimizers(capsys):
+    assert main(["fit", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--optimizer {auto,fisher,lbfgsb}" in text and "L-BFGS-B" in text
 
 
 def test_cli_refuses_a_data_file_for_a_petab_problem(fit_problem, capsys):
@@ -284,9 +279,10 @@ def test_time_event_gradient_matches_finite_differences(dosing):
     assert np.all(np.abs(g) > 1e-2)        # every parameter acts: the check can fail
 
 
-def test_state_triggered_event_is_refused_by_name(tmp_path):
-    path = _write(tmp_path, _data(), _params(), event=("x < 0.5", "x + 1", {}))
-    with pytest.raises(PetabError, match="event 'dose'.*depends on x"):
+def test_equality_triggered_event_is_refused_by_name(tmp_path):
+    # (state triggers are supported: tests/test_petab_events.py)
+    path = _write(tmp_path, _data(), _params(), event=("x == 0.5", "x + 1", {}))
+    with pytest.raises(PetabError, match="event 'dose'.*== or !="):
         dp.load(path)
 
 

@@ -165,6 +165,98 @@ def test_a_gaussian_fit_exports_its_likelihood_and_noise_levels(tmp_path):
     assert np.abs(g[2:]).max() < 1e-6
 
 
+def _nllh_per_experiment(model, dataset, y0s, sigma_of, theta=None):
+    """:func:`_gaussian_nllh` with the noise levels ``sigma_of(experiment name)``."""
+    return sum(_gaussian_nllh(model, dl.Dataset([e]), [y0], sigma_of(e.name), theta)
+               for e, y0 in zip(dataset, y0s))
+
+
+def test_a_noise_level_shared_by_observables(tmp_path):
+    model = _physics()
+    t = np.linspace(0.0, 4.0, 9)
+    ds = _dataset(model, Y0S, [t, t[1:]], 0.05, seed=8)
+    prob = dp.load(dp.save(model, ds, tmp_path, sigma={"total": "s", "x": "s"}), **TOL)
+    assert prob.x_names == ["k", "b", "sigma_s"]
+    pooled = np.concatenate([e.columns[o] for e in ds for o in ("total", "x")])
+    assert 10 ** prob.x_nominal[2] == pytest.approx(np.std(pooled), rel=1e-12)
+    for x0 in (prob.x_nominal, prob.x_nominal + np.array([0.3, 0.2, -0.4])):
+        theta = np.array([math.exp(x0[0]), x0[1]])
+        s = 10 ** x0[2]
+        ref = _gaussian_nllh(model, ds, Y0S, {"total": s, "x": s}, theta)
+        assert prob.nllh(x0) == pytest.approx(ref, rel=1e-8)
+    # the shared level given, known
+    prob = dp.load(dp.save(model, ds, tmp_path, sigma={"total": "s", "x": "s", "s": 0.07}),
+                   **TOL)
+    assert prob.x_names == ["k", "b"]
+    ref = _gaussian_nllh(model, ds, Y0S, {"total": 0.07, "x": 0.07})
+    assert prob.nllh(prob.x_nominal) == pytest.approx(ref, rel=1e-8)
+
+
+def test_noise_levels_per_experiment(tmp_path):
+    import petab.v1 as petab
+
+    model = _physics()
+    t = np.linspace(0.0, 4.0, 9)
+    ds = _dataset(model, Y0S, [t, t[1:]], 0.05, seed=9)
+    path = dp.save(model, ds, tmp_path, sigma={"total": "s", "s@exp2": 0.2, "x": 0.06},
+                   sigma_by="experiment")
+    assert not petab.lint_problem(petab.Problem.from_yaml(str(path)))
+    prob = dp.load(path, **TOL)
+    assert prob.x_names == ["k", "b", "sigma_s_exp1"]
+    x0 = prob.x_nominal + np.array([0.1, -0.1, 0.3])
+    theta = np.array([math.exp(x0[0]), x0[1]])
+    levels = {"exp1": {"total": 10 ** x0[2], "x": 0.06}, "exp2": {"total": 0.2, "x": 0.06}}
+    ref = _nllh_per_experiment(model, ds, Y0S, levels.get, theta)
+    assert prob.nllh(x0) == pytest.approx(ref, rel=1e-8)
+    # estimated everywhere: one parameter per observable and experiment
+    prob = dp.load(dp.save(model, ds, tmp_path, sigma_by="experiment"), **TOL)
+    assert prob.x_names == ["k", "b", "sigma_total_exp1", "sigma_total_exp2",
+                            "sigma_x_obs_exp1", "sigma_x_obs_exp2"]
+    x0 = prob.x_nominal + np.array([0.0, 0.0, 0.1, -0.2, 0.3, -0.1])
+    s = 10 ** x0[2:]
+    ref = _nllh_per_experiment(model, ds, Y0S, {"exp1": {"total": s[0], "x": s[2]},
+                                                "exp2": {"total": s[1], "x": s[3]}}.get)
+    assert prob.nllh(x0) == pytest.approx(ref, rel=1e-8)
+
+
+@pytest.mark.parametrize("sigma, sigma_by", [({"total": "s", "x": "s"}, None),
+                                             (None, "experiment"),
+                                             ({"total": "s", "x": "s"}, "experiment")],
+                         ids=["shared", "per-experiment", "shared-per-experiment"])
+def test_a_fit_with_grouped_noise_levels_exports_its_likelihood(tmp_path, sigma, sigma_by):
+    """dl.fit estimates shared and per-experiment noise levels in closed form; exported
+    from its result they are PEtab noise parameters starting at the fitted values: the
+    likelihood there is the fit's loss, and its gradient in the noise levels vanishes."""
+    model = _physics()
+    t = np.linspace(0.0, 4.0, 9)
+    ds = _dataset(model, Y0S, [t, t], 0.05, seed=6)
+    res = dl.fit(model, ds, loss="gaussian", sigma=sigma, sigma_by=sigma_by, progress=False,
+                 rtol=1e-10, atol=1e-12)
+    groups = res.config["noise_groups"]
+    prob = dp.load(dp.save(model, ds, tmp_path, theta=res), **TOL)
+    # one noise parameter per fitted level, named after it, at its fitted value
+    table = prob.petab_problem.parameter_df
+    names = list(table.loc[prob.x_names[2:], "parameterName"])
+    assert sorted(names) == sorted(f"sigma[{g}]" for g in groups)
+    assert 10 ** prob.x_nominal[2:] == pytest.approx([res.sigma[n[6:-1]] for n in names],
+                                                     rel=1e-12)
+    f, g = prob.loss_and_grad(prob.x_nominal)
+    assert f == pytest.approx(res.loss, rel=1e-8)
+    assert np.abs(g[2:]).max() < 1e-6
+
+
+def test_noise_levels_petab_cannot_take_are_named(tmp_path):
+    model = _physics()
+    t = np.linspace(0.0, 2.0, 5)
+    ds = _dataset(model, Y0S, [t, t], 0.05, seed=10)
+    with pytest.raises(PetabError, match=r"sigma names \['q'\]"):
+        dp.save(model, ds, tmp_path, sigma={"total": "s", "q": 0.1})
+    with pytest.raises(PetabError, match="shares the noise level 'x'"):
+        dp.save(model, ds, tmp_path, sigma={"total": "x", "x": "s"})
+    with pytest.raises(PetabError, match="sigma_by='hour'"):
+        dp.save(model, ds, tmp_path, sigma_by="hour")
+
+
 def test_start_time_of_a_time_dependent_model(tmp_path):
     """dynlearn starts an experiment at its first time; PEtab at 0: the equations keep the
     experiment's own clock through a per-condition t_start."""
@@ -238,6 +330,26 @@ def test_hybrid_likelihood_and_gradient(hybrid):
                                           rel=1e-8)
     f, g = prob.loss_and_grad(x1)
     assert g == pytest.approx(_central(prob.nllh, x1), rel=1e-5, abs=1e-5)
+
+
+def test_hybrid_shared_noise_level_and_no_levels_per_experiment(tmp_path):
+    pytest.importorskip("h5py")
+    pytest.importorskip("autograd")
+    nn = dl.MLP("nn", inputs=[x], outputs=1, hidden=[2], activation="tanh", seed=1, scale=0.5)
+    model = dl.HybridModel(states=[x, y], rhs={x: -k * x + nn[0], y: x - b * y},
+                           params={k: dl.Parameter(0.7, transform="log"), b: 0.5},
+                           observables={"x": x, "y": y})
+    t = np.linspace(0.0, 2.0, 5)
+    ds = _dataset(model, Y0S, [t, t], 0.05, seed=3)
+    prob = dp.load(dp.save(model, ds, tmp_path, sigma={"x": "s", "y": "s"}), **TOL)
+    assert prob.x_names[:3] == ["k", "b", "sigma_s"]
+    x1 = prob.x_nominal.copy()
+    x1[2] += 0.2
+    s = 10 ** x1[2]
+    assert prob.nllh(x1) == pytest.approx(_gaussian_nllh(model, ds, Y0S, {"x": s, "y": s}),
+                                          rel=1e-8)
+    with pytest.raises(PetabError, match="per experiment.*noiseParameters"):
+        dp.save(model, ds, tmp_path / "e", sigma_by="experiment")
 
 
 @pytest.mark.parametrize("activation", ["rbf", "softplus", "swish", "relu", "sigmoid",

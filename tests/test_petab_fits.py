@@ -3,19 +3,29 @@ method recovers known parameters, the starts table is ordered with honest status
 parameters and priors are fitted, and the Fisher system is the gradient's."""
 
 import math
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
-libsbml = pytest.importorskip("libsbml")
+pytest.importorskip("libsbml")
 pytest.importorskip("petab")
 pytest.importorskip("sbmlmath")
+
+from petab_builders import Sbml, write_tsv, write_v1_yaml  # noqa: E402
 
 import dynlearn.petab as dp  # noqa: E402
 from dynlearn.errors import OptionError  # noqa: E402
 from dynlearn.optimizers import Status  # noqa: E402
-from dynlearn.petab.fitting import choose_optimizer, draw_starts, fit_petab  # noqa: E402
+from dynlearn.petab.fitting import (  # noqa: E402
+    FisherSettings,
+    available_optimizers,
+    choose_optimizer,
+    draw_starts,
+    fit_one_start,
+    fit_petab,
+)
 
 TRUE = {"k": 0.8, "kd": 0.3, "scale": 2.0}
 TIMES = [0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0]
@@ -23,60 +33,30 @@ TIMES = [0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0]
 
 def _sbml(path):
     """A -> B at rate k A, B degraded at rate kd B; A(0) = 1, B(0) = 0."""
-    doc = libsbml.SBMLDocument(3, 2)
-    m = doc.createModel()
-    m.setId("chain")
-    c = m.createCompartment()
-    c.setId("cell")
-    c.setSize(1.0)
-    c.setConstant(True)
-    for sid, x0 in (("A", 1.0), ("B", 0.0)):
-        s = m.createSpecies()
-        s.setId(sid)
-        s.setCompartment("cell")
-        s.setInitialConcentration(x0)
-        s.setHasOnlySubstanceUnits(False)
-        s.setBoundaryCondition(False)
-        s.setConstant(False)
-    for pid in ("k", "kd"):
-        p = m.createParameter()
-        p.setId(pid)
-        p.setValue(0.5)
-        p.setConstant(True)
-    for rid, law, reactant, product in (("conv", "k * A", "A", "B"),
-                                        ("deg", "kd * B", "B", None)):
-        r = m.createReaction()
-        r.setId(rid)
-        r.setReversible(False)
-        for sid, make in ((reactant, r.createReactant), (product, r.createProduct)):
-            if sid:
-                ref = make()
-                ref.setSpecies(sid)
-                ref.setStoichiometry(1)
-                ref.setConstant(True)
-        r.createKineticLaw().setMath(libsbml.parseL3Formula(law))
-    libsbml.writeSBMLToFile(doc, str(path))
+    return (Sbml("chain").species("A", 1.0).species("B", 0.0)
+            .parameters({"k": 0.5, "kd": 0.5})
+            .reaction("conv", "k * A", reactants=["A"], products=["B"])
+            .reaction("deg", "kd * B", reactants=["B"]).write(path))
 
 
 def _write(d, measurements, noise_b="0.1", prior=None, dist_b="normal"):
     """The problem in folder ``d``: obs_a = A (normal, sigma 0.05), obs_b = scale * B
     (normal, log-transformed, sigma ``noise_b``: a number or ``sigma_b``, estimated)."""
     _sbml(d / "model.xml")
-    pd.DataFrame({"conditionId": ["c1"], "conditionName": ["c1"]}).to_csv(
-        d / "conditions.tsv", sep="\t", index=False)
-    pd.DataFrame({
+    write_tsv(d / "conditions.tsv", {"conditionId": ["c1"], "conditionName": ["c1"]})
+    write_tsv(d / "observables.tsv", {
         "observableId": ["obs_a", "obs_b"],
         "observableFormula": ["A", "scale * B"],
         "observableTransformation": ["lin", "log"],
         "noiseFormula": ["0.05", noise_b],
         "noiseDistribution": ["normal", dist_b],
-    }).to_csv(d / "observables.tsv", sep="\t", index=False)
+    })
     rows = [dict(observableId=o, simulationConditionId="c1", time=t, measurement=1.0)
             for t in TIMES for o in ("obs_a", "obs_b") if not (o == "obs_b" and t == 0.0)]
     meas = pd.DataFrame(rows)
     if measurements is not None:
         meas["measurement"] = measurements
-    meas.to_csv(d / "measurements.tsv", sep="\t", index=False)
+    write_tsv(d / "measurements.tsv", meas)
     par = pd.DataFrame({
         "parameterId": ["k", "kd", "scale", "sigma_b"],
         "parameterScale": ["log10", "log10", "lin", "log10"],
@@ -88,12 +68,8 @@ def _write(d, measurements, noise_b="0.1", prior=None, dist_b="normal"):
     if prior is not None:
         par["objectivePriorType"] = ["", "", "parameterScaleNormal", ""]
         par["objectivePriorParameters"] = ["", "", f"{prior[0]};{prior[1]}", ""]
-    par.to_csv(d / "parameters.tsv", sep="\t", index=False)
-    (d / "problem.yaml").write_text(
-        "format_version: 1\nparameter_file: parameters.tsv\nproblems:\n"
-        "- condition_files: [conditions.tsv]\n  measurement_files: [measurements.tsv]\n"
-        "  observable_files: [observables.tsv]\n  sbml_files: [model.xml]\n")
-    return d / "problem.yaml"
+    write_tsv(d / "parameters.tsv", par)
+    return write_v1_yaml(d)
 
 
 def _assert_minimum(fun, f, x, prob, h=1e-3):
@@ -169,7 +145,10 @@ def test_out_of_iterations_and_time_are_not_convergence(exact):
     fit = exact.fit(n_starts=3, seed=1, max_time=0.0)
     by_index = sorted(fit.runs, key=lambda r: r["index"])
     assert [r["status"] for r in by_index] == ["max_time", "not run", "not run"]
-    assert by_index[0]["nit"] == 1      # the first start makes one iteration
+    # the first start evaluates its start point, no more: the point the fit reports
+    assert by_index[0]["nit"] == 0 and by_index[0]["n_eval"] == 1
+    assert by_index[0]["fun"] == pytest.approx(exact.nllh(by_index[0]["start"]), rel=1e-6)
+    np.testing.assert_array_equal(fit.x, by_index[0]["start"])
     with pytest.raises(OptionError, match="optimizer"):
         exact.fit(n_starts=1, optimizer="newton")
 
@@ -224,3 +203,80 @@ def test_priors_pull_the_estimate_and_are_reported(tmp_path, exact):
     free = prob.fit(n_starts=2, seed=0, prior=False)
     assert not free.posterior
     assert free.x[2] == pytest.approx(TRUE["scale"], abs=1e-4)
+
+
+class _Slowed:
+    """``problem`` whose evaluations after the first wait ``pause`` seconds before they
+    solve: a fit's deadline shorter than the pause passes between the optimizer's checks,
+    so only the solve's own check can stop it."""
+
+    def __init__(self, problem, pause: float):
+        self.problem, self.pause, self.calls = problem, pause, 0
+        self.x_names, self.lower, self.upper = problem.x_names, problem.lower, problem.upper
+        self.priors = problem.priors
+
+    def _wait(self):
+        self.calls += 1
+        if self.calls > 1:
+            time.sleep(self.pause)
+
+    def nllh(self, x):
+        self._wait()
+        return self.problem.nllh(x)
+
+    def objective(self, x, prior=True):
+        self._wait()
+        return self.problem.objective(x, prior)
+
+    def fisher_system(self, x):
+        self._wait()
+        return self.problem.fisher_system(x)
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgsb", "fisher"])
+def test_a_solve_past_the_deadline_ends_the_start_at_its_best_point(exact, optimizer):
+    x0 = _x_true(exact) + np.array([0.3, -0.2, 0.4])
+    slowed = _Slowed(exact, pause=0.05)
+    fit = fit_petab(slowed, starts=[x0, x0 + 0.1], optimizer=optimizer, max_time=0.01)
+    first, second = sorted(fit.runs, key=lambda r: r["index"])
+    assert first["status"] == "max_time" and first["reason"] == "max_time"
+    assert second["status"] == "not run"
+    # the best point evaluated, the start (the only one whose solve finished), is kept
+    np.testing.assert_array_equal(fit.x, x0)
+    assert fit.fun == pytest.approx(exact.nllh(x0), rel=1e-6)
+    if optimizer == "lbfgsb":
+        # no check of L-BFGS-B's own before its first iteration ends: the solve stopped it
+        assert "during a solve" in first["message"]
+        assert first["n_eval"] == 2 and first["nit"] == 0
+
+
+def test_a_budget_far_shorter_than_one_solve_stops_that_solve(tmp_path):
+    """RK23 at rtol 1e-13 takes ~0.7 s a solve here: a start given 0.2 s stops inside
+    its first solve and returns (the status; no timing is asserted)."""
+    prob = dp.load(_write(tmp_path, None), method="RK23", rtol=1e-13, atol=1e-14)
+    x0 = _x_true(prob)
+    run = fit_one_start((1, x0), prob, "fisher", 100, FisherSettings(), posterior=False,
+                        max_time=0.2, deadline=time.time() + 0.2)
+    assert run["status"] == "max_time" and run["reason"] == "max_time"
+    assert "during a solve" in run["message"]
+    assert not run["success"] and run["fun"] >= prob.nllh(x0) - 1e-6
+
+
+class _NoFisher:
+    """A problem with a likelihood and its gradient but no Fisher information (as a PEtab
+    SciML problem)."""
+
+    def __init__(self, problem):
+        self.x_names, self.lower, self.upper = problem.x_names, problem.lower, problem.upper
+        self.priors, self.nllh, self.objective = problem.priors, problem.nllh, problem.objective
+
+
+def test_the_fisher_method_needs_the_fisher_information(exact):
+    assert available_optimizers(exact) == ("fisher", "lbfgsb")
+    plain = _NoFisher(exact)
+    assert available_optimizers(plain) == ("lbfgsb",)
+    assert choose_optimizer(plain) == "lbfgsb"
+    with pytest.raises(OptionError, match="needs the problem's Fisher information"):
+        fit_petab(plain, starts=[_x_true(exact)], optimizer="fisher")
+    fit = fit_petab(plain, starts=[_x_true(exact) + 0.1], maxiter=2)
+    assert fit.runs[0]["optimizer"] == "lbfgsb"

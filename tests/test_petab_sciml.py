@@ -9,12 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-libsbml = pytest.importorskip("libsbml")
+pytest.importorskip("libsbml")
 pytest.importorskip("petab")
 pytest.importorskip("sbmlmath")
 h5py = pytest.importorskip("h5py")
 yaml = pytest.importorskip("yaml")
 pytest.importorskip("autograd")
+
+from petab_builders import Sbml, write_tsv, write_v2_yaml  # noqa: E402
 
 import dynlearn.petab as dp  # noqa: E402
 from dynlearn.errors import PetabError  # noqa: E402
@@ -43,31 +45,9 @@ def _rhs(t, u, w1, a, b):
 
 def _sbml(path):
     """dx/dt = -a x + gamma, dy/dt = x - b y as rate rules; the network replaces gamma."""
-    doc = libsbml.SBMLDocument(3, 2)
-    m = doc.createModel()
-    m.setId("hybrid")
-    c = m.createCompartment()
-    c.setId("cell")
-    c.setSize(1.0)
-    c.setConstant(True)
-    for sid, v in (("x", X0), ("y", Y0)):
-        s = m.createSpecies()
-        s.setId(sid)
-        s.setCompartment("cell")
-        s.setInitialAmount(v)
-        s.setHasOnlySubstanceUnits(True)
-        s.setBoundaryCondition(False)
-        s.setConstant(False)
-    for pid, v in (("a", A), ("b", B), ("gamma", 0.0)):
-        p = m.createParameter()
-        p.setId(pid)
-        p.setValue(v)
-        p.setConstant(True)
-    for sid, f in (("x", "-a * x + gamma"), ("y", "x - b * y")):
-        r = m.createRateRule()
-        r.setVariable(sid)
-        r.setMath(libsbml.parseL3Formula(f))
-    libsbml.writeSBMLToFile(doc, str(path))
+    return (Sbml("hybrid").species("x", X0, amount=True).species("y", Y0, amount=True)
+            .parameters({"a": A, "b": B, "gamma": 0.0})
+            .rate_rule("x", "-a * x + gamma").rate_rule("y", "x - b * y").write(path))
 
 
 def _net_yaml(path, net, n_in, n_hidden):
@@ -88,20 +68,6 @@ def _net_yaml(path, net, n_in, n_hidden):
                 {"name": "output", "op": "output", "target": "output", "args": ["layer2"],
                  "kwargs": {}}]}
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
-
-
-def _tsv(path, rows, columns):
-    pd.DataFrame(rows, columns=columns).to_csv(path, sep="\t", index=False)
-
-
-def _write_v2_problem(d) -> None:
-    """problem.yaml of a plain PEtab v2 problem (no networks) from the tables in ``d``."""
-    spec = {"format_version": 2,
-            "model_files": {"hybrid": {"location": "model.xml", "language": "sbml"}},
-            "measurement_files": ["measurements.tsv"], "observable_files": ["observables.tsv"],
-            "experiment_files": ["experiments.tsv"], "condition_files": ["conditions.tsv"],
-            "parameter_files": ["parameters.tsv"]}
-    (d / "problem.yaml").write_text(yaml.safe_dump(spec))
 
 
 def _simulate_reference(w1, a=A, b=B):
@@ -135,37 +101,33 @@ def problem_dir(tmp_path_factory):
     for oid, h, s in (("obs_x", hx, SIGMA_X), ("obs_y", hy, SIGMA_Y)):
         for t, v in zip(TIMES, h + RNG.normal(0, s, h.size)):
             meas.append([oid, "e1", float(v), float(t)])
-    _tsv(d / "measurements.tsv", meas, ["observableId", "experimentId", "measurement", "time"])
-    _tsv(d / "observables.tsv",
-         [["obs_x", "x", SIGMA_X, "normal"], ["obs_y", "net2_output1 + x", SIGMA_Y, "normal"]],
-         ["observableId", "observableFormula", "noiseFormula", "noiseDistribution"])
-    _tsv(d / "experiments.tsv", [["e1", 0.0, ""]], ["experimentId", "time", "conditionId"])
-    _tsv(d / "parameters.tsv",
-         [["a", "log10", 0.01, 10.0, A, "true"], ["b", "lin", 0.0, 5.0, B, "true"],
-          ["net1_ps", "lin", "-inf", "inf", "array", "true"],
-          ["net2_ps", "lin", "-inf", "inf", "array", "true"],
-          ["net2_layer1", "lin", "-inf", "inf", "array", "false"]],
-         ["parameterId", "parameterScale", "lowerBound", "upperBound", "nominalValue",
-          "estimate"])
-    _tsv(d / "mapping.tsv",
-         [["net1_in1", "net1.inputs[0][0]"], ["net1_in2", "net1.inputs[0][1]"],
-          ["net1_output1", "net1.outputs[0][0]"], ["net1_ps", "net1.parameters"],
-          ["net2_in", "net2.inputs[0][0]"], ["net2_output1", "net2.outputs[0][0]"],
-          ["net2_ps", "net2.parameters"], ["net2_layer1", "net2.parameters[layer1]"]],
-         ["petabEntityId", "modelEntityId"])
-    _tsv(d / "hybridization.tsv",
-         [["net1_in1", "x"], ["net1_in2", "y"], ["gamma", "net1_output1"], ["net2_in", "y"]],
-         ["targetId", "targetValue"])
-    spec = {"format_version": 2,
-            "model_files": {"hybrid": {"location": "model.xml", "language": "sbml"}},
-            "measurement_files": ["measurements.tsv"], "observable_files": ["observables.tsv"],
-            "experiment_files": ["experiments.tsv"], "parameter_files": ["parameters.tsv"],
-            "mapping_files": ["mapping.tsv"],
-            "extensions": {"sciml": {
-                "array_files": ["ps.hdf5"], "hybridization_files": ["hybridization.tsv"],
-                "neural_nets": {n: {"location": f"{n}.yaml", "format": "YAML",
-                                    "pre_initialization": False} for n in ("net1", "net2")}}}}
-    (d / "problem.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    write_tsv(d / "measurements.tsv", meas, ["observableId", "experimentId", "measurement", "time"])
+    write_tsv(d / "observables.tsv",
+              [["obs_x", "x", SIGMA_X, "normal"], ["obs_y", "net2_output1 + x", SIGMA_Y, "normal"]],
+              ["observableId", "observableFormula", "noiseFormula", "noiseDistribution"])
+    write_tsv(d / "experiments.tsv", [["e1", 0.0, ""]], ["experimentId", "time", "conditionId"])
+    write_tsv(d / "parameters.tsv",
+              [["a", "log10", 0.01, 10.0, A, "true"], ["b", "lin", 0.0, 5.0, B, "true"],
+               ["net1_ps", "lin", "-inf", "inf", "array", "true"],
+               ["net2_ps", "lin", "-inf", "inf", "array", "true"],
+               ["net2_layer1", "lin", "-inf", "inf", "array", "false"]],
+              ["parameterId", "parameterScale", "lowerBound", "upperBound", "nominalValue",
+               "estimate"])
+    write_tsv(d / "mapping.tsv",
+              [["net1_in1", "net1.inputs[0][0]"], ["net1_in2", "net1.inputs[0][1]"],
+               ["net1_output1", "net1.outputs[0][0]"], ["net1_ps", "net1.parameters"],
+               ["net2_in", "net2.inputs[0][0]"], ["net2_output1", "net2.outputs[0][0]"],
+               ["net2_ps", "net2.parameters"], ["net2_layer1", "net2.parameters[layer1]"]],
+              ["petabEntityId", "modelEntityId"])
+    write_tsv(d / "hybridization.tsv",
+              [["net1_in1", "x"], ["net1_in2", "y"], ["gamma", "net1_output1"], ["net2_in", "y"]],
+              ["targetId", "targetValue"])
+    write_v2_yaml(d, model_id="hybrid", conditions=False, mapping="mapping.tsv",
+                  extensions={"sciml": {
+                      "array_files": ["ps.hdf5"], "hybridization_files": ["hybridization.tsv"],
+                      "neural_nets": {n: {"location": f"{n}.yaml", "format": "YAML",
+                                          "pre_initialization": False}
+                                      for n in ("net1", "net2")}}})
     return d
 
 
@@ -232,14 +194,14 @@ def test_unsupported_constructs_are_named(problem_dir, tmp_path):
     import shutil
     d = tmp_path / "p"
     shutil.copytree(problem_dir, d)
-    _tsv(d / "experiments.tsv", [["e1", "-inf", ""], ["e1", 0.0, ""]],
-         ["experimentId", "time", "conditionId"])
+    write_tsv(d / "experiments.tsv", [["e1", "-inf", ""], ["e1", 0.0, ""]],
+              ["experimentId", "time", "conditionId"])
     with pytest.raises(PetabError, match="preequilibration"):
         dp.load(d / "problem.yaml")
-    _tsv(d / "experiments.tsv", [["e1", 0.0, ""]], ["experimentId", "time", "conditionId"])
-    _tsv(d / "hybridization.tsv",
-         [["net1_in1", "x"], ["net1_in2", "y"], ["gamma", "net1_output1"], ["net2_in", "y"],
-          ["nowhere", "net2_output1"]], ["targetId", "targetValue"])
+    write_tsv(d / "experiments.tsv", [["e1", 0.0, ""]], ["experimentId", "time", "conditionId"])
+    write_tsv(d / "hybridization.tsv",
+              [["net1_in1", "x"], ["net1_in2", "y"], ["gamma", "net1_output1"], ["net2_in", "y"],
+               ["nowhere", "net2_output1"]], ["targetId", "targetValue"])
     with pytest.raises(PetabError, match="'nowhere'"):
         dp.load(d / "problem.yaml")
 
@@ -261,17 +223,18 @@ def test_plain_v2_problem_with_conditions(problem_dir, tmp_path):
         ys[eid] = sol.y[1]
         for t, v in zip(TIMES, sol.y[1] + RNG.normal(0, SIGMA_Y, TIMES.size)):
             meas.append(["obs_y", eid, float(v), float(t)])
-    _tsv(d / "measurements.tsv", meas, ["observableId", "experimentId", "measurement", "time"])
-    _tsv(d / "observables.tsv", [["obs_y", "y", SIGMA_Y, "normal"]],
-         ["observableId", "observableFormula", "noiseFormula", "noiseDistribution"])
-    _tsv(d / "experiments.tsv", [["e1", 0.0, ""], ["e2", 0.0, "c2"]],
-         ["experimentId", "time", "conditionId"])
-    _tsv(d / "conditions.tsv", [["c2", "b", "b_c2"]], ["conditionId", "targetId", "targetValue"])
-    _tsv(d / "parameters.tsv",
-         [["a", 0.01, 10.0, A, "false"], ["b", 0.0, 5.0, B, "true"],
-          ["b_c2", 0.0, 5.0, b2, "true"], ["gamma", 0.0, 5.0, gamma, "true"]],
-         ["parameterId", "lowerBound", "upperBound", "nominalValue", "estimate"])
-    _write_v2_problem(d)
+    write_tsv(d / "measurements.tsv", meas, ["observableId", "experimentId", "measurement", "time"])
+    write_tsv(d / "observables.tsv", [["obs_y", "y", SIGMA_Y, "normal"]],
+              ["observableId", "observableFormula", "noiseFormula", "noiseDistribution"])
+    write_tsv(d / "experiments.tsv", [["e1", 0.0, ""], ["e2", 0.0, "c2"]],
+              ["experimentId", "time", "conditionId"])
+    write_tsv(d / "conditions.tsv", [["c2", "b", "b_c2"]],
+              ["conditionId", "targetId", "targetValue"])
+    write_tsv(d / "parameters.tsv",
+              [["a", 0.01, 10.0, A, "false"], ["b", 0.0, 5.0, B, "true"],
+               ["b_c2", 0.0, 5.0, b2, "true"], ["gamma", 0.0, 5.0, gamma, "true"]],
+              ["parameterId", "lowerBound", "upperBound", "nominalValue", "estimate"])
+    write_v2_yaml(d, model_id="hybrid")
     prob = dp.load(d / "problem.yaml")
     assert prob.x_names == ["b", "b_c2", "gamma"]
     m = pd.read_csv(d / "measurements.tsv", sep="\t")
@@ -293,10 +256,10 @@ def test_priors_on_network_arrays_make_the_objective_a_posterior(problem_dir, tm
     par["priorParameters"] = ["", "", "0.0;1.0", "", ""]
     extra = pd.DataFrame([["net1_l1w", "lin", "-inf", "inf", "array", "true", "normal",
                            "0.5;2.0"]], columns=par.columns)
-    pd.concat([par, extra]).to_csv(d / "parameters.tsv", sep="\t", index=False)
+    write_tsv(d / "parameters.tsv", pd.concat([par, extra]))
     mp = pd.read_csv(d / "mapping.tsv", sep="\t")
     mp.loc[len(mp)] = ["net1_l1w", "net1.parameters[layer1].weight"]
-    mp.to_csv(d / "mapping.tsv", sep="\t", index=False)
+    write_tsv(d / "mapping.tsv", mp)
     prob = dp.load(d / "problem.yaml")
     x = prob.x_nominal
     f, g = prob.objective(x)
@@ -335,19 +298,19 @@ def test_time_course_condition_changes_with_exact_sensitivities(tmp_path):
     ys = np.concatenate([s1.y[1], s2.y[1]])
     meas = [["obs_y", "e1", float(v), float(t)]
             for t, v in zip(TIMES, ys + RNG.normal(0, SIGMA_Y, TIMES.size))]
-    _tsv(d / "measurements.tsv", meas, ["observableId", "experimentId", "measurement", "time"])
-    _tsv(d / "observables.tsv", [["obs_y", "y", SIGMA_Y, "normal"]],
-         ["observableId", "observableFormula", "noiseFormula", "noiseDistribution"])
-    _tsv(d / "experiments.tsv", [["e1", 0.0, ""], ["e1", t1, "later"]],
-         ["experimentId", "time", "conditionId"])
-    _tsv(d / "conditions.tsv", [["later", "b", "b_late"], ["later", "x", "x + dose"]],
-         ["conditionId", "targetId", "targetValue"])
-    _tsv(d / "parameters.tsv",
-         [["a", 0.01, 10.0, A, "true"], ["b", 0.0, 5.0, B, "true"],
-          ["b_late", 0.0, 5.0, b2, "true"], ["dose", 0.0, 5.0, dose, "true"],
-          ["gamma", 0.0, 5.0, gamma, "true"]],
-         ["parameterId", "lowerBound", "upperBound", "nominalValue", "estimate"])
-    _write_v2_problem(d)
+    write_tsv(d / "measurements.tsv", meas, ["observableId", "experimentId", "measurement", "time"])
+    write_tsv(d / "observables.tsv", [["obs_y", "y", SIGMA_Y, "normal"]],
+              ["observableId", "observableFormula", "noiseFormula", "noiseDistribution"])
+    write_tsv(d / "experiments.tsv", [["e1", 0.0, ""], ["e1", t1, "later"]],
+              ["experimentId", "time", "conditionId"])
+    write_tsv(d / "conditions.tsv", [["later", "b", "b_late"], ["later", "x", "x + dose"]],
+              ["conditionId", "targetId", "targetValue"])
+    write_tsv(d / "parameters.tsv",
+              [["a", 0.01, 10.0, A, "true"], ["b", 0.0, 5.0, B, "true"],
+               ["b_late", 0.0, 5.0, b2, "true"], ["dose", 0.0, 5.0, dose, "true"],
+               ["gamma", 0.0, 5.0, gamma, "true"]],
+              ["parameterId", "lowerBound", "upperBound", "nominalValue", "estimate"])
+    write_v2_yaml(d, model_id="hybrid")
     prob = dp.load(d / "problem.yaml", rtol=1e-11, atol=1e-12)
     assert isinstance(prob, dp.SciMLProblem)
     x = prob.x_nominal

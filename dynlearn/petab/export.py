@@ -9,7 +9,9 @@
 * the parameter table: the free physical parameters (``parameterScale`` ``log`` where
   dynlearn uses ``transform="log"``), the fixed ones (not estimated), estimated initial
   states and estimated noise levels;
-* the observable table (dynlearn's observables, normal noise on the linear scale), the
+* the observable table (dynlearn's observables, normal noise on the linear scale; a noise
+  level shared by several observables is one parameter in their noise formulas, levels per
+  experiment or per row go through the measurement table's ``noiseParameters``), the
   measurement table (one row per measured value) and one condition per experiment (its
   initial states, and its start time when the model uses time explicitly);
 * for a model with :class:`~dynlearn.MLP` networks, a PEtab SciML problem (PEtab v2): each
@@ -291,9 +293,91 @@ def _mlp_arrays(net: MLP, weights) -> dict:
             for k, (W, b) in enumerate(net.unflatten(np.asarray(weights, dtype=float)))}
 
 
+class _NoisePlan:
+    """Which noise level each measured value of :func:`save` has: ``label(o, k)`` for
+    observable ``o`` in experiment ``k`` (its level's name, ``"<name>@<experiment>"`` per
+    experiment), and ``spec(label, base)``, what ``sigma`` says of that level (a number,
+    ``"estimate"`` or a Parameter)."""
+
+    def __init__(self, sigma, sigma_by, obs_names: list[str], exp_names: list[str]):
+        if sigma_by not in (None, "experiment"):
+            raise PetabError(f"sigma_by={sigma_by!r}: use None or 'experiment'")
+        if isinstance(sigma, Mapping):
+            sig = dict(sigma)
+        elif _is_name(sigma):          # one level shared by every observable
+            sig = {o: sigma for o in obs_names}
+        else:
+            sig = {o: ("estimate" if sigma is None else sigma) for o in obs_names}
+        self.sig, self.by_exp, self.exp_names = sig, sigma_by == "experiment", exp_names
+        self.name_of = {}
+        for o in obs_names:
+            v = sig.get(o)
+            if _is_name(v) and not v.strip():
+                raise PetabError(f"sigma of '{o}': an empty noise-level name")
+            self.name_of[o] = v.strip() if _is_name(v) else o
+        for o, n in self.name_of.items():
+            if n in obs_names and self.name_of[n] != n:
+                raise PetabError(f"sigma: observable '{o}' shares the noise level '{n}', the "
+                                 "name of another observable with a level of its own; choose "
+                                 "another name")
+        names = set(self.name_of.values())
+        known = set(obs_names) | names
+        if self.by_exp:
+            known |= {f"{n}@{e}" for n in names for e in exp_names}
+        unknown = [k for k in sig if k not in known]
+        if unknown:
+            raise PetabError(f"sigma names {unknown}, which are neither observables of the "
+                             f"model {obs_names} nor noise levels they share "
+                             f"{sorted(names - set(obs_names))}"
+                             + (" (per experiment: '<name>@<experiment>')" if self.by_exp
+                                else ""))
+
+    def label(self, o: str, k: int) -> str:
+        name = self.name_of[o]
+        return f"{name}@{self.exp_names[k]}" if self.by_exp else name
+
+    def spec(self, label: str, base: str):
+        for key in dict.fromkeys((label, base)):
+            if key in self.sig and not _is_name(self.sig[key]):
+                return self.sig[key]
+        return "estimate"
+
+
+def _is_name(v) -> bool:
+    """Whether a ``sigma`` value names a shared noise level (a string, not "estimate")."""
+    return isinstance(v, str) and v != "estimate"
+
+
+def _fitted_noise(result: FitResult, exp_names: list[str]) -> dict:
+    """The ``sigma`` of :func:`save` for a fit whose noise levels were estimated in groups
+    (shared by observables, or per experiment): each group an estimated level starting
+    at the fitted value, each member observable naming its group; the other observables'
+    known levels as numbers."""
+    by_exp = result.config.get("sigma_by") == "experiment"
+    spec: dict = {}
+    grouped = set()
+    for label, members in result.config["noise_groups"].items():
+        base = label
+        if by_exp:
+            ends = [e for e in exp_names if label.endswith(f"@{e}")]
+            if not ends:
+                raise PetabError(f"the fit's noise level '{label}' is of no experiment of "
+                                 f"the dataset {exp_names}: export the data that was fitted")
+            base = label[:-len(max(ends, key=len)) - 1]
+        spec[label] = Parameter(float(result.sigma[label]), min=0.0, transform="log")
+        for o in members:
+            grouped.add(o)
+            if base != o:
+                spec[o] = base
+    for o, v in (result.sigma or {}).items():
+        if o not in grouped and o in result.model.observable_names and o not in spec:
+            spec[o] = float(v)
+    return spec
+
+
 def save(model: HybridModel, dataset, directory: str | os.PathLike, *, theta=None,
-         y0=None, y0_init=None, sigma=None, bound_factor: float = 1e3,
-         name: str | None = None) -> Path:
+         y0=None, y0_init=None, sigma=None, sigma_by: str | None = None,
+         bound_factor: float = 1e3, name: str | None = None) -> Path:
     """Write a dynlearn model and dataset as a PEtab problem.
 
     Parameters
@@ -310,20 +394,34 @@ def save(model: HybridModel, dataset, directory: str | os.PathLike, *, theta=Non
         The parameter values to write as nominal values (free parameters then weights, as
         ``model.theta0``; default ``model.theta0``). A :class:`~dynlearn.FitResult` gives
         its fitted model, and (unless ``y0`` or ``sigma`` are given) its initial states
-        and noise levels.
+        and noise levels (shared and per-experiment ones included, from its
+        ``config["noise_groups"]``).
     y0, y0_init : optional
         The initial states, as :func:`dynlearn.fit` takes them: ``"first"`` (each
         experiment's own ``y0``, else its first row), ``"estimate"`` (estimated parameters
         ``y0_<state>_<experiment>``), an array, ``{experiment: array}``, or ``{state: value
         or dl.Parameter}``. Known values go into the condition table.
-    sigma : float, "estimate", Parameter or dict, optional
+    sigma : float, str, Parameter or dict, optional
         The noise standard deviation of each observable: a number (known), ``"estimate"``
         (a parameter ``sigma_<observable>`` on the log10 scale, nominal the standard
         deviation of the observable's data), a :class:`~dynlearn.Parameter` (known when
         ``fixed``, else estimated from its value within its bounds), or a dict per
-        observable of these. Default: a FitResult's noise levels (estimated, from the fitted
-        values, after a ``loss="gaussian"`` fit; known otherwise), else ``"estimate"``. Rows
-        with a ``<obs>_sigma`` value use it (PEtab ``noiseParameters``).
+        observable of these. Another string names a noise level shared, as in
+        :func:`dynlearn.fit`, by every observable given that name (``{"x": "s", "y": "s"}``:
+        one parameter ``sigma_s`` in both observables' noise formulas); the dict may give
+        that level under its name (``"s": 0.1``, default ``"estimate"`` with the pooled
+        data's standard deviation as nominal). Default: a FitResult's noise levels
+        (estimated, from the fitted values, after a ``loss="gaussian"`` fit; known
+        otherwise), else ``"estimate"``. Rows with a ``<obs>_sigma`` value use it (PEtab
+        ``noiseParameters``).
+    sigma_by : {None, "experiment"}, optional
+        ``"experiment"``: each observable's (or shared) noise level is a level per
+        experiment, as :func:`dynlearn.fit` estimates it with ``sigma_by="experiment"``:
+        one parameter ``sigma_<name>_<experiment>`` each, given to the rows of its
+        experiment through the measurement table's ``noiseParameters``; the dict of
+        ``sigma`` may give one under ``"<name>@<experiment>"`` (else under ``"<name>"``,
+        for every experiment). PEtab v1 only (a model without networks). Default: a
+        FitResult's own.
     bound_factor : float
         Bounds for estimated parameters that dynlearn leaves open: ``value / factor`` to
         ``value * factor`` on a log scale, ``value -+ factor * max(|value|, 1)`` on a
@@ -341,7 +439,7 @@ def save(model: HybridModel, dataset, directory: str | os.PathLike, *, theta=Non
     PetabError
         What PEtab cannot express, named: model inputs (signals), custom
         :class:`~dynlearn.Network` functions, functions outside SBML/PEtab math, networks
-        fed by time alone, per-row noise levels with networks.
+        fed by time alone, per-row or per-experiment noise levels with networks.
     """
     libsbml = require("libsbml", "writing PEtab")
     yaml = require("yaml", "writing PEtab")
@@ -356,10 +454,11 @@ def save(model: HybridModel, dataset, directory: str | os.PathLike, *, theta=Non
             # estimated initial states start at the fitted ones (set per experiment below)
             y0_init = next(iter(fitted_y0.values()))
         if sigma is None and result.config.get("noise_groups"):
-            raise PetabError(f"the fit's noise levels are shared or per experiment "
-                             f"({sorted(result.config['noise_groups'])}), which this export "
-                             "does not write yet; pass sigma= (per observable)")
-        if sigma is None:
+            # shared or per-experiment levels (a Gaussian fit's): estimated, from there
+            sigma = _fitted_noise(result, [e.name for e in as_dataset(dataset)])
+            if sigma_by is None:
+                sigma_by = result.config.get("sigma_by")
+        elif sigma is None:
             # a Gaussian fit estimated its noise levels: they stay estimated, from there
             free = result.config.get("loss") == "gaussian"
             sigma = {k: Parameter(float(v), min=0.0, transform="log") if free else float(v)
@@ -509,49 +608,64 @@ def save(model: HybridModel, dataset, directory: str | os.PathLike, *, theta=Non
                 measured[o].append((k, float(b.t[r]) - t0s[k], float(b.Y[r, j]),
                                     float(s_row)))
     obs_list = [o for o in obs_names if measured[o]]
-    if isinstance(sigma, Mapping):
-        sig_spec = dict(sigma)
-        unknown = [k for k in sig_spec if k not in obs_names]
-        if unknown:
-            raise PetabError(f"sigma names {unknown}, which are not observables of the model "
-                             f"{obs_names}")
-    else:
-        sig_spec = {o: ("estimate" if sigma is None else sigma) for o in obs_names}
+    exp_names = [e.name for e in dataset]
+    plan = _NoisePlan(sigma, sigma_by, obs_names, exp_names)
     obs_rows, meas_rows = [], []
     obs_id = {o: ids.new(o if o not in {s.name for s in model.states} else f"{o}_obs")
               for o in obs_list}
+    # the data of each noise level (for the nominal value of an estimated one)
+    label_values: dict[str, list] = {}
     for o in obs_list:
-        rows = measured[o]
-        spec = sig_spec.get(o, "estimate")
+        for k, _, v, _ in measured[o]:
+            label_values.setdefault(plan.label(o, k), []).append(v)
+    noise_of: dict[str, float | str] = {}    # label -> a number or its parameter id
+
+    def level(label: str, base: str):
+        """The noise level ``label`` as a number (known) or a parameter id (estimated,
+        added to the parameter table at its first use)."""
+        if label in noise_of:
+            return noise_of[label]
+        spec = plan.spec(label, base)
+        where = f"sigma of '{label}'"
         if isinstance(spec, str):
             if spec != "estimate":
-                raise PetabError(f"sigma of '{o}': {spec!r}; use a number, 'estimate' or a "
+                raise PetabError(f"{where}: {spec!r}; use a number, 'estimate' or a "
                                  "dl.Parameter")
-            vals = np.array([r[2] for r in rows])
+            vals = np.array(label_values[label])
             guess = float(np.std(vals)) if vals.size > 1 else 0.0
             spec = Parameter(guess if guess > 0 and math.isfinite(guess) else 1.0, min=0.0,
                              transform="log")
         elif not isinstance(spec, Parameter):
             spec = Parameter(float(spec), fixed=True)
         if not (spec.value > 0 and math.isfinite(spec.value)):
-            raise PetabError(f"sigma of '{o}' must be a positive number, got {spec.value}")
+            raise PetabError(f"{where} must be a positive number, got {spec.value}")
         if spec.fixed:
-            noise = spec.value
+            noise_of[label] = spec.value
         else:
             # noise levels on log10, PEtab's custom; bounds as for any parameter
-            noise = ids.new(f"sigma_{obs_id[o]}")
+            base_id = obs_id.get(base, base)
+            pid = ids.new(f"sigma_{base_id}" if label == base
+                          else f"sigma_{base_id}_{label[len(base) + 1:]}")
             lo, hi = _filled_bounds(spec.replace(transform="log"), spec.value, factor)
-            par_rows.append([noise, f"sigma[{o}]", "log10", lo, hi, spec.value, True])
-        per_row = [r[3] if np.isfinite(r[3]) else noise for r in rows]
-        if any(np.isfinite(r[3]) for r in rows):
+            par_rows.append([pid, f"sigma[{label}]", "log10", lo, hi, spec.value, True])
+            noise_of[label] = pid
+        return noise_of[label]
+
+    for o in obs_list:
+        rows = measured[o]
+        labels = [plan.label(o, r[0]) for r in rows]
+        per_row = [r[3] if np.isfinite(r[3]) else level(lab, plan.name_of[o])
+                   for r, lab in zip(rows, labels)]
+        if any(np.isfinite(r[3]) for r in rows) or len(set(labels)) > 1:
             if sciml:
                 raise PetabError(f"observable '{o}': noise levels per row (<obs>_sigma "
-                                 "columns) need PEtab noiseParameters, which dynlearn's "
-                                 "PEtab SciML reader does not read; give one sigma per "
-                                 "observable")
+                                 "columns) or per experiment (sigma_by='experiment') need "
+                                 "PEtab noiseParameters, which dynlearn's PEtab SciML "
+                                 "reader does not read; give one sigma per observable "
+                                 "(shared by several observables or not)")
             noise_formula = f"noiseParameter1_{obs_id[o]}"
         else:
-            noise_formula, per_row = noise, None
+            noise_formula, per_row = per_row[0], None
         obs_rows.append([obs_id[o], o, write(model.observables[o], "petab"),
                          noise_formula, "lin", "normal"])
         for i, (k, t, v, _) in enumerate(rows):

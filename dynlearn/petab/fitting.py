@@ -44,11 +44,14 @@ objective by less than ``ftol (1 + |f|)`` each;
 ``CONVERGED_XTOL`` when the step is below ``xtol`` relative to the point; ``STALLED`` when
 the damping grew past 1e16 with every trial rejected (the gradient promises a decrease
 the objective does not show: solver noise or an inaccurate gradient); ``MAX_ITER``;
-``MAX_TIME``; ``FAILED`` (no finite objective at the start).
+``MAX_TIME`` (the fit's ``max_time`` passed, between iterations or inside a solve, which
+stops within a few hundred right-hand-side evaluations: :func:`fit_one_start`);
+``FAILED`` (no finite objective at the start).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -56,12 +59,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from dynlearn.distributed.executor import resolve_executor
-from dynlearn.errors import OptionError, SolveError
+from dynlearn.errors import OptionError, SolveError, TimeLimitError
 from dynlearn.optimizers import Status
 from dynlearn.petab.problem import PetabFit
+from dynlearn.solve import deadline as solve_deadline
 
-__all__ = ["FIT_OPTIMIZERS", "FisherSettings", "choose_optimizer", "draw_starts",
-           "fit_one_start", "fit_petab"]
+__all__ = ["FIT_OPTIMIZERS", "FisherSettings", "available_optimizers", "choose_optimizer",
+           "draw_starts", "fit_one_start", "fit_petab"]
 
 #: the optimizers :func:`fit_petab` knows, besides ``"auto"``
 FIT_OPTIMIZERS = ("fisher", "lbfgsb")
@@ -118,6 +122,13 @@ def choose_optimizer(problem) -> str:
     return "fisher"
 
 
+def available_optimizers(problem) -> tuple[str, ...]:
+    """The optimizers of :data:`FIT_OPTIMIZERS` that :func:`fit_petab` can run on
+    ``problem``: ``"fisher"`` needs its ``fisher_system`` (a
+    :class:`~dynlearn.petab.PetabProblem` has one, a PEtab SciML problem not)."""
+    return tuple(o for o in FIT_OPTIMIZERS if o != "fisher" or hasattr(problem, "fisher_system"))
+
+
 def draw_starts(problem, n_starts: int, seed: int | None = 0, x0=None) -> np.ndarray:
     """``n_starts`` starting points drawn uniformly on the parameters' scales within the
     bounds (``x0``, clipped to the bounds, replaces the first)."""
@@ -142,42 +153,69 @@ class _Budget:
 
 
 class _Objective:
-    """The objective of one fit (likelihood, plus the priors when ``posterior``), its
-    gradient and its Fisher information, counting evaluations."""
+    """The objective of one start (likelihood, plus the priors when ``posterior``), its
+    gradient and its Fisher information, counting evaluations and keeping the best point
+    evaluated.
 
-    def __init__(self, problem, posterior: bool):
+    Every solve of an evaluation runs under the fit's ``deadline`` (``time.time()``; see
+    :func:`dynlearn.solve.deadline`): past it, the solve raises
+    :class:`~dynlearn.errors.TimeLimitError` within a few hundred right-hand-side
+    evaluations, which ends the start (:func:`fit_one_start`). With ``free_first`` the first
+    evaluation has no deadline, so that the fit has a point to report.
+    """
+
+    def __init__(self, problem, posterior: bool, deadline: float | None = None,
+                 free_first: bool = False):
         self.problem = problem
         self.priors = problem.priors if posterior else None
+        self.deadline = deadline
+        self.free_first = free_first
         self.n_eval = 0
+        self.nit = 0              # iterations completed, kept by the optimizer's loop
+        self.best_x, self.best_f = None, math.inf
         self.curved = []
         if self.priors is not None:
             names = list(problem.x_names)
             self.curved = [names.index(n) for n, k in zip(self.priors.names, self.priors.kinds)
                            if k in _CURVED_PRIORS]
 
-    def value(self, x) -> float:
+    def _limit(self):
+        """Count an evaluation; the deadline its solves run under (a context manager)."""
         self.n_eval += 1
+        if self.deadline is None:
+            return contextlib.nullcontext()     # (an enclosing deadline stays in force)
+        return solve_deadline(None if self.free_first and self.n_eval == 1 else self.deadline)
+
+    def _keep(self, x, f: float) -> None:
+        if f < self.best_f:
+            self.best_x, self.best_f = np.array(x, dtype=float), f
+
+    def value(self, x) -> float:
         try:
-            f = float(self.problem.nllh(x))
+            with self._limit():
+                f = float(self.problem.nllh(x))
         except SolveError:
             return math.inf
         if self.priors is not None:
             f += self.priors.value_and_grad(x)[0]
-        return f if np.isfinite(f) else math.inf
+        f = f if np.isfinite(f) else math.inf
+        self._keep(x, f)
+        return f
 
     def value_and_grad(self, x):
-        self.n_eval += 1
         try:
-            f, g = self.problem.objective(x, prior=self.priors is not None)
+            with self._limit():
+                f, g = self.problem.objective(x, prior=self.priors is not None)
         except SolveError:
             return math.inf, np.zeros_like(x)
+        self._keep(x, float(f) if np.isfinite(f) else math.inf)
         return float(f), np.asarray(g, dtype=float)
 
     def system(self, x):
         """``(f, g, H)``, or None where the model cannot be solved."""
-        self.n_eval += 1
         try:
-            f, g, A, _ = self.problem.fisher_system(x)
+            with self._limit():
+                f, g, A, _ = self.problem.fisher_system(x)
         except SolveError:
             return None
         H = A.T @ A
@@ -194,6 +232,7 @@ class _Objective:
                     H[i, i] += c
         if not (np.isfinite(f) and np.all(np.isfinite(g)) and np.all(np.isfinite(H))):
             return None
+        self._keep(x, float(f))
         return float(f), g, H
 
     def nllh_part(self, x, f: float) -> float:
@@ -249,7 +288,7 @@ def _secant_update(S, F, s, y):
 
 
 def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
-                budget: _Budget, first: bool):
+                budget: _Budget):
     """One start of the Fisher trust-region method: ``(x, f, Status, message, nit)``."""
     x = np.clip(np.asarray(x0, dtype=float), lo, hi)
     sys_ = obj.system(x)
@@ -262,7 +301,8 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
     it = slow = first_n = first_ok = 0
     status, message = Status.MAX_ITER, f"maximum number of iterations ({maxiter}) reached"
     while it < maxiter:
-        if budget.over() and not (first and it == 0):
+        obj.nit = it
+        if budget.over():
             return x, f, Status.MAX_TIME, f"stopped: max_time={budget.max_time} s reached", it
         it += 1
         # parameters on a bound that the gradient pushes outward stay there
@@ -294,7 +334,7 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
         tries, trial_sys = 0, None
         while True:
             tries += 1
-            if budget.over() and not (first and it == 1):
+            if budget.over():
                 return x, f, Status.MAX_TIME, f"stopped: max_time={budget.max_time} s reached", \
                     it - 1
             step = _bounded_step(Hs, gs, (lo - x) * ds, (hi - x) * ds, ~held,
@@ -359,11 +399,12 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
     return x, f, status, message, it
 
 
-def _lbfgsb_run(obj: _Objective, x0, lo, hi, maxiter: int, budget: _Budget, first: bool):
+def _lbfgsb_run(obj: _Objective, x0, lo, hi, maxiter: int, budget: _Budget):
     """One start of scipy's L-BFGS-B: ``(x, f, Status, message, nit)``."""
     from scipy.optimize import minimize
 
     def out_of_time(intermediate_result=None):
+        obj.nit += 1
         if budget.over():
             raise StopIteration
 
@@ -404,8 +445,13 @@ def fit_one_start(item, problem, optimizer: str, maxiter: int, settings: FisherS
                   posterior: bool, max_time=None, deadline=None) -> dict:
     """One start of :func:`fit_petab` (module level, so that an executor can send it to
     another process): ``item`` is ``(index, start)``; returns the start's run (see
-    :func:`fit_petab`). The first start (index 0) always makes one iteration; a start
-    begun after ``deadline`` (``time.time()``) is not run."""
+    :func:`fit_petab`).
+
+    A start begun after ``deadline`` (``time.time()``) is not run. A solve running when the
+    deadline passes stops (:class:`~dynlearn.errors.TimeLimitError`, raised inside the
+    solver's right-hand side): the start ends with status ``"max_time"`` at the best point
+    it evaluated. The first evaluation of the first start (index 0) runs without the
+    deadline, so that the fit has a point to report."""
     k, s = item
     s = np.asarray(s, dtype=float)
     budget = _Budget(max_time, deadline)
@@ -414,14 +460,22 @@ def fit_one_start(item, problem, optimizer: str, maxiter: int, settings: FisherS
                     message="not run: max_time reached", status="not run",
                     reason="not_run", success=False, optimizer=optimizer, n_eval=0, time=0.0)
     lo, hi = np.asarray(problem.lower, float), np.asarray(problem.upper, float)
-    obj = _Objective(problem, posterior)
+    obj = _Objective(problem, posterior, deadline, free_first=k == 0)
     t0 = time.perf_counter()
-    if optimizer == "fisher":
-        x, f, status, message, nit = _fisher_run(obj, s, lo, hi, maxiter, settings, budget,
-                                                 first=k == 0)
-    else:
-        x, f, status, message, nit = _lbfgsb_run(obj, s, lo, hi, maxiter, budget,
-                                                 first=k == 0)
+    try:
+        if optimizer == "fisher":
+            x, f, status, message, nit = _fisher_run(obj, s, lo, hi, maxiter, settings,
+                                                     budget)
+        else:
+            x, f, status, message, nit = _lbfgsb_run(obj, s, lo, hi, maxiter, budget)
+    except TimeLimitError as exc:
+        # stopped inside a solve (by this fit's deadline, or an enclosing one)
+        x, f, status, nit = np.clip(s, lo, hi), math.inf, Status.MAX_TIME, obj.nit
+        limit = "the time limit" if max_time is None else f"max_time={max_time} s"
+        message = f"stopped: {limit} reached during a solve ({exc})"
+    if status is Status.MAX_TIME and obj.best_f < f:
+        # out of time, the start's result is the best point it evaluated
+        x, f = obj.best_x, obj.best_f
     return dict(index=k, x=np.asarray(x, dtype=float), fun=float(f),
                 nllh=obj.nllh_part(x, f), start=s, nit=int(nit), message=message,
                 status=_label(status), reason=status.value,
@@ -447,9 +501,11 @@ def fit_petab(problem, n_starts: int = 10, seed: int | None = 0, x0=None,
     starts : array-like (k, n), optional
         Starts given explicitly (then ``n_starts``, ``seed`` and ``x0`` are not used).
     max_time : float, optional
-        Wall-clock budget of the whole fit in seconds: the running start stops (status
-        ``"max_time"``), the starts not begun are recorded as ``"not run"``. The first
-        start always makes one iteration.
+        Wall-clock budget of the whole fit in seconds, checked between iterations and
+        inside every solve (:func:`dynlearn.solve.deadline`): the running start stops at
+        the best point it evaluated (status ``"max_time"``), the starts not begun are
+        recorded as ``"not run"``. The first evaluation of the first start runs to its
+        end, so that there is a point to report.
     prior : bool
         Minimise the negative log-posterior when the parameter table has priors.
     optimizer : {"auto", "fisher", "lbfgsb"}
@@ -474,6 +530,10 @@ def fit_petab(problem, n_starts: int = 10, seed: int | None = 0, x0=None,
         optimizer = choose_optimizer(problem)
     if optimizer not in FIT_OPTIMIZERS:
         raise OptionError(f"optimizer={optimizer!r}: use 'auto' or one of {FIT_OPTIMIZERS}")
+    if optimizer not in available_optimizers(problem):
+        raise OptionError(f"optimizer={optimizer!r} needs the problem's Fisher information "
+                          f"(fisher_system), which a {type(problem).__name__} does not have: "
+                          f"use one of {('auto', *available_optimizers(problem))}")
     settings = FisherSettings() if settings is None else settings
     if starts is None:
         starts = draw_starts(problem, n_starts, seed, x0)

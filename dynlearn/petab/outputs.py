@@ -10,7 +10,8 @@ Files (CSV, written atomically):
   ``nominalValue``.
 * ``starts.csv``: one row per start, in the order the starts were made: ``start``,
   ``nllh`` (final negative log-likelihood), ``objective`` (with the priors, when the table
-  has them), ``status``, ``iterations``, ``message``.
+  has them), ``status``, ``iterations``, ``optimizer`` (``fisher`` or ``lbfgsb``),
+  ``message``.
 * ``simulations.csv``: the measurement table (its order) with a ``simulation`` column at
   the best point.
 * ``summary.txt``: the text printed to stdout; ``run.json``: provenance.
@@ -229,6 +230,7 @@ def _starts_table(fit) -> pd.DataFrame:
         cols["objective"] = [r["fun"] for r in runs]
     cols.update(status=[r.get("status", "") for r in runs],
                 iterations=[r["nit"] for r in runs],
+                optimizer=[r.get("optimizer", "") for r in runs],
                 message=[" ".join(str(r["message"]).split()) for r in runs])
     return pd.DataFrame(cols)
 
@@ -244,7 +246,9 @@ def fit_summary(problem, fit, errors: StandardErrors | None = None, tol: float =
     for r in runs:
         counts[r.get("status", "")] = counts.get(r.get("status", ""), 0) + 1
     what = "negative log-posterior" if fit.posterior else "negative log-likelihood"
+    methods = sorted({r["optimizer"] for r in runs if r.get("optimizer")})
     lines = [f"PEtab fit: {len(problem.x_names)} estimated parameters, {len(runs)} starts"
+             + (f" (optimizer {', '.join(methods)})" if methods else "")
              + (f", {seconds:.1f} s" if seconds is not None else "")]
     if not finite:
         lines.append("every start failed: " + " ".join(str(runs[0]["message"]).split()))
