@@ -959,8 +959,12 @@ tracker.Tracker.count = count
 def _interrupt_when_ready(script: str, args, cwd):
     import signal
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # the child takes SIGINT as a terminal's Ctrl-C would reach it, even when the tests run
+    # as a background job (whose children start with SIGINT ignored, and then Python
+    # installs no KeyboardInterrupt handler)
     p = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], cwd=cwd, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first = p.stdout.readline()
         assert first == "ready\n", first + p.stderr.read()
