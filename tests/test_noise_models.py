@@ -143,15 +143,6 @@ def test_saved_result_keeps_the_shared_level(shared_fit, tmp_path):
         r.residuals()["scaled"].to_numpy(), rel=1e-12)
 
 
-def test_petab_export_refuses_shared_levels_it_cannot_write(shared_fit, tmp_path):
-    pytest.importorskip("libsbml")      # the optional extra dynlearn[petab]
-    from dynlearn.errors import PetabError
-    from dynlearn.petab.export import save
-    data, r = shared_fit
-    with pytest.raises(PetabError, match=r"shared or per experiment \(\['s'\]\)"):
-        save(r.model, data, tmp_path, theta=r)
-
-
 def test_checkpoint_resume_keeps_the_shared_level(tmp_path):
     data = lotka_volterra_data(noise=0.1, seed=3)
     ck = tmp_path / "ck"

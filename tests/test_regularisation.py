@@ -239,7 +239,7 @@ def test_gcv_rule_in_a_fit_reports_its_choice_and_fits_at_it():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FitWarning)
         r = dl.fit(network_model(), data, y0="estimate", l2="gcv", progress=False,
-                   optimizer=dl.LevenbergMarquardt(max_iter=40))
+                   optimizer=dl.LevenbergMarquardt(max_iter=100, patience=5, ptol=0.05))
     reg = r.config["regularisation"]
     assert reg["rule"] == "gcv" and reg["l2"] > 0 and r.config["l2"] == reg["l2"]
     first, *penalised = reg["path"]
@@ -260,7 +260,7 @@ def test_gcv_rule_in_a_fit_reports_its_choice_and_fits_at_it():
 
 def test_the_default_chooses_the_penalty_by_gcv_for_networks_and_leaves_physics_alone():
     data = decay_data(0.05)
-    opt = dl.LevenbergMarquardt(max_iter=40)
+    opt = dl.LevenbergMarquardt(max_iter=100, patience=5, ptol=0.05)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FitWarning)
         net = dl.fit(network_model(), data, y0="estimate", progress=False, optimizer=opt)
@@ -285,7 +285,8 @@ def test_where_gcvs_minimum_interpolates_the_discrepancy_principle_chooses(monke
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FitWarning)
         r = dl.fit(network_model(), data, y0="estimate", sigma=0.05, progress=False,
-                   optimizer=dl.LevenbergMarquardt(max_iter=40), l2="gcv")
+                   optimizer=dl.LevenbergMarquardt(patience=10, ptol=0.01, max_iter=400),
+                   l2="gcv")
     reg = r.config["regularisation"]
     assert reg["rule"] == "discrepancy" and reg["l2"] > 0
     assert reg["reason"].startswith("generalised cross-validation cannot choose")

@@ -268,6 +268,9 @@ def choose_l2(settings: Mapping[str, Any], first: StartOutcome, *,
         report.update(rule="none", reason="the fit was stopped before a penalty could be "
                                           "chosen")
         return 0.0, first, report
+    if not first.status.converged:
+        report.update(rule="none", reason=_NOT_CONVERGED.format(first.status.value))
+        return 0.0, first, report
     if not (np.isfinite(f0) and np.isfinite(z0)):
         report.update(rule="none", reason=(
             "no noise level is known and none could be estimated from the data (or the fit "
@@ -348,8 +351,25 @@ def choose_l2(settings: Mapping[str, Any], first: StartOutcome, *,
         chosen, nfev=sum(o.nfev for o in ran), njev=sum(o.njev for o in ran),
         ngev=sum(o.ngev for o in ran), nit=sum(o.nit for o in ran),
         elapsed=sum(o.elapsed for o in ran), rejected=sum(o.rejected for o in ran),
-        x0=first.x0, **trace)
+        x0=first.x0, **trace, **_account(first, chosen, chosen_l2))
     return float(chosen_l2), total, report
+
+
+#: why no penalty is chosen after an unpenalised fit that did not converge
+_NOT_CONVERGED = ("the fit with no penalty did not converge ({}), so no penalty is chosen: a "
+                  "penalised refit would hide that")
+
+
+def _account(first: StartOutcome, chosen: StartOutcome, l2: float) -> dict:
+    """The status and message of a fit whose penalty was chosen along a path: the first
+    (unpenalised) fit's account of itself (its training, its restarts), then the refit at
+    the chosen strength; a refit that did not converge gives its own status."""
+    if chosen is first:
+        return {}
+    refit = f"refitted with the L2 penalty chosen from the data (l2 = {l2:.3g}): "
+    if chosen.status.converged:
+        return {"message": f"{first.message}; then {refit}{chosen.message}"}
+    return {"message": f"{refit}{chosen.message} (with no penalty: {first.message})"}
 
 
 def _point(l2: float, f: float, z: float, out: StartOutcome) -> dict:
@@ -571,6 +591,9 @@ def choose_l2_gcv(settings: Mapping[str, Any], first: StartOutcome, *,
         report.update(rule="none", reason="the fit was stopped or failed before a penalty "
                                           "could be chosen")
         return 0.0, first, report
+    if not first.status.converged:
+        report.update(rule="none", reason=_NOT_CONVERGED.format(first.status.value))
+        return 0.0, first, report
     n = obj0.n_data
     extra = [0]                     # Jacobians computed here (not by the optimizers)
 
@@ -646,5 +669,5 @@ def choose_l2_gcv(settings: Mapping[str, Any], first: StartOutcome, *,
         chosen, nfev=sum(o.nfev for o in ran), njev=sum(o.njev for o in ran) + extra[0],
         ngev=sum(o.ngev for o in ran), nit=sum(o.nit for o in ran),
         elapsed=sum(o.elapsed for o in ran), rejected=sum(o.rejected for o in ran),
-        x0=first.x0, **trace)
+        x0=first.x0, **trace, **_account(first, chosen, chosen_l2))
     return float(chosen_l2), total, report
