@@ -16,7 +16,8 @@ Usage::
                                      [--budget 20] [--skip LSODA/adjoint ...]
 
 A configuration whose first gradient takes longer than ``--budget`` seconds is timed once.
-AMICI is not part of this comparison (not installed here).
+AMICI is compared on these problems, exported to PEtab, by ``benchmarks/petab_vs_amici.py
+--stiff-suite``.
 
 ``--auto`` measures ``method="auto"`` instead (issue #15 item 2), side by side with the fixed
 choices on the same problems plus two non-stiff ones (Lotka-Volterra, and the LV-UDE hybrid
