@@ -7,9 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-libsbml = pytest.importorskip("libsbml")
+pytest.importorskip("libsbml")
 pytest.importorskip("petab")
 pytest.importorskip("sbmlmath")
+
+from petab_builders import Sbml, write_v1_problem  # noqa: E402
 
 import dynlearn.petab as dp  # noqa: E402
 from dynlearn.errors import PetabError  # noqa: E402
@@ -24,82 +26,37 @@ REACTIONS = [("source", [], ["A"], "ks * u"), ("fwd", ["A"], ["B"], "k1 * A"),
              ("sinkC", ["C"], [], "k4 * C"), ("sinkA", ["A"], [], "kd * A")]
 
 
-def _sbml(path, event: bool, trigger: str = "time >= 2"):
-    doc = libsbml.SBMLDocument(3, 2)
-    m = doc.createModel()
-    m.setId("stiff")
-    cpt = m.createCompartment()
-    cpt.setId("cell")
-    cpt.setSize(1.0)
-    cpt.setConstant(True)
-    for sid, v in (("A", 0.5), ("B", 0.0), ("C", 0.2)):
-        s = m.createSpecies()
-        s.setId(sid)
-        s.setCompartment("cell")
-        s.setInitialConcentration(v)
-        s.setHasOnlySubstanceUnits(False)
-        s.setBoundaryCondition(False)
-        s.setConstant(False)
-    for pid, v in {**RATES, "u": 1.0, "dose": 0.7, "A0": 0.5}.items():
-        p = m.createParameter()
-        p.setId(pid)
-        p.setValue(v)
-        p.setConstant(True)
-    ia = m.createInitialAssignment()
-    ia.setSymbol("A")
-    ia.setMath(libsbml.parseL3Formula("A0"))
+def _sbml(event: bool, trigger: str = "time >= 2") -> Sbml:
+    model = (Sbml("stiff").species("A", 0.5).species("B", 0.0).species("C", 0.2)
+             .parameters({**RATES, "u": 1.0, "dose": 0.7, "A0": 0.5})
+             .initial_assignment("A", "A0"))
     for rid, reac, prod, law in REACTIONS:
-        r = m.createReaction()
-        r.setId(rid)
-        r.setReversible(False)
-        for sp_, make in [(s, r.createReactant) for s in reac] + \
-                [(s, r.createProduct) for s in prod]:
-            ref = make()
-            ref.setSpecies(sp_)
-            ref.setStoichiometry(1)
-            ref.setConstant(True)
-        r.createKineticLaw().setMath(libsbml.parseL3Formula(law))
+        model.reaction(rid, law, reac, prod)
     if event:       # a dose of A at t = 2 (time-triggered)
-        e = m.createEvent()
-        e.setId("dosing")
-        e.setUseValuesFromTriggerTime(True)
-        tr = e.createTrigger()
-        tr.setInitialValue(False)
-        tr.setPersistent(True)
-        tr.setMath(libsbml.parseL3Formula(trigger))
-        a = e.createEventAssignment()
-        a.setVariable("A")
-        a.setMath(libsbml.parseL3Formula("A + dose"))
-    libsbml.writeSBMLToFile(doc, str(path))
+        model.event("dosing", trigger, {"A": "A + dose"})
+    return model
 
 
 def _problem(d, preequilibration: bool = False, event: bool = False, trigger="time >= 2",
              **opts):
-    _sbml(d / "model.xml", event, trigger)
-    pd.DataFrame({"conditionId": ["low", "high"], "conditionName": ["low", "high"],
-                  "u": [1.0, 3.0]}).to_csv(d / "conditions.tsv", sep="\t", index=False)
-    pd.DataFrame({"observableId": ["obs_b", "obs_c"],
-                  "observableFormula": ["scale * B", "C"],
-                  "noiseFormula": ["0.05", "0.1"], "noiseDistribution": ["normal"] * 2,
-                  "observableTransformation": ["lin"] * 2}).to_csv(
-        d / "observables.tsv", sep="\t", index=False)
     rows = []
     for obs in ("obs_b", "obs_c"):
         for i, t in enumerate(TIMES):
             rows.append(dict(observableId=obs, simulationConditionId="high",
                              preequilibrationConditionId="low" if preequilibration else "",
                              measurement=0.3 + 0.1 * np.sin(3 * t + i), time=t))
-    pd.DataFrame(rows).to_csv(d / "measurements.tsv", sep="\t", index=False)
     par = [(k, "log10", v / 100, v * 100, v, 1) for k, v in RATES.items()]
     par += [("scale", "lin", 0.1, 10.0, 1.3, 1), ("A0", "log10", 0.01, 10.0, 0.5, 1),
             ("dose", "lin", 0.0, 5.0, 0.7, 1 if event else 0)]
-    pd.DataFrame(par, columns=["parameterId", "parameterScale", "lowerBound", "upperBound",
-                               "nominalValue", "estimate"]).to_csv(
-        d / "parameters.tsv", sep="\t", index=False)
-    (d / "problem.yaml").write_text(
-        "format_version: 1\nparameter_file: parameters.tsv\nproblems:\n"
-        "- condition_files: [conditions.tsv]\n  measurement_files: [measurements.tsv]\n"
-        "  observable_files: [observables.tsv]\n  sbml_files: [model.xml]\n")
+    write_v1_problem(
+        d, _sbml(event, trigger),
+        {"conditionId": ["low", "high"], "conditionName": ["low", "high"], "u": [1.0, 3.0]},
+        {"observableId": ["obs_b", "obs_c"], "observableFormula": ["scale * B", "C"],
+         "noiseFormula": ["0.05", "0.1"], "noiseDistribution": ["normal"] * 2,
+         "observableTransformation": ["lin"] * 2},
+        pd.DataFrame(rows),
+        pd.DataFrame(par, columns=["parameterId", "parameterScale", "lowerBound",
+                                   "upperBound", "nominalValue", "estimate"]))
     return dp.load(d / "problem.yaml", rtol=1e-11, atol=1e-12, **opts)
 
 

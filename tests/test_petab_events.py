@@ -9,88 +9,46 @@ import numpy as np
 import pandas as pd
 import pytest
 
-libsbml = pytest.importorskip("libsbml")
+pytest.importorskip("libsbml")
 pytest.importorskip("petab")
 pytest.importorskip("sbmlmath")
+
+from petab_builders import Sbml, write_v1_problem  # noqa: E402
 
 import dynlearn.petab as dp  # noqa: E402
 from dynlearn.errors import PetabError, SolveError  # noqa: E402
 from dynlearn.petab import events as dpe  # noqa: E402
 
+PARAMETER_COLUMNS = ["parameterId", "parameterScale", "lowerBound", "upperBound",
+                     "nominalValue", "estimate"]
+
 K, X0, C, SIGMA = 0.8, 3.0, 1.0, 0.1
 TIMES = [0.25, 0.5, 1.0, 1.5, 2.5, 3.0, 4.0, 5.0]
 
 
-def _sbml(path, events, extra=None):
+def _sbml(events, extra=None) -> Sbml:
     """x' = -k x (a reaction), x(0) = x0; ``events``: (id, trigger, {target: value},
     initialValue) each; ``extra``: more parameters."""
-    doc = libsbml.SBMLDocument(3, 2)
-    m = doc.createModel()
-    m.setId("reset")
-    cpt = m.createCompartment()
-    cpt.setId("cell")
-    cpt.setSize(1.0)
-    cpt.setConstant(True)
-    s = m.createSpecies()
-    s.setId("x")
-    s.setCompartment("cell")
-    s.setInitialConcentration(1.0)
-    s.setHasOnlySubstanceUnits(False)
-    s.setBoundaryCondition(False)
-    s.setConstant(False)
-    for pid, v in {"k": 0.1, "x0": 1.0, "c": 0.5, **(extra or {})}.items():
-        p = m.createParameter()
-        p.setId(pid)
-        p.setValue(v)
-        p.setConstant(True)
-    ia = m.createInitialAssignment()
-    ia.setSymbol("x")
-    ia.setMath(libsbml.parseL3Formula("x0"))
-    r = m.createReaction()
-    r.setId("decay")
-    r.setReversible(False)
-    ref = r.createReactant()
-    ref.setSpecies("x")
-    ref.setStoichiometry(1)
-    ref.setConstant(True)
-    r.createKineticLaw().setMath(libsbml.parseL3Formula("k * x * cell"))
+    model = (Sbml("reset").species("x", 1.0)
+             .parameters({"k": 0.1, "x0": 1.0, "c": 0.5, **(extra or {})})
+             .initial_assignment("x", "x0").reaction("decay", "k * x * cell", ["x"]))
     for eid, trigger, assign, initial in events:
-        e = m.createEvent()
-        e.setId(eid)
-        e.setUseValuesFromTriggerTime(True)
-        tr = e.createTrigger()
-        tr.setInitialValue(initial)
-        tr.setPersistent(True)
-        tr.setMath(libsbml.parseL3Formula(trigger))
-        for target, value in assign.items():
-            a = e.createEventAssignment()
-            a.setVariable(target)
-            a.setMath(libsbml.parseL3Formula(value))
-    libsbml.writeSBMLToFile(doc, str(path))
+        model.event(eid, trigger, assign, initial_value=initial)
+    return model
 
 
 def _problem(d, events, measured, extra_params=(), extra=None, **options):
     """A PEtab problem in ``d``: observable x, noise sigma (fixed), k, x0, c estimated."""
-    _sbml(d / "model.xml", events, extra)
-    pd.DataFrame({"conditionId": ["c1"], "conditionName": ["c1"]}).to_csv(
-        d / "conditions.tsv", sep="\t", index=False)
-    pd.DataFrame({"observableId": ["obs_x"], "observableFormula": ["x"],
-                  "noiseFormula": ["sigma"], "noiseDistribution": ["normal"],
-                  "observableTransformation": ["lin"]}).to_csv(
-        d / "observables.tsv", sep="\t", index=False)
-    pd.DataFrame({"observableId": "obs_x", "simulationConditionId": "c1",
-                  "measurement": measured, "time": TIMES}).to_csv(
-        d / "measurements.tsv", sep="\t", index=False)
     rows = [("k", "log10", 0.01, 10.0, K, 1), ("x0", "log10", 0.1, 100.0, X0, 1),
             ("c", "lin", 0.01, 2.0, C, 1), ("sigma", "lin", 0.01, 1.0, SIGMA, 0),
             *extra_params]
-    pd.DataFrame(rows, columns=["parameterId", "parameterScale", "lowerBound", "upperBound",
-                                "nominalValue", "estimate"]).to_csv(
-        d / "parameters.tsv", sep="\t", index=False)
-    (d / "problem.yaml").write_text(
-        "format_version: 1\nparameter_file: parameters.tsv\nproblems:\n"
-        "- condition_files: [conditions.tsv]\n  measurement_files: [measurements.tsv]\n"
-        "  observable_files: [observables.tsv]\n  sbml_files: [model.xml]\n")
+    write_v1_problem(
+        d, _sbml(events, extra), {"conditionId": ["c1"], "conditionName": ["c1"]},
+        {"observableId": ["obs_x"], "observableFormula": ["x"], "noiseFormula": ["sigma"],
+         "noiseDistribution": ["normal"], "observableTransformation": ["lin"]},
+        pd.DataFrame({"observableId": "obs_x", "simulationConditionId": "c1",
+                      "measurement": measured, "time": TIMES}),
+        pd.DataFrame(rows, columns=PARAMETER_COLUMNS))
     return dp.load(d / "problem.yaml", **{"rtol": 1e-11, "atol": 1e-12, **options})
 
 

@@ -587,22 +587,29 @@ class PetabProblem:
         return prefer_adjoint(len(self.sbml.states), len(moving),
                               sum(s["times"].size for s in self._sims))
 
-    def _adjoint_tape(self, vf, times, y0, D0, Dtheta, v, Dv) -> AdjointTape:
-        """The forward pass of one simulation for the adjoint gradient, with the jumps of
-        :meth:`_solve_switched` (switching times and events) as affine maps of dy/dP."""
-        n, nP = y0.size, Dtheta.shape[1]
-        t_end = float(times[-1]) if times.size else 0.0
+    def _break_points(self, v, Dv, t_end: float) -> dict[float, tuple]:
+        """The times in ``(0, t_end]`` (and 0 for events) where the right-hand side switches
+        or time-triggered events fire: ``{time: (dtime/dP or None, event indices)}``."""
         points: dict[float, tuple] = {}
         if self._switch is not None and t_end > 0:
             tv = np.array(self._switch(v), dtype=float).reshape(-1)
             Jt = np.array(self._switch_jac(v), dtype=float).reshape(tv.size, -1) @ Dv
             for i in np.argsort(tv):
+                # switches at one time (e.g. two conditions on one tau) make one jump
                 if 0.0 < tv[i] < t_end and float(tv[i]) not in points:
                     points[float(tv[i])] = (Jt[i], [])
         if self._events is not None:
             for te, dte, idx in self._events.schedule(v, Dv, t_end):
                 key = next((t for t in points if abs(t - te) <= 1e-12 * max(1.0, te)), te)
                 points[key] = (dte, [*points.get(key, (None, []))[1], *idx])
+        return points
+
+    def _adjoint_tape(self, vf, times, y0, D0, Dtheta, v, Dv) -> AdjointTape:
+        """The forward pass of one simulation for the adjoint gradient, with the jumps of
+        :meth:`_solve_switched` (switching times and events) as affine maps of dy/dP."""
+        n, nP = y0.size, Dtheta.shape[1]
+        t_end = float(times[-1]) if times.size else 0.0
+        points = self._break_points(v, Dv, t_end)
 
         def jump_at(t, dt, idx):
             def fn(y):
@@ -645,19 +652,7 @@ class PetabProblem:
             n = y0.size
             return np.empty((0, n)), (np.empty((0, n, Dtheta.shape[1])) if grad else None)
         t_end = float(times[-1])
-        # break points: time -> (dtime/dP, indices of the events firing there)
-        points: dict[float, tuple] = {}
-        if self._switch is not None and t_end > 0:
-            tv = np.array(self._switch(v), dtype=float).reshape(-1)
-            Jt = np.array(self._switch_jac(v), dtype=float).reshape(tv.size, -1) @ Dv
-            for i in np.argsort(tv):
-                # switches at one time (e.g. two conditions on one tau) make one jump
-                if 0.0 < tv[i] < t_end and float(tv[i]) not in points:
-                    points[float(tv[i])] = (Jt[i], [])
-        if self._events is not None:
-            for te, dte, idx in self._events.schedule(v, Dv, t_end):
-                key = next((t for t in points if abs(t - te) <= 1e-12 * max(1.0, te)), te)
-                points[key] = (dte, [*points.get(key, (None, []))[1], *idx])
+        points = self._break_points(v, Dv, t_end)
         ev = self._events
         watch = ev is not None and ev.has_state_events
         if not points and not watch:
