@@ -280,3 +280,54 @@ def test_the_fisher_method_needs_the_fisher_information(exact):
         fit_petab(plain, starts=[_x_true(exact)], optimizer="fisher")
     fit = fit_petab(plain, starts=[_x_true(exact) + 0.1], maxiter=2)
     assert fit.runs[0]["optimizer"] == "lbfgsb"
+
+
+class _Plateau:
+    """Least squares in ``x = (a, q)``: ``r = (a - 2, 1e3 (10**q - 1e-3))`` within
+    ``a in [-5, 5]``, ``q in [-20, 8]``. Where ``10**q << 1e-3`` the data barely inform
+    ``q`` (its curvature ~0), but its Gauss-Newton step is huge and carries it to the
+    upper bound, where the objective is enormous: the case of the Fiedler starts that
+    stopped "converged" at a large gradient (issue #15). No ODE: the stopping rules alone."""
+
+    x_names = ["a", "q"]
+    lower, upper = np.array([-5.0, -20.0]), np.array([5.0, 8.0])
+    priors = None
+
+    def _rj(self, x):
+        a, q = x
+        r = np.array([a - 2.0, 1e3 * (10.0 ** q - 1e-3)])
+        return r, np.array([[1.0, 0.0], [0.0, 1e3 * np.log(10.0) * 10.0 ** q]])
+
+    def nllh(self, x):
+        r, _ = self._rj(x)
+        return 0.5 * float(r @ r)
+
+    def objective(self, x, prior=True):
+        r, J = self._rj(x)
+        return 0.5 * float(r @ r), J.T @ r
+
+    def fisher_system(self, x):
+        r, J = self._rj(x)
+        return 0.5 * float(r @ r), J.T @ r, J, None
+
+
+def test_an_uninformed_parameter_does_not_stop_the_others():
+    x0 = np.array([-4.0, -15.0])     # a far from its optimum (gradient 6), q on the plateau
+    run = fit_one_start((1, x0), _Plateau(), "fisher", 500, FisherSettings(), posterior=False)
+    assert run["status"] == "converged"
+    assert run["x"][0] == pytest.approx(2.0, abs=1e-6)
+    # q stays on its plateau (gradient ~1e-12 there): what is left is its residual's 0.5
+    assert run["fun"] == pytest.approx(0.5, rel=1e-6)
+
+
+def test_steps_shortened_by_the_damping_are_not_convergence():
+    # without the floor on the column scales (the method before issue #15) q's rejected
+    # steps grow the damping until a's steps lower the objective by less than ftol: the
+    # model still promises a decrease of ~18, so the start must not be called converged
+    x0 = np.array([-4.0, -15.0])
+    run = fit_one_start((1, x0), _Plateau(), "fisher", 500, FisherSettings(scale_floor=0.0),
+                        posterior=False)
+    assert run["fun"] > 10.0
+    assert run["status"] == "not converged" and run["reason"] == Status.STALLED.value
+    assert not run["success"]
+    assert "still promises a decrease" in run["message"]

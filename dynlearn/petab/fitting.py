@@ -26,22 +26,25 @@ model with the expected curvature misleads the steps (measured on the test suite
 problem, whose Laplace observable puts the minimum on such a kink).
 
 The step of the Fisher method: with ``H`` the Fisher information (plus the priors' and the
-secant correction, made positive semidefinite), ``g``
-the gradient and ``D`` the column scales (square roots of the diagonal of ``H``, kept at
-their running maximum as MINPACK does, so the method does not depend on the parameters'
-units), the step minimises ``g.d + d.H.d / 2 + lam |D d|^2 / 2`` over the parameters not
-held at a bound (a parameter on its bound with the gradient pushing outward stays there),
-and a parameter it would carry past a bound is set on the bound and the others solved
-again. The damping follows Nielsen's rule, as in
-:class:`dynlearn.optimizers.LevenbergMarquardt`: after an accepted step with gain ratio
-``rho`` it is multiplied by ``max(1/3, 1 - (2 rho - 1)^3)``, after a rejected one by 2, 4,
-8, ... A point where the model cannot be solved is a rejected trial.
+secant correction, made positive semidefinite), ``g`` the gradient and ``D`` the column
+scales (square roots of the diagonal of ``H``, kept at their running maximum as MINPACK
+does, so the method does not depend on the parameters' units; floored at ``scale_floor``
+times the largest, :class:`FisherSettings`), the step minimises
+``g.d + d.H.d / 2 + lam |D d|^2 / 2`` over the parameters not held at a bound (a parameter
+on its bound with the gradient pushing outward stays there), and a parameter it would carry
+past a bound is set on the bound and the others solved again. The damping follows Nielsen's
+rule, as in :class:`dynlearn.optimizers.LevenbergMarquardt`: after an accepted step with
+gain ratio ``rho`` it is multiplied by ``max(1/3, 1 - (2 rho - 1)^3)``, after a rejected one
+by 2, 4, 8, ... A point where the model cannot be solved is a rejected trial.
 
 How a start ends (:class:`dynlearn.optimizers.Status`): ``CONVERGED_GTOL`` when the
 decrease the quadratic model still promises, ``g.H^-1.g / 2`` on the free parameters, is
 below ``gtol max(1, |f|)``; ``CONVERGED_FTOL`` when two accepted steps in a row lowered the
 objective by less than ``ftol (1 + |f|)`` each;
-``CONVERGED_XTOL`` when the step is below ``xtol`` relative to the point; ``STALLED`` when
+``CONVERGED_XTOL`` when the step is below ``xtol`` relative to the point. The last two only
+where that promised decrease (near-null directions capped, ``FisherSettings.ptol``) is below
+``ptol max(1, |f|)`` too, a first-order test: steps made short by a large damping while the
+model still promises a decrease are no optimum, and end ``STALLED``. ``STALLED`` also when
 the damping grew past 1e16 with every trial rejected (the gradient promises a decrease
 the objective does not show: solver noise or an inaccurate gradient); ``MAX_ITER``;
 ``MAX_TIME`` (the fit's ``max_time`` passed, between iterations or inside a solve, which
@@ -91,6 +94,19 @@ class FisherSettings:
         ``ftol (1 + |f|)`` each.
     xtol : float
         Converged when the step is below ``xtol (xtol + |x|)``.
+    ptol : float
+        An ``ftol`` or ``xtol`` stop is convergence only where the decrease the undamped
+        model still promises (its curvature floored at ``scale_floor ** 2`` times the
+        largest, so that the gradient's noise along near-null directions does not count)
+        is below ``ptol max(1, |f|)``; above it the steps were short because the damping
+        was large, not because the point is an optimum, and the start ends ``STALLED``
+        (not converged).
+    scale_floor : float
+        The column scales ``D`` are kept at least ``scale_floor`` times their largest, so
+        that the scaled Hessian's condition stays below ``scale_floor ** -2``: a parameter
+        the data barely inform (curvature ~0) otherwise has ``D ~ 0``, the damping does not
+        shorten its step, every trial carries it from bound to bound and is rejected, and
+        the damping grown by those rejections stops the steps of all the others.
     damping : float
         Initial damping relative to the largest eigenvalue of the scaled Hessian.
     sensitivities_at_trial : bool
@@ -105,6 +121,8 @@ class FisherSettings:
     gtol: float = 1e-9
     ftol: float = 1e-10
     xtol: float = 1e-10
+    ptol: float = 1e-3
+    scale_floor: float = 1e-3
     damping: float = 1e-3
     sensitivities_at_trial: bool = False
 
@@ -287,6 +305,13 @@ def _secant_update(S, F, s, y):
     return 0.5 * (S + S.T)
 
 
+def _damped_stop(what: str, promised: float, lam_rel: float) -> str:
+    """The message of a stop by ``ftol``/``xtol`` that is not convergence."""
+    return (f"stalled: {what}, but the quadratic model still promises a decrease of "
+            f"{promised:.3g} (the steps were shortened by a relative damping of "
+            f"{lam_rel:.3g}); not converged")
+
+
 def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
                 budget: _Budget):
     """One start of the Fisher trust-region method: ``(x, f, Status, message, nit)``."""
@@ -313,7 +338,9 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
                 "at a bound by the gradient"
             break
         d = np.maximum(d, np.sqrt(np.maximum(np.diag(F), 0.0)))
-        ds = np.where(d > 0, d, 1.0)
+        # (a floor relative to the largest scale: see FisherSettings.scale_floor)
+        ds = np.maximum(d, st.scale_floor * d.max())
+        ds = np.where(ds > 0, ds, 1.0)
         # the model's Hessian, made positive semidefinite (the secant part may not be)
         wa, Va = np.linalg.eigh((F + S) / np.outer(ds, ds))
         Hs = (Va * np.maximum(wa, 0.0)) @ Va.T
@@ -326,6 +353,10 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
         c = V.T @ gs[free]
         # the decrease the (barely damped) model still promises
         promised = 0.5 * float(np.sum(c * c / (w + 1e-10 * wmax)))
+        # ... and with no direction flatter than the floored scales allow (the first-order
+        # test of the ftol/xtol stops): along near-null directions the barely damped model
+        # turns the gradient's solver noise into large promises
+        left = 0.5 * float(np.sum(c * c / (w + max(1e-10, st.scale_floor ** 2) * wmax)))
         if promised <= st.gtol * max(1.0, abs(f)):
             status, message = Status.CONVERGED_GTOL, ("converged: the decrease the "
                                                       "quadratic model promises is below gtol")
@@ -367,7 +398,10 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
             if lam_rel > _MAX_DAMPING:
                 break
         if not accepted:
-            if tiny:
+            if tiny and left > st.ptol * max(1.0, abs(f)):
+                status, message = Status.STALLED, _damped_stop("the step fell below xtol",
+                                                               left, lam_rel)
+            elif tiny:
                 status, message = Status.CONVERGED_XTOL, ("converged: no step reduces the "
                                                           "objective (step below xtol)")
             else:
@@ -389,11 +423,19 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
         # two accepted steps in a row that lower the objective by less than ftol: one
         # alone may be a step shortened by a large damping
         slow = slow + 1 if f_old - f <= st.ftol * (1.0 + abs(f_old)) else 0
+        short = np.linalg.norm(x - x_old) <= st.xtol * (st.xtol + np.linalg.norm(x))
+        if (slow >= 2 or short) and left > st.ptol * max(1.0, abs(f_old)):
+            # the steps are short because the damping is large, not because the model
+            # sees an optimum: that is not convergence
+            status, message = Status.STALLED, _damped_stop(
+                "two steps in a row lowered the objective by less than ftol" if slow >= 2
+                else "the step fell below xtol", left, lam_rel)
+            break
         if slow >= 2:
             status, message = Status.CONVERGED_FTOL, "converged: relative objective " \
                 "reduction below ftol in two steps in a row"
             break
-        if np.linalg.norm(x - x_old) <= st.xtol * (st.xtol + np.linalg.norm(x)):
+        if short:
             status, message = Status.CONVERGED_XTOL, "converged: relative step below xtol"
             break
     return x, f, status, message, it
