@@ -64,6 +64,8 @@ import numpy as np
 from dynlearn.distributed.executor import resolve_executor
 from dynlearn.errors import OptionError, SolveError, TimeLimitError
 from dynlearn.optimizers import Status
+from dynlearn.optimizers.base import TrialPolicy, small_step
+from dynlearn.optimizers.levenberg_marquardt import MAX_DAMPING
 from dynlearn.petab.problem import PetabFit
 from dynlearn.solve import deadline as solve_deadline
 
@@ -72,9 +74,6 @@ __all__ = ["FIT_OPTIMIZERS", "FisherSettings", "available_optimizers", "choose_o
 
 #: the optimizers :func:`fit_petab` knows, besides ``"auto"``
 FIT_OPTIMIZERS = ("fisher", "lbfgsb")
-
-#: the relative damping beyond which no step is tried any more (see the module notes)
-_MAX_DAMPING = 1e16
 
 #: the prior types whose curvature the Fisher method adds (the others are flat, or have a
 #: kink where a curvature would mislead the step)
@@ -323,7 +322,9 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
     S = np.zeros_like(F)      # the secant correction to the Fisher information
     d = np.zeros(x.size)
     lam_rel, nu = st.damping, 2.0
-    it = slow = first_n = first_ok = 0
+    it = slow = 0
+    # whether a first trial is evaluated with its sensitivities: LM's rule, by counts
+    policy = TrialPolicy(st.sensitivities_at_trial, obj)
     status, message = Status.MAX_ITER, f"maximum number of iterations ({maxiter}) reached"
     while it < maxiter:
         obj.nit = it
@@ -372,15 +373,14 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
                                  lam_rel * wmax) / ds
             xn = np.clip(x + step, lo, hi)
             step = xn - x
-            if np.linalg.norm(step) <= st.xtol * (st.xtol + np.linalg.norm(x)):
+            if small_step(step, x, st.xtol):
                 tiny = True
                 break
             pred = -(float(g @ step) + 0.5 * float(step @ H @ step))
             # the first trial of an iteration comes with its sensitivities while most first
             # trials are accepted (counted with a prior of one accepted, one rejected): an
             # accepted step then costs one solve with sensitivities instead of two solves
-            with_sys = st.sensitivities_at_trial and tries == 1 and \
-                (first_ok + 1) / (first_n + 2) > 0.5
+            with_sys = tries == 1 and policy.choose()
             if with_sys:
                 trial_sys = obj.system(xn)
                 fn = math.inf if trial_sys is None else trial_sys[0]
@@ -388,14 +388,13 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
                 fn = obj.value(xn)
             rho = (f - fn) / pred if pred > 0 and np.isfinite(fn) else -1.0
             if tries == 1:
-                first_n += 1
-                first_ok += rho > 1e-4
+                policy.count(rho > 1e-4)
             if rho > 1e-4:
                 accepted = True
                 break
             lam_rel *= nu
             nu *= 2.0
-            if lam_rel > _MAX_DAMPING:
+            if lam_rel > MAX_DAMPING:
                 break
         if not accepted:
             if tiny and left > st.ptol * max(1.0, abs(f)):
@@ -407,7 +406,7 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
             else:
                 status, message = Status.STALLED, (
                     "stalled: no step reduces the objective although the damping grew past "
-                    f"{_MAX_DAMPING:.0e} (the gradient promises a decrease the objective does "
+                    f"{MAX_DAMPING:.0e} (the gradient promises a decrease the objective does "
                     "not show: try tighter solver tolerances)")
             break
         sys_ = trial_sys if with_sys else obj.system(xn)
@@ -423,7 +422,7 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
         # two accepted steps in a row that lower the objective by less than ftol: one
         # alone may be a step shortened by a large damping
         slow = slow + 1 if f_old - f <= st.ftol * (1.0 + abs(f_old)) else 0
-        short = np.linalg.norm(x - x_old) <= st.xtol * (st.xtol + np.linalg.norm(x))
+        short = small_step(x - x_old, x, st.xtol)
         if (slow >= 2 or short) and left > st.ptol * max(1.0, abs(f_old)):
             # the steps are short because the damping is large, not because the model
             # sees an optimum: that is not convergence
