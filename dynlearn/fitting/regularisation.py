@@ -261,15 +261,9 @@ def choose_l2(settings: Mapping[str, Any], first: StartOutcome, *,
         (math.nan, math.nan, False)
     path = [_point(0.0, f0, z0, first)]
     report = {"l2": 0.0, "rule": "discrepancy", "path": path, "reason": ""}
-    if not obj0.space.is_weight.any():
-        report.update(rule="none", reason="no network weights are fitted")
-        return 0.0, first, report
-    if first.status in (Status.MAX_TIME, Status.CALLBACK, Status.INTERRUPTED):
-        report.update(rule="none", reason="the fit was stopped before a penalty could be "
-                                          "chosen")
-        return 0.0, first, report
-    if not first.status.converged:
-        report.update(rule="none", reason=_NOT_CONVERGED.format(first.status.value))
+    why_not = _no_penalty(obj0, first)
+    if why_not:
+        report.update(rule="none", reason=why_not)
         return 0.0, first, report
     if not (np.isfinite(f0) and np.isfinite(z0)):
         report.update(rule="none", reason=(
@@ -355,9 +349,18 @@ def choose_l2(settings: Mapping[str, Any], first: StartOutcome, *,
     return float(chosen_l2), total, report
 
 
-#: why no penalty is chosen after an unpenalised fit that did not converge
-_NOT_CONVERGED = ("the fit with no penalty did not converge ({}), so no penalty is chosen: a "
-                  "penalised refit would hide that")
+def _no_penalty(obj0: FitObjective, first: StartOutcome) -> str:
+    """Why no penalty is chosen after the unpenalised fit ``first`` (both rules), or ``""``
+    when one can be."""
+    if not obj0.space.is_weight.any():
+        return "no network weights are fitted"
+    if first.status in (Status.MAX_TIME, Status.CALLBACK, Status.INTERRUPTED) or \
+            not np.isfinite(first.cost):
+        return "the fit was stopped or failed before a penalty could be chosen"
+    if not first.status.converged:
+        return (f"the fit with no penalty did not converge ({first.status.value}), so no "
+                "penalty is chosen: a penalised refit would hide that")
+    return ""
 
 
 def _account(first: StartOutcome, chosen: StartOutcome, l2: float) -> dict:
@@ -583,16 +586,9 @@ def choose_l2_gcv(settings: Mapping[str, Any], first: StartOutcome, *,
         obj0.set_sigma(first.sigma_hat)
     path: list[dict] = []
     report = {"l2": 0.0, "rule": "gcv", "path": path, "reason": ""}
-    if not obj0.space.is_weight.any():
-        report.update(rule="none", reason="no network weights are fitted")
-        return 0.0, first, report
-    if first.status in (Status.MAX_TIME, Status.CALLBACK, Status.INTERRUPTED) or \
-            not np.isfinite(first.cost):
-        report.update(rule="none", reason="the fit was stopped or failed before a penalty "
-                                          "could be chosen")
-        return 0.0, first, report
-    if not first.status.converged:
-        report.update(rule="none", reason=_NOT_CONVERGED.format(first.status.value))
+    why_not = _no_penalty(obj0, first)
+    if why_not:
+        report.update(rule="none", reason=why_not)
         return 0.0, first, report
     n = obj0.n_data
     extra = [0]                     # Jacobians computed here (not by the optimizers)
