@@ -95,7 +95,7 @@ from dynlearn.results.diagnostics import BELOW_NOISE, BELOW_NOISE_LEVEL, ROUGHNE
 __all__ = ["AUTO", "BRACKET", "GCV", "GCV_SETTLED", "INTERPOLATING",
            "LINEARISED_MAX", "MAX_GCV_FITS", "MAX_PATH", "OVER", "PATH_FACTOR",
            "PATH_ITERATIONS", "PenaltyPath",
-           "below_noise", "check_l2", "choose_l2", "choose_l2_gcv",
+           "check_l2", "choose_l2", "choose_l2_gcv",
            "effective_dof", "first_strength", "fit_to_noise", "path_optimizer"]
 
 #: the value of ``l2=`` that asks for the discrepancy principle (:func:`choose_l2`)
@@ -134,13 +134,6 @@ def check_l2(l2) -> float | str:
     if not math.isfinite(float(l2)) or l2 < 0:
         raise OptionError(f"l2 must be a finite number >= 0, 'auto' or 'gcv', got {l2!r}")
     return float(l2)
-
-
-def below_noise(f: float, z: float) -> bool:
-    """Whether a fit with fit-to-noise ratio ``f`` and ``z`` (:func:`fit_to_noise`) is below
-    the noise level as the diagnostics' warning judges it (before its look at the
-    residuals' roughness)."""
-    return bool(f < BELOW_NOISE and z < float(special.ndtri(BELOW_NOISE_LEVEL)))
 
 
 def fit_to_noise(obj: FitObjective, x) -> tuple[float, float, bool]:
@@ -272,7 +265,9 @@ def choose_l2(settings: Mapping[str, Any], first: StartOutcome, *,
         return 0.0, first, report
     z_low = float(special.ndtri(BELOW_NOISE_LEVEL))
 
-    below = below_noise
+    def below(f, z):
+        """Whether the fit is below the noise level, as the warning judges it."""
+        return f < BELOW_NOISE and z < z_low
 
     def over(f, z):
         return f > 1.0 and z > OVER
