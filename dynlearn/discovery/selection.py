@@ -16,8 +16,10 @@ default, and by :meth:`Recovery.select <dynlearn.discovery.Recovery.select>`) th
    initial states as in the original fit), from the regression's coefficients;
 3. scores each refit by an information criterion of its fit to the data, BIC (default)
    or AICc, and improves the best one by coordinate moves (one output's support replaced
-   by another support of its path), backward elimination (one term dropped) and exchanges
-   (one term replaced by another), as long as the criterion improves;
+   by another support of its path), backward elimination (one term dropped; from every
+   candidate within :data:`PLAUSIBLE` of the best criterion, at most :data:`BEAM`, since
+   the data do not choose between those) and exchanges (one term replaced by another), as
+   long as the criterion improves;
 4. keeps the best, and reports every candidate (:attr:`Recovery.candidates
    <dynlearn.discovery.Recovery.candidates>`) and how strongly the data and the network
    fits support each term (:attr:`Recovery.inclusion
@@ -66,13 +68,19 @@ from dynlearn.solve import solver_kwargs
 if TYPE_CHECKING:   # recovery.py imports this module: annotations only
     from dynlearn.discovery.recovery import Recovery
 
-__all__ = ["CRITERIA", "EVALUATION_BUDGET", "RUNAWAY", "Screen", "information_criterion",
-           "path_options", "select_structure", "support_coefficients"]
+__all__ = ["BEAM", "CRITERIA", "EVALUATION_BUDGET", "PLAUSIBLE", "RUNAWAY", "Screen",
+           "information_criterion", "path_options", "select_structure", "support_coefficients"]
 
 #: The values of ``recover(criterion=...)``.
 CRITERIA = ("aicc", "bic")
 #: Candidate refits stop when their loss falls by less than 5 % in this many iterations.
 PATIENCE = 10
+#: Backward elimination starts from every candidate whose criterion is within this of the
+#: best: a difference of 2 or less is "substantial support" for both (Burnham and Anderson
+#: [2]_, section 2.6), so the data do not choose between them.
+PLAUSIBLE = 2.0
+#: At most this many candidates (the best first) start backward elimination per round.
+BEAM = 5
 #: A candidate refit's time limit in seconds: (the least limit, the multiple of the median
 #: time of the converged refits so far, the first refit's limit). A refit can wander into
 #: stiff or exploding dynamics where every solve crawls; the refits that matter converge
@@ -403,24 +411,41 @@ def select_structure(recovery: Recovery, data=None, *, criterion: str = "bic",
         if best() is current:
             break
     # 3. backward elimination (one term dropped) and exchanges (one term replaced by
-    # another of its output's library), warm-started from the best refit, while the
-    # criterion improves. An exchange keeps the number of coefficients, so it wins on the
-    # fit alone: it finds a true term that the network distorted into a look-alike (on
-    # one stretch of trajectory y and x*y can stand in for each other), which no path
-    # holds.
+    # another of its output's library), warm-started from refits, while the criterion
+    # improves. An exchange keeps the number of coefficients, so it wins on the fit alone:
+    # it finds a true term that the network distorted into a look-alike (on one stretch of
+    # trajectory y and x*y can stand in for each other), which no path holds. Exchanges
+    # start from the best refit; elimination from every candidate the data barely tell
+    # apart from it (_plausible): where few data leave several supports about equally
+    # good, the best can hold a spurious term in place of a true one while another holds
+    # the true term beside a spurious one, and only dropping from that one reaches the
+    # true structure.
     Theta = regression.arrays[0] if regression.arrays is not None else None
+    expanded: set[bytes] = set()           # supports eliminated from
+    exchanged: set[bytes] = set()          # supports exchanged from
     while True:
         current = best()
         if current is None:
             break
-        kept = np.argwhere(current["support"])
-        for i, j in kept:
-            start = current["refit"].coef.copy()
-            start[i, j] = 0.0
-            evaluate(start, "backward", cold=False,
-                     restart=support_coefficients(regression, start != 0))
-        if best() is not current or Theta is None:
+        for rec in _plausible(evaluated, current["criterion"]):
+            key = rec["support"].tobytes()
+            if key in expanded:
+                continue
+            expanded.add(key)
+            for i, j in np.argwhere(rec["support"]):
+                start = rec["refit"].coef.copy()
+                start[i, j] = 0.0
+                evaluate(start, "backward", cold=False,
+                         restart=support_coefficients(regression, start != 0))
+        if best() is not current:
             continue
+        if Theta is None or current["support"].tobytes() in exchanged:
+            if all(r["support"].tobytes() in expanded
+                   for r in _plausible(evaluated, current["criterion"])):
+                break
+            continue
+        exchanged.add(current["support"].tobytes())
+        kept = np.argwhere(current["support"])
         for i, j in kept:
             for i2 in np.flatnonzero(~current["support"][:, j]):
                 support = current["support"].copy()
@@ -435,8 +460,6 @@ def select_structure(recovery: Recovery, data=None, *, criterion: str = "bic",
                     continue
                 evaluate(start, "exchange", cold=False,
                          restart=support_coefficients(regression, support))
-        if best() is current:
-            break
 
     chosen = best()
     if chosen is not None and parsimony > 0:
@@ -472,6 +495,15 @@ def select_structure(recovery: Recovery, data=None, *, criterion: str = "bic",
             Theta, Z, final.coef, on_traj, final.outputs, final.thresholds,
             final.score["stable"].to_numpy()))
     return final
+
+
+def _plausible(evaluated: Mapping[bytes, dict], best: float) -> list[dict]:
+    """The refitted candidates within :data:`PLAUSIBLE` of the best criterion, best first
+    (at most :data:`BEAM`)."""
+    near = [r for r in evaluated.values()
+            if np.isfinite(r["criterion"]) and r["criterion"] <= best + PLAUSIBLE]
+    near.sort(key=lambda r: (r["criterion"], int(r["support"].sum())))
+    return near[:BEAM]
 
 
 def _candidates_table(rec: Recovery, evaluated: dict, chosen: dict,
