@@ -48,13 +48,21 @@ from dynlearn.errors import (
 )
 from dynlearn.files import json_npz_paths
 from dynlearn.fitting.checkpoint import read_checkpoint
-from dynlearn.fitting.regularisation import AUTO, GCV, check_l2, choose_l2, choose_l2_gcv
+from dynlearn.fitting.regularisation import (
+    AUTO,
+    GCV,
+    check_l2,
+    choose_l2,
+    choose_l2_gcv,
+    penalised_dof,
+)
 from dynlearn.fitting.starts import StartSpec, outcome_from_record, run_starts, start_points
 from dynlearn.fitting.threads import blas_threads_for
 from dynlearn.objective.binding import initial_states
 from dynlearn.objective.losses import Loss, loss_from_name
 from dynlearn.objective.objective import FitObjective, probe_method
 from dynlearn.optimizers import Optimizer, Status, default_optimizer
+from dynlearn.results.covariance import covariance_budget, optimum_jacobian
 from dynlearn.results.result import FitResult
 from dynlearn.sensitivity import Sensitivity
 from dynlearn.solve import AUTO_METHOD, MethodChoice, check_method, check_options
@@ -295,6 +303,7 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
         # the fit's deadline plus a grace of a tenth of max_time (at least 1 s), not more
         grace = None if deadline is None else deadline + max(1.0, 0.1 * float(max_time))
         with solve_deadline(grace):
+            best = _record_effective_dof(obj, best, outcomes, elapsed, config)
             return FitResult.from_fit(model, dataset, obj, best, outcomes, optimizer,
                                       elapsed, config, refitter=refitter)
 
@@ -369,6 +378,30 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
         if throw and not result.success:
             raise DynlearnError(f"the fit failed: {result.message}")
         return result
+
+
+def _record_effective_dof(obj: FitObjective, best, outcomes, elapsed: float, config: dict):
+    """Record in ``config["effective_dof"]`` the effective degrees of freedom of a penalised
+    network fit at its strength (the below-noise warning of the result's diagnostics divides
+    by ``n - df``): those generalised cross-validation recorded for the strength it chose,
+    else counted the same way from the Jacobian at the optimum
+    (:func:`~dynlearn.fitting.regularisation.penalised_dof`). That Jacobian is the one the
+    result needs for its standard errors, so it is handed on with ``best`` (``final``), not
+    computed twice. Returns ``best``."""
+    config.pop("effective_dof", None)
+    if obj.l2 <= 0 or not obj.space.is_weight.any() or not np.isfinite(best.cost):
+        return best
+    reg = config.get("regularisation") or {}
+    if reg.get("rule") == "gcv" and reg.get("l2") == obj.l2 and "dof" in reg:
+        config["effective_dof"] = float(reg["dof"])
+        return best
+    r, J, _ = optimum_jacobian(obj, best.x, best.final, covariance_budget(elapsed, outcomes))
+    if J is None:
+        return best
+    df = penalised_dof(obj, best.x, (r, J))
+    if np.isfinite(df):
+        config["effective_dof"] = df
+    return replace(best, final=(r, J))
 
 
 def _checkpoint_choice(ckpt) -> MethodChoice | None:

@@ -62,13 +62,16 @@ one oscillator seed twice as wrong (still a quarter of the noise level) and one 
 seed's extrapolation 7x worse (from 0.1 % to 0.6 % of the signal). Better on the whole,
 never losing an exact recovery in the discovery battery, and needing no noise level, it
 is the default. It can leave a network fit below the noise level where the network's
-effective degrees of freedom explain it (the LV-UDE's); the warning then names
-``l2="auto"``. Taking the larger of the two rules' strengths as the default was measured
-too, and lost on the Lotka-Volterra problems (``docs/fitting.md``).
+effective degrees of freedom explain it (the LV-UDE's); the below-noise warning of a
+penalised fit counts them (``chi^2 / (n - df)``, ``df`` the ``"dof"`` recorded for the
+chosen strength, :func:`penalised_dof` for a strength given or chosen otherwise), so it
+does not warn about that. Taking the larger of the two rules' strengths as the default
+was measured too, and lost on the Lotka-Volterra problems (``docs/fitting.md``).
 
 The choice is reported in ``result.config["regularisation"]`` (saved with the result):
 ``{"l2": chosen, "rule": "gcv", "discrepancy" or "none", "path": [...], "reason": ...}``
-(the path's entries: ``{"l2", "gcv", "dof", "cost", "evaluations"}`` for GCV,
+and, from GCV, ``"dof"``: the effective degrees of freedom at the chosen strength (the
+path's entries: ``{"l2", "gcv", "dof", "cost", "evaluations"}`` for GCV,
 ``{"l2", "fit_to_noise", "z", "cost", "evaluations"}`` for the discrepancy principle), and
 in one line of ``result.summary()``; ``result.config["l2"]`` is the strength chosen, which
 refits (profiles) use. An explicit ``l2=`` (a number, 0 included) gives exactly the fit it
@@ -96,7 +99,8 @@ __all__ = ["AUTO", "BRACKET", "GCV", "GCV_SETTLED", "INTERPOLATING",
            "LINEARISED_MAX", "MAX_GCV_FITS", "MAX_PATH", "OVER", "PATH_FACTOR",
            "PATH_ITERATIONS", "PenaltyPath",
            "check_l2", "choose_l2", "choose_l2_gcv",
-           "effective_dof", "first_strength", "fit_to_noise", "path_optimizer"]
+           "effective_dof", "first_strength", "fit_to_noise", "path_optimizer",
+           "penalised_dof"]
 
 #: the value of ``l2=`` that asks for the discrepancy principle (:func:`choose_l2`)
 AUTO = L2_AUTO
@@ -137,7 +141,10 @@ def check_l2(l2) -> float | str:
 
 
 def fit_to_noise(obj: FitObjective, x) -> tuple[float, float, bool]:
-    """The fit-to-noise ratio at ``x`` as the below-noise warning sees it.
+    """The fit-to-noise ratio at ``x`` with ``n - k`` as its denominator: as the below-noise
+    warning sees a fit with no penalty (a penalised fit's warning counts the network's
+    effective degrees of freedom too, :func:`penalised_dof`), and as the discrepancy rule
+    judges every fit along its path.
 
     Parameters
     ----------
@@ -537,6 +544,54 @@ def effective_dof(J, penalised, l2):
     return PenaltyPath(J, np.zeros(J.shape[0]), np.zeros(J.shape[1]), penalised).dof(l2)
 
 
+def penalised_dof(obj: FitObjective, x, final=None) -> float:
+    """The effective degrees of freedom of ``obj``'s fit at ``x`` at its own L2 strength
+    ``obj.l2``, counted as generalised cross-validation counts them (:func:`effective_dof`
+    of the data rows of the residual Jacobian): the physics' fitted values plus the
+    network's share. The below-noise warning divides by ``n - df`` with them
+    (:mod:`dynlearn.results.diagnostics`).
+
+    Parameters
+    ----------
+    obj : FitObjective
+    x : ndarray
+        A point in the optimizer's coordinates (a fit's optimum).
+    final : tuple, optional
+        ``(r, A)`` at ``x`` as an optimizer leaves them: ``A`` the Jacobian of all residuals
+        (data rows, then the penalty's), or a factor with ``A^T A = J^T J``; computed when
+        not given.
+
+    Returns
+    -------
+    float
+        NaN without network weights or penalty (``obj.l2 == 0``), or when the model cannot
+        be solved at ``x``.
+    """
+    x = np.asarray(x, dtype=float)
+    P = obj.space.is_weight
+    if obj.l2 <= 0 or not P.any():
+        return math.nan
+    if final is None:
+        try:
+            _, A = obj.jacobian(x)
+        except Rejected:
+            return math.nan
+    else:
+        A = np.asarray(final[1], dtype=float)
+    if A.ndim != 2 or A.shape[1] != x.size or not np.all(np.isfinite(A)):
+        return math.nan
+    if A.shape[0] == obj.n_residuals:
+        J = A[:obj.n_data]
+    else:
+        # a factor of the whole J^T J: take the penalty rows' share out (they are known),
+        # and factor what is left, the data rows' J^T J, which is all the count needs
+        R = obj.regularization_jacobian(x)
+        G = A.T @ A - R.T @ R
+        e, V = np.linalg.eigh(0.5 * (G + G.T))
+        J = np.sqrt(np.clip(e, 0.0, None))[:, None] * V.T
+    return float(effective_dof(J, P, obj.l2))
+
+
 def _linearised(obj: FitObjective, x, out: StartOutcome | None = None) -> PenaltyPath | None:
     """The :class:`PenaltyPath` at ``x`` from the data rows of ``obj``'s Jacobian (the one
     an optimizer left behind when it is the Jacobian itself), or None when the model
@@ -648,12 +703,13 @@ def choose_l2_gcv(settings: Mapping[str, Any], first: StartOutcome, *,
             break
         target = lin.gcv_minimum()
     chosen_l2, chosen_gcv, chosen = min(done, key=lambda d: (d[1], d[0]))
+    chosen_dof = path[done.index(next(d for d in done if d[0] == chosen_l2))]["dof"]
     report["l2"] = float(chosen_l2)
+    report["dof"] = float(chosen_dof)       # the below-noise warning counts them
     report["reason"] = (
         f"the smallest generalised cross-validation n*cost/(n - df)^2 = {chosen_gcv:.4g} of "
         f"{len(done)} fitted strengths (with no penalty {done[0][1]:.4g}; effective degrees "
-        f"of freedom {path[done.index(next(d for d in done if d[0] == chosen_l2))]['dof']:.1f}"
-        f" of {n} data)")
+        f"of freedom {chosen_dof:.1f} of {n} data)")
     trace = {f: getattr(first, f) for f in ("history", "stage_marks", "stage_history")
              if hasattr(first, f)}
     total = replace(

@@ -63,20 +63,45 @@ known.
 
 A network model that fits well below that noise level is fitting the noise: a
 :class:`FitWarning` is issued and the summary says so. "Well below" is two conditions:
-``F = chi^2 / (n - k)`` is below :data:`BELOW_NOISE` (``k`` the fitted values other than
-network weights, so that a fit of the physics alone gives about 1), and ``log F`` is
-significantly below 0 (one-sided, level :data:`BELOW_NOISE_LEVEL`) given how uncertain both
-are: ``var(log F) ~ 2 / (n - k) + sum_k w_k^2 c / m_k``, with ``w_k`` observable ``k``'s
-share of the chi-square, ``m_k`` the number of third differences its noise level was
-estimated from (none for a known level) and ``c = 7`` (``var(log sigma_hat^2) ~ 7 / m`` for
-white noise, measured). With two observables of 21 points each and noise levels estimated
-from the data, ``F`` must be below about 0.3 for the warning; with 40 data and known noise
-levels, below 0.5. A third condition keeps noise-free data out: the residuals must look like
-noise, their own third-difference noise level being at least :data:`ROUGHNESS` times their
-standard deviation (:attr:`ObservableFit.roughness`, weighted by the shares of the
-chi-square). Residuals of a model that fits smooth data closely are smooth (ratio near 0);
-white residuals give about 1, and those of a network that follows the noise more (it takes
-the slow part of the noise and leaves the fast part).
+``F = chi^2 / (n - d)`` is below :data:`BELOW_NOISE`, and ``log F`` is significantly below
+0 (one-sided, level :data:`BELOW_NOISE_LEVEL`) given how uncertain both are: ``var(log F) ~
+2 / (n - d) + sum_k w_k^2 c / m_k``, with ``w_k`` observable ``k``'s share of the
+chi-square, ``m_k`` the number of third differences its noise level was estimated from
+(none for a known level) and ``c = 7`` (``var(log sigma_hat^2) ~ 7 / m`` for white noise,
+measured). The count ``d`` of what the fit spends on the data is:
+
+* for a fit with an L2 penalty (``l2 > 0``, chosen from the data or given), the fit's
+  effective degrees of freedom ``df``: the trace of the hat matrix ``J (J^T J + l2 P)^-1
+  J^T`` at its strength, the physics' fitted values plus the network's share, counted as
+  generalised cross-validation counts them. The fitting layer records them in
+  ``result.config["effective_dof"]`` (the count GCV made for the strength it chose, else
+  :func:`~dynlearn.fitting.regularisation.penalised_dof` from the Jacobian at the optimum)
+  and hands the number to :func:`diagnose`. A penalised network that leaves ``chi^2``
+  near ``n - df`` is honest for its effective size, and the rule that chose the penalty
+  judged it so; dividing by ``n - k`` instead warned about the default's own choice (the
+  README's Lotka-Volterra UDE: ``chi^2 / (n - k) = 0.20``, ``chi^2 / (n - df) = 0.41``
+  with ``df = 26.4`` of 50 data at GCV's ``l2 = 0.0084``, ``z = -1.8``: no warning);
+* with no penalty, ``k``, the fitted values other than network weights (so that a fit of
+  the physics alone gives about 1). Without a penalty the effective degrees of freedom
+  are the rank of the residual Jacobian, which hinges on a singular-value cutoff and
+  reaches ``n`` where an over-parameterised network can interpolate (on the LV-UDE, 40-41
+  of 42 data for all six starts of ``benchmarks/bench_fit.py --robustness``, which would
+  make every over-fit look 4-8 times *above* the noise): ``n - k`` is what flags such a
+  fit. ``k`` is also used when the count is not known or leaves no data over
+  (``df >= n``).
+
+:attr:`Diagnostics.below_noise_basis` says which count was used, and the summary prints it.
+:attr:`Diagnostics.fit_to_noise` keeps ``chi^2 / (n - k)`` for every fit (the discrepancy
+principle, ``l2="auto"``, judges its path by it). With two observables of 21 points each and
+noise levels estimated from the data, ``F`` must be below about 0.3 for the warning; with
+40 data and known noise levels, below 0.5; the fewer residual degrees of freedom ``n - df``
+a penalised fit leaves, the further below 1 it must be to be significantly below it. A third
+condition keeps noise-free data out: the residuals must look like noise, their own
+third-difference noise level being at least :data:`ROUGHNESS` times their standard
+deviation (:attr:`ObservableFit.roughness`, weighted by the shares of the chi-square).
+Residuals of a model that fits smooth data closely are smooth (ratio near 0); white
+residuals give about 1, and those of a network that follows the noise more (it takes the
+slow part of the noise and leaves the fast part).
 
 A reduced chi-square above :data:`MISFIT` is reported as a systematic misfit (the model
 misses part of the dynamics; the standard errors, which assume it does not, are too small).
@@ -126,7 +151,8 @@ INVOLVED = 1e-3
 NETWORK_CORRELATION = 0.95
 #: pairwise correlations above this magnitude are listed in the summary
 CORRELATION_THRESHOLD = 0.9
-#: a network model with ``chi^2 / (n - k)`` below this fits below the noise level
+#: a network model with ``chi^2 / (n - d)`` below this fits below the noise level (``d``:
+#: ``k`` or the effective degrees of freedom, see the module notes)
 BELOW_NOISE = 0.5
 #: a reduced chi-square above this is a systematic misfit (a loose threshold: the noise level
 #: may be estimated from the data)
@@ -390,6 +416,19 @@ class Diagnostics:
         available.
     fit_to_noise_z : float
         ``log(fit_to_noise)`` over its standard deviation (see the module notes).
+    below_noise_ratio, below_noise_z : float
+        The below-noise warning's statistic ``F = chi2 / below_noise_dof`` and ``log F`` in
+        its standard deviations: :attr:`fit_to_noise` and :attr:`fit_to_noise_z` unless the
+        network's effective degrees of freedom are counted (see the module notes).
+    below_noise_dof : float
+        The warning's denominator: ``n - df`` (``df`` = :attr:`effective_dof`) for a
+        penalised fit whose effective degrees of freedom are known, else ``n - k``.
+    effective_dof : float
+        The fit's effective degrees of freedom (the trace of the hat matrix at the fit's L2
+        strength: the physics' fitted values plus the network's share) when the warning
+        counts them; NaN when it does not (no penalty, or not known).
+    below_noise_basis : str
+        Which denominator the warning used and why, in words (the summary prints it).
     uncertainty : str
         Why no standard errors could be computed at all ("" when they could).
     notes : dict
@@ -415,6 +454,11 @@ class Diagnostics:
     reduced_chi2: float = math.nan
     fit_to_noise: float = math.nan
     fit_to_noise_z: float = math.nan
+    below_noise_ratio: float = math.nan
+    below_noise_z: float = math.nan
+    below_noise_dof: float = math.nan
+    effective_dof: float = math.nan
+    below_noise_basis: str = ""
     uncertainty: str = ""
     notes: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
@@ -436,6 +480,11 @@ class Diagnostics:
                 out.append(f"  chi-square = {self.chi2:.6g}, reduced chi-square = {red} "
                            f"(n - p = {self.dof})")
                 out.append("    against " + " / ".join(how[s] for s in sorted(src)))
+                if self.counts.get("weights") and np.isfinite(self.below_noise_ratio):
+                    label = "n - df" if np.isfinite(self.effective_dof) else "n - k"
+                    out.append(f"  network model: chi-square / ({label}) = "
+                               f"{self.below_noise_ratio:.4g} with {self.below_noise_basis}; "
+                               f"about 1 for an honest fit")
             else:
                 out.append("  chi-square: n/a (no noise level known, and none could be "
                            "estimated from the data: too few points, or no scatter)")
@@ -535,7 +584,8 @@ class Diagnostics:
                 noise_n=_int(o.get("noise_n", 0), f"{w}.noise_n"),
                 roughness=_float(o.get("roughness", math.nan), f"{w}.roughness")))
         d["observables"] = fits
-        for k in ("chi2", "reduced_chi2", "fit_to_noise", "fit_to_noise_z"):
+        for k in ("chi2", "reduced_chi2", "fit_to_noise", "fit_to_noise_z",
+                  "below_noise_ratio", "below_noise_z", "below_noise_dof", "effective_dof"):
             d[k] = _float(d.get(k, math.nan), k)
         for k in ("n_data", "n_columns", "dof"):
             d[k] = _int(d.get(k, 0), k)
@@ -552,7 +602,7 @@ class Diagnostics:
         d["notes"] = {k: _kind(v, str, f"notes.{k}") for k, v in
                       _kind(d.get("notes", {}), dict, "notes").items()}
         d["warnings"] = _list(d.get("warnings", []), str, "warnings")
-        for k in ("uncertainty", "noise_warning"):
+        for k in ("uncertainty", "noise_warning", "below_noise_basis"):
             d[k] = _kind(d.get(k, ""), str, k)
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
@@ -575,7 +625,10 @@ def _kind(v, kind, where: str):
 
 def _float(v, where: str) -> float:
     v = _num(v)
-    return float(_kind(v, (int, float), where)) if not isinstance(v, float) else v
+    v = float(_kind(v, (int, float), where)) if not isinstance(v, float) else v
+    # the one NaN object, so that a loaded Diagnostics compares equal to the saved one
+    # (dataclass equality compares fields as tuples: identical objects first)
+    return math.nan if math.isnan(v) else v
 
 
 def _int(v, where: str) -> int:
@@ -769,7 +822,50 @@ def _goodness(obj, r_data):
     return out, (chi2_total if complete and out else math.nan)
 
 
-def diagnose(obj, x, r, A, cov_x, params) -> Diagnostics:
+def _fit_to_noise(diag: Diagnostics, left: float) -> tuple[float, float]:
+    """``F = chi^2 / left`` and ``log F`` in its standard deviations, ``var(log F) ~ 2 /
+    left`` plus the noise estimates' share (see the module notes); NaN when not defined."""
+    if not (np.isfinite(diag.chi2) and diag.chi2 > 0 and left > 0):
+        return math.nan, math.nan
+    f = diag.chi2 / left
+    var = 2.0 / left + sum((o.chi2 / diag.chi2) ** 2 * NOISE_LOGVAR / o.noise_n
+                           for o in diag.observables if o.noise_n)
+    return f, math.log(f) / math.sqrt(var)
+
+
+def _below_noise_basis(diag: Diagnostics, obj, k: int, effective_dof) -> None:
+    """Set the below-noise warning's denominator (``n - df`` or ``n - k``) and say why."""
+    n = int(obj.n_data)
+    diag.below_noise_dof = float(n - k)
+    if not diag.counts["weights"]:
+        diag.below_noise_basis = f"n - k = {n - k} (the fitted values)"
+        return
+    df = math.nan if effective_dof is None else float(effective_dof)
+    if obj.l2 <= 0:
+        # with no penalty an over-parameterised network's effective degrees of freedom are
+        # the rank of its Jacobian, which hinges on a singular-value cutoff and reaches n
+        # where it can interpolate: n - k is the count that flags such a fit
+        diag.below_noise_basis = (f"n - k = {n - k} (k: fitted values other than "
+                                  "network weights; no L2 penalty, so the network's effective "
+                                  "degrees of freedom are not counted)")
+    elif not np.isfinite(df):
+        diag.below_noise_basis = (f"n - k = {n - k} (k: fitted values other than "
+                                  "network weights; the network's effective degrees of "
+                                  f"freedom at l2 = {obj.l2:.3g} are not known)")
+    elif n - df <= 0:
+        diag.below_noise_basis = (f"n - k = {n - k} (k: fitted values other than "
+                                  f"network weights; the effective degrees of freedom at "
+                                  f"l2 = {obj.l2:.3g}, df = {df:.1f}, leave none of the {n} "
+                                  "data over)")
+    else:
+        diag.effective_dof = df
+        diag.below_noise_dof = n - df
+        diag.below_noise_basis = (f"n - df = {n - df:.1f} (df = {df:.1f}: the physics' "
+                                  "fitted values and the network's effective degrees of "
+                                  f"freedom at l2 = {obj.l2:.3g})")
+
+
+def diagnose(obj, x, r, A, cov_x, params, effective_dof: float | None = None) -> Diagnostics:
     """The diagnostics of a fit at its optimum ``x`` (see the module notes).
 
     Parameters
@@ -785,6 +881,12 @@ def diagnose(obj, x, r, A, cov_x, params) -> Diagnostics:
         The covariance of ``x`` (:func:`~dynlearn.results.covariance.parameter_covariance`).
     params : pandas.DataFrame
         The parameter table (:func:`~dynlearn.results.covariance.params_table`).
+    effective_dof : float, optional
+        The fit's effective degrees of freedom at its L2 strength ``obj.l2`` (the trace of
+        the hat matrix: the physics' fitted values plus the network's share), as the fitting
+        layer measured it (``result.config["effective_dof"]``). For a network model with
+        ``obj.l2 > 0`` the below-noise warning then divides by ``n - df`` instead of
+        ``n - k`` (see the module notes); ignored without a penalty.
 
     Returns
     -------
@@ -805,12 +907,9 @@ def diagnose(obj, x, r, A, cov_x, params) -> Diagnostics:
         if np.isfinite(diag.chi2) and diag.dof > 0:
             diag.reduced_chi2 = diag.chi2 / diag.dof
         k = space.size - counts["weights"]
-        if np.isfinite(diag.chi2) and diag.chi2 > 0 and obj.n_data - k > 0:
-            diag.fit_to_noise = diag.chi2 / (obj.n_data - k)
-            var = 2.0 / (obj.n_data - k) + sum(
-                (o.chi2 / diag.chi2) ** 2 * NOISE_LOGVAR / o.noise_n
-                for o in diag.observables if o.noise_n)
-            diag.fit_to_noise_z = math.log(diag.fit_to_noise) / math.sqrt(var)
+        diag.fit_to_noise, diag.fit_to_noise_z = _fit_to_noise(diag, obj.n_data - k)
+        _below_noise_basis(diag, obj, k, effective_dof)
+        diag.below_noise_ratio, diag.below_noise_z = _fit_to_noise(diag, diag.below_noise_dof)
     # why standard errors are n/a
     if A is None:
         diag.uncertainty = ("the residual Jacobian could not be computed at the optimum (the "
@@ -873,15 +972,18 @@ def diagnose(obj, x, r, A, cov_x, params) -> Diagnostics:
              if np.isfinite(o.roughness)] if np.isfinite(diag.chi2) and diag.chi2 > 0 else []
     noisy = bool(rough) and math.sqrt(sum(w * q * q for w, q in rough)
                                       / sum(w for w, _ in rough)) >= ROUGHNESS
-    if (counts["weights"] and np.isfinite(diag.fit_to_noise) and diag.fit_to_noise < BELOW_NOISE
-            and diag.fit_to_noise_z < special.ndtri(BELOW_NOISE_LEVEL) and noisy):
+    if (counts["weights"] and np.isfinite(diag.below_noise_ratio)
+            and diag.below_noise_ratio < BELOW_NOISE
+            and diag.below_noise_z < special.ndtri(BELOW_NOISE_LEVEL) and noisy):
         srcs = {o.sigma_source for o in diag.observables}
+        label = "n - df" if np.isfinite(diag.effective_dof) else "n - k"
         how = ("the known noise levels" if srcs == {"known"} else
                "noise levels estimated from the data (" + ", ".join(
                    f"{o.name}: {o.sigma:.3g}" for o in diag.observables) + ")")
         diag.noise_warning = (
-            f"the network model fits well below the noise level: chi-square / (n - k) = "
-            f"{diag.fit_to_noise:.3g} against {how}, where an honest fit gives about 1. The "
+            f"the network model fits well below the noise level: chi-square / ({label}) = "
+            f"{diag.below_noise_ratio:.3g} with {diag.below_noise_basis}, against {how}, "
+            "where an honest fit gives about 1. The "
             "network is probably fitting the noise: use the L2 penalty that brings the fit to "
             "the noise level (l2=\"auto\" in dl.fit, l2 = \"auto\" in a model file's [fit]), "
             f"{penalty}, a smaller network, or fewer iterations"

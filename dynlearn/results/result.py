@@ -208,7 +208,8 @@ class FitResult:
         loss = best.loss if timed_out else _final_loss(obj, x, r_data)
         table = params_table(model0, space, x, cov_x, dof, scaled, level)
         table["unit"] = [model0.unit(n) for n in table.index]    # a label, for the tables
-        diagnostics = diagnose(obj, x, r, J, cov_x, table)
+        diagnostics = diagnose(obj, x, r, J, cov_x, table,
+                               effective_dof=config.get("effective_dof"))
         if not_computed:
             diagnostics.uncertainty = not_computed
         if diagnostics.noise_warning:
