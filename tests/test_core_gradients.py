@@ -12,6 +12,7 @@ import sympy as sp
 
 import dynlearn as dl
 from dynlearn.testing import (
+    central_difference,
     check_gradient,
     lotka_volterra_problem,
     lv_ude_problem,
@@ -33,8 +34,10 @@ def grad(model, data, theta, sens, method="RK45", **kw):
 def directional_fd(model, data, theta, v, method="RK45", h=1e-3, **kw):
     """4th-order central difference of the loss along direction v."""
     tol = {**TOL, **kw}
-    f = [dl.loss(model, data, theta + s * h * v, method=method, **tol) for s in (-2, -1, 1, 2)]
-    return (f[0] - 8 * f[1] + 8 * f[2] - f[3]) / (12 * h)
+
+    def along(s):
+        return dl.loss(model, data, theta + s[0] * v, method=method, **tol)
+    return central_difference(along, [0.0], step=h, relative=False, order=4)[0]
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +106,10 @@ def test_lv_ude_discrete_adjoint_is_exact_for_the_discrete_loss(lv_ude):
     for _ in range(3):
         v = rng.standard_normal(theta.size)
         v /= np.linalg.norm(v)
-        f = [_replayed_loss(model, data, theta + s * h * v, steps) for s in (-2, -1, 1, 2)]
-        fd = (f[0] - 8 * f[1] + 8 * f[2] - f[3]) / (12 * h)
+
+        def along(s, v=v):
+            return _replayed_loss(model, data, theta + s[0] * v, steps)
+        fd = central_difference(along, [0.0], step=h, relative=False, order=4)[0]
         assert abs(fd - g @ v) < 1e-9 * np.linalg.norm(g)
 
 
@@ -241,14 +246,7 @@ def test_gradient_with_respect_to_initial_state(method):
     _, gf, (gy0f,) = dl.Objective(model, data, y0=[1.0, 0.5], method=method,
                                   sensitivity=dl.ForwardSensitivity(), **TOL
                                   ).value_and_grad(theta, y0, wrt_y0=True)
-    h = 1e-4
-    fd = []
-    for i in range(2):
-        e = np.zeros(2)
-        e[i] = h
-        fp = obj.value(theta, [y0[0] + e])
-        fm = obj.value(theta, [y0[0] - e])
-        fd.append((fp - fm) / (2 * h))
+    fd = central_difference(lambda y: obj.value(theta, [y]), y0[0], step=1e-4, relative=False)
     assert relative_error(gy0, fd) < 1e-6
     assert relative_error(gy0f, fd) < 1e-6
     assert relative_error(g, gf) < 1e-6

@@ -16,6 +16,7 @@ from petab_builders import Sbml, write_v1_problem  # noqa: E402
 import dynlearn.petab as dp  # noqa: E402
 from dynlearn.errors import PetabError  # noqa: E402
 from dynlearn.petab.adjoint import ADJOINT_COMPONENTS_PER_RESTART, prefer_adjoint  # noqa: E402
+from dynlearn.testing import central_difference  # noqa: E402
 
 TIMES = [0.0, 0.5, 1.0, 2.0, 2.0, 3.5, 5.0, 8.0]
 # reactions: source -> A (ks u), A <-> B (k1 fast, k2 fast), B -> C (k3), C -> (k4),
@@ -70,9 +71,7 @@ def _compare(prob, mode, inert=()):
     x = prob.x_nominal
     if id(prob) not in _REFERENCE:      # the old gradient and central differences, once
         prob.gradient = "forward"
-        h = 1e-5
-        fd = np.array([(prob.nllh(x + h * e) - prob.nllh(x - h * e)) / (2 * h)
-                       for e in np.eye(x.size)])
+        fd = central_difference(prob.nllh, x, step=1e-5, relative=False)
         _REFERENCE[id(prob)] = (*prob.loss_and_grad(x), fd)
     f_fwd, g_fwd, fd = _REFERENCE[id(prob)]
     prob.gradient = mode

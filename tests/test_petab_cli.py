@@ -17,6 +17,7 @@ from petab_builders import Sbml, write_tsv, write_v1_yaml  # noqa: E402
 import dynlearn.petab as dp  # noqa: E402
 from dynlearn.cli import main  # noqa: E402
 from dynlearn.errors import PetabError  # noqa: E402
+from dynlearn.testing import central_difference  # noqa: E402
 
 K, X0, SIGMA = 0.6, 4.0, 0.05
 TIMES = [0.25, 0.5, 1.0, 1.5, 2.5, 3.0, 4.0, 5.0]
@@ -192,9 +193,7 @@ def test_every_prior_is_its_log_density_with_the_right_gradient(scale):
     want = -sum(_log_density(k, p, xi, *args[k]) for k, p, xi in zip(PRIOR_TYPES, P, x))
     f, g = pri.value_and_grad(x)
     assert f == pytest.approx(want, rel=1e-12)
-    h = 1e-6
-    fd = [(pri.value_and_grad(x + h * e)[0] - pri.value_and_grad(x - h * e)[0]) / (2 * h)
-          for e in np.eye(x.size)]
+    fd = central_difference(lambda v: pri.value_and_grad(v)[0], x, step=1e-6, relative=False)
     np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
     assert np.count_nonzero(g) == x.size - 2     # the two uniform priors are flat
     # outside a uniform prior's support the density is 0
@@ -223,9 +222,7 @@ def test_priors_enter_the_objective_and_the_fit_not_the_likelihood(tmp_path):
                 + _log_density("logNormal", 3.0, 0.0, 1.0, 0.5))
     assert f - nllh == pytest.approx(by_hand, rel=1e-10)
     assert prob.objective(x, prior=False)[0] == nllh
-    h = 1e-5
-    fd = [(prob.objective(x + h * e)[0] - prob.objective(x - h * e)[0]) / (2 * h)
-          for e in np.eye(3)]
+    fd = central_difference(lambda v: prob.objective(v)[0], x, step=1e-5, relative=False)
     np.testing.assert_allclose(gf, fd, rtol=1e-5, atol=1e-6)
     assert np.abs(gf - g)[:2].min() > 1e-2 and gf[2] == g[2]
     fit = prob.fit(n_starts=1, x0=x, maxiter=3)
@@ -272,9 +269,7 @@ def test_time_event_gradient_matches_finite_differences(dosing):
     x = np.array([math.log10(0.5), math.log10(3.0), math.log10(0.15), 1.6, 1.9])
     f, g = dosing.loss_and_grad(x)
     assert f == pytest.approx(dosing.nllh(x), rel=1e-7)
-    h = 1e-5
-    fd = np.array([(dosing.nllh(x + h * e) - dosing.nllh(x - h * e)) / (2 * h)
-                   for e in np.eye(x.size)])
+    fd = central_difference(dosing.nllh, x, step=1e-5, relative=False)
     np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-5)
     assert np.all(np.abs(g) > 1e-2)        # every parameter acts: the check can fail
 
@@ -305,9 +300,7 @@ def test_event_assigning_a_parameter_switches_the_rate(tmp_path):
     x = np.array([math.log10(k), math.log10(x0), math.log10(0.1), dose])
     np.testing.assert_allclose(prob.simulate(x), want, rtol=1e-7)
     f, g = prob.loss_and_grad(x)
-    h = 1e-5
-    fd = np.array([(prob.nllh(x + h * e) - prob.nllh(x - h * e)) / (2 * h)
-                   for e in np.eye(x.size)])
+    fd = central_difference(prob.nllh, x, step=1e-5, relative=False)
     np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-5)
     assert abs(g[3]) > 1e-2
     # a parameter of the parameter table that an event changes: refused by name

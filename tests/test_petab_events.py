@@ -18,6 +18,7 @@ from petab_builders import Sbml, write_v1_problem  # noqa: E402
 import dynlearn.petab as dp  # noqa: E402
 from dynlearn.errors import PetabError, SolveError  # noqa: E402
 from dynlearn.petab import events as dpe  # noqa: E402
+from dynlearn.testing import central_difference  # noqa: E402
 
 PARAMETER_COLUMNS = ["parameterId", "parameterScale", "lowerBound", "upperBound",
                      "nominalValue", "estimate"]
@@ -76,8 +77,7 @@ def _nllh(h, meas, sigma=SIGMA):
 def _check_gradient(prob, x, h=1e-5):
     f, g = prob.loss_and_grad(x)
     assert f == pytest.approx(prob.nllh(x), rel=1e-7)
-    fd = np.array([(prob.nllh(x + h * e) - prob.nllh(x - h * e)) / (2 * h)
-                   for e in np.eye(x.size)])
+    fd = central_difference(prob.nllh, x, step=h, relative=False)
     err = np.abs(g - fd) / np.maximum(np.abs(fd), 1e-3)
     assert np.all(err < 1e-5), f"relative errors {err} (g {g}, fd {fd})"
     assert np.all(np.abs(g) > 1e-2), g      # every parameter acts: the check can fail

@@ -18,6 +18,7 @@ import dynlearn as dl  # noqa: E402
 import dynlearn.petab as dp  # noqa: E402
 from dynlearn.errors import PetabError  # noqa: E402
 from dynlearn.petab.export import formula  # noqa: E402
+from dynlearn.testing import central_difference  # noqa: E402
 
 x, y, k, b, T = sp.symbols("x y k b t")
 TOL = dict(rtol=1e-11, atol=1e-13)
@@ -44,15 +45,6 @@ def _gaussian_nllh(model, dataset, y0s, sigma, theta=None):
             total += np.sum(0.5 * np.log(2 * np.pi * np.broadcast_to(s, m.shape)[ok] ** 2)
                             + 0.5 * r ** 2)
     return float(total)
-
-
-def _central(f, x0, h=1e-5):
-    g = np.zeros_like(x0)
-    for i in range(x0.size):
-        e = np.zeros_like(x0)
-        e[i] = h
-        g[i] = (f(x0 + e) - f(x0 - e)) / (2 * h)
-    return g
 
 
 def _dataset(model, y0s, times, noise, seed=0, sigma_columns=False):
@@ -123,7 +115,8 @@ def test_physics_gradient_matches_central_differences(physics):
     x0 = prob.x_nominal + np.array([0.2, -0.1, 0.3, -0.2])
     f, g = prob.loss_and_grad(x0)
     assert f == pytest.approx(prob.nllh(x0), rel=1e-8)   # with sensitivities: other steps
-    assert g == pytest.approx(_central(prob.nllh, x0), rel=1e-5, abs=1e-6)
+    fd = central_difference(prob.nllh, x0, step=1e-5, relative=False)
+    assert g == pytest.approx(fd, rel=1e-5, abs=1e-6)
 
 
 def test_known_sigma_per_row_estimated_initial_states(tmp_path):
@@ -329,7 +322,8 @@ def test_hybrid_likelihood_and_gradient(hybrid):
     assert prob.nllh(x1) == pytest.approx(_gaussian_nllh(model, ds, Y0S, sigma, theta),
                                           rel=1e-8)
     f, g = prob.loss_and_grad(x1)
-    assert g == pytest.approx(_central(prob.nllh, x1), rel=1e-5, abs=1e-5)
+    fd = central_difference(prob.nllh, x1, step=1e-5, relative=False)
+    assert g == pytest.approx(fd, rel=1e-5, abs=1e-5)
 
 
 def test_hybrid_shared_noise_level_and_no_levels_per_experiment(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import sympy as sp
 
 import dynlearn as dl
+from dynlearn.testing import central_difference
 
 x, y, k, a, b, c, d = sp.symbols("x y k alpha beta gamma delta")
 
@@ -58,16 +59,14 @@ def test_stderr_matches_finite_difference_covariance(lv_fit):
         m = model.with_params(**dict(zip(names, v)))
         sol = dl.simulate(m, data[0].t, y0, rtol=1e-10, atol=1e-12)
         return (sol.y - np.column_stack([data[0].columns["x"], data[0].columns["y"]])).ravel()
-    J = np.column_stack([(resid(vals + h) - resid(vals - h)) / (2e-6)
-                         for h in np.eye(3) * 1e-6])
+    J = central_difference(resid, vals, step=1e-6, relative=False)
     rr = resid(vals)
     # y0 is also free in the fit: include its columns by finite differences too
     def resid_y0(yy):
         m = model.with_params(**dict(zip(names, vals)))
         sol = dl.simulate(m, data[0].t, yy, rtol=1e-10, atol=1e-12)
         return (sol.y - np.column_stack([data[0].columns["x"], data[0].columns["y"]])).ravel()
-    Jy = np.column_stack([(resid_y0(y0 + h) - resid_y0(y0 - h)) / 2e-6
-                          for h in np.eye(2) * 1e-6])
+    Jy = central_difference(resid_y0, y0, step=1e-6, relative=False)
     JJ = np.hstack([J, Jy])
     s2 = rr @ rr / (rr.size - 5)
     se = np.sqrt(np.diag(s2 * np.linalg.inv(JJ.T @ JJ)))[:3]

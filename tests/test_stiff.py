@@ -12,6 +12,7 @@ from dynlearn.sensitivity.base import Problem
 from dynlearn.sensitivity.choice import STIFF_FORWARD_LIMIT, default_sensitivity
 from dynlearn.sensitivity.forward import jacobian_product
 from dynlearn.testing import (
+    central_difference,
     check_gradient,
     lotka_volterra_problem,
     lv_ude_problem,
@@ -161,13 +162,8 @@ def test_initial_state_sensitivities_through_the_one_call_path():
         return dl.simulate(model, t, y, theta=th, method="LSODA", rtol=1e-12, atol=1e-14,
                            t0=0.0).y
 
-    h = 1e-6
-    fd = np.empty_like(S)
-    for k in range(18):
-        e = np.zeros(18)
-        e[k] = h
-        fd[:, :, k] = (states(theta + e[:9], y0 + e[9:])
-                       - states(theta - e[:9], y0 - e[9:])) / (2 * h)
+    fd = central_difference(lambda z: states(z[:9], z[9:]), np.r_[theta, y0], step=1e-6,
+                            relative=False)
     print(f"dy/d[theta, y0]: {relative_error(S, fd):.1e} against finite differences")
     assert relative_error(S, fd) < 1e-5, relative_error(S, fd)
 
@@ -266,9 +262,8 @@ def test_directional_sensitivities_without_initial_state_directions_match_differ
         return dl.simulate(model, t, y0, theta=th, method="LSODA", rtol=1e-12, atol=1e-14,
                            t0=0.0).y
 
-    h = 1e-6
-    fd = np.stack([(states(theta + h * d) - states(theta - h * d)) / (2 * h)
-                   for d in Dtheta.T], axis=-1)
+    fd = central_difference(lambda s: states(theta + Dtheta @ s), np.zeros(2), step=1e-6,
+                            relative=False)
     print(f"directional: {relative_error(S, fd):.1e} against finite differences")
     assert relative_error(S, fd) < 1e-5, relative_error(S, fd)
 
