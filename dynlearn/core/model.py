@@ -554,8 +554,8 @@ class CompiledModel:
         rhs = list(model.rhs)
         self.n, self.np, self.nz, self.nu = n, npar, nz, len(U)
         self.f = CompiledExprs(groups, rhs)
-        self.f_y = CompiledExprs(groups, sum(jacobian_exprs(rhs, Y), []), (n, n))
-        self.f_p = CompiledExprs(groups, sum(jacobian_exprs(rhs, P), []), (n, npar))
+        self.f_y = CompiledExprs(groups, rhs, (n, n), wrt=[Y], values=False)
+        self.f_p = CompiledExprs(groups, rhs, (n, npar), wrt=[P], values=False)
         self.f_z = CompiledExprs(groups, sum(jacobian_exprs(rhs, Z), []), (n, nz))
         self.free = model._free_index
         # network inputs v_k = g_k(t, y, p, u)
@@ -631,9 +631,7 @@ class CompiledModel:
             Y, P = list(m.states), list(m.param_symbols)
             free = [P[i] for i in self.free]
             rhs = list(m.rhs)
-            out = (rhs + sum(jacobian_exprs(rhs, Y), [])
-                   + sum(jacobian_exprs(rhs, free), []))
-            self._fjp = CompiledExprs(self._groups, out)
+            self._fjp = CompiledExprs(self._groups, rhs, wrt=[Y, free])
         return self._fjp
 
     def split_rhs_and_jacobians(self, v: np.ndarray):

@@ -11,6 +11,11 @@ Each list of expressions is compiled twice, once per use:
 Both come from ``sympy.lambdify`` with common-subexpression elimination. Only sympy
 expression objects are compiled, never user strings (see :mod:`dynlearn.io` for parsing).
 
+Jacobians that the solvers call every step (``df/dy``, ``df/dtheta``, and the three with
+``f`` in one call) are compiled by :func:`jacobian_program` (``CompiledExprs(..., wrt=...)``):
+the chain rule through the equations' shared subexpressions, so that a rate law shared by
+many equations is differentiated once instead of in every entry.
+
 Derivatives at kinks
 --------------------
 :func:`derivative` (and so every Jacobian dynlearn compiles) differentiates the functions
@@ -44,8 +49,8 @@ from scipy import special
 
 from dynlearn.errors import ModelError
 
-__all__ = ["KINK_FUNCTIONS", "NAMESPACES", "CompiledExprs", "MaxPick", "MinPick", "derivative",
-           "jacobian_exprs"]
+__all__ = ["KINK_FUNCTIONS", "NAMESPACES", "CompiledExprs", "JacobianProgram", "MaxPick",
+           "MinPick", "derivative", "jacobian_exprs", "jacobian_program"]
 
 
 class _Pick(sp.Function):
@@ -295,6 +300,339 @@ def jacobian_exprs(exprs: Sequence[sp.Expr], wrt: Sequence[sp.Symbol]) -> list[l
     return out
 
 
+class JacobianProgram:
+    """Straight-line code for expressions and their Jacobians that keeps the expressions'
+    shared subexpressions when differentiating (see :func:`jacobian_program`).
+
+    Attributes
+    ----------
+    defs : list of (sympy.Symbol, sympy.Expr)
+        Assignments in the order they are evaluated: the common subexpressions of the
+        expressions, the partial derivatives of each with respect to what it is built of,
+        and their total derivatives with respect to the ``wrt`` symbols.
+    outputs : list of sympy.Expr
+        The results, in terms of the arguments and the symbols of ``defs``.
+    """
+
+    def __init__(self, defs: list, outputs: list):
+        self.defs = defs
+        self.outputs = outputs
+
+    def cse(self, exprs: Sequence[sp.Expr]) -> tuple[list, list]:
+        """Assignments computing ``exprs`` (some of :attr:`outputs`, e.g. the non-zero
+        ones), and ``exprs`` in terms of them: the ``cse`` argument of ``sympy.lambdify``.
+
+        The assignments are ``defs`` with the common subexpressions of all of them and of
+        ``exprs`` taken out (the partial derivatives of different subexpressions share
+        factors), ordered so that each comes after those it uses."""
+        exprs = list(exprs)
+        names = [s for s, _ in self.defs]
+        repl, reduced = sp.cse([e for _, e in self.defs] + exprs,
+                               symbols=sp.numbered_symbols("x"))
+        nd = len(names)
+        assigns = dict(repl)
+        assigns.update(zip(names, reduced[:nd]))
+        # an assignment of a symbol or a number (a derivative equal to another one) costs
+        # a Python statement per call: use its value in place
+        alias: dict = {}
+        for s, e in list(assigns.items()):
+            if e.is_Atom:
+                while e in alias:
+                    e = alias[e]
+                alias[s] = e
+                del assigns[s]
+        reduced = reduced[nd:]
+        if alias:
+            # chains (a -> b -> c) resolved at the end: b's own entry may come later
+            for s in alias:
+                e = alias[s]
+                while e in alias:
+                    e = alias[e]
+                alias[s] = e
+            memo: dict = {}
+            assigns = {s: _rename(e, alias, memo) for s, e in assigns.items()}
+            reduced = [_rename(e, alias, memo) for e in reduced]
+        roots = sorted({u for e in reduced for u in e.free_symbols if u in assigns},
+                       key=sp.default_sort_key)
+        order = _schedule(assigns, roots)
+        # an assignment used once is written where it is used: the same operations in the
+        # same order, one Python statement fewer per call (the chain rule leaves many)
+        uses: dict = {}
+        for e in [e for _, e in order] + reduced:
+            for u in sp.preorder_traversal(e):    # every occurrence, x*x counts twice
+                if u.is_Symbol and u in assigns:
+                    uses[u] = uses.get(u, 0) + 1
+        once = {s for s, _ in order if uses.get(s) == 1}
+        if once:
+            table: dict = {}
+            memo = {}
+            kept = []
+            for s, e in order:
+                e = _rename(e, table, memo)
+                if s in once:
+                    table[s] = e
+                else:
+                    kept.append((s, e))
+            order = kept
+            reduced = [_rename(e, table, memo) for e in reduced]
+        return order, reduced
+
+
+def _schedule(assigns: dict, roots: list) -> list:
+    """The assignments of ``assigns`` (symbol -> expression) that ``roots`` need, as a
+    list in which each comes after those whose symbols it uses (a depth-first topological
+    order, without recursion). Assignments nothing needs are left out: the values of the
+    common subexpressions when only derivatives are asked for, say."""
+    out = []
+    done = set()
+    for root in roots:
+        if root in done:
+            continue
+        stack = [(root, False)]
+        while stack:
+            s, expanded = stack.pop()
+            if s in done:
+                continue
+            if expanded:
+                done.add(s)
+                out.append((s, assigns[s]))
+                continue
+            stack.append((s, True))
+            for u in sorted(assigns[s].free_symbols, key=sp.default_sort_key,
+                            reverse=True):
+                if u in assigns and u not in done:
+                    stack.append((u, False))
+    return out
+
+
+#: products of at least this many factors that depend on the symbols differentiated for
+#: are evaluated as a tree of pairwise products by :func:`jacobian_program`: the k - 1
+#: products of k - 2 factors each that the derivatives need directly cost more than the
+#: tree's ~k log2(k) from five factors on (a mass-action term k x y has three)
+_TREE_FACTORS = 5
+
+
+def _worth_chaining(e: sp.Expr, wset: set) -> bool:
+    """Whether :func:`jacobian_program` differentiates the shared subexpression ``e`` once
+    and uses its derivatives (the chain rule), rather than differentiating it where it is
+    used: a function (``exp``, ``Piecewise``, ``Max``, ...), a power other than an integer
+    power of a symbol, or a product of three or more factors one of which is such a node
+    or a sum (a saturating rate law: each derivative of it is again a long product), that
+    depends on the symbols ``wset`` differentiated for (a switch in time alone, say, has
+    no derivative to share)."""
+    if e.is_Atom or e.is_Add or not isinstance(e, sp.Expr) or not e.free_symbols & wset:
+        return False
+    if e.is_Pow:
+        return not (e.base.is_Atom and e.exp.is_Integer)
+    if e.is_Mul:
+        factors = [a for a in e.args if not a.is_Number]
+        return len(factors) >= 3 and any(
+            _worth_chaining(a, wset) or (a.is_Add and a.free_symbols & wset) for a in factors)
+    return True
+
+
+def jacobian_program(exprs: Sequence[sp.Expr], wrt: Sequence[Sequence[sp.Symbol]],
+                     values: bool = True) -> JacobianProgram:
+    """``exprs`` (when ``values``) followed by their Jacobians with respect to each sequence
+    of symbols in ``wrt`` (row-major, ``d exprs[i] / d w[j]``), as a program that
+    differentiates through the expressions' common subexpressions.
+
+    Differentiating each expression whole (:func:`jacobian_exprs`) repeats what the
+    expressions share in every derivative: a rate law of seven saturating factors appears in
+    ten equations, and each of its derivatives is again a product of sixteen factors, which
+    ``cse`` cannot share because each leaves out a different one. Here the expressions are
+    first split into their common subexpressions ``w_k = e_k(args, w_1..w_{k-1})``; each
+    ``w_k`` gets its partial derivatives with respect to what it is built of and, by the
+    chain rule, its total derivative ``dw_k/ds = sum_u (de_k/du) (du/ds)`` with respect to
+    each symbol ``s`` it depends on, as one more assignment; an output's derivative is then
+    a short sum over the ``w_k`` it uses. The result is mathematically that of
+    :func:`jacobian_exprs` (the same rules, :func:`derivative`'s at kinks), in another
+    order of operations.
+
+    Where a total derivative can be exactly zero on a region through a kink function or
+    ``Piecewise`` (``d Max(h, 0) / dh`` for ``h < 0``), the terms using it are zero there
+    even where the partial derivative multiplying it is infinite, as in
+    :func:`derivative`'s chain rule.
+
+    Parameters
+    ----------
+    exprs : sequence of sympy.Expr
+        The expressions.
+    wrt : sequence of sequences of sympy.Symbol
+        Symbols to differentiate with respect to, one sequence per Jacobian.
+    values : bool
+        Whether the outputs start with ``exprs`` themselves.
+
+    Returns
+    -------
+    JacobianProgram
+        Its ``outputs`` are ``exprs`` (if ``values``), then each Jacobian flattened.
+    """
+    exprs = [sp.sympify(e) for e in exprs]
+    wrt = [[sp.sympify(s) for s in w] for w in wrt]
+    if not all(s.is_Symbol for w in wrt for s in w):
+        raise TypeError("jacobian_program differentiates with respect to symbols only")
+    wset = {s for w in wrt for s in w}
+    order = {s: i for i, s in enumerate(dict.fromkeys(s for w in wrt for s in w))}
+    # common subexpressions, of which only those worth differentiating once are kept
+    # (_worth_chaining); the others (mass-action terms k x y, and sums of them that
+    # several equations share) are put back where they are used, rebuilt as sympy
+    # would build them, and differentiated there as jacobian_exprs does: the chain rule
+    # through them would add a statement and a product per derivative (1.3 times the
+    # time on the 124-state Lang model's Jacobian), and the final cse shares what repeats.
+    # Without any such node (mass action throughout) the expressions are used as they are:
+    # the cse would cost a large model minutes and keep nothing.
+    repl: list = []
+    reduced = exprs
+    if any(_worth_chaining(node, wset) for e in exprs for node in sp.preorder_traversal(e)):
+        repl, reduced = sp.cse(exprs, symbols=sp.numbered_symbols("w"))
+        inline: dict = {}
+        kept = []
+        for w, e in repl:
+            e = e.xreplace(inline) if inline else e
+            if _worth_chaining(e, wset):
+                kept.append((w, e))
+            else:
+                inline[w] = e
+        repl = kept
+        if inline:
+            reduced = [e.xreplace(inline) for e in reduced]
+    defs: list = []
+    deps: dict = {}          # w_k -> the wrt symbols it depends on
+    total_of: dict = {}      # (w_k, s) -> dw_k/ds (a symbol of defs, or a number)
+    maybe_zero: set = set()  # total derivatives that can be exactly zero through a kink
+    partials: dict = {}      # (e, u) -> de/du (a symbol of defs, or an atom)
+    rules: dict = {}
+    dnames = sp.numbered_symbols("d")
+    pnames = sp.numbered_symbols("p")
+
+    dep_memo: dict = {}
+
+    def depends(e):
+        """the wrt symbols e depends on, directly or through the assignments so far"""
+        out = dep_memo.get(e)
+        if out is None:
+            out = set()
+            for u in e.free_symbols:
+                if u in wset:
+                    out.add(u)
+                elif u in deps:
+                    out |= deps[u]
+            out = dep_memo[e] = frozenset(out)
+        return out
+
+    def partial(e, u):
+        key = (e, u)
+        out = partials.get(key)
+        if out is None:
+            if e.has(*KINK_FUNCTIONS):
+                out = derivative(e, u)
+            else:
+                rule = rules.get(u)
+                if rule is None:
+                    rule = rules[u] = _PlainDerivative(u)
+                out = rule(e)
+            if not out.is_Atom:
+                name = next(pnames)
+                defs.append((name, out))
+                out = name
+            partials[key] = out
+        return out
+
+    symbols_of: dict = {}
+
+    def total(e, s):
+        """de/ds: the chain rule over the symbols of e that carry s, and whether it may be
+        exactly zero through a kink."""
+        terms = []
+        masked = False
+        symbols = symbols_of.get(e)
+        if symbols is None:
+            symbols = symbols_of[e] = sorted(e.free_symbols, key=sp.default_sort_key)
+        for u in symbols:
+            if u == s:
+                du = sp.S.One
+            else:
+                du = total_of.get((u, s))
+                if du is None:
+                    continue
+            p = partial(e, u)
+            if p == 0:
+                continue
+            term = du if p == 1 else (p if du == 1 else sp.Mul(p, du, evaluate=False))
+            if du in maybe_zero:
+                # zero wherever du is, even where p is infinite (as _chain does)
+                term = sp.Piecewise((term, sp.Ne(du, 0)), (0, True))
+                masked = True
+            terms.append(term)
+        out = _plain_add(terms)
+        return out, masked or (out != 0 and out.has(*_MAYBE_ZERO)) or (
+            e.has(*_MAYBE_ZERO) and not e.is_Atom)
+
+    def assign(w, e):
+        """w = e, with dw/ds for every s that e depends on"""
+        defs.append((w, e))
+        deps[w] = depends(e)
+        for s in sorted(deps[w], key=order.get):
+            d, zero = total(e, s)
+            if d == 0:
+                continue
+            if not d.is_Atom:
+                name = next(dnames)
+                defs.append((name, d))
+                d = name
+            total_of[(w, s)] = d
+            if zero and not d.is_Number:
+                maybe_zero.add(d)
+
+    tnames = sp.numbered_symbols("m")
+    memo = {}
+
+    def split_products(e):
+        """e with each product of _TREE_FACTORS or more factors that depend on the wrt
+        symbols evaluated as a balanced tree of pairwise products, one assignment each:
+        then its derivative with respect to a symbol in one factor costs a product per
+        level of the tree (~log2 k), not one of the other k - 1 factors."""
+        if e.is_Atom or not depends(e):
+            return e
+        out = memo.get(e)
+        if out is not None:
+            return out
+        args = [split_products(a) for a in e.args]
+        if e.is_Mul:
+            const = [a for a in args if not depends(a)]
+            level = [a for a in args if depends(a)]
+            if len(level) >= _TREE_FACTORS:
+                while len(level) > 1:
+                    pairs = []
+                    for i in range(0, len(level) - 1, 2):
+                        t = next(tnames)
+                        assign(t, sp.Mul(level[i], level[i + 1], evaluate=False))
+                        pairs.append(t)
+                    if len(level) % 2:
+                        pairs.append(level[-1])
+                    level = pairs
+                args = const + level
+        if all(n is o for n, o in zip(args, e.args)):
+            out = e
+        elif e.is_Add or e.is_Mul or e.is_Pow:
+            out = e.func(*args, evaluate=False) if len(args) > 1 else args[0]
+        else:
+            out = e.func(*args)
+        memo[e] = out
+        return out
+
+    for w, e in repl:
+        assign(w, split_products(e))
+    reduced = [split_products(e) for e in reduced]
+    outputs = list(reduced) if values else []
+    for group in wrt:
+        for e in reduced:
+            dep = depends(e)
+            outputs.extend(total(e, s)[0] if s in dep else sp.S.Zero for s in group)
+    return JacobianProgram(defs, outputs)
+
+
 def _once(fn):
     """``fn`` computed on its first call and returned again on every later one (whatever
     the argument: the callers pass the same one)."""
@@ -344,6 +682,12 @@ class CompiledExprs:
         The outputs, flattened; use ``shape`` to reshape.
     shape : tuple of int
         Shape of the result for one point.
+    wrt : sequence of sequences of sympy.Symbol, optional
+        When given, the outputs are ``exprs`` (if ``values``) followed by their Jacobian
+        with respect to each sequence, flattened row-major, compiled through the shared
+        subexpressions by :func:`jacobian_program` (the symbols must be in ``groups``).
+    values : bool
+        With ``wrt``: whether the outputs start with ``exprs`` themselves.
 
     Raises
     ------
@@ -358,7 +702,9 @@ class CompiledExprs:
 
     Symbols are renamed to plain identifiers before compiling, so model symbols named like
     Python keywords or module functions (``lambda``, ``exp``) or with brackets (``nn[0]``)
-    cannot collide with generated code.
+    cannot collide with generated code. The new names sort as the old ones do, so products
+    and sums rebuilt under them stay in sympy's canonical order, where ``cse`` finds
+    their common factors.
 
     A point where the ``math`` module refuses (the square root of a state that a trial step
     pushed below zero, a division by zero, a power that would be complex) is evaluated with
@@ -367,20 +713,32 @@ class CompiledExprs:
     """
 
     def __init__(self, groups: Sequence[Sequence[sp.Symbol]], exprs: Sequence[sp.Expr],
-                 shape: tuple[int, ...] | None = None):
+                 shape: tuple[int, ...] | None = None,
+                 wrt: Sequence[Sequence[sp.Symbol]] | None = None, values: bool = True):
         exprs = [sp.sympify(e) for e in exprs]
+        # symbols renamed in the order sympy sorts them, so that rebuilding products and
+        # sums unevaluated under the new names (_rename) leaves them in sympy's canonical
+        # order: cse matches common factors of products only in that order (renaming
+        # in group order hid the seven-factor rate law shared by ten of Laske's equations)
+        everything = {s for group in groups for s in group}
+        ranks = {s: i for i, s in enumerate(sorted(everything, key=sp.default_sort_key))}
+        width = len(str(len(ranks)))
+        rename = {s: sp.Symbol(f"a{i:0{width}d}") for s, i in ranks.items()}
+        arg_groups = [[rename[s] for s in group] for group in groups]
+        program = None
+        if wrt is not None:
+            memo: dict = {}
+            try:
+                clean = [_rename(e, rename, memo) for e in exprs]
+                program = jacobian_program(clean, [[rename.get(s, s) for s in w] for w in wrt],
+                                           values=values)
+            except RecursionError:
+                raise ModelError("an equation is nested too deeply to compile; simplify it "
+                                 "or split it with intermediate states") from None
+            exprs = program.outputs
         self.shape = tuple(shape) if shape is not None else (len(exprs),)
         self.size = len(exprs)
         self.is_zero = all(e == 0 for e in exprs)
-        rename = {}
-        arg_groups = []
-        for gi, group in enumerate(groups):
-            names = []
-            for si, s in enumerate(group):
-                d = sp.Symbol(f"a{gi}_{si}")
-                rename[s] = d
-                names.append(d)
-            arg_groups.append(names)
         # Jacobians of reaction networks are mostly structural zeros: compile only the
         # other entries and scatter them into zeros (building, converting and copying a
         # Python list of n^2 floats per call cost more than evaluating the non-zeros)
@@ -393,11 +751,15 @@ class CompiledExprs:
             self._scalar = self._batch = None
             return
         try:
-            memo: dict = {}
-            clean = [_rename(e, rename, memo) for e in exprs]
-            # one common-subexpression elimination for both versions (it is most of the
-            # compile time of a large model)
-            shared = _once(lambda e: sp.cse(e, list=False))
+            if program is None:
+                memo = {}
+                clean = [_rename(e, rename, memo) for e in exprs]
+                # one common-subexpression elimination for both versions (it is most of
+                # the compile time of a large model)
+                shared = _once(lambda e: sp.cse(e, list=False))
+            else:
+                clean = exprs
+                shared = _once(lambda e: program.cse(e))
             try:
                 self._scalar = sp.lambdify(arg_groups, clean, cse=shared,
                                            modules=[NAMESPACES["math"], "math"])
