@@ -16,7 +16,11 @@ parameters); AMICI runs in its own virtualenv through ``benchmarks/peers/amici_p
 4. with ``--fit N``: N-start fits from the same starts (drawn uniformly on the parameters'
    scales within the bounds, seed ``--seed``), dynlearn's ``problem.fit(starts=...)``
    (its default optimizer) then AMICI + pyPESTO + fides, both at ``--fit-rtol`` /
-   ``--fit-atol`` and with a wall-clock limit ``--fit-time`` each.
+   ``--fit-atol`` and with a wall-clock limit ``--fit-time`` each; then one row per start:
+   dynlearn's status, end nllh, iterations, solves and solves with sensitivities
+   (``n_eval``, ``n_sens`` of its run) and time, AMICI's end, pyPESTO's counts of
+   evaluations and gradients (fides evaluates every trial point with its sensitivities,
+   so these are its trial points) and time.
 
 Columns: ``dl gradient``: dynlearn's gradient method (``PetabProblem.gradient``;
 ``--dl-gradients auto forward adjoint`` times each, one row each); ``nllh`` of both and
@@ -245,11 +249,18 @@ def compare_fits(args, prob, yaml: Path, label: str) -> dict:
                          n_at_best=fr.n_at_best(0.1), statuses=status,
                          posterior=bool(fr.posterior),
                          n_run=sum(1 for r in fr.runs if r["status"] != "not run"),
-                         n_eval=int(sum(r.get("n_eval", 0) for r in fr.runs)))
+                         n_eval=int(sum(r.get("n_eval", 0) for r in fr.runs)),
+                         n_sens=int(sum(r.get("n_sens", 0) for r in fr.runs)),
+                         runs=[dict(index=int(r["index"]), status=r["status"],
+                                    reason=r.get("reason"), nllh=float(r["nllh"]),
+                                    nit=int(r.get("nit", 0)), n_eval=int(r.get("n_eval", 0)),
+                                    n_sens=int(r.get("n_sens", 0)),
+                                    time=float(r.get("time", 0.0)))
+                               for r in sorted(fr.runs, key=lambda r: r["index"])])
     except Exception as exc:  # noqa: BLE001
         out["dl"] = {"error": f"{type(exc).__name__}: {str(exc)[:120]}",
                      "wall_s": time.perf_counter() - t0}
-    print(f"dynlearn fit: {out['dl']}", flush=True)
+    print(f"dynlearn fit: { {k: v for k, v in out['dl'].items() if k != 'runs'} }", flush=True)
     print(f"AMICI fit ({args.fit} starts) ...", flush=True)
     out["amici"] = run_peer(args, yaml, label,
                             ["--fit", str(args.fit), "--starts", str(path),
@@ -361,6 +372,34 @@ def fit_rows(results: list[dict]) -> list[list[str]]:
     return rows
 
 
+def start_rows(results: list[dict]) -> list[list[str]]:
+    """One row per start of the fits: each tool's end, its counts and its time."""
+    rows = []
+    for res in results:
+        f = res.get("fit")
+        if not f:
+            continue
+        d_runs = (f.get("dl") or {}).get("runs") or []
+        a_runs = (f.get("amici") or {}).get("runs") or []
+        for k in range(f["n_starts"]):
+            d = d_runs[k] if k < len(d_runs) else {}
+            a = a_runs[k] if k < len(a_runs) else {}
+            rows.append([
+                res["problem"], str(k), str(d.get("reason", "")), fmt(d.get("nllh"), ".4f"),
+                str(d.get("nit", "")), str(d.get("n_eval", "")), str(d.get("n_sens", "")),
+                fmt(d.get("time")), fmt(a.get("fval"), ".4f"), str(a.get("n_fval", "")),
+                str(a.get("n_grad", "")), fmt(a.get("time")),
+                ratio(d.get("time"), a.get("time")),
+                ratio(d.get("n_sens"), a.get("n_grad"))])
+    return rows
+
+
+START_HEADER = ["problem", "start", "dl status", "dl nllh", "dl iterations",
+                "dl solves", "dl with sensitivities", "dl s", "AMICI nllh",
+                "AMICI evaluations", "AMICI gradients", "AMICI s", "time dl / AMICI",
+                "sensitivity solves dl / AMICI"]
+
+
 FIT_HEADER = ["problem", "starts", "rtol/atol", "starts run dl/AMICI", "dl wall s", "dl best",
               "dl at best (0.1)",
               "AMICI wall s", "AMICI + compile s", "AMICI best", "AMICI at best (0.1)",
@@ -449,6 +488,8 @@ def main(argv=None) -> int:
     if frows:
         print()
         print_table(FIT_HEADER, frows, args.markdown)
+        print()
+        print_table(START_HEADER, start_rows(results), args.markdown)
     return 0
 
 

@@ -16,7 +16,7 @@ pytest.importorskip("sbmlmath")
 from petab_builders import Sbml, write_tsv, write_v1_yaml  # noqa: E402
 
 import dynlearn.petab as dp  # noqa: E402
-from dynlearn.errors import OptionError  # noqa: E402
+from dynlearn.errors import OptionError, SolveError  # noqa: E402
 from dynlearn.optimizers import Status  # noqa: E402
 from dynlearn.petab.fitting import (  # noqa: E402
     FisherSettings,
@@ -313,11 +313,24 @@ class _Plateau:
 
 def test_an_uninformed_parameter_does_not_stop_the_others():
     x0 = np.array([-4.0, -15.0])     # a far from its optimum (gradient 6), q on the plateau
-    run = fit_one_start((1, x0), _Plateau(), "fisher", 500, FisherSettings(), posterior=False)
+    # the column scales' floor alone (no trust region, which would walk q off the
+    # plateau: the next test)
+    run = fit_one_start((1, x0), _Plateau(), "fisher", 500, FisherSettings(step_bound=None),
+                        posterior=False)
     assert run["status"] == "converged"
     assert run["x"][0] == pytest.approx(2.0, abs=1e-6)
     # q stays on its plateau (gradient ~1e-12 there): what is left is its residual's 0.5
     assert run["fun"] == pytest.approx(0.5, rel=1e-6)
+
+
+def test_the_trust_region_walks_off_the_plateau():
+    # with the default trust region the steps along q are bounded, the model predicts
+    # them well once q's residual grows, and q reaches its optimum -3 (objective 0)
+    x0 = np.array([-4.0, -15.0])
+    run = fit_one_start((1, x0), _Plateau(), "fisher", 500, FisherSettings(), posterior=False)
+    assert run["status"] == "converged"
+    assert run["x"] == pytest.approx([2.0, -3.0], abs=1e-5)
+    assert run["fun"] < 1e-9
 
 
 def test_steps_shortened_by_the_damping_are_not_convergence():
@@ -325,9 +338,87 @@ def test_steps_shortened_by_the_damping_are_not_convergence():
     # steps grow the damping until a's steps lower the objective by less than ftol: the
     # model still promises a decrease of ~18, so the start must not be called converged
     x0 = np.array([-4.0, -15.0])
-    run = fit_one_start((1, x0), _Plateau(), "fisher", 500, FisherSettings(scale_floor=0.0),
-                        posterior=False)
+    run = fit_one_start((1, x0), _Plateau(), "fisher", 500,
+                        FisherSettings(scale_floor=0.0, step_bound=None), posterior=False)
     assert run["fun"] > 10.0
     assert run["status"] == "not converged" and run["reason"] == Status.STALLED.value
     assert not run["success"]
     assert "still promises a decrease" in run["message"]
+
+
+class _Recording(_Plateau):
+    """:class:`_Plateau` counting its solves: every point asked for, and which of them
+    came with sensitivities (``fisher_system``)."""
+
+    def __init__(self):
+        self.points, self.sens = [], []
+
+    def nllh(self, x):
+        self.points.append(np.array(x, dtype=float))
+        self.sens.append(False)
+        return super().nllh(x)
+
+    def fisher_system(self, x):
+        self.points.append(np.array(x, dtype=float))
+        self.sens.append(True)
+        return super().fisher_system(x)
+
+
+def test_one_sensitivity_solve_per_accepted_step():
+    prob = _Recording()
+    run = fit_one_start((1, np.array([-4.0, -15.0])), prob, "fisher", 500, FisherSettings(),
+                        posterior=False)
+    assert run["reason"] == Status.CONVERGED_GTOL.value
+    assert run["n_sens"] == sum(prob.sens) and run["n_eval"] == len(prob.points)
+    # the start, then one per accepted step (the last iteration only tests convergence),
+    # and at most one polishing step at the end; every trial point, accepted or not,
+    # first without sensitivities
+    assert run["n_sens"] - run["nit"] in (0, 1)
+    assert run["n_eval"] - run["n_sens"] >= run["nit"] - 1
+    assert not any(a and b for a, b in zip(prob.sens[1:-1], prob.sens[2:-1]))
+
+
+def test_the_first_step_stays_in_the_trust_region():
+    # a's Gauss-Newton step from -4 is 6 (to its optimum 2) of a range of 10: the first
+    # trial may move it by 0.1 of the range at most; the region then grows with the
+    # accepted steps the model predicted well, so the start still converges
+    x0 = np.array([-4.0, -15.0])
+    for bound in (0.1, 0.02):
+        prob = _Recording()
+        run = fit_one_start((1, x0), prob, "fisher", 500, FisherSettings(step_bound=bound),
+                            posterior=False)
+        width = prob.upper - prob.lower
+        first = np.abs(prob.points[1] - x0) / width
+        assert first.max() <= bound * (1 + 1e-12)
+        assert first.max() >= bound / 4     # the damping raised just enough (by 4s)
+        assert run["status"] == "converged"
+        assert run["x"][0] == pytest.approx(2.0, abs=1e-6)
+        moves = [np.max(np.abs(b - a) / width) for a, b in zip(prob.points, prob.points[1:])]
+        assert max(moves) > 2 * bound        # grown beyond the first region
+    prob = _Recording()
+    fit_one_start((1, x0), prob, "fisher", 500, FisherSettings(step_bound=None),
+                  posterior=False)
+    assert np.abs(prob.points[1] - x0)[0] == pytest.approx(6.0, rel=1e-2)   # no bound
+
+
+class _NoPlainSolve(_Recording):
+    """:class:`_Recording` whose solves without sensitivities always fail (as LSODA's can
+    near a point where the solve with sensitivities, under its own error control, works)."""
+
+    def nllh(self, x):
+        super().nllh(x)
+        raise SolveError("repeated convergence failures")
+
+
+def test_a_trial_whose_plain_solve_fails_is_tried_with_sensitivities():
+    prob = _NoPlainSolve()
+    run = fit_one_start((1, np.array([-4.0, -15.0])), prob, "fisher", 500,
+                        FisherSettings(step_bound=None), posterior=False)
+    assert run["status"] == "converged"
+    assert run["x"][0] == pytest.approx(2.0, abs=1e-6)
+    # every trial failed without sensitivities, then was solved with them at that point
+    plain = [i for i, s in enumerate(prob.sens) if not s]
+    assert plain
+    for i in plain:
+        assert prob.sens[i + 1]
+        assert np.array_equal(prob.points[i + 1], prob.points[i])

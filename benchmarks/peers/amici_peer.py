@@ -31,7 +31,9 @@ What it does:
   ``--fit-time`` seconds and gives the running start the time left (fides' ``maxtime``).
   Reports ``wall_s`` (the fit alone, the model already compiled), ``setup_s`` (building
   the pyPESTO problem), ``best``, ``n_at_best`` (starts within 0.1 of the best), the
-  starts' exit messages and counts of evaluations.
+  starts' exit messages and, per start, ``n_fval``/``n_grad`` (pyPESTO's counts: fides
+  evaluates every trial point with its gradient and Fisher information, so these count its
+  trial points, each one solve with forward sensitivities) and ``time``.
 
 Steady-state sensitivities of preequilibrated problems are integrated
 (``SteadyStateSensitivityMode.integrationOnly``), as the collection's references were

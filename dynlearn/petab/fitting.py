@@ -35,7 +35,18 @@ on its bound with the gradient pushing outward stays there), and a parameter it 
 past a bound is set on the bound and the others solved again. The damping follows Nielsen's
 rule, as in :class:`dynlearn.optimizers.LevenbergMarquardt`: after an accepted step with
 gain ratio ``rho`` it is multiplied by ``max(1/3, 1 - (2 rho - 1)^3)``, after a rejected one
-by 2, 4, 8, ... A point where the model cannot be solved is a rejected trial.
+by 2, 4, 8, ... A point where the model cannot be solved is a rejected trial. A trust
+region on the parameters' scales bounds the steps besides: the first step moves no
+parameter by more than ``step_bound`` (0.1) of its range, the damping raised until it fits,
+and the region doubles after every step it limited that the model predicted well (gain
+ratio above 0.75). Without it, from a start far from the data the barely damped first step
+pinned most parameters on their bounds at once (:class:`FisherSettings`). A trial point
+whose solve without sensitivities fails is solved once more with them before it counts as
+rejected (LSODA's error control then takes other steps; near some starts of
+Elowitz_Nature2000 every plain solve failed where those with sensitivities did not). A
+start that converges by ``gtol`` takes one more step at the current damping when it is
+below ``sqrt(gtol)`` of every range, kept if it lowers the objective (a polish: the test
+passes up to ``gtol`` from the optimum).
 
 How a start ends (:class:`dynlearn.optimizers.Status`): ``CONVERGED_GTOL`` when the
 decrease the quadratic model still promises, ``g.H^-1.g / 2`` on the free parameters, is
@@ -115,6 +126,18 @@ class FisherSettings:
         likelihood of a solve with sensitivities differs from one without by ~1e-7
         relatively, which in flat valleys tips acceptances and lengthened the fits
         (Bertozzi_PNAS2020, 5 starts: 1.4-1.7 s a start with it, 0.8-1.1 s without).
+    step_bound : float or None
+        A trust region on the parameters' scales: the first step moves no parameter by
+        more than ``step_bound`` times its range (upper minus lower bound; the damping is
+        raised until the step fits), and the bound doubles after every accepted step it
+        limited whose gain ratio exceeded 0.75 (a model that predicts well earns longer
+        steps; from a bound of 1 on it limits nothing). ``None``: no bound (the method
+        before issue #15's fit measurements). Why: from a start far from the data the
+        barely damped Gauss-Newton step points far outside the box; cut at the bounds, it
+        pinned most parameters on them at once (Fiedler_BMCSystBiol2016, starts at nllh
+        1e13-1e14: 16-19 of 22 parameters on a bound after the first step), a decrease
+        of ten orders of magnitude that the gain ratio accepts, after which the start
+        crawled along the bounds for hundreds of iterations to a poor local optimum.
     """
 
     gtol: float = 1e-9
@@ -124,6 +147,7 @@ class FisherSettings:
     scale_floor: float = 1e-3
     damping: float = 1e-3
     sensitivities_at_trial: bool = False
+    step_bound: float | None = 0.1
 
 
 def choose_optimizer(problem) -> str:
@@ -188,6 +212,7 @@ class _Objective:
         self.deadline = deadline
         self.free_first = free_first
         self.n_eval = 0
+        self.n_sens = 0           # evaluations with sensitivities (``system``)
         self.nit = 0              # iterations completed, kept by the optimizer's loop
         self.best_x, self.best_f = None, math.inf
         self.curved = []
@@ -220,6 +245,7 @@ class _Objective:
         return f
 
     def value_and_grad(self, x):
+        self.n_sens += 1
         try:
             with self._limit():
                 f, g = self.problem.objective(x, prior=self.priors is not None)
@@ -230,6 +256,7 @@ class _Objective:
 
     def system(self, x):
         """``(f, g, H)``, or None where the model cannot be solved."""
+        self.n_sens += 1
         try:
             with self._limit():
                 f, g, A, _ = self.problem.fisher_system(x)
@@ -323,6 +350,10 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
     d = np.zeros(x.size)
     lam_rel, nu = st.damping, 2.0
     it = slow = 0
+    # the trust region on the parameters' scales (FisherSettings.step_bound), as a
+    # fraction of each parameter's range
+    width = np.where(hi - lo > 0, hi - lo, math.inf)
+    delta = math.inf if st.step_bound is None else float(st.step_bound)
     # whether a first trial is evaluated with its sensitivities: LM's rule, by counts
     policy = TrialPolicy(st.sensitivities_at_trial, obj)
     status, message = Status.MAX_ITER, f"maximum number of iterations ({maxiter}) reached"
@@ -361,6 +392,22 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
         if promised <= st.gtol * max(1.0, abs(f)):
             status, message = Status.CONVERGED_GTOL, ("converged: the decrease the "
                                                       "quadratic model promises is below gtol")
+            # one more step at the current damping polishes the point (kept only if it
+            # lowers the objective): the test passes up to gtol away from the optimum,
+            # the step takes it most of the rest of the way. With sensitivities, so that
+            # the value reported is the one the gradients were computed with (a solve
+            # without them differs by the solver's tolerance). Only a step at the scale
+            # of that tolerance (at most sqrt(gtol) of each range) is a polish: a longer
+            # one goes along a direction the data barely inform, where the gradient is
+            # ~0 and the model no guide
+            step = _bounded_step(Hs, gs, (lo - x) * ds, (hi - x) * ds, ~held,
+                                 lam_rel * wmax) / ds
+            xn = np.clip(x + step, lo, hi)
+            if (not small_step(xn - x, x, st.xtol)
+                    and np.max(np.abs(xn - x) / width) <= math.sqrt(st.gtol)):
+                polished = obj.system(xn)
+                if polished is not None and polished[0] < f:
+                    x, f = xn, polished[0]
             break
         accepted = tiny = False
         tries, trial_sys = 0, None
@@ -369,8 +416,14 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
             if budget.over():
                 return x, f, Status.MAX_TIME, f"stopped: max_time={budget.max_time} s reached", \
                     it - 1
-            step = _bounded_step(Hs, gs, (lo - x) * ds, (hi - x) * ds, ~held,
-                                 lam_rel * wmax) / ds
+            # the damped step; more damping while it leaves the trust region (cheap: no
+            # solve of the model)
+            lam, limited = lam_rel * wmax, False
+            for _ in range(64):
+                step = _bounded_step(Hs, gs, (lo - x) * ds, (hi - x) * ds, ~held, lam) / ds
+                if not np.max(np.abs(step) / width) > delta:
+                    break
+                lam, limited = 4.0 * lam, True
             xn = np.clip(x + step, lo, hi)
             step = xn - x
             if small_step(step, x, st.xtol):
@@ -386,13 +439,23 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
                 fn = math.inf if trial_sys is None else trial_sys[0]
             else:
                 fn = obj.value(xn)
+                if not np.isfinite(fn):
+                    # a solve without sensitivities can fail where one with them does
+                    # not (their error control takes other steps: measured on
+                    # Elowitz_Nature2000, every trial near a start failed so): try once
+                    # more with them before rejecting the point
+                    with_sys = True
+                    trial_sys = obj.system(xn)
+                    fn = math.inf if trial_sys is None else trial_sys[0]
             rho = (f - fn) / pred if pred > 0 and np.isfinite(fn) else -1.0
             if tries == 1:
                 policy.count(rho > 1e-4)
             if rho > 1e-4:
                 accepted = True
                 break
-            lam_rel *= nu
+            # (from the damping the step had: raised by the trust region, a smaller
+            # increase would give the same step again)
+            lam_rel = max(lam_rel, lam / wmax) * nu
             nu *= 2.0
             if lam_rel > MAX_DAMPING:
                 break
@@ -417,6 +480,8 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
         x_old, f_old, g_old = x, f, g
         x, (f, g, F) = xn, sys_
         S = _secant_update(S, F, x - x_old, g - g_old)
+        if limited and rho > 0.75:
+            delta *= 2.0      # the model predicted well up to the trust region's edge
         lam_rel = max(lam_rel * max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), 1e-15)
         nu = 2.0
         # two accepted steps in a row that lower the objective by less than ftol: one
@@ -499,7 +564,8 @@ def fit_one_start(item, problem, optimizer: str, maxiter: int, settings: FisherS
     if k > 0 and budget.over():
         return dict(index=k, x=s, fun=math.inf, nllh=math.inf, start=s, nit=0,
                     message="not run: max_time reached", status="not run",
-                    reason="not_run", success=False, optimizer=optimizer, n_eval=0, time=0.0)
+                    reason="not_run", success=False, optimizer=optimizer, n_eval=0, n_sens=0,
+                    time=0.0)
     lo, hi = np.asarray(problem.lower, float), np.asarray(problem.upper, float)
     obj = _Objective(problem, posterior, deadline, free_first=k == 0)
     t0 = time.perf_counter()
@@ -521,7 +587,8 @@ def fit_one_start(item, problem, optimizer: str, maxiter: int, settings: FisherS
                 nllh=obj.nllh_part(x, f), start=s, nit=int(nit), message=message,
                 status=_label(status), reason=status.value,
                 success=status.converged and bool(np.isfinite(f)),
-                optimizer=optimizer, n_eval=obj.n_eval, time=time.perf_counter() - t0)
+                optimizer=optimizer, n_eval=obj.n_eval, n_sens=obj.n_sens,
+                time=time.perf_counter() - t0)
 
 
 def fit_petab(problem, n_starts: int = 10, seed: int | None = 0, x0=None,
@@ -565,7 +632,8 @@ def fit_petab(problem, n_starts: int = 10, seed: int | None = 0, x0=None,
         converged"``, ``"max_time"``, ``"failed"`` or ``"not run"``; ``reason`` is the
         :class:`~dynlearn.optimizers.Status` value behind it (e.g. ``"converged_ftol"``,
         ``"stalled"``, ``"max_iter"``), ``optimizer`` the method, ``n_eval`` the
-        evaluations and ``time`` the start's wall time in seconds.
+        evaluations (solves), ``n_sens`` those of them with sensitivities and ``time`` the
+        start's wall time in seconds.
     """
     if optimizer == "auto":
         optimizer = choose_optimizer(problem)
