@@ -14,7 +14,13 @@ from scipy import special
 
 import dynlearn as dl
 from dynlearn.fitting.regularisation import effective_dof, penalised_dof
-from dynlearn.results.diagnostics import BELOW_NOISE, BELOW_NOISE_LEVEL, FitWarning, diagnose
+from dynlearn.results.diagnostics import (
+    BELOW_NOISE,
+    BELOW_NOISE_LEVEL,
+    RELEASED_MIN,
+    FitWarning,
+    diagnose,
+)
 from dynlearn.results.result import load_result
 
 x, k = sp.symbols("x k")
@@ -142,5 +148,33 @@ def test_gcv_records_the_effective_dof_of_the_strength_it_chose():
     assert reg["rule"] == "gcv" and reg["l2"] > 0
     chosen = next(p for p in reg["path"] if p["l2"] == reg["l2"])
     assert reg["dof"] == chosen["dof"] == r.config["effective_dof"]
+    assert r.config["unpenalised_cost"] == reg["path"][0]["cost"]
+    # this early-stopped training is left where it was by GCV's weak penalty (data cost
+    # 13.94 against 13.96), which still counts 6.8 degrees of freedom instead of 16: a
+    # count the fit did not pay for, so the warning keeps n - k
     d = r.diagnostics
-    assert d.effective_dof == reg["dof"] and d.below_noise_dof == pytest.approx(16 - reg["dof"])
+    released = d.chi2 * (1 - reg["path"][0]["cost"] / chosen["cost"])
+    assert released < RELEASED_MIN
+    assert np.isnan(d.effective_dof) and d.below_noise_dof == 16 - 2
+    assert "freed none of the degrees of freedom" in d.below_noise_basis
+
+
+def test_the_count_is_used_where_the_penalty_paid_for_it(penalised):
+    """The same fit diagnosed with an unpenalised baseline: the count is used where the
+    penalty raised the chi-square by RELEASED_MIN or more over that baseline, not below."""
+    r = penalised
+    obj = r.objective()
+    res, J = obj.jacobian(r.x)
+    n = obj.n_data
+    df = r.config["effective_dof"]
+    data_cost = float(res[:n] @ res[:n])
+    chi2 = r.diagnostics.chi2
+    for released, used in ((2.0 * RELEASED_MIN, True), (0.5 * RELEASED_MIN, False)):
+        baseline = data_cost * (1 - released / chi2)
+        d = diagnose(obj, r.x, res, J, None, pd.DataFrame(), effective_dof=df,
+                     unpenalised_cost=baseline)
+        if used:
+            assert d.effective_dof == df and d.below_noise_dof == pytest.approx(n - df)
+        else:
+            assert np.isnan(d.effective_dof) and d.below_noise_dof == n - 2
+            assert f"by only {released:.2g}" in d.below_noise_basis

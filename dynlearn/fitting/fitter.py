@@ -25,6 +25,7 @@ How it works
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -389,9 +390,16 @@ def _record_effective_dof(obj: FitObjective, best, outcomes, elapsed: float, con
     result needs for its standard errors, so it is handed on with ``best`` (``final``), not
     computed twice. Returns ``best``."""
     config.pop("effective_dof", None)
+    config.pop("unpenalised_cost", None)
     if obj.l2 <= 0 or not obj.space.is_weight.any() or not np.isfinite(best.cost):
         return best
     reg = config.get("regularisation") or {}
+    path = reg.get("path") or []
+    if reg.get("l2") == obj.l2 and path and path[0].get("l2") == 0.0 \
+            and np.isfinite(path[0].get("cost", math.nan)):
+        # the data cost of the unpenalised fit the rule started from: the diagnostics
+        # count the degrees of freedom only if the penalty cost the fit something
+        config["unpenalised_cost"] = float(path[0]["cost"])
     if reg.get("rule") == "gcv" and reg.get("l2") == obj.l2 and "dof" in reg:
         config["effective_dof"] = float(reg["dof"])
         return best

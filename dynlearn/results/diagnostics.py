@@ -80,7 +80,14 @@ measured). The count ``d`` of what the fit spends on the data is:
   near ``n - df`` is honest for its effective size, and the rule that chose the penalty
   judged it so; dividing by ``n - k`` instead warned about the default's own choice (the
   README's Lotka-Volterra UDE: ``chi^2 / (n - k) = 0.20``, ``chi^2 / (n - df) = 0.41``
-  with ``df = 26.4`` of 50 data at GCV's ``l2 = 0.0084``, ``z = -1.8``: no warning);
+  with ``df = 26.4`` of 50 data at GCV's ``l2 = 0.0084``, ``z = -1.8``: no warning).
+  The count is a property of the Jacobian at the strength, not of how far training moved
+  along each direction: a penalty too weak to change the fit (an early-stopped one, say)
+  lowers it all the same. So where the rule that chose the strength started from an
+  unpenalised fit (``result.config["unpenalised_cost"]``, its data cost), the count is
+  used only if the penalty raised the chi-square by at least :data:`RELEASED_MIN` (one
+  unit: what each freed degree of freedom costs on average) over that fit's (the README's:
+  2.4); else ``n - k``, saying why;
 * with no penalty, ``k``, the fitted values other than network weights (so that a fit of
   the physics alone gives about 1). Without a penalty the effective degrees of freedom
   are the rank of the residual Jacobian, which hinges on a singular-value cutoff and
@@ -123,6 +130,7 @@ from dynlearn.objective.objective import FitObjective
 __all__ = [
     "BELOW_NOISE",
     "BELOW_NOISE_LEVEL",
+    "RELEASED_MIN",
     "BOUND_RTOL",
     "CORRELATION_THRESHOLD",
     "MISFIT",
@@ -154,6 +162,10 @@ CORRELATION_THRESHOLD = 0.9
 #: a network model with ``chi^2 / (n - d)`` below this fits below the noise level (``d``:
 #: ``k`` or the effective degrees of freedom, see the module notes)
 BELOW_NOISE = 0.5
+#: a penalised fit's effective degrees of freedom count in the below-noise warning only if
+#: the penalty raised the chi-square by at least this above the unpenalised fit's (each
+#: degree of freedom a penalty frees costs one chi-square unit on average)
+RELEASED_MIN = 1.0
 #: a reduced chi-square above this is a systematic misfit (a loose threshold: the noise level
 #: may be estimated from the data)
 MISFIT = 10.0
@@ -833,8 +845,11 @@ def _fit_to_noise(diag: Diagnostics, left: float) -> tuple[float, float]:
     return f, math.log(f) / math.sqrt(var)
 
 
-def _below_noise_basis(diag: Diagnostics, obj, k: int, effective_dof) -> None:
-    """Set the below-noise warning's denominator (``n - df`` or ``n - k``) and say why."""
+def _below_noise_basis(diag: Diagnostics, obj, k: int, effective_dof,
+                       released: float = math.inf) -> None:
+    """Set the below-noise warning's denominator (``n - df`` or ``n - k``) and say why;
+    ``released``: how much the penalty raised the chi-square above the unpenalised fit's
+    (``inf`` when not known)."""
     n = int(obj.n_data)
     diag.below_noise_dof = float(n - k)
     if not diag.counts["weights"]:
@@ -857,6 +872,15 @@ def _below_noise_basis(diag: Diagnostics, obj, k: int, effective_dof) -> None:
                                   f"network weights; the effective degrees of freedom at "
                                   f"l2 = {obj.l2:.3g}, df = {df:.1f}, leave none of the {n} "
                                   "data over)")
+    elif released < RELEASED_MIN:
+        # the count is a property of the Jacobian at the strength, not of how far training
+        # moved: a penalty too weak to change the fit (an early-stopped one, say) lowers it
+        # all the same, and would hide a fit through the noise
+        diag.below_noise_basis = (f"n - k = {n - k} (k: fitted values other than "
+                                  f"network weights; the penalty l2 = {obj.l2:.3g} raised the "
+                                  f"chi-square by only {released:.2g} above the unpenalised "
+                                  "fit's, so it freed none of the degrees of freedom it "
+                                  f"counts, df = {df:.1f})")
     else:
         diag.effective_dof = df
         diag.below_noise_dof = n - df
@@ -865,7 +889,8 @@ def _below_noise_basis(diag: Diagnostics, obj, k: int, effective_dof) -> None:
                                   f"freedom at l2 = {obj.l2:.3g})")
 
 
-def diagnose(obj, x, r, A, cov_x, params, effective_dof: float | None = None) -> Diagnostics:
+def diagnose(obj, x, r, A, cov_x, params, effective_dof: float | None = None,
+             unpenalised_cost: float | None = None) -> Diagnostics:
     """The diagnostics of a fit at its optimum ``x`` (see the module notes).
 
     Parameters
@@ -887,6 +912,11 @@ def diagnose(obj, x, r, A, cov_x, params, effective_dof: float | None = None) ->
         layer measured it (``result.config["effective_dof"]``). For a network model with
         ``obj.l2 > 0`` the below-noise warning then divides by ``n - df`` instead of
         ``n - k`` (see the module notes); ignored without a penalty.
+    unpenalised_cost : float, optional
+        The data cost of the unpenalised fit that the rule choosing the strength started
+        from (``result.config["unpenalised_cost"]``). When given, the effective degrees of
+        freedom count only if the penalty raised the chi-square by at least
+        :data:`RELEASED_MIN` above it (scaled by the two data costs).
 
     Returns
     -------
@@ -908,7 +938,13 @@ def diagnose(obj, x, r, A, cov_x, params, effective_dof: float | None = None) ->
             diag.reduced_chi2 = diag.chi2 / diag.dof
         k = space.size - counts["weights"]
         diag.fit_to_noise, diag.fit_to_noise_z = _fit_to_noise(diag, obj.n_data - k)
-        _below_noise_basis(diag, obj, k, effective_dof)
+        released = math.inf
+        if unpenalised_cost is not None and np.isfinite(diag.chi2):
+            r_data = np.asarray(r, dtype=float)[:obj.n_data]
+            cost = float(r_data @ r_data)
+            if cost > 0:
+                released = diag.chi2 * (1.0 - float(unpenalised_cost) / cost)
+        _below_noise_basis(diag, obj, k, effective_dof, released)
         diag.below_noise_ratio, diag.below_noise_z = _fit_to_noise(diag, diag.below_noise_dof)
     # why standard errors are n/a
     if A is None:

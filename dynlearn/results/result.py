@@ -209,7 +209,8 @@ class FitResult:
         table = params_table(model0, space, x, cov_x, dof, scaled, level)
         table["unit"] = [model0.unit(n) for n in table.index]    # a label, for the tables
         diagnostics = diagnose(obj, x, r, J, cov_x, table,
-                               effective_dof=config.get("effective_dof"))
+                               effective_dof=config.get("effective_dof"),
+                               unpenalised_cost=config.get("unpenalised_cost"))
         if not_computed:
             diagnostics.uncertainty = not_computed
         if diagnostics.noise_warning:
