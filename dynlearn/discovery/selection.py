@@ -16,11 +16,10 @@ default, and by :meth:`Recovery.select <dynlearn.discovery.Recovery.select>`) th
    initial states as in the original fit), from the regression's coefficients;
 3. scores each refit by an information criterion of its fit to the data, BIC (default)
    or AICc, and improves the best one by coordinate moves (one output's support replaced
-   by another support of its path), backward elimination (one term dropped) and exchanges
-   (one term replaced by another), as long as the criterion improves; where neither
-   improves the best, terms are dropped from the runners-up that could still beat it by
-   dropping one (within one term's penalty of it, :func:`term_penalty`; at most
-   :data:`BEAM`), best first, and the search goes on from any that wins;
+   by another support of its path), backward elimination (one term dropped; from every
+   candidate within :data:`PLAUSIBLE` of the best criterion, at most :data:`BEAM`, since
+   the data do not choose between those) and exchanges (one term replaced by another), as
+   long as the criterion improves;
 4. keeps the best, and reports every candidate (:attr:`Recovery.candidates
    <dynlearn.discovery.Recovery.candidates>`) and how strongly the data and the network
    fits support each term (:attr:`Recovery.inclusion
@@ -69,17 +68,19 @@ from dynlearn.solve import solver_kwargs
 if TYPE_CHECKING:   # recovery.py imports this module: annotations only
     from dynlearn.discovery.recovery import Recovery
 
-__all__ = ["BEAM", "CRITERIA", "EVALUATION_BUDGET", "RUNAWAY", "Screen",
-           "information_criterion", "path_options", "select_structure", "support_coefficients",
-           "term_penalty"]
+__all__ = ["BEAM", "CRITERIA", "EVALUATION_BUDGET", "PLAUSIBLE", "RUNAWAY", "Screen",
+           "information_criterion", "path_options", "select_structure", "support_coefficients"]
 
 #: The values of ``recover(criterion=...)``.
 CRITERIA = ("aicc", "bic")
 #: Candidate refits stop when their loss falls by less than 5 % in this many iterations.
 PATIENCE = 10
-#: Where the best candidate is stuck, elimination goes on from at most this many of the
-#: runners-up that could still beat it (the best first).
-BEAM = 10
+#: Backward elimination starts from every candidate whose criterion is within this of the
+#: best: a difference of 2 or less is "substantial support" for both (Burnham and Anderson
+#: [2]_, section 2.6), so the data do not choose between them.
+PLAUSIBLE = 2.0
+#: At most this many candidates (the best first) start backward elimination per round.
+BEAM = 5
 #: A candidate refit's time limit in seconds: (the least limit, the multiple of the median
 #: time of the converged refits so far, the first refit's limit). A refit can wander into
 #: stiff or exploding dynamics where every solve crawls; the refits that matter converge
@@ -413,40 +414,35 @@ def select_structure(recovery: Recovery, data=None, *, criterion: str = "bic",
     # another of its output's library), warm-started from refits, while the criterion
     # improves. An exchange keeps the number of coefficients, so it wins on the fit alone:
     # it finds a true term that the network distorted into a look-alike (on one stretch of
-    # trajectory y and x*y can stand in for each other), which no path holds. Once the
-    # best is stuck, elimination goes on from the runners-up that could beat it by
-    # dropping one term (_promising): where few data leave several supports about equally
+    # trajectory y and x*y can stand in for each other), which no path holds. Exchanges
+    # start from the best refit; elimination from every candidate the data barely tell
+    # apart from it (_plausible): where few data leave several supports about equally
     # good, the best can hold a spurious term in place of a true one while another holds
     # the true term beside a spurious one, and only dropping from that one reaches the
-    # true structure. The best is always tried first: from the path's large supports,
-    # elimination from ten candidates at once spends the refit budget before the search
-    # reaches the sparse structures.
+    # true structure.
     Theta = regression.arrays[0] if regression.arrays is not None else None
     expanded: set[bytes] = set()           # supports eliminated from
     exchanged: set[bytes] = set()          # supports exchanged from
-
-    def eliminate(rec: dict) -> None:
-        expanded.add(rec["support"].tobytes())
-        for i, j in np.argwhere(rec["support"]):
-            start = rec["refit"].coef.copy()
-            start[i, j] = 0.0
-            evaluate(start, "backward", cold=False,
-                     restart=support_coefficients(regression, start != 0))
-
     while True:
         current = best()
         if current is None:
             break
-        if current["support"].tobytes() not in expanded:
-            eliminate(current)
+        for rec in _plausible(evaluated, current["criterion"]):
+            key = rec["support"].tobytes()
+            if key in expanded:
+                continue
+            expanded.add(key)
+            for i, j in np.argwhere(rec["support"]):
+                start = rec["refit"].coef.copy()
+                start[i, j] = 0.0
+                evaluate(start, "backward", cold=False,
+                         restart=support_coefficients(regression, start != 0))
+        if best() is not current:
             continue
         if Theta is None or current["support"].tobytes() in exchanged:
-            # the best is stuck: drop terms from the next candidate that could beat it
-            runner_up = next((r for r in _promising(evaluated, current["criterion"], criterion)
-                              if r["support"].tobytes() not in expanded), None)
-            if runner_up is None:
+            if all(r["support"].tobytes() in expanded
+                   for r in _plausible(evaluated, current["criterion"])):
                 break
-            eliminate(runner_up)
             continue
         exchanged.add(current["support"].tobytes())
         kept = np.argwhere(current["support"])
@@ -501,28 +497,11 @@ def select_structure(recovery: Recovery, data=None, *, criterion: str = "bic",
     return final
 
 
-def term_penalty(result, criterion: str) -> float:
-    """What one coefficient fewer takes off a fit's criterion: ``log n`` for BIC; for AICc
-    ``2`` plus the change of its small-sample correction."""
-    n = result.n_data
-    if criterion == "bic":
-        return math.log(n)
-    k = result.n_params + int(result.objective().profiled_variance)
-    if n - k - 1 <= 0:
-        return math.inf
-
-    def correction(m):
-        return 2.0 * m * (m + 1) / (n - m - 1)
-    return 2.0 + correction(k) - correction(k - 1)
-
-
-def _promising(evaluated: Mapping[bytes, dict], best: float, criterion: str) -> list[dict]:
-    """The refitted candidates that could beat ``best`` by dropping one term, best first (at
-    most :data:`BEAM`): dropping a term never improves the fit, so it takes at most
-    :func:`term_penalty` off the criterion; candidates further from the best cannot win in
-    one step."""
-    near = [r for r in evaluated.values() if np.isfinite(r["criterion"]) and r["support"].any()
-            and r["criterion"] < best + term_penalty(r["refit"].fit, criterion)]
+def _plausible(evaluated: Mapping[bytes, dict], best: float) -> list[dict]:
+    """The refitted candidates within :data:`PLAUSIBLE` of the best criterion, best first
+    (at most :data:`BEAM`)."""
+    near = [r for r in evaluated.values()
+            if np.isfinite(r["criterion"]) and r["criterion"] <= best + PLAUSIBLE]
     near.sort(key=lambda r: (r["criterion"], int(r["support"].sum())))
     return near[:BEAM]
 
