@@ -3,6 +3,7 @@
 import functools
 
 import numpy as np
+import pytest
 import sympy as sp
 
 import dynlearn as dl
@@ -10,7 +11,7 @@ from dynlearn.core.symbolic import CompiledExprs
 from dynlearn.core.vectorfield import VectorField
 from dynlearn.sensitivity.base import Problem
 from dynlearn.sensitivity.choice import STIFF_FORWARD_LIMIT, default_sensitivity
-from dynlearn.sensitivity.forward import jacobian_product
+from dynlearn.sensitivity.forward import compiled_sensitivity_rhs, jacobian_product
 from dynlearn.testing import (
     central_difference,
     check_gradient,
@@ -128,6 +129,66 @@ def test_mostly_zero_compiled_outputs_scatter_into_place():
     np.testing.assert_allclose(B[:, :, 1], [[0, 0, 0], [0, 1, 0]])
     np.testing.assert_allclose(B[:, :, 0], ce([2.0, 3.0]))
     assert CompiledExprs([[a]], [0, 0]).batch(3, np.ones(3)).tolist() == [[0] * 3] * 2
+    # the compiled entries alone, at the positions ``nonzero`` names
+    assert ce.nonzero.tolist() == [1, 4]
+    np.testing.assert_allclose(ce.values([2.0, 3.0]), [6.0, np.exp(2.0)])
+    dense = CompiledExprs([[a, b]], [a, b, a * b])
+    assert dense.nonzero.tolist() == [0, 1, 2]
+    np.testing.assert_allclose(dense.values([2.0, 3.0]), dense([2.0, 3.0]))
+    assert CompiledExprs([[a]], [0, 0]).values([1.0]).size == 0
+
+
+def _chain_with_a_constant_state(n: int):
+    """``_chain(n)`` plus a state that never changes and scales the first rate: a zero
+    equation (an ``f`` entry that is a structural zero)."""
+    model, _, _ = _chain(n)
+    c = sp.Symbol("c")
+    rhs = {s: e.subs(model.states[0], c * model.states[0])
+           for s, e in zip(model.states, model.rhs)}
+    rhs[c] = sp.S.Zero
+    return dl.HybridModel(states=[*model.states, c], params=dict(model.params), rhs=rhs)
+
+
+def test_sensitivity_products_dense_and_sparse_against_finite_differences():
+    """``compiled_sensitivity_rhs``' dense and sparse products (``ForwardSensitivity(
+    product=...)``) give the same right-hand side to rounding, and sensitivities along
+    directions that mix several parameters each (and the initial state) that match central
+    differences of the solve; ``auto`` takes one of the two, to the bit."""
+    model = _chain_with_a_constant_state(9)
+    n = model.n_states
+    t = np.logspace(-2, 1, 5)
+    y0 = np.r_[1.0, np.full(n - 2, 0.05), 1.3]
+    theta = model.theta0 + 0.1
+    rng = np.random.default_rng(5)
+    Dtheta = rng.standard_normal((theta.size, 3))
+    Dtheta[:, 2] = 0.0
+    D0 = np.zeros((n, 3))
+    D0[n - 1, 2] = 1.0                       # the constant state's initial value
+    vf = VectorField(model, theta)
+    q = 3
+    z = np.r_[y0, rng.standard_normal(n * q)]
+    rhs = {p: compiled_sensitivity_rhs(vf, q, Dtheta, p) for p in ("dense", "sparse", "auto")}
+    out = {p: fn(0.3, z) for p, fn in rhs.items()}
+    np.testing.assert_allclose(out["dense"], out["sparse"], rtol=1e-13, atol=1e-13)
+    assert any(np.array_equal(out["auto"], out[p]) for p in ("dense", "sparse"))
+    assert np.all(out["dense"][n - 1::n][1:] == out["dense"][n - 1])  # no forcing on c
+
+    def states(s):
+        return dl.simulate(model, t, y0 + D0 @ s, theta=theta + Dtheta @ s, method="LSODA",
+                           rtol=1e-12, atol=1e-14, t0=0.0).y
+
+    fd = central_difference(states, np.zeros(3), step=1e-6, relative=False)
+    S = {}
+    for p in ("dense", "sparse"):
+        prob = Problem(VectorField(model, theta), 0.0, t, y0, obs_loss=None,
+                       method="LSODA", rtol=1e-11, atol=1e-13)
+        _, S[p] = dl.ForwardSensitivity(product=p).directional(prob, Dtheta, D0)
+        err = relative_error(S[p], fd)
+        print(f"{p}: {err:.1e} against finite differences")
+        assert err < 1e-5, (p, err)
+    assert relative_error(S["dense"], S["sparse"]) < 1e-8
+    with pytest.raises(ValueError, match="product"):
+        dl.ForwardSensitivity(product="fast")
 
 
 def test_lsoda_banded_sensitivities_against_finite_differences_and_radau():

@@ -774,12 +774,23 @@ class CompiledExprs:
             raise ModelError("an equation is nested too deeply to compile; simplify it or "
                              "split it with intermediate states") from None
 
-    def __call__(self, *args) -> np.ndarray:
-        """Evaluate at one point; arguments are lists (or 1-D arrays) per group."""
+    @property
+    def nonzero(self) -> np.ndarray:
+        """Positions in the flattened outputs of the entries that are compiled, in the
+        order :meth:`values` returns them: every entry, or only those not structurally
+        zero when at least half the outputs are (the others are zero at every point)."""
+        if self._index is not None:
+            return self._index
+        return np.arange(self.size if self._scalar is not None else 0)
+
+    def values(self, *args) -> np.ndarray:
+        """The compiled entries (:attr:`nonzero`) at one point, flat, without scattering
+        them into the full shape: for callers that gather from them with index maps of
+        their own (the forward-sensitivity right-hand side)."""
         if self._scalar is None:
-            return np.zeros(self.shape)
+            return np.zeros(0)
         try:
-            out = np.array(self._scalar(*args), dtype=float)
+            return np.fromiter(self._scalar(*args), dtype=float)
         except (ValueError, OverflowError, ZeroDivisionError, TypeError):
             # the math module raises where numpy returns nan/inf (sqrt of a state that a
             # trial step pushed below zero, 1/0), and Python's ** returns a complex number
@@ -788,7 +799,13 @@ class CompiledExprs:
             # of the whole solve crashing
             with np.errstate(all="ignore"):
                 vals = self._batch(*[np.asarray(a, dtype=float) for a in args])
-                out = np.array([float(v) for v in vals], dtype=float)
+                return np.array([float(v) for v in vals], dtype=float)
+
+    def __call__(self, *args) -> np.ndarray:
+        """Evaluate at one point; arguments are lists (or 1-D arrays) per group."""
+        if self._scalar is None:
+            return np.zeros(self.shape)
+        out = self.values(*args)
         if self._index is not None:
             full = np.zeros(self.size)
             full[self._index] = out

@@ -18,8 +18,9 @@ How it is evaluated (the speed of stiff fits depends on it; measurements in
 * up to ``SENSITIVITY_SYSTEM_LIMIT`` (80) components, physics-only models: the whole system
   compiled as one symbolic function, and its exact Jacobian for the stiff methods;
 * larger physics-only systems: ``f``, ``df/dy`` and ``df/dtheta`` from one compiled call,
-  ``J S`` as a fixed-pattern sparse product when ``J`` is sparse
-  (:func:`jacobian_product`);
+  gathered through fixed index maps, ``J S + (df/dtheta) W`` as one fixed-pattern sparse
+  product of ``[J | df/dtheta]`` when ``J`` is sparse, dense products otherwise
+  (:func:`compiled_sensitivity_rhs`);
 * models with networks: the vector field's Jacobians, network derivatives in closed form.
 
 Stiff methods beyond the symbolic system receive the block-diagonal Jacobian ``I (x) J``
@@ -61,7 +62,8 @@ from dynlearn.sensitivity.base import (
 )
 from dynlearn.solve import STIFF_METHODS, failure_point, integrate
 
-__all__ = ["ForwardSensitivity", "banded_block_jacobian", "jacobian_product"]
+__all__ = ["ForwardSensitivity", "banded_block_jacobian", "compiled_sensitivity_rhs",
+           "jacobian_product"]
 
 
 def jacobian_product(pattern: np.ndarray):
@@ -87,6 +89,139 @@ def jacobian_product(pattern: np.ndarray):
         Js.data[:] = J[r, c]
         return (Js @ ST.T).T
     return product
+
+
+def compiled_sensitivity_rhs(vf, q: int, W: np.ndarray | None, product: str = "auto"):
+    """The right-hand side ``z -> [f, J S + (df/dtheta) W]`` of the forward-sensitivity
+    system of a physics-only model, ``z = [y, S_1, ..., S_q]``, from one compiled call of
+    ``[f, df/dy, df/dtheta]`` (:meth:`~dynlearn.core.model.CompiledModel.rhs_and_jacobians`).
+
+    How the per-call work is kept small (a stiff gradient makes some 10^4-10^6 calls):
+    the compiled entries (:meth:`~dynlearn.core.symbolic.CompiledExprs.values`) are
+    gathered through index maps made once, with no full ``[f, J, df/dtheta]`` array built
+    and split, into
+
+    * ``"sparse"``: a matrix ``A = [J | df/dtheta_u]`` of fixed sparse pattern, ``u`` the
+      parameters ``W`` moves, and one product ``A [S; W_u]``, the constant block ``W_u``
+      kept in a preallocated buffer. Each entry sums the same terms in the same order as
+      the sparse ``J S`` followed by the forcing term did before, so the result is the
+      same to the bit when every column of ``W`` moves one parameter (dl.petab's
+      directions, ``dy/dtheta``);
+    * ``"dense"``: ``J`` and ``df/dtheta`` as dense arrays, ``S^T J^T`` and the forcing
+      term added to it (as before for dense Jacobians, to the bit).
+
+    ``"auto"`` takes the dense form for Jacobians with more than a quarter of their
+    entries structurally non-zero (:func:`jacobian_product`'s rule), else the sparse one.
+    A one-call dense product ``[S^T | W_u^T] A^T`` would be a few microseconds faster
+    still on small systems (``benchmarks/forward_rhs.py``), but its other order of
+    summation changes the adaptive solver's step choices, and with them the gradient at
+    the level of the solver's error (5e-7 relative on Bachmann_MSB2011 at rtol 1e-9).
+
+    Parameters
+    ----------
+    vf : VectorField
+        Of a model without networks.
+    q : int
+        Number of sensitivity columns.
+    W : ndarray, shape (n_theta, q), or None
+        ``dtheta/d(column)``; ``None``: the identity on the first ``n_theta`` columns and
+        nothing on the others (``dy/d[theta, y0]``; ``q >= n_theta``).
+    product : {"auto", "dense", "sparse"}
+        How to form the product (``"auto"``: see above).
+
+    Returns
+    -------
+    callable
+        ``fun(t, z)`` returning a new array of ``n (1 + q)`` components.
+    """
+    if product not in ("auto", "dense", "sparse"):
+        raise ValueError(f"product must be 'auto', 'dense' or 'sparse', not {product!r}")
+    n, P = vf.n, vf.n_theta
+    fjp = vf.c.rhs_and_jacobians()
+    nz = fjp.nonzero
+    nc = nz.size
+    # where every output of [f, J, df/dtheta] sits among the compiled values (nc: nowhere,
+    # a structural zero)
+    pos = np.full(fjp.size, nc, dtype=np.intp)
+    pos[nz] = np.arange(nc)
+    fpos = pos[:n]
+    Jpos = pos[n:n + n * n].reshape(n, n)
+    Gpos = pos[n + n * n:].reshape(n, -1)
+    if W is None and q < P:
+        raise ValueError(f"W=None needs q >= n_theta = {P} columns, not {q}")
+    Wm = np.eye(P, q) if W is None else np.asarray(W, dtype=float)
+    used = np.flatnonzero(np.any(Wm != 0, axis=1))
+    m = n + used.size
+    Apos = np.concatenate([Jpos, Gpos[:, used]], axis=1)
+    Jpat = vf.c.jacobian_pattern()
+    pattern = Apos < nc
+    pattern[:, :n] &= Jpat
+    rows, cols = np.nonzero(pattern)
+    nnz = rows.size
+    if product == "auto":
+        dense = 4 * int(np.count_nonzero(Jpat)) > n * n
+    else:
+        dense = product == "dense"
+    f_all = bool(np.all(fpos < nc))
+    f_rows = np.flatnonzero(fpos < nc)
+    f_src = fpos[f_rows]
+    size = n * (q + 1)
+    args = (vf.pl, [])
+    inputs = vf.inputs
+
+    def values(t, y):
+        return fjp.values([t], y.tolist(), *args, inputs(t).tolist() if inputs else [])
+
+    def start(vals):
+        out = np.empty(size)
+        if f_all:
+            out[:n] = vals[fpos]
+        else:
+            out[:n] = 0.0
+            out[f_rows] = vals[f_src]
+        return out
+
+    if dense:
+        # J and df/dtheta as dense arrays filled through their compiled entries
+        Jd = np.zeros((n, n))
+        Gd = np.zeros(Gpos.shape)
+        Jw, Jg = np.flatnonzero(Jpos.ravel() < nc), Jpos.ravel()[Jpos.ravel() < nc]
+        Gw, Gg = np.flatnonzero(Gpos.ravel() < nc), Gpos.ravel()[Gpos.ravel() < nc]
+        J_flat, G_flat = Jd.reshape(-1), Gd.reshape(-1)
+        Wc = None if W is None else Wm
+
+        def fun(t, z):
+            vf.nfev += 1
+            vals = values(t, z[:n])
+            out = start(vals)
+            J_flat[Jw] = vals[Jg]
+            G_flat[Gw] = vals[Gg]
+            dST = out[n:].reshape(q, n)
+            np.matmul(z[n:].reshape(q, n), Jd.T, out=dST)
+            if Wc is None:
+                dST[:P] += Gd.T
+            else:
+                dST += (Gd @ Wc).T
+            return out
+        return fun
+
+    # CSR of the pattern, with the position of every stored entry among the compiled values
+    As = sps.csr_matrix((np.arange(1.0, nnz + 1), (rows, cols)), shape=(n, m))
+    order = As.data.astype(np.intp) - 1
+    gather = Apos[rows[order], cols[order]]
+    X = np.zeros((m, q))        # [S; W_u], contiguous as the sparse product wants it
+    X[n:] = Wm[used]
+    data = As.data
+
+    def fun(t, z):
+        vf.nfev += 1
+        vals = values(t, z[:n])
+        out = start(vals)
+        data[:] = vals[gather]
+        X[:n] = z[n:].reshape(q, n).T
+        out[n:].reshape(q, n)[:] = (As @ X).T
+        return out
+    return fun
 
 
 @functools.cache
@@ -166,10 +301,16 @@ class ForwardSensitivity(Sensitivity):
         For Radau and BDF, give the augmented Jacobian as a sparse matrix (default: when the
         augmented system has more than 60 components). LSODA, whose Fortran core takes no
         sparse matrix, gets it in banded storage (:func:`banded_block_jacobian`).
+    product : {"auto", "dense", "sparse"}
+        How physics-only models beyond the symbolic system form ``J S + (df/dtheta) W``
+        each step (:func:`compiled_sensitivity_rhs`); the same values to rounding.
     """
 
-    def __init__(self, sparse_jacobian: bool | None = None):
+    def __init__(self, sparse_jacobian: bool | None = None, product: str = "auto"):
+        if product not in ("auto", "dense", "sparse"):
+            raise ValueError(f"product must be 'auto', 'dense' or 'sparse', not {product!r}")
         self.sparse_jacobian = sparse_jacobian
+        self.product = product
 
     def trajectories(self, prob: Problem, wrt_y0: bool = False):
         """States and sensitivities at the observation times.
@@ -271,18 +412,9 @@ class ForwardSensitivity(Sensitivity):
             def fun(t, z):
                 return fsym([t], z.tolist(), pl, [], inputs(t).tolist() if inputs else [])
         elif not vf.c.nets:
-            # f, J and df/dtheta from one compiled call (shared subexpressions once)
-            fjp, split = vf.c.rhs_and_jacobians(), vf.c.split_rhs_and_jacobians
-            pl, inputs = vf.pl, vf.inputs
-            product = jacobian_product(vf.c.jacobian_pattern())
-
-            def fun(t, z):
-                vf.nfev += 1
-                y = z[:n]
-                f, J, Jt = split(fjp([t], y.tolist(), pl, [], inputs(t).tolist()
-                                     if inputs else []))
-                dST = forcing(product(J, z[n:].reshape(q, n)), Jt)
-                return np.concatenate([f, dST.ravel()])
+            # f, J and df/dtheta from one compiled call (shared subexpressions once), then
+            # one product (see compiled_sensitivity_rhs)
+            fun = compiled_sensitivity_rhs(vf, q, W, self.product)
         else:
             product = jacobian_product(vf.c.jacobian_pattern())
 
