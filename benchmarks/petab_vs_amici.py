@@ -340,12 +340,16 @@ HEADER = ["problem", "states/params", "tol", "dl gradient", "nllh dynlearn", "nl
           "AMICI compile s", "dl load s", "dl first s", "note"]
 
 
+def _fits(results: list[dict]):
+    """``(result, fit)`` of every problem that ran the fits (``--fit``)."""
+    for res in results:
+        if res.get("fit"):
+            yield res, res["fit"]
+
+
 def fit_rows(results: list[dict]) -> list[list[str]]:
     rows = []
-    for res in results:
-        f = res.get("fit")
-        if not f:
-            continue
+    for res, f in _fits(results):
         d, a = f.get("dl", {}), f.get("amici", {})
         comp = res.get("amici_compile", {}).get("compile_s")
         a_wall = a.get("wall_s")
@@ -375,10 +379,7 @@ def fit_rows(results: list[dict]) -> list[list[str]]:
 def start_rows(results: list[dict]) -> list[list[str]]:
     """One row per start of the fits: each tool's end, its counts and its time."""
     rows = []
-    for res in results:
-        f = res.get("fit")
-        if not f:
-            continue
+    for res, f in _fits(results):
         d_runs = (f.get("dl") or {}).get("runs") or []
         a_runs = (f.get("amici") or {}).get("runs") or []
         for k in range(f["n_starts"]):

@@ -53,7 +53,7 @@ import numpy as np
 import scipy.sparse as sps
 
 from dynlearn.core.model import SENSITIVITY_SYSTEM_LIMIT
-from dynlearn.errors import SolveError
+from dynlearn.errors import OptionError, SolveError
 from dynlearn.sensitivity.base import (
     Problem,
     Sensitivity,
@@ -62,8 +62,16 @@ from dynlearn.sensitivity.base import (
 )
 from dynlearn.solve import STIFF_METHODS, failure_point, integrate
 
-__all__ = ["ForwardSensitivity", "banded_block_jacobian", "compiled_sensitivity_rhs",
-           "jacobian_product"]
+__all__ = ["PRODUCTS", "ForwardSensitivity", "banded_block_jacobian",
+           "compiled_sensitivity_rhs", "jacobian_product"]
+
+#: how :func:`compiled_sensitivity_rhs` may form ``J S + (df/dtheta) W``
+PRODUCTS = ("auto", "dense", "sparse")
+
+
+def _check_product(product: str) -> None:
+    if product not in PRODUCTS:
+        raise OptionError(f"product must be 'auto', 'dense' or 'sparse', not {product!r}")
 
 
 def jacobian_product(pattern: np.ndarray):
@@ -134,8 +142,7 @@ def compiled_sensitivity_rhs(vf, q: int, W: np.ndarray | None, product: str = "a
     callable
         ``fun(t, z)`` returning a new array of ``n (1 + q)`` components.
     """
-    if product not in ("auto", "dense", "sparse"):
-        raise ValueError(f"product must be 'auto', 'dense' or 'sparse', not {product!r}")
+    _check_product(product)
     n, P = vf.n, vf.n_theta
     fjp = vf.c.rhs_and_jacobians()
     nz = fjp.nonzero
@@ -148,7 +155,7 @@ def compiled_sensitivity_rhs(vf, q: int, W: np.ndarray | None, product: str = "a
     Jpos = pos[n:n + n * n].reshape(n, n)
     Gpos = pos[n + n * n:].reshape(n, -1)
     if W is None and q < P:
-        raise ValueError(f"W=None needs q >= n_theta = {P} columns, not {q}")
+        raise OptionError(f"W=None needs q >= n_theta = {P} columns, not {q}")
     Wm = np.eye(P, q) if W is None else np.asarray(W, dtype=float)
     used = np.flatnonzero(np.any(Wm != 0, axis=1))
     m = n + used.size
@@ -307,8 +314,7 @@ class ForwardSensitivity(Sensitivity):
     """
 
     def __init__(self, sparse_jacobian: bool | None = None, product: str = "auto"):
-        if product not in ("auto", "dense", "sparse"):
-            raise ValueError(f"product must be 'auto', 'dense' or 'sparse', not {product!r}")
+        _check_product(product)
         self.sparse_jacobian = sparse_jacobian
         self.product = product
 
