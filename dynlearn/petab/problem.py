@@ -42,7 +42,7 @@ import sympy as sp
 from dynlearn.core.model import HybridModel
 from dynlearn.core.symbolic import NAMESPACES, jacobian_exprs
 from dynlearn.core.vectorfield import VectorField
-from dynlearn.errors import PetabError
+from dynlearn.errors import PetabError, SolveError
 from dynlearn.petab.adjoint import AdjointTape, prefer_adjoint
 from dynlearn.petab.events import CompiledEvents
 from dynlearn.petab.extra import require
@@ -203,6 +203,18 @@ class PetabProblem:
         How many steady states took each path, keyed ``"newton/regular"``,
         ``"simulation/conserved"``, ... (path, then the sensitivity method; ``none``
         without gradient).
+    fallback_method : str or None
+        The solver a failed LSODA solve is tried again with (default ``"BDF"``; ``None``:
+        no second try, the failure is raised). LSODA is given a block-diagonal Jacobian of
+        the sensitivity system (the states' ``J`` on every block, the fastest it accepts);
+        at extreme parameters its Newton iterations can then fail to converge ("repeated
+        convergence failures") where scipy's BDF, shrinking its steps instead, solves the
+        same system (Fiedler_BMCSystBiol2016, a random start: LSODA failed, BDF solved it
+        in 0.2 s, CVODES too). A time limit is not retried.
+    solver_fallbacks : collections.Counter
+        How many solves were retried with :attr:`fallback_method`, keyed ``"plain"`` and
+        ``"sensitivities"`` (the retry's outcome: ``"... failed"`` when it failed too).
+
 
     Notes
     -----
@@ -221,9 +233,12 @@ class PetabProblem:
 
     def __init__(self, petab_problem, rtol: float = 1e-9, atol: float = 1e-12,
                  method: str = "LSODA", steady_state_horizon: float = 1e9,
-                 gradient: str = "forward", preequilibration: str = "newton"):
+                 gradient: str = "forward", preequilibration: str = "newton",
+                 fallback_method: str | None = "BDF"):
         self.petab_problem = pp = petab_problem
         self.rtol, self.atol, self.method = float(rtol), float(atol), method
+        self.fallback_method = fallback_method
+        self.solver_fallbacks: Counter = Counter()
         if gradient not in GRADIENT_METHODS:
             raise PetabError(f"gradient={gradient!r}: use one of {', '.join(GRADIENT_METHODS)}")
         self.gradient = gradient
@@ -627,12 +642,31 @@ class PetabProblem:
                            self.atol, where=" (petab)", jumps=jumps, start_jump=start)
 
     def _solve(self, vf, t0, times, y0, D0, Dtheta, grad):
-        """States at ``times`` and dy/dP (or None)."""
-        prob = Problem(vf=vf, t0=t0, t_obs=times, y0=y0, obs_loss=None, method=self.method,
+        """States at ``times`` and dy/dP (or None), by :attr:`method`; a failed LSODA solve
+        is tried once more with :attr:`fallback_method`."""
+        try:
+            return self._solve_by(self.method, vf, t0, times, y0, D0, Dtheta, grad)
+        except SolveError as first:
+            second = self.fallback_method
+            if self.method != "LSODA" or not second or second == self.method:
+                raise
+            key = "sensitivities" if grad else "plain"
+            try:
+                out = self._solve_by(second, vf, t0, times, y0, D0, Dtheta, grad)
+            except SolveError as retry:
+                self.solver_fallbacks[f"{key} failed"] += 1
+                raise SolveError(f"{first}; tried again with {second}, which failed too: "
+                                 f"{retry}", status=first.status, t=first.t,
+                                 solver_message=first.solver_message) from retry
+            self.solver_fallbacks[key] += 1
+            return out
+
+    def _solve_by(self, method, vf, t0, times, y0, D0, Dtheta, grad):
+        prob = Problem(vf=vf, t0=t0, t_obs=times, y0=y0, obs_loss=None, method=method,
                        rtol=self.rtol, atol=self.atol, name="petab")
         fs = ForwardSensitivity()
         if not grad:
-            Y, _ = solve_observed(vf, t0, times, y0, self.method, self.rtol, self.atol, {},
+            Y, _ = solve_observed(vf, t0, times, y0, method, self.rtol, self.atol, {},
                                   where=prob.where)
             return Y, None
         # dy/dP directly (n (1 + nP) components, fewer where P moves nothing), not
@@ -1100,7 +1134,7 @@ def load(path: str | os.PathLike, **options) -> PetabProblem:
         Solver settings passed to :class:`PetabProblem`: ``rtol``, ``atol``, ``method``,
         ``steady_state_horizon`` (the longest preequilibration, default 1e9),
         ``preequilibration`` (``"newton"``, the default, or ``"simulation"``),
-        ``gradient`` (see :class:`PetabProblem`); for a PEtab
+        ``gradient``, ``fallback_method`` (see :class:`PetabProblem`); for a PEtab
         SciML problem those of :class:`~dynlearn.petab.sciml.SciMLProblem`.
 
     Returns
