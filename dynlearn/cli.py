@@ -57,7 +57,7 @@ from dynlearn.fitting import fit
 from dynlearn.io.examples import example_description, example_files, example_names, write_example
 from dynlearn.io.model_file import load_model_file, looks_like_csv, model_to_toml, parse_time_grid
 from dynlearn.objective import Objective
-from dynlearn.objective.losses import LOSS_NAMES
+from dynlearn.objective.losses import LOSS_NAMES, loss_from_name
 from dynlearn.optimizers import Status
 from dynlearn.petab.fitting import FIT_OPTIMIZERS, available_optimizers, choose_optimizer
 from dynlearn.petab.outputs import PETAB_FIT_OUTPUTS, looks_like_petab
@@ -826,7 +826,8 @@ def fit_arguments(mf, args, out: Path) -> dict:
     """
     ft = mf.fit
     kw: dict = {}
-    for key in ("loss", "method", "rtol", "atol", "seed", "n_starts", "l2", "max_time"):
+    for key in ("loss", "transform", "method", "rtol", "atol", "seed", "n_starts", "l2",
+                "max_time"):
         if key in ft:
             kw[key] = ft[key]
     sigma = mf.noise["sigma"]
@@ -855,6 +856,8 @@ def fit_arguments(mf, args, out: Path) -> dict:
             kw[key] = v
     if "method" in kw:       # checked here so that a bad --method fails before any output
         check_method(kw["method"], auto=True)
+    if "transform" in kw:    # --loss log against the file's transforms: before any output
+        loss_from_name(kw.get("loss", "ls"), kw["transform"])
     workers = getattr(args, "workers", None)
     if workers is not None and workers < 1:
         raise OptionError(f"--workers must be a positive integer, got {workers}")
@@ -1115,7 +1118,7 @@ def cmd_recover(args, console: Console) -> int:
                                                        ("estimate", orig.initial["estimate"]))
                                      if v}
             tables["fit"] = {k: v for k, v in orig.fit.items()
-                             if k in ("loss", "method", "rtol", "atol", "seed")}
+                             if k in ("loss", "transform", "method", "rtol", "atol", "seed")}
     text = model_to_toml(model, tables,
                          comment=f"Recovered by '{_command_text(args, out)}' from the "
                                  "fitted hybrid model.\n"

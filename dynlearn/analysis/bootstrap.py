@@ -131,8 +131,9 @@ class _ResidualResampler:
     """Adds resampled residuals of the fit to its predictions.
 
     Residuals are taken on the scale the loss sees them (``(g(data) - g(fit)) * scale``,
-    ``g = log`` for ``loss="log"``), pooled per observable, drawn with replacement and
-    mapped back through each point's own scale, so noise levels and weights are respected.
+    ``g`` each observable's transform: ``log`` or ``log10`` where ``transform`` says so),
+    pooled per observable, drawn with replacement and mapped back through each point's own
+    scale and transform, so noise levels, weights and multiplicative noise are respected.
     """
 
     kind = "residuals"

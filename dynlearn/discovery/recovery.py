@@ -744,12 +744,13 @@ def _as_float(v) -> float | None:
 
 
 def _fit_settings(source, y0) -> dict:
-    """Defaults for the refits (Recovery.select, Recovery.refit): the original fit's loss,
-    solver and initial states."""
+    """Defaults for the refits (Recovery.select, Recovery.refit): the original fit's loss
+    (and residual transforms), solver and initial states."""
     cfg = getattr(source, "config", None)
     out = {}
     if isinstance(cfg, Mapping):
-        out = {k: cfg[k] for k in ("loss", "method", "rtol", "atol") if cfg.get(k) is not None}
+        out = {k: cfg[k] for k in ("loss", "transform", "method", "rtol", "atol")
+               if cfg.get(k) is not None}
         if isinstance(cfg.get("y0"), str) and cfg["y0"] == "estimate":
             out["y0"] = "estimate"
             # start the refits' initial states from the fit's estimates (one experiment:

@@ -79,7 +79,8 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
         input_kind: str | None = None, y0_init=None, n_starts: int = 1, seed: int | None = None,
         progress: bool = True, callback: Callable | None = None, checkpoint=None,
         checkpoint_interval: float = 5.0, resume: bool = False, max_time: float | None = None,
-        throw: bool = False, client=None, t0=None, sigma_by: str | None = None, **options):
+        throw: bool = False, client=None, t0=None, sigma_by: str | None = None,
+        transform=None, **options):
     """Fit a model's free parameters (and optionally initial states) to measurements.
 
     Parameters
@@ -92,7 +93,17 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
     loss : {"ls", "gaussian", "log"} or Loss
         ``"ls"``: (weighted) least squares. ``"gaussian"``: Gaussian likelihood with the noise
         level of each observable estimated (where no sigma is given). ``"log"``: least squares
-        on the log scale, the usual error model for positive counts such as populations.
+        on the log scale, the usual error model for positive counts such as populations
+        (every observable's ``transform`` is ``"log"``).
+    transform : str or dict, optional
+        The residual transform per observable, ``{"A": "log", "B": "log10"}`` (PEtab's
+        observable transformations ``"lin"``, ``"log"``, ``"log10"``; observables not named
+        are ``"lin"``), or one name for every observable: residuals are ``g(model) -
+        g(data)``, so a log observable has multiplicative noise. With ``loss="gaussian"``
+        its noise level is estimated on its own scale (the sigma of a log observable is that
+        of its log) and the reported negative log-likelihood is that of the data on their
+        own scale. ``loss="log"`` is every observable on ``"log"``; a transform contradicting
+        it is an error. Data of a log observable must be positive.
     y0 : "first", "estimate", array, dict
         Initial states: ``"first"`` takes them from each experiment's first row;
         ``"estimate"`` fits them per experiment (names ``y0[<state>]`` or
@@ -217,7 +228,7 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
     """
     if not isinstance(model, HybridModel):
         raise OptionError(f"model must be a dl.HybridModel, got {type(model).__name__}")
-    loss = loss_from_name(loss)
+    loss = loss_from_name(loss, transform).bind(model.observable_names)
     method = check_method(method, auto=True)
     options = check_options(options, "fit")
     if optimizer is None:
@@ -285,6 +296,8 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
     config = dict(loss=loss.name, y0=y0 if isinstance(y0, str) else "given", method=method,
                   rtol=rtol, atol=atol, l2=l2, seed=seed, n_starts=n_starts, options=options,
                   input_kind=input_kind)
+    if loss.transform_spec is not None:
+        config["transform"] = loss.transform_spec
     if obj.method_choice is not None:
         config["method_choice"] = obj.method_choice.to_dict()
     if sigma_by is not None or obj.sigma_names != obj.obs:
@@ -430,6 +443,14 @@ def _read_resumed(ckpt, checkpoint, space, n_starts: int, optimizer, obj):
     if ckpt.names != space.names:
         raise OptionError(f"the checkpoint {checkpoint!r} belongs to a fit with different "
                           "parameters; delete it or choose another path")
+    if "loss" in ckpt.meta and (ckpt.meta["loss"], ckpt.meta.get("transform")) != (
+            obj.loss.name, obj.loss.transform_spec):
+        # (checkpoints written before transforms existed record no loss: not checked)
+        raise OptionError(f"the checkpoint {checkpoint!r} belongs to a fit with "
+                          f"loss={ckpt.meta['loss']!r}, transform="
+                          f"{ckpt.meta.get('transform')!r}, not loss={obj.loss.name!r}, "
+                          f"transform={obj.loss.transform_spec!r}; resume with the same "
+                          "settings, or delete it")
     if ckpt.n_starts is not None and ckpt.n_starts != n_starts:
         raise OptionError(f"the checkpoint {checkpoint!r} belongs to a fit with "
                           f"n_starts={ckpt.n_starts}, not {n_starts}; resume with the same "

@@ -192,10 +192,13 @@ def outcome_from_record(rec: Mapping) -> StartOutcome:
 
 
 def record_finished(path, names: Sequence[str], n_starts: int, seed,
-                    outcomes: Sequence[StartOutcome], method_choice=None) -> None:
+                    outcomes: Sequence[StartOutcome], method_choice=None, loss=None) -> None:
     """Write a checkpoint holding the finished starts ``outcomes`` and no start in progress
     (its point: the best finished start's), and ``method_choice`` (a
-    :class:`~dynlearn.solve.MethodChoice`: what ``method="auto"`` chose) if given."""
+    :class:`~dynlearn.solve.MethodChoice`: what ``method="auto"`` chose) and the fit's
+    ``loss`` (a :class:`~dynlearn.objective.losses.Loss`: its name and transforms) if
+    given."""
+    own = {} if loss is None else {"loss": loss.name, "transform": loss.transform_spec}
     best = min(outcomes, key=_rank) if outcomes else None
     x = None if best is None else np.asarray(best.x, dtype=float)
     write_checkpoint(path, {"names": list(names), "n_starts": int(n_starts), "seed": seed,
@@ -204,7 +207,7 @@ def record_finished(path, names: Sequence[str], n_starts: int, seed,
                             "best_loss": math.inf if best is None else float(best.loss),
                             "best_loss_x": x,
                             "method_choice": None if method_choice is None else
-                            method_choice.to_dict()})
+                            method_choice.to_dict(), **own})
 
 
 def _rank(o: StartOutcome):
@@ -271,7 +274,7 @@ def run_starts(specs: Sequence[StartSpec], settings: Mapping[str, Any], executor
         recorded.append(outcome)
         if checkpoint:
             record_finished(checkpoint, names, n_starts, seed, recorded,
-                            settings.get("method_choice"))
+                            settings.get("method_choice"), settings.get("loss"))
 
     if specs and executor.fans_out(len(specs)):
         light = [replace(s, progress=False, checkpoint=None, done=[]) for s in specs]

@@ -236,7 +236,8 @@ class Tracker:
                     counts=dict(self.counts), nit=self.nit,
                     history=list(self.history), sigma_hat=np.array(self.obj.sigma_hat),
                     elapsed=time.perf_counter() - self.t_start, saved=time.time(),
-                    done=self.done)
+                    done=self.done, loss=self.obj.loss.name,
+                    transform=self.obj.loss.transform_spec)
         write_checkpoint(self.checkpoint, meta)
         self.last_save = time.perf_counter()
 

@@ -75,6 +75,8 @@ Layout
 
     [fit]                                  # passed to dl.fit
     loss = "log"                           # "ls" | "gaussian" | "log"
+    transform = { hare = "log" }           # optional, instead: a residual scale per
+                                           # observable, "lin" | "log" | "log10"
     method = "RK45"                        # any solve_ivp method
     rtol = 1e-6
     atol = 1e-8
@@ -122,7 +124,7 @@ from dynlearn.data.checks import check_times
 from dynlearn.data.dataset import TIME_UNITS, WHITESPACE, Dataset
 from dynlearn.errors import DataError, ModelError, OptionError, OptionTypeError, ParameterError
 from dynlearn.files import read_head
-from dynlearn.objective.losses import LOSS_NAMES, loss_from_name
+from dynlearn.objective.losses import LOSS_NAMES, TRANSFORMS, loss_from_name
 from dynlearn.objective.objective import L2_AUTO, L2_GCV
 from dynlearn.optimizers import OPTIMIZERS, Staged, default_optimizer, optimizer_from_name
 from dynlearn.solve import METHOD_NAMES
@@ -142,7 +144,7 @@ _DATA = {"file", "time", "group", "columns", "rename", "interpolation", "format"
          "time_format", "t0"}
 _NOISE = {"sigma", "sigma_columns", "sigma_by"}
 _FIT = {"loss", "method", "rtol", "atol", "sensitivity", "optimizer", "maxiter", "seed",
-        "stages", "n_starts", "l2", "options", "progress", "lr", "max_time"}
+        "stages", "n_starts", "l2", "options", "progress", "lr", "max_time", "transform"}
 _STAGE = {"optimizer", "maxiter", "lr", "options"}
 _SIMULATE = {"t", "method", "rtol", "atol", "y0"}
 SENSITIVITIES = ("forward", "adjoint", "finite-difference")
@@ -833,6 +835,20 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
     ft = dict(ck.table(doc.get("fit"), ("fit",), _FIT))
     if "loss" in ft:
         ck.string(ft["loss"], ("fit", "loss"), LOSS_NAMES)
+    if "transform" in ft:
+        tr = ft["transform"]
+        if isinstance(tr, str):
+            ck.string(tr, ("fit", "transform"), TRANSFORMS)
+        else:
+            for k, v in ck.table(tr, ("fit", "transform")).items():
+                if k not in obs_names:
+                    ck.fail(("fit", "transform", k), f"'{k}' is not an observable; "
+                            f"observables are {obs_names}")
+                ck.string(v, ("fit", "transform", k), TRANSFORMS)
+        try:
+            loss_from_name(ft.get("loss", "ls"), tr)
+        except OptionError as exc:
+            ck.fail(("fit", "transform"), str(exc))
     if "sensitivity" in ft:
         ck.string(ft["sensitivity"], ("fit", "sensitivity"), SENSITIVITIES)
     if "method" in ft:

@@ -92,7 +92,7 @@ class Objective:
         As in :func:`dynlearn.fit`. For ``"gaussian"`` the noise levels not given are
         estimated at each ``theta`` (in closed form), and the value is the negative
         log-likelihood.
-    sigma, weights, l2, sigma_by : as in :func:`dynlearn.fit`
+    transform, sigma, weights, l2, sigma_by : as in :func:`dynlearn.fit`
         ``<obs>_sigma`` data columns give noise levels too.
     input_kind : {"linear", "zoh"}, optional
         How inputs are interpolated between samples (default: the dataset's setting, else
@@ -106,7 +106,7 @@ class Objective:
                  atol: float = 1e-8, sensitivity: Sensitivity | None = None, *,
                  loss: str | Loss = "ls", sigma=None, weights=None, l2: float = 0.0,
                  input_kind: str | None = None, auto_theta=None, sigma_by: str | None = None,
-                 **options):
+                 transform=None, **options):
         method = check_method(method, auto=True)
         options = check_options(options, "loss")
         if sensitivity is not None and not isinstance(sensitivity, Sensitivity):
@@ -122,7 +122,8 @@ class Objective:
                                   [b.y0 for b in self.bound], rtol, atol, options)
         self.fit_objective = FitObjective(model, self.bound, space, loss, sigma, weights,
                                           l2, method, rtol, atol, options, sensitivity,
-                                          method_choice=choice, sigma_by=sigma_by)
+                                          method_choice=choice, sigma_by=sigma_by,
+                                          transform=transform)
 
     @property
     def model(self):
@@ -226,7 +227,8 @@ class Objective:
 
 def loss(model, data, theta=None, method: str = "RK45", rtol: float = 1e-6, atol: float = 1e-8,
          y0=None, *, loss: str | Loss = "ls", sigma=None, weights=None, l2: float = 0.0,
-         input_kind: str | None = None, sigma_by: str | None = None, **options) -> float:
+         input_kind: str | None = None, sigma_by: str | None = None, transform=None,
+         **options) -> float:
     """The loss of a model against data, as :func:`dynlearn.fit` measures it: one forward
     solve per experiment.
 
@@ -246,7 +248,7 @@ def loss(model, data, theta=None, method: str = "RK45", rtol: float = 1e-6, atol
     loss : {"ls", "gaussian", "log"} or Loss
         As in :func:`dynlearn.fit` (``"gaussian"``: the negative log-likelihood with the
         noise levels not given estimated at ``theta``).
-    sigma, weights, l2, input_kind, sigma_by : as in :func:`dynlearn.fit`
+    sigma, weights, l2, input_kind, sigma_by, transform : as in :func:`dynlearn.fit`
     **options : solver options (``max_step``, ``first_step``, ...)
 
     Returns
@@ -256,13 +258,13 @@ def loss(model, data, theta=None, method: str = "RK45", rtol: float = 1e-6, atol
     """
     return Objective(model, data, y0, method, rtol, atol, loss=loss, sigma=sigma,
                      weights=weights, l2=l2, input_kind=input_kind, auto_theta=theta,
-                     sigma_by=sigma_by, **options).value(theta)
+                     sigma_by=sigma_by, transform=transform, **options).value(theta)
 
 
 def loss_and_grad(model, data, theta=None, sensitivity: Sensitivity | None = None,
                   method: str = "RK45", rtol: float = 1e-6, atol: float = 1e-8, y0=None, *,
                   loss: str | Loss = "ls", sigma=None, weights=None, l2: float = 0.0,
-                  input_kind: str | None = None, sigma_by: str | None = None,
+                  input_kind: str | None = None, sigma_by: str | None = None, transform=None,
                   **options) -> tuple[float, np.ndarray]:
     """The loss (as :func:`loss`) and its gradient with respect to ``theta``.
 
@@ -281,7 +283,7 @@ def loss_and_grad(model, data, theta=None, sensitivity: Sensitivity | None = Non
     """
     obj = Objective(model, data, y0, method, rtol, atol, sensitivity, loss=loss, sigma=sigma,
                     weights=weights, l2=l2, input_kind=input_kind, auto_theta=theta,
-                    sigma_by=sigma_by, **options)
+                    sigma_by=sigma_by, transform=transform, **options)
     return obj.value_and_grad(theta)
 
 
@@ -412,8 +414,9 @@ class FitObjective(LeastSquaresProblem):
     ``<obs>_sigma`` data columns or the ``sigma`` argument (default 1; estimated per
     observable by losses that estimate noise), ``w`` optional weights. Network weights get
     an L2 penalty ``l2 * |w|^2``, added as extra residuals ``sqrt(l2) w`` so least-squares
-    optimizers see it. ``cost = sum r^2``; :meth:`penalty` is the ``2 sum log sigma`` that
-    makes it ``2 x`` the negative log-likelihood (up to a constant) for the Gaussian loss.
+    optimizers see it. ``cost = sum r^2``; :meth:`penalty` is the ``2 sum log sigma`` (plus
+    the constant of the data's log transforms) that makes it ``2 x`` the negative
+    log-likelihood (up to ``n log 2 pi``) for the Gaussian loss.
 
     Parameters
     ----------
@@ -421,6 +424,7 @@ class FitObjective(LeastSquaresProblem):
     bound : list of BoundExperiment
     space : ParameterSpace
     loss : {"ls", "gaussian", "log"} or Loss
+        Bound to the model's observables (:meth:`~dynlearn.objective.losses.Loss.bind`).
     sigma : None, float, str or dict observable -> float or str
         Known noise levels (numbers), or names of estimated noise levels shared by the
         observables that give the same name (see :func:`parse_sigma`).
@@ -440,6 +444,9 @@ class FitObjective(LeastSquaresProblem):
     sigma_by : {None, "experiment"}
         ``"experiment"``: every experiment gets noise levels of its own (each noise group
         is split by experiment, labelled ``<group>@<experiment>``).
+    transform : None, str or dict observable -> str
+        The residual transform per observable (``"lin"``, ``"log"``, ``"log10"``; see
+        :func:`~dynlearn.objective.losses.loss_from_name`).
 
     Attributes
     ----------
@@ -456,6 +463,9 @@ class FitObjective(LeastSquaresProblem):
         without a known sigma).
     sigma_hat : ndarray, shape (n_groups,)
         The current estimates of the noise groups' levels.
+    log_jacobian : float
+        ``-sum log g'(d)`` over the data (:meth:`~dynlearn.objective.losses.Loss.log_jacobian`):
+        what the negative log-likelihood of the data adds to that of their transforms.
     method : str
         The ``solve_ivp`` method used (never ``"auto"``).
     method_choice : MethodChoice or None
@@ -468,8 +478,10 @@ class FitObjective(LeastSquaresProblem):
                  l2: float = 0.0, method: str = "RK45", rtol: float = 1e-6,
                  atol: float = 1e-8, options: dict | None = None,
                  sensitivity: Sensitivity | None = None,
-                 method_choice: MethodChoice | None = None, sigma_by: str | None = None):
-        loss = loss_from_name(loss)
+                 method_choice: MethodChoice | None = None, sigma_by: str | None = None,
+                 transform=None):
+        obs = list(model.observable_names)
+        loss = loss_from_name(loss, transform).bind(obs)
         self.model, self.bound, self.space, self.loss = model, bound, space, loss
         self.rtol, self.atol = rtol, atol
         self.options = dict(options or {})
@@ -483,7 +495,6 @@ class FitObjective(LeastSquaresProblem):
         self.l2 = float(l2)
         if self.l2 < 0:
             raise OptionError(f"l2 must be >= 0, got {l2}")
-        obs = list(model.observable_names)
         self.obs = obs
         no = len(obs)
         fixed_sigma, names = parse_sigma(sigma, obs)
@@ -506,6 +517,10 @@ class FitObjective(LeastSquaresProblem):
             S = np.where(np.isnan(S), fixed_sigma[None, :], S)
             loss.check_data(b, obs)
             self.known.append(S)
+        # the change of variables from the transformed data to the data, a constant of the
+        # likelihood (0 unless an observable is on a log scale)
+        self.log_jacobian = sum(loss.log_jacobian(np.where(b.mask, b.Y, 1.0), b.mask)
+                                for b in bound)
         self.has_known_sigma = any(np.isfinite(S[b.mask]).any() for S, b in
                                    zip(self.known, bound))
         # the noise groups, whose levels are estimated where the loss does and some data
@@ -660,10 +675,11 @@ class FitObjective(LeastSquaresProblem):
         return out or None
 
     def penalty(self) -> float:
-        """``2 sum log sigma`` over the data, for a loss that estimates noise (else 0)."""
+        """``2 sum log sigma`` over the data plus twice :attr:`log_jacobian` (the data of
+        observables on a log scale), for a loss that estimates noise (else 0)."""
         if not self.loss.estimates_noise:
             return 0.0
-        tot = 0.0
+        tot = 2.0 * self.log_jacobian
         for i, (b, S) in enumerate(zip(self.bound, self.known)):
             sig = np.where(np.isnan(S), self.sigma_hat[self.group_of[i]][None, :], S)
             tot += 2.0 * np.log(sig[b.mask]).sum()

@@ -9,9 +9,11 @@
 * the parameter table: the free physical parameters (``parameterScale`` ``log`` where
   dynlearn uses ``transform="log"``), the fixed ones (not estimated), estimated initial
   states and estimated noise levels;
-* the observable table (dynlearn's observables, normal noise on the linear scale; a noise
-  level shared by several observables is one parameter in their noise formulas, levels per
-  experiment or per row go through the measurement table's ``noiseParameters``), the
+* the observable table (dynlearn's observables, normal noise on each observable's residual
+  scale, its ``observableTransformation``: ``lin``, or ``log``/``log10`` as the fit's
+  ``transform`` puts it; a noise level shared by several observables is one parameter in
+  their noise formulas, levels per experiment or per row go through the measurement
+  table's ``noiseParameters``), the
   measurement table (one row per measured value) and one condition per experiment (its
   initial states, and its start time when the model uses time explicitly);
 * for a model with :class:`~dynlearn.MLP` networks, a PEtab SciML problem (PEtab v2): each
@@ -42,9 +44,10 @@ from dynlearn.core.model import HybridModel
 from dynlearn.core.neural import MLP
 from dynlearn.core.parameters import Parameter
 from dynlearn.data.dataset import as_dataset
-from dynlearn.errors import PetabError
+from dynlearn.errors import OptionError, PetabError
 from dynlearn.files import write_text_atomic
 from dynlearn.objective.binding import initial_states
+from dynlearn.objective.losses import loss_from_config, loss_from_name, transformed
 from dynlearn.petab.extra import require
 from dynlearn.results.result import FitResult
 
@@ -377,7 +380,7 @@ def _fitted_noise(result: FitResult, exp_names: list[str]) -> dict:
 
 def save(model: HybridModel, dataset, directory: str | os.PathLike, *, theta=None,
          y0=None, y0_init=None, sigma=None, sigma_by: str | None = None,
-         bound_factor: float = 1e3, name: str | None = None) -> Path:
+         transform=None, bound_factor: float = 1e3, name: str | None = None) -> Path:
     """Write a dynlearn model and dataset as a PEtab problem.
 
     Parameters
@@ -422,6 +425,11 @@ def save(model: HybridModel, dataset, directory: str | os.PathLike, *, theta=Non
         ``sigma`` may give one under ``"<name>@<experiment>"`` (else under ``"<name>"``,
         for every experiment). PEtab v1 only (a model without networks). Default: a
         FitResult's own.
+    transform : str or dict, optional
+        The residual transform of each observable, as :func:`dynlearn.fit` takes it
+        (``{"A": "log", "B": "log10"}``; PEtab's ``observableTransformation``, with noise
+        levels on that scale). Default: a FitResult's own (``loss="log"``: every
+        observable ``"log"``), else ``"lin"``.
     bound_factor : float
         Bounds for estimated parameters that dynlearn leaves open: ``value / factor`` to
         ``value * factor`` on a log scale, ``value -+ factor * max(|value|, 1)`` on a
@@ -465,6 +473,11 @@ def save(model: HybridModel, dataset, directory: str | os.PathLike, *, theta=Non
                      for k, v in (result.sigma or {}).items()}
     if not isinstance(model, HybridModel):
         raise PetabError(f"save needs a dl.HybridModel, got {type(model).__name__}")
+    try:
+        scale = (loss_from_config(result.config) if result is not None and transform is None
+                 else loss_from_name("ls", transform)).bind(model.observable_names)
+    except OptionError as exc:
+        raise PetabError(str(exc)) from None
     if theta is not None:
         model = model.with_theta(theta)
     if model.inputs:
@@ -605,6 +618,10 @@ def save(model: HybridModel, dataset, directory: str | os.PathLike, *, theta=Non
             rows = np.flatnonzero(b.mask[:, j])
             for r in rows:
                 s_row = b.sigma[r, j] if b.sigma is not None else np.nan
+                if scale.log_factor(j) and not b.Y[r, j] > 0:
+                    raise PetabError(f"observable '{o}' is on the {scale.transform_of(j)} "
+                                     f"scale but experiment '{b.name}' has {o}={b.Y[r, j]} "
+                                     f"at t={b.t[r]} (row {r + 1}): it needs positive data")
                 measured[o].append((k, float(b.t[r]) - t0s[k], float(b.Y[r, j]),
                                     float(s_row)))
     obs_list = [o for o in obs_names if measured[o]]
@@ -617,7 +634,9 @@ def save(model: HybridModel, dataset, directory: str | os.PathLike, *, theta=Non
     label_values: dict[str, list] = {}
     for o in obs_list:
         for k, _, v, _ in measured[o]:
-            label_values.setdefault(plan.label(o, k), []).append(v)
+            # (on the observable's scale: that of its noise level)
+            label_values.setdefault(plan.label(o, k), []).append(
+                float(transformed(v, scale.transform_of(o))))
     noise_of: dict[str, float | str] = {}    # label -> a number or its parameter id
 
     def level(label: str, base: str):
@@ -667,7 +686,7 @@ def save(model: HybridModel, dataset, directory: str | os.PathLike, *, theta=Non
         else:
             noise_formula, per_row = per_row[0], None
         obs_rows.append([obs_id[o], o, write(model.observables[o], "petab"),
-                         noise_formula, "lin", "normal"])
+                         noise_formula, scale.transform_of(o), "normal"])
         for i, (k, t, v, _) in enumerate(rows):
             meas_rows.append([obs_id[o], k, v, t, None if per_row is None else per_row[i]])
     if not meas_rows:

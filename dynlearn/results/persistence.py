@@ -157,7 +157,8 @@ def _read_result(path, model):
                       cfg.get("input_kind"))
     obj = FitObjective(model, bound, space, cfg["loss"], meta.get("fit_sigma"),
                        meta.get("weights_spec"), cfg.get("l2", 0.0), cfg["method"], cfg["rtol"],
-                       cfg["atol"], cfg.get("options", {}), sigma_by=cfg.get("sigma_by"))
+                       cfg["atol"], cfg.get("options", {}), sigma_by=cfg.get("sigma_by"),
+                       transform=cfg.get("transform"))
     if meta.get("sigma_hat") is not None:
         obj.set_sigma(np.asarray(meta["sigma_hat"], dtype=float))
     x = arrays["x"]

@@ -13,7 +13,7 @@ import textwrap
 import numpy as np
 
 from dynlearn.errors import OptionError
-from dynlearn.objective.losses import loss_from_name
+from dynlearn.objective.losses import loss_from_config, transformed
 from dynlearn.report.figures import (
     network_output_samples,
     plot_learned_term,
@@ -37,7 +37,7 @@ def plot_result(result, kind: str = "fit", observable: str | None = None,
     result : FitResult
     kind : {"fit", "residuals", "loss", "learned"}
         ``"fit"``: data and prediction with its band for one observable; ``"residuals"``:
-        residuals of one observable (log scale for ``loss="log"``); ``"loss"``: the loss
+        residuals of one observable (on its transform's scale: log or log10); ``"loss"``: the loss
         history; ``"learned"``: one network output against its inputs.
     observable : str, optional
         Default: the first observable.
@@ -102,10 +102,11 @@ def plot_result(result, kind: str = "fit", observable: str | None = None,
     if kind == "residuals":
         r = result.residuals()
         r = r[(r["observable"] == obs) & (r["experiment"] == exp.name)]
-        if loss_from_name(result.config.get("loss", "ls")).transform == "log":
-            with np.errstate(divide="ignore", invalid="ignore"):
-                vals = np.log(r["data"].to_numpy()) - np.log(r["fitted"].to_numpy())
-            label = f"log residual {obs}"
+        how = loss_from_config(result.config).transform_of(obs)
+        if how != "lin":
+            vals = (transformed(r["data"].to_numpy(), how)
+                    - transformed(r["fitted"].to_numpy(), how))
+            label = f"{how} residual {obs}"
         else:
             vals, label = r["residual"].to_numpy(), f"residual {model.label(obs)}"
         return plot_residuals(r[tname].to_numpy(), vals, obs, xlabel, ax=ax, ylabel=label)

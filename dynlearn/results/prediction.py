@@ -2,8 +2,9 @@
 
 The confidence band (of the mean, the model's curve) comes from the parameter covariance
 and the observables' sensitivities ``G`` to the fitted values at the output times:
-``var = diag(G C G^T)`` (see :mod:`dynlearn.results.covariance`); on the log scale for
-``loss="log"``. It says where the true curve lies, and narrows as data are added.
+``var = diag(G C G^T)`` (see :mod:`dynlearn.results.covariance`); multiplicative (on the log
+scale) for an observable whose residual transform is log or log10 (``loss="log"``, or
+``transform=``). It says where the true curve lies, and narrows as data are added.
 
 The prediction band is where a new measurement is expected: the same variance plus the
 noise variance, ``var + s^2``, with ``s`` from :func:`noise_levels` (the noise level given
@@ -79,8 +80,9 @@ def noise_levels(result) -> dict[str, tuple[float, str]]:
     In order of preference: the noise level the likelihood estimated (``loss="gaussian"``),
     the one given (``sigma=`` or ``<observable>_sigma`` columns: their median), else the
     residual standard deviation ``sqrt(SSR / (n - p))`` of the fit (its residuals, with the
-    fitted values' share of the degrees of freedom taken off). On the log scale for
-    ``loss="log"``.
+    fitted values' share of the degrees of freedom taken off). On each observable's
+    residual scale (``transform``: that of its log or log10; every observable's log for
+    ``loss="log"``).
 
     Parameters
     ----------
@@ -183,14 +185,18 @@ def predict(result: FitResult, objective: FitObjective | None, t, y0=None, input
     noise = noise_levels(result)
     for j, o in enumerate(result.model.observable_names):
         h = H[:, j]
-        log = obj.loss.transform == "log" and np.all(h > 0)
+        # an observable on a log scale gets its bands on the natural-log scale: its noise
+        # level is on its own (log or log10) scale, c * ln
+        c = obj.loss.log_factor(j)
+        on_log = c > 0
+        log = on_log and np.all(h > 0)
         s = sd[:, j] / h if log else sd[:, j]
         if log:
             frame[f"{o}_lower"], frame[f"{o}_upper"] = h * np.exp(-q * s), h * np.exp(q * s)
         else:
             frame[f"{o}_lower"], frame[f"{o}_upper"] = h - q * s, h + q * s
-        if o in noise and (log or obj.loss.transform != "log"):
-            sp = np.sqrt(s ** 2 + noise[o][0] ** 2)
+        if o in noise and (log or not on_log):
+            sp = np.sqrt(s ** 2 + (noise[o][0] / (c if log else 1.0)) ** 2)
             frame[f"{o}_pred_lower"], frame[f"{o}_pred_upper"] = (
                 (h * np.exp(-q * sp), h * np.exp(q * sp)) if log else (h - q * sp, h + q * sp))
     return frame

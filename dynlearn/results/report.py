@@ -34,7 +34,7 @@ import pandas as pd
 
 from dynlearn.errors import OptionError
 from dynlearn.files import write_text_atomic
-from dynlearn.objective.losses import loss_from_name
+from dynlearn.objective.losses import loss_from_config, transformed
 from dynlearn.report import figures
 from dynlearn.report.html import Report
 from dynlearn.report.tables import write_csv
@@ -161,18 +161,21 @@ def _bands(frame, observables, prediction: bool = False) -> dict:
     return out
 
 
-def _residual_frame(result, data, loss: str):
-    """Residuals in wide form (time, one column per observable[, experiment]): on the log
-    scale for ``loss="log"``, in data units otherwise."""
+def _residual_frame(result, data):
+    """Residuals in wide form (time, one column per observable[, experiment]): on each
+    observable's scale (its log or log10 where its transform says so), in data units
+    otherwise."""
     r = result.residuals()
     if not len(r):
         return None
     tname = data.time_name
-    if loss_from_name(loss).transform == "log":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r["value"] = np.log(r["data"]) - np.log(r["fitted"])
-    else:
-        r["value"] = r["residual"]
+    loss = loss_from_config(result.config).bind(result.model.observable_names)
+    r["value"] = r["residual"]
+    for o, how in loss.transforms.items():
+        if how != "lin":
+            rows = r["observable"] == o
+            r.loc[rows, "value"] = (transformed(r.loc[rows, "data"], how)
+                                    - transformed(r.loc[rows, "fitted"], how))
     wide = r.pivot_table(index=["experiment", tname], columns="observable", values="value",
                          sort=False).reset_index()
     wide.columns = [str(c) for c in wide.columns]
@@ -269,9 +272,9 @@ def _write_figures(result, model, data, pred, out: Path, recovered=None) -> list
     figures.save_figure(fig, out / "fit.png")
     images.append(out / "fit.png")
     loss = result.config.get("loss", "ls")
-    res = _residual_frame(result, data, loss)
+    res = _residual_frame(result, data)
     if res is not None:
-        label = "log residual" if loss_from_name(loss).transform == "log" else "residual"
+        label = _residual_label(result)
         figures.save_figure(figures.residuals_figure(res, obs, tname, exp_col, ylabel=label,
                                                      labels=labels),
                             out / "residuals.png")
@@ -294,6 +297,32 @@ def _write_figures(result, model, data, pred, out: Path, recovered=None) -> list
     return images
 
 
+def _scale_words(scales: dict) -> str:
+    """``"log"``, ``"log10"`` or ``"log and log10"`` for the transforms in ``scales``."""
+    return " and ".join(sorted({how for how in scales.values() if how != "lin"}))
+
+
+def _residual_label(result) -> str:
+    """The y label of the residual figure: the residuals' scale."""
+    scales = loss_from_config(result.config).bind(result.model.observable_names).transforms
+    names = set(scales.values())
+    if names == {"lin"}:
+        return "residual"
+    return f"{names.pop()} residual" if len(names) == 1 else "residual (own scale)"
+
+
+def _residual_caption(result) -> str:
+    """What the residual figure shows: data minus model, on which scale per observable."""
+    scales = loss_from_config(result.config).bind(result.model.observable_names).transforms
+    logs = {o: how for o, how in scales.items() if how != "lin"}
+    if not logs:
+        return "Residuals (data minus model)"
+    if len(logs) == len(scales) and len(set(logs.values())) == 1:
+        return f"Residuals on the {next(iter(logs.values()))} scale"
+    on = "; ".join(f"{o} on the {how} scale" for o, how in logs.items())
+    return f"Residuals (data minus model; {on})"
+
+
 def _fit_caption(result, model, no_band: str, has_pred: bool) -> str:
     """What fit.png shows, the two bands told apart, or why there is no band."""
     text = "Data (markers) and the fitted model (line)."
@@ -306,16 +335,23 @@ def _fit_caption(result, model, no_band: str, has_pred: bool) -> str:
         noise = noise_levels(result)
         src = {"estimated": "estimated by the fit", "given": "as given",
                "residual sd": "the residual standard deviation"}
-        log = loss_from_name(result.config.get("loss", "ls")).transform == "log"
+        scales = loss_from_config(result.config).bind(model.observable_names).transforms
+        log = all(how != "lin" for how in scales.values())
+
+        def unit(o: str) -> str:
+            # a noise level on a log scale has no unit; say which scale where they differ
+            if scales.get(o, "lin") != "lin":
+                return "" if log else f" on the {scales[o]} scale"
+            return f" {model.unit(o)}" if model.unit(o) else ""
         groups = []
         for how in dict.fromkeys(how for _, how in noise.values()):
-            vals = ", ".join(f"{o} {s:.3g}" + (f" {model.unit(o)}" if model.unit(o) and not log
-                                                else "")
+            vals = ", ".join(f"{o} {s:.3g}{unit(o)}"
                              for o, (s, h) in noise.items() if h == how)
             groups.append(f"{vals} ({src.get(how, how)})")
         text += (" Light shading: 95% prediction band, where a new measurement is expected: "
                  "the band of the mean widened by the noise"
-                 + (" on the log scale" if log else "") + ", whose standard deviation is "
+                 + (f" on the {_scale_words(scales)} scale" if log else "")
+                 + ", whose standard deviation is "
                  + "; ".join(groups) + ". About 95% of the data should fall inside it; it "
                  "does not narrow below the noise.")
     return text
@@ -409,9 +445,7 @@ def _write_html(result, model, data, out: Path, images, model_file, no_band: str
                   f"gradients), {result.nit} iterations; AIC {result.aic:.4g}, "
                   f"BIC {result.bic:.4g}.")
     captions = {"fit": _fit_caption(result, model, no_band, has_pred),
-                "residuals": ("Residuals on the log scale"
-                              if loss_from_name(cfg.get("loss", "ls")).transform == "log" else
-                              "Residuals (data minus model)")
+                "residuals": _residual_caption(result)
                              + " against time; grey: plus or minus two standard deviations.",
                 "loss": _loss_caption(result),
                 "learned_terms": _learned_caption(model, recovered)}

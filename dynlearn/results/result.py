@@ -24,7 +24,7 @@ import numpy as np
 
 from dynlearn.core.parameters import ParameterSpace
 from dynlearn.errors import OptionError
-from dynlearn.objective.losses import loss_from_name
+from dynlearn.objective.losses import loss_from_config, loss_from_name
 from dynlearn.objective.objective import FitObjective, Rejected
 from dynlearn.optimizers import Status
 from dynlearn.results.covariance import (
@@ -290,6 +290,11 @@ class FitResult:
                                           *[u.name for u in m0.inputs], *m0.observable_names)}
         if any(labels.values()):     # the parameters' units are in their table
             lines.append("  units: " + ", ".join(f"{k} [{u}]" for k, u in labels.items() if u))
+        scales = loss_from_config(self.config).bind(m0.observable_names).transforms
+        logs = {k: v for k, v in scales.items() if v != "lin"}
+        if logs and self.config.get("transform") is not None:
+            lines.append("  residual scales: " + ", ".join(f"{k} {v}" for k, v in logs.items())
+                         + ("" if len(logs) == len(scales) else "; the others linear"))
         groups = self.config.get("noise_groups")
         if groups:      # shared or per-experiment noise levels: each with what it covers
             lines.append("  noise sigma (estimated by the fit): " + ", ".join(
@@ -297,7 +302,8 @@ class FitResult:
                 for g, m in groups.items()))
         elif loss_from_name(self.config.get("loss", "ls")).estimates_noise:
             lines.append("  noise sigma (estimated by the fit): " + ", ".join(
-                f"{k}={v:.4g}" + (f" {m0.unit(k)}" if m0.unit(k) else "")
+                f"{k}={v:.4g}" + (f" ({logs[k]} scale)" if k in logs else
+                                  f" {m0.unit(k)}" if m0.unit(k) else "")
                 for k, v in self.sigma.items()))
         if d is not None:
             lines += d.lines()
@@ -422,8 +428,8 @@ class FitResult:
 
         Columns: ``experiment``, the time column, ``observable``, ``data``, ``fitted``,
         ``residual`` (data - fitted) and ``scaled`` (the residual the optimizer sees:
-        on the log scale for ``loss="log"``, divided by the noise level where known or
-        estimated).
+        on the observable's transform scale, log or log10 where ``transform`` says so,
+        divided by the noise level where known or estimated).
         """
         import pandas as pd
         obj = self.objective()
@@ -461,9 +467,9 @@ class FitResult:
             Confidence level of the bands.
         bands : bool
             Add ``<observable>_lower``/``<observable>_upper`` columns, the confidence band of
-            the mean (from the parameter covariance; on the log scale for ``loss="log"``),
-            and ``<observable>_pred_lower``/``_pred_upper``, the prediction band (the same
-            plus the noise: where new measurements fall; see
+            the mean (from the parameter covariance; on the log scale for an observable
+            whose transform is log or log10), and ``<observable>_pred_lower``/``_pred_upper``,
+            the prediction band (the same plus the noise: where new measurements fall; see
             :func:`dynlearn.results.prediction.noise_levels`). Skipped when the covariance
             is not available or not finite;
             :func:`dynlearn.results.prediction.band_reason` says why.
