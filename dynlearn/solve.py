@@ -418,8 +418,20 @@ class PiecewiseSolution:
         self._ends = np.array([s.t_max for s in sols])
 
     def __call__(self, t):
-        k = min(int(np.searchsorted(self._ends, t, side="left")), len(self.sols) - 1)
-        return self.sols[k](t)
+        if np.ndim(t) == 0:
+            k = min(int(np.searchsorted(self._ends, t, side="left")), len(self.sols) - 1)
+            return self.sols[k](t)
+        # many times (the adjoint's quadrature nodes): each segment evaluates its own
+        t = np.asarray(t, dtype=float)
+        seg = np.minimum(np.searchsorted(self._ends, t, side="left"), len(self.sols) - 1)
+        out = None
+        for k in np.unique(seg):
+            at = seg == k
+            v = self.sols[k](t[at])
+            if out is None:
+                out = np.empty((v.shape[0], t.size))
+            out[:, at] = v
+        return out
 
 
 # what a dense solution keeps per step (values per component, for the interpolating

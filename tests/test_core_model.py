@@ -207,6 +207,24 @@ def test_vector_field_jacobian_is_exact():
     assert relative_error(Jt, Jtfd) < 1e-7
 
 
+@pytest.mark.parametrize("model", [lv_ude_model, lotka_volterra_model])
+def test_theta_vjp_over_points_is_the_sum_of_pointwise_products(model):
+    """``theta_vjp_points`` (the adjoint's quadrature of ``lambda^T df/dtheta``) equals the
+    sum of ``C_i^T df/dtheta(t_i, y_i)`` point by point, across its chunks, with a network
+    in the model and without."""
+    m = model()
+    vf = VectorField(m, m.theta0 * 1.1)
+    rng = np.random.default_rng(3)
+    T = rng.uniform(0, 2, 11)
+    Y = rng.uniform(0.2, 2.5, (11, vf.n))
+    C = rng.normal(size=(11, vf.n))
+    want = sum(C[i] @ vf.jac_and_theta_jac(T[i], Y[i])[1] for i in range(11))
+    assert np.any(want != 0)
+    for chunk in (4, 64):
+        got = vf.theta_vjp_points(T, Y, C, chunk=chunk)
+        assert relative_error(got, want) < 1e-13
+
+
 @settings(max_examples=25, deadline=None)
 @given(hidden=st.lists(st.integers(1, 6), min_size=0, max_size=3),
        n_in=st.integers(1, 3), n_out=st.integers(1, 3),

@@ -14,8 +14,13 @@ pytest.importorskip("sbmlmath")
 from petab_builders import Sbml, write_v1_problem  # noqa: E402
 
 import dynlearn.petab as dp  # noqa: E402
+import dynlearn.petab.adjoint as adjoint_module  # noqa: E402
 from dynlearn.errors import PetabError  # noqa: E402
-from dynlearn.petab.adjoint import ADJOINT_COMPONENTS_PER_RESTART, prefer_adjoint  # noqa: E402
+from dynlearn.petab.adjoint import (  # noqa: E402
+    ADJOINT_COMPONENTS_PER_RESTART,
+    QUADRATURES,
+    prefer_adjoint,
+)
 from dynlearn.testing import central_difference  # noqa: E402
 
 TIMES = [0.0, 0.5, 1.0, 2.0, 2.0, 3.5, 5.0, 8.0]
@@ -93,6 +98,14 @@ def _compare(prob, mode, inert=()):
 MODES = ["adjoint"]
 
 
+@pytest.fixture(params=QUADRATURES)
+def quadrature(request, monkeypatch):
+    """Both ways of integrating the adjoint's quadratures: Gauss-Legendre on the backward
+    steps (the default) and in the solver's state (the former way)."""
+    monkeypatch.setattr(adjoint_module, "DEFAULT_QUADRATURE", request.param)
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def problems(tmp_path_factory):
     """The three problems, each loaded (and compiled) once."""
@@ -104,12 +117,12 @@ def problems(tmp_path_factory):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_new_gradients_equal_forward_and_fd(problems, mode):
+def test_new_gradients_equal_forward_and_fd(problems, mode, quadrature):
     _compare(problems["plain"], mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_new_gradients_with_preequilibration(problems, mode):
+def test_new_gradients_with_preequilibration(problems, mode, quadrature):
     prob = problems["pre"]
     g = _compare(prob, mode, inert=("A0",))
     # the preequilibrated start forgets A0: its derivative goes through the steady state
@@ -117,7 +130,7 @@ def test_new_gradients_with_preequilibration(problems, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_new_gradients_across_a_time_event(problems, mode):
+def test_new_gradients_across_a_time_event(problems, mode, quadrature):
     prob = problems["event"]
     g = _compare(prob, mode)
     assert abs(g[list(prob.x_names).index("dose")]) > 1e-3

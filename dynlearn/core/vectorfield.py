@@ -207,6 +207,29 @@ class VectorField:
                 g[:self.n_free] += np.einsum("kpm,mk->p", Gp, cv)
         return g
 
+    def theta_vjp_points(self, T, Y, C, chunk: int = 64) -> np.ndarray:
+        """``sum_i C[i]^T df/dtheta(t_i, y_i)`` over many points without forming ``df/dy``
+        (a quadrature of ``lambda^T df/dtheta``): T (m,), Y (m, n), C (m, n) -> (n_theta,).
+
+        Evaluated in chunks of ``chunk`` points, so that memory stays bounded for large
+        models (``df/dtheta`` is ``n x n_theta`` at each point).
+        """
+        T = np.asarray(T, dtype=float)
+        Y = np.asarray(Y, dtype=float)
+        C = np.asarray(C, dtype=float)
+        g = np.zeros(self.n_theta)
+        c = self.c
+        for a in range(0, T.shape[0], chunk):
+            sl = slice(a, a + chunk)
+            if c.nets:
+                _, ctx = self.jac_batch(T[sl], Y[sl])
+                g += self.theta_vjp_batch(ctx, C[sl])
+            elif self.n_free:
+                m, Tg, Yg, p, U = self._batch_args(T[sl], Y[sl])
+                Fp = c.f_p.batch(m, Tg, Yg, p, np.zeros((0, m)), U)[:, c.free, :]
+                g[:self.n_free] += np.einsum("ipm,mi->p", Fp, C[sl])
+        return g
+
     # --- observables ---------------------------------------------------------------------
     def observe_batch(self, T, Y, derivatives: bool = False):
         """Observables at many points: (m, n_obs); with ``derivatives`` also

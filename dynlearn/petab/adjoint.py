@@ -13,11 +13,30 @@ instead, from the state's dense forward solution:
           \\dot\\mu = -(\\partial f/\\partial\\theta)^T \\lambda, \\; \\mu(T) = 0,
 
 and ``dL/dP = lambda(t0)^T dy0/dP + mu(t0)^T dtheta/dP`` (plus the observables' and noise
-formulas' own derivatives, which :class:`~dynlearn.petab.problem.PetabProblem` adds). The
-backward system has ``n + n_theta`` components (``n_theta``: the model's parameters that
-``P`` moves), solved by the same method and tolerances as the forward pass (LSODA by
-default), with every component in the error control. Its accuracy follows the state's
-tolerance: forward sensitivities in the error control take extra steps for their own
+formulas' own derivatives, which :class:`~dynlearn.petab.problem.PetabProblem` adds).
+
+The quadratures ``mu`` (``n_theta`` of them: the model's parameters that ``P`` moves) are
+integrals of known functions once ``lambda`` is known. Two ways to integrate them
+(:data:`QUADRATURES`):
+
+* ``"state"``: carried in the solver's state beside ``lambda``, ``n + n_theta`` components
+  backward with the exact Jacobian, all in the error control;
+* ``"gauss"``: not part of the implicit system (as CVODES keeps quadratures out of its
+  Newton iterations): the backward solve is ``lambda`` alone (``n`` components, Jacobian
+  ``-J^T``), and on every piece of its dense output and of the forward pass's (both
+  interpolants are polynomials there) ``lambda^T df/dtheta`` is summed by Gauss-Legendre
+  quadrature (:data:`QUADRATURE_NODES` nodes, exact for polynomials of degree ``2 q - 1``),
+  all nodes of an interval evaluated in one batched call
+  (:meth:`~dynlearn.core.vectorfield.VectorField.theta_vjp_points`).
+
+In the state, LSODA factors dense Newton matrices of ``n + n_theta`` rows (288 for
+Lang_PLOSComputBiol2024's 124 states), and that LU is most of the time for large systems;
+for small ones the Gauss nodes and the dense output cost more. ``"auto"`` (the default)
+decides by size (:data:`QUADRATURE_STATE_LIMIT`). Gauss's gradient can be less accurate
+where the state's error control, which also watches ``mu``, took smaller steps (Laske at
+rtol 1e-12: 1.1e-7 against AMICI, 6.8e-11 in the state; equal elsewhere measured).
+The accuracy follows
+the state's tolerance: forward sensitivities in the error control take extra steps for their own
 accuracy, the adjoint does not (on an oscillator, Borghans_BiophysChem1997, at rtol 1e-9:
 1.7e-4 against AMICI's gradient where forward sensitivities give 1e-6; at 1e-12 1.1e-6).
 The solve restarts at every measurement time (the jump in ``lambda``), as CVODES's adjoint
@@ -44,7 +63,27 @@ from scipy.integrate import solve_ivp
 from dynlearn.errors import SolveError
 from dynlearn.solve import STIFF_METHODS, solve_observed
 
-__all__ = ["ADJOINT_COMPONENTS_PER_RESTART", "AdjointTape", "prefer_adjoint"]
+__all__ = ["ADJOINT_COMPONENTS_PER_RESTART", "DEFAULT_QUADRATURE", "QUADRATURES",
+           "QUADRATURE_NODES", "QUADRATURE_STATE_LIMIT", "AdjointTape", "prefer_adjoint"]
+
+#: Gauss-Legendre nodes per backward step for the quadratures ``mu``: the solver's
+#: interpolant of ``lambda`` is a polynomial of its order (at most 5 for LSODA's BDF), so
+#: ``q`` nodes, exact to degree ``2 q - 1``, keep the quadrature's error below the step's own
+QUADRATURE_NODES = 3
+#: how the quadratures are integrated: ``"gauss"`` on the backward steps, ``"state"`` as
+#: part of the solver's state (the former way), ``"auto"`` by the backward system's size
+#: (:data:`QUADRATURE_STATE_LIMIT`)
+QUADRATURES = ("auto", "gauss", "state")
+#: the quadrature an :class:`AdjointTape` uses when not told
+DEFAULT_QUADRATURE = "auto"
+#: ``"auto"`` keeps the quadratures in the state while ``n + n_theta`` (states plus moving
+#: parameters) is below this: there LSODA's dense LU of the whole system is cheap and the
+#: Gauss nodes' evaluations, and the backward solve's dense output they need, cost more
+#: (measured side by side, ``benchmarks/adjoint_quadrature.py``, rtol 1e-12: state/gauss
+#: time 0.84-0.87 on Borghans and Raia, 1.0 on a 30-state chain (60 components), 1.17 on
+#: Laske (41); 8.1 on a 100-state chain (200), and Lang_PLOSComputBiol2024 (288) finishing in
+#: 509 s against more than 750 s)
+QUADRATURE_STATE_LIMIT = 100
 
 #: the adjoint is chosen when forward sensitivities would carry at least this many
 #: sensitivity components (states x directions) per restart of the adjoint (measurement
@@ -103,15 +142,24 @@ class AdjointTape:
         (a switch of the right-hand side, where the state is continuous).
     start_jump : callable, optional
         A jump at ``t0`` itself (events firing at the start), same signature.
+    quadrature : {"auto", "gauss", "state"}, optional
+        How the quadratures ``mu`` are integrated backward (:data:`QUADRATURES`, module
+        notes; default :data:`DEFAULT_QUADRATURE`). The one taken is :attr:`quadrature`.
 
     Attributes
     ----------
     Y : ndarray, shape (m, n)
         The states at ``times`` (after any jump at that time).
+    quadrature : {"gauss", "state"}
+        How this tape integrates its quadratures.
     """
 
     def __init__(self, vf, t0: float, times, y0, D0, Dtheta, method: str, rtol: float,
-                 atol: float, where: str = "", jumps=(), start_jump=None):
+                 atol: float, where: str = "", jumps=(), start_jump=None,
+                 quadrature: str | None = None):
+        quadrature = DEFAULT_QUADRATURE if quadrature is None else quadrature
+        if quadrature not in QUADRATURES:
+            raise ValueError(f"quadrature={quadrature!r}: use one of {QUADRATURES}")
         self.vf, self.method, self.rtol, self.atol, self.where = vf, method, rtol, atol, where
         self.times = np.asarray(times, dtype=float)
         self.t0 = float(t0)
@@ -121,6 +169,10 @@ class AdjointTape:
         self.D0 = np.zeros((n, nP)) if D0 is None else np.asarray(D0, dtype=float)
         # the model parameters P moves at all: only their quadratures are integrated
         self.moving = np.flatnonzero(np.any(self.Dtheta != 0, axis=1))
+        if quadrature == "auto":
+            quadrature = ("state" if n + self.moving.size < QUADRATURE_STATE_LIMIT
+                          else "gauss")
+        self.quadrature = quadrature
         self.Gy = np.zeros((self.times.size, n))
         self.steady = None          # (dy_ss/dP, cotangent) of a steady-state measurement
         y = np.asarray(y0, dtype=float)
@@ -215,6 +267,19 @@ class AdjointTape:
         vf = self.vf
         n = vf.n
         c = vf.c
+        cache = {}
+        if self.quadrature == "gauss":
+            # lambda alone: its right-hand side and Jacobian need df/dy only
+            def rhs(t, w, sol):
+                J = vf.jac(t, sol(t))
+                cache.clear()
+                cache[t] = J
+                return -(w @ J)
+
+            def jac(t, w, sol):
+                J = cache[t] if t in cache else vf.jac(t, sol(t))
+                return -J.T
+            return rhs, jac
         if not c.nets:
             fjp, split = c.rhs_and_jacobians(), c.split_rhs_and_jacobians
             pl, inputs = vf.pl, vf.inputs
@@ -225,7 +290,6 @@ class AdjointTape:
                 return J, Jt
         else:
             parts = vf.jac_and_theta_jac
-        cache = {}
 
         def rhs(t, w, sol):
             J, Jt = parts(t, sol(t))
@@ -243,17 +307,41 @@ class AdjointTape:
         return rhs, jac
 
     def _solve_back(self, rhs, jac, sol, hi, lo, lam, mu):
-        w0 = np.concatenate([lam, mu])
         if hi == lo:
             return lam, mu
+        n = self.vf.n
+        in_state = self.quadrature == "state"
+        w0 = np.concatenate([lam, mu]) if in_state else lam
         kw = dict(method=self.method, rtol=self.rtol, atol=self.atol)
         if self.method in STIFF_METHODS:
             kw["jac"] = lambda t, w: jac(t, w, sol)
         with np.errstate(all="ignore"):
-            res = solve_ivp(lambda t, w: rhs(t, w, sol), (hi, lo), w0, t_eval=[lo], **kw)
+            res = solve_ivp(lambda t, w: rhs(t, w, sol), (hi, lo), w0, t_eval=[lo],
+                            dense_output=not in_state, **kw)
         if res.status != 0 or not np.all(np.isfinite(res.y)):
             raise SolveError(f"the backward adjoint solve ({self.method}) failed{self.where} "
                              f"between t={lo} and t={hi}: {res.message}", status=res.status)
         w = res.y[:, -1]
-        n = self.vf.n
-        return w[:n], w[n:]
+        if in_state:
+            return w[:n], w[n:]
+        return w, mu + self._quadrature(res.sol, sol)
+
+    def _quadrature(self, lam_sol, sol) -> np.ndarray:
+        """``int lambda^T df/dtheta dt`` over the backward solve's steps (Gauss-Legendre on
+        each step, the module notes): the change of ``mu`` from its start to its end."""
+        # the pieces of both interpolants (lambda's backward steps, y's forward ones):
+        # the integrand is smooth on each, not across their joins
+        ts = np.asarray(lam_sol.ts, dtype=float)
+        lo, hi = ts.min(), ts.max()
+        fwd = np.asarray(getattr(sol, "ts", ()), dtype=float)
+        ts = np.unique(np.concatenate([ts, fwd[(fwd > lo) & (fwd < hi)]]))
+        a, b = ts[:-1], ts[1:]
+        x, wq = np.polynomial.legendre.leggauss(QUADRATURE_NODES)
+        nodes = (0.5 * (b - a)[:, None] * (x[None, :] + 1.0) + a[:, None]).ravel()
+        weights = (0.5 * (b - a)[:, None] * wq[None, :]).ravel()
+        L = lam_sol(nodes)            # (n, nodes)
+        Y = sol(nodes)
+        # mu' = -lambda^T df/dtheta backward in time: mu(lo) - mu(hi) is the integral of
+        # +lambda^T df/dtheta from lo to hi, evaluated at all nodes at once
+        g = self.vf.theta_vjp_points(nodes, Y.T, (L * weights).T)
+        return g[self.moving]
