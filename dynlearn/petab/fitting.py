@@ -19,6 +19,23 @@ Two optimizers, both within the parameter table's bounds, on the parameters' PEt
 ``"lbfgsb"``
     scipy's L-BFGS-B on the exact gradient (the method before this module).
 
+Noise parameters profiled out (``FisherSettings.profile_noise``, off by default, both
+methods): the parameters that enter only noise formulas (:attr:`PetabProblem.noise_only
+<dynlearn.petab.PetabProblem.noise_only>`) do not move the simulation, so every evaluation
+sets them to their optimum given its simulation (:mod:`dynlearn.petab.hierarchical`: closed
+form where sigma is a noise parameter times a factor free of the others, else a few Newton
+steps; no solve) and returns that point. The optimizer sees the profiled objective
+``min_z f(x, z)``: its gradient is the full one in the other parameters (envelope theorem),
+and the Fisher method's curvature is the Schur complement of the Fisher information over
+the profiled parameters inside their bounds; the method steps in the other parameters
+only. From random starts the noise parameters are often orders of magnitude below the
+residuals, and unprofiled the steps spend their iterations raising them. Off by default:
+measured start by start (benchmarks/README.md, "Noise parameters profiled out") it halved
+the iterations on Fiedler_BMCSystBiol2016 but led its starts to worse local optima (best
+of 19: -29.22 against -49.50), while on Elowitz_Nature2000 it found far better ones (best
+of 6: -60.37 against -2.50); which basin a start reaches changes with the path, and two
+problems are no ground for a default either way.
+
 ``"auto"`` takes ``"fisher"`` when the problem offers ``fisher_system`` (every
 :class:`~dynlearn.petab.PetabProblem`) and all its noise is normal (:func:`choose_optimizer`),
 else ``"lbfgsb"``: Laplace noise puts minima on kinks of the likelihood, where a quadratic
@@ -77,6 +94,7 @@ from dynlearn.errors import OptionError, SolveError, TimeLimitError
 from dynlearn.optimizers import Status
 from dynlearn.optimizers.base import TrialPolicy, small_step
 from dynlearn.optimizers.levenberg_marquardt import MAX_DAMPING
+from dynlearn.petab.hierarchical import interior, schur_complement
 from dynlearn.petab.problem import PetabFit
 from dynlearn.solve import deadline as solve_deadline
 
@@ -138,6 +156,17 @@ class FisherSettings:
         1e13-1e14: 16-19 of 22 parameters on a bound after the first step), a decrease
         of ten orders of magnitude that the gain ratio accepts, after which the start
         crawled along the bounds for hundreds of iterations to a poor local optimum.
+    profile_noise : bool
+        Profile the noise-only parameters out (:attr:`PetabProblem.noise_only
+        <dynlearn.petab.PetabProblem.noise_only>`, :mod:`dynlearn.petab.hierarchical`):
+        every evaluation sets them to their optimum given its simulation (no extra solve)
+        and the method steps in the other parameters only, on the profiled objective's
+        Fisher information (the Schur complement). Also used by ``"lbfgsb"``. Why: from
+        random starts the noise parameters are often orders of magnitude below the
+        residuals (Fiedler_BMCSystBiol2016: nllh 1e13-1e14 at the starts), and the steps
+        then spend their iterations raising them. Off (the default): they are ordinary
+        parameters; on changes which local optimum a start reaches, for better or worse
+        (see the module notes).
     """
 
     gtol: float = 1e-9
@@ -148,6 +177,7 @@ class FisherSettings:
     damping: float = 1e-3
     sensitivities_at_trial: bool = False
     step_bound: float | None = 0.1
+    profile_noise: bool = False
 
 
 def choose_optimizer(problem) -> str:
@@ -203,11 +233,22 @@ class _Objective:
     :class:`~dynlearn.errors.TimeLimitError` within a few hundred right-hand-side
     evaluations, which ends the start (:func:`fit_one_start`). With ``free_first`` the first
     evaluation has no deadline, so that the fit has a point to report.
+
+    With ``profile`` (and a problem with :attr:`~dynlearn.petab.PetabProblem.noise_only`
+    parameters) every evaluation profiles them out (:mod:`dynlearn.petab.hierarchical`):
+    :meth:`value` and :meth:`system` return the profiled point with their results, the
+    gradient's entries of those parameters are zero and the Fisher information is the
+    Schur complement over them; ``fixed`` marks them (the optimizer does not move them).
     """
 
     def __init__(self, problem, posterior: bool, deadline: float | None = None,
-                 free_first: bool = False):
+                 free_first: bool = False, profile: bool = False):
         self.problem = problem
+        z = tuple(getattr(problem, "noise_only", ())) if profile else ()
+        self.z = np.array(z, dtype=int)
+        self.fixed = np.zeros(len(problem.x_names), dtype=bool)
+        self.fixed[self.z] = True
+        self._points: dict = {}     # evaluated point -> its profiled point (a few last)
         self.priors = problem.priors if posterior else None
         self.deadline = deadline
         self.free_first = free_first
@@ -232,36 +273,82 @@ class _Objective:
         if f < self.best_f:
             self.best_x, self.best_f = np.array(x, dtype=float), f
 
-    def value(self, x) -> float:
+    def _remember(self, x, xp) -> None:
+        """Keep ``xp``, the profiled point of ``x`` (for :meth:`profiled_point`)."""
+        if len(self._points) >= 8:
+            self._points.pop(next(iter(self._points)))
+        self._points[np.asarray(x, dtype=float).tobytes()] = np.array(xp, dtype=float)
+
+    def profiled_point(self, x) -> np.ndarray:
+        """The profiled point of ``x`` (``x`` itself without profiling): remembered from
+        its evaluation, else one solve without sensitivities."""
+        x = np.asarray(x, dtype=float)
+        if not self.z.size:
+            return x
+        xp = self._points.get(x.tobytes())
+        if xp is None:
+            try:
+                xp = self.value(x)[1]
+            except TimeLimitError:
+                xp = x
+        return xp
+
+    def value(self, x) -> tuple[float, np.ndarray]:
+        """``(f, x)``: the objective and the (profiled) point."""
         try:
             with self._limit():
-                f = float(self.problem.nllh(x))
+                if self.z.size:
+                    f, xp = self.problem.profiled_nllh(x, prior=self.priors is not None)
+                    f = float(f)
+                    self._remember(x, xp)
+                    x = xp
+                else:
+                    f = float(self.problem.nllh(x))
         except SolveError:
-            return math.inf
+            return math.inf, np.asarray(x, dtype=float)
         if self.priors is not None:
             f += self.priors.value_and_grad(x)[0]
         f = f if np.isfinite(f) else math.inf
         self._keep(x, f)
-        return f
+        return f, np.asarray(x, dtype=float)
 
     def value_and_grad(self, x):
+        """``(f, g)`` (L-BFGS-B's objective); profiled: ``g`` zero for the noise-only
+        parameters (the profiled point: :meth:`profiled_point`)."""
         self.n_sens += 1
+        prior = self.priors is not None
         try:
             with self._limit():
-                f, g = self.problem.objective(x, prior=self.priors is not None)
+                if self.z.size:
+                    f, g, xp = self.problem.profiled_loss_and_grad(x, prior=prior)
+                    self._remember(x, xp)
+                    if prior:
+                        fp, gp = self.priors.value_and_grad(xp)
+                        f, g = f + fp, g + gp
+                    g = np.array(g, dtype=float)
+                    g[self.z] = 0.0
+                    x = xp
+                else:
+                    f, g = self.problem.objective(x, prior=prior)
         except SolveError:
             return math.inf, np.zeros_like(x)
         self._keep(x, float(f) if np.isfinite(f) else math.inf)
         return float(f), np.asarray(g, dtype=float)
 
     def system(self, x):
-        """``(f, g, H)``, or None where the model cannot be solved."""
+        """``(f, g, H, x)`` with ``x`` the (profiled) point, or None where the model
+        cannot be solved."""
         self.n_sens += 1
         try:
             with self._limit():
-                f, g, A, _ = self.problem.fisher_system(x)
+                if self.z.size:
+                    f, g, A, _, x = self.problem.profiled_fisher_system(
+                        x, prior=self.priors is not None)
+                else:
+                    f, g, A, _ = self.problem.fisher_system(x)
         except SolveError:
             return None
+        x = np.asarray(x, dtype=float)
         H = A.T @ A
         if self.priors is not None:
             fp, gp = self.priors.value_and_grad(x)
@@ -274,10 +361,20 @@ class _Objective:
                      - self.priors.value_and_grad(x - e)[1][i]) / (2 * h)
                 if np.isfinite(c) and c > 0:
                     H[i, i] += c
+        if self.z.size:
+            # the profiled objective: its gradient is the full one in the other parameters
+            # (envelope theorem), its Fisher information the Schur complement over the
+            # noise parameters inside their bounds
+            lo = np.asarray(self.problem.lower, dtype=float)[self.z]
+            hi = np.asarray(self.problem.upper, dtype=float)[self.z]
+            if np.all(np.isfinite(H)):
+                H = schur_complement(H, self.z, interior(x[self.z], lo, hi))
+            g = np.array(g, dtype=float)
+            g[self.z] = 0.0
         if not (np.isfinite(f) and np.all(np.isfinite(g)) and np.all(np.isfinite(H))):
             return None
         self._keep(x, float(f))
-        return float(f), g, H
+        return float(f), g, H, x
 
     def nllh_part(self, x, f: float) -> float:
         """The likelihood part of the objective value ``f`` at ``x``."""
@@ -345,7 +442,11 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
     sys_ = obj.system(x)
     if sys_ is None:
         return x, math.inf, Status.FAILED, "the model cannot be solved at the start", 0
-    f, g, F = sys_
+    f, g, F, x = sys_
+    # parameters the method does not move: the noise parameters profiled out (each
+    # evaluation returns them at their optimum with the point)
+    fixed = obj.fixed
+    moving = (~fixed).astype(float)
     S = np.zeros_like(F)      # the secant correction to the Fisher information
     d = np.zeros(x.size)
     lam_rel, nu = st.damping, 2.0
@@ -363,11 +464,11 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
             return x, f, Status.MAX_TIME, f"stopped: max_time={budget.max_time} s reached", it
         it += 1
         # parameters on a bound that the gradient pushes outward stay there
-        held = ((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0))
+        held = ((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0)) | fixed
         free = np.nonzero(~held)[0]
         if free.size == 0:
             status, message = Status.CONVERGED_GTOL, "converged: every parameter is held " \
-                "at a bound by the gradient"
+                "at a bound by the gradient or profiled out"
             break
         d = np.maximum(d, np.sqrt(np.maximum(np.diag(F), 0.0)))
         # (a floor relative to the largest scale: see FisherSettings.scale_floor)
@@ -407,7 +508,7 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
                     and np.max(np.abs(xn - x) / width) <= math.sqrt(st.gtol)):
                 polished = obj.system(xn)
                 if polished is not None and polished[0] < f:
-                    x, f = xn, polished[0]
+                    x, f = polished[3], polished[0]
             break
         accepted = tiny = False
         tries, trial_sys = 0, None
@@ -438,7 +539,7 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
                 trial_sys = obj.system(xn)
                 fn = math.inf if trial_sys is None else trial_sys[0]
             else:
-                fn = obj.value(xn)
+                fn = obj.value(xn)[0]
                 if not np.isfinite(fn):
                     # a solve without sensitivities can fail where one with them does
                     # not (their error control takes other steps: measured on
@@ -478,8 +579,9 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
             nu *= 2.0
             continue
         x_old, f_old, g_old = x, f, g
-        x, (f, g, F) = xn, sys_
-        S = _secant_update(S, F, x - x_old, g - g_old)
+        f, g, F, x = sys_
+        # (the step in the parameters the method moves: the profiled ones follow)
+        S = _secant_update(S, F, (x - x_old) * moving, g - g_old)
         if limited and rho > 0.75:
             delta *= 2.0      # the model predicted well up to the trust region's edge
         lam_rel = max(lam_rel * max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), 1e-15)
@@ -487,7 +589,7 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
         # two accepted steps in a row that lower the objective by less than ftol: one
         # alone may be a step shortened by a large damping
         slow = slow + 1 if f_old - f <= st.ftol * (1.0 + abs(f_old)) else 0
-        short = small_step(x - x_old, x, st.xtol)
+        short = small_step((x - x_old) * moving, x, st.xtol)
         if (slow >= 2 or short) and left > st.ptol * max(1.0, abs(f_old)):
             # the steps are short because the damping is large, not because the model
             # sees an optimum: that is not convergence
@@ -521,6 +623,9 @@ def _lbfgsb_run(obj: _Objective, x0, lo, hi, maxiter: int, budget: _Budget):
                        options=dict(maxiter=maxiter))
     except (SolveError, ValueError) as exc:
         return x0, math.inf, Status.FAILED, str(exc), 0
+    # with noise parameters profiled out, L-BFGS-B's point holds their warm start: report
+    # the profiled point (the value res.fun is its objective)
+    res.x = obj.profiled_point(res.x)
     f = float(res.fun)
     if not np.isfinite(f):
         return res.x, math.inf, Status.FAILED, str(res.message), int(res.nit)
@@ -567,7 +672,8 @@ def fit_one_start(item, problem, optimizer: str, maxiter: int, settings: FisherS
                     reason="not_run", success=False, optimizer=optimizer, n_eval=0, n_sens=0,
                     time=0.0)
     lo, hi = np.asarray(problem.lower, float), np.asarray(problem.upper, float)
-    obj = _Objective(problem, posterior, deadline, free_first=k == 0)
+    obj = _Objective(problem, posterior, deadline, free_first=k == 0,
+                     profile=settings.profile_noise)
     t0 = time.perf_counter()
     try:
         if optimizer == "fisher":

@@ -203,6 +203,14 @@ class PetabProblem:
         How many steady states took each path, keyed ``"newton/regular"``,
         ``"simulation/conserved"``, ... (path, then the sensitivity method; ``none``
         without gradient).
+    noise_only : tuple of int
+        Positions in ``x`` of the estimated parameters that enter only noise formulas
+        (``noiseFormula`` or ``noiseParameters`` placeholders) and nothing else: not the
+        right-hand side, initial values, condition overrides, observable formulas or
+        ``observableParameters``, and with SBML events no model constant at all. Found from
+        the tables and the equations at load time. The simulation does not depend on them,
+        so their optimum given one simulation needs no solve: :meth:`profiled_nllh`,
+        :meth:`profiled_fisher_system` and :mod:`dynlearn.petab.hierarchical`.
     fallback_method : str or None
         The solver a failed LSODA solve is tried again with (default ``"BDF"``; ``None``:
         no second try, the failure is raised). LSODA is given a block-diagonal Jacobian of
@@ -214,7 +222,6 @@ class PetabProblem:
     solver_fallbacks : collections.Counter
         How many solves were retried with :attr:`fallback_method`, keyed ``"plain"`` and
         ``"sensitivities"`` (the retry's outcome: ``"... failed"`` when it failed too).
-
 
     Notes
     -----
@@ -444,6 +451,32 @@ class PetabProblem:
                 self._groups.append(dict(sim=si, obs=o, rows=rr, tidx=tidx[js],
                                          E_obs=E_obs, E_noise=E_noise))
         self._n_rows = len(meas)
+        self.noise_only = self._noise_only()
+
+    def _noise_only(self) -> tuple[int, ...]:
+        """Positions in ``x`` of the estimated parameters that enter only noise formulas
+        (see :attr:`noise_only`), found from the tables and the model's equations."""
+        ode = self.sbml
+        # constants the dynamics read: right-hand sides (switching times included) and
+        # initial values; with events every constant counts (their triggers and
+        # assignments read them)
+        used = set()
+        for e in (*ode.rhs.values(), *ode.initial.values()):
+            used.update(sp.sympify(e).free_symbols)
+        other = set()
+        for src, init in self._cond.values():
+            other.update(s.index for k, s in src.items()
+                         if s.index >= 0 and (ode.events or ode.symbols.get(k) in used))
+            other.update(s.index for s in init.values() if s is not None and s.index >= 0)
+        noise = set()
+        for grp in self._groups:
+            other.update(int(i) for i in np.unique(grp["E_obs"][1]) if i >= 0)
+            noise.update(int(i) for i in np.unique(grp["E_noise"][1]) if i >= 0)
+        out = tuple(sorted(noise - other))
+        # the groups of rows whose noise reads one of them (the inner problem's rows)
+        self._noise_groups = [i for i, grp in enumerate(self._groups)
+                              if np.any(np.isin(grp["E_noise"][1], out))]
+        return out
 
     def _observables(self, ode: SbmlOde, fixed_subs, varying):
         require("petab.v1", "reading PEtab")
@@ -822,9 +855,12 @@ class PetabProblem:
             out.append((Y, SP, v_sim, D_sim))
         return out
 
-    def _evaluate(self, x, grad: bool, want_sim: bool = False, fisher: list | None = None):
+    def _evaluate(self, x, grad: bool, want_sim: bool = False, fisher: list | None = None,
+                  profile: bool = False, prior=None):
         # fisher: a list collecting, per group of rows, the blocks (A, b) of
-        # fisher_system (only with grad)
+        # fisher_system (only with grad). profile: the noise-only parameters are set to
+        # their optimum given the simulation (with the priors ``prior``, a Priors or None)
+        # before the likelihood is summed, and the point is returned last
         x = np.asarray(x, dtype=float)
         if x.shape != (len(self.x_names),):
             raise PetabError(f"x must have shape ({len(self.x_names)},), got {x.shape}")
@@ -832,6 +868,9 @@ class PetabProblem:
         nP = len(P)
         adjoint = grad and fisher is None and not want_sim and self._use_adjoint()
         sims = self._simulate_all(P, grad, adjoint)
+        if profile:     # (the simulation does not depend on the noise-only parameters)
+            x = self._profile(x, P, sims, prior)
+            P, dPdx = self.from_scale(x)
         total = 0.0
         g = np.zeros(nP)
         hsim = np.full(self._n_rows, np.nan) if want_sim else None
@@ -875,11 +914,32 @@ class PetabProblem:
         if want_sim:
             return hsim
         if not grad:
-            return total
+            return (total, x) if profile else total
         if adjoint:     # one backward solve per simulation, after all cotangents are in
             for _, tape, _, _ in sims:
                 g += tape.gradient()
-        return total, g * dPdx
+        return (total, g * dPdx, x) if profile else (total, g * dPdx)
+
+    def _profile(self, x, P, sims, prior) -> np.ndarray:
+        """``x`` with its noise-only parameters at their optimum given the simulations
+        ``sims`` (:func:`dynlearn.petab.hierarchical.profile_noise`; no solve)."""
+        from dynlearn.petab.hierarchical import NoiseRows, profile_noise
+
+        blocks = []
+        for gi in self._noise_groups:
+            grp = self._groups[gi]
+            info = self._obs[grp["obs"]]
+            rows = grp["rows"]
+            tt, Yr = self._t[rows], sims[grp["sim"]][0][grp["tidx"]]
+            hv = self._eval_formula(info["h"], grp["E_obs"], tt, Yr, P, False)[0]
+
+            def noise(PP, grad, comp=info["s"], E=grp["E_noise"], tt=tt, Yr=Yr):
+                sv, _, sde, _, idx = self._eval_formula(comp, E, tt, Yr, PP, grad)
+                return sv, sde, idx
+            blocks.append(NoiseRows(h=np.asarray(hv, dtype=float), m=self._m[rows],
+                                    trans=info["trans"], dist=info["dist"], noise=noise))
+        return profile_noise(x, self.noise_only, self.lower, self.upper, self.x_scales,
+                             blocks, prior)
 
     def _eval_formula(self, comp: _Compiled, E_src, t, Yr, P, grad):
         vals, idx = E_src
@@ -916,13 +976,64 @@ class PetabProblem:
         A : ndarray (rows, n)
         b : ndarray (rows,)
         """
+        return self._fisher(x, profile=False)[:4]
+
+    def _fisher(self, x, profile: bool, prior=None):
+        """:meth:`fisher_system` (profiled: :meth:`profiled_fisher_system`), and the point."""
         blocks: list = []
-        total, g = self._evaluate(x, grad=True, fisher=blocks)
+        if profile:
+            total, g, x = self._evaluate(x, grad=True, fisher=blocks, profile=True,
+                                         prior=prior)
+        else:
+            total, g = self._evaluate(x, grad=True, fisher=blocks)
         _, dPdx = self.from_scale(x)
         n = len(self.x_names)
         A = np.vstack([a for a, _ in blocks]) * dPdx if blocks else np.zeros((0, n))
         b = np.concatenate([bb for _, bb in blocks]) if blocks else np.zeros(0)
-        return total, g, A, b
+        return total, g, A, b, np.asarray(x, dtype=float)
+
+    def _inner_prior(self, prior: bool):
+        return self.priors if prior and self.priors is not None else None
+
+    def profiled_nllh(self, x, prior: bool = False) -> tuple[float, np.ndarray]:
+        """The negative log-likelihood with the noise-only parameters (:attr:`noise_only`)
+        profiled out: one simulation at ``x`` (without sensitivities), then those
+        parameters set to the optimum of the likelihood given it, within their bounds on
+        their scales (:func:`dynlearn.petab.hierarchical.profile_noise`; the entries of
+        ``x`` are the warm start).
+
+        Parameters
+        ----------
+        x : array-like
+            The estimated parameters on their scales.
+        prior : bool
+            Optimise the noise parameters on the likelihood plus their objective priors
+            (a posterior fit). The value returned is the likelihood alone either way.
+
+        Returns
+        -------
+        nllh : float
+            The likelihood at the profiled point.
+        x : ndarray
+            The profiled point: ``x`` with its noise-only entries at their optimum.
+        """
+        return self._evaluate(x, grad=False, profile=True, prior=self._inner_prior(prior))
+
+    def profiled_loss_and_grad(self, x, prior: bool = False
+                               ) -> tuple[float, np.ndarray, np.ndarray]:
+        """:meth:`profiled_nllh` with the gradient: ``(nllh, g, x)``, ``g`` the full
+        gradient at the profiled point ``x``. Its entries for the other parameters are
+        the gradient of the profiled likelihood (envelope theorem); those of the
+        noise-only parameters are ~0 inside their bounds."""
+        return self._evaluate(x, grad=True, profile=True, prior=self._inner_prior(prior))
+
+    def profiled_fisher_system(self, x, prior: bool = False):
+        """:meth:`fisher_system` at the profiled point (:meth:`profiled_nllh`):
+        ``(nllh, g, A, b, x)``, ``x`` the profiled point. ``A.T @ A`` is the Fisher
+        information of all of ``x``; that of the profiled objective is its Schur complement
+        over the noise-only parameters inside their bounds
+        (:func:`dynlearn.petab.hierarchical.schur_complement`)."""
+        return self._fisher(x, profile=True, prior=self._inner_prior(prior))
 
     def simulate(self, x) -> np.ndarray:
         """Simulated observables (untransformed) in the measurement table's order."""
