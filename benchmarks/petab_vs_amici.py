@@ -20,7 +20,13 @@ parameters); AMICI runs in its own virtualenv through ``benchmarks/peers/amici_p
    dynlearn's status, end nllh, iterations, solves and solves with sensitivities
    (``n_eval``, ``n_sens`` of its run) and time, AMICI's end, pyPESTO's counts of
    evaluations and gradients (fides evaluates every trial point with its sensitivities,
-   so these are its trial points) and time.
+   so these are its trial points) and time;
+5. the starts needed: with the nllh at the collection's nominal parameters (the published
+   optimum; dynlearn's, at the fits' tolerances) as the target, per tool the starts whose
+   end is at most 0.1 above it (``reached / run``), the number of starts needed (one plus
+   the index of the first start that reaches it, in the order the starts were drawn),
+   ``best - nominal``, wall time and the solves (dynlearn: with sensitivities / all;
+   AMICI: pyPESTO's evaluations, each with sensitivities).
 
 Columns: ``dl gradient``: dynlearn's gradient method (``PetabProblem.gradient``;
 ``--dl-gradients auto forward adjoint`` times each, one row each); ``nllh`` of both and
@@ -49,6 +55,15 @@ Usage::
 
 Without ``--problems``: Boehm_JProteomeRes2014 if the collection has it, else those of
 Borghans, Brannmark, Raia, Laske, Bachmann, Fiedler and Elowitz it has.
+
+Re-running one side:
+
+* ``--amici-json OLD.json`` reuses AMICI's compile record and fit of each problem from the
+  JSON of an earlier run (``--json-out``) instead of calling AMICI; with ``--rounds 0`` (no
+  timings) nothing of AMICI runs, so only dynlearn's fit is measured again. The starts
+  must be the same (checked against the starts stored in OLD.json, or, for files written
+  before they were stored, the number of starts and the tolerances).
+* ``--from-json A.json B.json ...`` runs nothing and prints the tables of earlier runs.
 """
 
 from __future__ import annotations
@@ -177,14 +192,21 @@ def compare_problem(args, name: str, yaml: Path, label: str | None = None) -> di
     import dynlearn as dl
 
     label = label or name
-    res: dict = {"problem": label, "uptime": [uptime()]}
+    res: dict = {"problem": label, "uptime": [uptime()],
+                 "settings": {"tols": list(args.tols), "repeats": args.repeats,
+                              "rounds": args.rounds}}
     print(f"\n== {label}: {res['uptime'][0]}", flush=True)
     tols = sorted(args.tols, reverse=True)
     tols_s = [f"{t:g}" for t in tols]
     # 1. AMICI's import and compile
-    comp = run_peer(args, yaml, label,
-                    ["--compile-only"] + ([] if args.reuse_compiled else ["--force-compile"]),
-                    args.peer_timeout)
+    saved = saved_amici(args, label)
+    if saved is not None:
+        comp = dict(saved.get("amici_compile") or {}, reused_from=args.amici_json)
+    else:
+        comp = run_peer(args, yaml, label,
+                        ["--compile-only"] + ([] if args.reuse_compiled
+                                              else ["--force-compile"]),
+                        args.peer_timeout)
     res["amici_compile"] = comp
     if comp.get("compile_s") is None and comp.get("cached_compile_s") is not None:
         comp["compile_s"] = comp["cached_compile_s"]      # measured when it was compiled
@@ -236,9 +258,20 @@ def compare_fits(args, prob, yaml: Path, label: str) -> dict:
     path = Path(args.models_dir) / f"{label}.starts.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"x_names": list(prob.x_names), "starts": starts.tolist()}))
-    out: dict = {"n_starts": args.fit, "rtol": args.fit_rtol, "atol": args.fit_atol}
+    out: dict = {"n_starts": args.fit, "rtol": args.fit_rtol, "atol": args.fit_atol,
+                 "seed": args.seed, "starts": starts.tolist()}
+    saved = saved_amici(args, label)
+    if saved is not None:       # before dynlearn's fit: stop early on other starts
+        check_same_starts(saved.get("fit") or {}, out, label)
     prob.rtol, prob.atol = args.fit_rtol, args.fit_atol
-    print(f"dynlearn fit ({args.fit} starts) ...", flush=True)
+    try:
+        # the target: the nllh at the published optimum, at the fits' tolerances
+        out["nominal"] = float(prob.nllh(prob.x_nominal))
+    except Exception as exc:  # noqa: BLE001 - the fits still run; the target is then missing
+        out["nominal_error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
+    # the load before dynlearn's fit, between the two and after AMICI's
+    out["uptime"] = [uptime()]
+    print(f"dynlearn fit ({args.fit} starts) ... {out['uptime'][0]}", flush=True)
     t0 = time.perf_counter()
     try:
         fr = prob.fit(starts=starts, max_time=args.fit_time)
@@ -261,17 +294,54 @@ def compare_fits(args, prob, yaml: Path, label: str) -> dict:
         out["dl"] = {"error": f"{type(exc).__name__}: {str(exc)[:120]}",
                      "wall_s": time.perf_counter() - t0}
     print(f"dynlearn fit: { {k: v for k, v in out['dl'].items() if k != 'runs'} }", flush=True)
-    print(f"AMICI fit ({args.fit} starts) ...", flush=True)
-    out["amici"] = run_peer(args, yaml, label,
-                            ["--fit", str(args.fit), "--starts", str(path),
-                             "--fit-rtol", f"{args.fit_rtol:g}",
-                             "--fit-atol", f"{args.fit_atol:g}",
-                             "--fit-time", f"{args.fit_time:g}", "--no-evals"],
-                            args.fit_time * 2 + args.peer_timeout)
+    out["uptime"].append(uptime())
+    if saved is not None:
+        out["amici"] = dict((saved.get("fit") or {}).get("amici")
+                            or {"error": "no AMICI fit in the JSON"},
+                            reused_from=args.amici_json)
+    else:
+        print(f"AMICI fit ({args.fit} starts) ...", flush=True)
+        out["amici"] = run_peer(args, yaml, label,
+                                ["--fit", str(args.fit), "--starts", str(path),
+                                 "--fit-rtol", f"{args.fit_rtol:g}",
+                                 "--fit-atol", f"{args.fit_atol:g}",
+                                 "--fit-time", f"{args.fit_time:g}", "--no-evals"],
+                                args.fit_time * 2 + args.peer_timeout)
     print(f"AMICI fit: { {k: v for k, v in out['amici'].items() if k != 'versions'} }",
           flush=True)
+    out["uptime"].append(uptime())
     out["same_starts"] = bool(np.isfinite(starts).all())
+    nominal = fit_nominal({}, out)
+    out["reach"] = {"dl": reach(dl_ends(out), nominal), "amici": reach(amici_ends(out), nominal)}
+    print(f"starts reaching nominal + {REACH}: {out['reach']}", flush=True)
     return out
+
+
+def saved_amici(args, label: str) -> dict | None:
+    """The result for ``label`` in the JSON of ``--amici-json`` (None without the option)."""
+    if not getattr(args, "amici_json", None):
+        return None
+    for res in json.loads(Path(args.amici_json).read_text()):
+        if res.get("problem") == label:
+            return res
+    raise SystemExit(f"--amici-json {args.amici_json}: no result for {label}")
+
+
+def check_same_starts(old: dict, new: dict, label: str) -> None:
+    """Stop unless the reused AMICI fit ran from the starts of this run."""
+    import numpy as np
+
+    if "starts" in old:
+        same = np.allclose(np.asarray(old["starts"], float), np.asarray(new["starts"], float),
+                           rtol=1e-12, atol=0.0, equal_nan=True) \
+            if np.shape(old["starts"]) == np.shape(new["starts"]) else False
+    else:   # written before the starts were stored: what the draw depends on
+        same = all(old.get(k) == new.get(k) for k in ("n_starts", "rtol", "atol")) and \
+            old.get("seed", new["seed"]) == new["seed"]
+        print(f"{label}: the reused JSON has no starts; same count, seed and tolerances "
+              f"assumed to give the same starts ({same})", flush=True)
+    if not same:
+        raise SystemExit(f"--amici-json: {label}'s AMICI fit ran from other starts")
 
 
 def fmt(v, spec=".3g") -> str:
@@ -407,6 +477,108 @@ FIT_HEADER = ["problem", "starts", "rtol/atol", "starts run dl/AMICI", "dl wall 
               "dl / AMICI", "dl / (AMICI + compile)", "statuses"]
 
 
+REACH = 0.1   # a start reaches the published optimum when it ends at most this above it
+REACH_FINE = 0.01   # also counted: ends closer, to tell the optimum from nearby local ones
+
+
+def fit_nominal(res: dict, f: dict) -> float | None:
+    """The target of the fits: dynlearn's nllh at the nominal parameters, at the fits'
+    tolerances, else (JSON files of earlier runs) at the timings' tolerance nearest to the
+    fits' rtol."""
+    if f.get("nominal") is not None:
+        return float(f["nominal"])
+    rounds = res.get("dl_rounds") or [{}]
+    keys = [k for k in rounds[0] if "/" not in k and "nllh" in rounds[0][k]]
+    if not keys:
+        return None
+    key = min(keys, key=lambda k: abs(math.log(float(k) / f["rtol"])))
+    return float(rounds[0][key]["nllh"])
+
+
+def amici_nominal(res: dict, f: dict) -> float | None:
+    """AMICI's nllh at the nominal parameters (from the timings, if they ran), for the
+    cross-check of the target."""
+    rounds = res.get("amici_rounds") or [{}]
+    evals = rounds[0].get("evals") or {}
+    keys = [k for k in evals if "nllh" in evals[k]]
+    if not keys:
+        return None
+    key = min(keys, key=lambda k: abs(math.log(float(k) / f["rtol"])))
+    return float(evals[key]["nllh"])
+
+
+def _finite(v) -> float | None:
+    return float(v) if v is not None and math.isfinite(float(v)) else None
+
+
+def dl_ends(f: dict) -> list[float | None]:
+    """dynlearn's end nllh of every start, in the starts' order (None: not run or failed)."""
+    runs = (f.get("dl") or {}).get("runs") or []
+    ends: list[float | None] = [None] * f["n_starts"]
+    for r in runs:
+        if r.get("status") != "not run" and 0 <= r["index"] < len(ends):
+            ends[r["index"]] = _finite(r.get("nllh"))
+    return ends
+
+
+def amici_ends(f: dict) -> list[float | None]:
+    """AMICI's end nllh of every start, in the starts' order (None: not run or failed)."""
+    runs = (f.get("amici") or {}).get("runs") or []
+    ends = [_finite(r.get("fval")) for r in runs[:f["n_starts"]]]
+    return ends + [None] * (f["n_starts"] - len(ends))
+
+
+def reach(ends: list[float | None], nominal: float | None) -> dict:
+    """How the starts' ends compare with the target ``nominal``: ``reached`` (ends at most
+    ``REACH`` above it), ``reached_fine`` (at most ``REACH_FINE`` above), ``run`` (starts
+    with an end), ``needed`` (1 + the index of the first start that reaches it; None if
+    none does) and ``best_minus_nominal``."""
+    got = [e for e in ends if e is not None]
+    if nominal is None:
+        return {"reached": None, "reached_fine": None, "run": len(got), "needed": None,
+                "best_minus_nominal": None}
+    hits = [k for k, e in enumerate(ends) if e is not None and e <= nominal + REACH]
+    return {"reached": len(hits),
+            "reached_fine": sum(1 for e in got if e <= nominal + REACH_FINE),
+            "run": len(got), "needed": hits[0] + 1 if hits else None,
+            "best_minus_nominal": min(got) - nominal if got else None}
+
+
+def reach_rows(results: list[dict]) -> list[list[str]]:
+    """One row per problem: the starts each tool needs to reach the published optimum."""
+    rows = []
+    for res, f in _fits(results):
+        nominal = fit_nominal(res, f)
+        a_nom = amici_nominal(res, f)
+        d, a = f.get("dl") or {}, f.get("amici") or {}
+        cells = [res["problem"], str(f["n_starts"]), fmt(nominal, ".4f"),
+                 fmt(None if a_nom is None or nominal is None else a_nom - nominal, ".1e")]
+        a_runs = a.get("runs") or []
+        solves = {"dl": f"{d.get('n_sens', '')} / {d.get('n_eval', '')}",
+                  "amici": str(sum(r.get("n_grad", 0) for r in a_runs)) if a_runs else ""}
+        for tool, ends, x in (("dl", dl_ends(f), d), ("amici", amici_ends(f), a)):
+            r = reach(ends, nominal)
+            cut = ">" if ("max_time" in (x.get("statuses") or {})
+                          or r["run"] < f["n_starts"]) else ""
+            cells += [f"{'' if r['reached'] is None else r['reached']} / {r['run']}",
+                      str("" if r["reached_fine"] is None else r["reached_fine"]),
+                      "none" if r["needed"] is None and r["reached"] is not None
+                      else str(r["needed"] or ""),
+                      fmt(r["best_minus_nominal"], "+.2g"), cut + fmt(x.get("wall_s")),
+                      solves[tool]]
+        rows.append(cells)
+    return rows
+
+
+REACH_HEADER = ["problem", "starts", "nominal nllh", "AMICI nominal - dl nominal",
+                f"dl reached (nominal+{REACH}) / run", f"dl within {REACH_FINE}",
+                "dl starts needed",
+                "dl best - nominal", "dl wall s", "dl solves (sens / all)",
+                f"AMICI reached (nominal+{REACH}) / run", f"AMICI within {REACH_FINE}",
+                "AMICI starts needed",
+                "AMICI best - nominal", "AMICI wall s", "AMICI evaluations (with sens)"]
+
+
 def stiff_suite(args) -> list[tuple[str, Path]]:
     """Robertson and the reaction chains of bench_stiff.py, written as PEtab problems."""
     import dynlearn as dl
@@ -463,11 +635,27 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--json-out", help="write every measurement to this JSON file")
     ap.add_argument("--verbose", action="store_true", help="show the peer's stderr")
+    ap.add_argument("--amici-json", help="reuse AMICI's compile record and fits from this "
+                    "JSON of an earlier run (see the notes)")
+    ap.add_argument("--from-json", nargs="+", metavar="JSON",
+                    help="run nothing: print the tables of these earlier runs")
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(HERE))
     from _table import print_table
 
+    if args.from_json:
+        results = [r for p in args.from_json for r in json.loads(Path(p).read_text())]
+        # the settings those runs used (files written before they were stored: the
+        # tolerances their timings ran at, the repeats unknown)
+        tols = {float(k) for r in results for rnd in r.get("dl_rounds") or []
+                for k in rnd if "/" not in k}
+        args.tols = sorted(tols) or args.tols
+        reps = {(r.get("settings") or {}).get("repeats") for r in results}
+        args.repeats = reps.pop() if len(reps) == 1 and None not in reps else "?"
+        args.rounds = "/".join(sorted({str(len(r.get("dl_rounds") or [])) for r in results}))
+        print_tables(results, args, print_table)
+        return 0
     todo: list[tuple[str, Path]] = []
     if not args.no_collection:
         root = Path(args.collection)
@@ -482,16 +670,27 @@ def main(argv=None) -> int:
             Path(args.json_out).write_text(json.dumps(results, indent=1))
     print()
     print(uptime())
-    print(f"times: medians of {args.repeats} calls, median over {args.rounds} alternating "
-          "rounds; ratio = dynlearn / AMICI")
-    print_table(HEADER, table_rows(results, args.tols), args.markdown)
+    print_tables(results, args, print_table)
+    return 0
+
+
+def print_tables(results: list[dict], args, print_table) -> None:
+    """The timing table (if any round ran), then the fit tables."""
+    if any(res.get("dl_rounds") for res in results):
+        print(f"times: medians of {args.repeats} calls, median over {args.rounds} "
+              "alternating rounds; ratio = dynlearn / AMICI")
+        print_table(HEADER, table_rows(results, args.tols), args.markdown)
     frows = fit_rows(results)
     if frows:
         print()
         print_table(FIT_HEADER, frows, args.markdown)
         print()
+        print(f"starts needed: a start reaches the published optimum when it ends at most "
+              f"{REACH} above the nllh at the nominal parameters; starts needed = 1 + the "
+              "index of the first that does; '>' = stopped by --fit-time")
+        print_table(REACH_HEADER, reach_rows(results), args.markdown)
+        print()
         print_table(START_HEADER, start_rows(results), args.markdown)
-    return 0
 
 
 if __name__ == "__main__":
