@@ -96,3 +96,40 @@ def test_a_failed_retry_is_counted_and_raised(yaml_path, monkeypatch, lsoda_fail
                        "BDF, which failed too: BDF: step size too small"):
         problem.loss_and_grad(problem.x_nominal)
     assert problem.solver_fallbacks == {"sensitivities failed": 1}
+
+
+def test_a_fit_falls_back_at_its_first_point_only(yaml_path, lsoda_fails):
+    """In a fit, only a start's first point is retried with BDF (so that the start has a
+    point); later points LSODA cannot solve are rejected trials, not slow retries."""
+    problem = dp.load(yaml_path)
+    fit = problem.fit(starts=[[np.log10(0.6)]], maxiter=20)
+    assert problem.solver_fallbacks == {"sensitivities": 1}
+    assert problem.fallback_method == "BDF"          # restored after the fit
+    run = fit.runs[0]
+    # the start was evaluated (by BDF) and then ended on the trials it could not solve
+    assert np.isfinite(run["fun"]) and run["status"] != "failed"
+    assert run["n_eval"] > 1
+
+
+def test_an_evaluation_runs_on_one_blas_thread(yaml_path, monkeypatch):
+    """PEtab solves run with one BLAS thread (dynlearn.fitting.threads): OpenBLAS's threads
+    on LSODA's small LUs lose much on shared cores."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if not any(i["user_api"] == "blas" for i in threadpoolctl.threadpool_info()):
+        pytest.skip("no BLAS library that threadpoolctl can control")
+    seen = []
+    plain = problem_module.solve_observed
+
+    def recording(*args, **kwargs):
+        seen.append(max(i["num_threads"] for i in threadpoolctl.threadpool_info()
+                        if i["user_api"] == "blas"))
+        return plain(*args, **kwargs)
+
+    monkeypatch.setattr(problem_module, "solve_observed", recording)
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        problem = dp.load(yaml_path)
+        problem.nllh(problem.x_nominal)
+        after = max(i["num_threads"] for i in threadpoolctl.threadpool_info()
+                    if i["user_api"] == "blas")
+    assert seen and set(seen) == {1}
+    assert after == 2          # restored after the evaluation

@@ -6,6 +6,13 @@ other, with other processes or with Dask workers. Measured on the LV-UDE fit (89
 42 residuals; 2-core machine at load 7): 34-39 s wall and 13-16 s CPU with OpenBLAS's default
 threads, 6.6 s wall and 2.6-3.2 s CPU with one thread, the same iterates either way. Large
 fits keep the library's threads, where they pay.
+
+The same holds for the stiff solvers' dense LU of a few hundred rows (LSODA's Newton
+matrices): a PEtab likelihood runs on one thread up to :data:`SINGLE_THREAD_MAX` states
+(:class:`dynlearn.petab.PetabProblem`). The PEtab adjoint of a 100-state chain with its
+quadratures in LSODA's state (200 rows) took 3.2 s on one thread and 13.4 s on OpenBLAS's two
+at a load of 2.7; py-spy found 73 % of Lang_PLOSComputBiol2024's backward solve in
+OpenBLAS's threads waiting for each other.
 """
 
 from __future__ import annotations
@@ -29,8 +36,24 @@ def blas_threads_for(n_values: int):
     """
     if n_values > SINGLE_THREAD_MAX:
         return contextlib.nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:      # pragma: no cover - a declared dependency
+    controller = _controller()
+    if controller is None:   # pragma: no cover - a declared dependency
         return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    return controller.limit(limits=1, user_api="blas")
+
+
+_CONTROLLER: list = []
+
+
+def _controller():
+    """One ``threadpoolctl.ThreadpoolController`` per process: finding the loaded BLAS
+    libraries costs ~0.4 ms, limiting them with a controller found once ~10 us (the PEtab
+    evaluations enter this context once per likelihood)."""
+    if not _CONTROLLER:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - a declared dependency
+            _CONTROLLER.append(None)
+        else:
+            _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0]

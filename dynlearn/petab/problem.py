@@ -43,6 +43,7 @@ from dynlearn.core.model import HybridModel
 from dynlearn.core.symbolic import NAMESPACES, jacobian_exprs
 from dynlearn.core.vectorfield import VectorField
 from dynlearn.errors import PetabError, SolveError
+from dynlearn.fitting.threads import blas_threads_for
 from dynlearn.petab.adjoint import AdjointTape, prefer_adjoint
 from dynlearn.petab.events import CompiledEvents
 from dynlearn.petab.extra import require
@@ -855,8 +856,15 @@ class PetabProblem:
             out.append((Y, SP, v_sim, D_sim))
         return out
 
-    def _evaluate(self, x, grad: bool, want_sim: bool = False, fisher: list | None = None,
-                  profile: bool = False, prior=None):
+    def _evaluate(self, *args, **kwargs):
+        # every solve of an evaluation on one BLAS thread up to SINGLE_THREAD_MAX states:
+        # OpenBLAS's threads gain nothing on LSODA's LU of a few hundred rows and lose much
+        # when they compete for shared cores (dynlearn.fitting.threads)
+        with blas_threads_for(len(self.sbml.states)):
+            return self._evaluate_all(*args, **kwargs)
+
+    def _evaluate_all(self, x, grad: bool, want_sim: bool = False,
+                      fisher: list | None = None, profile: bool = False, prior=None):
         # fisher: a list collecting, per group of rows, the blocks (A, b) of
         # fisher_system (only with grad). profile: the noise-only parameters are set to
         # their optimum given the simulation (with the priors ``prior``, a Priors or None)
