@@ -838,6 +838,8 @@ def fit_arguments(mf, args, out: Path) -> dict:
     # named (shared) or per-experiment levels are estimated: the Gaussian likelihood
     if mf.noise.get("sigma_by") is not None:
         kw["sigma_by"] = mf.noise["sigma_by"]
+    if mf.noise.get("noise_params") is not None:
+        kw["noise_params"] = mf.noise["noise_params"]
     if kw.get("sigma_by") or isinstance(sigma, dict) and any(isinstance(v, str)
                                                             for v in sigma.values()):
         kw.setdefault("loss", "gaussian")
@@ -965,7 +967,8 @@ def _run_fit(mf, data, out: Path, args, console: Console, csv: Path | None = Non
         # counted as the summary counts them (initial states and noise levels included)
         counts = count_fitted_values(model, data, kw.get("y0", "first"), kw.get("y0_init"),
                                      kw.get("loss", "ls"), kw.get("sigma"),
-                                     sigma_by=kw.get("sigma_by"))
+                                     sigma_by=kw.get("sigma_by"),
+                                     noise_params=kw.get("noise_params"))
         console.note(f"fitting '{model.name}': {describe_counts(counts)} "
                      f"to {nrows} rows in {len(data.experiments)} experiment(s)"
                      + (f"; resuming from {out / CHECKPOINT}.json" if kw["resume"] else ""))

@@ -33,7 +33,7 @@ from dynlearn.distributed.dask import (
     scatter,
     worker_address,
 )
-from dynlearn.errors import TimeLimitError
+from dynlearn.errors import OptionError, TimeLimitError
 from dynlearn.objective.objective import FitObjective, Rejected
 from dynlearn.objective.shooting import ShootingObjective
 from dynlearn.solve import current_deadline, deadline
@@ -204,6 +204,11 @@ class FannedObjective(FitObjective):
 
     def __init__(self, par: Parallel, **settings):
         super().__init__(**settings)
+        if self.noise_formulas is not None:
+            raise OptionError("a fit with noise formulas (sigma= formulas of noise "
+                              "parameters) cannot yet be split over workers by experiment; "
+                              "run it without client= (or with several starts, which run "
+                              "as whole tasks)")
         self._client = par.client
         self._retries = par.retries
         self._shipped = FitObjective(**settings)

@@ -370,7 +370,8 @@ def resume(checkpoint: Checkpoint, tracker: Tracker, objective: FitObjective
         tracker.best_loss = best_loss
         tracker.best_loss_x = np.asarray(meta["best_loss_x"], dtype=float)
     if meta.get("sigma_hat") is not None:
-        objective.set_sigma(np.asarray(meta["sigma_hat"], dtype=float))
+        # (noise formulas: their levels taken at the resumed point's predictions)
+        objective.set_sigma(np.asarray(meta["sigma_hat"], dtype=float), checkpoint.x)
     if checkpoint.version < 2:   # the best point and the stage only: the stage starts over
         return checkpoint.x.copy(), 0, int(meta.get("stage", 0)), None
     return (checkpoint.stage_x0.copy(), int(meta.get("round", 0)), int(meta.get("stage", 0)),

@@ -80,7 +80,7 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
         progress: bool = True, callback: Callable | None = None, checkpoint=None,
         checkpoint_interval: float = 5.0, resume: bool = False, max_time: float | None = None,
         throw: bool = False, client=None, t0=None, sigma_by: str | None = None,
-        transform=None, **options):
+        transform=None, noise_params=None, **options):
     """Fit a model's free parameters (and optionally initial states) to measurements.
 
     Parameters
@@ -140,8 +140,16 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
         Known noise standard deviations per observable (overridden by data columns), or,
         with ``loss="gaussian"``, names of noise levels shared by observables
         (``{"x": "s", "y": "s"}``: one level ``s`` for both, estimated in closed form from
-        their pooled residuals). See :func:`~dynlearn.objective.objective.parse_sigma` and
-        the noise section of docs/fitting.md.
+        their pooled residuals), or formulas of the observables' predictions, time ``t``
+        and noise parameters (``{"x": "a + b*x"}``), whose parameters the fit estimates
+        (see :mod:`dynlearn.objective.noise`). See
+        :func:`~dynlearn.objective.objective.parse_sigma` and the noise section of
+        docs/fitting.md.
+    noise_params : dict, optional
+        Starts and bounds of the noise parameters of sigma formulas: ``{"a": start}`` or
+        ``{"a": (start, lower, upper)}``; default start: the spread of the data of the
+        observables using it, bounds ``[1e-8 * spread, inf)``. A name given here is read
+        as a formula even alone (``sigma={"x": "s"}, noise_params={"s": 0.1}``).
     weights : dict, optional
         Relative weights per observable.
     l2 : float, "gcv" or "auto"
@@ -254,7 +262,8 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
         raise ParameterError("nothing to fit: every parameter is fixed and y0 is known")
     settings = dict(model=model, bound=bound, space=space, loss=loss, sigma=sigma,
                     weights=weights, l2=l2, method=method, rtol=rtol, atol=atol,
-                    options=options, sensitivity=sensitivity, sigma_by=sigma_by)
+                    options=options, sensitivity=sensitivity, sigma_by=sigma_by,
+                    noise_params=noise_params)
     stored = read_checkpoint(checkpoint) if resume else None   # read once, checked below
     if method == AUTO_METHOD:
         # probed once, here (a resumed fit keeps the choice its checkpoint recorded): the
@@ -291,7 +300,7 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
     # what a refit (a profile likelihood's) passes to fit() again, besides model and data
     refitter = Refitter(dict(loss=loss, y0=y0, sensitivity=sensitivity, method=method,
                              rtol=rtol, atol=atol, sigma=sigma, sigma_by=sigma_by,
-                             weights=weights, l2=l2,
+                             noise_params=noise_params, weights=weights, l2=l2,
                              input_kind=input_kind, y0_init=y0_init, **options))
     config = dict(loss=loss.name, y0=y0 if isinstance(y0, str) else "given", method=method,
                   rtol=rtol, atol=atol, l2=l2, seed=seed, n_starts=n_starts, options=options,
@@ -300,8 +309,11 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
         config["transform"] = loss.transform_spec
     if obj.method_choice is not None:
         config["method_choice"] = obj.method_choice.to_dict()
-    if sigma_by is not None or obj.sigma_names != obj.obs:
+    if sigma_by is not None or obj.sigma_names != obj.obs or obj.noise_formulas is not None:
         config.update(sigma_by=sigma_by, noise_groups=obj.noise_group_members())
+    if obj.noise_formulas is not None:
+        config.update(noise_formulas=dict(obj.noise_formulas.texts),
+                      noise_params={k: list(v) for k, v in obj.noise_params_spec().items()})
 
     def result_of(outcomes, elapsed, status=None, message=None):
         """The result of the best of ``outcomes`` (with the fit's own status and message if
@@ -312,7 +324,9 @@ def fit(model, data, loss: str | Loss = "ls", y0="first", optimizer: Optimizer |
         if message is not None:
             best = replace(best, message=message)
         if np.size(best.sigma_hat) == len(obj.sigma_hat):
-            obj.set_sigma(best.sigma_hat)
+            # (noise formulas: their levels at the best point's predictions)
+            obj.set_sigma(best.sigma_hat, best.x if obj.noise_formulas is not None
+                          and np.isfinite(best.loss) else None)
         # the result's own solves (the Jacobian at the best point, for standard errors) get
         # the fit's deadline plus a grace of a tenth of max_time (at least 1 s), not more
         grace = None if deadline is None else deadline + max(1.0, 0.1 * float(max_time))

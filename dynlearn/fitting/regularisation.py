@@ -256,7 +256,7 @@ def choose_l2(settings: Mapping[str, Any], first: StartOutcome, *,
     model = settings["model"]
     obj0 = FitObjective(**{**settings, "l2": 0.0})
     if np.size(first.sigma_hat) == len(obj0.sigma_hat):
-        obj0.set_sigma(first.sigma_hat)
+        obj0.set_sigma(first.sigma_hat, first.x if np.isfinite(first.cost) else None)
     f0, z0, noisy = fit_to_noise(obj0, first.x) if np.isfinite(first.cost) else \
         (math.nan, math.nan, False)
     path = [_point(0.0, f0, z0, first)]
@@ -633,7 +633,7 @@ def choose_l2_gcv(settings: Mapping[str, Any], first: StartOutcome, *,
     model = settings["model"]
     obj0 = FitObjective(**{**settings, "l2": 0.0})
     if np.size(first.sigma_hat) == len(obj0.sigma_hat):
-        obj0.set_sigma(first.sigma_hat)
+        obj0.set_sigma(first.sigma_hat, first.x if np.isfinite(first.cost) else None)
     path: list[dict] = []
     report = {"l2": 0.0, "rule": "gcv", "path": path, "reason": ""}
     why_not = _no_penalty(obj0, first)
@@ -689,7 +689,7 @@ def choose_l2_gcv(settings: Mapping[str, Any], first: StartOutcome, *,
         near = min(done, key=lambda d: abs(math.log(target / d[0])) if d[0] > 0 else 50.0)
         obj = FitObjective(**{**settings, "l2": target})
         if np.size(first.sigma_hat) == len(obj.sigma_hat):
-            obj.set_sigma(first.sigma_hat)
+            obj.set_sigma(first.sigma_hat, first.x if np.isfinite(first.cost) else None)
         spec = StartSpec(start=0, x0=np.asarray(near[2].x, dtype=float), optimizer=opt,
                          progress=False, callback=callback, max_time=max_time,
                          deadline=deadline)

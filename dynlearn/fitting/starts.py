@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from scipy.optimize import minimize
 
 from dynlearn.core.parameters import ParameterSpace
 from dynlearn.distributed.executor import Executor
@@ -371,7 +372,7 @@ def run_start(spec: StartSpec, obj: FitObjective) -> StartOutcome:
             resumed_round = rs is not None and rnd == rnd0
             if obj.estimates_noise:
                 if rnd == 0 and rs is None:
-                    obj.set_sigma(obj.estimate_sigma(x))
+                    obj.set_sigma(obj.estimate_sigma(x), x)
                 if not resumed_round:   # the cost scale changed with the noise levels
                     tracker.best_x, tracker.best_cost = None, math.inf
             for stage in range(stage0 if resumed_round else 0, len(stages)):
@@ -388,12 +389,17 @@ def run_start(spec: StartSpec, obj: FitObjective) -> StartOutcome:
                     break
             if rounds > 1:
                 new = obj.estimate_sigma(x)
-                change = np.max(np.abs(new - obj.sigma_hat) / obj.sigma_hat)
-                obj.set_sigma(new)
+                change = obj.noise_change(new, x)
+                obj.set_sigma(new, x)   # (noise formulas: their levels at x's predictions)
                 tracker.best_x, tracker.best_cost = None, math.inf
                 if change < 1e-3:
                     break
                 tracker.begin_stage(rnd + 1, 0, x, {})
+        if getattr(obj, "noise_formulas", None) is not None:
+            # the alternation's point is the best so far: a time limit or Ctrl-C during
+            # the joint end keeps it (the levels are restored there)
+            tracker.report(x, _safe_cost(obj, x))
+            x = polish_noise_formulas(obj, x)
         cost = _safe_cost(obj, x)
         tracker.report(x, cost)
     except (FitStopped, TimeLimitError) as exc:
@@ -425,6 +431,53 @@ def run_start(spec: StartSpec, obj: FitObjective) -> StartOutcome:
         status = Status.FAILED
     return _outcome(spec, obj, tracker, x, cost, status, message,
                     obj.last_system(x) if spec.n_starts == 1 else None)
+
+
+#: iterations of the joint optimisation that ends a fit with noise formulas (at most; 0:
+#: none, the fit ends at the alternation's fixed point)
+POLISH_ITERATIONS = 200
+
+
+def polish_noise_formulas(obj: FitObjective, x) -> np.ndarray:
+    """The end of a fit with noise formulas: from the fixed point of the alternation
+    (iteratively reweighted least squares), bounded L-BFGS-B on the exact negative
+    log-likelihood, the noise parameters re-estimated at every point and the levels
+    followed through the predictions in the gradient
+    (:meth:`~dynlearn.objective.objective.FitObjective.exact_loss_and_grad`). Returns the
+    better of the two points, with the noise levels set there. Interrupted (a time limit,
+    Ctrl-C), it restores the levels at ``x`` before the interruption propagates."""
+    x = np.asarray(x, dtype=float)
+    if POLISH_ITERATIONS <= 0:
+        return x
+    try:
+        start = (obj.sigma_hat.copy(), obj.noise_predictions(x))
+    except Rejected:
+        return x
+
+    def f(z):
+        try:
+            v, g = obj.exact_loss_and_grad(z)
+        except Rejected:
+            return 1e300, np.zeros_like(z)
+        if not (np.isfinite(v) and np.all(np.isfinite(g))):
+            return 1e300, np.zeros_like(z)
+        return v, g
+    sp_ = obj.space
+    bounds = [(a if np.isfinite(a) else None, b if np.isfinite(b) else None)
+              for a, b in zip(sp_.lower, sp_.upper)]
+    try:
+        v0, _ = f(x)
+        if not v0 < 1e300:
+            obj.set_sigma(start[0], predictions=start[1])
+            return x
+        res = minimize(f, x, jac=True, method="L-BFGS-B", bounds=bounds,
+                       options={"maxiter": POLISH_ITERATIONS, "ftol": 1e-13, "gtol": 1e-10})
+        best = np.asarray(res.x, dtype=float) if res.fun < v0 else x
+        obj.set_sigma(obj.estimate_sigma(best), best)
+    except BaseException:
+        obj.set_sigma(start[0], predictions=start[1])
+        raise
+    return best
 
 
 def _outcome(spec, obj, tracker, x, cost, status, message, final=None) -> StartOutcome:

@@ -70,6 +70,9 @@ Layout
     sigma = { hare = 5.0, lynx = 3.0 }     # known noise per observable, one number for all,
                                            # or "estimate" (Gaussian likelihood);
                                            # a name estimates a shared level: { x = "s" }
+                                           # a formula: { x = "a + b*x" } (noise
+                                           # parameters a, b estimated)
+    noise_params = { a = [0.1, 0.0, 10.0] } # optional: start or [start, lower, upper]
     sigma_by = "experiment"                # optional: estimated levels per experiment
     sigma_columns = { hare = "hare_sd" }   # or row-by-row noise levels from CSV columns
 
@@ -142,7 +145,7 @@ _INITIAL = {"values", "estimate"}
 _DATA = {"file", "time", "group", "columns", "rename", "interpolation", "format", "observable",
          "value", "sigma", "sep", "decimal", "skip_rows", "unit_rows", "time_unit",
          "time_format", "t0"}
-_NOISE = {"sigma", "sigma_columns", "sigma_by"}
+_NOISE = {"sigma", "sigma_columns", "sigma_by", "noise_params"}
 _FIT = {"loss", "method", "rtol", "atol", "sensitivity", "optimizer", "maxiter", "seed",
         "stages", "n_starts", "l2", "options", "progress", "lr", "max_time", "transform"}
 _STAGE = {"optimizer", "maxiter", "lr", "options"}
@@ -170,6 +173,7 @@ MODEL_FILE_KEYS: dict[str, frozenset[str] | None] = {
     "noise": frozenset(_NOISE),
     "noise.sigma": None,
     "noise.sigma_columns": None,
+    "noise.noise_params": None,
     "fit": frozenset(_FIT),
     "fit.options": None,
     "fit.stages": frozenset(_STAGE),
@@ -246,8 +250,9 @@ class ModelFile:
         number).
     noise : dict
         ``sigma`` (None, a float, ``"estimate"`` or a dict observable -> float or the
-        name of a shared estimated level), ``sigma_columns`` (dict observable -> CSV
-        column) and ``sigma_by`` (None or ``"experiment"``).
+        name of a shared estimated level or a noise formula), ``sigma_columns`` (dict
+        observable -> CSV column), ``sigma_by`` (None or ``"experiment"``) and
+        ``noise_params`` (None or a dict name -> start or ``(start, lower, upper)``).
     fit : dict
         The ``[fit]`` table, checked (``loss``, ``method``, ``stages``, ...).
     simulate : dict
@@ -829,7 +834,22 @@ def parse_model_text(text: str, source=None, default_seed: int | None = None) ->
     sigma_by = nt.get("sigma_by")
     if sigma_by is not None:
         ck.string(sigma_by, ("noise", "sigma_by"), ("experiment",))
-    noise = {"sigma": sigma, "sigma_columns": sigma_columns, "sigma_by": sigma_by}
+    noise_params = None
+    if "noise_params" in nt:
+        noise_params = {}
+        for k, v in ck.table(nt["noise_params"], ("noise", "noise_params")).items():
+            where = ("noise", "noise_params", k)
+            if isinstance(v, list):
+                if len(v) != 3:
+                    ck.fail(where, "give a start or [start, lower, upper]")
+                # (a bound may be infinite: no bound)
+                noise_params[k] = tuple(
+                    u if j and isinstance(u, float) and math.isinf(u)
+                    else float(ck.number(u, where)) for j, u in enumerate(v))
+            else:
+                noise_params[k] = float(ck.number(v, where))
+    noise = {"sigma": sigma, "sigma_columns": sigma_columns, "sigma_by": sigma_by,
+             "noise_params": noise_params}
 
     # [fit] ---------------------------------------------------------------------------------
     ft = dict(ck.table(doc.get("fit"), ("fit",), _FIT))

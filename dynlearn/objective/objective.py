@@ -31,6 +31,7 @@ from dynlearn.data.dataset import Dataset, as_dataset
 from dynlearn.errors import OptionError, ParameterError, SolveError
 from dynlearn.objective.binding import BoundExperiment, bind_data
 from dynlearn.objective.losses import LOSS_NAMES, Loss, Rejected, loss_from_name
+from dynlearn.objective.noise import NoiseFormulas, split_noise_formulas
 from dynlearn.sensitivity import Problem, Sensitivity
 from dynlearn.sensitivity.choice import (
     cheap_jacobian,
@@ -92,7 +93,7 @@ class Objective:
         As in :func:`dynlearn.fit`. For ``"gaussian"`` the noise levels not given are
         estimated at each ``theta`` (in closed form), and the value is the negative
         log-likelihood.
-    transform, sigma, weights, l2, sigma_by : as in :func:`dynlearn.fit`
+    transform, sigma, weights, l2, sigma_by, noise_params : as in :func:`dynlearn.fit`
         ``<obs>_sigma`` data columns give noise levels too.
     input_kind : {"linear", "zoh"}, optional
         How inputs are interpolated between samples (default: the dataset's setting, else
@@ -106,7 +107,7 @@ class Objective:
                  atol: float = 1e-8, sensitivity: Sensitivity | None = None, *,
                  loss: str | Loss = "ls", sigma=None, weights=None, l2: float = 0.0,
                  input_kind: str | None = None, auto_theta=None, sigma_by: str | None = None,
-                 transform=None, **options):
+                 transform=None, noise_params=None, **options):
         method = check_method(method, auto=True)
         options = check_options(options, "loss")
         if sensitivity is not None and not isinstance(sensitivity, Sensitivity):
@@ -123,7 +124,7 @@ class Objective:
         self.fit_objective = FitObjective(model, self.bound, space, loss, sigma, weights,
                                           l2, method, rtol, atol, options, sensitivity,
                                           method_choice=choice, sigma_by=sigma_by,
-                                          transform=transform)
+                                          transform=transform, noise_params=noise_params)
 
     @property
     def model(self):
@@ -164,12 +165,7 @@ class Objective:
         fo = self.fit_objective
         if not fo.estimates_noise:
             return
-        ssr, cnt = np.zeros(len(fo.noise_groups)), np.zeros(len(fo.noise_groups))
-        for i, H in enumerate(predictions):
-            a, c = fo.noise_statistics_at(i, H)
-            ssr += a
-            cnt += c
-        fo.set_sigma(fo.noise_levels(ssr, cnt))
+        fo.set_sigma(fo.estimate_noise(predictions), predictions=predictions)
 
     def _predictions(self, theta, y0s):
         for i, y0 in enumerate(y0s):
@@ -185,7 +181,9 @@ class Objective:
         theta, y0s = self._theta_y0s(theta, y0s)
         if self.fit_objective.estimates_noise:
             self._estimate_noise(list(self._predictions(theta, y0s)))
-        return [self.fit_objective.experiment_problem(i, theta, y0) for i, y0 in enumerate(y0s)]
+        # (noise formulas: the gradient follows their levels through the predictions)
+        return [self.fit_objective.experiment_problem(i, theta, y0, through_sigma=True)
+                for i, y0 in enumerate(y0s)]
 
     def value(self, theta=None, y0s=None) -> float:
         """The loss at ``theta`` (``y0s``: one initial state per experiment, default the
@@ -228,7 +226,7 @@ class Objective:
 def loss(model, data, theta=None, method: str = "RK45", rtol: float = 1e-6, atol: float = 1e-8,
          y0=None, *, loss: str | Loss = "ls", sigma=None, weights=None, l2: float = 0.0,
          input_kind: str | None = None, sigma_by: str | None = None, transform=None,
-         **options) -> float:
+         noise_params=None, **options) -> float:
     """The loss of a model against data, as :func:`dynlearn.fit` measures it: one forward
     solve per experiment.
 
@@ -248,7 +246,8 @@ def loss(model, data, theta=None, method: str = "RK45", rtol: float = 1e-6, atol
     loss : {"ls", "gaussian", "log"} or Loss
         As in :func:`dynlearn.fit` (``"gaussian"``: the negative log-likelihood with the
         noise levels not given estimated at ``theta``).
-    sigma, weights, l2, input_kind, sigma_by, transform : as in :func:`dynlearn.fit`
+    sigma, weights, l2, input_kind, sigma_by, transform, noise_params : as in
+        :func:`dynlearn.fit` (noise parameters of formulas are estimated at ``theta``)
     **options : solver options (``max_step``, ``first_step``, ...)
 
     Returns
@@ -258,14 +257,15 @@ def loss(model, data, theta=None, method: str = "RK45", rtol: float = 1e-6, atol
     """
     return Objective(model, data, y0, method, rtol, atol, loss=loss, sigma=sigma,
                      weights=weights, l2=l2, input_kind=input_kind, auto_theta=theta,
-                     sigma_by=sigma_by, transform=transform, **options).value(theta)
+                     sigma_by=sigma_by, transform=transform, noise_params=noise_params,
+                     **options).value(theta)
 
 
 def loss_and_grad(model, data, theta=None, sensitivity: Sensitivity | None = None,
                   method: str = "RK45", rtol: float = 1e-6, atol: float = 1e-8, y0=None, *,
                   loss: str | Loss = "ls", sigma=None, weights=None, l2: float = 0.0,
                   input_kind: str | None = None, sigma_by: str | None = None, transform=None,
-                  **options) -> tuple[float, np.ndarray]:
+                  noise_params=None, **options) -> tuple[float, np.ndarray]:
     """The loss (as :func:`loss`) and its gradient with respect to ``theta``.
 
     Parameters
@@ -283,7 +283,8 @@ def loss_and_grad(model, data, theta=None, sensitivity: Sensitivity | None = Non
     """
     obj = Objective(model, data, y0, method, rtol, atol, sensitivity, loss=loss, sigma=sigma,
                     weights=weights, l2=l2, input_kind=input_kind, auto_theta=theta,
-                    sigma_by=sigma_by, transform=transform, **options)
+                    sigma_by=sigma_by, transform=transform, noise_params=noise_params,
+                    **options)
     return obj.value_and_grad(theta)
 
 
@@ -447,6 +448,9 @@ class FitObjective(LeastSquaresProblem):
     transform : None, str or dict observable -> str
         The residual transform per observable (``"lin"``, ``"log"``, ``"log10"``; see
         :func:`~dynlearn.objective.losses.loss_from_name`).
+    noise_params : dict name -> start or (start, lower, upper), optional
+        Starts and bounds of the noise parameters of ``sigma`` formulas (see
+        :mod:`dynlearn.objective.noise`).
 
     Attributes
     ----------
@@ -454,15 +458,25 @@ class FitObjective(LeastSquaresProblem):
     noise_groups : list of str
         The labels of the noise levels :attr:`sigma_hat` holds, in its order: by default
         the observables' names; a name given in ``sigma`` for a shared level; with
-        ``sigma_by="experiment"``, ``<group>@<experiment>``.
+        ``sigma_by="experiment"``, ``<group>@<experiment>``; then the noise parameters of
+        formulas.
     group_of : ndarray of int, shape (n_experiments, n_obs)
         The noise group (index into :attr:`noise_groups`) of each experiment's observable,
         used for its values without a known sigma.
     estimated : ndarray of bool, shape (n_groups,)
         Which noise groups the fit estimates (the loss does, and the group has data
         without a known sigma).
-    sigma_hat : ndarray, shape (n_groups,)
-        The current estimates of the noise groups' levels.
+    sigma_hat : ndarray, shape (len(noise_groups),)
+        The current estimates of the noise groups' levels, then of the formulas' noise
+        parameters.
+    n_groups : int
+        How many of :attr:`noise_groups` are noise groups (the rest: noise parameters).
+    noise_formulas : NoiseFormulas or None
+        The ``sigma`` formulas (:class:`~dynlearn.objective.noise.NoiseFormulas`); their
+        levels are taken at the predictions given to :meth:`set_sigma` and held there
+        (iteratively reweighted least squares) until it is called again.
+    formula_columns : ndarray of bool, shape (n_obs,)
+        The observables whose unknown noise levels are formulas.
     log_jacobian : float
         ``-sum log g'(d)`` over the data (:meth:`~dynlearn.objective.losses.Loss.log_jacobian`):
         what the negative log-likelihood of the data adds to that of their transforms.
@@ -479,7 +493,7 @@ class FitObjective(LeastSquaresProblem):
                  atol: float = 1e-8, options: dict | None = None,
                  sensitivity: Sensitivity | None = None,
                  method_choice: MethodChoice | None = None, sigma_by: str | None = None,
-                 transform=None):
+                 transform=None, noise_params=None):
         obs = list(model.observable_names)
         loss = loss_from_name(loss, transform).bind(obs)
         self.model, self.bound, self.space, self.loss = model, bound, space, loss
@@ -497,6 +511,17 @@ class FitObjective(LeastSquaresProblem):
             raise OptionError(f"l2 must be >= 0, got {l2}")
         self.obs = obs
         no = len(obs)
+        formulas, sigma = split_noise_formulas(sigma, obs, noise_params)
+        if (formulas or noise_params) and not loss.estimates_noise:
+            raise OptionError(f"noise formulas (sigma={formulas or None}, noise_params="
+                              f"{noise_params!r}) are estimated: use loss='gaussian' (got "
+                              f"loss={loss.name!r})")
+        if noise_params and not formulas:
+            raise OptionError(f"noise_params={noise_params!r} given without a sigma formula "
+                              "that uses them")
+        if formulas and sigma_by is not None:
+            raise OptionError("sigma_by= with noise formulas is not supported: a noise "
+                              "formula's parameters are shared by every experiment")
         fixed_sigma, names = parse_sigma(sigma, obs)
         if sigma_by not in (None, "experiment"):
             raise OptionError(f"sigma_by={sigma_by!r}: use None or 'experiment'")
@@ -517,6 +542,13 @@ class FitObjective(LeastSquaresProblem):
             S = np.where(np.isnan(S), fixed_sigma[None, :], S)
             loss.check_data(b, obs)
             self.known.append(S)
+        self.noise_formulas = None
+        if formulas:
+            self.noise_formulas = _noise_formulas(model, bound, loss, obs, formulas,
+                                                  noise_params)
+        # the observables whose unknown noise levels are formulas (not noise groups)
+        self.formula_columns = (self.noise_formulas.columns if self.noise_formulas is not None
+                                else np.zeros(no, dtype=bool))
         # the change of variables from the transformed data to the data, a constant of the
         # likelihood (0 unless an observable is on a log scale)
         self.log_jacobian = sum(loss.log_jacobian(np.where(b.mask, b.Y, 1.0), b.mask)
@@ -532,12 +564,25 @@ class FitObjective(LeastSquaresProblem):
                 label = names[k] if sigma_by is None else f"{names[k]}@{b.name}"
                 self.group_of[i, k] = labels.setdefault(label, len(labels))
         self.noise_groups = list(labels)
+        self.n_groups = len(labels)
         self.estimated = np.zeros(len(labels), dtype=bool)
         if loss.estimates_noise:
             for i, (S, b) in enumerate(zip(self.known, bound)):
-                free = (b.mask & np.isnan(S)).any(axis=0)
+                free = (b.mask & np.isnan(S) & ~self.formula_columns[None, :]).any(axis=0)
                 self.estimated[self.group_of[i][free]] = True
         self.sigma_hat = np.ones(len(labels))
+        # the noise parameters of formulas follow the groups' levels in sigma_hat (and in
+        # noise_groups), so results, checkpoints and outcomes carry them alike
+        self._noise_H = None       # the predictions the formulas' levels are taken at
+        if self.noise_formulas is not None:
+            nf = self.noise_formulas
+            clash = [n for n in nf.names if n in labels]
+            if clash:
+                raise OptionError(f"sigma: {clash} name both a noise group and a noise "
+                                  "parameter of a formula; choose other names")
+            self.noise_groups += nf.names
+            self.estimated = np.r_[self.estimated, np.ones(nf.n_params, dtype=bool)]
+            self.sigma_hat = np.r_[self.sigma_hat, nf.start]
         self.n_data = int(sum(b.mask.sum() for b in bound))
         self.n_reg = int(space.is_weight.sum()) if self.l2 > 0 else 0
         self._refresh_scales()
@@ -572,28 +617,136 @@ class FitObjective(LeastSquaresProblem):
         return self.n_data + self.n_reg
 
     # --- noise levels ------------------------------------------------------------------------
-    def _refresh_scales(self):
-        self.scales = []
-        for i, S in enumerate(self.known):
-            sig = np.where(np.isnan(S), self.sigma_hat[self.group_of[i]][None, :], S)
-            self.scales.append(np.sqrt(self.weights)[None, :] / sig)
+    def sigma_points(self, i: int) -> np.ndarray:
+        """The noise level of every value of experiment ``i`` (shape of its data): the
+        known one, else its formula's at the reference predictions, else its group's."""
+        S = self.known[i]
+        sig = np.where(np.isnan(S), self.sigma_hat[self.group_of[i]][None, :], S)
+        nf = self.noise_formulas
+        if nf is not None:
+            if self._noise_H is None:     # not yet evaluated at a point: a placeholder
+                F = np.ones(S.shape)
+            else:
+                F = nf.sigma(self._noise_H[i], self.bound[i].t, self.sigma_hat[self.n_groups:])
+            sig = np.where(np.isnan(S) & nf.columns[None, :], F, sig)
+        return sig
 
-    def set_sigma(self, sigma_hat) -> None:
+    def _refresh_scales(self):
+        self.scales = [np.sqrt(self.weights)[None, :] / self.sigma_points(i)
+                       for i in range(len(self.known))]
+
+    def set_sigma(self, sigma_hat, x=None, predictions=None) -> None:
         """Set the estimated noise levels (one per noise group, see :attr:`noise_groups`;
-        used where no sigma is known) and forget the remembered evaluation."""
+        used where no sigma is known, then the noise parameters of formulas) and forget
+        the remembered evaluation.
+
+        With noise formulas, their levels are taken at the predictions at ``x`` (or the
+        ``predictions`` given, one array per experiment); without either, at the
+        predictions they were last taken at (and are a placeholder of 1 until then).
+
+        Raises
+        ------
+        OptionError
+            For a wrong number of levels, or a formula not positive at an observed value.
+        Rejected
+            When the predictions at ``x`` cannot be computed.
+        """
         sigma_hat = np.asarray(sigma_hat, dtype=float)
         if sigma_hat.shape != (len(self.noise_groups),):
             raise OptionError(f"{sigma_hat.size} noise levels given; this fit has "
                               f"{len(self.noise_groups)} noise groups {self.noise_groups}")
+        nf = self.noise_formulas
+        if nf is not None and (x is not None or predictions is not None):
+            if predictions is None:
+                predictions = self.noise_predictions(x)
+            sig = [nf.sigma(H, b.t, sigma_hat[self.n_groups:])
+                   for H, b in zip(predictions, self.bound)]
+            nf.check_positive(sig, [b.mask & np.isnan(S) for b, S in
+                                    zip(self.bound, self.known)],
+                              [b.t for b in self.bound], sigma_hat[self.n_groups:],
+                              "at the fit's predictions")
+            self._noise_H = [np.array(H, dtype=float) for H in predictions]
         self.sigma_hat = sigma_hat
         self._refresh_scales()
         self.forget()
 
+    _last_predictions = None
+
+    def noise_predictions(self, x) -> list[np.ndarray]:
+        """The predicted observables of every experiment at ``x`` (remembered for the
+        last ``x``); raises :class:`Rejected`."""
+        m = self._last_predictions
+        if m is not None and np.array_equal(m[0], x):
+            return m[1]
+        theta, y0s = self.space.unpack(x)
+        Hs = [self._observe(i, theta, y0) for i, y0 in enumerate(y0s)]
+        self._last_predictions = (np.array(x, dtype=float), Hs)
+        return Hs
+
     def estimate_sigma(self, x) -> np.ndarray:
         """Maximum-likelihood noise levels of the estimated noise groups at ``x``:
         ``sigma_g^2 = SSR_g / n_g`` on the unscaled (weighted) residuals of the group's data
-        without a known sigma (the Gaussian likelihood's stationary point in ``sigma_g``)."""
+        without a known sigma (the Gaussian likelihood's stationary point in ``sigma_g``);
+        and the noise parameters of formulas minimising the likelihood of their values at
+        the predictions at ``x`` (see :mod:`dynlearn.objective.noise`)."""
+        if self.noise_formulas is not None:
+            return self.estimate_noise(self.noise_predictions(x))
         return self.noise_levels(*self.noise_statistics(x))
+
+    def estimate_noise(self, predictions) -> np.ndarray:
+        """:meth:`estimate_sigma` from the predictions (one array per experiment)."""
+        ssr, cnt = np.zeros(len(self.noise_groups)), np.zeros(len(self.noise_groups))
+        for i, H in enumerate(predictions):
+            a, c = self.noise_statistics_at(i, H)
+            ssr += a
+            cnt += c
+        out = self.noise_levels(ssr, cnt)
+        nf = self.noise_formulas
+        if nf is not None:
+            data = []
+            for H, b, S in zip(predictions, self.bound, self.known):
+                free = b.mask & np.isnan(S) & nf.columns[None, :]
+                g = self.loss.g
+                d = np.where(free, g(H, b.mask) - g(np.where(b.mask, b.Y, 1.0), b.mask), 0.0)
+                data.append((H, b.t, d * d * self.weights[None, :], free))
+            out[self.n_groups:] = nf.estimate(out[self.n_groups:], data)
+        return out
+
+    _through_sigma = False
+
+    def exact_loss_and_grad(self, x):
+        """The reported loss at ``x`` with every estimated noise level re-estimated there
+        (noise groups in closed form, formulas' parameters by their inner optimisation) and
+        its exact gradient in ``x``: for noise formulas, the levels followed through the
+        predictions (the noise parameters' own derivative vanishes at their optimum).
+        Leaves the noise levels set at ``x``; raises :class:`Rejected`."""
+        Hs = self.noise_predictions(x)
+        self.set_sigma(self.estimate_noise(Hs), predictions=Hs)
+        self._through_sigma = True
+        try:
+            cost, g = self.compute_cost_and_grad(x)
+        finally:
+            self._through_sigma = False
+        return (float(self.loss.value(cost, self.penalty(), self.n_data)),
+                self.loss.gradient(g))
+
+    def noise_change(self, new, x) -> float:
+        """The largest relative change of a noise level from the current ones to ``new``
+        (estimated at ``x``): of the groups' levels, and of the formulas' levels at the
+        data (noise parameters themselves may be near 0)."""
+        k = self.n_groups
+        change = float(np.max(np.abs(new[:k] - self.sigma_hat[:k]) / self.sigma_hat[:k],
+                              initial=0.0))
+        nf = self.noise_formulas
+        if nf is not None:
+            Hs = self.noise_predictions(x)
+            for i, (H, b, S) in enumerate(zip(Hs, self.bound, self.known)):
+                free = b.mask & np.isnan(S) & nf.columns[None, :]
+                if free.any():
+                    s1 = nf.sigma(H, b.t, new[k:])[free]
+                    s0 = self.sigma_points(i)[free]
+                    change = max(change, float(np.max(np.abs(s1 - s0) / s0)))
+        return change
 
     def noise_levels(self, ssr, cnt) -> np.ndarray:
         """Noise levels from the statistics of :meth:`noise_statistics` (the current
@@ -625,7 +778,7 @@ class FitObjective(LeastSquaresProblem):
         """:meth:`noise_statistics` of experiment ``i`` from its predicted observables
         ``H`` (shape ``(m, n_obs)``)."""
         b, S = self.bound[i], self.known[i]
-        free = b.mask & np.isnan(S)
+        free = b.mask & np.isnan(S) & ~self.formula_columns[None, :]
         g = self.loss.g
         d = np.where(free, g(H, b.mask) - g(np.where(b.mask, b.Y, 1.0), b.mask), 0.0)
         n = len(self.noise_groups)
@@ -639,7 +792,7 @@ class FitObjective(LeastSquaresProblem):
         var, cnt = np.zeros(len(self.obs)), np.zeros(len(self.obs))
         if self.loss.estimates_noise:
             for i, (S, b) in enumerate(zip(self.known, self.bound)):
-                n = (b.mask & np.isnan(S)).sum(axis=0)
+                n = (b.mask & np.isnan(S) & ~self.formula_columns[None, :]).sum(axis=0)
                 var += n * self.sigma_hat[self.group_of[i]] ** 2
                 cnt += n
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -647,16 +800,20 @@ class FitObjective(LeastSquaresProblem):
 
     def noise_group_members(self) -> dict[str, list[str]]:
         """The estimated noise groups and the observables each covers (in observable
-        order)."""
+        order), then the noise parameters of formulas and the observables whose formulas
+        use each."""
         out: dict[str, list[str]] = {}
         for i, (S, b) in enumerate(zip(self.known, self.bound)):
-            free = (b.mask & np.isnan(S)).any(axis=0)
+            free = (b.mask & np.isnan(S) & ~self.formula_columns[None, :]).any(axis=0)
             for k in np.flatnonzero(free):
                 members = out.setdefault(self.noise_groups[self.group_of[i, k]], [])
                 if self.obs[k] not in members:
                     members.append(self.obs[k])
         order = {g: j for j, g in enumerate(self.noise_groups)}
-        return {g: out[g] for g in sorted(out, key=order.get) if self.estimated[order[g]]}
+        out = {g: out[g] for g in sorted(out, key=order.get) if self.estimated[order[g]]}
+        if self.noise_formulas is not None:
+            out.update(self.noise_formulas.members())
+        return out
 
     def sigma_spec(self) -> dict:
         """The ``sigma=`` argument that rebuilds this objective's noise model from its
@@ -672,7 +829,22 @@ class FitObjective(LeastSquaresProblem):
         for o, name in zip(self.obs, self.sigma_names):
             if name != o:
                 out[o] = name
+        if self.noise_formulas is not None:
+            out.update(self.noise_formulas.texts)
         return out or None
+
+    def noise_params_spec(self) -> dict | None:
+        """The ``noise_params=`` that rebuilds this objective's noise formulas' parameters
+        (``name: (start, lower, upper)``, an infinite bound as None, as JSON keeps it),
+        None without formulas."""
+        nf = self.noise_formulas
+        if nf is None:
+            return None
+
+        def num(v):
+            return float(v) if np.isfinite(v) else None
+        return {n: (float(a), num(lo), num(hi))
+                for n, a, lo, hi in zip(nf.names, nf.start, nf.lower, nf.upper)}
 
     def penalty(self) -> float:
         """``2 sum log sigma`` over the data plus twice :attr:`log_jacobian` (the data of
@@ -680,18 +852,17 @@ class FitObjective(LeastSquaresProblem):
         if not self.loss.estimates_noise:
             return 0.0
         tot = 2.0 * self.log_jacobian
-        for i, (b, S) in enumerate(zip(self.bound, self.known)):
-            sig = np.where(np.isnan(S), self.sigma_hat[self.group_of[i]][None, :], S)
-            tot += 2.0 * np.log(sig[b.mask]).sum()
+        for i, b in enumerate(self.bound):
+            tot += 2.0 * np.log(self.sigma_points(i)[b.mask]).sum()
         return float(tot)
 
     # --- one experiment in physical values ---------------------------------------------------
     def experiment_problem(self, i: int, theta, y0, t0: float | None = None,
-                           t_obs=None) -> Problem:
+                           t_obs=None, through_sigma: bool = False) -> Problem:
         """The solve of experiment ``i`` from ``y0`` at parameters ``theta`` (physical), with
         this objective's solver settings; its ``obs_loss`` is the experiment's data term
-        (:meth:`data_term`). ``t0`` and ``t_obs`` solve a piece of the experiment instead
-        (then without ``obs_loss``).
+        (:meth:`data_term`, ``through_sigma`` passed on). ``t0`` and ``t_obs`` solve a
+        piece of the experiment instead (then without ``obs_loss``).
 
         Raises :class:`Rejected` when ``y0`` is not finite; ``ParameterError`` from
         unusable ``theta``.
@@ -702,7 +873,8 @@ class FitObjective(LeastSquaresProblem):
         vf = VectorField(self.model, theta, b.inputs)
         whole = t0 is None and t_obs is None
         return Problem(vf, b.t0 if t0 is None else t0, b.t if t_obs is None else t_obs, y0,
-                       self.data_term(i) if whole else None, self.method, self.rtol,
+                       self.data_term(i, through_sigma) if whole else None, self.method,
+                       self.rtol,
                        self.atol, self.options, b.name)
 
     def _observe(self, i: int, theta, y0) -> np.ndarray:
@@ -764,12 +936,22 @@ class FitObjective(LeastSquaresProblem):
         fac = self.loss.chain(self.scales[i][rows], H, mask)
         return (dH * fac[:, :, None])[mask]
 
-    def data_term(self, i: int):
+    def data_term(self, i: int, through_sigma: bool = False):
         """Experiment ``i``'s share of the cost, ``sum r^2``, as a function of its predicted
         observables: ``obs_loss(H) -> (value, d value / dH)`` (the ``obs_loss`` of a
-        :class:`~dynlearn.sensitivity.Problem`). Uses the noise levels set now."""
+        :class:`~dynlearn.sensitivity.Problem`). Uses the noise levels set now.
+
+        With ``through_sigma`` and noise formulas, the derivative is that of ``sum r^2 +
+        2 sum log sigma`` with the formulas' levels following ``H`` (their noise
+        parameters held): twice the exact gradient of the negative log-likelihood where
+        the levels were set at ``H`` (``dl.loss_and_grad``). A fit's optimizer sees the
+        levels as fixed within a noise round (see :mod:`dynlearn.objective.noise`)."""
         b, sc, loss = self.bound[i], self.scales[i], self.loss
         gD = loss.g(np.where(b.mask, b.Y, 1.0), b.mask)
+        nf = self.noise_formulas if through_sigma else None
+        if nf is not None:
+            free = b.mask & np.isnan(self.known[i]) & nf.columns[None, :]
+            p = self.sigma_hat[self.n_groups:]
 
         def obs_loss(H):
             with np.errstate(over="ignore", invalid="ignore"):
@@ -781,7 +963,14 @@ class FitObjective(LeastSquaresProblem):
                 raise SolveError(f"experiment '{b.name}': the loss is not finite (residuals "
                                  f"up to {np.max(np.abs(r)):.3g}: their squares overflow)",
                                  status=-1, solver_message="non-finite loss")
-            return value, loss.chain(2.0 * r * sc, H, b.mask)
+            grad = loss.chain(2.0 * r * sc, H, b.mask)
+            if nf is not None:
+                # d (r^2 + 2 log sigma) / d sigma = 2 (1 - r^2) / sigma, through d sigma / dH
+                sig = nf.sigma(H, b.t, p)
+                coef = np.where(free, 2.0 * (1.0 - r * r) / np.where(free, sig, 1.0), 0.0)
+                for k, D in nf.sigma_jacobian(H, b.t, p).items():
+                    grad = grad + coef[:, k:k + 1] * D
+            return value, grad
         return obs_loss
 
     def _experiment_jacobian(self, i: int, theta, y0, y0idx):
@@ -806,7 +995,7 @@ class FitObjective(LeastSquaresProblem):
         P = self.space.n_theta
         g = np.zeros(self.space.size)
         try:
-            p = self.experiment_problem(i, theta, y0)
+            p = self.experiment_problem(i, theta, y0, through_sigma=self._through_sigma)
             with np.errstate(all="ignore"):
                 v, gt, gy = self.sensitivity.loss_and_grad(p, wrt_y0=bool(y0idx))
         except SOLVE_FAILURES as exc:
@@ -1024,3 +1213,22 @@ def _per_observable(spec, obs, what: str) -> np.ndarray:
     if what == "sigma" and np.any(out[np.isfinite(out)] <= 0):
         raise OptionError(f"sigma must be positive, got {spec!r}")
     return out
+
+
+def _noise_formulas(model, bound, loss, obs, formulas, noise_params) -> NoiseFormulas:
+    """The noise formulas of a fit: names that are the model's own refused, default starts
+    from each observable's spread of data on its residual scale."""
+    reserved = {s.name: "a state" for s in model.states}
+    reserved.update({s.name: "a model parameter" for s in model.param_symbols})
+    reserved.update({s.name: "an input" for s in model.inputs})
+    for n in model.theta_names:
+        reserved.setdefault(n, "a network weight")
+    for o in obs:              # an observable named like a state is read as the observable
+        reserved.pop(o, None)
+    reserved.pop("t", None)
+    spread = {}
+    for k, o in enumerate(obs):
+        vals = np.concatenate([loss.g(np.where(b.mask, b.Y, 1.0), b.mask)[:, k][b.mask[:, k]]
+                               for b in bound])
+        spread[o] = float(np.std(vals)) if vals.size > 1 else np.nan
+    return NoiseFormulas(formulas, obs, reserved, noise_params, spread)

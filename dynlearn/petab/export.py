@@ -40,11 +40,12 @@ from pathlib import Path
 import numpy as np
 import sympy as sp
 
+from dynlearn.core.expressions import parse_expression
 from dynlearn.core.model import HybridModel
 from dynlearn.core.neural import MLP
 from dynlearn.core.parameters import Parameter
 from dynlearn.data.dataset import as_dataset
-from dynlearn.errors import OptionError, PetabError
+from dynlearn.errors import ModelError, OptionError, PetabError
 from dynlearn.files import write_text_atomic
 from dynlearn.objective.binding import initial_states
 from dynlearn.objective.losses import loss_from_config, loss_from_name, transformed
@@ -351,15 +352,18 @@ def _is_name(v) -> bool:
     return isinstance(v, str) and v != "estimate"
 
 
-def _fitted_noise(result: FitResult, exp_names: list[str]) -> dict:
+def _fitted_noise(result: FitResult, exp_names: list[str], skip=()) -> dict:
     """The ``sigma`` of :func:`save` for a fit whose noise levels were estimated in groups
     (shared by observables, or per experiment): each group an estimated level starting
     at the fitted value, each member observable naming its group; the other observables'
-    known levels as numbers."""
+    known levels as numbers. ``skip``: entries of ``noise_groups`` that are no groups (the
+    noise parameters of formulas)."""
     by_exp = result.config.get("sigma_by") == "experiment"
     spec: dict = {}
     grouped = set()
     for label, members in result.config["noise_groups"].items():
+        if label in skip:
+            continue
         base = label
         if by_exp:
             ends = [e for e in exp_names if label.endswith(f"@{e}")]
@@ -453,6 +457,8 @@ def save(model: HybridModel, dataset, directory: str | os.PathLike, *, theta=Non
     yaml = require("yaml", "writing PEtab")
     result = theta if isinstance(theta, FitResult) else None
     fitted_y0 = {}
+    formulas: dict = {}          # observable -> noise formula (a fit's)
+    formula_params: dict = {}    # noise parameter -> (value, lower, upper)
     if result is not None:
         model, theta = result.model, None
         fitted_y0 = {k: np.asarray(v, dtype=float) for k, v in result.y0.items()}
@@ -461,9 +467,19 @@ def save(model: HybridModel, dataset, directory: str | os.PathLike, *, theta=Non
         elif y0_init is None and fitted_y0:
             # estimated initial states start at the fitted ones (set per experiment below)
             y0_init = next(iter(fitted_y0.values()))
+        if sigma is None and result.config.get("noise_formulas"):
+            # noise formulas: written as noiseFormulas, their parameters estimated from
+            # the fitted values within the fit's bounds
+            formulas = dict(result.config["noise_formulas"])
+            for n, (_, lo, hi) in (result.config.get("noise_params") or {}).items():
+                formula_params[n] = (float(result.sigma[n]),
+                                     -math.inf if lo is None else float(lo),
+                                     math.inf if hi is None else float(hi))
         if sigma is None and result.config.get("noise_groups"):
             # shared or per-experiment levels (a Gaussian fit's): estimated, from there
-            sigma = _fitted_noise(result, [e.name for e in as_dataset(dataset)])
+            sigma = _fitted_noise(result, [e.name for e in as_dataset(dataset)],
+                                  skip=formula_params)
+            sigma.update(formulas)
             if sigma_by is None:
                 sigma_by = result.config.get("sigma_by")
         elif sigma is None:
@@ -473,6 +489,14 @@ def save(model: HybridModel, dataset, directory: str | os.PathLike, *, theta=Non
                      for k, v in (result.sigma or {}).items()}
     if not isinstance(model, HybridModel):
         raise PetabError(f"save needs a dl.HybridModel, got {type(model).__name__}")
+    given = [v for k, v in (sigma.items() if isinstance(sigma, dict) else [(None, sigma)])
+             if isinstance(v, str) and not v.strip().isidentifier() and k not in formulas]
+    if given:
+        raise PetabError(f"sigma={given}: dl.petab.save writes noise formulas of a fit "
+                         "(theta=result of dl.fit with them) only; give numbers, "
+                         "'estimate', parameters or shared names here")
+    if formulas:
+        sigma = {k: v for k, v in sigma.items() if k not in formulas}
     try:
         scale = (loss_from_config(result.config) if result is not None and transform is None
                  else loss_from_name("ls", transform)).bind(model.observable_names)
@@ -670,8 +694,18 @@ def save(model: HybridModel, dataset, directory: str | os.PathLike, *, theta=Non
             noise_of[label] = pid
         return noise_of[label]
 
+    noise_text = _noise_formula_texts(model, formulas, formula_params, ids, par_rows,
+                                      names, time_sub, factor)
     for o in obs_list:
         rows = measured[o]
+        if o in noise_text:
+            if any(np.isfinite(r[3]) for r in rows):
+                raise PetabError(f"observable '{o}' has a noise formula and <obs>_sigma "
+                                 "values: write one or the other")
+            obs_rows.append([obs_id[o], o, write(model.observables[o], "petab"),
+                             noise_text[o], scale.transform_of(o), "normal"])
+            meas_rows.extend([obs_id[o], k, v, t, None] for k, t, v, _ in rows)
+            continue
         labels = [plan.label(o, r[0]) for r in rows]
         per_row = [r[3] if np.isfinite(r[3]) else level(lab, plan.name_of[o])
                    for r, lab in zip(rows, labels)]
@@ -703,6 +737,35 @@ def save(model: HybridModel, dataset, directory: str | os.PathLike, *, theta=Non
         _write_sciml(directory, yaml, model, ids, par_rows, conditions, cond_ids, exp_ids,
                      meas_rows, net_ids, out_param, write)
     return directory / "problem.yaml"
+
+
+def _noise_formula_texts(model, formulas, params, ids, par_rows, names, time_sub,
+                        factor) -> dict[str, str]:
+    """The PEtab noiseFormula of each observable with a noise formula (its observables'
+    predictions written as their observableFormulas, ``t`` as PEtab's time), adding its
+    noise parameters to ``par_rows`` (log10 scale when bounded below by a positive number,
+    as PEtab's noise parameters usually are, else linear)."""
+    if not formulas:
+        return {}
+    psym = {n: sp.Dummy(n) for n in params}
+    pid = {}
+    for n, (value, lo, hi) in params.items():
+        pid[psym[n]] = ids.new(n)
+        log = lo > 0
+        p = Parameter(value, min=lo, max=hi, transform="log" if log else "identity")
+        blo, bhi = _filled_bounds(p, value, factor)
+        par_rows.append([pid[psym[n]], f"noise parameter {n}", "log10" if log else "lin",
+                         blo, bhi, value, True])
+    table = {**{o: e for o, e in model.observables.items()}, "t": model.time, **psym}
+    out = {}
+    for o, text in formulas.items():
+        try:
+            e = parse_expression(text, table, f"sigma formula of '{o}'")
+        except ModelError as exc:     # (the fit read it: only a changed model gets here)
+            raise PetabError(str(exc)) from None
+        out[o] = formula(sp.sympify(e).xreplace({model.time: time_sub}), {**names, **pid},
+                         "petab")
+    return out
 
 
 def _write_v1(directory, yaml, par_rows, conditions, cond_ids, dataset, meas_rows,

@@ -221,7 +221,7 @@ def describe_counts(counts: dict[str, int]) -> str:
 
 def count_fitted_values(model, data, y0="first", y0_init=None, loss="ls", sigma=None,
                         input_kind: str | None = None,
-                        sigma_by: str | None = None) -> dict[str, int]:
+                        sigma_by: str | None = None, noise_params=None) -> dict[str, int]:
     """:func:`fitted_value_counts` of the fit ``dynlearn.fit(model, data, ...)`` would make
     with these settings, without fitting (the command line announces a fit with it).
 
@@ -229,7 +229,7 @@ def count_fitted_values(model, data, y0="first", y0_init=None, loss="ls", sigma=
     ----------
     model : HybridModel
     data : Dataset or DataFrame
-    y0, y0_init, loss, sigma, input_kind, sigma_by
+    y0, y0_init, loss, sigma, input_kind, sigma_by, noise_params
         As in :func:`dynlearn.fit`.
     """
     dataset = as_dataset(data)
@@ -237,7 +237,8 @@ def count_fitted_values(model, data, y0="first", y0_init=None, loss="ls", sigma=
     bound = strategy.bind(model, dataset, input_kind)
     space = ParameterSpace(model, strategy.parameters(model, dataset, bound),
                            [e.name for e in dataset])
-    obj = FitObjective(model, bound, space, loss, sigma, sigma_by=sigma_by)
+    obj = FitObjective(model, bound, space, loss, sigma, sigma_by=sigma_by,
+                       noise_params=noise_params)
     return fitted_value_counts(space, int(obj.estimated.sum()) if obj.estimates_noise else 0)
 
 

@@ -158,10 +158,12 @@ def _read_result(path, model):
     obj = FitObjective(model, bound, space, cfg["loss"], meta.get("fit_sigma"),
                        meta.get("weights_spec"), cfg.get("l2", 0.0), cfg["method"], cfg["rtol"],
                        cfg["atol"], cfg.get("options", {}), sigma_by=cfg.get("sigma_by"),
-                       transform=cfg.get("transform"))
-    if meta.get("sigma_hat") is not None:
-        obj.set_sigma(np.asarray(meta["sigma_hat"], dtype=float))
+                       transform=cfg.get("transform"), noise_params=cfg.get("noise_params"))
     x = arrays["x"]
+    if meta.get("sigma_hat") is not None:
+        # (noise formulas: their levels at the saved point's predictions, one solve)
+        obj.set_sigma(np.asarray(meta["sigma_hat"], dtype=float),
+                      x if obj.noise_formulas is not None else None)
     theta, y0s = space.unpack(x)
     params = _params_frame(meta["params"])
     cov_x = arrays.get("cov_x")

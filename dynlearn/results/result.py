@@ -229,8 +229,10 @@ class FitResult:
                  if np.isfinite(s)}
         sigma.update({g: float(s) for g, s, e in zip(obj.noise_groups, obj.sigma_hat,
                                                       obj.estimated) if e})
-        for o in obj.obs:
-            sigma.setdefault(o, _known_sigma(obj, o))
+        formula = getattr(obj, "formula_columns", np.zeros(len(obj.obs), dtype=bool))
+        for o, f in zip(obj.obs, formula):
+            if not f:     # (a formula's levels vary by value: its parameters are shown)
+                sigma.setdefault(o, _known_sigma(obj, o))
         return cls(success=best.success, status=best.status, message=best.message,
                    nfev=best.nfev, njev=best.njev, ngev=best.ngev, nit=best.nit, loss=loss,
                    history=list(best.history), params=table, covariance=cov_df,
