@@ -77,12 +77,13 @@ QUADRATURES = ("auto", "gauss", "state")
 #: the quadrature an :class:`AdjointTape` uses when not told
 DEFAULT_QUADRATURE = "auto"
 #: ``"auto"`` keeps the quadratures in the state while ``n + n_theta`` (states plus moving
-#: parameters) is below this: there LSODA's dense LU of the whole system is cheap and the
-#: Gauss nodes' evaluations, and the backward solve's dense output they need, cost more
-#: (measured side by side, ``benchmarks/adjoint_quadrature.py``, rtol 1e-12: state/gauss
-#: time 0.84-0.87 on Borghans and Raia, 1.0 on a 30-state chain (60 components), 1.17 on
-#: Laske (41); 8.1 on a 100-state chain (200), and Lang_PLOSComputBiol2024 (288) finishing in
-#: 509 s against more than 750 s)
+#: parameters) is below this: there LSODA's dense LU of the whole system is cheap, and the
+#: state's error control (which watches ``mu`` too) keeps the gradient more accurate
+#: (measured side by side on one BLAS thread, ``benchmarks/adjoint_quadrature.py``, rtol
+#: 1e-12: state/gauss time 0.78-1.26 from Borghans to a 100-state chain (200 components);
+#: Laske's gradient 6.8e-11 from AMICI's in the state, 1.1e-7 with Gauss). Above it the LU
+#: of ``n + n_theta`` rows grows as its cube: Lang_PLOSComputBiol2024 (124 states, 288
+#: components) takes 143 s with Gauss (docs/solvers.md, "The adjoint's quadratures")
 QUADRATURE_STATE_LIMIT = 100
 
 #: the adjoint is chosen when forward sensitivities would carry at least this many
