@@ -31,21 +31,8 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _yaml(root: str, name: str) -> str:
-    d = os.path.join(root, name)
-    for cand in (f"{name}.yaml", "problem.yaml"):
-        if os.path.exists(os.path.join(d, cand)):
-            return os.path.join(d, cand)
-    raise FileNotFoundError(f"no YAML file for {name} in {d}")
-
-
-def _rel(a, b) -> float:
-    import numpy as np
-
-    nb = float(np.linalg.norm(b))
-    return float(np.linalg.norm(a - b) / nb) if nb > 0 else float(np.linalg.norm(a))
+sys.path.insert(0, HERE)
+from petab_adjoint import _rel, _yaml  # noqa: E402  (the collection's layout, one place)
 
 
 def _timed(fn):
@@ -118,10 +105,9 @@ def main(argv=None) -> int:
     refs = json.load(open(args.gradients)) if args.gradients else {}
     cases = [(name, _yaml(args.collection, name), refs.get(name)) for name in args.problems]
     if args.chains:
-        import dynlearn as dl
-
-        sys.path.insert(0, HERE)
         from bench_stiff import chain_problem
+
+        import dynlearn as dl
 
         tmp = tempfile.mkdtemp(prefix="chains-")
         for n in args.chains:
