@@ -223,11 +223,10 @@ class VectorField:
             sl = slice(a, a + chunk)
             if c.nets:
                 _, ctx = self.jac_batch(T[sl], Y[sl])
-                g += self.theta_vjp_batch(ctx, C[sl])
-            elif self.n_free:
-                m, Tg, Yg, p, U = self._batch_args(T[sl], Y[sl])
-                Fp = c.f_p.batch(m, Tg, Yg, p, np.zeros((0, m)), U)[:, c.free, :]
-                g[:self.n_free] += np.einsum("ipm,mi->p", Fp, C[sl])
+            else:       # no network: theta_vjp_batch needs no df/dy, only its context
+                m, Tg, Yg, _, U = self._batch_args(T[sl], Y[sl])
+                ctx = (m, Tg, Yg, U, np.zeros((0, m)), None, [])
+            g += self.theta_vjp_batch(ctx, C[sl])
         return g
 
     # --- observables ---------------------------------------------------------------------

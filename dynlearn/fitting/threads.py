@@ -18,6 +18,7 @@ OpenBLAS's threads waiting for each other.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 __all__ = ["SINGLE_THREAD_MAX", "blas_threads_for"]
 
@@ -42,18 +43,13 @@ def blas_threads_for(n_values: int):
     return controller.limit(limits=1, user_api="blas")
 
 
-_CONTROLLER: list = []
-
-
+@functools.cache
 def _controller():
     """One ``threadpoolctl.ThreadpoolController`` per process: finding the loaded BLAS
     libraries costs ~0.4 ms, limiting them with a controller found once ~10 us (the PEtab
     evaluations enter this context once per likelihood)."""
-    if not _CONTROLLER:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # pragma: no cover - a declared dependency
-            _CONTROLLER.append(None)
-        else:
-            _CONTROLLER.append(ThreadpoolController())
-    return _CONTROLLER[0]
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - a declared dependency
+        return None
+    return ThreadpoolController()
