@@ -275,6 +275,12 @@ def _fit_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--loss", choices=list(LOSS_NAMES), default=None,
                    help="least squares, Gaussian likelihood (noise estimated) or log-scale "
                         "residuals (positive counts)")
+    g.add_argument("--transform", action="append", default=None, metavar="OBS=NAME",
+                   help="residual scale of an observable: lin, log or log10 (repeat it: "
+                        "--transform A=log --transform B=log10; one name alone, "
+                        "--transform log, for every observable); replaces the model file's "
+                        "[fit] transform; the residual is (g(model) - g(data)) / sigma, and "
+                        "with --loss gaussian each noise level is estimated on its scale")
     g.add_argument("--maxiter", type=_integer(1), default=None, metavar="N",
                    help="iteration budget of the optimizer")
     g.add_argument("--method", default=None, metavar="METHOD",
@@ -709,7 +715,8 @@ def cmd_fit_petab(args, console: Console) -> int:
     import dynlearn.petab as dp
 
     given = [opt for opt, v in (("DATA.csv", args.data), ("--resume", args.resume),
-                                ("--loss", args.loss), ("--workers", args.workers),
+                                ("--loss", args.loss), ("--transform", args.transform),
+                                ("--workers", args.workers),
                                 ("--scheduler", args.scheduler)) if v]
     if given:
         raise OptionError(f"{', '.join(given)}: not for a PEtab problem (its measurements, "
@@ -806,6 +813,37 @@ def cmd_example(args, console: Console) -> int:
 CHECKPOINT = "checkpoint"      # dl.fit writes checkpoint.json + checkpoint.npz
 
 
+def parse_transform_option(values) -> str | dict:
+    """The ``transform=`` of :func:`dynlearn.fit` from the values of ``--transform``: one
+    transform name alone (every observable), or ``OBS=NAME`` entries (a dict). The names
+    are checked where the Python API checks them (:func:`fit_arguments`).
+
+    Raises
+    ------
+    OptionError
+        For an entry that is neither, an observable given twice, or a name for every
+        observable mixed with per-observable entries.
+    """
+    out: dict = {}
+    alone = []
+    for v in values:
+        text = str(v).strip()
+        if "=" not in text:
+            alone.append(text)
+            continue
+        name, tr = (part.strip() for part in text.split("=", 1))
+        if not name or not tr:
+            raise OptionError(f"--transform {text!r}: give OBS=NAME (e.g. A=log) or one "
+                              "transform name for every observable")
+        if name in out and out[name] != tr:
+            raise OptionError(f"--transform: {name!r} given twice ({out[name]!r} and {tr!r})")
+        out[name] = tr
+    if alone and (out or len(alone) > 1):
+        raise OptionError(f"--transform {alone[0]!r}: a transform for every observable is "
+                          "given alone; per observable, give OBS=NAME entries")
+    return alone[0] if alone else out
+
+
 def fit_arguments(mf, args, out: Path) -> dict:
     """Keyword arguments of :func:`dynlearn.fit` from a model file and the command line.
 
@@ -858,8 +896,17 @@ def fit_arguments(mf, args, out: Path) -> dict:
             kw[key] = v
     if "method" in kw:       # checked here so that a bad --method fails before any output
         check_method(kw["method"], auto=True)
-    if "transform" in kw:    # --loss log against the file's transforms: before any output
-        loss_from_name(kw.get("loss", "ls"), kw["transform"])
+    given = getattr(args, "transform", None)
+    if given:                # the command line's replace the file's
+        kw["transform"] = parse_transform_option(given)
+    if "transform" in kw:    # --loss log against the transforms: before any output
+        try:
+            loss_from_name(kw.get("loss", "ls"), kw["transform"]).bind(
+                mf.model.observable_names)
+        except OptionError as exc:
+            if not given:
+                raise
+            raise OptionError(f"--transform: {exc}") from None
     workers = getattr(args, "workers", None)
     if workers is not None and workers < 1:
         raise OptionError(f"--workers must be a positive integer, got {workers}")

@@ -445,6 +445,61 @@ def test_fit_errors(capsys, decay, tmp_path):
         assert match in one_error_line(err)
 
 
+@needs_fit
+def test_fit_transform_option(capsys, decay, tmp_path):
+    """--transform sets the residual scales (per observable, or one for all), replacing
+    the model file's [fit] transform; the result's config records it, and the fit is the
+    Python API's with the same transform."""
+    model, csv = decay
+    model.write_text(model.read_text().replace('[fit]', '[fit]\ntransform = { x = "log10" }'))
+    seen = {}
+    for name, extra in (("file", []), ("one", ["--transform", "x=log"]),
+                        ("all", ["--transform", "log"])):
+        out = tmp_path / name
+        code, _, err = run(capsys, "fit", model, csv, "--out", out, "-q", "--no-plots",
+                           *extra)
+        assert code == 0, err
+        seen[name] = dl.load_result(out / "result.json")
+    assert seen["file"].config["transform"] == {"x": "log10"}
+    assert seen["one"].config["transform"] == {"x": "log"}
+    assert seen["all"].config["transform"] == "log"
+    assert "residual scales: x log" in seen["one"].summary()
+    # the same fit as dl.fit with transform= (log10 only scales the residuals by 1/ln 10)
+    loss = dl.loss(seen["one"].model, seen["one"].data, transform={"x": "log"})
+    assert seen["one"].loss == pytest.approx(loss, rel=1e-12)
+    with pytest.raises(dl.OptionError, match=re.escape(
+            "transform names ['y'], which are not observables; observables are ['x']")):
+        dl.loss(seen["one"].model, seen["one"].data, transform={"y": "log"})
+    assert seen["one"].params.loc["k", "value"] == pytest.approx(
+        seen["all"].params.loc["k", "value"], rel=1e-12)
+    assert seen["file"].params.loc["k", "value"] == pytest.approx(
+        seen["one"].params.loc["k", "value"], rel=1e-3)
+    code, out, _ = run(capsys, "fit", "--help")
+    assert code == 0 and "--transform OBS=NAME" in out
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--transform", "y=log"], "--transform: transform names ['y'], which are not "
+                               "observables; observables are ['x']"),
+    (["--transform", "x=ln"], "--transform: transform={'x': 'ln'}: unknown transforms"),
+    (["--transform", "lin", "--loss", "log"], "--transform: loss='log' puts every "
+                                              "observable on the log scale"),
+    (["--transform", "log", "--transform", "x=lin"], "a transform for every observable is "
+                                                     "given alone"),
+    (["--transform", "x=log", "--transform", "x=lin"], "'x' given twice"),
+    (["--transform", "x="], "give OBS=NAME"),
+])
+def test_fit_transform_option_errors(capsys, decay, tmp_path, extra, match):
+    """A bad --transform is an OptionError (exit status 2) with the Python API's message,
+    before any output folder is made."""
+    model, csv = decay
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "fit", model, csv, "--out", out, *extra)
+    assert code == 2, extra
+    assert match in one_error_line(err)
+    assert not out.exists()
+
+
 def test_missing_matplotlib_is_a_clear_error(monkeypatch):
     from dynlearn.report import figures as plotting
     monkeypatch.setitem(sys.modules, "matplotlib", None)

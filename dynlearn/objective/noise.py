@@ -26,6 +26,12 @@ optimum. The fit then ends with a joint optimisation of the exact likelihood
 :meth:`dynlearn.objective.objective.FitObjective.exact_loss_and_grad`). The loss reported
 at the end is the exact negative log-likelihood at the final point (noise parameters
 optimal for its predictions).
+
+Their standard errors come from the Fisher information of the model's coordinates and the
+noise parameters together, which needs the levels' derivatives in the predictions
+(:meth:`NoiseFormulas.sigma_jacobian`) and in the noise parameters
+(:meth:`NoiseFormulas.sigma_param_jacobian`); see
+:func:`dynlearn.results.covariance.noise_fisher_factor`.
 """
 
 from __future__ import annotations
@@ -260,6 +266,21 @@ class NoiseFormulas:
                 out[fm.observable] = D
         return out
 
+    def sigma_param_jacobian(self, H, t, p) -> dict[int, np.ndarray]:
+        """Per column with a formula, the derivatives of its levels in the noise
+        parameters: ``{k: D}`` with ``D[i, j] = d sigma_ik / d p_j`` (shape
+        ``(m, n_params)``; zero for a parameter the formula does not use)."""
+        H = np.asarray(H, dtype=float)
+        args = self._args(H, t, p)
+        out = {}
+        with np.errstate(all="ignore"):
+            for fm in self.formulas:
+                D = np.zeros((H.shape[0], self.n_params))
+                for j, d in zip(fm.params, fm.df):
+                    D[:, j] = np.broadcast_to(d(*args), H.shape[:1])
+                out[fm.observable] = D
+        return out
+
     def check_positive(self, sig, masks, ts, p, when: str) -> None:
         """Raise OptionError where a formula is not positive (or not finite) at an observed
         value (``sig``, ``masks``, ``ts``: per experiment)."""
@@ -304,6 +325,12 @@ class NoiseFormulas:
         may stop early next to the formulas' domain)."""
         p0 = np.clip(np.asarray(p0, dtype=float), self.lower, self.upper)
         v0, _ = self.nll(p0, data)
+        if not self.n_params:      # a formula of predictions and time alone: nothing to fit
+            if not np.isfinite(v0):
+                sig = [self.sigma(H, t, p0) for H, t, _, _ in data]
+                self.check_positive(sig, [fr for *_, fr in data],
+                                    [t for _, t, _, _ in data], p0, "at the fit's predictions")
+            return p0
         if not np.isfinite(v0):
             sig = [self.sigma(H, t, p0) for H, t, _, _ in data]
             self.check_positive(sig, [fr for *_, fr in data], [t for _, t, _, _ in data],

@@ -28,11 +28,14 @@ from dynlearn.objective.losses import loss_from_config, loss_from_name
 from dynlearn.objective.objective import FitObjective, Rejected
 from dynlearn.optimizers import Status
 from dynlearn.results.covariance import (
+    add_noise_params,
     covariance_budget,
     covariance_frames,
-    optimum_jacobian,
+    noise_param_notes,
+    optimum_system,
     parameter_covariance,
     params_table,
+    split_noise_covariance,
 )
 from dynlearn.results.diagnostics import (
     CORRELATION_THRESHOLD,
@@ -88,9 +91,12 @@ class FitResult:
         Physical parameters (fixed ones included, marked) and estimated initial states:
         value, stderr, ci_lower, ci_upper (95%, clipped to the bounds), initial, min, max,
         fixed, transform, kind, at_bound (``"lower"``, ``"upper"`` or ``""``), unit (the
-        label given to the model, ``""`` for none; an initial state has its state's).
+        label given to the model, ``""`` for none; an initial state has its state's). With
+        noise formulas, then a row per noise parameter (``kind = "noise parameter"``; see
+        :func:`~dynlearn.results.covariance.add_noise_params`).
     covariance, correlation : pandas.DataFrame or None
-        Over the free entries of :attr:`params`, in physical units.
+        Over the free entries of :attr:`params` but the noise parameters, in physical
+        units.
     sigma : dict
         Noise level per observable (estimated for ``"gaussian"``: pooled over its noise
         groups when it has several), and each estimated noise group's level under its label
@@ -199,20 +205,26 @@ class FitResult:
         # within a budget (the fit's max_time, else a multiple of its own cost per
         # evaluation): past it the result keeps the best point and its loss, without the
         # standard errors, rather than hang on a solve of unbounded length
-        r, J, not_computed = optimum_jacobian(obj, x, best.final,
-                                              covariance_budget(elapsed, outcomes))
+        # (with noise formulas, A is the Fisher factor of the model's coordinates and the
+        # noise parameters together; else A = J)
+        r, J, A, not_computed = optimum_system(obj, x, best.final,
+                                               covariance_budget(elapsed, outcomes))
         timed_out = bool(not_computed)
+        cov_p = None
         if r is not None:
             r_data = r[:obj.n_data]
-            cov_x, dof, scaled = parameter_covariance(obj, r, J)
+            cov_x, dof, scaled = parameter_covariance(obj, r, A)
+            cov_x, cov_p = split_noise_covariance(obj, cov_x)
         loss = best.loss if timed_out else _final_loss(obj, x, r_data)
-        table = params_table(model0, space, x, cov_x, dof, scaled, level)
+        table = add_noise_params(params_table(model0, space, x, cov_x, dof, scaled, level),
+                                 obj, cov_p, level)
         table["unit"] = [model0.unit(n) for n in table.index]    # a label, for the tables
         diagnostics = diagnose(obj, x, r, J, cov_x, table,
                                effective_dof=config.get("effective_dof"),
                                unpenalised_cost=config.get("unpenalised_cost"))
         if not_computed:
             diagnostics.uncertainty = not_computed
+        diagnostics.notes.update(noise_param_notes(obj, cov_p))
         if diagnostics.noise_warning:
             # stacklevel: from_fit <- dynlearn.fit <- the caller
             warnings.warn(diagnostics.noise_warning, FitWarning, stacklevel=3)
