@@ -27,7 +27,10 @@ integrals of known functions once ``lambda`` is known. Two ways to integrate the
   interpolants are polynomials there) ``lambda^T df/dtheta`` is summed by Gauss-Legendre
   quadrature (:data:`QUADRATURE_NODES` nodes, exact for polynomials of degree ``2 q - 1``),
   all nodes of an interval evaluated in one batched call
-  (:meth:`~dynlearn.core.vectorfield.VectorField.theta_vjp_points`).
+  (:meth:`~dynlearn.core.vectorfield.VectorField.theta_vjp_points`). Where the backward
+  solve takes many steps inside one forward step (the transient after each restart),
+  ``df/dtheta``, a function of ``y`` alone, is evaluated at :data:`FORWARD_NODES` nodes of
+  the forward step and interpolated, not at every backward step's nodes.
 
 In the state, LSODA factors dense Newton matrices of ``n + n_theta`` rows (288 for
 Lang_PLOSComputBiol2024's 124 states), and that LU is most of the time for large systems;
@@ -63,13 +66,21 @@ from scipy.integrate import solve_ivp
 from dynlearn.errors import SolveError
 from dynlearn.solve import STIFF_METHODS, solve_observed
 
-__all__ = ["ADJOINT_COMPONENTS_PER_RESTART", "DEFAULT_QUADRATURE", "QUADRATURES",
-           "QUADRATURE_NODES", "QUADRATURE_STATE_LIMIT", "AdjointTape", "prefer_adjoint"]
+__all__ = ["ADJOINT_COMPONENTS_PER_RESTART", "DEFAULT_QUADRATURE", "FORWARD_NODES",
+           "QUADRATURES", "QUADRATURE_NODES", "QUADRATURE_STATE_LIMIT", "AdjointTape",
+           "prefer_adjoint"]
 
 #: Gauss-Legendre nodes per backward step for the quadratures ``mu``: the solver's
 #: interpolant of ``lambda`` is a polynomial of its order (at most 5 for LSODA's BDF), so
 #: ``q`` nodes, exact to degree ``2 q - 1``, keep the quadrature's error below the step's own
 QUADRATURE_NODES = 3
+#: Gauss-Legendre nodes per forward step at which ``df/dtheta`` is evaluated where the
+#: backward solve takes many short steps inside one forward step (after each restart,
+#: through the fast transient of the jump in ``lambda``): interpolated from them, a
+#: polynomial of degree ``2 QUADRATURE_NODES - 1``, the degree the nodes on the pieces
+#: integrate exactly, so the interpolation adds an error of the rule's own order
+#: (``AdjointTape._quadrature``; measured by ``benchmarks/adjoint_backward.py``)
+FORWARD_NODES = 2 * QUADRATURE_NODES
 #: how the quadratures are integrated: ``"gauss"`` on the backward steps, ``"state"`` as
 #: part of the solver's state (the former way), ``"auto"`` by the backward system's size
 #: (:data:`QUADRATURE_STATE_LIMIT`)
@@ -239,6 +250,7 @@ class AdjointTape:
         mu = np.zeros(mov.size)
         if self.steady is not None:
             g += self.steady[1] @ self.steady[0]
+        has_cotangent = np.any(self.Gy != 0, axis=1)    # where lambda jumps
         rhs, jac = self._backward_functions(mov)
         for a, b, sol, jmap in reversed(self.segments):
             seen = False        # the cotangent at b is already in lam
@@ -249,8 +261,13 @@ class AdjointTape:
                     seen = True
                 g += lam @ C
                 lam = lam @ A
-            # backward from b to a, restarting at every output time inside
-            inside = self.times[(self.times > a) & (self.times <= b)]
+            # backward from b to a, restarting at every output time inside where lambda
+            # jumps. Not where it does not: a restart costs LSODA a start from order 1,
+            # and at tight tolerances from a smooth lambda its Adams start may not detect
+            # stiffness at all (Lang_PLOSComputBiol2024 at 1e-12: 3,000 steps of 4e-8 at
+            # the stability limit of J's fastest mode, -2.4e7, and no switch to BDF)
+            inside = self.times[(self.times > a) & (self.times <= b)
+                               & has_cotangent]
             stops = np.unique(np.concatenate([inside, [b]]))[::-1]
             stops = np.append(stops, a)
             for hi, lo in zip(stops[:-1], stops[1:]):
@@ -328,21 +345,62 @@ class AdjointTape:
         return w, mu + self._quadrature(res.sol, sol)
 
     def _quadrature(self, lam_sol, sol) -> np.ndarray:
-        """``int lambda^T df/dtheta dt`` over the backward solve's steps (Gauss-Legendre on
-        each step, the module notes): the change of ``mu`` from its start to its end."""
-        # the pieces of both interpolants (lambda's backward steps, y's forward ones):
-        # the integrand is smooth on each, not across their joins
+        """``int lambda^T df/dtheta dt`` over the backward solve's steps (the module notes):
+        the change of ``mu`` from its start to its end.
+
+        The integrand is smooth on the pieces of both interpolants (lambda's backward steps,
+        y's forward ones), not across their joins. ``df/dtheta`` depends on ``t`` through
+        ``y`` alone, and after every restart the backward solve takes hundreds of short
+        steps through the fast transient the jump in ``lambda`` excites, where ``y`` hardly
+        moves (Lang_PLOSComputBiol2024: 271,000 backward steps against 30,500 forward ones,
+        and ``df/dtheta`` at 3 nodes of every piece was 71 % of the backward pass). So on a
+        forward step holding more than :data:`FORWARD_NODES` / :data:`QUADRATURE_NODES`
+        pieces, ``df/dtheta`` is evaluated at :data:`FORWARD_NODES` Gauss-Legendre nodes of
+        the forward step only and interpolated (degree ``FORWARD_NODES - 1``) at
+        ``lambda``'s nodes: the moments ``int lambda l_j dt`` of its Lagrange basis are
+        summed on the pieces by the same Gauss rule, with ``lambda`` alone. Other pieces
+        take ``df/dtheta`` at their own nodes, as before."""
         ts = np.asarray(lam_sol.ts, dtype=float)
         lo, hi = ts.min(), ts.max()
         fwd = np.asarray(getattr(sol, "ts", ()), dtype=float)
-        ts = np.unique(np.concatenate([ts, fwd[(fwd > lo) & (fwd < hi)]]))
+        # the forward steps clipped to [lo, hi] (without the forward interpolant's joins,
+        # lambda's own steps stand for them)
+        inner = fwd[(fwd > lo) & (fwd < hi)] if fwd.size else ts
+        fb = np.unique(np.concatenate([[lo, hi], inner]))
+        ts = np.unique(np.concatenate([ts, fb]))
         a, b = ts[:-1], ts[1:]
+        piece = np.searchsorted(fb, 0.5 * (a + b)) - 1      # the forward step of each piece
         x, wq = np.polynomial.legendre.leggauss(QUADRATURE_NODES)
-        nodes = (0.5 * (b - a)[:, None] * (x[None, :] + 1.0) + a[:, None]).ravel()
-        weights = (0.5 * (b - a)[:, None] * wq[None, :]).ravel()
-        L = lam_sol(nodes)            # (n, nodes)
-        Y = sol(nodes)
+        nodes = 0.5 * (b - a)[:, None] * (x[None, :] + 1.0) + a[:, None]     # (pieces, q)
+        weights = 0.5 * (b - a)[:, None] * wq[None, :]
+        n = self.vf.n
+        L = lam_sol(nodes.ravel()).T.reshape(a.size, QUADRATURE_NODES, n)
+        # interpolate df/dtheta where that evaluates it at fewer points
+        interp = (np.bincount(piece, minlength=fb.size - 1) * QUADRATURE_NODES
+                  > FORWARD_NODES)
+        via = interp[piece]
+        g = np.zeros(self.vf.n_theta)
         # mu' = -lambda^T df/dtheta backward in time: mu(lo) - mu(hi) is the integral of
-        # +lambda^T df/dtheta from lo to hi, evaluated at all nodes at once
-        g = self.vf.theta_vjp_points(nodes, Y.T, (L * weights).T)
+        # +lambda^T df/dtheta from lo to hi
+        if np.any(~via):
+            T = nodes[~via].ravel()
+            g += self.vf.theta_vjp_points(
+                T, sol(T).T, (L[~via] * weights[~via][:, :, None]).reshape(-1, n))
+        if np.any(via):
+            A, B = fb[:-1][interp], fb[1:][interp]
+            k = (np.cumsum(interp) - 1)[piece[via]]        # index among A, B; sorted
+            s = 2.0 * (nodes[via] - A[k][:, None]) / (B - A)[k][:, None] - 1.0
+            xf, _ = np.polynomial.legendre.leggauss(FORWARD_NODES)
+            starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+            Lv = L[via]
+            M = np.empty((A.size, FORWARD_NODES, n))
+            for j in range(FORWARD_NODES):
+                ell = np.ones_like(s)           # the Lagrange basis polynomial of node j
+                for i in range(FORWARD_NODES):
+                    if i != j:
+                        ell *= (s - xf[i]) / (xf[j] - xf[i])
+                M[:, j] = np.add.reduceat(Lv * (weights[via] * ell)[:, :, None], starts,
+                                          axis=0).sum(axis=1)
+            T = (0.5 * (B - A)[:, None] * (xf[None, :] + 1.0) + A[:, None]).ravel()
+            g += self.vf.theta_vjp_points(T, sol(T).T, M.reshape(-1, n))
         return g[self.moving]
