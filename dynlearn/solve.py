@@ -54,6 +54,7 @@ import numpy as np
 from scipy.integrate import BDF, DOP853, LSODA, RK23, RK45, Radau, solve_ivp
 from scipy.optimize import OptimizeResult
 
+from dynlearn.core.bandwidth import lsoda_layout
 from dynlearn.core.vectorfield import VectorField
 from dynlearn.data.checks import check_times, check_y0
 from dynlearn.data.signals import as_input_signal
@@ -64,7 +65,7 @@ __all__ = ["simulate", "Solution", "METHODS", "STIFF_METHODS", "EXPLICIT_METHODS
            "stiffness_probe",
            "MAX_BUFFER_BYTES", "MAX_NFEV", "SOLVER_CLASSES", "SolveGuard", "check_method",
            "check_options", "current_deadline", "deadline", "failure_point", "integrate",
-           "reset_deadline", "set_deadline", "solve_observed", "split_options"]
+           "integrate_field", "reset_deadline", "set_deadline", "solve_observed", "split_options"]
 
 EXPLICIT_METHODS = ("RK45", "RK23", "DOP853")
 STIFF_METHODS = ("Radau", "BDF", "LSODA")
@@ -539,15 +540,46 @@ def failure_point(res, t0: float) -> str:
     return f"before its first output time (from t={t0})"
 
 
+def integrate_field(vf: VectorField, t_span, y0, t_eval, method: str, rtol, atol,
+                    options: dict, dense: bool = False, where: str = ""):
+    """:func:`integrate` of a vector field's state (restarted at its breakpoints) with the
+    stiff methods' exact Jacobian.
+
+    LSODA gets it dense or banded as :func:`dynlearn.core.bandwidth.lsoda_layout` rules
+    for the model's Jacobian pattern: a large model whose Jacobian has a narrow band
+    (possibly after reordering its states) is solved in the reordered states with a banded
+    Jacobian, and its outputs and dense solution are mapped back, so the result is in the
+    model's state order either way. Options naming ``lband``/``uband`` keep the dense path.
+
+    Returns
+    -------
+    OptimizeResult
+        As :func:`integrate`'s.
+    """
+    kw = solver_kwargs(vf, method, rtol, atol, options)
+    names = [s.name for s in vf.model.states]
+    fun, start = vf.fun, np.asarray(y0, dtype=float)
+    order = None
+    if method == "LSODA" and not {"lband", "uband"} & set(options):
+        order = lsoda_layout(vf.c.jacobian_pattern())
+    if order is not None:
+        fun, start, names = order.wrap_fun(fun), order.to_solver(start), order.names(names)
+        kw["atol"] = order.tolerance(kw["atol"])
+        kw.update(order.lsoda_options(vf.jac))
+    t0, t1 = t_span
+    res = integrate(fun, (t0, t1), start, t_eval, vf.breakpoints(t0, t1), dense, where=where,
+                    names=names, **kw)
+    return order.restore(res) if order is not None else res
+
+
 def solve_observed(vf: VectorField, t0: float, t_obs: np.ndarray, y0: np.ndarray, method: str,
                    rtol, atol, options: dict, dense: bool = False, where: str = ""):
     """Integrate from ``t0`` and return ``(Y at t_obs, scipy result)``; raise SolveError."""
     t_end = t_obs[-1]
     if t_end == t0:
         return np.tile(y0, (t_obs.size, 1)), None
-    res = integrate(vf.fun, (t0, t_end), y0, t_obs, vf.breakpoints(t0, t_end), dense,
-                    where=where, names=[s.name for s in vf.model.states],
-                    **solver_kwargs(vf, method, rtol, atol, options))
+    res = integrate_field(vf, (t0, t_end), y0, t_obs, method, rtol, atol, options, dense,
+                          where=where)
     if res.status != 0:
         raise SolveError(f"the {method} solver failed{where} {failure_point(res, t0)}: "
                          f"{res.message} Try a stiff method (Radau, BDF, LSODA), looser "
@@ -888,9 +920,7 @@ def simulate(model, t, y0, theta=None, method: str = "RK45", rtol: float = 1e-6,
         res = None
     else:
         try:
-            res = integrate(vf.fun, (t0, t[-1]), y0, t, vf.breakpoints(t0, t[-1]),
-                            names=[s.name for s in model.states],
-                            **solver_kwargs(vf, method, rtol, atol, options))
+            res = integrate_field(vf, (t0, t[-1]), y0, t, method, rtol, atol, options)
         except SolveError as exc:
             if throw:
                 raise

@@ -63,7 +63,7 @@ from dynlearn.solve import (
     STIFF_METHODS,
     SolveGuard,
     failure_point,
-    integrate,
+    integrate_field,
     split_options,
 )
 
@@ -127,9 +127,6 @@ class Adjoint(Sensitivity):
         vf = prob.vf
         n, P = vf.n, vf.n_theta
         t_obs, t0, y0 = prob.t_obs, prob.t0, prob.y0
-        kw = dict(method=prob.method, rtol=prob.rtol, atol=prob.atol, **prob.options)
-        if prob.method in STIFF_METHODS:
-            kw["jac"] = vf.jac
         if t_obs[-1] == t0:
             Y = np.tile(y0, (t_obs.size, 1))
             value, Gy, g = observation_cotangents(vf, t_obs, Y, prob.obs_loss)
@@ -144,9 +141,10 @@ class Adjoint(Sensitivity):
             if bounds[-1] != t_obs[-1]:
                 bounds.append(t_obs[-1])
         jumps = vf.breakpoints(t0, t_obs[-1])
-        names = [s.name for s in vf.model.states]
-        res = integrate(vf.fun, (t0, t_obs[-1]), y0, np.union1d(t_obs[later], bounds[1:]), jumps,
-                        dense=K is None, where=prob.where, names=names, **kw)
+        # the state's solve as every plain solve (a large model's LSODA: banded Jacobian)
+        res = integrate_field(vf, (t0, t_obs[-1]), y0, np.union1d(t_obs[later], bounds[1:]),
+                              prob.method, prob.rtol, prob.atol, prob.options,
+                              dense=K is None, where=prob.where)
         self._check(res, prob, "forward")
         Y = np.empty((t_obs.size, n))
         Y[t_obs <= t0] = y0
@@ -177,9 +175,9 @@ class Adjoint(Sensitivity):
             if K is None:
                 sol = res.sol
             else:
-                r = integrate(vf.fun, (ta, tb), seg_states[si], [tb],
-                              jumps[(jumps > ta) & (jumps < tb)], dense=True, where=prob.where,
-                              names=names, **kw)
+                r = integrate_field(vf, (ta, tb), seg_states[si], [tb], prob.method,
+                                    prob.rtol, prob.atol, prob.options, dense=True,
+                                    where=prob.where)
                 self._check(r, prob, "forward (checkpoint segment)")
                 sol = r.sol
 

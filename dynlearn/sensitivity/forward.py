@@ -45,13 +45,10 @@ References
 
 from __future__ import annotations
 
-import functools
-import os
-import sys
-
 import numpy as np
 import scipy.sparse as sps
 
+from dynlearn.core.bandwidth import StateOrder, lsoda_layout
 from dynlearn.core.model import SENSITIVITY_SYSTEM_LIMIT
 from dynlearn.errors import OptionError, SolveError
 from dynlearn.sensitivity.base import (
@@ -231,33 +228,6 @@ def compiled_sensitivity_rhs(vf, q: int, W: np.ndarray | None, product: str = "a
     return fun
 
 
-@functools.cache
-def lsoda_pads_band() -> bool:
-    """Whether this scipy's LSODA wants a banded Jacobian with ``lband`` extra zero rows
-    (``2 lband + uband + 1`` in all) rather than the ``lband + uband + 1`` its documentation
-    states: the Fortran wrapper of scipy before its C port did. Found out once, by a tiny
-    solve."""
-    from scipy.integrate import solve_ivp
-
-    def jac(t, y):      # y' = -1e4 y, stiff so that LSODA switches to BDF and calls jac
-        return np.array([[0.0, 0.0], [-1e4, -1e4], [0.0, 0.0]])
-    # the old wrapper prints its complaint from C to file descriptor 2: silence it here
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            try:
-                solve_ivp(lambda t, y: -1e4 * y, (0.0, 1.0), [1.0, 1.0], method="LSODA",
-                          jac=jac, lband=1, uband=1)
-            except ValueError:
-                return True
-            return False
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def banded_block_jacobian(vf, blocks: int) -> dict:
     """LSODA options for the Jacobian ``I (x) J`` of a system of ``blocks`` stacked copies
     of the state (``[y, S_1, ..., S_q]``): ``jac`` returning it in LAPACK's banded storage,
@@ -282,21 +252,9 @@ def banded_block_jacobian(vf, blocks: int) -> dict:
     dict
         ``{"jac": ..., "lband": l, "uband": u}`` for ``solve_ivp(method="LSODA")``.
     """
-    n = vf.n
-    lo, up = vf.c.jacobian_bandwidth()
-    rows, cols = np.nonzero(vf.c.jacobian_pattern())
-    # packed[up + i - j, j] = J[i, j] (scipy.linalg.solve_banded's layout), the same for
-    # every block, so one scatter per call fills all blocks at once; older scipy wants lo
-    # more (zero) rows below, LINPACK's room for fill-in
-    band = up + rows - cols
-    height = lo + up + 1 + (lo if lsoda_pads_band() else 0)
-    packed = np.zeros((height, blocks, n))
-
-    def jac(t, z):
-        J = vf.jac(t, z[:n])
-        packed[band, :, cols] = J[rows, cols][:, None]
-        return packed.reshape(height, blocks * n).copy()
-    return {"jac": jac, "lband": lo, "uband": up}
+    # in the declared state order; ForwardSensitivity reorders the states where that
+    # narrows the band (dynlearn.core.bandwidth.lsoda_layout)
+    return StateOrder(vf.c.jacobian_pattern(), np.arange(vf.n), blocks).lsoda_options(vf.jac)
 
 
 class ForwardSensitivity(Sensitivity):
@@ -307,7 +265,8 @@ class ForwardSensitivity(Sensitivity):
     sparse_jacobian : bool or None
         For Radau and BDF, give the augmented Jacobian as a sparse matrix (default: when the
         augmented system has more than 60 components). LSODA, whose Fortran core takes no
-        sparse matrix, gets it in banded storage (:func:`banded_block_jacobian`).
+        sparse matrix, gets it in banded storage, in reordered states where that narrows
+        the band (:func:`dynlearn.core.bandwidth.lsoda_layout`).
     product : {"auto", "dense", "sparse"}
         How physics-only models beyond the symbolic system form ``J S + (df/dtheta) W``
         each step (:func:`compiled_sensitivity_rhs`); the same values to rounding.
@@ -435,12 +394,17 @@ class ForwardSensitivity(Sensitivity):
         # dy_i/dtheta_k shares the absolute tolerance of y_i
         kw["atol"] = np.tile(atol, q + 1) if atol.ndim else float(atol)
         jsym = vf.c.sensitivity_system(wrt_y0)[1] if symbolic else None
+        order = None
         if prob.method in STIFF_METHODS and jsym is not None:
             def jac(t, z):
                 return jsym([t], z.tolist(), pl, [], inputs(t).tolist() if inputs else [])
             kw["jac"] = jac
         elif prob.method == "LSODA":
-            kw.update(banded_block_jacobian(vf, q + 1))
+            # banded I (x) J, in reordered states where that narrows J's band
+            order = lsoda_layout(vf.c.jacobian_pattern(), q + 1)
+            fun, z0 = order.wrap_fun(fun), order.to_solver(z0)
+            kw["atol"] = order.tolerance(kw["atol"])
+            kw.update(order.lsoda_options(vf.jac))
         elif prob.method in STIFF_METHODS:
             sparse = self.sparse_jacobian if self.sparse_jacobian is not None else n * (q + 1) > 60
             eye = sps.identity(q + 1, format="csc") if sparse else np.eye(q + 1)
@@ -450,8 +414,12 @@ class ForwardSensitivity(Sensitivity):
                 return sps.kron(eye, J, format="csc") if sparse else np.kron(eye, J)
             kw["jac"] = jac
         names = [s.name for s in vf.model.states]
+        if order is not None:
+            names = order.names(names)
         res = integrate(fun, (t0, t_obs[-1]), z0, t_obs, vf.breakpoints(t0, t_obs[-1]),
                         where=prob.where, names=names, **kw)
+        if order is not None:
+            order.restore(res)
         if res.status != 0:
             raise SolveError(f"the {prob.method} solver failed{prob.where} while integrating "
                              f"sensitivities {failure_point(res, t0)}: {res.message}",
