@@ -311,12 +311,16 @@ class _Plateau:
         return 0.5 * float(r @ r), J.T @ r, J, None
 
 
+#: the Fisher method before the trust radius (its column scales and Nielsen's damping)
+DAMPING = dict(trust_region="damping", secant_after=0)
+
+
 def test_an_uninformed_parameter_does_not_stop_the_others():
     x0 = np.array([-4.0, -15.0])     # a far from its optimum (gradient 6), q on the plateau
-    # the column scales' floor alone (no trust region, which would walk q off the
-    # plateau: the next test)
-    run = fit_one_start((1, x0), _Plateau(), "fisher", 500, FisherSettings(step_bound=None),
-                        posterior=False)
+    # the damping rule's column scales' floor alone (no trust region on the ranges, which
+    # would walk q off the plateau: the next test)
+    run = fit_one_start((1, x0), _Plateau(), "fisher", 500,
+                        FisherSettings(step_bound=None, **DAMPING), posterior=False)
     assert run["status"] == "converged"
     assert run["x"][0] == pytest.approx(2.0, abs=1e-6)
     # q stays on its plateau (gradient ~1e-12 there): what is left is its residual's 0.5
@@ -325,12 +329,16 @@ def test_an_uninformed_parameter_does_not_stop_the_others():
 
 def test_the_trust_region_walks_off_the_plateau():
     # with the default trust region the steps along q are bounded, the model predicts
-    # them well once q's residual grows, and q reaches its optimum -3 (objective 0)
+    # them well once q's residual grows, and q reaches its optimum -3 (objective 0); the
+    # trust radius alone (no bound on the ranges) does the same, the damping rule's column
+    # scales alone do not (the test above)
     x0 = np.array([-4.0, -15.0])
-    run = fit_one_start((1, x0), _Plateau(), "fisher", 500, FisherSettings(), posterior=False)
-    assert run["status"] == "converged"
-    assert run["x"] == pytest.approx([2.0, -3.0], abs=1e-5)
-    assert run["fun"] < 1e-9
+    for settings in (FisherSettings(), FisherSettings(**DAMPING),
+                     FisherSettings(step_bound=None)):
+        run = fit_one_start((1, x0), _Plateau(), "fisher", 500, settings, posterior=False)
+        assert run["status"] == "converged"
+        assert run["x"] == pytest.approx([2.0, -3.0], abs=1e-5)
+        assert run["fun"] < 1e-9
 
 
 def test_steps_shortened_by_the_damping_are_not_convergence():
@@ -339,7 +347,8 @@ def test_steps_shortened_by_the_damping_are_not_convergence():
     # model still promises a decrease of ~18, so the start must not be called converged
     x0 = np.array([-4.0, -15.0])
     run = fit_one_start((1, x0), _Plateau(), "fisher", 500,
-                        FisherSettings(scale_floor=0.0, step_bound=None), posterior=False)
+                        FisherSettings(scale_floor=0.0, step_bound=None, **DAMPING),
+                        posterior=False)
     assert run["fun"] > 10.0
     assert run["status"] == "not converged" and run["reason"] == Status.STALLED.value
     assert not run["success"]
@@ -422,3 +431,50 @@ def test_a_trial_whose_plain_solve_fails_is_tried_with_sensitivities():
     for i in plain:
         assert prob.sens[i + 1]
         assert np.array_equal(prob.points[i + 1], prob.points[i])
+
+
+def test_a_rejected_step_shrinks_the_trust_radius_to_a_quarter():
+    # the radius rule: after a rejected trial the next trial from the same point is at
+    # most a quarter of its length (parameters' own scales), whatever the damping it needs
+    prob = _Recording()
+    run = fit_one_start((1, np.array([-4.0, -15.0])), prob, "fisher", 500,
+                        FisherSettings(step_bound=None), posterior=False)
+    assert run["status"] == "converged"
+    pairs = 0
+    base = prob.points[0]
+    for i in range(1, len(prob.points) - 1):
+        if prob.sens[i]:
+            base = prob.points[i]
+            continue
+        if not prob.sens[i + 1]:        # trial i rejected, trial i + 1 from the same point
+            first = np.linalg.norm(prob.points[i] - base)
+            second = np.linalg.norm(prob.points[i + 1] - base)
+            assert second <= 0.25 * first * (1 + 1e-3)
+            pairs += 1
+    assert pairs >= 1
+
+
+def test_both_trust_regions_follow_a_curved_valley():
+    # Rosenbrock's function as least squares, r = (10 (y - x^2), 1 - x): the valley the
+    # Gauss-Newton model follows only in short steps; both rules reach (1, 1)
+    class Valley(_Plateau):
+        x_names = ["x", "y"]
+        lower, upper = np.array([-5.0, -5.0]), np.array([5.0, 5.0])
+
+        def _rj(self, x):
+            a, b = x
+            return (np.array([10.0 * (b - a * a), 1.0 - a]),
+                    np.array([[-20.0 * a, 10.0], [-1.0, 0.0]]))
+
+    for settings in (FisherSettings(), FisherSettings(**DAMPING)):
+        run = fit_one_start((1, np.array([-1.2, 1.0])), Valley(), "fisher", 500, settings,
+                            posterior=False)
+        assert run["status"] == "converged"
+        assert run["x"] == pytest.approx([1.0, 1.0], abs=1e-6)
+
+
+@pytest.mark.parametrize("bad", [dict(trust_region="dogleg"), dict(secant_after=-1),
+                                 dict(secant_after=2.5)])
+def test_fisher_settings_are_checked(bad):
+    with pytest.raises(OptionError, match="FisherSettings"):
+        FisherSettings(**bad)

@@ -42,18 +42,45 @@ else ``"lbfgsb"``: Laplace noise puts minima on kinks of the likelihood, where a
 model with the expected curvature misleads the steps (measured on the test suite's
 problem, whose Laplace observable puts the minimum on such a kink).
 
-The step of the Fisher method: with ``H`` the Fisher information (plus the priors' and the
-secant correction, made positive semidefinite), ``g`` the gradient and ``D`` the column
-scales (square roots of the diagonal of ``H``, kept at their running maximum as MINPACK
-does, so the method does not depend on the parameters' units; floored at ``scale_floor``
-times the largest, :class:`FisherSettings`), the step minimises
-``g.d + d.H.d / 2 + lam |D d|^2 / 2`` over the parameters not held at a bound (a parameter
-on its bound with the gradient pushing outward stays there), and a parameter it would carry
-past a bound is set on the bound and the others solved again. The damping follows Nielsen's
-rule, as in :class:`dynlearn.optimizers.LevenbergMarquardt`: after an accepted step with
-gain ratio ``rho`` it is multiplied by ``max(1/3, 1 - (2 rho - 1)^3)``, after a rejected one
-by 2, 4, 8, ... A point where the model cannot be solved is a rejected trial. A trust
-region on the parameters' scales bounds the steps besides: the first step moves no
+The step of the Fisher method: with ``H`` the Fisher information (plus the priors'
+curvature and, once switched on, the secant correction; made positive semidefinite) and
+``g`` the gradient, the step minimises ``g.d + d.H.d / 2 + lam |D d|^2 / 2`` over the
+parameters not held at a bound (a parameter on its bound with the gradient pushing outward
+stays there), and a parameter it would carry past a bound is set on the bound and the
+others solved again. How ``lam`` and ``D`` are chosen (``FisherSettings.trust_region``):
+
+``"radius"`` (the default)
+    A trust region of radius ``Delta`` in the parameters' own (PEtab) scales, ``D = I``
+    (so a decade of a log10 parameter weighs as much as a decade of another): ``lam`` is
+    the smallest damping whose step is no longer than ``Delta`` (Newton's method on the
+    secular equation, More and Sorensen 1983; the unconstrained step when it is shorter).
+    ``Delta`` starts at the first accepted step's length (that step damped by ``damping``
+    relative to the largest curvature), becomes a quarter of a rejected step's length,
+    half of an accepted step's after a poor gain ratio (below 0.25), and twice it after a
+    good one (above 0.75): the radius rules of Nocedal and Wright (2006, Alg. 4.1) and of
+    fides, which pyPESTO runs on AMICI's Fisher information.
+``"damping"``
+    The former rule: column scales ``D`` (square roots of the diagonal of ``H``, kept at
+    their running maximum as MINPACK does; floored at ``scale_floor`` times the largest)
+    and Nielsen's damping update, as in :class:`dynlearn.optimizers.LevenbergMarquardt`:
+    after an accepted step with gain ratio ``rho`` ``lam`` is multiplied by ``max(1/3, 1 -
+    (2 rho - 1)^3)``, after a rejected one by 2, 4, 8, ...
+
+Why the radius: side by side on the same 20 starts (benchmarks/README.md, "Fisher method:
+trust radius"), the damping rule took 2-4x the sensitivity solves of fides on the same
+problems, crawling along curved valleys with steps of 1e-4 of the parameters' ranges (its
+damping, grown by a few rejections, shrinks by at most 3x per accepted step, and its
+running-maximum scales, set where the residuals are huge, keep the steps of the
+parameters that were stiff there short long after). The structured secant correction
+(NL2SOL's) enters the model only after ``secant_after`` accepted iterations in a row
+without a change of the radius (a model that keeps predicting moderately well: the Fisher
+information misses the residuals' own curvature there), and stays in from then on, as
+fides switches from the Fisher information to BFGS (its ``HybridFixed``); in the model from
+the start it lengthened the fits (Bruno_JExpBot2016: 74 against 16 iterations on one start)
+while without it some starts crawled to the iteration limit (Armistead_CellDeathDis2024).
+
+A point where the model cannot be solved is a rejected trial. A trust region on the
+parameters' ranges bounds the steps besides: the first step moves no
 parameter by more than ``step_bound`` (0.1) of its range, the damping raised until it fits,
 and the region doubles after every step it limited that the model predicted well (gain
 ratio above 0.75). Without it, from a start far from the data the barely damped first step
@@ -105,11 +132,14 @@ from dynlearn.petab.hierarchical import interior, schur_complement
 from dynlearn.petab.problem import PetabFit
 from dynlearn.solve import deadline as solve_deadline
 
-__all__ = ["FIT_OPTIMIZERS", "FisherSettings", "available_optimizers", "choose_optimizer",
-           "draw_starts", "fit_one_start", "fit_petab"]
+__all__ = ["FIT_OPTIMIZERS", "TRUST_REGIONS", "FisherSettings", "available_optimizers",
+           "choose_optimizer", "draw_starts", "fit_one_start", "fit_petab"]
 
 #: the optimizers :func:`fit_petab` knows, besides ``"auto"``
 FIT_OPTIMIZERS = ("fisher", "lbfgsb")
+
+#: how the Fisher method chooses its damping (:class:`FisherSettings`, the module notes)
+TRUST_REGIONS = ("radius", "damping")
 
 #: the prior types whose curvature the Fisher method adds (the others are flat, or have a
 #: kink where a curvature would mislead the step)
@@ -137,13 +167,16 @@ class FisherSettings:
         was large, not because the point is an optimum, and the start ends ``STALLED``
         (not converged).
     scale_floor : float
-        The column scales ``D`` are kept at least ``scale_floor`` times their largest, so
-        that the scaled Hessian's condition stays below ``scale_floor ** -2``: a parameter
-        the data barely inform (curvature ~0) otherwise has ``D ~ 0``, the damping does not
-        shorten its step, every trial carries it from bound to bound and is rejected, and
-        the damping grown by those rejections stops the steps of all the others.
+        (With ``trust_region="damping"``; with ``"radius"`` it caps the near-null
+        directions of the ``ptol`` test only.) The column scales ``D`` are kept at least
+        ``scale_floor`` times their largest, so that the scaled Hessian's condition stays
+        below ``scale_floor ** -2``: a parameter the data barely inform (curvature ~0)
+        otherwise has ``D ~ 0``, the damping does not shorten its step, every trial
+        carries it from bound to bound and is rejected, and the damping grown by those
+        rejections stops the steps of all the others.
     damping : float
-        Initial damping relative to the largest eigenvalue of the scaled Hessian.
+        Initial damping relative to the largest eigenvalue of the scaled Hessian (with
+        ``"radius"``: of the first step only, whose length then sets the radius).
     sensitivities_at_trial : bool
         Solve the first trial point of an iteration with its sensitivities while more
         than half of the first trials are accepted (an accepted step then costs one solve
@@ -151,8 +184,17 @@ class FisherSettings:
         likelihood of a solve with sensitivities differs from one without by ~1e-7
         relatively, which in flat valleys tips acceptances and lengthened the fits
         (Bertozzi_PNAS2020, 5 starts: 1.4-1.7 s a start with it, 0.8-1.1 s without).
+    trust_region : str
+        ``"radius"`` (default): a trust radius in the parameters' scales; ``"damping"``:
+        the former Levenberg-Marquardt damping with MINPACK's column scales (see the
+        module notes). ``FisherSettings(trust_region="damping", secant_after=0)`` is the
+        method before the radius.
+    secant_after : int or None
+        The secant correction enters the model after this many accepted iterations in a
+        row in which the trust radius did not change (with ``"damping"``: whose gain ratio
+        was between 0.25 and 0.75), and stays; 0: from the first step; ``None``: never.
     step_bound : float or None
-        A trust region on the parameters' scales: the first step moves no parameter by
+        A trust region on the parameters' ranges: the first step moves no parameter by
         more than ``step_bound`` times its range (upper minus lower bound; the damping is
         raised until the step fits), and the bound doubles after every accepted step it
         limited whose gain ratio exceeded 0.75 (a model that predicts well earns longer
@@ -185,6 +227,17 @@ class FisherSettings:
     sensitivities_at_trial: bool = False
     step_bound: float | None = 0.1
     profile_noise: bool = False
+    trust_region: str = "radius"
+    secant_after: int | None = 20
+
+    def __post_init__(self):
+        if self.trust_region not in TRUST_REGIONS:
+            raise OptionError(f"FisherSettings: trust_region must be one of {TRUST_REGIONS}, "
+                              f"got {self.trust_region!r}")
+        if self.secant_after is not None and not (
+                isinstance(self.secant_after, int | np.integer) and self.secant_after >= 0):
+            raise OptionError("FisherSettings: secant_after must be a non-negative integer or "
+                              f"None, got {self.secant_after!r}")
 
 
 def choose_optimizer(problem) -> str:
@@ -447,6 +500,25 @@ def _secant_update(S, F, s, y):
     return 0.5 * (S + S.T)
 
 
+def _damping_for_radius(w, c, radius: float, lam_min: float) -> float:
+    """The smallest damping ``lam >= lam_min`` whose step ``-c / (w + lam)`` (in the
+    eigenbasis ``w`` of the model's Hessian, ``c`` the gradient there) is no longer than
+    ``radius``: Newton's method on ``1 / |s(lam)| - 1 / radius``, nearly linear in ``lam``
+    and concave, so that it converges from below in a few iterations (More and Sorensen
+    1983)."""
+    c2 = c * c
+    lam = lam_min
+    for _ in range(60):
+        q = w + lam
+        s2 = float(np.sum(c2 / q ** 2))
+        sn = math.sqrt(s2)
+        if sn <= radius * (1.0 + 1e-3):
+            break
+        slope = float(np.sum(c2 / q ** 3)) / s2 ** 1.5      # d(1/|s|)/dlam
+        lam = max(lam - (1.0 / sn - 1.0 / radius) / slope, lam_min)
+    return lam
+
+
 def _damped_stop(what: str, promised: float, lam_rel: float) -> str:
     """The message of a stop by ``ftol``/``xtol`` that is not convergence."""
     return (f"stalled: {what}, but the quadratic model still promises a decrease of "
@@ -469,6 +541,13 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
     S = np.zeros_like(F)      # the secant correction to the Fisher information
     d = np.zeros(x.size)
     lam_rel, nu = st.damping, 2.0
+    # the trust radius (FisherSettings.trust_region="radius"; None until the first
+    # accepted step sets it)
+    by_radius = st.trust_region == "radius"
+    radius = None
+    # the secant correction in the model: from the start, or once the model has kept
+    # predicting only moderately well (FisherSettings.secant_after)
+    with_secant, unchanged = st.secant_after == 0, 0
     it = slow = 0
     # the trust region on the parameters' scales (FisherSettings.step_bound), as a
     # fraction of each parameter's range
@@ -489,12 +568,15 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
             status, message = Status.CONVERGED_GTOL, "converged: every parameter is held " \
                 "at a bound by the gradient or profiled out"
             break
-        d = np.maximum(d, np.sqrt(np.maximum(np.diag(F), 0.0)))
-        # (a floor relative to the largest scale: see FisherSettings.scale_floor)
-        ds = np.maximum(d, st.scale_floor * d.max())
-        ds = np.where(ds > 0, ds, 1.0)
+        if by_radius:
+            ds = np.ones(x.size)
+        else:
+            d = np.maximum(d, np.sqrt(np.maximum(np.diag(F), 0.0)))
+            # (a floor relative to the largest scale: see FisherSettings.scale_floor)
+            ds = np.maximum(d, st.scale_floor * d.max())
+            ds = np.where(ds > 0, ds, 1.0)
         # the model's Hessian, made positive semidefinite (the secant part may not be)
-        wa, Va = np.linalg.eigh((F + S) / np.outer(ds, ds))
+        wa, Va = np.linalg.eigh(((F + S) if with_secant else F) / np.outer(ds, ds))
         Hs = (Va * np.maximum(wa, 0.0)) @ Va.T
         H = Hs * np.outer(ds, ds)
         gs = g / ds
@@ -539,11 +621,20 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
             # the damped step; more damping while it leaves the trust region (cheap: no
             # solve of the model)
             lam, limited = lam_rel * wmax, False
-            for _ in range(64):
+            if by_radius and radius is not None:
+                lam = _damping_for_radius(w, c, radius, 1e-12 * wmax)
+            for _ in range(200):
                 step = _bounded_step(Hs, gs, (lo - x) * ds, (hi - x) * ds, ~held, lam) / ds
-                if not np.max(np.abs(step) / width) > delta:
+                if np.max(np.abs(step) / width) > delta:
+                    lam, limited = 4.0 * lam, True
+                elif by_radius and radius is not None and \
+                        float(np.linalg.norm(step)) > radius * (1.0 + 1e-3):
+                    # a bound met on the way (the others solved again without the bounded
+                    # parameters' part) lengthened the step past the radius: without more
+                    # damping, the same step would be tried again after every rejection
+                    lam *= 4.0
+                else:
                     break
-                lam, limited = 4.0 * lam, True
             xn = np.clip(x + step, lo, hi)
             step = xn - x
             if small_step(step, x, st.xtol):
@@ -573,10 +664,16 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
             if rho > 1e-4:
                 accepted = True
                 break
-            # (from the damping the step had: raised by the trust region, a smaller
-            # increase would give the same step again)
-            lam_rel = max(lam_rel, lam / wmax) * nu
-            nu *= 2.0
+            unchanged = 0
+            if by_radius:
+                # a quarter of the step the model mispredicted
+                radius = 0.25 * float(np.linalg.norm(step))
+                lam_rel = lam / wmax
+            else:
+                # (from the damping the step had: raised by the trust region, a smaller
+                # increase would give the same step again)
+                lam_rel = max(lam_rel, lam / wmax) * nu
+                nu *= 2.0
             if lam_rel > MAX_DAMPING:
                 break
         if not accepted:
@@ -594,17 +691,36 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
             break
         sys_ = trial_sys if with_sys else obj.system(xn)
         if sys_ is None:       # solved without sensitivities but not with: a failed trial
+            if by_radius:
+                radius = 0.25 * float(np.linalg.norm(step))
             lam_rel *= nu
             nu *= 2.0
+            unchanged = 0
             continue
         x_old, f_old, g_old = x, f, g
         f, g, F, x = sys_
         # (the step in the parameters the method moves: the profiled ones follow)
-        S = _secant_update(S, F, (x - x_old) * moving, g - g_old)
+        if st.secant_after is not None:
+            # (kept up to date before it enters the model, as fides's BFGS is)
+            S = _secant_update(S, F, (x - x_old) * moving, g - g_old)
         if limited and rho > 0.75:
             delta *= 2.0      # the model predicted well up to the trust region's edge
-        lam_rel = max(lam_rel * max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), 1e-15)
+        if by_radius:
+            length = float(np.linalg.norm(step))
+            before = length if radius is None else radius
+            radius = before
+            if rho < 0.25:
+                radius = 0.5 * length
+            elif rho > 0.75:
+                radius = max(radius, 2.0 * length)
+            unchanged = unchanged + 1 if radius == before else 0
+            lam_rel = lam / wmax
+        else:
+            lam_rel = max(lam_rel * max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), 1e-15)
+            unchanged = unchanged + 1 if 0.25 <= rho <= 0.75 else 0
         nu = 2.0
+        if st.secant_after is not None and unchanged >= st.secant_after:
+            with_secant = True
         # two accepted steps in a row that lower the objective by less than ftol: one
         # alone may be a step shortened by a large damping
         slow = slow + 1 if f_old - f <= st.ftol * (1.0 + abs(f_old)) else 0
