@@ -59,16 +59,12 @@ from dynlearn.testing import (  # noqa: E402
 METHODS = ("BDF", "Radau", "LSODA")
 
 
-def chain_problem(n: int, seed: int = 0):
-    """A reaction chain ``A_0 -> A_1 -> ... -> A_{n-1}`` (rates ``k_i y_i``) with a
-    bimolecular back reaction ``2 A_{i+1} -> A_i + A_{i+1}`` (rate ``kb y_{i+1}^2``): n - 1
-    forward log-rates spread over four decades (1e-1 .. 1e3) plus one back log-rate. All
-    states observed at 30 log-spaced times in [1e-3, 1e2]; ``theta`` is the truth shifted
-    by up to 10% of a decade."""
+def chain_model(n: int, rng, order=None):
+    """The reaction chain of :func:`chain_problem` as a model (its states declared in
+    ``order``, a permutation of ``0..n-1``, if given)."""
     y = sp.symbols(f"y0:{n}")
     lk = sp.symbols(f"lk0:{n - 1}")
     lb = sp.Symbol("lb")
-    rng = np.random.default_rng(seed)
     logk = np.log(10.0) * rng.permutation(np.linspace(-1.0, 3.0, n - 1))
     rhs = {s: sp.S.Zero for s in y}
     kb = sp.exp(lb)
@@ -79,7 +75,19 @@ def chain_problem(n: int, seed: int = 0):
         rhs[y[i + 1]] += fwd - back
     params = {s: float(v) for s, v in zip(lk, logk)}
     params[lb] = float(np.log(0.5))
-    model = dl.HybridModel(states=list(y), params=params, rhs=rhs, name=f"chain{n}")
+    states = list(y) if order is None else [y[i] for i in order]
+    return dl.HybridModel(states=states, params=params, rhs={s: rhs[s] for s in states},
+                          name=f"chain{n}")
+
+
+def chain_problem(n: int, seed: int = 0):
+    """A reaction chain ``A_0 -> A_1 -> ... -> A_{n-1}`` (rates ``k_i y_i``) with a
+    bimolecular back reaction ``2 A_{i+1} -> A_i + A_{i+1}`` (rate ``kb y_{i+1}^2``): n - 1
+    forward log-rates spread over four decades (1e-1 .. 1e3) plus one back log-rate. All
+    states observed at 30 log-spaced times in [1e-3, 1e2]; ``theta`` is the truth shifted
+    by up to 10% of a decade."""
+    rng = np.random.default_rng(seed)
+    model = chain_model(n, rng)
     t = np.concatenate([[0.0], np.logspace(-3, 2, 30)])
     y0 = np.zeros(n)
     y0[0] = 1.0

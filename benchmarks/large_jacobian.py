@@ -46,17 +46,21 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sps
-import sympy as sp
 from scipy.optimize import OptimizeResult
-from scipy.sparse.csgraph import reverse_cuthill_mckee
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _table import print_table  # noqa: E402
+from bench_stiff import chain_model  # noqa: E402
 
 import dynlearn as dl  # noqa: E402
 import dynlearn.sensitivity.forward as forward_module  # noqa: E402
-from dynlearn.core.bandwidth import StateOrder, lsoda_pads_band  # noqa: E402
+from dynlearn.core.bandwidth import (  # noqa: E402
+    StateOrder,
+    band_ordering,
+    bandwidth,
+    lsoda_pads_band,
+)
 from dynlearn.core.vectorfield import VectorField  # noqa: E402
 from dynlearn.sensitivity.base import Problem  # noqa: E402
 from dynlearn.solve import integrate, solve_observed  # noqa: E402
@@ -113,40 +117,13 @@ def petab_case(root: str, name: str, horizon: float | None):
 def chain_case(n: int, shuffled: bool, seed: int = 0):
     """The reaction chain of ``bench_stiff.py`` (``n`` states, tridiagonal ``J``), with its
     states declared in a random order when ``shuffled``."""
-    y = sp.symbols(f"y0:{n}")
-    lk = sp.symbols(f"lk0:{n - 1}")
-    lb = sp.Symbol("lb")
-    rng = np.random.default_rng(seed)
-    logk = np.log(10.0) * rng.permutation(np.linspace(-1.0, 3.0, n - 1))
-    rhs = {s: sp.S.Zero for s in y}
-    kb = sp.exp(lb)
-    for i in range(n - 1):
-        fwd = sp.exp(lk[i]) * y[i]
-        back = kb * y[i + 1] ** 2
-        rhs[y[i]] += -fwd + back
-        rhs[y[i + 1]] += fwd - back
-    params = {s: float(v) for s, v in zip(lk, logk)}
-    params[lb] = float(np.log(0.5))
-    order = rng.permutation(n) if shuffled else np.arange(n)
-    states = [y[i] for i in order]
-    model = dl.HybridModel(states=states, params=params, rhs={s: rhs[s] for s in states},
-                           name=f"chain{n}")
+    # (the rates drawn as bench_stiff.chain_problem draws them, the order from its own seed)
+    order = np.random.default_rng(seed + 1).permutation(n) if shuffled else np.arange(n)
+    model = chain_model(n, np.random.default_rng(seed), order)
     y0 = np.zeros(n)
     y0[int(np.flatnonzero(order == 0)[0])] = 1.0
     times = np.concatenate([[0.0], np.logspace(-3, 2, 30)])
     return [(VectorField(model, model.theta0), 0.0, times, y0)]
-
-
-def bandwidth(pattern: np.ndarray) -> tuple[int, int]:
-    i, j = np.nonzero(pattern)
-    if i.size == 0:
-        return 0, 0
-    return int(max(0, np.max(i - j))), int(max(0, np.max(j - i)))
-
-
-def rcm(pattern: np.ndarray) -> np.ndarray:
-    sym = sps.csr_matrix(pattern | pattern.T | np.eye(pattern.shape[0], dtype=bool))
-    return np.asarray(reverse_cuthill_mckee(sym, symmetric_mode=True))
 
 
 def lsoda_dense(vf, t0, times, y0, rtol, atol):
@@ -241,7 +218,7 @@ def run_case(label, case, args, rows):
     vf = case[0][0]
     n = vf.n
     pattern = vf.c.jacobian_pattern()
-    perm = rcm(pattern)
+    perm = band_ordering(pattern)
     before, after = bandwidth(pattern), bandwidth(pattern[np.ix_(perm, perm)])
     density = pattern.sum() / n**2
     rt, at = args.rtol, args.atol
