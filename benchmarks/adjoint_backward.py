@@ -17,9 +17,10 @@ alternately
   ``FORWARD_NODES`` nodes of the forward step, interpolated (the default).
 
 The first gradient (compiling) is not timed. Printed: times (medians), the points at which
-``df/dtheta`` was evaluated, the backward solve's steps against the forward solve's, and
-the relative difference of the two gradients (norm-wise, and entry-wise over the entries
-above 1e-12 of the largest).
+``df/dtheta`` was evaluated, and the relative difference of the two gradients (norm-wise,
+and entry-wise over the entries above 1e-12 of the largest). (The step counts of
+docs/solvers.md, "The backward pass after each jump of lambda", came from a replay of the
+captured backward intervals, not from this script.)
 """
 
 from __future__ import annotations
