@@ -563,9 +563,7 @@ def integrate_field(vf: VectorField, t_span, y0, t_eval, method: str, rtol, atol
     if method == "LSODA" and not {"lband", "uband"} & set(options):
         order = lsoda_layout(vf.c.jacobian_pattern())
     if order is not None:
-        fun, start, names = order.wrap_fun(fun), order.to_solver(start), order.names(names)
-        kw["atol"] = order.tolerance(kw["atol"])
-        kw.update(order.lsoda_options(vf.jac))
+        fun, start, names = order.prepare(fun, start, kw, vf.jac, names)
     t0, t1 = t_span
     res = integrate(fun, (t0, t1), start, t_eval, vf.breakpoints(t0, t1), dense, where=where,
                     names=names, **kw)

@@ -239,6 +239,17 @@ class StateOrder:
             return packed.reshape(height, blocks * n).copy()
         return {"jac": jac, "lband": lo, "uband": up}
 
+    def prepare(self, fun: Callable, start, kw: dict, state_jac: Callable, names=None):
+        """Everything ``solve_ivp(method="LSODA")`` needs for the reordered system:
+        ``(fun, start, names)`` mapped (:meth:`wrap_fun`, :meth:`to_solver`,
+        :meth:`names`), and in ``kw`` its ``atol`` (:meth:`tolerance`) and banded ``jac``,
+        ``lband``, ``uband`` (:meth:`lsoda_options`). Map the result back with
+        :meth:`restore`."""
+        if "atol" in kw:
+            kw["atol"] = self.tolerance(kw["atol"])
+        kw.update(self.lsoda_options(state_jac))
+        return self.wrap_fun(fun), self.to_solver(start), self.names(names)
+
     def restore(self, res):
         """Map a ``solve_ivp``-like result of the reordered system back in place: its
         ``y`` (rows) and its dense ``sol``. Returns ``res``."""

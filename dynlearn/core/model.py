@@ -14,6 +14,7 @@ import numpy as np
 import sympy as sp
 from sympy.core.function import AppliedUndef
 
+from dynlearn.core.bandwidth import bandwidth
 from dynlearn.core.expressions import (
     FUNCTIONS,
     check_constants,
@@ -660,7 +661,4 @@ class CompiledModel:
     def jacobian_bandwidth(self) -> tuple[int, int]:
         """``(lower, upper)``: ``df_i/dy_j`` is structurally zero unless
         ``-lower <= j - i <= upper`` (see :meth:`jacobian_pattern`)."""
-        i, j = np.nonzero(self.jacobian_pattern())
-        if i.size == 0:
-            return 0, 0
-        return int(max(0, np.max(i - j))), int(max(0, np.max(j - i)))
+        return bandwidth(self.jacobian_pattern())

@@ -25,8 +25,8 @@ How it is evaluated (the speed of stiff fits depends on it; measurements in
 
 Stiff methods beyond the symbolic system receive the block-diagonal Jacobian ``I (x) J``
 (the coupling block is omitted: it only affects Newton convergence, not the solution):
-sparse for Radau and BDF, banded for LSODA (:func:`banded_block_jacobian`), whose Fortran
-core takes no sparse matrix.
+sparse for Radau and BDF, banded for LSODA (:func:`dynlearn.core.bandwidth.lsoda_layout`),
+whose Fortran core takes no sparse matrix.
 
 :meth:`ForwardSensitivity.directional` integrates the derivatives along given directions
 of an outer parameter vector instead (``dy/dx = dy/dtheta Dtheta + dy/dy0 D0``), one column
@@ -48,7 +48,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sps
 
-from dynlearn.core.bandwidth import StateOrder, lsoda_layout
+from dynlearn.core.bandwidth import lsoda_layout
 from dynlearn.core.model import SENSITIVITY_SYSTEM_LIMIT
 from dynlearn.errors import OptionError, SolveError
 from dynlearn.sensitivity.base import (
@@ -59,8 +59,8 @@ from dynlearn.sensitivity.base import (
 )
 from dynlearn.solve import STIFF_METHODS, failure_point, integrate
 
-__all__ = ["PRODUCTS", "ForwardSensitivity", "banded_block_jacobian",
-           "compiled_sensitivity_rhs", "jacobian_product"]
+__all__ = ["PRODUCTS", "ForwardSensitivity", "compiled_sensitivity_rhs",
+           "jacobian_product"]
 
 #: how :func:`compiled_sensitivity_rhs` may form ``J S + (df/dtheta) W``
 PRODUCTS = ("auto", "dense", "sparse")
@@ -228,35 +228,6 @@ def compiled_sensitivity_rhs(vf, q: int, W: np.ndarray | None, product: str = "a
     return fun
 
 
-def banded_block_jacobian(vf, blocks: int) -> dict:
-    """LSODA options for the Jacobian ``I (x) J`` of a system of ``blocks`` stacked copies
-    of the state (``[y, S_1, ..., S_q]``): ``jac`` returning it in LAPACK's banded storage,
-    with ``lband``/``uband`` set to the structural bandwidth of ``J``.
-
-    LSODA's Fortran core takes a dense or a banded Jacobian only (not a sparse one). Dense,
-    the augmented system of ``N = n (q + 1)`` components costs an ``N x N`` LU (``N^3/3``
-    operations) per factorisation and ``N^2`` memory; the block-diagonal matrix has
-    bandwidth at most ``n - 1``, so banded storage costs ``N (l + u + 1)`` memory and
-    ``N l (l + u)`` operations: about 170 times less for a 30-state, 30-parameter model
-    with a dense ``J``, and for a reaction network whose ``J`` is near-diagonal in the
-    state order, far less again.
-
-    Parameters
-    ----------
-    vf : VectorField
-    blocks : int
-        Number of stacked copies of the state, ``q + 1``.
-
-    Returns
-    -------
-    dict
-        ``{"jac": ..., "lband": l, "uband": u}`` for ``solve_ivp(method="LSODA")``.
-    """
-    # in the declared state order; ForwardSensitivity reorders the states where that
-    # narrows the band (dynlearn.core.bandwidth.lsoda_layout)
-    return StateOrder(vf.c.jacobian_pattern(), np.arange(vf.n), blocks).lsoda_options(vf.jac)
-
-
 class ForwardSensitivity(Sensitivity):
     """Gradients from forward sensitivity equations (exact to solver tolerance).
 
@@ -402,9 +373,6 @@ class ForwardSensitivity(Sensitivity):
         elif prob.method == "LSODA":
             # banded I (x) J, in reordered states where that narrows J's band
             order = lsoda_layout(vf.c.jacobian_pattern(), q + 1)
-            fun, z0 = order.wrap_fun(fun), order.to_solver(z0)
-            kw["atol"] = order.tolerance(kw["atol"])
-            kw.update(order.lsoda_options(vf.jac))
         elif prob.method in STIFF_METHODS:
             sparse = self.sparse_jacobian if self.sparse_jacobian is not None else n * (q + 1) > 60
             eye = sps.identity(q + 1, format="csc") if sparse else np.eye(q + 1)
@@ -415,7 +383,7 @@ class ForwardSensitivity(Sensitivity):
             kw["jac"] = jac
         names = [s.name for s in vf.model.states]
         if order is not None:
-            names = order.names(names)
+            fun, z0, names = order.prepare(fun, z0, kw, vf.jac, names)
         res = integrate(fun, (t0, t_obs[-1]), z0, t_obs, vf.breakpoints(t0, t_obs[-1]),
                         where=prob.where, names=names, **kw)
         if order is not None:
