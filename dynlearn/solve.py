@@ -55,6 +55,7 @@ from scipy.integrate import BDF, DOP853, LSODA, RK23, RK45, Radau, solve_ivp
 from scipy.optimize import OptimizeResult
 
 from dynlearn.core.bandwidth import lsoda_layout
+from dynlearn.core.lsoda import lsoda_at
 from dynlearn.core.vectorfield import VectorField
 from dynlearn.data.checks import check_times, check_y0
 from dynlearn.data.signals import as_input_signal
@@ -84,6 +85,10 @@ SCIPY_OPTIONS = {"first_step", "max_step", "min_step", "lband", "uband", "vector
 # ... and dynlearn's own (see SolveGuard), taken out before scipy sees the options
 SOLVER_OPTIONS = SCIPY_OPTIONS | {"max_nfev"}
 
+#: LSODA without a dense solution steps inside the compiled solver between output times
+#: (:func:`dynlearn.core.lsoda.lsoda_at`: ``solve_ivp``'s steps without its return to Python
+#: after each). False: ``solve_ivp`` itself (for comparisons: benchmarks/lsoda_driver.py).
+LSODA_BETWEEN_OUTPUTS = True
 #: Default budget of right-hand-side evaluations of one solve (the ``max_nfev`` option):
 #: a few seconds of work for small models; far beyond what a non-stiff solve of a
 #: well-posed problem needs.
@@ -503,7 +508,7 @@ def integrate(fun, t_span, y0, t_eval, breaks=(), dense: bool = False, where: st
     breaks = np.asarray(breaks, dtype=float)
     if breaks.size == 0:
         with guard.solver_failures():
-            res = solve_ivp(fun, t_span, y0, t_eval=t_eval, dense_output=dense, **kw)
+            res = _solve_ivp(fun, t_span, y0, t_eval, dense, kw)
         return guard.check_result(res, y0.size)
     bounds = np.concatenate([[t0], breaks, [t1]])
     t_eval = np.asarray(t_eval, dtype=float)
@@ -515,7 +520,7 @@ def integrate(fun, t_span, y0, t_eval, breaks=(), dense: bool = False, where: st
         inside = t_eval[((t_eval >= a) if k == 0 else (t_eval > a)) & (t_eval <= b)]
         te = np.union1d(inside, [b])
         with guard.solver_failures():
-            res = solve_ivp(fun, (a, b), y, t_eval=te, dense_output=dense, **kw)
+            res = _solve_ivp(fun, (a, b), y, te, dense, kw)
         res = guard.check_result(res, y0.size)
         for key in stats:
             stats[key] += getattr(res, key, 0)
@@ -530,6 +535,18 @@ def integrate(fun, t_span, y0, t_eval, breaks=(), dense: bool = False, where: st
     return OptimizeResult(t=np.concatenate(Ts), y=np.concatenate(Ys, axis=1), status=res.status,
                           message=res.message, success=res.status == 0,
                           sol=PiecewiseSolution(sols) if dense and sols else None, **stats)
+
+
+def _solve_ivp(fun, t_span, y0, t_eval, dense: bool, kw: dict):
+    """``solve_ivp``, except that LSODA without a dense solution steps inside the compiled
+    solver between output times (:func:`dynlearn.core.lsoda.lsoda_at`: the same steps
+    without a return to Python after each; half the time of a small model's solve)."""
+    if kw.get("method") == "LSODA" and not dense and LSODA_BETWEEN_OUTPUTS:
+        res = lsoda_at(fun, t_span, y0, t_eval,
+                       **{k: v for k, v in kw.items() if k != "method"})
+        if res is not None:
+            return res
+    return solve_ivp(fun, t_span, y0, t_eval=t_eval, dense_output=dense, **kw)
 
 
 def failure_point(res, t0: float) -> str:
