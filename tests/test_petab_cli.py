@@ -142,10 +142,19 @@ def test_cli_help_lists_the_optimizers(capsys):
     assert "--optimizer {auto,fisher,lbfgsb}" in text and "L-BFGS-B" in text
 
 
-def test_cli_refuses_a_data_file_for_a_petab_problem(fit_problem, capsys):
-    code = main(["fit", str(fit_problem), "data.csv", "--out", str(fit_problem.parent / "o")])
+@pytest.mark.parametrize("extra, named", [
+    (["data.csv"], "DATA.csv"),
+    (["--transform", "log"], "--transform"),
+    (["--transform", "A=log10"], "--transform"),
+    (["--loss", "gaussian"], "--loss"),
+])
+def test_cli_refuses_what_a_petab_problem_has_in_its_tables(fit_problem, capsys, extra, named):
+    out = fit_problem.parent / "o"
+    code = main(["fit", str(fit_problem), *extra, "--out", str(out)])
     assert code == 2
-    assert "not for a PEtab problem" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not for a PEtab problem" in err and named in err
+    assert not out.exists()           # refused before any output
 
 
 def test_max_time_stops_the_fit_and_says_so(fit_problem):
