@@ -12,6 +12,7 @@ import dynlearn.sensitivity.forward as forward_module
 import dynlearn.solve as solve_module
 from dynlearn.core.bandwidth import (
     BANDED_MIN_STATES,
+    REORDER_MIN_STATES,
     StateOrder,
     band_ordering,
     bandwidth,
@@ -93,9 +94,15 @@ def test_layout_rule_picks_banded_only_where_it_pays():
     perm = np.random.default_rng(3).permutation(n)
     order = lsoda_layout(_tridiagonal(n)[np.ix_(perm, perm)])
     assert order is not None and order.reordered and (order.lband, order.uband) == (1, 1)
-    small = _tridiagonal(10)[np.ix_(perm[perm < 10], perm[perm < 10])]
-    blocks = lsoda_layout(small, blocks=4)
+    m = REORDER_MIN_STATES
+    mid = _tridiagonal(m)[np.ix_(perm[perm < m], perm[perm < m])]
+    blocks = lsoda_layout(mid, blocks=4)
     assert blocks is not None and blocks.blocks == 4 and (blocks.lband, blocks.uband) == (1, 1)
+    # below REORDER_MIN_STATES states: banded in the declared order
+    small = _tridiagonal(m - 1)[np.ix_(perm[perm < m - 1], perm[perm < m - 1])]
+    blocks = lsoda_layout(small, blocks=4)
+    assert blocks is not None and not blocks.reordered
+    assert (blocks.lband, blocks.uband) == bandwidth(small) and max(bandwidth(small)) > 1
 
 
 def test_state_order_maps_vectors_tolerances_and_dense_solutions_back():
