@@ -160,7 +160,8 @@ def test_an_exception_in_the_right_hand_side_propagates():
     ((0.0, 1.0), [0.5, 2.0], {}),                      # outside the span
     ((0.0, 1.0), None, {}),                            # no output times
     ((0.0, 1.0), [0.5], {"vectorized": False}),        # an option it does not take
-    ((0.0, 1.0), [0.5], {"first_step": 0.1}),
+    ((0.0, 1.0), [0.5], {"first_step": 2.0}),          # longer than the span
+    ((0.0, 1.0), [0.5], {"first_step": 0.0}),
     ((0.0, 1.0), [0.5], {"rtol": 1e-17}),              # solve_ivp would raise it
 ])
 def test_where_it_does_not_apply(span, te, kw):
@@ -190,3 +191,47 @@ def test_the_guard_still_watches_the_right_hand_side():
     with pytest.raises(SolveError, match="not finite"):
         integrate(lambda t, y: np.array([np.nan]), (0.0, 1.0), [1.0], [0.5, 1.0],
                   method="LSODA")
+
+
+def test_first_step_is_honoured():
+    te = np.logspace(-4, 5, 10)
+    kw = dict(rtol=1e-8, atol=1e-12, jac=robertson_jac)
+    ref, n_ref, res, n = _both(robertson, (0.0, 1e5), [1.0, 0.0, 0.0], te, first_step=1e-10,
+                               **kw)
+    assert n == n_ref
+    np.testing.assert_allclose(res.y, ref.y, rtol=1e-10, atol=1e-18)
+    assert n != _both(robertson, (0.0, 1e5), [1.0, 0.0, 0.0], te, **kw)[3]
+
+
+def test_a_failure_before_the_first_output_is_tried_again_from_a_tiny_first_step(
+        monkeypatch):
+    """(Seen on a collection problem's sensitivities at a fit's start: LSODA's own first
+    step, sized from the derivative at the start, fails where a tiny one succeeds.) Here
+    LSODA is made to fail whenever it chooses its first step itself."""
+    import dynlearn.solve as solve_module
+    calls = []
+
+    def picky(fun, t_span, y0, t_eval, **options):
+        calls.append(options.get("first_step"))
+        if options.get("first_step") is None:
+            return lsoda_at(fun, t_span, y0, t_eval, **{**options, "atol": 0.0,
+                                                         "first_step": None})
+        return lsoda_at(fun, t_span, y0, t_eval, **options)
+    monkeypatch.setattr(solve_module, "lsoda_at", picky)
+    with pytest.warns(UserWarning):
+        res = integrate(lambda t, y: np.array([1.0, -y[1]]), (0.0, 2.0), [0.0, 1.0],
+                        [1.0, 2.0], method="LSODA", rtol=1e-10, atol=1e-12)
+    assert res.status == 0
+    assert calls == [None, solve_module.LSODA_RETRY_FIRST_STEP * 2.0]
+    np.testing.assert_allclose(res.y, [[1.0, 2.0], np.exp([-1.0, -2.0])], rtol=1e-8)
+    # a failure after an output time is not tried again: it is not the first step's
+    calls.clear()
+
+    def late(fun, t_span, y0, t_eval, **options):
+        calls.append(options.get("first_step"))
+        res = lsoda_at(fun, t_span, y0, t_eval, **options)
+        res.t, res.y, res.status = res.t[:1], res.y[:, :1], -1
+        return res
+    monkeypatch.setattr(solve_module, "lsoda_at", late)
+    res = integrate(lambda t, y: -y, (0.0, 2.0), [1.0], [1.0, 2.0], method="LSODA")
+    assert res.status == -1 and calls == [None]

@@ -33,7 +33,7 @@ from scipy.optimize import OptimizeResult
 __all__ = ["lsoda_applies", "lsoda_at"]
 
 # the solve_ivp options this driver takes (others go to solve_ivp)
-_OPTIONS = {"rtol", "atol", "jac", "lband", "uband", "min_step", "max_step"}
+_OPTIONS = {"rtol", "atol", "jac", "lband", "uband", "min_step", "max_step", "first_step"}
 # LSODA's per-call step limit (its mxstep): the caller's guard bounds the work instead
 _MAX_STEPS = 2 ** 31 - 1
 # solve_ivp's floor on rtol (below it warns and raises rtol)
@@ -58,6 +58,9 @@ def lsoda_applies(t_span, t_eval, kw: dict) -> bool:
         return False
     if kw.get("max_step", np.inf) <= 0 or kw.get("min_step", 0.0) < 0:
         return False
+    h0 = kw.get("first_step")
+    if h0 is not None and not 0 < h0 <= t1 - t0:
+        return False
     jac = kw.get("jac")
     return jac is None or callable(jac)
 
@@ -73,7 +76,7 @@ def lsoda_at(fun: Callable, t_span, y0, t_eval, **options) -> OptimizeResult | N
         As for ``solve_ivp``; ``t_eval`` sorted, inside ``t_span``, ``t_span`` forward.
     **options
         ``solve_ivp``'s LSODA options: ``rtol``, ``atol``, ``jac``, ``lband``, ``uband``,
-        ``min_step``, ``max_step`` (any other: None).
+        ``min_step``, ``max_step``, ``first_step`` (any other: None).
 
     Returns
     -------
@@ -102,7 +105,7 @@ def lsoda_at(fun: Callable, t_span, y0, t_eval, **options) -> OptimizeResult | N
     r.set_integrator("lsoda", rtol=rtol, atol=atol, lband=options.get("lband"),
                      uband=options.get("uband"), min_step=options.get("min_step", 0.0),
                      max_step=0.0 if max_step == np.inf else max_step,
-                     first_step=0.0, nsteps=_MAX_STEPS)
+                     first_step=options.get("first_step") or 0.0, nsteps=_MAX_STEPS)
     r.set_initial_value(y0, t0)
     integ = r._integrator
     integ.rwork[0] = t1                 # the critical time: no step past the span's end
