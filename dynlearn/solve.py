@@ -547,20 +547,20 @@ def _solve_ivp(fun, t_span, y0, t_eval, dense: bool, kw: dict):
     if kw.get("method") == "LSODA" and not dense and LSODA_BETWEEN_OUTPUTS:
         options = {k: v for k, v in kw.items() if k != "method"}
         res = lsoda_at(fun, t_span, y0, t_eval, **options)
-        if res is None:
-            return solve_ivp(fun, t_span, y0, t_eval=t_eval, dense_output=dense, **kw)
-        if res.status != 0 and "first_step" not in kw and not np.any(res.t > t_span[0]):
-            # LSODA sizes its first step from the derivative at the start; a drive that
-            # decays within a tiny fraction of that step (a stimulus pulse) then fails its
-            # corrector ten times before the step is small enough ("repeated convergence
-            # failures"). From a tiny first step the step size grows ten-fold per step
-            # instead (measured: the forward sensitivities of Fiedler_BMCSystBiol2016 at a
-            # fit's start, 1,500-1,800 evaluations where BDF took 2,364)
-            again = lsoda_at(fun, t_span, y0, t_eval, **options,
-                             first_step=LSODA_RETRY_FIRST_STEP * (t_span[1] - t_span[0]))
-            if again is not None and again.status == 0:
-                return again
-        return res
+        if res is not None:
+            if res.status != 0 and "first_step" not in kw and not np.any(res.t > t_span[0]):
+                # LSODA sizes its first step from the derivative at the start; a drive that
+                # decays within a tiny fraction of that step (a stimulus pulse) then fails
+                # its corrector ten times before the step is small enough ("repeated
+                # convergence failures"). From a tiny first step the step size grows
+                # ten-fold per step instead (measured: the forward sensitivities of
+                # Fiedler_BMCSystBiol2016 at a fit's start, 1,500-1,800 evaluations where
+                # BDF took 2,364)
+                again = lsoda_at(fun, t_span, y0, t_eval, **options,
+                                 first_step=LSODA_RETRY_FIRST_STEP * (t_span[1] - t_span[0]))
+                if again is not None and again.status == 0:
+                    return again
+            return res
     return solve_ivp(fun, t_span, y0, t_eval=t_eval, dense_output=dense, **kw)
 
 

@@ -110,7 +110,6 @@ def lsoda_at(fun: Callable, t_span, y0, t_eval, **options) -> OptimizeResult | N
     integ = r._integrator
     integ.rwork[0] = t1                 # the critical time: no step past the span's end
     integ.call_args[4] = integ.rwork
-    no_jac = jac if jac is not None else (lambda: None)
     ts, ys = [], []
     status, message = 0, "The solver successfully reached the end of the integration interval."
     at_start = te == t0
@@ -119,7 +118,9 @@ def lsoda_at(fun: Callable, t_span, y0, t_eval, **options) -> OptimizeResult | N
     if not at_start.all():
         # the first step as solve_ivp takes it (see the module notes)
         integ.call_args[2] = 5
-        r._y, r.t = integ.run(r.f, no_jac, r._y, r.t, t1, r.f_params, r.jac_params)
+        # (the arguments ode.integrate passes to the integrator)
+        r._y, r.t = integ.run(r.f, r.jac or (lambda: None), r._y, r.t, t1, r.f_params,
+                              r.jac_params)
         integ.call_args[2] = 4
         if not r.successful():
             status = -1
