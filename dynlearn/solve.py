@@ -543,23 +543,32 @@ def integrate(fun, t_span, y0, t_eval, breaks=(), dense: bool = False, where: st
 def _solve_ivp(fun, t_span, y0, t_eval, dense: bool, kw: dict):
     """``solve_ivp``, except that LSODA without a dense solution steps inside the compiled
     solver between output times (:func:`dynlearn.core.lsoda.lsoda_at`: the same steps
-    without a return to Python after each; half the time of a small model's solve)."""
+    without a return to Python after each; half the time of a small model's solve), and
+    that an LSODA solve failing before its first output time is tried once more from a
+    tiny first step (:data:`LSODA_RETRY_FIRST_STEP` of its span)."""
+    res = _solve_once(fun, t_span, y0, t_eval, dense, kw)
+    if (kw.get("method") == "LSODA" and res.status != 0 and "first_step" not in kw
+            and not np.any((np.asarray(res.t) - t_span[0]) * np.sign(t_span[1] - t_span[0])
+                           > 0)):
+        # LSODA sizes its first step from the derivative at the start; a drive that decays
+        # within a tiny fraction of that step (a stimulus pulse) then fails its corrector
+        # ten times before the step is small enough ("repeated convergence failures").
+        # From a tiny first step the step size grows ten-fold per step instead (measured:
+        # the forward sensitivities of Fiedler_BMCSystBiol2016 at a fit's start, 1,500-1,800
+        # evaluations where BDF took 2,364). Dense solves (the adjoint's forward pass) and
+        # backward spans get the same second try.
+        first = LSODA_RETRY_FIRST_STEP * abs(t_span[1] - t_span[0])
+        again = _solve_once(fun, t_span, y0, t_eval, dense, {**kw, "first_step": first})
+        if again.status == 0:
+            return again
+    return res
+
+
+def _solve_once(fun, t_span, y0, t_eval, dense: bool, kw: dict):
     if kw.get("method") == "LSODA" and not dense and LSODA_BETWEEN_OUTPUTS:
-        options = {k: v for k, v in kw.items() if k != "method"}
-        res = lsoda_at(fun, t_span, y0, t_eval, **options)
+        res = lsoda_at(fun, t_span, y0, t_eval, **{k: v for k, v in kw.items()
+                                                     if k != "method"})
         if res is not None:
-            if res.status != 0 and "first_step" not in kw and not np.any(res.t > t_span[0]):
-                # LSODA sizes its first step from the derivative at the start; a drive that
-                # decays within a tiny fraction of that step (a stimulus pulse) then fails
-                # its corrector ten times before the step is small enough ("repeated
-                # convergence failures"). From a tiny first step the step size grows
-                # ten-fold per step instead (measured: the forward sensitivities of
-                # Fiedler_BMCSystBiol2016 at a fit's start, 1,500-1,800 evaluations where
-                # BDF took 2,364)
-                again = lsoda_at(fun, t_span, y0, t_eval, **options,
-                                 first_step=LSODA_RETRY_FIRST_STEP * (t_span[1] - t_span[0]))
-                if again is not None and again.status == 0:
-                    return again
             return res
     return solve_ivp(fun, t_span, y0, t_eval=t_eval, dense_output=dense, **kw)
 

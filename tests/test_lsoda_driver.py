@@ -239,3 +239,35 @@ def test_a_failure_before_the_first_output_is_tried_again_from_a_tiny_first_step
     monkeypatch.setattr(solve_module, "lsoda_at", late)
     res = integrate(lambda t, y: -y, (0.0, 2.0), [1.0], [1.0, 2.0], method="LSODA")
     assert res.status == -1 and calls == [None]
+
+
+@pytest.mark.parametrize("span, te, dense", [
+    ((0.0, 2.0), [1.0, 2.0], True),            # a dense solve (the adjoint's forward pass)
+    ((2.0, 0.0), [1.0, 0.0], False),           # a backward span (solve_ivp's path)
+])
+def test_solve_ivp_paths_get_the_same_second_try(monkeypatch, span, te, dense):
+    """The LSODA solves that keep ``solve_ivp`` are tried again from a tiny first step too,
+    in either direction; made to fail here whenever LSODA chooses its first step itself."""
+    import dynlearn.solve as solve_module
+    calls = []
+
+    def picky(fun, t_span, y0, **kw):
+        calls.append(kw.get("first_step"))
+        if kw.get("first_step") is None:
+            kw["atol"] = 0.0
+        return solve_ivp(fun, t_span, y0, **kw)
+    monkeypatch.setattr(solve_module, "solve_ivp", picky)
+
+    def fun(t, y):
+        return np.array([1.0, -y[1]])
+    # (the first component starts at 0: with atol 0 its error weight is infinite)
+    y0 = [0.0, np.exp(-span[0])]
+    with pytest.warns(UserWarning):
+        res = integrate(fun, span, y0, te, dense=dense, method="LSODA", rtol=1e-10,
+                        atol=1e-12)
+    assert res.status == 0
+    assert calls == [None, solve_module.LSODA_RETRY_FIRST_STEP * 2.0]
+    te = np.asarray(te)
+    np.testing.assert_allclose(res.y, [te - span[0], np.exp(-te)], rtol=1e-7, atol=1e-12)
+    if dense:
+        np.testing.assert_allclose(res.sol(1.5), [1.5, np.exp(-1.5)], rtol=1e-7)
