@@ -168,6 +168,25 @@ def test_event_is_refused_by_name(tmp_path):
     assert issubclass(PetabError, DynlearnError)
 
 
+def test_missing_files_are_named_and_plots_are_not_needed(tmp_path):
+    """A missing table or model file is a PetabError naming it (and the YAML key's meaning);
+    a missing or malformed visualization file does not stop the load (it says how to plot,
+    nothing of the likelihood: the collection's Smith_BMCSystBiol2013 lists one)."""
+    path = _write_problem(tmp_path)
+    want = dp.load(path).nllh(dp.load(path).x_nominal)
+    text = path.read_text()
+    path.write_text(text + "  visualization_files: [plots.tsv]\n")
+    assert dp.load(path).nllh(dp.load(path).x_nominal) == want
+    (tmp_path / "plots.tsv").write_text("not\ta\tvisualization table\n1\n")
+    assert dp.load(path).nllh(dp.load(path).x_nominal) == want
+    path.write_text(text)
+    (tmp_path / "observables.tsv").rename(tmp_path / "obs.tsv")
+    with pytest.raises(PetabError, match="observable file 'observables.tsv'.*does not exist"):
+        dp.load(path)
+    with pytest.raises(PetabError, match="nowhere.yaml' does not exist"):
+        dp.load(tmp_path / "nowhere.yaml")
+
+
 def test_wrong_length_x_is_an_error(prob):
     with pytest.raises(PetabError, match="shape"):
         prob.nllh(np.zeros(2))

@@ -35,6 +35,7 @@ import math
 import os
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import sympy as sp
@@ -1282,5 +1283,37 @@ def load(path: str | os.PathLike, **options) -> PetabProblem:
             return SciMLProblem(tables, **options)
         return PetabProblem(v2.as_v1(tables), **options)
     petab = require("petab.v1", "reading PEtab")
-    pp = petab.Problem.from_yaml(str(path))
+    pp = petab.Problem.from_yaml(v1_files(path), base_path=str(Path(path).resolve().parent))
     return PetabProblem(pp, **options)
+
+
+#: the file lists of a v1 problem's YAML (``problems`` entries) and what they hold
+V1_FILE_KEYS = {"sbml_files": "SBML model", "condition_files": "condition",
+                "measurement_files": "measurement", "observable_files": "observable"}
+
+
+def v1_files(path: str | os.PathLike) -> dict:
+    """A v1 problem's YAML content with every file it lists checked: a missing one is a
+    :class:`~dynlearn.errors.PetabError` naming it (not the petab library's bare
+    ``FileNotFoundError``). Visualization files are left out: they say how to plot the
+    data, nothing of the likelihood, and a problem whose plots are missing or malformed
+    still loads."""
+    from dynlearn.petab.v2 import _read_yaml
+
+    y = _read_yaml(path)
+    base = Path(path).resolve().parent
+    listed = [("parameter", f) for f in np.atleast_1d(y.get("parameter_file") or [])]
+    problems = y.get("problems")
+    if not isinstance(problems, list) or not problems:
+        raise PetabError(f"{path}: no 'problems' list (not a PEtab v1 problem file)")
+    for k, sub in enumerate(problems):
+        if not isinstance(sub, dict):
+            raise PetabError(f"{path}: problems[{k}] is not a mapping of file lists")
+        sub.pop("visualization_files", None)
+        for key, what in V1_FILE_KEYS.items():
+            listed += [(what, f) for f in np.atleast_1d(sub.get(key) or [])]
+    for what, name in listed:
+        if not (base / str(name)).is_file():
+            raise PetabError(f"{path}: the {what} file '{name}' it lists does not exist "
+                             f"(looked for {base / str(name)})")
+    return y

@@ -41,6 +41,8 @@ V1_PRIOR_TYPES = {"normal": "normal", "laplace": "laplace", "uniform": "uniform"
 
 def _read_yaml(path: str | os.PathLike) -> dict:
     yaml = require("yaml", "reading PEtab YAML")
+    if not Path(path).is_file():
+        raise PetabError(f"PEtab problem file '{path}' does not exist")
     with open(path, encoding="utf-8") as fh:
         out = yaml.safe_load(fh)
     if not isinstance(out, dict):
