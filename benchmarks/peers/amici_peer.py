@@ -6,7 +6,7 @@ PyPI ``swig``'s ``bin/`` on PATH), never in dynlearn's::
 
     /work/amici-venv/bin/python amici_peer.py PROBLEM.yaml [--name NAME]
         [--models-dir /tmp/amici_models] [--force-compile] [--compile-only]
-        [--tols 1e-12 1e-8] [--repeats 3] [--no-adjoint]
+        [--tols 1e-12 1e-8] [--repeats 3] [--no-adjoint] [--no-forward]
         [--fit N [--starts starts.json] [--fit-rtol 1e-8 --fit-atol 1e-12]
          [--fit-time 1800] [--seed 0]] [--no-evals]
 
@@ -77,8 +77,11 @@ def parse_args(argv=None):
     ap.add_argument("--compile-only", action="store_true")
     ap.add_argument("--tols", type=float, nargs="+", default=[1e-12, 1e-8],
                     help="rtol = atol values of the evaluations")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="calls per timing after a warm-up call (0: one call, no warm-up)")
     ap.add_argument("--no-adjoint", action="store_true")
+    ap.add_argument("--no-forward", action="store_true",
+                    help="no forward-sensitivity gradient (for large models' references)")
     ap.add_argument("--no-evals", action="store_true", help="only the fit")
     ap.add_argument("--max-steps", type=int, default=500_000)
     ap.add_argument("--fit", type=int, default=0, help="number of starts of a fit")
@@ -156,7 +159,7 @@ class Session:
                                      else SensitivityMethod.adjoint)
         return s
 
-    def evaluations(self, tols, repeats: int, adjoint: bool) -> dict:
+    def evaluations(self, tols, repeats: int, adjoint: bool, forward: bool = True) -> dict:
         """nllh and gradients at the nominal parameters, timed (see the module notes)."""
         from amici.sim.sundials import simulation_status_to_str
         from amici.sim.sundials.petab.v1 import create_edatas, simulate_petab
@@ -181,7 +184,8 @@ class Session:
             return r
 
         def timed(solver):
-            call(solver)                       # warm-up
+            if repeats > 0:
+                call(solver)                   # warm-up
             ts, r = [], None
             for _ in range(max(1, repeats)):
                 t0 = time.perf_counter()
@@ -192,7 +196,7 @@ class Session:
         out = {}
         for tol in tols:
             entry: dict = {}
-            kinds = [("eval", None), ("grad_forward", "forward")]
+            kinds = [("eval", None)] + ([("grad_forward", "forward")] if forward else [])
             if adjoint:
                 kinds.append(("grad_adjoint", "adjoint"))
             for key, sensi in kinds:
@@ -281,7 +285,7 @@ def main(argv=None) -> int:
             session = Session(args, res)
             if not args.compile_only and not args.no_evals:
                 res["evals"] = session.evaluations(args.tols, args.repeats,
-                                                   not args.no_adjoint)
+                                                   not args.no_adjoint, not args.no_forward)
             if args.fit and not args.compile_only:
                 res.update(session.fit(args.fit, args.starts, args.fit_rtol, args.fit_atol,
                                        args.fit_time, args.seed))
