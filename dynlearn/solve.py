@@ -63,7 +63,7 @@ from dynlearn.errors import DataError, OptionError, OptionTypeError, SolveError,
 
 __all__ = ["simulate", "Solution", "METHODS", "STIFF_METHODS", "EXPLICIT_METHODS",
            "AUTO_METHOD", "METHOD_NAMES", "MethodChoice", "StiffnessProbe", "choose_method",
-           "stiffness_probe",
+           "stiffness_probe", "BUDGET_EXHAUSTED",
            "MAX_BUFFER_BYTES", "MAX_NFEV", "SOLVER_CLASSES", "SolveGuard", "check_method",
            "check_options", "current_deadline", "deadline", "failure_point", "integrate",
            "integrate_field", "reset_deadline", "set_deadline", "solve_observed", "split_options"]
@@ -96,6 +96,8 @@ LSODA_RETRY_FIRST_STEP = 1e-9
 #: a few seconds of work for small models; far beyond what a non-stiff solve of a
 #: well-posed problem needs.
 MAX_NFEV = 1_000_000
+#: ``SolveError.solver_message`` of a solve stopped by its evaluation budget (``max_nfev``)
+BUDGET_EXHAUSTED = "max_nfev reached"
 #: The most memory a buffer that grows with the number of solver steps may take (a dense
 #: solution, a record of steps), in bytes.
 MAX_BUFFER_BYTES = 2 * 1024 ** 3
@@ -265,7 +267,7 @@ class SolveGuard:
                                  solver_message="right-hand side repeatedly not finite")
         if n > self.max_nfev:
             raise SolveError(self._budget_message(t), status=-1, t=float(t),
-                             solver_message="max_nfev reached")
+                             solver_message=BUDGET_EXHAUSTED)
         if self.max_evals_memory is not None and n > self.max_evals_memory:
             gib = n * self.bytes_per_eval / 1024 ** 3
             raise SolveError(f"the {self.method} solve{self.where} would keep more than "

@@ -133,3 +133,19 @@ def test_an_evaluation_runs_on_one_blas_thread(yaml_path, monkeypatch):
                     if i["user_api"] == "blas")
     assert seen and set(seen) == {1}
     assert after == 2          # restored after the evaluation
+
+
+def test_a_solve_that_used_up_its_budget_is_not_retried(yaml_path, monkeypatch):
+    """LSODA stopped by its evaluation budget met a solution that blows up or oscillates
+    fast, not a Newton failure: BDF is not given another budget. A real solve here, with
+    the budget made smaller than the decay needs."""
+    import dynlearn.solve as solve_module
+    monkeypatch.setattr(solve_module, "MAX_NFEV", 5)
+    problem = dp.load(yaml_path)
+    for evaluate in (problem.nllh, lambda x: problem.loss_and_grad(x)):
+        with pytest.raises(SolveError, match=r"stopped after 5 right-hand-side evaluations "
+                           r"\(max_nfev\)") as info:
+            evaluate(problem.x_nominal)
+        assert "tried again" not in str(info.value)
+        assert info.value.solver_message == solve_module.BUDGET_EXHAUSTED
+    assert not problem.solver_fallbacks

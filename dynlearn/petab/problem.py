@@ -53,7 +53,7 @@ from dynlearn.petab.sbml import TIME, SbmlOde, sbml_to_ode
 from dynlearn.petab.steady import steady_state
 from dynlearn.sensitivity.base import Problem
 from dynlearn.sensitivity.forward import ForwardSensitivity
-from dynlearn.solve import solve_observed
+from dynlearn.solve import BUDGET_EXHAUSTED, solve_observed
 
 __all__ = ["GRADIENT_METHODS", "PetabFit", "PetabProblem", "fisher_terms", "from_scale", "load",
            "nllh_terms", "to_scale"]
@@ -220,7 +220,9 @@ class PetabProblem:
         at extreme parameters its Newton iterations can then fail to converge ("repeated
         convergence failures") where scipy's BDF, shrinking its steps instead, solves the
         same system (Fiedler_BMCSystBiol2016, a random start: LSODA failed, BDF solved it
-        in 0.2 s, CVODES too). A time limit is not retried.
+        in 0.2 s, CVODES too). A time limit is not retried, nor a solve that used up its
+        evaluation budget (``max_nfev``: a solution that blows up or oscillates fast, which
+        BDF would spend another budget on).
     solver_fallbacks : collections.Counter
         How many solves were retried with :attr:`fallback_method`, keyed ``"plain"`` and
         ``"sensitivities"`` (the retry's outcome: ``"... failed"`` when it failed too).
@@ -683,7 +685,12 @@ class PetabProblem:
             return self._solve_by(self.method, vf, t0, times, y0, D0, Dtheta, grad)
         except SolveError as first:
             second = self.fallback_method
-            if self.method != "LSODA" or not second or second == self.method:
+            # (an LSODA solve that used up its evaluation budget met a solution that blows
+            # up or oscillates fast, not a Newton iteration that failed to converge: BDF
+            # would spend another budget on it. Seen on Crauste_CellSystems2017's fit
+            # starts, where both crawled to 1e6 evaluations at the same time, 98 s a start)
+            if (self.method != "LSODA" or not second or second == self.method
+                    or first.solver_message == BUDGET_EXHAUSTED):
                 raise
             key = "sensitivities" if grad else "plain"
             try:
