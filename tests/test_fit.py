@@ -494,3 +494,24 @@ def test_block_steps_of_multiple_shooting_equal_the_dense_ones(network):
     for lam in (1e-6, 1e-2, 1.0, 1e3):
         a, b = block.step(lam * dense.smax2), dense.step(lam * dense.smax2)
         np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9 * np.abs(b).max())
+
+
+def test_a_log_parameter_driven_past_underflow_stays_a_valid_parameter():
+    """An optimizer can drive a log parameter the data cannot tell from 0 to log values whose
+    exp underflows (seen in an ensemble member whose network took over the decay: the
+    member's fit crashed building its result with k = 0.0). The physical value stays the
+    smallest positive float (and the largest finite one the other way), and the fitted
+    model can be built from it."""
+    from dynlearn.core.parameters import ParameterSpace
+    from dynlearn.objective.binding import initial_states
+    model, data = decay_model(), dl.Dataset.from_frame(
+        pd.DataFrame({"t": [0.0, 1.0, 2.0], "x": [1.0, 0.6, 0.4]}))
+    y0s = initial_states("first", model)
+    space = ParameterSpace(model, y0s.parameters(model, data, y0s.bind(model, data)),
+                           [e.name for e in data])
+    assert space.is_log[0]
+    for x, want in ((-800.0, np.finfo(float).tiny), (800.0, np.finfo(float).max)):
+        v = space.physical(np.array([x]))
+        assert v[0] == want
+        fitted = model.with_theta(v[:space.n_theta])
+        assert fitted.params[sp.Symbol("k")].value == want

@@ -192,9 +192,17 @@ class ParameterSpace:
         self.x0, self.lower, self.upper = x0, lo, hi
         self.is_weight = self.kinds == "weight"
         # physical bounds: exp(log(min)) can land one ulp below min, and a fitted value
-        # outside its bounds would fail validation when the fitted model is built
-        self._pmin = np.array([-np.inf if p is None else p.min for p in self.params])
-        self._pmax = np.array([np.inf if p is None else p.max for p in self.params])
+        # outside its bounds would fail validation when the fitted model is built. A log
+        # parameter stays a positive finite number: an optimizer that drives it towards 0
+        # (a rate the data cannot tell from 0) reaches log values whose exp underflows to
+        # 0.0, which no log parameter may hold, so it ends at the smallest positive float
+        tiny, huge = np.finfo(float).tiny, np.finfo(float).max
+        self._pmin = np.array([-np.inf if p is None else
+                               max(p.min, tiny) if p.transform == "log" else p.min
+                               for p in self.params])
+        self._pmax = np.array([np.inf if p is None else
+                               min(p.max, huge) if p.transform == "log" else p.max
+                               for p in self.params])
 
     def physical(self, x):
         """Physical values of all entries of ``x``, within the parameters' bounds (the
