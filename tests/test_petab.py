@@ -173,12 +173,16 @@ def test_missing_files_are_named_and_plots_are_not_needed(tmp_path):
     a missing or malformed visualization file does not stop the load (it says how to plot,
     nothing of the likelihood: the collection's Smith_BMCSystBiol2013 lists one)."""
     path = _write_problem(tmp_path)
-    want = dp.load(path).nllh(dp.load(path).x_nominal)
+
+    def nllh_at_nominal():
+        prob = dp.load(path)
+        return prob.nllh(prob.x_nominal)
+    want = nllh_at_nominal()
     text = path.read_text()
     path.write_text(text + "  visualization_files: [plots.tsv]\n")
-    assert dp.load(path).nllh(dp.load(path).x_nominal) == want
+    assert nllh_at_nominal() == want
     (tmp_path / "plots.tsv").write_text("not\ta\tvisualization table\n1\n")
-    assert dp.load(path).nllh(dp.load(path).x_nominal) == want
+    assert nllh_at_nominal() == want
     path.write_text(text)
     (tmp_path / "observables.tsv").rename(tmp_path / "obs.tsv")
     with pytest.raises(PetabError, match="observable file 'observables.tsv'.*does not exist"):

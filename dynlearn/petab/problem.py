@@ -1282,7 +1282,8 @@ def load(path: str | os.PathLike, **options) -> PetabProblem:
     """
     from dynlearn.petab import v2
 
-    if v2.format_version(path) >= 2:
+    content = v2._read_yaml(path)
+    if v2.format_version(path, content) >= 2:
         tables = v2.read_v2(path)
         if "sciml" in tables.extensions or (tables.mapping is not None and len(
                 tables.mapping)) or v2.has_time_courses(tables):
@@ -1290,7 +1291,8 @@ def load(path: str | os.PathLike, **options) -> PetabProblem:
             return SciMLProblem(tables, **options)
         return PetabProblem(v2.as_v1(tables), **options)
     petab = require("petab.v1", "reading PEtab")
-    pp = petab.Problem.from_yaml(v1_files(path), base_path=str(Path(path).resolve().parent))
+    pp = petab.Problem.from_yaml(v1_files(path, content),
+                                 base_path=str(Path(path).resolve().parent))
     return PetabProblem(pp, **options)
 
 
@@ -1299,15 +1301,15 @@ V1_FILE_KEYS = {"sbml_files": "SBML model", "condition_files": "condition",
                 "measurement_files": "measurement", "observable_files": "observable"}
 
 
-def v1_files(path: str | os.PathLike) -> dict:
+def v1_files(path: str | os.PathLike, content: dict | None = None) -> dict:
     """A v1 problem's YAML content with every file it lists checked: a missing one is a
     :class:`~dynlearn.errors.PetabError` naming it (not the petab library's bare
     ``FileNotFoundError``). Visualization files are left out: they say how to plot the
     data, nothing of the likelihood, and a problem whose plots are missing or malformed
-    still loads."""
+    still loads. ``content``: the YAML file's content when already read (it is changed)."""
     from dynlearn.petab.v2 import _read_yaml
 
-    y = _read_yaml(path)
+    y = _read_yaml(path) if content is None else content
     base = Path(path).resolve().parent
     listed = [("parameter", f) for f in np.atleast_1d(y.get("parameter_file") or [])]
     problems = y.get("problems")

@@ -50,9 +50,10 @@ def _read_yaml(path: str | os.PathLike) -> dict:
     return out
 
 
-def format_version(path: str | os.PathLike) -> int:
-    """The major PEtab format version a problem's YAML file declares (1 when it does not)."""
-    v = _read_yaml(path).get("format_version", 1)
+def format_version(path: str | os.PathLike, content: dict | None = None) -> int:
+    """The major PEtab format version a problem's YAML file declares (1 when it does not);
+    ``content``: the file's content when already read."""
+    v = (_read_yaml(path) if content is None else content).get("format_version", 1)
     try:
         return int(str(v).split(".")[0])
     except ValueError:
