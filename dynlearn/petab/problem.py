@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,27 @@ _SCALES = ("lin", "log", "log10")
 #: says it pays, forward sensitivities elsewhere), "forward" (forward sensitivities, the
 #: default), "adjoint"
 GRADIENT_METHODS = ("auto", "forward", "adjoint")
+#: forward sensitivities of one simulation may take this many times the right-hand-side
+#: evaluations of its states alone (in the last evaluation without gradient) ...
+CRAWL_FACTOR = 20.0
+#: ... or this many, whichever is more (short simulations whose states take few steps),
+#: before the gradient is taken by the adjoint instead (``PetabProblem(crawl_factor=...)``)
+CRAWL_FLOOR = 2000
 _LN10 = math.log(10.0)
+
+
+class _Crawl(Exception):
+    """Forward sensitivities of simulation ``index`` used up their evaluation budget."""
+
+    def __init__(self, index: int, budget: int, states: int):
+        super().__init__(index, budget, states)
+        self.index, self.budget, self.states = index, budget, states
+
+
+class GradientSwitchWarning(UserWarning):
+    """A PEtab problem's gradient left forward sensitivities for the adjoint, because the
+    forward sensitivities of a simulation took many times its states' evaluations (see
+    :attr:`PetabProblem.gradient_switch`)."""
 
 
 def _is_nan(v) -> bool:
@@ -153,6 +174,32 @@ def from_scale(x, scales) -> tuple[np.ndarray, np.ndarray]:
     return P, d
 
 
+def direction_scale(dPdx) -> np.ndarray:
+    """The scale of each sensitivity direction in the solves: ``|dP/dx|`` where it is below
+    1, else 1 (and 1 where it is zero or not finite).
+
+    The solver integrates ``dy/dP * scale``, so the states' ``atol`` on it is ``atol /
+    scale`` on ``dy/dP``: where a parameter's ``dP/dx`` is small (a log-scale parameter
+    below ``1/ln 10``), the sensitivities are held to the tolerance on the estimation
+    scale the gradient is taken in, as CVODES-based tools integrate them. Without it,
+    ``dy/dP`` of a log-scale parameter of 1e-10 is 1e10 times ``dy/dlog P``: entries of
+    1e10 beside entries of 1e-13 in one column held to an ``atol`` of 1e-12, whose
+    roundoff made LSODA's steps collapse (Fujita_SciSignal2010: 65 times the evaluations of
+    the states alone; SalazarCavazos_MBoC2020 and Raia_CancerResearch2011 3-6 times
+    slower gradients). The scale is not raised above 1 for large parameters: that only
+    tightens ``atol`` on sensitivities already controlled relatively, and made
+    Bachmann_MSB2011's and Isensee_JCB2018's gradients 1.3-1.5 times slower for no
+    accuracy (docs/solvers.md, "The sensitivities' tolerances").
+    """
+    c = np.abs(np.asarray(dPdx, dtype=float))
+    return np.minimum(np.where((c > 0) & np.isfinite(c), c, 1.0), 1.0)
+
+
+def _scaled(D, c):
+    """``D`` (rows x directions, or ``None``) with its columns multiplied by ``c``."""
+    return None if D is None else D * c
+
+
 class PetabProblem:
     """A PEtab problem whose negative log-likelihood dynlearn evaluates and differentiates.
 
@@ -191,6 +238,21 @@ class PetabProblem:
         sensitivities (``"adjoint"`` refuses them).
         :meth:`fisher_system` needs ``dy/dP`` and never takes the adjoint. See
         docs/solvers.md, "PEtab gradients".
+    crawl_factor : float or None
+        Forward sensitivities that crawl are given up for the adjoint: when the forward
+        sensitivities of one simulation (in :meth:`loss_and_grad`, :meth:`objective` and
+        the L-BFGS-B fit; not :meth:`fisher_system`, which needs them) take more than
+        ``crawl_factor`` times the right-hand-side evaluations of its states alone (at
+        least :data:`CRAWL_FLOOR`), that gradient and every later one is taken by the
+        adjoint, with a :class:`GradientSwitchWarning`; :attr:`gradient_switch` says why.
+        Default :data:`CRAWL_FACTOR` = 20: on 26 problems of the benchmark collection the
+        forward sensitivities of a simulation took at most 11.2 times its states'
+        evaluations (Bachmann_MSB2011; the median simulation of each problem 0.8-5.9
+        times), on Smith_BMCSystBiol2013 over 10 times before reaching 3/4 of its span.
+        ``None``: never. Not with ``gradient="adjoint"`` or state-triggered events.
+    gradient_switch : str or None
+        Why the gradient switched to the adjoint (the simulation, its evaluations and its
+        states'), or ``None`` while it has not.
     priors : dynlearn.petab.priors.Priors or None
         The parameter table's objective priors (``None`` when it has none).
     steady_state_horizon : float
@@ -245,8 +307,17 @@ class PetabProblem:
     def __init__(self, petab_problem, rtol: float = 1e-9, atol: float = 1e-12,
                  method: str = "LSODA", steady_state_horizon: float = 1e9,
                  gradient: str = "forward", preequilibration: str = "newton",
-                 fallback_method: str | None = "BDF"):
+                 fallback_method: str | None = "BDF", crawl_factor: float | None = CRAWL_FACTOR):
         self.petab_problem = pp = petab_problem
+        if crawl_factor is not None and not crawl_factor > 1.0:
+            raise PetabError(f"crawl_factor={crawl_factor!r}: give a number above 1, or None")
+        self.crawl_factor = None if crawl_factor is None else float(crawl_factor)
+        self.gradient_switch: str | None = None
+        # the states' right-hand-side evaluations per simulation in the last evaluation
+        # without gradient (the crawl's yardstick), and the bookkeeping of the solves
+        self._state_nfev: list | None = None
+        self._nfev_acc = 0
+        self._sens_budget: int | None = None
         self.rtol, self.atol, self.method = float(rtol), float(atol), method
         self.fallback_method = fallback_method
         self.solver_fallbacks: Counter = Counter()
@@ -630,6 +701,8 @@ class PetabProblem:
                 raise PetabError("gradient='adjoint' does not support state-triggered SBML "
                                  f"events ({names}): use 'forward'")
             return False
+        if self.gradient_switch is not None:
+            return True
         if self.gradient != "auto":
             return self.gradient == "adjoint"
         moving = set()      # entries of P that move a simulation (parameters, initial values)
@@ -704,12 +777,15 @@ class PetabProblem:
             return out
 
     def _solve_by(self, method, vf, t0, times, y0, D0, Dtheta, grad):
+        budget = {} if self._sens_budget is None or not grad else {
+            "max_nfev": self._sens_budget}
         prob = Problem(vf=vf, t0=t0, t_obs=times, y0=y0, obs_loss=None, method=method,
-                       rtol=self.rtol, atol=self.atol, name="petab")
+                       rtol=self.rtol, atol=self.atol, options=budget, name="petab")
         fs = ForwardSensitivity()
         if not grad:
-            Y, _ = solve_observed(vf, t0, times, y0, method, self.rtol, self.atol, {},
-                                  where=prob.where)
+            Y, res = solve_observed(vf, t0, times, y0, method, self.rtol, self.atol, {},
+                                    where=prob.where)
+            self._nfev_acc += res.nfev if res is not None else 0
             return Y, None
         # dy/dP directly (n (1 + nP) components, fewer where P moves nothing), not
         # dy/d[theta, y0] (n (1 + n_theta + n)) and then the chain rule
@@ -828,11 +904,17 @@ class PetabProblem:
         self.steady_state_paths[f"{ss.path}/{ss.sensitivity or 'none'}"] += 1
         return ss.y, ss.S
 
-    def _simulate_all(self, P, grad: bool, adjoint: bool = False):
-        # adjoint: the solves keep AdjointTapes (dynlearn.petab.adjoint) in place of dy/dP
+    def _simulate_all(self, P, grad: bool, adjoint: bool = False, scale=None,
+                      watch: bool = False):
+        # adjoint: the solves keep AdjointTapes (dynlearn.petab.adjoint) in place of dy/dP.
+        # scale: dP/dx, the directions' scale in the solves (see direction_scale); every
+        # dy/dP returned is on P's own scale. watch: forward sensitivities get an
+        # evaluation budget from the states' own (crawl_factor); _Crawl when it runs out
         out = []
         pre_states = {}   # one steady state per preequilibration condition: many share one
-        for s in self._sims:
+        c = np.ones(len(P)) if scale is None else scale
+        counts = []
+        for i, s in enumerate(self._sims):
             v_sim, D_sim = self._varying_values(s["sim"], P)
             y_pre = S_pre = None
             if s["pre"]:
@@ -840,28 +922,46 @@ class PetabProblem:
                     v_pre, D_pre = self._varying_values(s["pre"], P)
                     vf = VectorField(self.model, v_pre[self._theta_vidx])
                     y0, D0 = self._initial(s["pre"], v_pre, D_pre, P)
-                    pre_states[s["pre"]] = self._steady_state(vf, y0, D0,
-                                                              D_pre[self._theta_vidx], grad)
+                    y_ss, S_ss = self._steady_state(vf, y0, _scaled(D0, c),
+                                                    D_pre[self._theta_vidx] * c, grad)
+                    pre_states[s["pre"]] = (y_ss, _scaled(S_ss, 1.0 / c))
                 y_pre, S_pre = pre_states[s["pre"]]
             vf = VectorField(self.model, v_sim[self._theta_vidx])
             y0, D0 = self._initial(s["sim"], v_sim, D_sim, P, y_pre, S_pre)
+            D0, Dc = _scaled(D0, c), D_sim * c
             if adjoint:
-                SP = self._adjoint_tape(vf, s["times"], y0, D0, D_sim[self._theta_vidx],
-                                        v_sim, D_sim)
+                SP = self._adjoint_tape(vf, s["times"], y0, D0, Dc[self._theta_vidx],
+                                        v_sim, Dc)
                 Y = SP.Y
             else:
-                Y, SP = self._solve_switched(vf, s["times"], y0, D0, D_sim[self._theta_vidx],
-                                             grad, v_sim, D_sim)
+                budget = None
+                if watch and grad and self._state_nfev is not None:
+                    budget = int(max(self.crawl_factor * self._state_nfev[i], CRAWL_FLOOR))
+                self._nfev_acc, self._sens_budget = 0, budget
+                try:
+                    Y, SP = self._solve_switched(vf, s["times"], y0, D0,
+                                                 Dc[self._theta_vidx], grad, v_sim, Dc)
+                except SolveError as err:
+                    if budget is not None and err.solver_message == BUDGET_EXHAUSTED:
+                        raise _Crawl(i, budget, self._state_nfev[i]) from err
+                    raise
+                finally:
+                    self._sens_budget = None
+                counts.append(self._nfev_acc)
             if s["steady"]:
                 # measurements at t = inf: the steady state reached from the start
-                y_ss, S_ss = self._steady_state(vf, y0, D0, D_sim[self._theta_vidx], grad)
+                y_ss, S_ss = self._steady_state(vf, y0, D0, Dc[self._theta_vidx], grad)
                 Y = np.vstack([Y, y_ss[None]])
                 if grad:
                     if adjoint:
                         SP.set_steady(S_ss)
                     else:
                         SP = np.concatenate([SP, S_ss[None]], axis=0)
+            if grad and not adjoint:
+                SP = SP / c
             out.append((Y, SP, v_sim, D_sim))
+        if not grad:
+            self._state_nfev = counts
         return out
 
     def _evaluate(self, *args, **kwargs):
@@ -883,7 +983,35 @@ class PetabProblem:
         P, dPdx = self.from_scale(x)
         nP = len(P)
         adjoint = grad and fisher is None and not want_sim and self._use_adjoint()
-        sims = self._simulate_all(P, grad, adjoint)
+        scale = direction_scale(dPdx)
+        # forward sensitivities that crawl give way to the adjoint where it can serve
+        watch = (grad and not adjoint and fisher is None and not want_sim
+                 and self.crawl_factor is not None and self.gradient != "adjoint"
+                 and not (self._events is not None and self._events.has_state_events))
+        if watch and self._state_nfev is None:
+            # the states' own evaluations, the crawl's yardstick (once: later evaluations
+            # without gradient renew it). An internal probe: the counters of paths and
+            # fallbacks report the evaluations asked for. If the states cannot be solved,
+            # the gradient's own solve will say why
+            counters = Counter(self.steady_state_paths), Counter(self.solver_fallbacks)
+            try:
+                self._simulate_all(P, False)
+            except SolveError:
+                watch = False
+            self.steady_state_paths, self.solver_fallbacks = counters
+        try:
+            sims = self._simulate_all(P, grad, adjoint, scale, watch)
+        except _Crawl as crawl:
+            name = self._sims[crawl.index]["sim"]
+            self.gradient_switch = (
+                f"forward sensitivities of simulation {crawl.index} (condition '{name}') "
+                f"took over {crawl.budget} right-hand-side evaluations, against "
+                f"{crawl.states} for its states alone (crawl_factor {self.crawl_factor:g}): "
+                "the gradient is taken by the adjoint from here on")
+            warnings.warn(f"PEtab problem: {self.gradient_switch}", GradientSwitchWarning,
+                          stacklevel=4)
+            adjoint = True
+            sims = self._simulate_all(P, grad, adjoint, scale)
         if profile:     # (the simulation does not depend on the noise-only parameters)
             x = self._profile(x, P, sims, prior)
             P, dPdx = self.from_scale(x)
@@ -933,7 +1061,7 @@ class PetabProblem:
             return (total, x) if profile else total
         if adjoint:     # one backward solve per simulation, after all cotangents are in
             for _, tape, _, _ in sims:
-                g += tape.gradient()
+                g += tape.gradient() / scale
         return (total, g * dPdx, x) if profile else (total, g * dPdx)
 
     def _profile(self, x, P, sims, prior) -> np.ndarray:

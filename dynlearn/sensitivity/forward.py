@@ -257,6 +257,9 @@ class ForwardSensitivity(Sensitivity):
         S : ndarray, shape (m, n, q)
             dy/d[theta, y0] with ``q = n_theta (+ n when wrt_y0)``.
         """
+        return self._trajectories(prob, wrt_y0)
+
+    def _trajectories(self, prob: Problem, wrt_y0: bool, weights: np.ndarray | None = None):
         vf = prob.vf
         n, P = vf.n, vf.n_theta
         q = P + (n if wrt_y0 else 0)
@@ -265,7 +268,8 @@ class ForwardSensitivity(Sensitivity):
             S0[P:] = np.eye(n)
         # small systems: one symbolic function with its exact Jacobian (see the limit's notes)
         symbolic = not vf.c.nets and n * (q + 1) <= SENSITIVITY_SYSTEM_LIMIT
-        return self._integrate(prob, S0, None, symbolic=symbolic, wrt_y0=wrt_y0)
+        return self._integrate(prob, S0, None, symbolic=symbolic, wrt_y0=wrt_y0,
+                               weights=weights)
 
     def directional(self, prob: Problem, Dtheta: np.ndarray, D0: np.ndarray | None = None):
         """States and their derivatives along ``k`` directions of an outer parameter vector
@@ -298,8 +302,16 @@ class ForwardSensitivity(Sensitivity):
         wrt_y0 = D0 is not None
         if not vf.c.nets and n * (P + (n if wrt_y0 else 0) + 1) <= SENSITIVITY_SYSTEM_LIMIT:
             # small enough for the whole system compiled with its exact Jacobian: faster
-            # than fewer components evaluated with numpy (see the module notes)
-            Y, S = self.trajectories(prob, wrt_y0)
+            # than fewer components evaluated with numpy (see the module notes). Each
+            # column dy/dtheta_j (dy/dy0_i) is held to the tolerance in the directions'
+            # units: atol divided by the largest |dtheta_j/dx| (|dy0_i/dx|), as if the
+            # directions themselves were integrated (1 where nothing moves it)
+            w = np.abs(Dtheta).max(axis=1, initial=0.0)
+            if wrt_y0:
+                w = np.concatenate([w, np.abs(np.asarray(D0, dtype=float).reshape(n, k))
+                                    .max(axis=1, initial=0.0)])
+            w = np.where((w > 0) & np.isfinite(w), w, 1.0)
+            Y, S = self._trajectories(prob, wrt_y0, w)
             out = S[:, :, :P] @ Dtheta
             if wrt_y0:
                 out += S[:, :, P:] @ np.asarray(D0, dtype=float).reshape(n, k)
@@ -318,12 +330,13 @@ class ForwardSensitivity(Sensitivity):
         return Y, S
 
     def _integrate(self, prob: Problem, S0: np.ndarray, W: np.ndarray | None, symbolic: bool,
-                   wrt_y0: bool):
+                   wrt_y0: bool, weights: np.ndarray | None = None):
         """Integrate ``[y, S]`` with ``S' = J S + (df/dtheta) W`` from ``S(t0) = S0`` (shape
         (q, n), one row per column of ``S``). ``W`` is ``dtheta/d(column)``, shape
         (n_theta, q); ``None`` means the identity on the first ``n_theta`` columns and
         nothing on the others (``dy/d[theta, y0]``), the only case the ``symbolic`` system
-        (compiled for ``wrt_y0``) implements."""
+        (compiled for ``wrt_y0``) implements. ``weights`` (q,): column ``j`` gets the
+        states' ``atol`` divided by ``weights[j]`` (default 1)."""
         vf = prob.vf
         n, P = vf.n, vf.n_theta
         q = S0.shape[0]
@@ -362,8 +375,12 @@ class ForwardSensitivity(Sensitivity):
 
         kw = dict(method=prob.method, rtol=prob.rtol, **prob.options)
         atol = np.asarray(prob.atol, dtype=float)
-        # dy_i/dtheta_k shares the absolute tolerance of y_i
-        kw["atol"] = np.tile(atol, q + 1) if atol.ndim else float(atol)
+        # dy_i/dtheta_k shares the absolute tolerance of y_i (over the column's weight)
+        if weights is not None:
+            base = np.broadcast_to(atol, (n,))
+            kw["atol"] = np.concatenate([base, (base / np.reshape(weights, (q, 1))).ravel()])
+        else:
+            kw["atol"] = np.tile(atol, q + 1) if atol.ndim else float(atol)
         jsym = vf.c.sensitivity_system(wrt_y0)[1] if symbolic else None
         order = None
         if prob.method in STIFF_METHODS and jsym is not None:

@@ -1,0 +1,88 @@
+"""Forward sensitivities that crawl give way to the adjoint (``PetabProblem(crawl_factor=)``):
+when the sensitivities of a simulation take more than ``crawl_factor`` times its states'
+right-hand-side evaluations, the gradient is taken by the adjoint, said by a warning and
+``problem.gradient_switch``; the Fisher system keeps forward sensitivities.
+
+A real crawl needs a large model (Smith_BMCSystBiol2013: 18,870 evaluations to t = 10.8
+of 15 against 1,853 for the states); here the budget is made small enough that an
+ordinary solve exceeds it."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("libsbml")
+pytest.importorskip("petab")
+pytest.importorskip("sbmlmath")
+
+from test_petab_sensitivity_scale import chain_problem  # noqa: E402
+
+import dynlearn.petab as dp  # noqa: E402
+import dynlearn.petab.problem as problem_module  # noqa: E402
+from dynlearn.errors import PetabError  # noqa: E402
+from dynlearn.testing import central_difference  # noqa: E402
+
+
+@pytest.fixture
+def no_floor(monkeypatch):
+    monkeypatch.setattr(problem_module, "CRAWL_FLOOR", 0)
+
+
+def load(tmp_path, **options):
+    return dp.load(chain_problem(tmp_path / "chain", 9, 1.0), rtol=1e-9, atol=1e-11,
+                   **options)
+
+
+def test_crawling_forward_sensitivities_switch_to_the_adjoint(tmp_path, no_floor):
+    problem = load(tmp_path, crawl_factor=1.000001)
+    reference = dp.load(tmp_path / "chain" / "problem.yaml", rtol=1e-9, atol=1e-11,
+                        crawl_factor=None)
+    x = np.asarray(problem.x_nominal) + 0.05
+    f_ref, g_ref = reference.loss_and_grad(x)
+    assert reference.gradient_switch is None
+    with pytest.warns(problem_module.GradientSwitchWarning, match="condition 'c'"):
+        f, g = problem.loss_and_grad(x)       # no evaluation before: the yardstick is taken
+    assert "by the adjoint" in problem.gradient_switch
+    assert f == pytest.approx(f_ref, rel=1e-10)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-5)
+    fd = central_difference(problem.nllh, x, 1e-5)
+    np.testing.assert_allclose(g, fd, rtol=1e-4, atol=1e-6 * np.abs(fd).max())
+    # later gradients go to the adjoint at once, without another warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", problem_module.GradientSwitchWarning)
+        _, g2 = problem.loss_and_grad(x)
+        np.testing.assert_array_equal(g2, g)
+        # the Fisher system needs dy/dP: forward sensitivities, no budget
+        _, g3, A, _ = problem.fisher_system(x)
+    np.testing.assert_allclose(g3, g_ref, rtol=1e-9)
+
+
+def test_ordinary_solves_stay_forward(tmp_path):
+    # the default factor and floor: forward sensitivities of this chain take a few times
+    # the states' evaluations, far from the budget
+    problem = load(tmp_path)
+    assert problem.crawl_factor == problem_module.CRAWL_FACTOR
+    x = np.asarray(problem.x_nominal)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", problem_module.GradientSwitchWarning)
+        problem.nllh(x)
+        problem.loss_and_grad(x)
+    assert problem.gradient_switch is None
+
+
+def test_no_switch_without_a_factor_or_with_the_adjoint_asked(tmp_path, no_floor):
+    for options in (dict(crawl_factor=None), dict(crawl_factor=1.000001,
+                                                 gradient="adjoint")):
+        problem = dp.load(chain_problem(tmp_path / str(len(options) + len(str(options))),
+                                        9, 1.0), rtol=1e-9, atol=1e-11, **options)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", problem_module.GradientSwitchWarning)
+            problem.loss_and_grad(np.asarray(problem.x_nominal))
+        assert problem.gradient_switch is None
+
+
+@pytest.mark.parametrize("bad", [1.0, 0.5, -2.0])
+def test_a_crawl_factor_must_exceed_one(tmp_path, bad):
+    with pytest.raises(PetabError, match="crawl_factor"):
+        load(tmp_path, crawl_factor=bad)
