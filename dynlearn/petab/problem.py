@@ -56,8 +56,9 @@ from dynlearn.sensitivity.base import Problem
 from dynlearn.sensitivity.forward import ForwardSensitivity
 from dynlearn.solve import BUDGET_EXHAUSTED, solve_observed
 
-__all__ = ["GRADIENT_METHODS", "PetabFit", "PetabProblem", "fisher_terms", "from_scale", "load",
-           "nllh_terms", "to_scale"]
+__all__ = ["CRAWL_FACTOR", "CRAWL_FLOOR", "GRADIENT_METHODS", "GradientSwitchWarning",
+           "PetabFit", "PetabProblem", "fisher_terms", "from_scale", "load", "nllh_terms",
+           "to_scale"]
 
 _SCALES = ("lin", "log", "log10")
 #: PetabProblem(gradient=...): "auto" (the adjoint where dynlearn.petab.adjoint.prefer_adjoint
