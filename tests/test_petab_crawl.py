@@ -86,3 +86,26 @@ def test_no_switch_without_a_factor_or_with_the_adjoint_asked(tmp_path, no_floor
 def test_a_crawl_factor_must_exceed_one(tmp_path, bad):
     with pytest.raises(PetabError, match="crawl_factor"):
         load(tmp_path, crawl_factor=bad)
+
+
+def test_a_crawling_bdf_retry_switches_too(tmp_path, no_floor, monkeypatch):
+    """LSODA's sensitivity solve fails (as at Fiedler's random starts) and the BDF retry runs
+    out of the crawl budget: the adjoint takes over, as for LSODA itself."""
+    from dynlearn.errors import SolveError
+    from dynlearn.sensitivity.forward import ForwardSensitivity
+
+    directional = ForwardSensitivity.directional
+
+    def lsoda_fails(self, prob, *args, **kwargs):
+        if prob.method == "LSODA":
+            raise SolveError("LSODA: repeated convergence failures (injected)")
+        return directional(self, prob, *args, **kwargs)
+
+    monkeypatch.setattr(ForwardSensitivity, "directional", lsoda_fails)
+    problem = load(tmp_path, crawl_factor=1.000001)
+    x = np.asarray(problem.x_nominal)
+    with pytest.warns(dp.GradientSwitchWarning):
+        _, g = problem.loss_and_grad(x)
+    assert problem.solver_fallbacks == {"sensitivities failed": 1}
+    fd = central_difference(problem.nllh, x, 1e-5)
+    np.testing.assert_allclose(g, fd, rtol=1e-4, atol=1e-6 * np.abs(fd).max())

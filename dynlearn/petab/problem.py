@@ -771,6 +771,8 @@ class PetabProblem:
                 out = self._solve_by(second, vf, t0, times, y0, D0, Dtheta, grad)
             except SolveError as retry:
                 self.solver_fallbacks[f"{key} failed"] += 1
+                if self._sens_budget is not None and retry.solver_message == BUDGET_EXHAUSTED:
+                    raise       # the retry crawled: the adjoint takes over (_simulate_all)
                 raise SolveError(f"{first}; tried again with {second}, which failed too: "
                                  f"{retry}", status=first.status, t=first.t,
                                  solver_message=first.solver_message) from retry
