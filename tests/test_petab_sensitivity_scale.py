@@ -95,3 +95,30 @@ def test_gradient_does_not_depend_on_the_units_of_a_rate(tmp_path, counted, n):
     # and it is the likelihood's gradient (central differences on log10 scale)
     fd = central_difference(p2.nllh, x2, 1e-5)
     np.testing.assert_allclose(g2, fd, rtol=1e-4, atol=1e-6 * np.abs(fd).max())
+
+
+@pytest.mark.parametrize("kind", ["plain", "pre", "event"])
+@pytest.mark.parametrize("gradient", ["forward", "adjoint"])
+def test_the_gradient_does_not_depend_on_the_directions_scale(tmp_path, monkeypatch, kind,
+                                                             gradient):
+    """Whatever the directions' scale, every path (preequilibration and its steady state,
+    a time-triggered dose, the adjoint's tape, the Fisher system) maps the scaled
+    sensitivities back to dy/dP: scales from 1e-6 to 1 give the unscaled gradient."""
+    from test_petab_adjoint import _problem
+
+    import dynlearn.petab.problem as problem_module
+
+    options = {"plain": {}, "pre": dict(preequilibration=True), "event": dict(event=True)}
+    prob = _problem(tmp_path, gradient=gradient, **options[kind])
+    x = np.asarray(prob.x_nominal)
+    monkeypatch.setattr(problem_module, "direction_scale", lambda d: np.ones_like(d))
+    f1, g1 = prob.loss_and_grad(x)
+    _, ga1, A1, b1 = prob.fisher_system(x)
+    scales = 10.0 ** np.random.default_rng(1).uniform(-6, 0, x.size)
+    monkeypatch.setattr(problem_module, "direction_scale", lambda d: scales)
+    f2, g2 = prob.loss_and_grad(x)
+    _, ga2, A2, b2 = prob.fisher_system(x)
+    assert f2 == pytest.approx(f1, rel=1e-9)
+    np.testing.assert_allclose(g2, g1, rtol=1e-5, atol=1e-7 * np.abs(g1).max())
+    np.testing.assert_allclose(A2, A1, rtol=1e-5, atol=1e-7 * np.abs(A1).max())
+    np.testing.assert_allclose(b2, b1, rtol=1e-9)
