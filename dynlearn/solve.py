@@ -98,6 +98,8 @@ LSODA_RETRY_FIRST_STEP = 1e-9
 MAX_NFEV = 1_000_000
 #: ``SolveError.solver_message`` of a solve stopped by its evaluation budget (``max_nfev``)
 BUDGET_EXHAUSTED = "max_nfev reached"
+#: ``SolveError.solver_message`` of a solve whose time stopped moving (SolveGuard)
+NO_PROGRESS = "no progress in time"
 #: The most memory a buffer that grows with the number of solver steps may take (a dense
 #: solution, a record of steps), in bytes.
 MAX_BUFFER_BYTES = 2 * 1024 ** 3
@@ -179,7 +181,14 @@ class SolveGuard:
       of the checked calls saw a non-finite derivative. An explicit method rejects such a
       step and retries a smaller one; at the edge (``sqrt(log(x))`` from ``x = 1``) it then
       creeps on in steps too small to change the state, forever, with a third of its
-      evaluations NaN. An occasional NaN trial stage is sampled far too rarely to count.
+      evaluations NaN. An occasional NaN trial stage is sampled far too rarely to count;
+    * a solve that does not move: when :attr:`STALL_EVALS` calls advanced time so little
+      that the rest of the span would take more than :attr:`STALL_PROJECTION` times the
+      budget at that pace (or by at most :attr:`STALL_FRACTION` of the span, of ``|t|``
+      when larger, where the span is not known). Such a solve would only end at its budget;
+      LSODA's sensitivity solves crept on for a million calls at a point where the Jacobian
+      was NaN (random starts of Crauste_CellSystems2017, 17-37 s each, where the plain
+      solve failed at once).
 
     The cost is one counter increment and one comparison per call.
 
@@ -206,6 +215,10 @@ class SolveGuard:
     CHECK_EVERY = 256
     #: checks that saw a non-finite derivative before the solve is stopped
     NON_FINITE_CHECKS = 16
+    #: calls within which time must advance by more than STALL_FRACTION of the span
+    STALL_EVALS = 80 * CHECK_EVERY
+    STALL_PROJECTION = 1000.0
+    STALL_FRACTION = 1e-12
 
     def __init__(self, method: str, max_nfev: int | None = None, where: str = "",
                  names: Sequence[str] | None = None, span: tuple[float, float] | None = None,
@@ -219,6 +232,7 @@ class SolveGuard:
         self.nfev = 0
         self.non_finite = 0
         self._first = 1
+        self._stall = (0, None)     # (call count, time) at the start of the current window
         self.t_last: float | None = None
         self.max_evals_memory = None
         self.what = what
@@ -268,6 +282,28 @@ class SolveGuard:
         if n > self.max_nfev:
             raise SolveError(self._budget_message(t), status=-1, t=float(t),
                              solver_message=BUDGET_EXHAUSTED)
+        n0, t0 = self._stall
+        if t0 is None or n == self._first:
+            self._stall = (n, float(t))
+        elif n - n0 >= self.STALL_EVALS:
+            scale = max(abs(self.span[1] - self.span[0]) if self.span else 0.0, abs(t0))
+            # the least progress that could still end within STALL_PROJECTION budgets
+            left = abs(self.span[1] - float(t)) if self.span else 0.0
+            least = max(self.STALL_FRACTION * scale,
+                        left * (n - n0) / (self.STALL_PROJECTION * self.max_nfev))
+            if abs(float(t) - t0) <= least:
+                advice = ("this looks stiff; try method='LSODA' (or 'Radau', 'BDF')"
+                          if self.method in EXPLICIT_METHODS else
+                          "the solution probably meets a point where the equations are not "
+                          "defined or blow up; check the parameters")
+                raise SolveError(
+                    f"the {self.method} solve{self.where} is stuck at t={_fmt(t)}: "
+                    f"{n - n0} right-hand-side evaluations moved time by {abs(t - t0):.3g}, "
+                    f"so the {left:.6g} left would take over "
+                    f"{self.STALL_PROJECTION * self.max_nfev:.3g} (max_nfev "
+                    f"{self.max_nfev}); {advice}", status=-1, t=float(t),
+                    solver_message=NO_PROGRESS)
+            self._stall = (n, float(t))
         if self.max_evals_memory is not None and n > self.max_evals_memory:
             gib = n * self.bytes_per_eval / 1024 ** 3
             raise SolveError(f"the {self.method} solve{self.where} would keep more than "

@@ -124,6 +124,33 @@ def test_explicit_solve_of_a_stiff_problem_stops_at_the_budget():
         dl.loss(m, data, method="RK45", max_nfev=5_000)
 
 
+def test_a_solve_that_cannot_finish_at_its_pace_stops_early():
+    """A solve whose last STALL_EVALS evaluations moved time so little that the rest would
+    take over STALL_PROJECTION budgets stops there (NO_PROGRESS), not at the budget: RK45
+    on a problem with an eigenvalue of -1e9 steps by ~3e-9 (the span: 1e9 evaluations)."""
+    from dynlearn.solve import NO_PROGRESS, SolveGuard
+    m = stiff_model(rate=1e9)
+    with watchdog(120):
+        with pytest.raises(dl.SolveError, match=r"stuck at t=.*looks stiff.*LSODA") as err:
+            dl.simulate(m, [0, 10], [1.0, 1.0], method="RK45")
+    assert err.value.solver_message == NO_PROGRESS and 0 < err.value.t < 1e-3
+    # the rule itself: a guard whose time does not move stops after one window; one that
+    # moves at a pace that ends within the budget is left alone
+    for pace, stops in ((0.0, True), (1e-10, True), (1e-8, False)):
+        guard = SolveGuard("LSODA", span=(0.0, 1.0), max_nfev=1_000_000)
+        fun = guard.wrap_fun(lambda t, y: y)
+        y = np.ones(2)
+        calls = 3 * SolveGuard.STALL_EVALS
+        try:
+            for i in range(calls):
+                fun(i * pace, y)
+        except dl.SolveError as exc:
+            assert stops and exc.solver_message == NO_PROGRESS
+            assert i < 2 * SolveGuard.STALL_EVALS + SolveGuard.CHECK_EVERY
+        else:
+            assert not stops
+
+
 def test_a_huge_time_span_stops_at_the_budget():
     # one time value of 1e300 (a typo in a CSV) must not run for hours
     m = dl.HybridModel(states=["x"], params={"a": 1.0}, rhs={"x": "-a*x"})

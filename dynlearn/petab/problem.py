@@ -54,7 +54,7 @@ from dynlearn.petab.sbml import TIME, SbmlOde, sbml_to_ode
 from dynlearn.petab.steady import steady_state
 from dynlearn.sensitivity.base import Problem
 from dynlearn.sensitivity.forward import ForwardSensitivity
-from dynlearn.solve import BUDGET_EXHAUSTED, solve_observed
+from dynlearn.solve import BUDGET_EXHAUSTED, NO_PROGRESS, solve_observed
 
 __all__ = ["CRAWL_FACTOR", "CRAWL_FLOOR", "GRADIENT_METHODS", "GradientSwitchWarning",
            "PetabFit", "PetabProblem", "fisher_terms", "from_scale", "load", "nllh_terms",
@@ -77,9 +77,9 @@ _LN10 = math.log(10.0)
 class _Crawl(Exception):
     """Forward sensitivities of simulation ``index`` used up their evaluation budget."""
 
-    def __init__(self, index: int, budget: int, states: int):
-        super().__init__(index, budget, states)
-        self.index, self.budget, self.states = index, budget, states
+    def __init__(self, index: int, budget: int, states: int, stalled: bool = False):
+        super().__init__(index, budget, states, stalled)
+        self.index, self.budget, self.states, self.stalled = index, budget, states, stalled
 
 
 class GradientSwitchWarning(UserWarning):
@@ -771,7 +771,8 @@ class PetabProblem:
                 out = self._solve_by(second, vf, t0, times, y0, D0, Dtheta, grad)
             except SolveError as retry:
                 self.solver_fallbacks[f"{key} failed"] += 1
-                if self._sens_budget is not None and retry.solver_message == BUDGET_EXHAUSTED:
+                if (self._sens_budget is not None
+                        and retry.solver_message in (BUDGET_EXHAUSTED, NO_PROGRESS)):
                     raise       # the retry crawled: the adjoint takes over (_simulate_all)
                 raise SolveError(f"{first}; tried again with {second}, which failed too: "
                                  f"{retry}", status=first.status, t=first.t,
@@ -945,8 +946,10 @@ class PetabProblem:
                     Y, SP = self._solve_switched(vf, s["times"], y0, D0,
                                                  Dc[self._theta_vidx], grad, v_sim, Dc)
                 except SolveError as err:
-                    if budget is not None and err.solver_message == BUDGET_EXHAUSTED:
-                        raise _Crawl(i, budget, self._state_nfev[i]) from err
+                    if budget is not None and err.solver_message in (BUDGET_EXHAUSTED,
+                                                                     NO_PROGRESS):
+                        raise _Crawl(i, budget, self._state_nfev[i],
+                                     err.solver_message == NO_PROGRESS) from err
                     raise
                 finally:
                     self._sens_budget = None
@@ -1006,9 +1009,10 @@ class PetabProblem:
             sims = self._simulate_all(P, grad, adjoint, scale, watch)
         except _Crawl as crawl:
             name = self._sims[crawl.index]["sim"]
+            took = ("stopped moving in time within" if crawl.stalled else "took over")
             self.gradient_switch = (
                 f"forward sensitivities of simulation {crawl.index} (condition '{name}') "
-                f"took over {crawl.budget} right-hand-side evaluations, against "
+                f"{took} {crawl.budget} right-hand-side evaluations, against "
                 f"{crawl.states} for its states alone (crawl_factor {self.crawl_factor:g}): "
                 "the gradient is taken by the adjoint from here on")
             warnings.warn(f"PEtab problem: {self.gradient_switch}", GradientSwitchWarning,
