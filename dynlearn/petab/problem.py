@@ -71,6 +71,9 @@ CRAWL_FACTOR = 20.0
 #: ... or this many, whichever is more (short simulations whose states take few steps),
 #: before the gradient is taken by the adjoint instead (``PetabProblem(crawl_factor=...)``)
 CRAWL_FLOOR = 2000
+#: ``SolveError.solver_message`` of a solve that ran out of its budget or stopped moving:
+#: with a crawl budget set, forward sensitivities that crawled
+_OUT_OF_BUDGET = (BUDGET_EXHAUSTED, NO_PROGRESS)
 _LN10 = math.log(10.0)
 
 
@@ -771,8 +774,7 @@ class PetabProblem:
                 out = self._solve_by(second, vf, t0, times, y0, D0, Dtheta, grad)
             except SolveError as retry:
                 self.solver_fallbacks[f"{key} failed"] += 1
-                if (self._sens_budget is not None
-                        and retry.solver_message in (BUDGET_EXHAUSTED, NO_PROGRESS)):
+                if self._sens_budget is not None and retry.solver_message in _OUT_OF_BUDGET:
                     raise       # the retry crawled: the adjoint takes over (_simulate_all)
                 raise SolveError(f"{first}; tried again with {second}, which failed too: "
                                  f"{retry}", status=first.status, t=first.t,
@@ -946,8 +948,7 @@ class PetabProblem:
                     Y, SP = self._solve_switched(vf, s["times"], y0, D0,
                                                  Dc[self._theta_vidx], grad, v_sim, Dc)
                 except SolveError as err:
-                    if budget is not None and err.solver_message in (BUDGET_EXHAUSTED,
-                                                                     NO_PROGRESS):
+                    if budget is not None and err.solver_message in _OUT_OF_BUDGET:
                         raise _Crawl(i, budget, self._state_nfev[i],
                                      err.solver_message == NO_PROGRESS) from err
                     raise
@@ -992,7 +993,7 @@ class PetabProblem:
         scale = direction_scale(dPdx)
         # forward sensitivities that crawl give way to the adjoint where it can serve
         watch = (grad and not adjoint and fisher is None and not want_sim
-                 and self.crawl_factor is not None and self.gradient != "adjoint"
+                 and self.crawl_factor is not None
                  and not (self._events is not None and self._events.has_state_events))
         if watch and self._state_nfev is None:
             # the states' own evaluations, the crawl's yardstick (once: later evaluations
