@@ -132,8 +132,9 @@ def run(name, grad, sw: Swapper, args) -> list[str]:
         _, t, z = sw.captured["before"]
         sw.use("auto")
         out0 = fns[0](t, z)
+        # (relative to the largest entry; absolute where the state makes all of them zero)
         diff = max(float(np.max(np.abs(fn(t, z) - out0))) for fn in fns[1:]) / \
-            float(np.max(np.abs(out0)))
+            (float(np.max(np.abs(out0))) or 1.0)
         us = per_call(fns, t, z, args.batches, args.calls)
         cells += [f"{z.size}", f"{us[0]:.1f}", *(f"{u:.1f}" for u in us[1:]),
                   f"{us[0] / us[1]:.2f}", f"{diff:.1e}"]

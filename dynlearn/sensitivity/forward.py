@@ -19,8 +19,8 @@ How it is evaluated (the speed of stiff fits depends on it; measurements in
   compiled as one symbolic function, and its exact Jacobian for the stiff methods;
 * larger physics-only systems: ``f``, ``df/dy`` and ``df/dtheta`` from one compiled call,
   gathered through fixed index maps, ``J S + (df/dtheta) W`` as one fixed-pattern sparse
-  product of ``[J | df/dtheta]`` when ``J`` is sparse, dense products otherwise
-  (:func:`compiled_sensitivity_rhs`);
+  product of ``[J | df/dtheta]`` when ``J`` is sparse and the system large, one dense
+  product otherwise (:func:`compiled_sensitivity_rhs`);
 * models with networks: the vector field's Jacobians, network derivatives in closed form.
 
 Stiff methods beyond the symbolic system receive the block-diagonal Jacobian ``I (x) J``
@@ -64,6 +64,11 @@ __all__ = ["PRODUCTS", "ForwardSensitivity", "compiled_sensitivity_rhs",
 
 #: how :func:`compiled_sensitivity_rhs` may form ``J S + (df/dtheta) W``
 PRODUCTS = ("auto", "dense", "sparse")
+#: ``"auto"`` forms the product densely up to this many multiplications (``q m n``: columns,
+#: ``n`` + moving parameters, states), whatever ``J``'s sparsity: a few microseconds for
+#: numpy's one call, below the scipy.sparse product's own overhead, and single-threaded in
+#: OpenBLAS (whose threads made larger products slow on a busy machine)
+DENSE_PRODUCT_LIMIT = 100_000
 
 
 def _check_product(product: str) -> None:
@@ -108,19 +113,19 @@ def compiled_sensitivity_rhs(vf, q: int, W: np.ndarray | None, product: str = "a
 
     * ``"sparse"``: a matrix ``A = [J | df/dtheta_u]`` of fixed sparse pattern, ``u`` the
       parameters ``W`` moves, and one product ``A [S; W_u]``, the constant block ``W_u``
-      kept in a preallocated buffer. Each entry sums the same terms in the same order as
-      the sparse ``J S`` followed by the forcing term did before, so the result is the
-      same to the bit when every column of ``W`` moves one parameter (dl.petab's
-      directions, ``dy/dtheta``);
-    * ``"dense"``: ``J`` and ``df/dtheta`` as dense arrays, ``S^T J^T`` and the forcing
-      term added to it (as before for dense Jacobians, to the bit).
+      kept in a preallocated buffer;
+    * ``"dense"``: ``A^T`` as a dense array and one product ``[S^T | W_u^T] A^T`` written
+      into the output.
 
     ``"auto"`` takes the dense form for Jacobians with more than a quarter of their
-    entries structurally non-zero (:func:`jacobian_product`'s rule), else the sparse one.
-    A one-call dense product ``[S^T | W_u^T] A^T`` would be a few microseconds faster
-    still on small systems (``benchmarks/forward_rhs.py``), but its other order of
-    summation changes the adaptive solver's step choices, and with them the gradient at
-    the level of the solver's error (5e-7 relative on Bachmann_MSB2011 at rtol 1e-9).
+    entries structurally non-zero (:func:`jacobian_product`'s rule) and for products of at
+    most :data:`DENSE_PRODUCT_LIMIT` multiplications, else the sparse one. Side by side
+    (``benchmarks/forward_rhs.py``, session 13): 9.1 instead of 12.1 us a call on
+    Elowitz_Nature2000 (8 states, 18 directions), 8.6 instead of 11.8 on
+    Raia_CancerResearch2011, 19.4 instead of 22.1 on a 30-state chain, and the sparse
+    product's 72 us where the dense one took 125 (a 100-state chain). The two sum in
+    another order, so the adaptive solver's steps, and the gradient, differ at the
+    level of the solver's error (2.6e-6 relative on Elowitz at rtol 1e-8).
 
     Parameters
     ----------
@@ -163,7 +168,8 @@ def compiled_sensitivity_rhs(vf, q: int, W: np.ndarray | None, product: str = "a
     rows, cols = np.nonzero(pattern)
     nnz = rows.size
     if product == "auto":
-        dense = 4 * int(np.count_nonzero(Jpat)) > n * n
+        dense = (4 * int(np.count_nonzero(Jpat)) > n * n
+                 or q * m * n <= DENSE_PRODUCT_LIMIT)
     else:
         dense = product == "dense"
     f_all = bool(np.all(fpos < nc))
@@ -186,26 +192,22 @@ def compiled_sensitivity_rhs(vf, q: int, W: np.ndarray | None, product: str = "a
         return out
 
     if dense:
-        # J and df/dtheta as dense arrays filled through their compiled entries
-        Jd = np.zeros((n, n))
-        Gd = np.zeros(Gpos.shape)
-        Jw, Jg = np.flatnonzero(Jpos.ravel() < nc), Jpos.ravel()[Jpos.ravel() < nc]
-        Gw, Gg = np.flatnonzero(Gpos.ravel() < nc), Gpos.ravel()[Gpos.ravel() < nc]
-        J_flat, G_flat = Jd.reshape(-1), Gd.reshape(-1)
-        Wc = None if W is None else Wm
+        # A^T = [J | df/dtheta_u]^T as a dense array filled through its compiled entries, and
+        # dS^T = [S^T | W_u^T] A^T as one product into the output
+        At = np.zeros((m, n))
+        At_flat = At.reshape(-1)
+        t_pos = cols * n + rows
+        t_src = Apos[rows, cols]
+        Xt = np.zeros((q, m))       # [S^T | W_u^T], the constant block kept
+        Xt[:, n:] = Wm[used].T
 
         def fun(t, z):
             vf.nfev += 1
             vals = values(t, z[:n])
             out = start(vals)
-            J_flat[Jw] = vals[Jg]
-            G_flat[Gw] = vals[Gg]
-            dST = out[n:].reshape(q, n)
-            np.matmul(z[n:].reshape(q, n), Jd.T, out=dST)
-            if Wc is None:
-                dST[:P] += Gd.T
-            else:
-                dST += (Gd @ Wc).T
+            At_flat[t_pos] = vals[t_src]
+            Xt[:, :n] = z[n:].reshape(q, n)
+            np.matmul(Xt, At, out=out[n:].reshape(q, n))
             return out
         return fun
 
