@@ -1,7 +1,9 @@
 """Forward sensitivities that crawl give way to the adjoint (``PetabProblem(crawl_factor=)``):
 when the sensitivities of a simulation take more than ``crawl_factor`` times its states'
 right-hand-side evaluations, the gradient is taken by the adjoint, said by a warning and
-``problem.gradient_switch``; the Fisher system keeps forward sensitivities.
+``problem.gradient_switch``; the Fisher system keeps forward sensitivities, or, asked to
+watch them (as the Fisher method of a fit does), gives up and the fit goes on with
+L-BFGS-B on the adjoint gradient.
 
 A real crawl needs a large model (Smith_BMCSystBiol2013: 18,870 evaluations to t = 10.8
 of 15 against 1,853 for the states); here the budget is made small enough that an
@@ -109,3 +111,47 @@ def test_a_crawling_bdf_retry_switches_too(tmp_path, no_floor, monkeypatch):
     assert problem.solver_fallbacks == {"sensitivities failed": 1}
     fd = central_difference(problem.nllh, x, 1e-5)
     np.testing.assert_allclose(g, fd, rtol=1e-4, atol=1e-6 * np.abs(fd).max())
+
+
+def test_a_watched_fisher_system_gives_up_and_the_gradient_switches(tmp_path, no_floor):
+    problem = load(tmp_path, crawl_factor=1.000001)
+    x = np.asarray(problem.x_nominal) + 0.05
+    _, g_ref, A_ref, _ = problem.fisher_system(x)      # unwatched: to the end, no switch
+    assert problem.gradient_switch is None
+    with pytest.warns(dp.GradientSwitchWarning):
+        with pytest.raises(dp.SensitivityCrawlError, match="no Fisher system.*condition 'c'"):
+            problem.fisher_system(x, watch=True)
+    assert "by the adjoint" in problem.gradient_switch
+    _, g = problem.loss_and_grad(x)                     # the adjoint's, at once
+    np.testing.assert_allclose(g, g_ref, rtol=1e-5)
+    with pytest.raises(dp.SensitivityCrawlError):      # profiled: the same watch
+        problem.profiled_fisher_system(x, watch=True)
+    _, _, A, _ = problem.fisher_system(x)               # still there, unwatched
+    np.testing.assert_allclose(A, A_ref, rtol=1e-9, atol=1e-12 * np.abs(A_ref).max())
+
+
+def test_a_fisher_fit_whose_sensitivities_crawl_goes_on_with_bfgs(tmp_path, no_floor):
+    """The first start's Fisher system crawls: that start goes on from its best point with
+    the trust-region method on BFGS updates of the adjoint gradient, the second uses them
+    from the beginning; both reach the optimum the Fisher method finds where nothing
+    crawls (L-BFGS-B stops on a plateau 210 above it from both starts)."""
+    from dynlearn.petab.fitting import FISHER_THEN_SECANT, SECANT
+
+    reference = load(tmp_path, crawl_factor=None)
+    x0 = np.asarray(reference.x_nominal)
+    starts = np.vstack([x0 + 0.3, x0 - 0.3])
+    ref = reference.fit(starts=starts)
+    assert {r["optimizer"] for r in ref.runs} == {"fisher"}
+    assert all(r["success"] for r in ref.runs)
+    problem = dp.load(tmp_path / "chain" / "problem.yaml", rtol=1e-9, atol=1e-11,
+                      crawl_factor=1.000001)
+    with pytest.warns(dp.GradientSwitchWarning):
+        fit = problem.fit(starts=starts)
+    runs = sorted(fit.runs, key=lambda r: r["index"])
+    assert [r["optimizer"] for r in runs] == [FISHER_THEN_SECANT, SECANT]
+    assert "on BFGS updates of the adjoint gradient: no Fisher system" in runs[0]["message"]
+    assert "not the Fisher information" in runs[1]["message"]
+    for r in runs:
+        assert r["success"], r["message"]
+        assert r["fun"] == pytest.approx(ref.fun, abs=1e-4)
+        np.testing.assert_allclose(r["x"], ref.x, atol=1e-3)

@@ -102,6 +102,19 @@ LSODA's own first step; since session 10 such a solve is tried once more from a 
 step, :data:`dynlearn.solve.LSODA_RETRY_FIRST_STEP`, and the start converges in 13 s at
 rtol 1e-8.)
 
+Where the forward sensitivities crawl (they take more than the problem's ``crawl_factor``
+times their states' right-hand-side evaluations, as on Smith_BMCSystBiol2013, where one
+Fisher system took over 900 s), the Fisher information cannot be had from the adjoint,
+which gives the gradient alone: the start goes on from its best point with the same
+trust-region method on a BFGS matrix updated from the adjoint's gradients (Powell's damped
+update; no structured secant correction), its ``optimizer`` then reads
+:data:`FISHER_THEN_SECANT` and its message says why; the later starts of the fit use the
+BFGS matrix from the beginning (:data:`SECANT`; :attr:`PetabProblem.gradient_switch
+<dynlearn.petab.PetabProblem.gradient_switch>` is set). Not L-BFGS-B: from every start
+of a test problem (a 9-step reaction chain, ``tests/test_petab_crawl.py``) its first line
+search ran to the box's edge and stopped there, on a plateau 210 above the optimum the
+trust region reaches.
+
 How a start ends (:class:`dynlearn.optimizers.Status`): ``CONVERGED_GTOL`` when the
 decrease the quadratic model still promises, ``g.H^-1.g / 2`` on the free parameters, is
 below ``gtol max(1, |f|)``; ``CONVERGED_FTOL`` when two accepted steps in a row lowered the
@@ -120,6 +133,8 @@ stops within a few hundred right-hand-side evaluations: :func:`fit_one_start`);
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 import math
 import time
 from dataclasses import dataclass
@@ -132,14 +147,20 @@ from dynlearn.optimizers import Status
 from dynlearn.optimizers.base import TrialPolicy, small_step
 from dynlearn.optimizers.levenberg_marquardt import MAX_DAMPING
 from dynlearn.petab.hierarchical import interior, schur_complement
-from dynlearn.petab.problem import PetabFit
+from dynlearn.petab.problem import PetabFit, SensitivityCrawlError
 from dynlearn.solve import deadline as solve_deadline
 
-__all__ = ["FIT_OPTIMIZERS", "TRUST_REGIONS", "FisherSettings", "available_optimizers",
-           "choose_optimizer", "draw_starts", "fit_one_start", "fit_petab"]
+__all__ = ["FISHER_THEN_SECANT", "FIT_OPTIMIZERS", "SECANT", "TRUST_REGIONS", "FisherSettings",
+           "available_optimizers", "choose_optimizer", "draw_starts", "fit_one_start",
+           "fit_petab"]
 
 #: the optimizers :func:`fit_petab` knows, besides ``"auto"``
 FIT_OPTIMIZERS = ("fisher", "lbfgsb")
+#: a start's ``optimizer`` when the Fisher method's forward sensitivities crawled and the
+#: start went on with BFGS updates of the adjoint gradient (see the module notes) ...
+FISHER_THEN_SECANT = "fisher, then bfgs"
+#: ... and that of the later starts, on BFGS updates from the beginning
+SECANT = "bfgs"
 
 #: how the Fisher method chooses its damping (:class:`FisherSettings`, the module notes)
 TRUST_REGIONS = ("radius", "damping")
@@ -313,10 +334,19 @@ class _Objective:
         self.fixed[self.z] = True
         self._points: dict = {}     # evaluated point -> its profiled point (a few last)
         self.priors = problem.priors if posterior else None
+        # whether the Fisher system can be asked to give up when its forward sensitivities
+        # crawl (PetabProblem.fisher_system(watch=True); other problems may lack it)
+        fs = getattr(problem, "fisher_system", None)
+        self._watch = fs is not None and "watch" in inspect.signature(fs).parameters
         self.deadline = deadline
         self.free_first = free_first
         self.n_eval = 0
         self.n_sens = 0           # evaluations with sensitivities (``system``)
+        # the curvature from BFGS updates of the gradient, not the Fisher information
+        # (set when the Fisher system's forward sensitivities crawl: see secant_mode)
+        self.secant = False
+        self._B = None            # the BFGS matrix, None before the first curvature pair
+        self._last = None         # (x, g) of the last evaluation with a gradient
         self.nit = 0              # iterations completed, kept by the optimizer's loop
         self.best_x, self.best_f = None, math.inf
         self.curved = []
@@ -410,17 +440,55 @@ class _Objective:
         self._keep(x, float(f) if np.isfinite(f) else math.inf)
         return float(f), np.asarray(g, dtype=float)
 
+    def secant_mode(self) -> None:
+        """From now on :meth:`system` gives the curvature from BFGS updates along the
+        gradients it evaluated (by the adjoint, where the forward sensitivities crawl)."""
+        self.secant = True
+
+    def _secant_system(self, x):
+        """:meth:`system` in :meth:`secant_mode`: the gradient of :meth:`value_and_grad`
+        and a BFGS matrix updated with the pair from the last point with a gradient
+        (Powell's damping keeps it positive definite; scaled by ``y.y / s.y`` at the first
+        pair, Nocedal and Wright 2006, eq. 6.20). Before the first pair: ``|g| I``, whose
+        step the fit's trust region bounds."""
+        f, g = self.value_and_grad(x)
+        if not (np.isfinite(f) and np.all(np.isfinite(g))):
+            return None
+        x = self.profiled_point(x)
+        moving = ~self.fixed
+        if self._last is not None:
+            s_, y_ = (x - self._last[0]) * moving, (g - self._last[1]) * moving
+            sy = float(s_ @ y_)
+            if self._B is None and sy > 0:
+                self._B = np.eye(x.size) * float(y_ @ y_) / sy
+            if self._B is not None:
+                Bs = self._B @ s_
+                sBs = float(s_ @ Bs)
+                if sBs > 0:
+                    theta = 1.0 if sy >= 0.2 * sBs else 0.8 * sBs / (sBs - sy)
+                    r = theta * y_ + (1.0 - theta) * Bs
+                    self._B = self._B - np.outer(Bs, Bs) / sBs + np.outer(r, r) / float(s_ @ r)
+        self._last = (x.copy(), np.array(g, dtype=float))
+        H = (np.eye(x.size) * max(float(np.linalg.norm(g)), 1e-12) if self._B is None
+             else self._B.copy())
+        return float(f), np.asarray(g, dtype=float), H, x
+
     def system(self, x):
         """``(f, g, H, x)`` with ``x`` the (profiled) point, or None where the model
         cannot be solved."""
+        if self.secant:
+            return self._secant_system(x)
         self.n_sens += 1
+        watch = {"watch": True} if self._watch else {}
         try:
             with self._limit():
                 if self.z.size:
                     f, g, A, _, x = self.problem.profiled_fisher_system(
-                        x, prior=self.priors is not None)
+                        x, prior=self.priors is not None, **watch)
                 else:
-                    f, g, A, _ = self.problem.fisher_system(x)
+                    f, g, A, _ = self.problem.fisher_system(x, **watch)
+        except SensitivityCrawlError:
+            raise           # not the point's fault: the start goes on with L-BFGS-B
         except SolveError:
             return None
         x = np.asarray(x, dtype=float)
@@ -745,6 +813,12 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
     return x, f, status, message, it
 
 
+def _secant_settings(st: FisherSettings) -> FisherSettings:
+    """The Fisher method's settings for its BFGS form: no structured secant correction
+    (it corrects a Fisher information that is not there)."""
+    return dataclasses.replace(st, secant_after=None)
+
+
 def _lbfgsb_run(obj: _Objective, x0, lo, hi, maxiter: int, budget: _Budget):
     """One start of scipy's L-BFGS-B: ``(x, f, Status, message, nit)``."""
     from scipy.optimize import minimize
@@ -813,10 +887,35 @@ def fit_one_start(item, problem, optimizer: str, maxiter: int, settings: FisherS
     obj = _Objective(problem, posterior, deadline, free_first=k == 0,
                      profile=settings.profile_noise)
     t0 = time.perf_counter()
+    used = optimizer
     try:
         if optimizer == "fisher":
-            x, f, status, message, nit = _fisher_run(obj, s, lo, hi, maxiter, settings,
-                                                     budget)
+            # the Fisher information where the forward sensitivities give it; where they
+            # crawl, the same trust-region method on BFGS updates of the adjoint gradient
+            # (from the start when an earlier start's crawled: they would crawl again)
+            secant = bool(getattr(problem, "gradient_switch", None))
+            if secant:
+                used = SECANT
+                obj.secant_mode()
+            try:
+                x, f, status, message, nit = _fisher_run(
+                    obj, s, lo, hi, maxiter, _secant_settings(settings) if secant
+                    else settings, budget)
+            except SensitivityCrawlError as exc:
+                done = obj.nit
+                used = FISHER_THEN_SECANT
+                obj.secant_mode()
+                start = s if obj.best_x is None else obj.best_x
+                x, f, status, message, nit = _fisher_run(
+                    obj, start, lo, hi, max(maxiter - done, 1), _secant_settings(settings),
+                    budget)
+                nit += done
+                message = (f"{message} (after {done} iterations on the Fisher information, "
+                           f"on BFGS updates of the adjoint gradient: {exc})")
+            else:
+                if secant:
+                    message = (f"{message} (on BFGS updates of the adjoint gradient, not "
+                               f"the Fisher information: {problem.gradient_switch})")
         else:
             x, f, status, message, nit = _lbfgsb_run(obj, s, lo, hi, maxiter, budget)
     except TimeLimitError as exc:
@@ -831,7 +930,7 @@ def fit_one_start(item, problem, optimizer: str, maxiter: int, settings: FisherS
                 nllh=obj.nllh_part(x, f), start=s, nit=int(nit), message=message,
                 status=_label(status), reason=status.value,
                 success=status.converged and bool(np.isfinite(f)),
-                optimizer=optimizer, n_eval=obj.n_eval, n_sens=obj.n_sens,
+                optimizer=used, n_eval=obj.n_eval, n_sens=obj.n_sens,
                 time=time.perf_counter() - t0)
 
 

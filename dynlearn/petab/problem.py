@@ -57,8 +57,8 @@ from dynlearn.sensitivity.forward import ForwardSensitivity
 from dynlearn.solve import BUDGET_EXHAUSTED, NO_PROGRESS, solve_observed
 
 __all__ = ["CRAWL_FACTOR", "CRAWL_FLOOR", "GRADIENT_METHODS", "GradientSwitchWarning",
-           "PetabFit", "PetabProblem", "fisher_terms", "from_scale", "load", "nllh_terms",
-           "to_scale"]
+           "PetabFit", "PetabProblem", "SensitivityCrawlError", "fisher_terms", "from_scale",
+           "load", "nllh_terms", "to_scale"]
 
 _SCALES = ("lin", "log", "log10")
 #: PetabProblem(gradient=...): "auto" (the adjoint where dynlearn.petab.adjoint.prefer_adjoint
@@ -83,6 +83,14 @@ class _Crawl(Exception):
     def __init__(self, index: int, budget: int, states: int, stalled: bool = False):
         super().__init__(index, budget, states, stalled)
         self.index, self.budget, self.states, self.stalled = index, budget, states, stalled
+
+
+class SensitivityCrawlError(SolveError):
+    """The forward sensitivities of a Fisher system asked for with ``watch=True`` (as the
+    Fisher method of :meth:`PetabProblem.fit` asks) took more than ``crawl_factor`` times
+    their states' right-hand-side evaluations. The Fisher information needs ``dy/dP``,
+    which the adjoint cannot give, so nothing is returned; the problem's gradients are
+    taken by the adjoint from then on (:attr:`PetabProblem.gradient_switch`)."""
 
 
 class GradientSwitchWarning(UserWarning):
@@ -979,9 +987,11 @@ class PetabProblem:
             return self._evaluate_all(*args, **kwargs)
 
     def _evaluate_all(self, x, grad: bool, want_sim: bool = False,
-                      fisher: list | None = None, profile: bool = False, prior=None):
+                      fisher: list | None = None, profile: bool = False, prior=None,
+                      watch_fisher: bool = False):
         # fisher: a list collecting, per group of rows, the blocks (A, b) of
-        # fisher_system (only with grad). profile: the noise-only parameters are set to
+        # fisher_system (only with grad); watch_fisher: its sensitivities are watched for a
+        # crawl (SensitivityCrawlError). profile: the noise-only parameters are set to
         # their optimum given the simulation (with the priors ``prior``, a Priors or None)
         # before the likelihood is summed, and the point is returned last
         x = np.asarray(x, dtype=float)
@@ -992,7 +1002,7 @@ class PetabProblem:
         adjoint = grad and fisher is None and not want_sim and self._use_adjoint()
         scale = direction_scale(dPdx)
         # forward sensitivities that crawl give way to the adjoint where it can serve
-        watch = (grad and not adjoint and fisher is None and not want_sim
+        watch = (grad and not adjoint and (fisher is None or watch_fisher) and not want_sim
                  and self.crawl_factor is not None
                  and not (self._events is not None and self._events.has_state_events))
         if watch and self._state_nfev is None:
@@ -1018,6 +1028,13 @@ class PetabProblem:
                 "the gradient is taken by the adjoint from here on")
             warnings.warn(f"PEtab problem: {self.gradient_switch}", GradientSwitchWarning,
                           stacklevel=4)
+            if fisher is not None:
+                # the Fisher information needs dy/dP, which the adjoint does not give
+                raise SensitivityCrawlError(
+                    f"no Fisher system: {self.gradient_switch} (crawl_factor=None waits "
+                    "for the forward sensitivities)",
+                    solver_message=NO_PROGRESS if crawl.stalled else BUDGET_EXHAUSTED
+                ) from crawl
             adjoint = True
             sims = self._simulate_all(P, grad, adjoint, scale)
         if profile:     # (the simulation does not depend on the noise-only parameters)
@@ -1110,7 +1127,8 @@ class PetabProblem:
         parameters' scales), by forward sensitivities."""
         return self._evaluate(x, grad=True)
 
-    def fisher_system(self, x) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    def fisher_system(self, x, watch: bool = False
+                      ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
         """The negative log-likelihood, its gradient ``g`` and a matrix ``A`` and vector
         ``b`` with ``A.T @ b == g`` and ``A.T @ A`` the Fisher information matrix, all
         with respect to ``x`` (on the parameters' scales), by forward sensitivities.
@@ -1121,6 +1139,16 @@ class PetabProblem:
         ``(h - m) / sigma`` and ``A`` their Jacobian (Gauss-Newton). Priors are not
         included. Used by :mod:`dynlearn.petab.fitting`.
 
+        Parameters
+        ----------
+        x : array-like
+            The estimated parameters on their scales.
+        watch : bool
+            Give up with :class:`SensitivityCrawlError` when the forward sensitivities of a
+            simulation take more than :attr:`crawl_factor` times its states' evaluations
+            (the Fisher method of :meth:`fit` then goes on with L-BFGS-B and the adjoint);
+            by default they run to the end, however long.
+
         Returns
         -------
         nllh : float
@@ -1128,16 +1156,16 @@ class PetabProblem:
         A : ndarray (rows, n)
         b : ndarray (rows,)
         """
-        return self._fisher(x, profile=False)[:4]
+        return self._fisher(x, profile=False, watch=watch)[:4]
 
-    def _fisher(self, x, profile: bool, prior=None):
+    def _fisher(self, x, profile: bool, prior=None, watch: bool = False):
         """:meth:`fisher_system` (profiled: :meth:`profiled_fisher_system`), and the point."""
         blocks: list = []
         if profile:
             total, g, x = self._evaluate(x, grad=True, fisher=blocks, profile=True,
-                                         prior=prior)
+                                         prior=prior, watch_fisher=watch)
         else:
-            total, g = self._evaluate(x, grad=True, fisher=blocks)
+            total, g = self._evaluate(x, grad=True, fisher=blocks, watch_fisher=watch)
         _, dPdx = self.from_scale(x)
         n = len(self.x_names)
         A = np.vstack([a for a, _ in blocks]) * dPdx if blocks else np.zeros((0, n))
@@ -1179,13 +1207,14 @@ class PetabProblem:
         noise-only parameters are ~0 inside their bounds."""
         return self._evaluate(x, grad=True, profile=True, prior=self._inner_prior(prior))
 
-    def profiled_fisher_system(self, x, prior: bool = False):
+    def profiled_fisher_system(self, x, prior: bool = False, watch: bool = False):
         """:meth:`fisher_system` at the profiled point (:meth:`profiled_nllh`):
         ``(nllh, g, A, b, x)``, ``x`` the profiled point. ``A.T @ A`` is the Fisher
         information of all of ``x``; that of the profiled objective is its Schur complement
         over the noise-only parameters inside their bounds
-        (:func:`dynlearn.petab.hierarchical.schur_complement`)."""
-        return self._fisher(x, profile=True, prior=self._inner_prior(prior))
+        (:func:`dynlearn.petab.hierarchical.schur_complement`). ``watch``: as for
+        :meth:`fisher_system`."""
+        return self._fisher(x, profile=True, prior=self._inner_prior(prior), watch=watch)
 
     def simulate(self, x) -> np.ndarray:
         """Simulated observables (untransformed) in the measurement table's order."""
