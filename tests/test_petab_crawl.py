@@ -29,6 +29,7 @@ from dynlearn.testing import central_difference  # noqa: E402
 @pytest.fixture
 def no_floor(monkeypatch):
     monkeypatch.setattr(problem_module, "CRAWL_FLOOR", 0)
+    monkeypatch.setattr(problem_module, "CRAWL_WORK", 0.0)
 
 
 def load(tmp_path, **options):
@@ -131,11 +132,11 @@ def test_a_watched_fisher_system_gives_up_and_the_gradient_switches(tmp_path, no
 
 
 def test_a_fisher_fit_whose_sensitivities_crawl_goes_on_with_bfgs(tmp_path, no_floor):
-    """The first start's Fisher system crawls: that start goes on from its best point with
-    the trust-region method on BFGS updates of the adjoint gradient, the second uses them
-    from the beginning; both reach the optimum the Fisher method finds where nothing
-    crawls (L-BFGS-B stops on a plateau 210 above it from both starts)."""
-    from dynlearn.petab.fitting import FISHER_THEN_SECANT, SECANT
+    """Each start's Fisher system crawls at its first point: the start goes on with the
+    trust-region method on BFGS updates of the adjoint gradient, and reaches the optimum
+    the Fisher method finds where nothing crawls (L-BFGS-B stops on a plateau 210 above it
+    from both starts)."""
+    from dynlearn.petab.fitting import FISHER_THEN_SECANT
 
     reference = load(tmp_path, crawl_factor=None)
     x0 = np.asarray(reference.x_nominal)
@@ -147,11 +148,48 @@ def test_a_fisher_fit_whose_sensitivities_crawl_goes_on_with_bfgs(tmp_path, no_f
                       crawl_factor=1.000001)
     with pytest.warns(dp.GradientSwitchWarning):
         fit = problem.fit(starts=starts)
-    runs = sorted(fit.runs, key=lambda r: r["index"])
-    assert [r["optimizer"] for r in runs] == [FISHER_THEN_SECANT, SECANT]
-    assert "on BFGS updates of the adjoint gradient: no Fisher system" in runs[0]["message"]
-    assert "not the Fisher information" in runs[1]["message"]
-    for r in runs:
+    for r in fit.runs:
+        assert r["optimizer"] == FISHER_THEN_SECANT
+        assert "after 0 iterations on the Fisher information, on BFGS updates of the " \
+            "adjoint gradient: no Fisher system" in r["message"]
         assert r["success"], r["message"]
         assert r["fun"] == pytest.approx(ref.fun, abs=1e-4)
         np.testing.assert_allclose(r["x"], ref.x, atol=1e-3)
+
+
+def test_a_crawl_at_a_trial_point_rejects_the_trial(tmp_path):
+    """The Fisher system crawls at the first trial point evaluated with it: that trial is
+    rejected as one that cannot be solved, and the start goes on with the Fisher
+    information to the optimum."""
+    from dynlearn.petab.fitting import FisherSettings, _Budget, _fisher_run, _Objective
+
+    problem = load(tmp_path, crawl_factor=None)
+    x0 = np.asarray(problem.x_nominal) + 0.3
+    lo, hi = np.asarray(problem.lower), np.asarray(problem.upper)
+    settings = FisherSettings()
+    reference = _fisher_run(_Objective(problem, posterior=False), x0, lo, hi, 200, settings,
+                            _Budget(None))
+    obj = _Objective(problem, posterior=False)
+    system = obj.system
+    crawled = []
+
+    def first_trial_crawls(x, trial=False):
+        if trial and not crawled:
+            crawled.append(np.array(x))
+            fisher_system = problem.fisher_system
+
+            def crawl(x, watch=False):
+                assert watch
+                raise dp.SensitivityCrawlError("no Fisher system: injected")
+            problem.fisher_system = crawl
+            try:
+                return system(x, trial=True)
+            finally:
+                problem.fisher_system = fisher_system
+        return system(x, trial=trial)
+
+    obj.system = first_trial_crawls
+    x, f, status, message, _ = _fisher_run(obj, x0, lo, hi, 200, settings, _Budget(None))
+    assert crawled, "no trial point was evaluated with its Fisher system"
+    assert status.converged and not obj.secant, message
+    assert f == pytest.approx(reference[1], abs=1e-4)

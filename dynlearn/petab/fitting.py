@@ -105,15 +105,16 @@ rtol 1e-8.)
 Where the forward sensitivities crawl (they take more than the problem's ``crawl_factor``
 times their states' right-hand-side evaluations, as on Smith_BMCSystBiol2013, where one
 Fisher system took over 900 s), the Fisher information cannot be had from the adjoint,
-which gives the gradient alone: the start goes on from its best point with the same
-trust-region method on a BFGS matrix updated from the adjoint's gradients (Powell's damped
-update; no structured secant correction), its ``optimizer`` then reads
-:data:`FISHER_THEN_SECANT` and its message says why; the later starts of the fit use the
-BFGS matrix from the beginning (:data:`SECANT`; :attr:`PetabProblem.gradient_switch
-<dynlearn.petab.PetabProblem.gradient_switch>` is set). Not L-BFGS-B: from every start
-of a test problem (a 9-step reaction chain, ``tests/test_petab_crawl.py``) its first line
-search ran to the box's edge and stopped there, on a plateau 210 above the optimum the
-trust region reaches.
+which gives the gradient alone. At a trial point the crawl rejects the trial, as a failed
+solve would (on random starts of Fiedler_BMCSystBiol2016, 42 of 2,497 Fisher systems took
+16,000-20,000 evaluations where the states took 55). At the start or at an accepted point
+the start goes on from its best point with the same trust-region method on a BFGS matrix
+updated from the adjoint's gradients (Powell's damped update; no structured secant
+correction); its ``optimizer`` then reads :data:`FISHER_THEN_SECANT` and its message says
+why. Each start begins with the Fisher information again: a crawl at one start's points
+says little about another's. Not L-BFGS-B: from every start of a test problem (a 9-step
+reaction chain, ``tests/test_petab_crawl.py``) its first line search ran to the box's
+edge and stopped there, on a plateau 210 above the optimum the trust region reaches.
 
 How a start ends (:class:`dynlearn.optimizers.Status`): ``CONVERGED_GTOL`` when the
 decrease the quadratic model still promises, ``g.H^-1.g / 2`` on the free parameters, is
@@ -150,17 +151,15 @@ from dynlearn.petab.hierarchical import interior, schur_complement
 from dynlearn.petab.problem import PetabFit, SensitivityCrawlError
 from dynlearn.solve import deadline as solve_deadline
 
-__all__ = ["FISHER_THEN_SECANT", "FIT_OPTIMIZERS", "SECANT", "TRUST_REGIONS", "FisherSettings",
+__all__ = ["FISHER_THEN_SECANT", "FIT_OPTIMIZERS", "TRUST_REGIONS", "FisherSettings",
            "available_optimizers", "choose_optimizer", "draw_starts", "fit_one_start",
            "fit_petab"]
 
 #: the optimizers :func:`fit_petab` knows, besides ``"auto"``
 FIT_OPTIMIZERS = ("fisher", "lbfgsb")
 #: a start's ``optimizer`` when the Fisher method's forward sensitivities crawled and the
-#: start went on with BFGS updates of the adjoint gradient (see the module notes) ...
+#: start went on with BFGS updates of the adjoint gradient (see the module notes)
 FISHER_THEN_SECANT = "fisher, then bfgs"
-#: ... and that of the later starts, on BFGS updates from the beginning
-SECANT = "bfgs"
 
 #: how the Fisher method chooses its damping (:class:`FisherSettings`, the module notes)
 TRUST_REGIONS = ("radius", "damping")
@@ -473,9 +472,12 @@ class _Objective:
              else self._B.copy())
         return float(f), np.asarray(g, dtype=float), H, x
 
-    def system(self, x):
+    def system(self, x, trial: bool = False):
         """``(f, g, H, x)`` with ``x`` the (profiled) point, or None where the model
-        cannot be solved."""
+        cannot be solved. Where the Fisher system's forward sensitivities crawl, a
+        ``trial`` point is rejected (None) as one that cannot be solved; at any other (the
+        start, an accepted point) :class:`~dynlearn.petab.problem.SensitivityCrawlError`
+        is raised, and the start goes on with :meth:`secant_mode`."""
         if self.secant:
             return self._secant_system(x)
         self.n_sens += 1
@@ -488,7 +490,9 @@ class _Objective:
                 else:
                     f, g, A, _ = self.problem.fisher_system(x, **watch)
         except SensitivityCrawlError:
-            raise           # not the point's fault: the start goes on with L-BFGS-B
+            if trial:
+                return None
+            raise
         except SolveError:
             return None
         x = np.asarray(x, dtype=float)
@@ -678,7 +682,7 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
             xn = np.clip(x + step, lo, hi)
             if (not small_step(xn - x, x, st.xtol)
                     and np.max(np.abs(xn - x) / width) <= math.sqrt(st.gtol)):
-                polished = obj.system(xn)
+                polished = obj.system(xn, trial=True)
                 if polished is not None and polished[0] < f:
                     x, f = polished[3], polished[0]
             break
@@ -717,7 +721,7 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
             # accepted step then costs one solve with sensitivities instead of two solves
             with_sys = tries == 1 and policy.choose()
             if with_sys:
-                trial_sys = obj.system(xn)
+                trial_sys = obj.system(xn, trial=True)
                 fn = math.inf if trial_sys is None else trial_sys[0]
             else:
                 fn = obj.value(xn)[0]
@@ -727,7 +731,7 @@ def _fisher_run(obj: _Objective, x0, lo, hi, maxiter: int, st: FisherSettings,
                     # Elowitz_Nature2000, every trial near a start failed so): try once
                     # more with them before rejecting the point
                     with_sys = True
-                    trial_sys = obj.system(xn)
+                    trial_sys = obj.system(xn, trial=True)
                     fn = math.inf if trial_sys is None else trial_sys[0]
             rho = (f - fn) / pred if pred > 0 and np.isfinite(fn) else -1.0
             if tries == 1:
@@ -890,18 +894,13 @@ def fit_one_start(item, problem, optimizer: str, maxiter: int, settings: FisherS
     used = optimizer
     try:
         if optimizer == "fisher":
-            # the Fisher information where the forward sensitivities give it; where they
-            # crawl, the same trust-region method on BFGS updates of the adjoint gradient
-            # (from the start when an earlier start's crawled: they would crawl again)
-            secant = bool(getattr(problem, "gradient_switch", None))
-            if secant:
-                used = SECANT
-                obj.secant_mode()
             try:
-                x, f, status, message, nit = _fisher_run(
-                    obj, s, lo, hi, maxiter, _secant_settings(settings) if secant
-                    else settings, budget)
+                x, f, status, message, nit = _fisher_run(obj, s, lo, hi, maxiter, settings,
+                                                         budget)
             except SensitivityCrawlError as exc:
+                # the Fisher information is not to be had at the start or at an accepted
+                # point: the same trust-region method on BFGS updates of the adjoint
+                # gradient, from the start's best point
                 done = obj.nit
                 used = FISHER_THEN_SECANT
                 obj.secant_mode()
@@ -912,10 +911,6 @@ def fit_one_start(item, problem, optimizer: str, maxiter: int, settings: FisherS
                 nit += done
                 message = (f"{message} (after {done} iterations on the Fisher information, "
                            f"on BFGS updates of the adjoint gradient: {exc})")
-            else:
-                if secant:
-                    message = (f"{message} (on BFGS updates of the adjoint gradient, not "
-                               f"the Fisher information: {problem.gradient_switch})")
         else:
             x, f, status, message, nit = _lbfgsb_run(obj, s, lo, hi, maxiter, budget)
     except TimeLimitError as exc:

@@ -56,7 +56,7 @@ from dynlearn.sensitivity.base import Problem
 from dynlearn.sensitivity.forward import ForwardSensitivity
 from dynlearn.solve import BUDGET_EXHAUSTED, NO_PROGRESS, solve_observed
 
-__all__ = ["CRAWL_FACTOR", "CRAWL_FLOOR", "GRADIENT_METHODS", "GradientSwitchWarning",
+__all__ = ["CRAWL_FACTOR", "CRAWL_FLOOR", "CRAWL_WORK", "GRADIENT_METHODS", "GradientSwitchWarning",
            "PetabFit", "PetabProblem", "SensitivityCrawlError", "fisher_terms", "from_scale",
            "load", "nllh_terms", "to_scale"]
 
@@ -69,8 +69,15 @@ GRADIENT_METHODS = ("auto", "forward", "adjoint")
 #: evaluations of its states alone (in the last evaluation without gradient) ...
 CRAWL_FACTOR = 20.0
 #: ... or this many, whichever is more (short simulations whose states take few steps),
-#: before the gradient is taken by the adjoint instead (``PetabProblem(crawl_factor=...)``)
 CRAWL_FLOOR = 2000
+#: ... or this many evaluations of one sensitivity-system component (evaluations times
+#: ``n (1 + k)``), before the gradient is taken by the adjoint instead
+#: (``PetabProblem(crawl_factor=...)``): a crawl is worth leaving when it costs seconds.
+#: From random starts of Fiedler_BMCSystBiol2016 (6 states, 22 parameters) the Fisher
+#: systems of 42 of 2,497 points took 6,500-20,000 evaluations against 55 for the states,
+#: and the floor of 2,000 alone sent 7 of 20 starts to the slower BFGS fallback; Smith's
+#: crawl (1,853 components) is past this floor after 5,400 evaluations
+CRAWL_WORK = 1e7
 #: ``SolveError.solver_message`` of a solve that ran out of its budget or stopped moving:
 #: with a crawl budget set, forward sensitivities that crawled
 _OUT_OF_BUDGET = (BUDGET_EXHAUSTED, NO_PROGRESS)
@@ -253,10 +260,13 @@ class PetabProblem:
     crawl_factor : float or None
         Forward sensitivities that crawl are given up for the adjoint: when the forward
         sensitivities of one simulation (in :meth:`loss_and_grad`, :meth:`objective` and
-        the L-BFGS-B fit; not :meth:`fisher_system`, which needs them) take more than
-        ``crawl_factor`` times the right-hand-side evaluations of its states alone (at
-        least :data:`CRAWL_FLOOR`), that gradient and every later one is taken by the
-        adjoint, with a :class:`GradientSwitchWarning`; :attr:`gradient_switch` says why.
+        the L-BFGS-B fit) take more than ``crawl_factor`` times the right-hand-side
+        evaluations of its states alone (at least :data:`CRAWL_FLOOR`, and
+        :data:`CRAWL_WORK` over the sensitivity system's size), that gradient and
+        every later one is taken by the adjoint, with a :class:`GradientSwitchWarning`;
+        :attr:`gradient_switch` says why. :meth:`fisher_system` needs them: watched
+        (``watch=True``, as the Fisher method of :meth:`fit` asks) it raises
+        :class:`SensitivityCrawlError` instead.
         Default :data:`CRAWL_FACTOR` = 20: on 26 problems of the benchmark collection the
         forward sensitivities of a simulation took at most 11.2 times its states'
         evaluations (Bachmann_MSB2011; the median simulation of each problem 0.8-5.9
@@ -950,7 +960,12 @@ class PetabProblem:
             else:
                 budget = None
                 if watch and grad and self._state_nfev is not None:
-                    budget = int(max(self.crawl_factor * self._state_nfev[i], CRAWL_FLOOR))
+                    moving = np.any(Dc[self._theta_vidx] != 0, axis=0)
+                    if D0 is not None:
+                        moving |= np.any(D0 != 0, axis=0)
+                    k = np.count_nonzero(moving)
+                    budget = int(max(self.crawl_factor * self._state_nfev[i], CRAWL_FLOOR,
+                                     CRAWL_WORK / (len(y0) * (1 + k))))
                 self._nfev_acc, self._sens_budget = 0, budget
                 try:
                     Y, SP = self._solve_switched(vf, s["times"], y0, D0,
