@@ -105,9 +105,11 @@ rtol 1e-8.)
 Where the forward sensitivities crawl (they take more than the problem's ``crawl_factor``
 times their states' right-hand-side evaluations, as on Smith_BMCSystBiol2013, where one
 Fisher system took over 900 s), the Fisher information cannot be had from the adjoint,
-which gives the gradient alone. At a trial point the crawl rejects the trial, as a failed
-solve would (on random starts of Fiedler_BMCSystBiol2016, 42 of 2,497 Fisher systems took
-16,000-20,000 evaluations where the states took 55). At the start or at an accepted point
+which gives the gradient alone. (A crawl must cost work too,
+:data:`dynlearn.petab.problem.CRAWL_WORK`: on random starts of Fiedler_BMCSystBiol2016, 42
+of 2,497 Fisher systems took 6,500-20,000 evaluations where the states took 55, a fraction
+of a second each.) At a trial point the crawl rejects the trial, as a failed solve would.
+At the start or at an accepted point
 the start goes on from its best point with the same trust-region method on a BFGS matrix
 updated from the adjoint's gradients (Powell's damped update; no structured secant
 correction); its ``optimizer`` then reads :data:`FISHER_THEN_SECANT` and its message says
