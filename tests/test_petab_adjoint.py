@@ -162,3 +162,22 @@ def test_state_events_fall_back_to_forward(tmp_path):
     prob.gradient = "forward"
     f2, g2 = prob.loss_and_grad(prob.x_nominal)
     assert f == f2 and np.array_equal(g, g2)
+
+
+def test_a_likelihood_without_finite_derivative_gives_a_nan_gradient(tmp_path):
+    """obs_b = scale * B - 10, log-transformed: negative at every time, so the likelihood
+    and its derivatives are not finite. Both gradients are NaN (a fit's optimizers reject
+    the point); the adjoint used to raise scipy's ValueError from a backward solve started
+    at a non-finite state."""
+    prob = _problem(tmp_path)
+    obs = prob.petab_problem.observable_df
+    obs["observableTransformation"] = ["log", "lin"]
+    obs["observableFormula"] = ["scale * B - 10", "C"]
+    obs.reset_index().to_csv(tmp_path / "observables.tsv", sep="\t", index=False)
+    for mode in ("forward", "adjoint"):
+        p = dp.load(tmp_path / "problem.yaml", rtol=1e-9, atol=1e-12, gradient=mode)
+        assert p._use_adjoint() == (mode == "adjoint")
+        with np.errstate(all="ignore"):
+            f, g = p.loss_and_grad(p.x_nominal)
+        assert not np.isfinite(f)
+        assert np.isnan(g).any(), (mode, g)

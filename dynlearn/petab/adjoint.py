@@ -250,6 +250,11 @@ class AdjointTape:
         mu = np.zeros(mov.size)
         if self.steady is not None:
             g += self.steady[1] @ self.steady[0]
+        if not (np.all(np.isfinite(self.Gy)) and np.all(np.isfinite(g))):
+            # a likelihood without a finite derivative here (e.g. a log-transformed
+            # observable at a simulated value <= 0): no backward solve, a NaN gradient, as
+            # forward sensitivities give
+            return np.full(g.shape, np.nan)
         has_cotangent = np.any(self.Gy != 0, axis=1)    # where lambda jumps
         rhs, jac = self._backward_functions(mov)
         for a, b, sol, jmap in reversed(self.segments):
@@ -330,6 +335,10 @@ class AdjointTape:
         n = self.vf.n
         in_state = self.quadrature == "state"
         w0 = np.concatenate([lam, mu]) if in_state else lam
+        if not np.all(np.isfinite(w0)):
+            raise SolveError(f"the backward adjoint solve ({self.method}){self.where} has "
+                             f"no finite start at t={hi}: the adjoint state overflowed",
+                             status=-1)
         kw = dict(method=self.method, rtol=self.rtol, atol=self.atol)
         if self.method in STIFF_METHODS:
             kw["jac"] = lambda t, w: jac(t, w, sol)
