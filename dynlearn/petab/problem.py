@@ -1161,8 +1161,9 @@ class PetabProblem:
         watch : bool
             Give up with :class:`SensitivityCrawlError` when the forward sensitivities of a
             simulation take more than :attr:`crawl_factor` times its states' evaluations
-            (the Fisher method of :meth:`fit` then goes on with L-BFGS-B and the adjoint);
-            by default they run to the end, however long.
+            (the Fisher method of :meth:`fit` then rejects a trial point, or goes on with
+            BFGS updates of the adjoint gradient); by default they run to the end, however
+            long.
 
         Returns
         -------
