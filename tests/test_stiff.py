@@ -191,6 +191,30 @@ def test_sensitivity_products_dense_and_sparse_against_finite_differences():
         dl.ForwardSensitivity(product="fast")
 
 
+def test_auto_product_is_dense_for_small_products_of_a_sparse_jacobian(monkeypatch):
+    """A 21-state chain's Jacobian is sparse (under a quarter non-zero), but its product
+    with 3 directions is small: ``auto`` forms it densely, and sparsely once the product
+    exceeds ``DENSE_PRODUCT_LIMIT``; both to rounding of each other."""
+    import dynlearn.sensitivity.forward as forward_module
+
+    model = _chain_with_a_constant_state(20)
+    n = model.n_states
+    vf = VectorField(model, model.theta0 + 0.1)
+    assert 4 * np.count_nonzero(vf.c.jacobian_pattern()) <= n * n
+    rng = np.random.default_rng(2)
+    q = 3
+    Dtheta = rng.standard_normal((model.theta0.size, q))
+    z = np.r_[rng.uniform(0.1, 1.0, n), rng.standard_normal(n * q)]
+    out = {p: compiled_sensitivity_rhs(vf, q, Dtheta, p)(0.3, z)
+           for p in ("dense", "sparse", "auto")}
+    np.testing.assert_array_equal(out["auto"], out["dense"])
+    monkeypatch.setattr(forward_module, "DENSE_PRODUCT_LIMIT", 0)
+    np.testing.assert_array_equal(compiled_sensitivity_rhs(vf, q, Dtheta, "auto")(0.3, z),
+                                  out["sparse"])
+    np.testing.assert_allclose(out["dense"], out["sparse"], rtol=1e-12,
+                               atol=1e-12 * np.abs(out["sparse"]).max())
+
+
 def test_lsoda_banded_sensitivities_against_finite_differences_and_radau():
     """A 9-state stiff chain (9 x 10 = 90 components: past the symbolic system, so the
     one-call right-hand side, and LSODA's banded Jacobian; Radau takes the sparse block
