@@ -53,12 +53,12 @@ from dynlearn.petab.priors import parameter_priors
 from dynlearn.petab.sbml import TIME, SbmlOde, sbml_to_ode
 from dynlearn.petab.steady import steady_state
 from dynlearn.sensitivity.base import Problem
-from dynlearn.sensitivity.forward import ForwardSensitivity
+from dynlearn.sensitivity.forward import ForwardSensitivity, moving_directions
 from dynlearn.solve import BUDGET_EXHAUSTED, NO_PROGRESS, solve_observed
 
-__all__ = ["CRAWL_FACTOR", "CRAWL_FLOOR", "CRAWL_WORK", "GRADIENT_METHODS", "GradientSwitchWarning",
-           "PetabFit", "PetabProblem", "SensitivityCrawlError", "fisher_terms", "from_scale",
-           "load", "nllh_terms", "to_scale"]
+__all__ = ["CRAWL_FACTOR", "CRAWL_FLOOR", "CRAWL_WORK", "GRADIENT_METHODS",
+           "GradientSwitchWarning", "PetabFit", "PetabProblem", "SensitivityCrawlError",
+           "fisher_terms", "from_scale", "load", "nllh_terms", "to_scale"]
 
 _SCALES = ("lin", "log", "log10")
 #: PetabProblem(gradient=...): "auto" (the adjoint where dynlearn.petab.adjoint.prefer_adjoint
@@ -960,10 +960,7 @@ class PetabProblem:
             else:
                 budget = None
                 if watch and grad and self._state_nfev is not None:
-                    moving = np.any(Dc[self._theta_vidx] != 0, axis=0)
-                    if D0 is not None:
-                        moving |= np.any(D0 != 0, axis=0)
-                    k = np.count_nonzero(moving)
+                    k = np.count_nonzero(moving_directions(Dc[self._theta_vidx], D0))
                     budget = int(max(self.crawl_factor * self._state_nfev[i], CRAWL_FLOOR,
                                      CRAWL_WORK / (len(y0) * (1 + k))))
                 self._nfev_acc, self._sens_budget = 0, budget

@@ -60,7 +60,7 @@ from dynlearn.sensitivity.base import (
 from dynlearn.solve import STIFF_METHODS, failure_point, integrate
 
 __all__ = ["PRODUCTS", "ForwardSensitivity", "compiled_sensitivity_rhs",
-           "jacobian_product"]
+           "jacobian_product", "moving_directions"]
 
 #: how :func:`compiled_sensitivity_rhs` may form ``J S + (df/dtheta) W``
 PRODUCTS = ("auto", "dense", "sparse")
@@ -69,6 +69,17 @@ PRODUCTS = ("auto", "dense", "sparse")
 #: numpy's one call, below the scipy.sparse product's own overhead, and single-threaded in
 #: OpenBLAS (whose threads made larger products slow on a busy machine)
 DENSE_PRODUCT_LIMIT = 100_000
+
+
+def moving_directions(Dtheta: np.ndarray, D0: np.ndarray | None = None) -> np.ndarray:
+    """Which of the directions (columns of ``Dtheta``, shape (n_theta, k), and of ``D0``,
+    shape (n, k), when given) move the parameters or the initial state at all: only those
+    have sensitivities that are not zero at all times (:meth:`ForwardSensitivity.directional`
+    integrates only them)."""
+    moves = np.any(np.asarray(Dtheta) != 0, axis=0)
+    if D0 is not None:
+        moves |= np.any(np.asarray(D0) != 0, axis=0)
+    return moves
 
 
 def _check_product(product: str) -> None:
@@ -318,11 +329,9 @@ class ForwardSensitivity(Sensitivity):
             if wrt_y0:
                 out += S[:, :, P:] @ np.asarray(D0, dtype=float).reshape(n, k)
             return Y, out
-        moves = np.any(Dtheta != 0, axis=0)
         if D0 is not None:
             D0 = np.asarray(D0, dtype=float).reshape(n, k)
-            moves |= np.any(D0 != 0, axis=0)
-        cols = np.flatnonzero(moves)
+        cols = np.flatnonzero(moving_directions(Dtheta, D0))
         # a direction that moves neither theta nor y0 has S = 0 at all times: not integrated
         S0 = np.zeros((cols.size, n)) if D0 is None else np.ascontiguousarray(D0[:, cols].T)
         Y, Sk = self._integrate(prob, S0, np.ascontiguousarray(Dtheta[:, cols]),
