@@ -463,12 +463,7 @@ class _Objective:
             if self._B is None and sy > 0:
                 self._B = np.eye(x.size) * float(y_ @ y_) / sy
             if self._B is not None:
-                Bs = self._B @ s_
-                sBs = float(s_ @ Bs)
-                if sBs > 0:
-                    theta = 1.0 if sy >= 0.2 * sBs else 0.8 * sBs / (sBs - sy)
-                    r = theta * y_ + (1.0 - theta) * Bs
-                    self._B = self._B - np.outer(Bs, Bs) / sBs + np.outer(r, r) / float(s_ @ r)
+                self._B = _damped_bfgs_update(self._B, s_, y_)
         self._last = (x.copy(), np.array(g, dtype=float))
         H = (np.eye(x.size) * max(float(np.linalg.norm(g)), 1e-12) if self._B is None
              else self._B.copy())
@@ -575,6 +570,21 @@ def _secant_update(S, F, s, y):
     u = y_sharp - S @ s
     S = S + (np.outer(u, y) + np.outer(y, u)) / ys - float(u @ s) * np.outer(y, y) / ys ** 2
     return 0.5 * (S + S.T)
+
+
+def _damped_bfgs_update(B, s, y):
+    """The BFGS update of the Hessian model ``B`` for the step ``s`` and the gradient change
+    ``y``, with Powell's damping (Nocedal and Wright 2006, Procedure 18.2): where ``s.y`` is
+    below ``0.2 s.B.s``, ``y`` is moved towards ``B s`` so that ``B`` stays positive
+    definite. ``B`` unchanged where ``s.B.s`` is not positive (no step)."""
+    Bs = B @ s
+    sBs = float(s @ Bs)
+    if not sBs > 0:
+        return B
+    sy = float(s @ y)
+    theta = 1.0 if sy >= 0.2 * sBs else 0.8 * sBs / (sBs - sy)
+    r = theta * y + (1.0 - theta) * Bs
+    return B - np.outer(Bs, Bs) / sBs + np.outer(r, r) / float(s @ r)
 
 
 def _damping_for_radius(w, c, radius: float, lam_min: float) -> float:
