@@ -547,6 +547,31 @@ def test_an_error_in_a_packed_task_names_its_item(client):
                   [f"item {i}" for i in range(12)], {}, desc="fail")
 
 
+def test_a_result_forgotten_before_its_fetch_is_computed_again(client, monkeypatch):
+    """A task seen finished whose result cannot be fetched because the scheduler forgot it
+    (its worker died in between: "already forgotten", met under load by
+    test_workers_started_by_hand_join_and_leave_mid_fit) is submitted again, not raised."""
+    from distributed import Future
+    from distributed.client import FutureCancelledError
+
+    from dynlearn.distributed.dask import Parallel, run_tasks
+
+    result = Future.result
+    forgotten = []
+
+    def forgetting(self, *args, **kwargs):
+        if not forgotten and str(self.key).startswith("dynlearn-forget"):
+            forgotten.append(self.key)
+            raise FutureCancelledError(self.key, reason="already forgotten")
+        return result(self, *args, **kwargs)
+
+    monkeypatch.setattr(Future, "result", forgetting)
+    out = run_tasks(Parallel(client, task_seconds=None), lambda item: 3 * item,
+                    list(range(6)), [f"item {i}" for i in range(6)], {}, desc="forget")
+    assert forgotten
+    assert out == [3 * i for i in range(6)]
+
+
 def test_packed_starts_equal_serial_bit_for_bit_with_checkpoints(client, tmp_path):
     from dynlearn.fitting.checkpoint import read_checkpoint
     model, data = lv_model(), lv_data(1, n_times=31)

@@ -773,6 +773,7 @@ def run_tasks(par: Parallel, fn: Callable, items: Sequence, labels: Sequence[str
     with reaching_scheduler(client, f"sending {n} {desc}"):
         futures = [submit(c) for c in range(len(chunks))]
     index = {f.key: c for c, f in enumerate(futures)}
+    refetched: dict[int, int] = {}         # tasks submitted again after a lost result
     lost = False
     try:
         pending = as_completed(futures)
@@ -819,6 +820,16 @@ def run_tasks(par: Parallel, fn: Callable, items: Sequence, labels: Sequence[str
                     lost = True
                     raise lost_cluster_error(client, exc, f"fetching a result of {desc}"
                                              ) from None
+                if lost_inputs(exc) and refetched.get(c, 0) < RESCATTERS:
+                    # the worker holding the finished result died between the status seen
+                    # above and this fetch, and the scheduler forgot the task ("already
+                    # forgotten": it does not compute it again): submit it again (seen
+                    # under load, when a worker is killed mid-fit)
+                    refetched[c] = refetched.get(c, 0) + 1
+                    futures[c] = submit(c)
+                    index[futures[c].key] = c
+                    pending.add(futures[c])
+                    continue
                 raise
             fut.release()
             for i, (res, s) in zip(chunks[c], out):
