@@ -3,7 +3,8 @@ when the sensitivities of a simulation take more than ``crawl_factor`` times its
 right-hand-side evaluations, the gradient is taken by the adjoint, said by a warning and
 ``problem.gradient_switch``; the Fisher system keeps forward sensitivities, or, asked to
 watch them (as the Fisher method of a fit does), gives up and the fit goes on with
-L-BFGS-B on the adjoint gradient.
+BFGS updates of the adjoint gradient. A fit's starts evaluate copies of the problem
+(``PetabProblem.copy``): a start's switch is its own, and the problem is left as it was.
 
 A real crawl needs a large model (Smith_BMCSystBiol2013: 18,870 evaluations to t = 10.8
 of 15 against 1,853 for the states); here the budget is made small enough that an
@@ -193,3 +194,68 @@ def test_a_crawl_at_a_trial_point_rejects_the_trial(tmp_path):
     assert crawled, "no trial point was evaluated with its Fisher system"
     assert status.converged and not obj.secant, message
     assert f == pytest.approx(reference[1], abs=1e-4)
+
+
+def test_a_copy_evaluates_on_its_own_and_counts_with_the_original(tmp_path, no_floor,
+                                                                   monkeypatch):
+    problem = load(tmp_path, crawl_factor=1.000001)
+    x = np.asarray(problem.x_nominal) + 0.05
+    twin = problem.copy()
+    with pytest.warns(dp.GradientSwitchWarning):
+        twin.loss_and_grad(x)
+    assert "by the adjoint" in twin.gradient_switch
+    assert problem.gradient_switch is None and problem._state_nfev is None
+    # the compiled model is shared, the counters too
+    assert twin.model is problem.model and twin.solver_fallbacks is problem.solver_fallbacks
+    from dynlearn.errors import SolveError
+    from dynlearn.sensitivity.forward import ForwardSensitivity
+
+    directional = ForwardSensitivity.directional
+
+    def lsoda_fails(self, prob, *args, **kwargs):
+        if prob.method == "LSODA":
+            raise SolveError("LSODA: repeated convergence failures (injected)")
+        return directional(self, prob, *args, **kwargs)
+
+    monkeypatch.setattr(ForwardSensitivity, "directional", lsoda_fails)
+    other = problem.copy()
+    other.crawl_factor = None
+    other.loss_and_grad(x)
+    assert problem.solver_fallbacks == {"sensitivities": 1}
+
+
+def test_a_fit_leaves_the_problem_as_it_was(tmp_path, no_floor):
+    """Every start switches to the adjoint on its own (the L-BFGS-B fit, where the switch
+    lasts): a start's crawl does not decide for the starts after it, and the caller's
+    problem keeps its settings (before, the first start's switch was left on the problem
+    and the second start never warned)."""
+    problem = load(tmp_path, crawl_factor=1.000001)
+    x0 = np.asarray(problem.x_nominal)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        fit = problem.fit(starts=np.vstack([x0 + 0.3, x0 - 0.3]), optimizer="lbfgsb",
+                          maxiter=30)
+    switches = [w for w in seen if issubclass(w.category, dp.GradientSwitchWarning)]
+    assert len(switches) == 2
+    assert problem.gradient_switch is None and problem.fallback_method == "BDF"
+    assert all(np.isfinite(r["fun"]) for r in fit.runs)
+
+
+def test_starts_on_threads_give_the_serial_result(tmp_path, no_floor):
+    """Two starts at once on threads of this process, each crawling into the BFGS fallback
+    of the Fisher method: the runs of a serial fit, iteration for iteration."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    problem = load(tmp_path, crawl_factor=1.000001)
+    x0 = np.asarray(problem.x_nominal)
+    starts = np.vstack([x0 + 0.3, x0 - 0.3, x0 + 0.1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dp.GradientSwitchWarning)
+        serial = problem.fit(starts=starts)
+        with ThreadPoolExecutor(2) as pool:
+            threaded = problem.fit(starts=starts, client=pool.map)
+    for a, b in zip(serial.runs, threaded.runs):
+        assert (a["index"], a["nit"], a["n_eval"], a["optimizer"]) == \
+            (b["index"], b["nit"], b["n_eval"], b["optimizer"])
+        np.testing.assert_array_equal(a["x"], b["x"])
+    assert problem.gradient_switch is None

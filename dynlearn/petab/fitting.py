@@ -114,7 +114,10 @@ the start goes on from its best point with the same trust-region method on a BFG
 updated from the adjoint's gradients (Powell's damped update; no structured secant
 correction); its ``optimizer`` then reads :data:`FISHER_THEN_SECANT` and its message says
 why. Each start begins with the Fisher information again: a crawl at one start's points
-says little about another's. Not L-BFGS-B: on a test problem (a 9-step reaction chain,
+says little about another's. (Each start evaluates its own copy of the problem,
+``PetabProblem.copy``, so with L-BFGS-B too one start's switch to the adjoint is not the
+next start's, starts on threads keep their state apart, and the caller's problem is left
+as it was.) Not L-BFGS-B: on a test problem (a 9-step reaction chain,
 ``tests/test_petab_crawl.py``) its first line search ran to the box's edge from 5 of 6
 starts and stopped there, on a plateau at 618.8 (the trust region's optimum: 408.4).
 
@@ -900,6 +903,12 @@ def fit_one_start(item, problem, optimizer: str, maxiter: int, settings: FisherS
                     reason="not_run", success=False, optimizer=optimizer, n_eval=0, n_sens=0,
                     time=0.0)
     lo, hi = np.asarray(problem.lower, float), np.asarray(problem.upper, float)
+    # each start evaluates a copy of its own (PetabProblem.copy): the state an evaluation
+    # keeps on the problem (the crawl's yardstick, the fallback the objective turns off, a
+    # switch to the adjoint) is then neither mixed between starts run on threads of one
+    # process nor left changed on the caller's problem
+    own = getattr(problem, "copy", None)
+    problem = own() if callable(own) else problem
     obj = _Objective(problem, posterior, deadline, free_first=k == 0,
                      profile=settings.profile_noise)
     t0 = time.perf_counter()

@@ -31,6 +31,7 @@ respect to the states and to every other symbol they use, and the negative log-l
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import warnings
@@ -340,6 +341,7 @@ class PetabProblem:
         self._state_nfev: list | None = None
         self._nfev_acc = 0
         self._sens_budget: int | None = None
+        self._probing = False       # a solve for the crawl's yardstick: not counted
         self.rtol, self.atol, self.method = float(rtol), float(atol), method
         self.fallback_method = fallback_method
         self.solver_fallbacks: Counter = Counter()
@@ -380,6 +382,33 @@ class PetabProblem:
         self._x_index = {k: i for i, k in enumerate(self.x_names)}
         self._par_ids = set(nominal)
         self.priors = parameter_priors(par, self.x_names, self.x_scales)
+
+    def copy(self) -> PetabProblem:
+        """A copy that evaluates independently of this problem.
+
+        An evaluation keeps state on the problem between its solves: the crawl's yardstick
+        and budget (:attr:`crawl_factor`), the switch to the adjoint
+        (:attr:`gradient_switch`), and the :attr:`fallback_method` a fit's objective turns
+        off after a start's first point. Two threads evaluating one problem would mix
+        them; each thread should evaluate its own copy (every start of :meth:`fit` does,
+        so a fit leaves the problem's settings as they were). The compiled model and the
+        tables, which no evaluation changes, are shared; so are the counters
+        :attr:`solver_fallbacks` and :attr:`steady_state_paths`, which count the solves of
+        every copy.
+
+        Returns
+        -------
+        PetabProblem
+            With this problem's settings and :attr:`gradient_switch`.
+        """
+        new = copy.copy(self)
+        new._state_nfev, new._nfev_acc, new._sens_budget = None, 0, None
+        new._probing = False
+        return new
+
+    def _count(self, counter: Counter, key: str) -> None:
+        if not self._probing:
+            counter[key] += 1
 
     def to_scale(self, P) -> np.ndarray:
         """Linear values of the estimated parameters on their PEtab scales."""
@@ -791,13 +820,13 @@ class PetabProblem:
             try:
                 out = self._solve_by(second, vf, t0, times, y0, D0, Dtheta, grad)
             except SolveError as retry:
-                self.solver_fallbacks[f"{key} failed"] += 1
+                self._count(self.solver_fallbacks, f"{key} failed")
                 if self._sens_budget is not None and retry.solver_message in _OUT_OF_BUDGET:
                     raise       # the retry crawled: the adjoint takes over (_simulate_all)
                 raise SolveError(f"{first}; tried again with {second}, which failed too: "
                                  f"{retry}", status=first.status, t=first.t,
                                  solver_message=first.solver_message) from retry
-            self.solver_fallbacks[key] += 1
+            self._count(self.solver_fallbacks, key)
             return out
 
     def _solve_by(self, method, vf, t0, times, y0, D0, Dtheta, grad):
@@ -925,7 +954,7 @@ class PetabProblem:
         ss = steady_state(vf, y0, D0, Dtheta, rtol=self.rtol, atol=self.atol,
                           method=self.method, horizon=self.steady_state_horizon, grad=grad,
                           newton=self.preequilibration == "newton")
-        self.steady_state_paths[f"{ss.path}/{ss.sensitivity or 'none'}"] += 1
+        self._count(self.steady_state_paths, f"{ss.path}/{ss.sensitivity or 'none'}")
         return ss.y, ss.S
 
     def _simulate_all(self, P, grad: bool, adjoint: bool = False, scale=None,
@@ -1022,12 +1051,13 @@ class PetabProblem:
             # without gradient renew it). An internal probe: the counters of paths and
             # fallbacks report the evaluations asked for. If the states cannot be solved,
             # the gradient's own solve will say why
-            counters = Counter(self.steady_state_paths), Counter(self.solver_fallbacks)
+            self._probing = True
             try:
                 self._simulate_all(P, False)
             except SolveError:
                 watch = False
-            self.steady_state_paths, self.solver_fallbacks = counters
+            finally:
+                self._probing = False
         try:
             sims = self._simulate_all(P, grad, adjoint, scale, watch)
         except _Crawl as crawl:
