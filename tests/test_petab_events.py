@@ -189,3 +189,21 @@ def test_adjoint_gradient_is_refused_with_state_triggers(tmp_path):
                     gradient="adjoint")
     with pytest.raises(PetabError, match="adjoint.*state-triggered.*reset"):
         prob.loss_and_grad(prob.x_nominal)
+
+
+def test_a_problem_with_events_pickles(tmp_path):
+    """The standard pickle sends a problem with state- and time-triggered events (its
+    compiled functions and trigger logic), and the copy gives the same likelihood and
+    gradient."""
+    import pickle
+
+    events = [("late_reset", "time > t_on && x < c", {"x": "x0"}, False)]
+    extra = [("t_on", "lin", 0.0, 5.0, 1.8, 1)]
+    prob = _problem(tmp_path, events, _data(lambda t: _sawtooth(t, K, X0, 2.0, 1.8)),
+                    extra_params=extra, extra={"t_on": 1.0})
+    x = np.array([math.log10(0.7), math.log10(2.6), 1.7, 1.9])
+    f, g = prob.loss_and_grad(x)
+    copy = pickle.loads(pickle.dumps(prob))
+    f2, g2 = copy.loss_and_grad(x)
+    assert f2 == pytest.approx(f, rel=1e-10)
+    np.testing.assert_allclose(g2, g, rtol=1e-7)

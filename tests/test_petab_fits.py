@@ -478,3 +478,20 @@ def test_both_trust_regions_follow_a_curved_valley():
 def test_fisher_settings_are_checked(bad):
     with pytest.raises(OptionError, match="FisherSettings"):
         FisherSettings(**bad)
+
+
+@pytest.mark.slow
+def test_starts_in_a_process_pool_match_the_serial_fit(exact):
+    """The problem travels to other processes with the standard pickle (a process pool's
+    map: no Dask, no cloudpickle); its compiled functions are compiled again there."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    serial = exact.fit(n_starts=2, seed=5, maxiter=20)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pooled = exact.fit(n_starts=2, seed=5, maxiter=20, client=pool.map)
+    for a, b in zip(pooled.runs, serial.runs):
+        assert a["index"] == b["index"] and a["reason"] == b["reason"]
+        # compiled anew from the unpickled equations: equal to the solver's tolerance
+        np.testing.assert_allclose(a["x"], b["x"], rtol=1e-6, atol=1e-8)
+        assert a["fun"] == pytest.approx(b["fun"], rel=1e-9)

@@ -49,8 +49,8 @@ from scipy import special
 
 from dynlearn.errors import ModelError
 
-__all__ = ["KINK_FUNCTIONS", "NAMESPACES", "CompiledExprs", "JacobianProgram", "MaxPick",
-           "MinPick", "derivative", "jacobian_exprs", "jacobian_program"]
+__all__ = ["KINK_FUNCTIONS", "NAMESPACES", "CompiledExprs", "JacobianProgram", "Lambdified",
+           "MaxPick", "MinPick", "derivative", "jacobian_exprs", "jacobian_program"]
 
 
 class _Pick(sp.Function):
@@ -668,6 +668,50 @@ def _rename(e: sp.Basic, table: dict, memo: dict) -> sp.Basic:
             out = e.func(*args)
         memo[e] = out
     return out
+
+
+class Lambdified:
+    """``sympy.lambdify(args, expr)`` that can be pickled.
+
+    The function ``lambdify`` generates belongs to no module, so the standard ``pickle``
+    cannot send it (a process pool's ``map``, ``multiprocessing``; Dask's cloudpickle can).
+    This keeps the arguments and the expression, travels without the function, and
+    compiles it again on its first call after unpickling.
+
+    Parameters
+    ----------
+    args, expr
+        As for ``sympy.lambdify``.
+    modules : {"numpy", "math"}
+        The module the generated code calls.
+    namespace : bool
+        Also dynlearn's own functions for that module (:data:`NAMESPACES`).
+    cse : bool
+        Common-subexpression elimination (``sympy.lambdify(cse=True)``).
+    """
+
+    def __init__(self, args, expr, modules: str = "numpy", namespace: bool = False,
+                 cse: bool = False):
+        self._spec = (args, expr, modules, namespace, cse)
+        self._fn = self._compile()
+
+    def _compile(self):
+        args, expr, modules, namespace, cse = self._spec
+        return sp.lambdify(args, expr, cse=cse,
+                           modules=[NAMESPACES[modules], modules] if namespace else modules)
+
+    def __call__(self, *args):
+        fn = self._fn
+        if fn is None:
+            fn = self._fn = self._compile()
+        return fn(*args)
+
+    def __getstate__(self):
+        return {"spec": self._spec}
+
+    def __setstate__(self, state):
+        self._spec = state["spec"]
+        self._fn = None
 
 
 class CompiledExprs:

@@ -61,6 +61,7 @@ import scipy.integrate
 import sympy as sp
 from scipy.optimize import brentq
 
+from dynlearn.core.symbolic import Lambdified
 from dynlearn.errors import PetabError, SolveError
 from dynlearn.solve import STIFF_METHODS, SolveGuard
 
@@ -173,6 +174,24 @@ def _root_function(rel) -> tuple[sp.Expr, bool]:
     return h, isinstance(rel, (sp.StrictGreaterThan, sp.StrictLessThan))
 
 
+@dataclass(frozen=True)
+class _Truth:
+    """A trigger as a function of its comparisons' truth values ``tr``: that of comparison
+    ``index``, or the and (``every``) / or of ``parts``. (A class, not closures, so that a
+    problem pickles.)"""
+
+    index: int = -1
+    parts: tuple = ()
+    every: bool = True
+
+    def __call__(self, tr) -> bool:
+        if not self.parts:
+            return bool(tr[self.index])
+        if self.every:
+            return all(p(tr) for p in self.parts)
+        return any(p(tr) for p in self.parts)
+
+
 def _trigger_function(ev: SbmlEvent, rel_index: Callable) -> Callable:
     """The trigger as a function of the truth values of its comparisons (their indices
     from ``rel_index``), after pushing negations into the comparisons (so that the trigger
@@ -188,13 +207,9 @@ def _trigger_function(ev: SbmlEvent, rel_index: Callable) -> Callable:
                              f"{ev.trigger} compares with == or != (a crossing has no "
                              "well-defined time)")
         if isinstance(e, sp.core.relational.Relational):
-            j = rel_index(e)
-            return lambda tr: bool(tr[j])
+            return _Truth(index=rel_index(e))
         if isinstance(e, (sp.And, sp.Or)):
-            parts = [build(a) for a in e.args]
-            if isinstance(e, sp.And):
-                return lambda tr: all(p(tr) for p in parts)
-            return lambda tr: any(p(tr) for p in parts)
+            return _Truth(parts=tuple(build(a) for a in e.args), every=isinstance(e, sp.And))
         raise PetabError(f"unsupported SBML construct: event '{ev.id}': trigger "
                          f"{ev.trigger} is not made of comparisons (<, <=, >, >=) joined by "
                          "and, or, not")
@@ -308,10 +323,10 @@ class CompiledEvents:
                 self._trigger[i] = _trigger_function(ev, rel_index)
             self._assign.append(self._compile_assignments(ev, index, states, vsyms, time))
         # time triggers: firing times and their derivatives
-        self._tau = sp.lambdify([vsyms], taus, modules="numpy")
+        self._tau = Lambdified([vsyms], taus)
         Jt = sp.Matrix(taus).jacobian(sp.Matrix(vsyms)) if vsyms and taus else sp.zeros(
             len(taus), len(vsyms))
-        self._tau_jac = sp.lambdify([vsyms], Jt, modules="numpy")
+        self._tau_jac = Lambdified([vsyms], Jt)
         # state triggers: root functions h (one per comparison) and their derivatives
         hs = [_root_function(r) for r in rels]
         self._rel_strict = np.array([s for _, s in hs], dtype=bool)
@@ -319,11 +334,11 @@ class CompiledEvents:
         if hs:
             H = sp.Matrix([h for h, _ in hs])
             args = (time, states, vsyms)
-            self._h = sp.lambdify(args, list(H), modules="numpy")
-            self._h_y = sp.lambdify(args, H.jacobian(sp.Matrix(states)), modules="numpy")
-            self._h_t = sp.lambdify(args, list(H.diff(time)), modules="numpy")
+            self._h = Lambdified(args, list(H))
+            self._h_y = Lambdified(args, H.jacobian(sp.Matrix(states)))
+            self._h_t = Lambdified(args, list(H.diff(time)))
             if vsyms:
-                self._h_v = sp.lambdify(args, H.jacobian(sp.Matrix(vsyms)), modules="numpy")
+                self._h_v = Lambdified(args, H.jacobian(sp.Matrix(vsyms)))
         # the states each comparison reads (re-evaluated when an assignment moves them)
         state_set = set(states)
         self._rel_states = [np.array(sorted(index[s.name] for s in h.free_symbols
@@ -342,12 +357,11 @@ class CompiledEvents:
         M = sp.Matrix(exprs) if exprs else sp.zeros(0, 1)
         return dict(
             targets=np.array(targets, dtype=int),
-            value=sp.lambdify(args, list(exprs), modules="numpy"),
-            dy=sp.lambdify(args, M.jacobian(sp.Matrix(states)) if exprs else [],
-                           modules="numpy"),
-            dv=(sp.lambdify(args, M.jacobian(sp.Matrix(vsyms)), modules="numpy")
+            value=Lambdified(args, list(exprs)),
+            dy=Lambdified(args, M.jacobian(sp.Matrix(states)) if exprs else []),
+            dv=(Lambdified(args, M.jacobian(sp.Matrix(vsyms)))
                 if exprs and vsyms else None),
-            dt=sp.lambdify(args, [sp.diff(e, time) for e in exprs], modules="numpy"))
+            dt=Lambdified(args, [sp.diff(e, time) for e in exprs]))
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -43,7 +43,7 @@ import numpy as np
 import sympy as sp
 
 from dynlearn.core.model import HybridModel
-from dynlearn.core.symbolic import NAMESPACES, jacobian_exprs
+from dynlearn.core.symbolic import Lambdified, jacobian_exprs
 from dynlearn.core.vectorfield import VectorField
 from dynlearn.errors import PetabError, SolveError
 from dynlearn.fitting.threads import blas_threads_for
@@ -144,14 +144,14 @@ class _Compiled:
     def __init__(self, expr: sp.Expr, states: list[sp.Symbol], extras: list[sp.Symbol]):
         args = [TIME, *states, *extras]
         self.extras = extras
-        self.f = sp.lambdify(args, expr, modules="numpy")
+        self.f = Lambdified(args, expr)
         # the non-zero entries only, in one function with shared subexpressions: observables
         # with assignment rules substituted are large, and one lambdify per entry made
         # SalazarCavazos_MBoC2020's import take minutes
         grads = jacobian_exprs([expr], [*states, *extras])[0]
         self._nz = [i for i, g in enumerate(grads) if g != 0]
-        self.g = (sp.lambdify(args, [grads[i] for i in self._nz], cse=True,
-                              modules=[NAMESPACES["numpy"], "numpy"]) if self._nz else None)
+        self.g = (Lambdified(args, [grads[i] for i in self._nz], namespace=True, cse=True)
+                  if self._nz else None)
         self.k = len(grads)
         self.n = len(states)
 
@@ -507,20 +507,20 @@ class PetabProblem:
         self._theta_vidx = np.array([self._vidx[k] for k in self._theta_names], dtype=int)
         # initial values as functions of the varying constants
         y0e = [ode.initial[k].xreplace(fixed_subs).xreplace({TIME: 0}) for k in ode.states]
-        self._y0 = sp.lambdify([vsyms], y0e, modules="numpy")
+        self._y0 = Lambdified([vsyms], y0e)
         J = sp.Matrix(y0e).jacobian(sp.Matrix(vsyms)) if vsyms else sp.zeros(len(y0e), 0)
         self._y0_depends = [bool(J.row(i).free_symbols or any(J.row(i))) for i in
                             range(len(y0e))]
-        self._y0_jac = sp.lambdify([vsyms], J, modules="numpy") if vsyms else None
+        self._y0_jac = Lambdified([vsyms], J) if vsyms else None
 
         # times at which the right-hand side switches (time-triggered piecewise)
         taus = _switching_times(list(rhs.values()), set(states))
         self._switch = self._switch_jac = None
         if taus:
-            self._switch = sp.lambdify([vsyms], taus, modules="numpy")
+            self._switch = Lambdified([vsyms], taus)
             Jt = (sp.Matrix(taus).jacobian(sp.Matrix(vsyms)) if vsyms
                   else sp.zeros(len(taus), 0))
-            self._switch_jac = sp.lambdify([vsyms], Jt, modules="numpy")
+            self._switch_jac = Lambdified([vsyms], Jt)
 
         # SBML events, time- or state-triggered (dynlearn.petab.events)
         self._events = None
