@@ -35,17 +35,11 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-
-def find_yaml(collections: list[str], name: str) -> str:
-    for c in collections:
-        for candidate in (Path(c) / name / f"{name}.yaml", Path(c) / name / "problem.yaml"):
-            if candidate.exists():
-                return str(candidate)
-    raise SystemExit(f"{name}: not found in {collections}")
+# (benchmarks/ is on sys.path when run as a script)
+from petab_gradient_cost import find_yaml  # noqa: E402  (the collection's layout, one place)
 
 
 class LsodaCounts:

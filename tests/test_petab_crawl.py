@@ -92,9 +92,9 @@ def test_a_crawl_factor_must_exceed_one(tmp_path, bad):
         load(tmp_path, crawl_factor=bad)
 
 
-def test_a_crawling_bdf_retry_switches_too(tmp_path, no_floor, monkeypatch):
-    """LSODA's sensitivity solve fails (as at Fiedler's random starts) and the BDF retry runs
-    out of the crawl budget: the adjoint takes over, as for LSODA itself."""
+@pytest.fixture
+def lsoda_sensitivities_fail(monkeypatch):
+    """Every LSODA sensitivity solve fails (as at Fiedler's random starts); BDF's work."""
     from dynlearn.errors import SolveError
     from dynlearn.sensitivity.forward import ForwardSensitivity
 
@@ -106,6 +106,11 @@ def test_a_crawling_bdf_retry_switches_too(tmp_path, no_floor, monkeypatch):
         return directional(self, prob, *args, **kwargs)
 
     monkeypatch.setattr(ForwardSensitivity, "directional", lsoda_fails)
+
+
+def test_a_crawling_bdf_retry_switches_too(tmp_path, no_floor, lsoda_sensitivities_fail):
+    """LSODA's sensitivity solve fails (as at Fiedler's random starts) and the BDF retry runs
+    out of the crawl budget: the adjoint takes over, as for LSODA itself."""
     problem = load(tmp_path, crawl_factor=1.000001)
     x = np.asarray(problem.x_nominal)
     with pytest.warns(dp.GradientSwitchWarning):
@@ -197,7 +202,7 @@ def test_a_crawl_at_a_trial_point_rejects_the_trial(tmp_path):
 
 
 def test_a_copy_evaluates_on_its_own_and_counts_with_the_original(tmp_path, no_floor,
-                                                                   monkeypatch):
+                                                                   request):
     problem = load(tmp_path, crawl_factor=1.000001)
     x = np.asarray(problem.x_nominal) + 0.05
     twin = problem.copy()
@@ -207,17 +212,7 @@ def test_a_copy_evaluates_on_its_own_and_counts_with_the_original(tmp_path, no_f
     assert problem.gradient_switch is None and problem._state_nfev is None
     # the compiled model is shared, the counters too
     assert twin.model is problem.model and twin.solver_fallbacks is problem.solver_fallbacks
-    from dynlearn.errors import SolveError
-    from dynlearn.sensitivity.forward import ForwardSensitivity
-
-    directional = ForwardSensitivity.directional
-
-    def lsoda_fails(self, prob, *args, **kwargs):
-        if prob.method == "LSODA":
-            raise SolveError("LSODA: repeated convergence failures (injected)")
-        return directional(self, prob, *args, **kwargs)
-
-    monkeypatch.setattr(ForwardSensitivity, "directional", lsoda_fails)
+    request.getfixturevalue("lsoda_sensitivities_fail")     # from here on
     other = problem.copy()
     other.crawl_factor = None
     other.loss_and_grad(x)
