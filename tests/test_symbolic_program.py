@@ -142,3 +142,23 @@ def test_hybrid_model_compiled_jacobians_equal_sympy():
 def test_only_symbols_are_differentiated_for():
     with pytest.raises(TypeError):
         jacobian_program([x * y], [[x + y]])
+
+
+def test_lambdified_pickles_and_compiles_once_per_process():
+    """``Lambdified`` travels as its expression (the standard pickle cannot send what
+    ``lambdify`` generates) and is compiled again at its first call, once per process: a
+    second unpickled copy finds the first one's function."""
+    import pickle
+
+    from dynlearn.core.symbolic import Lambdified, MaxPick
+
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        pickle.dumps(sp.lambdify([x, y], x * y, modules="numpy"))
+    f = Lambdified([x, y], [sp.exp(-x) * y, MaxPick(x, y, 1, 2)], namespace=True, cse=True)
+    point = (np.array([0.5, 3.0]), np.array([2.0, 1.0]))
+    want = f(*point)
+    first, second = (pickle.loads(pickle.dumps(f)) for _ in range(2))
+    assert first._fn is None
+    for got, w in zip(first(*point), want):
+        np.testing.assert_array_equal(got, w)
+    assert second._cached() is first._fn

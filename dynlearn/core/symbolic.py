@@ -41,7 +41,10 @@ Expressions without these functions are differentiated by ``sympy.diff`` unchang
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import sympy as sp
@@ -49,8 +52,9 @@ from scipy import special
 
 from dynlearn.errors import ModelError
 
-__all__ = ["KINK_FUNCTIONS", "NAMESPACES", "CompiledExprs", "JacobianProgram", "Lambdified",
-           "MaxPick", "MinPick", "derivative", "jacobian_exprs", "jacobian_program"]
+__all__ = ["KINK_FUNCTIONS", "LAMBDIFIED_CACHE_SIZE", "NAMESPACES", "CompiledExprs",
+           "JacobianProgram", "Lambdified", "MaxPick", "MinPick", "derivative",
+           "jacobian_exprs", "jacobian_program"]
 
 
 class _Pick(sp.Function):
@@ -670,13 +674,24 @@ def _rename(e: sp.Basic, table: dict, memo: dict) -> sp.Basic:
     return out
 
 
+#: how many compiled functions of unpickled :class:`Lambdified` a process keeps (least
+#: recently used out first)
+LAMBDIFIED_CACHE_SIZE = 4096
+_LAMBDIFIED: OrderedDict[str, Callable] = OrderedDict()
+_LAMBDIFIED_LOCK = threading.Lock()
+
+
 class Lambdified:
     """``sympy.lambdify(args, expr)`` that can be pickled.
 
     The function ``lambdify`` generates belongs to no module, so the standard ``pickle``
     cannot send it (a process pool's ``map``, ``multiprocessing``; Dask's cloudpickle can).
     This keeps the arguments and the expression, travels without the function, and
-    compiles it again on its first call after unpickling.
+    compiles it again on its first call after unpickling, once per process: a process
+    pool's ``map`` sends the same object with every task, and the tasks after the first
+    find its function in the process's cache (:data:`LAMBDIFIED_CACHE_SIZE` functions,
+    keyed by an identity drawn when the object is made; its copies share it, and nothing
+    in it changes after).
 
     Parameters
     ----------
@@ -693,6 +708,7 @@ class Lambdified:
     def __init__(self, args, expr, modules: str = "numpy", namespace: bool = False,
                  cse: bool = False):
         self._spec = (args, expr, modules, namespace, cse)
+        self._key = uuid.uuid4().hex
         self._fn = self._compile()
 
     def _compile(self):
@@ -700,17 +716,30 @@ class Lambdified:
         return sp.lambdify(args, expr, cse=cse,
                            modules=[NAMESPACES[modules], modules] if namespace else modules)
 
+    def _cached(self):
+        with _LAMBDIFIED_LOCK:
+            fn = _LAMBDIFIED.get(self._key)
+            if fn is not None:
+                _LAMBDIFIED.move_to_end(self._key)
+                return fn
+        fn = self._compile()            # outside the lock: compiling takes a while
+        with _LAMBDIFIED_LOCK:
+            _LAMBDIFIED[self._key] = fn
+            while len(_LAMBDIFIED) > LAMBDIFIED_CACHE_SIZE:
+                _LAMBDIFIED.popitem(last=False)
+        return fn
+
     def __call__(self, *args):
         fn = self._fn
         if fn is None:
-            fn = self._fn = self._compile()
+            fn = self._fn = self._cached()
         return fn(*args)
 
     def __getstate__(self):
-        return {"spec": self._spec}
+        return {"spec": self._spec, "key": self._key}
 
     def __setstate__(self, state):
-        self._spec = state["spec"]
+        self._spec, self._key = state["spec"], state["key"]
         self._fn = None
 
 

@@ -147,6 +147,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dynlearn.distributed.dask import share_compiled
 from dynlearn.distributed.executor import resolve_executor
 from dynlearn.errors import OptionError, SolveError, TimeLimitError
 from dynlearn.optimizers import Status
@@ -909,6 +910,10 @@ def fit_one_start(item, problem, optimizer: str, maxiter: int, settings: FisherS
     # process nor left changed on the caller's problem
     own = getattr(problem, "copy", None)
     problem = own() if callable(own) else problem
+    # a process pool's map unpickles the problem for every start: the model's compiled
+    # functions are then those this process keeps for its structure (compiled once per
+    # process, as on a Dask worker; in this process the model keeps its own)
+    share_compiled(problem)
     obj = _Objective(problem, posterior, deadline, free_first=k == 0,
                      profile=settings.profile_noise)
     t0 = time.perf_counter()
