@@ -19,7 +19,8 @@ side in one process per problem.
 For each problem and variant: the median time of ``nllh`` and of ``loss_and_grad`` at the
 nominal parameters (after one warm-up call), their ratio, LSODA's steps and Jacobian
 evaluations summed over the simulations, and the gradient's relative difference from the
-default path's.
+default path's; with ``--starts K`` also the gradient's steps and time against the
+evaluation's at ``K`` random starts (``draw_starts(problem, K, 1)``), median and worst.
 
 Example (session 14)::
 
@@ -201,6 +202,28 @@ def measure(args) -> None:
         p.loss_and_grad(x)
         tg.append(time.perf_counter() - t)
     row.update(eval=float(np.median(te)), grad=float(np.median(tg)), g=list(map(float, g)))
+    if args.starts:
+        # away from the nominal point: the gradient's steps and time against the
+        # evaluation's at random starts (one call each)
+        from dynlearn.petab.fitting import draw_starts
+
+        steps, times = [], []
+        for xs in draw_starts(p, args.starts, 1):
+            try:
+                counts.reset()
+                t = time.perf_counter()
+                p.nllh(xs)
+                te1, se = time.perf_counter() - t, counts.total()[0]
+                counts.reset()
+                t = time.perf_counter()
+                p.loss_and_grad(xs)
+                tg1, sg = time.perf_counter() - t, counts.total()[0]
+            except Exception:       # a start the solver cannot do: not counted
+                continue
+            steps.append(sg / max(se, 1))
+            times.append(tg1 / te1)
+        row["starts"] = [len(steps), float(np.median(steps)), float(np.max(steps)),
+                         float(np.median(times)), float(np.max(times))]
     print(json.dumps(row))
 
 
@@ -211,6 +234,8 @@ def main() -> None:
     ap.add_argument("--rtol", type=float, default=1e-8)
     ap.add_argument("--atol", type=float, default=1e-12)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--starts", type=int, default=0,
+                    help="also the steps and time at this many random starts")
     ap.add_argument("--full", action="store_true", help="also LSODA's full Jacobian")
     ap.add_argument("--jit", action="store_true", help="also numba-compiled functions")
     ap.add_argument("--markdown", action="store_true")
@@ -227,7 +252,8 @@ def main() -> None:
         base = None
         for v in variants:
             cmd = [sys.executable, __file__, "--inner", path, "--variant", v, "--rtol",
-                   str(args.rtol), "--atol", str(args.atol), "--repeats", str(args.repeats)]
+                   str(args.rtol), "--atol", str(args.atol), "--repeats", str(args.repeats),
+                   "--starts", str(args.starts)]
             out = subprocess.run(cmd, capture_output=True, text=True)
             lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
             if not lines:
@@ -257,6 +283,15 @@ def main() -> None:
             print(f"| {r['problem']} | {r['variant']} | {r['eval']:.4f} | {r['grad']:.4f} | "
                   f"{r['grad'] / r['eval']:.2f} | {se} | {sg} ({sg / max(se, 1):.2f}) | "
                   f"{r['eval_counts'][2]} / {r['grad_counts'][2]} | {r['diff']:.1e} |")
+        starts = [r for r in rows if r.get("starts")]
+        if starts:
+            print("\n| problem | variant | random starts | grad/eval steps median | max | "
+                  "grad/eval time median | max |")
+            print("|---|---|---|---|---|---|---|")
+            for r in starts:
+                k, sm, sx, tm, tx = r["starts"]
+                print(f"| {r['problem']} | {r['variant']} | {k} | {sm:.2f} | {sx:.2f} | "
+                      f"{tm:.1f} | {tx:.1f} |")
 
 
 if __name__ == "__main__":
