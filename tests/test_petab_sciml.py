@@ -339,6 +339,17 @@ def test_fit_starts_and_improves(prob):
     assert len(fit.runs) == 2
     assert fit.fun <= f0
     assert fit.x_names == prob.x_names
+    # the problem pickles (its compiled functions travel as equations), so the starts can
+    # go to other processes; through a map here, on unpickled copies
+    import pickle
+
+    def unpickled_map(fn, items):
+        return [pickle.loads(pickle.dumps(fn))(item) for item in items]
+
+    mapped = prob.fit(n_starts=2, seed=0, maxiter=3, client=unpickled_map)
+    for a, b in zip(mapped.runs, fit.runs):
+        assert a["index"] == b["index"] and a["nit"] == b["nit"]
+        np.testing.assert_allclose(a["x"], b["x"], rtol=1e-6, atol=1e-9)
 
 
 def test_adjoint_gradient_matches_forward(problem_dir, prob):

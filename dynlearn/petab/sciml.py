@@ -59,6 +59,7 @@ import sympy as sp
 
 from dynlearn.core.model import HybridModel
 from dynlearn.core.neural import NetworkOutput
+from dynlearn.core.symbolic import Lambdified
 from dynlearn.core.vectorfield import VectorField
 from dynlearn.errors import PetabError
 from dynlearn.petab.extra import require
@@ -111,9 +112,9 @@ class _Fn:
 
     def __init__(self, expr, args):
         self.args = list(args)
-        self.f = sp.lambdify(self.args, expr, modules="numpy")
+        self.f = Lambdified(self.args, expr)
         grads = [sp.diff(expr, a) for a in self.args]
-        self.g = [None if g == 0 else sp.lambdify(self.args, g, modules="numpy") for g in grads]
+        self.g = [None if g == 0 else Lambdified(self.args, g) for g in grads]
 
     def __call__(self, vals, m: int, grad: bool = True):
         """Value (m,) and partials (m, len(args)) at argument values ``vals`` (each a
@@ -1031,16 +1032,18 @@ class SciMLProblem:
         return out
 
     def fit(self, n_starts: int = 1, seed: int | None = 0, x0=None, maxiter: int = 2000,
-            starts=None, max_time: float | None = None, prior: bool = True):
+            starts=None, max_time: float | None = None, prior: bool = True, client=None):
         """Multi-start L-BFGS-B on the exact gradient of :meth:`objective`, the starts from
         :meth:`starts` unless given; the same driver and result
         (:class:`~dynlearn.petab.PetabFit`) as :meth:`PetabProblem.fit
         <dynlearn.petab.PetabProblem.fit>`, which needs only this class's ``objective``,
-        ``priors``, ``lower``, ``upper`` and ``x_names``."""
+        ``priors``, ``lower``, ``upper`` and ``x_names``. ``client``: where the starts run,
+        as there (a Dask client, or a ``map``-like callable such as a process pool's; the
+        problem pickles)."""
         if starts is None:
             starts = self.starts(n_starts, seed, x0)
         return PetabProblem.fit(self, starts=starts, maxiter=maxiter, max_time=max_time,
-                                prior=prior)
+                                prior=prior, client=client)
 
     def simulate(self, x) -> np.ndarray:
         """Simulated observables (untransformed) in the measurement table's order."""
