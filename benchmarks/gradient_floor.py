@@ -40,7 +40,7 @@ import time
 import numpy as np
 
 # (benchmarks/ is on sys.path when run as a script)
-from petab_gradient_cost import find_yaml  # noqa: E402  (the collection's layout, one place)
+from petab_gradient_cost import find_yaml, median_times  # noqa: E402  (the collection's layout, one place)
 
 
 class LsodaCounts:
@@ -193,15 +193,8 @@ def measure(args) -> None:
     counts.reset()
     _, g = p.loss_and_grad(x)
     row["grad_counts"] = counts.total()
-    te, tg = [], []
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        p.nllh(x)
-        te.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        p.loss_and_grad(x)
-        tg.append(time.perf_counter() - t)
-    row.update(eval=float(np.median(te)), grad=float(np.median(tg)), g=list(map(float, g)))
+    t_eval, t_grad, _ = median_times(p, x, args.repeats)
+    row.update(eval=t_eval, grad=t_grad, g=list(map(float, g)))
     if args.starts:
         # away from the nominal point: the gradient's steps and time against the
         # evaluation's at random starts (one call each)

@@ -44,6 +44,22 @@ def reference_gradient(files: list[str], name: str) -> dict | None:
     return None
 
 
+def median_times(p, x, repeats: int) -> tuple[float, float, object]:
+    """Median seconds of ``p.nllh(x)`` and of ``p.loss_and_grad(x)`` over ``repeats``
+    calls of each, interleaved, and the last gradient."""
+    import numpy as np
+
+    te, tg = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        p.nllh(x)
+        te.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        _, g = p.loss_and_grad(x)
+        tg.append(time.perf_counter() - t0)
+    return float(np.median(te)), float(np.median(tg)), g
+
+
 def measure(args) -> None:
     """The inner run: one problem, one version (the one on ``sys.path``)."""
     import numpy as np
@@ -57,15 +73,8 @@ def measure(args) -> None:
     x = np.asarray(p.x_nominal, dtype=float)
     p.nllh(x)
     p.loss_and_grad(x)
-    te, tg = [], []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        p.nllh(x)
-        te.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        _, g = p.loss_and_grad(x)
-        tg.append(time.perf_counter() - t0)
-    out = {"eval": float(np.median(te)), "grad": float(np.median(tg)), "error": None}
+    t_eval, t_grad, g = median_times(p, x, args.repeats)
+    out = {"eval": t_eval, "grad": t_grad, "error": None}
     ref = json.loads(args.reference) if args.reference else None
     if ref:
         g0 = np.array([ref[k] for k in p.x_names], dtype=float)

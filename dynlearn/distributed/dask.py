@@ -775,6 +775,12 @@ def run_tasks(par: Parallel, fn: Callable, items: Sequence, labels: Sequence[str
     index = {f.key: c for c, f in enumerate(futures)}
     refetched: dict[int, int] = {}         # tasks submitted again after a lost result
     lost = False
+
+    def resubmit(c: int) -> None:
+        futures[c] = submit(c)      # (the superseded future is skipped when it comes back)
+        index[futures[c].key] = c
+        pending.add(futures[c])
+
     try:
         pending = as_completed(futures)
         for fut in pending:
@@ -809,9 +815,7 @@ def run_tasks(par: Parallel, fn: Callable, items: Sequence, labels: Sequence[str
                     with reaching_scheduler(client, f"sending the inputs of {desc} again"):
                         remote = {k: scatter(client, v) for k, v in shared.items()}
                     scattered += remote.values()
-                futures[c] = submit(c)      # (tasks sent an older copy come here in turn)
-                index[futures[c].key] = c
-                pending.add(futures[c])
+                resubmit(c)                 # (tasks sent an older copy come here in turn)
                 continue
             try:
                 worker, task_s, out = fut.result()
@@ -826,9 +830,7 @@ def run_tasks(par: Parallel, fn: Callable, items: Sequence, labels: Sequence[str
                     # forgotten": it does not compute it again): submit it again (seen
                     # under load, when a worker is killed mid-fit)
                     refetched[c] = refetched.get(c, 0) + 1
-                    futures[c] = submit(c)
-                    index[futures[c].key] = c
-                    pending.add(futures[c])
+                    resubmit(c)
                     continue
                 raise
             fut.release()
